@@ -1,0 +1,640 @@
+"""The CLI's remote commands: a thin Typer layer over an :class:`APIClient` for the REST API (DESIGN.md §6, §9).
+
+``app/cli.py`` owns the top-level Typer app and calls :func:`register` to add the commands below; its local
+``analyse FILE`` command calls :func:`analyse_remote` when the argument is a dataset id rather than a file.
+
+Where the client finds the server and the key:
+
+* ``--api-url`` or ``TASKGAUGE_API_URL`` (default ``http://127.0.0.1:8000``);
+* ``--api-key`` or ``TASKGAUGE_API_KEY``; otherwise the embedded default's local key file (written by
+  ``taskgauge serve`` on first start under ``TASKGAUGE_DATA_DIR``), so a newcomer never types a key.
+
+All HTTP errors are mapped in one place (:meth:`APIClient.request`): connection failures, timeouts and
+RFC 9457 problem documents become an :class:`APIError` whose message says what went wrong and what to do;
+the commands print it and exit with code 1 (2 for a bad request), never with a traceback.
+
+Example::
+
+    $ taskgauge upload data.npz --name digits
+    $ taskgauge analyse 3f2c… -e mle -e twonn --watch
+    $ taskgauge report 3f2c… --json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Iterator
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+# --------------------------------------------------------------------------------------------------- client
+
+
+class APIError(Exception):
+    """A readable failure of a REST call: ``status`` is the HTTP status (0 for network errors)."""
+
+    def __init__(self, message: str, *, status: int = 0, problem: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.problem = problem or {}
+
+
+def _problem_message(resp: httpx.Response) -> tuple[str, dict[str, Any]]:
+    """Turn an error response (problem+json, FastAPI's {"detail": …} or text) into one readable line."""
+    problem: dict[str, Any] = {}
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        problem = body
+        title = body.get("title") or resp.reason_phrase
+        detail = body.get("detail")
+        if isinstance(detail, list):  # FastAPI validation errors
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" if isinstance(d, dict) else str(d)
+                for d in detail
+            )
+        text = f"{title}: {detail}" if detail and detail != title else str(title)
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors and not detail:
+            text += " (" + "; ".join(str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in errors) + ")"
+    else:
+        text = (resp.text or resp.reason_phrase or "error").strip()[:500]
+    hint = {
+        401: " — check the API key (--api-key or TASKGAUGE_API_KEY; `taskgauge keys create NAME` makes one)",
+        403: " — this key may not do that",
+        404: " — no such id for this API key",
+        413: " — the file is larger than the server's TASKGAUGE_MAX_UPLOAD_MB",
+    }.get(resp.status_code, "")
+    return f"HTTP {resp.status_code} {text}{hint}", problem
+
+
+class APIClient(httpx.Client):
+    """``httpx.Client`` for ``{api_url}/api/v1`` with the bearer key, a timeout and one error mapper.
+
+    Idempotent requests (GET/HEAD/DELETE) are retried with capped exponential backoff on network errors and
+    5xx answers; everything else is tried once. Every failure raises :class:`APIError`.
+
+    >>> with APIClient("http://127.0.0.1:8000", "tg_…") as api:   # doctest: +SKIP
+    ...     api.get_json("/datasets")
+    """
+
+    def __init__(self, api_url: str, api_key: str | None, *, timeout: float = 60.0, retries: int = 3,
+                 **kwargs: Any):
+        self.api_url = api_url.rstrip("/")
+        headers = {"Accept": "application/json", "User-Agent": "taskgauge-cli"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        super().__init__(base_url=self.api_url + "/api/v1", headers=headers, timeout=timeout, **kwargs)
+        self.retries = retries
+
+    def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        idempotent = method.upper() in {"GET", "HEAD", "DELETE"}
+        attempts = self.retries + 1 if idempotent else 1
+        delay = 0.25
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                resp = super().request(method, url, **kwargs)
+            except httpx.ConnectError:
+                if last:
+                    raise APIError(
+                        f"cannot connect to the taskgauge server at {self.api_url}: is it running? Start one with "
+                        "`taskgauge serve`, or point the CLI at yours with --api-url / TASKGAUGE_API_URL"
+                    ) from None
+            except httpx.TimeoutException:
+                if last:
+                    raise APIError(
+                        f"the server at {self.api_url} did not answer in {self.timeout.read}s; try again later"
+                    ) from None
+            except httpx.TransportError as exc:
+                if last:
+                    raise APIError(f"network error talking to {self.api_url}: {exc}") from None
+            else:
+                if resp.status_code >= 500 and not last:
+                    pass  # retry below
+                elif resp.is_error:
+                    message, problem = _problem_message(resp)
+                    raise APIError(message, status=resp.status_code, problem=problem)
+                else:
+                    return resp
+            time.sleep(min(delay, 4.0))
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_json(self, url: str, **kwargs: Any) -> Any:
+        return self.get(url, **kwargs).json()
+
+    def post_json(self, url: str, body: Any) -> Any:
+        return self.post(url, json=body).json()
+
+    def events(self, analysis_id: str) -> Iterator[dict[str, Any]]:
+        """Yield the ``data`` payloads (parsed JSON) of the analysis' Server-Sent Events until the stream ends."""
+        with self.stream("GET", f"/analyses/{analysis_id}/events", headers={"Accept": "text/event-stream"},
+                         timeout=httpx.Timeout(self.timeout.connect, read=None)) as resp:
+            if resp.is_error:
+                resp.read()
+                message, problem = _problem_message(resp)
+                raise APIError(message, status=resp.status_code, problem=problem)
+            data: list[str] = []
+            for line in resp.iter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+                elif line == "" and data:
+                    try:
+                        yield json.loads("\n".join(data))
+                    except ValueError:
+                        pass
+                    data = []
+
+
+def local_key_file() -> Path | None:
+    """The embedded default's local key file, as the service writes it (None if the settings cannot be read)."""
+    try:
+        from app.auth import local_key_path  # type: ignore[attr-defined]
+
+        return Path(local_key_path())
+    except Exception:  # noqa: BLE001 - older/other layouts: fall back to the documented location
+        pass
+    data_dir = os.environ.get("TASKGAUGE_DATA_DIR")
+    if data_dir is None:
+        try:
+            from app.settings import get_settings  # type: ignore[attr-defined]
+
+            data_dir = str(get_settings().data_dir)
+        except Exception:  # noqa: BLE001
+            data_dir = ".taskgauge"
+    return Path(data_dir) / "local_api_key"
+
+
+def resolve_key(api_key: str | None) -> str | None:
+    if api_key:
+        return api_key.strip()
+    path = local_key_file()
+    if path is not None and path.is_file():
+        return path.read_text().strip() or None
+    return None
+
+
+def make_client(api_url: str | None, api_key: str | None) -> APIClient:
+    return APIClient(api_url or DEFAULT_API_URL, resolve_key(api_key))
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=code)
+
+
+def run(fn, *args, **kwargs):
+    """Call fn; APIError → styled one-line message and exit (2 for a rejected request, 1 otherwise)."""
+    try:
+        return fn(*args, **kwargs)
+    except APIError as exc:
+        code = 2 if exc.status in (400, 404, 409, 413, 422) else 1
+        raise fail(exc.message, code) from None
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+ApiUrl = Annotated[
+    str, typer.Option("--api-url", envvar="TASKGAUGE_API_URL", help="Server URL.", show_default=True)
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="TASKGAUGE_API_KEY", show_default=False,
+                 help="API key (default: the embedded server's local key file under TASKGAUGE_DATA_DIR)."),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the JSON document instead of a table.")]
+
+
+def parse_value(text: str) -> Any:
+    """``--param`` values: JSON when it parses (numbers, lists, true/false), else the plain string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_params(estimators: list[str], params: list[str]) -> dict[str, dict[str, Any]]:
+    """``-e mle -e twonn --param mle.k=10`` → ``{"mle": {"k": 10}, "twonn": {}}``."""
+    requested: dict[str, dict[str, Any]] = {name: {} for name in estimators}
+    for item in params:
+        key, sep, value = item.partition("=")
+        name, dot, pkey = key.partition(".")
+        if not sep or not dot or not name or not pkey:
+            raise fail(f"bad --param {item!r}: write NAME.KEY=VALUE, e.g. mle.k=10", 2)
+        requested.setdefault(name, {})[pkey] = parse_value(value)
+    return requested
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def fmt_ci(ci: Any) -> str:
+    if isinstance(ci, list) and len(ci) == 2:
+        return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+    return "—"
+
+
+def print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def watch_analysis(api: APIClient, analysis_id: str, *, quiet: bool = False, poll: float = 0.5) -> dict[str, Any]:
+    """Show a progress bar until the analysis finishes; returns its final state.
+
+    Follows the SSE stream when the server offers it and falls back to polling ``GET /analyses/{id}``.
+    """
+    state = api.get_json(f"/analyses/{analysis_id}")
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stage]}"),
+        console=err_console,
+        disable=quiet,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(f"analysis {analysis_id[:8]}", total=1.0, stage=state.get("stage") or "")
+
+        def show(s: dict[str, Any]) -> None:
+            bar.update(task, completed=float(s.get("progress") or 0.0), stage=s.get("stage") or s.get("status", ""))
+
+        show(state)
+        if state.get("status") not in TERMINAL:
+            try:
+                for event in api.events(analysis_id):
+                    if isinstance(event, dict):
+                        state = {**state, **event}
+                        show(state)
+                        if state.get("status") in TERMINAL:
+                            break
+            except (APIError, httpx.HTTPError):
+                pass  # no SSE (or it broke): poll instead
+            while state.get("status") not in TERMINAL:
+                time.sleep(poll)
+                state = api.get_json(f"/analyses/{analysis_id}")
+                show(state)
+            state = api.get_json(f"/analyses/{analysis_id}")
+        if state.get("status") == "succeeded":
+            bar.update(task, completed=1.0, stage="done")
+        else:
+            show(state)
+    return state
+
+
+def report_for(api: APIClient, ident: str) -> dict[str, Any]:
+    """A report by report id, or the report of an analysis id, or the latest report of a dataset id."""
+    try:
+        return api.get_json(f"/reports/{ident}")
+    except APIError as exc:
+        if exc.status != 404:
+            raise
+    try:
+        analysis = api.get_json(f"/analyses/{ident}")
+    except APIError as exc:
+        if exc.status != 404:
+            raise
+    else:
+        rid = analysis.get("report_id")
+        if not rid:
+            raise APIError(
+                f"analysis {ident} has no report yet (status {analysis.get('status')}); "
+                f"wait with `taskgauge watch {ident}`", status=409)
+        return api.get_json(f"/reports/{rid}")
+    try:
+        history = api.get_json(f"/datasets/{ident}/reports")
+    except APIError as exc:
+        if exc.status == 404:
+            raise APIError(f"no report, analysis or dataset with id {ident} for this API key", status=404) from None
+        raise
+    items = history.get("items", history) if isinstance(history, dict) else history
+    if not items:
+        raise APIError(f"dataset {ident} has no reports yet; start one with `taskgauge analyse {ident}`", status=404)
+    latest = max(items, key=lambda r: r.get("created_at") or "")
+    return api.get_json(f"/reports/{latest.get('report_id') or latest.get('id')}")
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    ds = report.get("dataset", {})
+    shape = "×".join(str(s) for s in ds.get("shape") or [])
+    table = Table(title=f"{ds.get('name', 'dataset')} ({shape}) — report {str(report.get('report_id', ''))[:8]}")
+    table.add_column("estimator")
+    table.add_column("value", justify="right")
+    table.add_column("CI", justify="right")
+    table.add_column("version")
+    table.add_column("seconds", justify="right")
+    table.add_column("warnings")
+    for name, r in (report.get("results") or {}).items():
+        table.add_row(name, fmt(r.get("value")), fmt_ci(r.get("ci")), str(r.get("version", "")),
+                      fmt(r.get("seconds"), 3), "; ".join(r.get("warnings") or [])[:80])
+    return table
+
+
+# --------------------------------------------------------------------------------------------------- commands
+
+
+def upload_file(api: APIClient, path: Path, *, name: str | None, label_column: str | None,
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"name": name or path.stem}
+    if label_column:
+        data["label_column"] = label_column
+    for k, v in (options or {}).items():
+        data[k] = v if isinstance(v, str) else json.dumps(v)
+    with path.open("rb") as fh:
+        return api.post("/datasets", data=data, files={"file": (path.name, fh, "application/octet-stream")},
+                        timeout=httpx.Timeout(60.0, read=600.0)).json()
+
+
+def analyse_remote(
+    dataset_id: str,
+    *,
+    estimators: list[str] | None = None,
+    params: list[str] | None = None,
+    requests: dict[str, dict[str, Any]] | None = None,
+    model_spec: Path | dict[str, Any] | None = None,
+    watch: bool = True,
+    json_out: bool = False,
+    quiet: bool = False,
+    api_url: str | None = None,
+    api_key: str | None = None,
+    **_ignored: Any,
+) -> dict[str, Any]:
+    """Start an analysis of an uploaded dataset on the server (``taskgauge analyse DATASET_ID``).
+
+    With ``watch`` it shows the progress bar until the analysis finishes and then prints the report table (or the
+    report JSON with ``json_out``); without it, prints the analysis id. Exits 1 when the analysis failed.
+    """
+
+    def go() -> dict[str, Any]:
+        with make_client(api_url, api_key) as api:
+            est = dict(requests) if requests else parse_params(list(estimators or []), list(params or []))
+            body: dict[str, Any] = {"dataset_id": dataset_id}
+            if est:
+                body["estimators"] = est  # else: the server's default set
+            if model_spec is not None:
+                spec_doc = model_spec if isinstance(model_spec, dict) else json.loads(Path(model_spec).read_text())
+                spec = api.post_json("/model-specs", spec_doc)
+                body["model_spec_id"] = spec["id"]
+            analysis = api.post_json("/analyses", body)
+            aid = analysis["id"]
+            if not watch:
+                if json_out:
+                    print_json(analysis)
+                else:
+                    out_console.print(f"analysis [bold]{aid}[/] queued — follow it with `taskgauge watch {aid}`")
+                return analysis
+            state = watch_analysis(api, aid, quiet=json_out or quiet)
+            if state.get("status") != "succeeded":
+                raise APIError(f"analysis {aid} {state.get('status')}: {_error_text(state)}", status=1)
+            report = api.get_json(f"/reports/{state['report_id']}")
+            if json_out:
+                print_json(report)
+            else:
+                out_console.print(report_table(report))
+            return report
+
+    return run(go)
+
+
+def _error_text(state: dict[str, Any]) -> str:
+    err = state.get("error")
+    if isinstance(err, dict):
+        return str(err.get("detail") or err.get("title") or err)
+    return str(err or "no detail")
+
+
+def register(cli: typer.Typer) -> None:
+    """Add the remote commands to the top-level ``taskgauge`` Typer app."""
+
+    @cli.command("upload", epilog="Example: taskgauge upload digits.npz --name digits\n\n"
+                 "Example: taskgauge upload table.csv --label-column species")
+    def upload(
+        path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                             help="File to upload (.npz .npy .csv .parquet .zip .jsonl).")],
+        name: Annotated[str | None, typer.Option(help="Dataset name (default: the file name).")] = None,
+        label_column: Annotated[str | None, typer.Option(help="Label column of a table.")] = None,
+        option: Annotated[list[str], typer.Option(
+            "--option", help="Extra ingest option KEY=VALUE (e.g. resize=32, grayscale=true).")] = [],  # noqa: B006
+        json_out: JsonFlag = False,
+        api_url: ApiUrl = DEFAULT_API_URL,
+        api_key: ApiKey = None,
+    ) -> None:
+        """Upload a dataset to the server and print its id."""
+        opts: dict[str, Any] = {}
+        for item in option:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise fail(f"bad --option {item!r}: write KEY=VALUE", 2)
+            opts[k] = parse_value(v)
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                ds = upload_file(api, path, name=name, label_column=label_column, options=opts)
+            if json_out:
+                print_json(ds)
+            else:
+                out_console.print(f"uploaded [bold]{ds.get('name')}[/] → dataset id [bold]{ds['id']}[/]")
+                out_console.print(f"analyse it with: taskgauge analyse {ds['id']}", highlight=False)
+
+        run(go)
+
+    @cli.command("datasets", epilog="Example: taskgauge datasets")
+    def datasets(json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None) -> None:
+        """List your datasets on the server."""
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                page = api.get_json("/datasets", params={"limit": 200})
+            items = page.get("items", page) if isinstance(page, dict) else page
+            if json_out:
+                print_json(page)
+                return
+            table = Table(title="datasets")
+            for col in ("id", "name", "samples", "shape", "created"):
+                table.add_column(col)
+            for d in items:
+                table.add_row(str(d.get("id")), str(d.get("name")), fmt(d.get("n_samples")),
+                              "×".join(str(s) for s in d.get("shape") or []), str(d.get("created_at", ""))[:19])
+            out_console.print(table)
+
+        run(go)
+
+    @cli.command("status", epilog="Example: taskgauge status 3f2c9a…")
+    def status(
+        analysis_id: Annotated[str, typer.Argument(help="Analysis id.")],
+        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+    ) -> None:
+        """Print an analysis' status, progress and stage once."""
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                s = api.get_json(f"/analyses/{analysis_id}")
+            if json_out:
+                print_json(s)
+            else:
+                out_console.print(f"{s.get('status')}  {100 * float(s.get('progress') or 0):.1f}%  {s.get('stage') or ''}"
+                                  + (f"  error: {_error_text(s)}" if s.get("status") == "failed" else ""))
+
+        run(go)
+
+    @cli.command("watch", epilog="Example: taskgauge watch 3f2c9a…   (exit code 0 when it succeeded)")
+    def watch(
+        analysis_id: Annotated[str, typer.Argument(help="Analysis id (printed by `taskgauge analyse`).")],
+        json_out: Annotated[bool, typer.Option("--json", help="Print the final report JSON when done.")] = False,
+        api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+    ) -> None:
+        """Show a live progress bar until the analysis finishes; exit 1 if it failed."""
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                state = watch_analysis(api, analysis_id)
+                if state.get("status") != "succeeded":
+                    raise APIError(f"analysis {analysis_id} {state.get('status')}: {_error_text(state)}")
+                if json_out:
+                    print_json(api.get_json(f"/reports/{state['report_id']}"))
+                else:
+                    out_console.print(f"done — see it with `taskgauge report {state['report_id']}`", highlight=False)
+
+        run(go)
+
+    @cli.command("report", epilog="Example: taskgauge report 3f2c9a…\n\nExample: taskgauge report 3f2c9a… --json > r.json")
+    def report(
+        ident: Annotated[str, typer.Argument(
+            metavar="ID", help="Report id, analysis id, or dataset id (its latest report).")],
+        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+    ) -> None:
+        """Show a report as a table (or its JSON, DESIGN §5, with --json)."""
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                doc = report_for(api, ident)
+            if json_out:
+                print_json(doc)
+            else:
+                out_console.print(report_table(doc))
+                for note in doc.get("interpretation") or []:
+                    out_console.print(f"• {note}", style="dim", highlight=False)
+
+        run(go)
+
+    @cli.command("compare", epilog="Example: taskgauge compare REPORT_A REPORT_B\n\n"
+                 "Dataset or analysis ids work too (their latest report is used).")
+    def compare(
+        ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Two or more report/analysis/dataset ids.")],
+        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+    ) -> None:
+        """Compare the headline values of several reports side by side."""
+        if len(ids) < 2:
+            raise fail("give at least two ids to compare", 2)
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                reports = [report_for(api, i) for i in ids]
+            if json_out:
+                print_json({"reports": [{"report_id": r.get("report_id"), "dataset": r.get("dataset", {}).get("name"),
+                                         "results": {k: {"value": v.get("value"), "ci": v.get("ci"),
+                                                         "version": v.get("version")}
+                                                     for k, v in (r.get("results") or {}).items()}}
+                                        for r in reports]})
+                return
+            table = Table(title="comparison")
+            table.add_column("estimator")
+            for r in reports:
+                table.add_column(f"{r.get('dataset', {}).get('name')}\n{str(r.get('report_id'))[:8]}", justify="right")
+            names: list[str] = []
+            for r in reports:
+                names += [n for n in (r.get("results") or {}) if n not in names]
+            for n in names:
+                table.add_row(n, *[fmt((r.get("results") or {}).get(n, {}).get("value")) for r in reports])
+            out_console.print(table)
+
+        run(go)
+
+    schedule = typer.Typer(help="Scheduled re-analysis of a dataset (cron expression + time zone).",
+                           no_args_is_help=True)
+    cli.add_typer(schedule, name="schedule")
+
+    @schedule.command("add", epilog='Example: taskgauge schedule add DATASET_ID --cron "0 3 * * 1" '
+                      "--tz Europe/Berlin -e mle -e twonn")
+    def schedule_add(
+        dataset_id: Annotated[str, typer.Argument(help="Dataset id.")],
+        cron: Annotated[str, typer.Option(help='Cron expression, e.g. "0 3 * * *" (03:00 daily).')],
+        tz: Annotated[str, typer.Option("--tz", help="IANA time zone of the cron expression.")] = "UTC",
+        estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator (repeatable).")] = [],  # noqa: B006
+        param: Annotated[list[str], typer.Option("--param", help="NAME.KEY=VALUE (repeatable).")] = [],  # noqa: B006
+        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+    ) -> None:
+        """Re-analyse a dataset on a cron schedule."""
+
+        def go() -> None:
+            body: dict[str, Any] = {"dataset_id": dataset_id, "cron": cron, "timezone": tz}
+            est = parse_params(list(estimator), list(param))
+            if est:
+                body["estimators"] = est
+            with make_client(api_url, api_key) as api:
+                s = api.post_json("/schedules", body)
+            if json_out:
+                print_json(s)
+            else:
+                out_console.print(f"schedule [bold]{s['id']}[/]: next run {s.get('next_run_at')}", highlight=False)
+
+        run(go)
+
+    @schedule.command("list", epilog="Example: taskgauge schedule list")
+    def schedule_list(json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None) -> None:
+        """List your schedules."""
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                page = api.get_json("/schedules")
+            if json_out:
+                print_json(page)
+                return
+            table = Table(title="schedules")
+            for col in ("id", "dataset", "cron", "tz", "estimators", "next run", "last run"):
+                table.add_column(col)
+            for s in page.get("items", []):
+                table.add_row(s["id"], s["dataset_id"], s["cron"], s["timezone"], ", ".join(s.get("estimators") or {}),
+                              str(s.get("next_run_at") or "")[:19], str(s.get("last_run_at") or "—")[:19])
+            out_console.print(table)
+
+        run(go)
+
+    @schedule.command("rm", epilog="Example: taskgauge schedule rm SCHEDULE_ID")
+    def schedule_rm(
+        schedule_id: Annotated[str, typer.Argument(help="Schedule id.")],
+        api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+    ) -> None:
+        """Delete a schedule (its past analyses and reports stay)."""
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                api.delete(f"/schedules/{schedule_id}")
+            out_console.print(f"schedule {schedule_id} deleted", highlight=False)
+
+        run(go)

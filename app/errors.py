@@ -1,0 +1,183 @@
+"""One error hierarchy and one handler: every error leaves the API as RFC 9457 ``application/problem+json``.
+
+Services raise :class:`TaskgaugeError` subclasses (never ``HTTPException``); :func:`install_error_handlers`
+renders them, and also FastAPI's request-validation errors, Starlette's 404/405, ingest errors
+(:class:`app.ingest.IngestError`), estimator errors and unexpected exceptions, in the same shape::
+
+    {"type": "https://taskgauge.dev/problems/not-found", "title": "Not found", "status": 404,
+     "detail": "dataset 3f2c… does not exist (or belongs to another key); list yours with GET /api/v1/datasets",
+     "instance": "/api/v1/datasets/3f2c…"}
+
+``detail`` always says what was wrong and how to fix it. Extra members (``errors`` for validation problems)
+follow RFC 9457 §3.2. :data:`PROBLEM_RESPONSES` documents the shape in the OpenAPI spec (``responses=``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("taskgauge.api")
+
+PROBLEM_BASE = "https://taskgauge.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+
+
+class TaskgaugeError(Exception):
+    """Base of every error the API reports. ``kind`` becomes the problem ``type`` URI's last segment."""
+
+    status: int = 500
+    title: str = "Internal error"
+    kind: str = "internal"
+
+    def __init__(self, detail: str, *, title: str | None = None, status: int | None = None,
+                 kind: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if title is not None:
+            self.title = title
+        if status is not None:
+            self.status = status
+        if kind is not None:
+            self.kind = kind
+        self.extra = extra
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        body = {"type": PROBLEM_BASE + self.kind, "title": self.title, "status": self.status,
+                "detail": self.detail, "instance": instance}
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(TaskgaugeError):
+    status, title, kind = 400, "Bad request", "bad-request"
+
+
+class Unauthorized(TaskgaugeError):
+    status, title, kind = 401, "Missing or invalid API key", "unauthorized"
+
+
+class NotFound(TaskgaugeError):
+    status, title, kind = 404, "Not found", "not-found"
+
+
+class Conflict(TaskgaugeError):
+    status, title, kind = 409, "Conflict", "conflict"
+
+
+class PayloadTooLarge(TaskgaugeError):
+    status, title, kind = 413, "Upload too large", "too-large"
+
+
+class InvalidInput(TaskgaugeError):
+    status, title, kind = 422, "Invalid input", "invalid-input"
+
+
+class ServiceUnavailable(TaskgaugeError):
+    status, title, kind = 503, "Service unavailable", "unavailable"
+
+
+def not_found(what: str, ident: str, hint: str) -> NotFound:
+    return NotFound(f"{what} {ident!s} does not exist (or belongs to another API key); {hint}")
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {k: v for k, v in body.items() if v is not None}
+    return JSONResponse(body, status_code=int(body["status"]), media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _problem_doc(description: str) -> dict[str, Any]:
+    return {"description": description, "model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _problem_doc("Missing or invalid API key (problem+json)"),
+    404: _problem_doc("No such resource for this API key (problem+json)"),
+    422: _problem_doc("Invalid input; `detail` names the problem and the fix (problem+json)"),
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: the common problems plus ``codes``."""
+    docs = {
+        400: "Bad request", 409: "Conflict with the resource's state", 413: "Upload over TASKGAUGE_MAX_UPLOAD_MB",
+        503: "Database or broker unavailable",
+    }
+    out = dict(PROBLEM_RESPONSES)
+    for c in codes:
+        out[c] = _problem_doc(docs.get(c, "Problem") + " (problem+json)")
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    from app.ingest import IngestError
+    from estimators.base import EstimatorError
+
+    @app.exception_handler(TaskgaugeError)
+    async def _taskgauge(request: Request, exc: TaskgaugeError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return problem_response(exc.to_problem(request.url.path), headers)
+
+    @app.exception_handler(IngestError)
+    async def _ingest(request: Request, exc: IngestError) -> JSONResponse:
+        kind = "too-large" if exc.status == 413 else "bad-upload"
+        return problem_response({"type": PROBLEM_BASE + kind, "title": exc.title, "status": exc.status,
+                                 "detail": exc.detail, "instance": request.url.path})
+
+    @app.exception_handler(EstimatorError)
+    async def _estimator(request: Request, exc: EstimatorError) -> JSONResponse:
+        return problem_response({"type": PROBLEM_BASE + "bad-estimator-request", "title": "Invalid estimator request",
+                                 "status": 422, "detail": str(exc), "instance": request.url.path})
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        return problem_response({"type": PROBLEM_BASE + "invalid-request", "title": "Invalid request",
+                                 "status": 422, "detail": f"{summary}. Fix these fields and send the request again "
+                                 "(schema: /docs).", "instance": request.url.path, "errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.url.path}; the API lives under /api/v1 (see /docs)"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}; see /docs for the methods"
+        return problem_response({"type": "about:blank", "title": _reason(exc.status_code), "status": exc.status_code,
+                                 "detail": detail, "instance": request.url.path}, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response({"type": PROBLEM_BASE + "internal", "title": "Internal error", "status": 500,
+                                 "detail": f"{type(exc).__name__}; this is a bug, please report it with the request "
+                                 "that caused it", "instance": request.url.path})
+
+
+def _reason(code: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Error"

@@ -1,0 +1,66 @@
+"""Turn an uploaded file into the canonical dataset (DESIGN.md §2–3).
+
+One entry point, :func:`ingest_file`, used by the upload endpoint and the CLI's local mode::
+
+    from app.ingest import IngestError, IngestOptions, ingest_file
+    ds = ingest_file(Path("/tmp/upload-123"), "digits.npz")            # CanonicalDataset
+    ds = ingest_file(p, "iris.csv", IngestOptions(label_column="species"))
+    ds = ingest_file(p, "pets.zip", IngestOptions(resize=(32, 32), grayscale=True))
+
+The file's format comes from ``filename``'s extension (``path`` may be an extension-less temp file). Bad input
+raises :class:`IngestError` with ``title``, ``detail`` (naming the file, what was wrong and the fix) and
+``status`` (422, or 413 for data over the limits). Nothing is ever unpickled.
+
+Canonical result: ``X`` float32 (N, D) for tables and arrays (values as given) or (N, C, H, W) in [0, 1] for
+images; ``y`` int64 class indices 0..C-1 with ``classes`` names (sorted distinct label values, or folder names);
+``meta`` = ``{"source_format", "filename", "preprocessing": {...}, "label_column", ...}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+from typing import Callable
+
+from app.ingest.arrays import read_npy_file, read_npz_file
+from app.ingest.errors import Ctx, IngestError, IngestOptions
+from app.ingest.images import IMAGE_EXTENSIONS, read_image_zip
+from app.ingest.tables import read_csv_file, read_parquet_file
+from workers.canonical import CanonicalDataset
+
+__all__ = ["IngestError", "IngestOptions", "SUPPORTED_EXTENSIONS", "IMAGE_EXTENSIONS", "ingest_file"]
+
+_READERS: dict[str, Callable[[Ctx, Path], CanonicalDataset]] = {
+    ".npz": read_npz_file,
+    ".npy": read_npy_file,
+    ".csv": read_csv_file,
+    ".parquet": read_parquet_file,
+    ".zip": read_image_zip,
+}
+SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_READERS)
+
+
+def ingest_file(path: Path, filename: str, options: IngestOptions | None = None) -> CanonicalDataset:
+    """Read ``path`` (named ``filename`` by the user) into a :class:`CanonicalDataset`; see the module doc."""
+    options = options or IngestOptions()
+    name = PurePath(filename.replace("\\", "/")).name or "upload"
+    ctx = Ctx(filename=name, options=options)
+    ext = PurePath(name).suffix.lower()
+    reader = _READERS.get(ext)
+    if reader is None:
+        raise ctx.error(
+            "Unsupported file type",
+            f"'{ext or '(no extension)'}' is not a supported format; upload one of "
+            f"{', '.join(SUPPORTED_EXTENSIONS)} (a .zip holds image folders: class_name/image.png)",
+        )
+    if ext != ".zip" and (options.resize is not None or options.grayscale):
+        raise ctx.error(
+            "Image options on a non-image file",
+            "resize and grayscale apply to a .zip of image folders only; leave them unset for "
+            f"{ext} files",
+        )
+    try:
+        return reader(ctx, Path(path))
+    except MemoryError:
+        raise ctx.error(
+            "Data too large", "the data does not fit in memory; upload a smaller subset", status=413
+        ) from None

@@ -1,0 +1,169 @@
+"""Checks and conversions every format shares: numeric X to float32, finiteness, sample counts, labels to
+class indices (DESIGN.md §2–3)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from app.ingest.errors import Ctx
+from workers.canonical import CanonicalDataset
+
+MIN_SAMPLES = 3
+_NUMERIC_KINDS = "biuf"
+
+
+def _fmt(v: Any) -> str:
+    s = repr(v.item() if isinstance(v, np.generic) else v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def check_features(ctx: Ctx, X: np.ndarray, *, what: str = "X", columns: Sequence[str] | None = None) -> np.ndarray:
+    """Return X as float32, rejecting non-numeric dtypes, empty data, NaN/Inf and too few samples.
+
+    ``columns`` (tables) lets the NaN message name the column as well as the row.
+    """
+    if X.dtype.kind not in _NUMERIC_KINDS:
+        kind = {"U": "strings", "S": "bytes", "c": "complex numbers", "M": "dates", "m": "time spans"}.get(
+            X.dtype.kind, f"dtype {X.dtype}"
+        )
+        raise ctx.error(
+            "Non-numeric data",
+            f"{what} holds {kind}; taskgauge needs real numbers. Convert the features to int or float "
+            "(e.g. X.astype('float32')) and upload again",
+        )
+    if X.ndim == 0 or X.shape[0] == 0:
+        raise ctx.error("Empty data", f"{what} has no samples (shape {list(X.shape)}); upload at least {MIN_SAMPLES}")
+    if X.ndim >= 2 and int(np.prod(X.shape[1:])) == 0:
+        raise ctx.error("Empty data", f"{what} has no features (shape {list(X.shape)}); upload at least one feature")
+    n = X.shape[0]
+    if n < MIN_SAMPLES:
+        raise ctx.error(
+            "Too few samples",
+            f"{what} has {n} sample{'s' if n != 1 else ''}; every estimator needs at least {MIN_SAMPLES} "
+            "(most need many more); upload more data",
+        )
+    _check_finite(ctx, X, what=what, columns=columns)
+    with np.errstate(over="ignore"):  # overflow is reported below, as an error
+        out = X.astype(np.float32, copy=False)
+    if X.dtype.kind == "f" and X.dtype.itemsize > 4:
+        # Finite float64 values above float32's range would become inf silently.
+        _check_finite(ctx, out, what=what, columns=columns, overflow=True)
+    return np.ascontiguousarray(out)
+
+
+def _check_finite(
+    ctx: Ctx, X: np.ndarray, *, what: str, columns: Sequence[str] | None, overflow: bool = False
+) -> None:
+    if X.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(X)
+    count = int(bad.sum())
+    if not count:
+        return
+    n = X.shape[0]
+    rows = bad.reshape(n, -1).any(axis=1)
+    first = int(np.argmax(rows))
+    where = f"row {first}"
+    if columns is not None and X.ndim == 2:
+        col = int(np.argmax(bad[first]))
+        where += f", column '{columns[col]}'"
+    if overflow:
+        raise ctx.error(
+            "Values out of range",
+            f"{what} has {count} value{'s' if count != 1 else ''} beyond float32's range (±3.4e38), first at "
+            f"{where} (0-based); rescale the features",
+        )
+    n_nan = int(np.isnan(X).sum())
+    kinds = " and ".join(k for k, c in (("NaN", n_nan), ("Inf", count - n_nan)) if c)
+    raise ctx.error(
+        "Missing or infinite values",
+        f"{what} has {count} {kinds} value{'s' if count != 1 else ''} in {int(rows.sum())} "
+        f"row{'s' if rows.sum() != 1 else ''}, first at {where} (0-based); drop or impute those rows",
+    )
+
+
+def encode_labels(
+    ctx: Ctx, y: np.ndarray, n: int, *, what: str = "y", classes_hint: Sequence[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Class labels -> (int64 indices 0..C-1, class names).
+
+    Integers, bools, integral floats (``1.0`` -> ``1``) and strings are accepted; classes are the sorted
+    distinct values, so ``["cat", "dog"]`` -> ``[0, 1]`` and ``[3, 7]`` -> ``[0, 1]`` named ``"3"``, ``"7"``.
+    A canonical file's own ``classes`` array (``classes_hint``) is kept when ``y`` already indexes into it.
+    One class is allowed: estimators that need two say so themselves.
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ctx.error(
+            "Bad labels",
+            f"{what} has shape {list(y.shape)}; labels must be one class per sample, shape [{n}] "
+            "(one-hot labels: use y.argmax(1))",
+        )
+    if y.shape[0] != n:
+        raise ctx.error(
+            "Bad labels", f"{what} has {y.shape[0]} labels but X has {n} samples; give exactly one label per sample"
+        )
+    kind = y.dtype.kind
+    if kind == "O":
+        missing = np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in y], dtype=bool)
+        if missing.any():
+            raise _missing_labels(ctx, what, missing)
+        y = np.array([str(v) for v in y], dtype=np.str_)
+        kind = "U"
+    elif kind == "S":
+        y = np.char.decode(y, "utf-8", errors="replace")
+        kind = "U"
+    if kind == "f":
+        missing = ~np.isfinite(y)
+        if missing.any():
+            raise _missing_labels(ctx, what, missing)
+        frac = y != np.round(y)
+        if frac.any():
+            i = int(np.argmax(frac))
+            raise ctx.error(
+                "Labels are not classes",
+                f"{what} value {_fmt(y[i])} at row {i} is not a whole number; labels must be class ids or "
+                "names (taskgauge measures classification tasks; bin a regression target into classes first)",
+            )
+        y = y.astype(np.int64)
+        kind = "i"
+    if kind not in "biuU":
+        raise ctx.error("Bad labels", f"{what} has dtype {y.dtype}; use integers or strings as class labels")
+    if classes_hint is not None and kind in "iu" and y.size and y.min() >= 0 and y.max() < len(classes_hint):
+        return y.astype(np.int64), [str(c) for c in classes_hint]
+    uniques, inverse = np.unique(y, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64), [str(u) for u in uniques.tolist()]
+
+
+def _missing_labels(ctx: Ctx, what: str, missing: np.ndarray):
+    count = int(missing.sum())
+    return ctx.error(
+        "Missing labels",
+        f"{what} has {count} missing label{'s' if count != 1 else ''}, first at row {int(np.argmax(missing))} "
+        "(0-based); drop those rows or give them a class",
+    )
+
+
+def make_dataset(
+    ctx: Ctx,
+    X: np.ndarray,
+    y: np.ndarray | None,
+    classes: list[str] | None,
+    *,
+    source_format: str,
+    preprocessing: dict[str, Any],
+    label_column: str | None = None,
+    **extra_meta: Any,
+) -> CanonicalDataset:
+    meta: dict[str, Any] = {
+        "source_format": source_format,
+        "filename": ctx.filename,
+        "preprocessing": preprocessing,
+        "label_column": label_column,
+    }
+    meta.update(extra_meta)
+    return CanonicalDataset(X=X, y=y, classes=classes if y is not None else None, meta=meta)

@@ -1,0 +1,100 @@
+"""``/analyses``: create (202 + Location), read, list, cancel, and live progress as Server-Sent Events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, AsyncIterator
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
+
+from app import services
+from app.deps import OwnerDep, SessionDep, StateDep
+from app.errors import responses
+from app.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
+from workers import db
+
+router = APIRouter(prefix="/analyses", tags=["analyses"])
+
+SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
+
+
+@router.post("", status_code=202, response_model=AnalysisPublic, operation_id="analyses-create",
+             responses=responses(503))
+def create_analysis(body: AnalysisCreate, request: Request, response: Response, state: StateDep,
+                    owner: OwnerDep) -> AnalysisPublic:
+    """Validate the estimators and params, store the analysis (``queued``) and enqueue it for a worker.
+    Follow it with ``GET /analyses/{id}`` or ``GET /analyses/{id}/events``."""
+    row = services.create_analysis(state, owner, dataset_id=body.dataset_id, estimators=body.estimators,
+                                   model_spec_id=body.model_spec_id, device=body.device)
+    response.headers["Location"] = str(request.url_for("analyses-read", analysis_id=row.id))
+    return AnalysisPublic.model_validate(row)
+
+
+@router.get("", response_model=AnalysesPublic, operation_id="analyses-list", responses=responses())
+def list_analyses(session: SessionDep, owner: OwnerDep, dataset_id: str | None = None,
+                  status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                  offset: Annotated[int, Query(ge=0)] = 0) -> AnalysesPublic:
+    """Your analyses, newest first; filter by ``dataset_id`` and ``status``."""
+    A = db.Analysis
+    q = select(A).where(A.owner_id == owner.owner_id)
+    if dataset_id:
+        q = q.where(A.dataset_id == dataset_id)
+    if status:
+        q = q.where(A.status == status)
+    count = session.scalar(select(func.count()).select_from(q.subquery()))
+    rows = session.scalars(q.order_by(A.created_at.desc(), A.id).limit(limit).offset(offset)).all()
+    return AnalysesPublic(items=[AnalysisPublic.model_validate(r) for r in rows], count=count or 0,
+                          limit=limit, offset=offset)
+
+
+@router.get("/{analysis_id}", response_model=AnalysisPublic, operation_id="analyses-read", name="analyses-read",
+            responses=responses())
+def read_analysis(analysis_id: str, session: SessionDep, owner: OwnerDep) -> AnalysisPublic:
+    """Status ``queued|running|succeeded|failed|cancelled``, ``progress`` (0..1), ``stage``, ``error``, ``report_id``."""
+    return AnalysisPublic.model_validate(services.get_analysis(session, owner, analysis_id))
+
+
+@router.post("/{analysis_id}/cancel", response_model=AnalysisPublic, operation_id="analyses-cancel",
+             responses=responses(409))
+def cancel_analysis(analysis_id: str, state: StateDep, owner: OwnerDep) -> AnalysisPublic:
+    """Cancel a queued or running analysis. A running one stops at its estimator's next progress report."""
+    return AnalysisPublic.model_validate(services.cancel_analysis(state, owner, analysis_id))
+
+
+@router.get("/{analysis_id}/events", operation_id="analyses-events", responses={
+    **responses(), 200: {"description": "text/event-stream: `progress` events (the analysis JSON), then one "
+                         "`end` event when it is finished", "content": {"text/event-stream": {}}}})
+async def analysis_events(analysis_id: str, state: StateDep, owner: OwnerDep) -> StreamingResponse:
+    """Server-Sent Events: an ``event: progress`` with the analysis JSON whenever it changes, and a final
+    ``event: end`` when it is succeeded, failed or cancelled; comments keep the connection alive."""
+
+    def load() -> dict:
+        with state.sessions() as s:
+            return AnalysisPublic.model_validate(services.get_analysis(s, owner, analysis_id)).model_dump(mode="json")
+
+    first = await run_in_threadpool(load)  # 404 before the stream starts
+
+    async def stream() -> AsyncIterator[bytes]:
+        last, current, idle = None, first, 0.0
+        yield b"retry: 2000\n\n"
+        while True:
+            if current != last:
+                yield f"event: progress\ndata: {json.dumps(current)}\n\n".encode()
+                last, idle = current, 0.0
+            if current["status"] in db.TERMINAL_STATES:
+                yield f"event: end\ndata: {json.dumps(current)}\n\n".encode()
+                return
+            await asyncio.sleep(SSE_POLL_S)
+            idle += SSE_POLL_S
+            if idle >= SSE_KEEPALIVE_S:
+                yield b": keep-alive\n\n"
+                idle = 0.0
+            current = await run_in_threadpool(load)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

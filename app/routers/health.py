@@ -1,0 +1,50 @@
+"""``/healthz`` (liveness: the process answers) and ``/readyz`` (readiness: the database and the broker answer)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import StateDep
+from app.errors import ServiceUnavailable, responses
+from app.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, operation_id="health-live")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+def _check_db(state) -> str:
+    with state.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return "ok"
+
+
+def _check_broker(state) -> str:
+    from workers.celery_app import celery_app
+
+    if state.worker_config.embedded:
+        folder = state.worker_config.broker_dir / "queue"
+        if not folder.is_dir():
+            raise OSError(f"broker folder {folder} is missing")
+        return "ok (embedded filesystem transport)"
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+    return "ok"
+
+
+@router.get("/readyz", response_model=Readiness, operation_id="health-ready", responses=responses(503))
+async def readyz(state: StateDep) -> Readiness:
+    results = {}
+    for name, check in (("database", _check_db), ("broker", _check_broker)):
+        try:
+            results[name] = await run_in_threadpool(check, state)
+        except Exception as exc:  # noqa: BLE001 - report which dependency is down, and why
+            raise ServiceUnavailable(f"{name} is not reachable: {type(exc).__name__}: {exc}. Check TASKGAUGE_"
+                                     f"{'DATABASE_URL' if name == 'database' else 'BROKER_URL'} and that the "
+                                     "service is up", title=f"{name.capitalize()} unavailable") from None
+    return Readiness(status="ok", **results)

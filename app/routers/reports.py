@@ -1,0 +1,53 @@
+"""``/reports/{id}`` (the DESIGN.md §5 document) and ``/compare`` (headline values side by side)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from app.deps import OwnerDep, SessionDep
+from app.errors import InvalidInput, not_found, responses
+from app.schemas import CompareColumn, ComparePublic, CompareRow
+from workers import db
+
+router = APIRouter(tags=["reports"])
+
+
+def _get_report(session, owner, report_id: str) -> db.Report:
+    row = session.scalar(select(db.Report).where(db.Report.id == report_id, db.Report.owner_id == owner.owner_id))
+    if row is None:
+        raise not_found("report", report_id, "find report ids with GET /api/v1/datasets/{id}/reports")
+    return row
+
+
+@router.get("/reports/{report_id}", operation_id="reports-read", responses=responses(),
+            response_model=dict[str, Any])
+def read_report(report_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
+    """The report JSON (DESIGN.md §5) — the same document the CLI's local mode writes with ``--json``."""
+    return _get_report(session, owner, report_id).document
+
+
+@router.get("/compare", response_model=ComparePublic, operation_id="reports-compare", responses=responses())
+def compare(session: SessionDep, owner: OwnerDep,
+            report_ids: Annotated[str, Query(description="comma-separated report ids", examples=["a1…,b2…"])]
+            ) -> ComparePublic:
+    """Headline value of every estimator, one column per report."""
+    ids = [i.strip() for i in report_ids.split(",") if i.strip()]
+    if not ids or len(ids) > 50:
+        raise InvalidInput("give between 1 and 50 comma-separated report ids, e.g. ?report_ids=ID1,ID2",
+                           title="Bad report_ids")
+    reports = [_get_report(session, owner, i) for i in ids]
+    names: list[str] = []
+    for r in reports:
+        names += [n for n in (r.document.get("results") or {}) if n not in names]
+    rows = []
+    for n in names:
+        entries = [(r.document.get("results") or {}).get(n) or {} for r in reports]
+        rows.append(CompareRow(estimator=n, values=[e.get("value") for e in entries],
+                               versions=[e.get("version") for e in entries]))
+    cols = [CompareColumn(report_id=r.id, dataset_id=r.dataset_id,
+                          dataset_name=(r.document.get("dataset") or {}).get("name"), created_at=r.created_at)
+            for r in reports]
+    return ComparePublic(reports=cols, rows=rows)

@@ -1,0 +1,180 @@
+"""Request and response models of the REST API (DESIGN.md §6): one family per resource
+(``XCreate`` in, ``XPublic`` out, ``XsPublic{items, count}`` for lists)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers import db
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class DatasetPublic(_Out):
+    id: str
+    name: str
+    filename: str
+    sha256: str = Field(description="SHA-256 of the uploaded file")
+    size_bytes: int = Field(description="size of the uploaded file")
+    blob_sha256: str = Field(description="SHA-256 of the stored canonical .npz (content address)")
+    n_samples: int
+    shape: list[int]
+    n_classes: int | None
+    classes: list[str] | None
+    meta: dict[str, Any]
+    created_at: datetime
+
+
+class DatasetsPublic(BaseModel):
+    items: list[DatasetPublic]
+    count: int = Field(description="total number of datasets of this key's owner")
+    limit: int
+    offset: int
+
+
+class ModelSpecCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(default="model", max_length=300)
+    spec: dict[str, Any] = Field(
+        description='DESIGN.md §7, e.g. {"arch": "mlp", "hidden": [200, 200], "train": {"epochs": 10}}',
+        examples=[{"arch": "mlp", "hidden": [200, 200]}],
+    )
+
+
+class ModelSpecPublic(_Out):
+    id: str
+    name: str
+    spec: dict[str, Any]
+    created_at: datetime
+
+
+class ModelSpecsPublic(BaseModel):
+    items: list[ModelSpecPublic]
+    count: int
+
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class AnalysisCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset_id: str
+    estimators: dict[str, dict[str, Any] | None] | None = Field(
+        default=None,
+        description="estimator name → params (null or {} for the defaults). Omitted: mle, twonn, gride.",
+        examples=[{"mle": {"k": 20}, "twonn": None}],
+    )
+    model_spec_id: str | None = None
+    device: Device = Field(
+        default="auto",
+        description="auto: the worker's TASKGAUGE_DEVICE; cuda: routed to the `gpu` queue (CUDA workers).",
+    )
+
+
+class AnalysisPublic(_Out):
+    id: str
+    dataset_id: str
+    model_spec_id: str | None
+    schedule_id: str | None
+    estimators: dict[str, Any]
+    device: str
+    queue: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float = Field(ge=0, le=1)
+    stage: str | None
+    error: dict[str, Any] | None = Field(description="RFC 9457 problem document when status is failed")
+    report_id: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class AnalysesPublic(BaseModel):
+    items: list[AnalysisPublic]
+    count: int
+    limit: int
+    offset: int
+
+
+class ReportSummary(BaseModel):
+    report_id: str
+    analysis_id: str
+    dataset_id: str
+    created_at: datetime
+    taskgauge_version: str | None
+    results: dict[str, dict[str, Any]] = Field(description="estimator → {value, ci, version}")
+
+
+class ReportsPublic(BaseModel):
+    items: list[ReportSummary]
+    count: int
+
+
+class CompareColumn(BaseModel):
+    report_id: str
+    dataset_id: str
+    dataset_name: str | None
+    created_at: datetime
+
+
+class CompareRow(BaseModel):
+    estimator: str
+    values: list[float | str | None]
+    versions: list[str | None]
+
+
+class ComparePublic(BaseModel):
+    reports: list[CompareColumn]
+    rows: list[CompareRow]
+
+
+class ScheduleCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset_id: str
+    cron: str = Field(examples=["0 3 * * *"], description="5 fields (minute hour day month weekday), or 6 with seconds")
+    timezone: str = Field(default="UTC", examples=["Europe/Berlin"])
+    estimators: dict[str, dict[str, Any] | None] | None = None
+    model_spec_id: str | None = None
+
+
+class SchedulePublic(_Out):
+    id: str
+    dataset_id: str
+    model_spec_id: str | None
+    estimators: dict[str, Any]
+    cron: str
+    timezone: str
+    enabled: bool
+    next_run_at: datetime
+    last_run_at: datetime | None
+    created_at: datetime
+
+
+class SchedulesPublic(BaseModel):
+    items: list[SchedulePublic]
+    count: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok"]
+    database: str
+    broker: str
+
+
+def report_summary(r: db.Report) -> ReportSummary:
+    results = {
+        name: {"value": e.get("value"), "ci": e.get("ci"), "version": e.get("version")}
+        for name, e in (r.document.get("results") or {}).items()
+    }
+    return ReportSummary(report_id=r.id, analysis_id=r.analysis_id, dataset_id=r.dataset_id, created_at=r.created_at,
+                         taskgauge_version=r.document.get("taskgauge_version"), results=results)

@@ -1,0 +1,9 @@
+"""taskgauge estimators: pure PyTorch/NumPy functions (no I/O, no DB, no Celery, no FastAPI).
+
+Every estimator is registered in :mod:`estimators.registry` (DESIGN.md §4) and returns a
+:class:`estimators.base.Result`.
+"""
+
+from estimators.base import EstimatorError, Params, Result
+
+__all__ = ["EstimatorError", "Params", "Result"]

@@ -1,0 +1,85 @@
+"""Shared contracts of every estimator (DESIGN.md §4).
+
+An estimator is a pure function ``fn(X, y, params, *, device, progress) -> Result``:
+
+* ``X``: ``torch.Tensor`` of shape (N, D) (images arrive flattened), float32 or float64, on CPU.
+  The estimator moves it to ``device`` itself.
+* ``y``: ``torch.Tensor`` (N,) int64 class indices, or ``None``.
+* ``params``: an instance of the estimator's ``Params`` subclass (validated, defaults from METHODS.md).
+* ``device``: a ``torch.device`` already resolved by :func:`estimators.device.resolve_device`.
+* ``progress``: ``progress(fraction: float, stage: str)``; a plain callback, estimators never know about Celery.
+
+Bad input raises :class:`EstimatorError` whose message says what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+ProgressFn = Callable[[float, str], None]
+
+
+def no_progress(fraction: float, stage: str) -> None:  # noqa: ARG001 - the null callback
+    """A progress callback that ignores every report."""
+
+
+def scaled_progress(progress: ProgressFn, start: float, stop: float) -> ProgressFn:
+    """Map a sub-task's progress in [0, 1] onto [start, stop] of the caller's progress."""
+
+    def report(fraction: float, stage: str) -> None:
+        progress(start + (stop - start) * min(max(fraction, 0.0), 1.0), stage)
+
+    return report
+
+
+class EstimatorError(ValueError):
+    """Input an estimator cannot work with. The message names the problem and the fix."""
+
+
+class Params(BaseModel):
+    """Base class of every estimator's params model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Result:
+    """What an estimator returns (report schema, DESIGN.md §5)."""
+
+    value: float | None
+    ci: tuple[float, float] | None = None
+    ci_method: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class EstimatorFn(Protocol):
+    def __call__(
+        self,
+        X: Any,
+        y: Any,
+        params: Any,
+        *,
+        device: Any,
+        progress: ProgressFn,
+    ) -> Result: ...
+
+
+def json_number(x: float | None) -> float | str | None:
+    """A float for a JSON report: non-finite values become the strings "inf", "-inf", "nan".
+
+    JSON has no infinities; ``json.dumps`` would write ``Infinity``, which strict parsers (browsers'
+    ``JSON.parse``, PostgreSQL's jsonb) reject. The report schema therefore spells them as strings.
+    """
+    if x is None:
+        return None
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x

@@ -1,0 +1,889 @@
+"""The one exact k-nearest-neighbour engine (DESIGN.md §4; METHODS.md §0, §1.1, §7).
+
+Every kNN step of taskgauge goes through :func:`kneighbors`. The answer is the **exact float64** kNN: the
+neighbours and distances a float64 brute force computing ``d(i, j) = sqrt(sum((x_i - x_j)**2))`` (difference
+based, never the ``|a|² + |b|² - 2a·b`` shortcut, METHODS §0) would return, with ties broken by the smaller
+reference index (as a stable sort of each row would). The speed comes from float32 GEMMs whose rounding errors
+are bounded a priori, so that nothing the float32 pass discards can belong to the answer.
+
+Algorithm (METHODS §7)
+----------------------
+Notation: ``a_i`` = row i in the *GEMM frame*: the float32 input itself (no copy) or, for float64 input or data
+far from the origin, a centred float32 copy ``x_i - mu`` (distances are translation invariant);
+``N_ij = |a_i| + |a_j|``, ``u`` the unit roundoff of the GEMM dtype (2^-24 for IEEE float32),
+``gamma_n = n·u / (1 - n·u)``.
+
+1. **Certified float32 distances.** ``s_ij = fl(|a_i|² + |a_j|² - 2 a_i·a_j)`` computed with one float32 GEMM
+   satisfies ``|s_ij - |x_i - x_j|²| <= E · N_ij²`` with ``E = 2·(gamma_{D+8} + 16·2^-53)`` (standard dot-product
+   error bound, Higham Thm 3.4, plus the roundings of the inputs and of the two additions; the factor 2 is
+   slack), and the float64 distance ``d_ij`` is within ``eta·N_ij`` of ``|x_i - x_j|`` (``eta = 2·gamma64_{D+4}``).
+   Hence ``lo_ij <= d_ij <= hi_ij`` with ``hi = sqrt(s + E·N²) + eta·N`` and ``lo = sqrt(max(s - E·N², 0)) - eta·N``.
+   For query i, ``U_i`` = the k-th smallest ``hi_ij`` is an upper bound of its k-th neighbour distance, and every
+   j with ``lo_ij <= U_i`` is a *candidate*. Every true neighbour (ties included) is a candidate; candidates get
+   their distance recomputed in float64 as ``|x_i - x_j|`` and the k best are kept, sorted by (distance, index).
+   Because ``hi``/``lo`` are monotone in ``s`` and ``N_ij <= |a_i| + max_j |a_j|``, this is a per-row threshold
+   on ``s``, applied with ``topk``.
+2. **Exact pruning** (large inputs). ``P`` = top ``r`` principal directions (randomised range finder on a
+   sample, re-orthonormalised in float64; any orthonormal ``P`` is valid, PCA only makes it effective), so
+   ``|P(x_i - x_j)| <= |x_i - x_j|`` up to the measured ``|P Pᵀ - I|``; the residual norm
+   ``rho_i = sqrt(|x_i - mu|² - |P(x_i - mu)|²)`` joins as one more coordinate, since
+   ``|x_i - x_j|² >= |P(x_i - x_j)|² + (rho_i - rho_j)²``. Points are grouped by k-means in the
+   ``r``-dim space. ``U_i`` comes from the certified distances to the query's nearest clusters; the
+   projected squared distances (an ``r``-dim GEMM, error bounded as in 1.) give a lower bound on ``d_ij``;
+   only columns whose lower bound is ``<= U_i`` for some query of the block survive, and step 1 runs on those
+   columns only (a dense GEMM on the gathered survivors). Full self-queries visit each unordered pair once
+   (:func:`_pruned_symmetric`: block [s, e) against columns [s, n), candidates emitted in both directions);
+   anchors and separate queries use :func:`_pruned`. The pruning is exact, never heuristic; when it does not
+   pay (isotropic high-dimensional data) the engine notices and falls back to the brute force of step 1.
+3. **Exact phase.** Pending candidate pairs (each queued once) are tightened (a row's k-th smallest certified value
+   gives a new ``U``), recomputed in float64 once per unordered pair, merged with the row's best so far and
+   cut to k by (distance, index). Memory: no copy of float32 input; the working set is bounded by
+   ``memory_budget_mb`` and by the pending-pair limit.
+
+Float32 GEMMs are only used when torch runs them in IEEE float32; if ``torch.set_float32_matmul_precision``
+lowered the precision (TF32/bf16), the engine computes in float64 instead (same answer, slower).
+
+Everything is device-agnostic torch: the same code runs on CUDA tensors. Results come back on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from estimators._checks import all_finite
+from estimators.base import EstimatorError, ProgressFn, no_progress
+
+_U64 = 2.0**-53
+_U32 = 2.0**-24
+
+#: below this many (query × reference) pairs, or dimension, the brute force of step 1 is used directly
+_PRUNE_MIN_PAIRS = 2**25
+_PRUNE_MIN_DIM = 48
+_PRUNE_MIN_REF = 4096
+#: reference points per k-means cluster (pruning granularity)
+_CLUSTER_SIZE = 64
+#: extra columns asked from ``topk`` beyond k before the candidate threshold is checked
+_TOPK_MARGIN = 8
+#: most principal directions used for the projected lower bounds
+_RANK_MAX = 64
+#: most reference columns per certified-distance GEMM (bounds the gathered block)
+_COLS_MAX = 4096
+#: pending candidate pairs that trigger an exact phase (bounds the engine's working memory)
+_FLUSH_PAIRS = 1 << 18
+#: reference points whose exact distances give each query's first upper bound U
+_HOME_NEED = 384
+#: the pruning gives way to the brute force once this many queries are done and this fraction of pairs survived
+_FALLBACK_AFTER = 2048
+_FALLBACK_SURVIVORS = 0.6
+#: pairs per chunk of the float64 recomputation
+_EXACT_CHUNK = 1 << 18
+#: the final (row, distance, index) order uses one sort of a packed int64 key while it fits below this
+_PACK_LIMIT = 2**62
+
+
+@dataclass
+class KNNResult:
+    """Exact neighbours, ascending by float64 Euclidean distance (ties: smaller reference index first).
+
+    ``distances``: (Q, k) float64; ``indices``: (Q, k) int64 rows of ``reference``;
+    ``query_index``: (Q,) int64 rows of ``reference`` that were the queries (self-query mode), else None.
+    ``stats``: how the search went (``method``, ``pruned_fraction``, ``rank``, ``candidates_mean``); informative
+    only, the answer does not depend on it. All tensors are on the CPU.
+    """
+
+    distances: torch.Tensor
+    indices: torch.Tensor
+    query_index: torch.Tensor | None
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class Duplicates:
+    """Exact duplicate rows. ``unique_index``: first occurrence of each distinct row (ascending);
+    ``inverse``: (N,) position in ``unique_index`` of every row; ``groups``: rows of each group of size > 1
+    (members ascending, groups ordered by first occurrence)."""
+
+    unique_index: np.ndarray
+    inverse: np.ndarray
+    groups: list[list[int]]
+
+    @property
+    def n_removed(self) -> int:
+        return int(self.inverse.shape[0] - self.unique_index.shape[0])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# exact duplicates
+
+
+def exact_duplicates(X: torch.Tensor | np.ndarray) -> Duplicates:
+    """Find rows that are exactly equal (bitwise after mapping -0.0 to 0.0).
+
+    Rows are hashed (their bytes as 64-bit words, multiplied by fixed random odd constants and summed modulo
+    2^64); rows sharing a hash are then compared exactly, so a hash collision can never merge distinct rows.
+    Cost O(N·D), versus the O(N·D·log N) lexicographic sort of ``np.unique(axis=0)``.
+
+    >>> d = exact_duplicates(np.array([[1.0, 2.0], [0.0, 1.0], [1.0, 2.0], [-0.0, 1.0]]))
+    >>> d.unique_index.tolist(), d.inverse.tolist(), d.groups, d.n_removed
+    ([0, 1], [0, 1, 0, 1], [[0, 2], [1, 3]], 2)
+    """
+    a = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    n = int(a.shape[0])
+    a = np.ascontiguousarray(a.reshape(n, int(np.prod(a.shape[1:], dtype=np.int64))))
+    if a.dtype.kind not in "fiub":
+        a = a.astype(np.float64)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Duplicates(unique_index=empty, inverse=empty, groups=[])
+
+    def words(rows) -> np.ndarray:
+        """Canonical 64-bit words of some rows (-0.0 -> 0.0, bytes zero-padded to a multiple of 8)."""
+        c = a[rows]
+        if c.dtype.kind == "f":
+            c = c + c.dtype.type(0.0)  # -0.0 -> 0.0 (NaN payloads are kept bitwise)
+        raw = np.ascontiguousarray(c).view(np.uint8).reshape(c.shape[0], -1)
+        pad = (-raw.shape[1]) % 8
+        if pad:
+            raw = np.concatenate([raw, np.zeros((raw.shape[0], pad), np.uint8)], axis=1)
+        return np.ascontiguousarray(raw).view(np.uint64)
+
+    n_words = (a.shape[1] * a.dtype.itemsize + 7) // 8
+    mult = np.random.default_rng(0x7A5C6A).integers(1, 2**62, size=n_words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    h = np.zeros(n, dtype=np.uint64)
+    step = max(1, (1 << 17) // max(n_words, 1))  # ~1 MB chunks: cache-resident, no large fresh allocations
+    with np.errstate(over="ignore"):
+        for s in range(0, n, step):
+            w = words(slice(s, s + step))
+            # mix each word before the weighted sum so that structured inputs spread over 64 bits
+            h[s : s + step] = ((w ^ (w >> np.uint64(29))) * mult).sum(axis=1, dtype=np.uint64)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    rep = np.arange(n, dtype=np.int64)  # smallest row index of each exact group
+    same = np.flatnonzero(hs[1:] == hs[:-1])
+    if same.size:
+        starts = np.flatnonzero(np.diff(np.concatenate([[-2], same])) > 1)
+        run_start = same[starts]
+        run_stop = np.concatenate([same[starts[1:] - 1], same[-1:]]) + 2
+        for s, e in zip(run_start, run_stop):
+            rows = np.sort(order[s:e])
+            _, first, inv = np.unique(words(rows), axis=0, return_index=True, return_inverse=True)
+            rep[rows] = rows[first[inv.reshape(-1)]]
+    unique_index = np.flatnonzero(rep == np.arange(n))
+    inverse = np.searchsorted(unique_index, rep).astype(np.int64)
+    counts = np.bincount(inverse, minlength=unique_index.size)
+    groups: list[list[int]] = []
+    if (counts > 1).any():
+        members = np.argsort(inverse, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        for g in np.flatnonzero(counts > 1):
+            groups.append(members[bounds[g] : bounds[g + 1]].tolist())
+    return Duplicates(unique_index=unique_index.astype(np.int64), inverse=inverse, groups=groups)
+
+
+class _Clock:
+    """Wall-clock seconds per phase, reported in ``KNNResult.stats["seconds"]`` (informative only)."""
+
+    def __init__(self, stats: dict):
+        self.acc = stats.setdefault("seconds", {})
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.acc[name] = round(self.acc.get(name, 0.0) + now - self.t, 4)
+        self.t = now
+
+
+# --------------------------------------------------------------------------------------------------------------
+# error bounds
+
+
+def _gamma(n: int, u: float) -> float:
+    """Higham's gamma_n = n·u / (1 - n·u); inf when n·u >= 1 (no useful bound)."""
+    nu = n * u
+    return nu / (1.0 - nu) if nu < 1.0 else math.inf
+
+
+def _gemm_dtype(device: torch.device) -> tuple[torch.dtype, float]:
+    """The dtype of the fast GEMMs and its unit roundoff.
+
+    float32 only when torch runs float32 matmuls in IEEE float32 on this device; a lowered precision
+    (TF32 / bf16 via ``torch.set_float32_matmul_precision`` or ``allow_tf32``) would void the error bounds'
+    constants, so the engine then computes in float64.
+    """
+    lowered = torch.get_float32_matmul_precision() != "highest"
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        lowered = True
+    return (torch.float64, _U64) if lowered else (torch.float32, _U32)
+
+
+@dataclass
+class _Bounds:
+    """Per-row thresholds on computed squared distances (module docstring, step 1)."""
+
+    E: float  # |s - t²| <= E·N² for the full-dimensional GEMM
+    E_proj: float  # same for the projected GEMM
+    eta: float  # |d64 - t| <= eta·N
+    kappa_proj: float  # |P(x_i - x_j)| <= t + kappa_proj·N
+
+    def upper(self, s_k: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+        """U: an upper bound of d64 for every column whose computed value is <= s_k."""
+        return torch.sqrt(s_k.clamp_min(0) + self.E * N * N) + self.eta * N
+
+    def candidate_threshold(self, U: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+        """Columns with computed s above this have d64 > U."""
+        return (U + self.eta * N) ** 2 + self.E * N * N
+
+    def projected_threshold(self, U: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+        """Columns with computed projected s above this have d64 > U."""
+        return (U + (self.eta + self.kappa_proj) * N) ** 2 + self.E_proj * N * N
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the engine
+
+
+class _Engine:
+    """State shared by the steps of one :func:`kneighbors` call.
+
+    The search runs in two phases. *Candidates*: chunks of queries produce certified squared distances
+    (step 1 of the module docstring) on a set of columns and emit (query, reference) candidate pairs.
+    *Exact*: the pairs' float64 distances are computed once (a pair {i, j} met from both sides is computed
+    once, which also makes d(i, j) and d(j, i) bitwise equal) and each query keeps its k best.
+
+    GEMM frame: the reference itself when it is already in the GEMM dtype and its offset from the origin is
+    moderate (no copy: the engine's working memory stays far below the data size); otherwise a centred copy
+    ``x - mu`` in the GEMM dtype (far-from-origin data would make ``N = |x_i| + |x_j|`` and the bounds large).
+    """
+
+    def __init__(self, ref: torch.Tensor, k: int, device: torch.device, budget_bytes: int, stats: dict):
+        self.ref = ref  # (n, D) original values, float32 or float64, on device
+        self.n, self.D = ref.shape
+        self.k = k
+        self.device = device
+        self.budget = budget_bytes
+        self.stats = stats
+        self.clock = _Clock(stats)
+        self.cdt, self.u = _gemm_dtype(device)
+        self.chunk = max(1, (1 << 18) // self.D)  # rows per streaming chunk (~2 MB of float64)
+        total = torch.zeros(self.D, dtype=torch.float64, device=device)
+        for s in range(0, self.n, self.chunk):
+            total += ref[s : s + self.chunk].sum(0, dtype=torch.float64)
+        self.mu = total / self.n
+        raw = torch.empty(self.n, dtype=torch.float64, device=device)
+        cen = torch.empty(self.n, dtype=torch.float64, device=device)
+        for s in range(0, self.n, self.chunk):
+            c = ref[s : s + self.chunk].to(torch.float64)
+            raw[s : s + self.chunk] = torch.linalg.vector_norm(c, dim=1)
+            cen[s : s + self.chunk] = torch.linalg.vector_norm(c - self.mu, dim=1)
+        self.cnorm, self.max_cnorm = cen, float(cen.max())  # |x - mu|: the projection's frame
+        self.centered = not (ref.dtype == self.cdt and float(raw.max()) <= 2 * self.max_cnorm)
+        stats["centered_copy"] = self.centered
+        if self.centered:
+            self.x = torch.empty(self.n, self.D, dtype=self.cdt, device=device)
+            for s in range(0, self.n, self.chunk):
+                self.x[s : s + self.chunk] = ref[s : s + self.chunk].to(torch.float64) - self.mu
+            self.norm = cen
+        else:
+            self.x = ref
+            self.norm = raw
+        self.max_norm = float(self.norm.max())
+        self.n2c = (self.norm * self.norm).to(self.cdt)
+        self.bounds = _Bounds(E=2.0 * (_gamma(self.D + 8, self.u) + 16 * _U64), E_proj=math.inf,
+                              eta=2.0 * _gamma(self.D + 4, _U64), kappa_proj=math.inf)
+        self.gather_buf: torch.Tensor | None = None
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.n_pairs = 0
+        self.examined = 0
+        self.qnorm = self.norm
+        self.clock.lap("prepare")
+
+    def rows_for(self, bytes_per_row: int) -> int:
+        """How many rows of ``bytes_per_row`` working memory fit the budget."""
+        return max(1, int(self.budget // max(bytes_per_row, 1)))
+
+    def frame(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Separate query rows in the GEMM frame (GEMM dtype) and their float64 norms in that frame."""
+        out = torch.empty(X.shape, dtype=self.cdt, device=self.device)
+        norm = torch.empty(X.shape[0], dtype=torch.float64, device=self.device)
+        for s in range(0, X.shape[0], self.chunk):
+            c = X[s : s + self.chunk].to(torch.float64)
+            if self.centered:
+                c = c - self.mu
+            norm[s : s + self.chunk] = torch.linalg.vector_norm(c, dim=1)
+            out[s : s + self.chunk] = c
+        return out, norm
+
+    # -- step 1: certified distances and candidates --------------------------------------------------------------
+    def sq_dists(self, q: torch.Tensor, qn2: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        """Computed squared distances ``fl(|q|² + |x_j|² - 2 q·x_j)`` (|q| × |cols|) in the GEMM dtype
+        (one GEMM; ``qn2`` the queries' squared norms in the GEMM dtype)."""
+        if cols is None:
+            x, n2 = self.x, self.n2c
+        else:
+            # gathered columns go to one reused buffer (a fresh large block per call fragments the heap)
+            size = cols.numel() * self.D
+            if self.gather_buf is None or self.gather_buf.numel() < size:
+                self.gather_buf = torch.empty(size, dtype=self.x.dtype, device=self.device)
+            x = torch.index_select(self.x, 0, cols, out=self.gather_buf[:size].view(cols.numel(), self.D))
+            n2 = self.n2c.index_select(0, cols)
+        s = torch.addmm(n2.unsqueeze(0), q, x.T, beta=1, alpha=-2)
+        s += qn2.unsqueeze(1)
+        return s
+
+    def candidates(self, s: torch.Tensor, N: torch.Tensor, cols: torch.Tensor | None, rows: torch.Tensor) -> None:
+        """Emit every (query, column) pair that may belong to the query's exact top-k.
+
+        ``s``: certified squared distances (self entries +inf) of queries ``rows`` (global query positions)
+        on ``cols`` (None: all reference rows); ``N``: per-row bound of ``|a_i| + |a_j|`` over these columns.
+        Each row needs at least k finite entries.
+        """
+        self.clock.lap("gemm")
+        k = self.k
+        ncols = s.shape[1]
+        kk = min(ncols, k + _TOPK_MARGIN)
+        vals, pos = torch.topk(s, kk, dim=1, largest=False, sorted=True)
+        U = self.bounds.upper(vals[:, k - 1].to(torch.float64), N)
+        thr = self.bounds.candidate_threshold(U, N)
+        cand = vals.to(torch.float64) <= thr.unsqueeze(1)
+        if kk < ncols:
+            wide = cand[:, -1]
+            if bool(wide.any()):
+                # rows with more than kk candidates (ties, lattices): scan all their columns
+                wr = torch.nonzero(wide).flatten()
+                cand[wr] = False
+                sw = s.index_select(0, wr)
+                r2, c2 = torch.nonzero(sw.to(torch.float64) <= thr.index_select(0, wr).unsqueeze(1), as_tuple=True)
+                self.add(rows.index_select(0, wr.index_select(0, r2)), c2 if cols is None else cols.index_select(0, c2),
+                         sw[r2, c2])
+        pr, pc = torch.nonzero(cand, as_tuple=True)
+        gc = pos[pr, pc]
+        self.add(rows.index_select(0, pr), gc if cols is None else cols.index_select(0, gc), vals[pr, pc])
+        self.clock.lap("topk")
+
+    def add(self, rows: torch.Tensor, cols: torch.Tensor, sq: torch.Tensor) -> None:
+        """Queue candidate pairs (query position, reference row) with their certified squared distance."""
+        small = torch.int32 if max(self.n, rows.numel()) < 2**31 - 1 else torch.long
+        self.pairs.append((rows.to(small), cols.to(small), sq))
+        self.n_pairs += rows.numel()
+
+    # -- exact phase -----------------------------------------------------------------------------------------------
+    def exact_pairs(self, A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
+        """float64 |A[ia[p]] - B[ib[p]]| (difference based), in cache-sized chunks."""
+        out = torch.empty(ia.shape[0], dtype=torch.float64, device=self.device)
+        step = max(1, min(self.rows_for(8 * 4 * self.D), _EXACT_CHUNK // max(self.D, 1)))
+        for s in range(0, ia.shape[0], step):
+            diff = B.index_select(0, ib[s : s + step]).to(torch.float64)
+            diff -= A.index_select(0, ia[s : s + step]).to(torch.float64)
+            out[s : s + step] = torch.linalg.vector_norm(diff, dim=1)
+        return out
+
+    def flush(self, q_rows: torch.Tensor, self_idx: torch.Tensor | None, out_d: torch.Tensor, out_i: torch.Tensor) -> None:
+        """Exact float64 distances of the pending pairs, merged with each touched query's current best
+        (``out_i`` = -1 where none yet), then its k best by (distance, reference index)."""
+        if not self.pairs:
+            return
+        self.clock.lap("candidates")
+        rows = torch.cat([p[0] for p in self.pairs]).long()
+        cols = torch.cat([p[1] for p in self.pairs]).long()
+        sv = torch.cat([p[2] for p in self.pairs]).to(torch.float64)
+        self.pairs, self.n_pairs = [], 0
+        # no (query, column) pair is queued twice between two flushes (each is met once by the search)
+        # tighten: the k-th smallest certified value among a row's candidates gives a new U (k real points),
+        # and candidates whose lower bound exceeds it cannot be among the k nearest (step 1). One sort by
+        # (row, value): the values rounded up to float32 (>= 0) are monotone as 32-bit patterns, and rounding
+        # up only loosens U.
+        bits = _up(sv.clamp_min(0), torch.float32).view(torch.int32).long()
+        o = torch.argsort((rows << 32) | bits)
+        rs, ss = rows.index_select(0, o), bits.index_select(0, o).int().view(torch.float32).to(torch.float64)
+        ids, counts = torch.unique_consecutive(rs, return_counts=True)
+        full = counts >= self.k
+        kth = ss.index_select(0, (torch.cumsum(counts, 0) - counts + self.k - 1).clamp_max(ss.numel() - 1))
+        Nr = self.qnorm.index_select(0, ids) + self.max_norm
+        thr_r = self.bounds.candidate_threshold(self.bounds.upper(kth, Nr), Nr).masked_fill(~full, math.inf)
+        keep = sv.index_select(0, o) <= torch.repeat_interleave(thr_r, counts)
+        rows, cols = rs[keep], cols.index_select(0, o)[keep]
+        self.examined += rows.numel()
+        if self_idx is not None:
+            # both ends are reference rows: compute each unordered pair once (d(i, j) == d(j, i) bitwise)
+            qref = self_idx.index_select(0, rows)
+            lo, hi = torch.minimum(qref, cols), torch.maximum(qref, cols)
+            ukey, inv = torch.unique(lo * self.n + hi, return_inverse=True)
+            d = self.exact_pairs(self.ref, ukey // self.n, self.ref, ukey % self.n).index_select(0, inv)
+        else:
+            d = self.exact_pairs(q_rows, rows, self.ref, cols)  # rows ascending: query rows stay in cache
+        self.clock.lap("exact")
+        touched = torch.unique_consecutive(rows)
+        prev_i = out_i.index_select(0, touched)
+        have = prev_i >= 0
+        if bool(have.any()):
+            rows = torch.cat([rows, touched.unsqueeze(1).expand_as(prev_i)[have]])
+            cols = torch.cat([cols, prev_i[have]])
+            d = torch.cat([d, out_d.index_select(0, touched)[have]])
+        # order: by row, then distance, then reference index
+        m = rows.numel()
+        if (int(rows.max()) + 1) * m * self.n < _PACK_LIMIT:  # one sort of a packed (row, rank of d, column) key
+            _, drank = torch.unique(d, return_inverse=True)
+            o = torch.argsort((rows * m + drank) * self.n + cols)
+            rows, cols, d = rows[o], cols[o], d[o]
+        else:  # three stable sorts, last key first
+            o = torch.argsort(cols, stable=True)
+            rows, cols, d = rows[o], cols[o], d[o]
+            o = torch.argsort(d, stable=True)
+            rows, cols, d = rows[o], cols[o], d[o]
+            o = torch.argsort(rows, stable=True)
+            rows, cols, d = rows[o], cols[o], d[o]
+        if bool(have.any()):  # a pair already kept by an earlier flush may come again: drop the repeat
+            keep = torch.ones_like(rows, dtype=torch.bool)
+            keep[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+            rows, cols, d = rows[keep], cols[keep], d[keep]
+        ids, counts = torch.unique_consecutive(rows, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        ar = torch.arange(self.k, device=self.device)
+        take = (starts.unsqueeze(1) + ar).clamp_max(rows.numel() - 1)
+        short = ar.unsqueeze(0) >= counts.unsqueeze(1)
+        out_d[ids] = d[take].masked_fill(short, math.inf)
+        out_i[ids] = cols[take].masked_fill(short, -1)
+        self.clock.lap("select")
+
+    def maybe_flush(self, *args) -> None:
+        if self.n_pairs > _FLUSH_PAIRS or self.n_pairs * 128 > self.budget // 2:
+            self.flush(*args)
+
+    # -- brute force -------------------------------------------------------------------------------------------------
+    def brute_rows(self, g: torch.Tensor, q: torch.Tensor, qnorm: torch.Tensor, self_idx) -> None:
+        """Candidates of the queries ``g`` (positions into ``q``/``qnorm``) against every reference row."""
+        gn = qnorm.index_select(0, g)
+        sq = self.sq_dists(q.index_select(0, g), (gn * gn).to(self.cdt), None)
+        if self_idx is not None:
+            sq[torch.arange(g.shape[0], device=self.device), self_idx.index_select(0, g)] = math.inf
+        self.candidates(sq, gn + self.max_norm, None, g)
+
+    def brute(self, q, qnorm, q_rows, self_idx, out_d, out_i, progress) -> None:
+        nq = q.shape[0]
+        step = self.rows_for(4 * 3 * self.n + 64 * (self.k + _TOPK_MARGIN))
+        for s in range(0, nq, step):
+            g = torch.arange(s, min(nq, s + step), device=self.device)
+            self.brute_rows(g, q, qnorm, self_idx)
+            self.maybe_flush(q_rows, self_idx, out_d, out_i)
+            progress(min(nq, s + step) / nq * 0.95, "knn")
+        self.flush(q_rows, self_idx, out_d, out_i)
+
+
+def _query_form(aug: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Query side of the augmented GEMM: ``[a, 1, |a|²]`` -> ``[-2a, |a|² - shift, 1]`` (same dtype)."""
+    D = aug.shape[1] - 2
+    out = torch.empty_like(aug)
+    torch.mul(aug[:, :D], -2, out=out[:, :D])
+    if shift is None:
+        out[:, D] = aug[:, D + 1]
+    else:
+        out[:, D] = (aug[:, D + 1].to(torch.float64) - shift).to(aug.dtype)
+    out[:, D + 1] = 1
+    return out
+
+
+def _orthonormal_projection(eng: _Engine, r: int, seed: int = 0) -> tuple[torch.Tensor, float]:
+    """(D, r) float64 orthonormal basis close to the top-r principal directions, and |PᵀP - I|_F.
+
+    Randomised range finder (3 power iterations) on at most 2048 sampled rows, then a float64 QR: the
+    pruning bound only needs orthonormality, which is measured, not assumed.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    m = min(eng.n, 2048)
+    rows = torch.randperm(eng.n, generator=g)[:m].to(eng.device)
+    A = torch.empty(m, eng.D, dtype=torch.float32, device=eng.device)
+    for s in range(0, m, eng.chunk):
+        A[s : s + eng.chunk] = eng.ref.index_select(0, rows[s : s + eng.chunk]).to(torch.float64) - eng.mu
+    W = torch.randn(eng.D, r + 8, generator=g, dtype=torch.float32).to(eng.device)
+    for _ in range(3):
+        W = A.T @ (A @ W)
+        W, _ = torch.linalg.qr(W)
+    _, _, Vh = torch.linalg.svd(A @ W, full_matrices=False)
+    P = (W @ Vh.T[:, :r]).to(torch.float64)
+    P, _ = torch.linalg.qr(P)
+    err = float(torch.linalg.matrix_norm(P.T @ P - torch.eye(r, dtype=torch.float64, device=eng.device)))
+    return P, err + 1e-14
+
+
+def _kmeans(z: torch.Tensor, m: int, iters: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means (labels, centroids); only the grouping quality depends on it, never the answer."""
+    n = z.shape[0]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    cent = z[torch.randperm(n, generator=g)[:m].to(z.device)].clone()
+    labels = torch.zeros(n, dtype=torch.long, device=z.device)
+    step = max(1, (1 << 21) // max(m, 1))  # 8 MB of float32 distances per chunk
+    for it in range(iters + 1):
+        c2 = (cent * cent).sum(1)
+        for s in range(0, n, step):
+            labels[s : s + step] = torch.addmm(c2.unsqueeze(0), z[s : s + step], cent.T, alpha=-2).argmin(1)
+        if it == iters:
+            break
+        counts = torch.bincount(labels, minlength=m).to(z.dtype)
+        sums = torch.zeros_like(cent).index_add_(0, labels, z)
+        keep = counts > 0
+        cent[keep] = sums[keep] / counts[keep].unsqueeze(1)
+    return labels, cent
+
+
+@dataclass
+class _Projection:
+    """Projected coordinates (augmented ``[w, 1, |w|²]`` with ``w = [z, rho]``, GEMM dtype; ``r`` = the length of
+    ``w``) and the k-means grouping of the reference."""
+
+    r: int
+    z: torch.Tensor
+    zq: torch.Tensor | None
+    labels: torch.Tensor
+    cent: torch.Tensor
+
+
+def _projection(eng: _Engine, q_rows: torch.Tensor | None, self_idx: torch.Tensor | None) -> _Projection:
+    """Principal-direction projection of the reference (and of separate queries), its error constants
+    (set on ``eng.bounds``), and a k-means grouping of the projected reference."""
+    n, D, dev, stats = eng.n, eng.D, eng.device, eng.stats
+    r = int(min(_RANK_MAX, max(16, D // 12), D))
+    P, p_err = _orthonormal_projection(eng, r)
+    stats["rank"] = r
+    eng.clock.lap("pca")
+
+    def project(src: torch.Tensor) -> torch.Tensor:
+        """float64 ``w = [(x - mu) P, rho]`` with the residual norm ``rho = sqrt(|x - mu|² - |(x - mu) P|²)``,
+        rounded to the GEMM dtype (error <= u·|w|), augmented as ``[w, 1, |w|²]``.
+
+        ``|w_i - w_j|² = |P(x_i - x_j)|² + (rho_i - rho_j)² <= |x_i - x_j|²`` (Pythagoras, then the reverse
+        triangle inequality on the orthogonal complement), a tighter lower bound than the projection alone."""
+        out = torch.empty(src.shape[0], r + 3, dtype=eng.cdt, device=dev)
+        step = eng.chunk
+        for s in range(0, src.shape[0], step):
+            a = src[s : s + step].to(torch.float64) - eng.mu
+            zz = a @ P
+            z2 = (zz * zz).sum(1)
+            rho = ((a * a).sum(1) - z2).clamp_min(0).sqrt()
+            out[s : s + step, :r] = zz
+            out[s : s + step, r] = rho
+            out[s : s + step, r + 1] = 1
+            out[s : s + step, r + 2] = z2 + rho * rho
+        return out
+
+    z = project(eng.ref)
+    if self_idx is not None:
+        zq = z.index_select(0, self_idx)
+    else:
+        zq = project(q_rows) if q_rows is not None else None
+    # computed projected squared distance minus the row threshold, from one GEMM of length r + 2 whose
+    # terms sum to at most ~2.2·N² (the threshold is below ~1.1·N²), plus the roundings of the augmented
+    # norm and threshold entries: 2.2·gamma_{r+5}; bounded by 4·gamma_{r+12}
+    eng.bounds.E_proj = 4.0 * (_gamma(r + 13, eng.u) * (1 + 4 * eng.u + 2 * p_err) + 16 * _U64)
+    # |w̃_i - w̃_j| <= |(P(a_i - a_j), rho_i - rho_j)| + u·N (rounding of w) + float64 product error, and
+    # |(P v, rho_i - rho_j)| <= (1 + p_err)|v|; the computed rho differs from the exact residual norm of the
+    # orthogonal projector onto span(P) by at most sqrt(c)·|a| with |rhõ² - rho²| <= c·|a|²,
+    # c = p_err + 2·gamma_{D+4}·(sqrt(r) + 1) + O(u64) (cancellation in |a|² - |z|²), counted twice (both ends)
+    c_rho = p_err + 2.0 * _gamma(D + 4, _U64) * (math.sqrt(r) + 1) + 16 * _U64
+    eng.bounds.kappa_proj = 2.0 * (eng.u + p_err + _gamma(D + 4, _U64) * math.sqrt(r) + 8 * _U64
+                                   + 2.0 * math.sqrt(4.0 * c_rho))
+    eng.clock.lap("project")
+    m = max(1, round(n / _CLUSTER_SIZE))
+    labels, cent = _kmeans(z[:, : r + 1].to(torch.float32), m)
+    eng.clock.lap("kmeans")
+    return _Projection(r=r + 1, z=z, zq=zq, labels=labels, cent=cent)
+
+
+def _up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` rounded to ``dtype`` and then one ulp up, so ``y <= x`` implies ``y <= _up(x)``."""
+    y = x.to(dtype)
+    return torch.nextafter(y, torch.full_like(y, math.inf))
+
+
+def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
+    """Step 2 for the full self-query, each unordered pair considered once.
+
+    Reference rows are ordered by k-means cluster; every row's ``U_i`` comes first (home clusters). A block
+    of rows [s, e) is then compared with the columns [s, n) only: a column j survives when the projected
+    bound cannot exclude it for some row i of the block (``d_ij <= U_i``) *or* for j itself (``d_ij <= U_j``);
+    the block's certified distances emit candidates in both directions. Pairs with j < s were met when j's
+    block was processed. Candidate thresholds are fixed by U, so no per-row top-k is needed.
+    """
+    n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
+    pj = _projection(eng, None, None)
+    m = pj.cent.shape[0]
+    counts = torch.bincount(pj.labels, minlength=m)
+    perm = torch.argsort(pj.labels, stable=True)  # permuted position -> reference row
+    starts = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.cumsum(counts, 0)]).tolist()
+    z_p = pj.z.index_select(0, perm)
+    norm_p, n2_p = eng.norm.index_select(0, perm), eng.n2c.index_select(0, perm)
+    cn_p = eng.cnorm.index_select(0, perm)
+    c64 = pj.cent.to(torch.float64)
+    near = torch.argsort(torch.cdist(c64, c64), dim=1, stable=True).tolist()
+    del pj, c64
+    rows_max = max(1, min(eng.rows_for(4 * 4 * n), 1024))
+    cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
+    units = []  # row blocks [s, e) in permuted order, each inside one cluster
+    for c in range(m):
+        for s in range(starts[c], starts[c + 1], rows_max):
+            units.append((c, s, min(starts[c + 1], s + rows_max)))
+    # U for every row from its home clusters (own first, then the nearest centroids)
+    home_need = max(2 * (k + 1), _HOME_NEED)
+    U = torch.empty(n, dtype=torch.float64, device=dev)
+    for c, s, e in units:
+        home, tot = [], 0
+        for c_ in near[c]:
+            if starts[c_ + 1] > starts[c_]:
+                home.append(torch.arange(starts[c_], starts[c_ + 1], device=dev))
+                tot += starts[c_ + 1] - starts[c_]
+            if tot >= home_need:
+                break
+        home_cols = torch.cat(home)
+        sh = eng.sq_dists(eng.x.index_select(0, perm[s:e]), n2_p[s:e], perm.index_select(0, home_cols))
+        sh.masked_fill_(home_cols.unsqueeze(0) == torch.arange(s, e, device=dev).unsqueeze(1), math.inf)
+        kth = torch.topk(sh, k, dim=1, largest=False, sorted=True).values[:, k - 1].to(torch.float64)
+        U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
+    eng.clock.lap("home")
+    thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
+    thrz = eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm)
+    total = sum((e - s) * (n - s) for _, s, e in units)
+    seen = survivors = done = 0
+    brute_mode = False
+    for _, s, e in units:
+        q, qn2 = eng.x.index_select(0, perm[s:e]), n2_p[s:e]
+        if brute_mode:
+            cols = torch.arange(s, n, device=dev)
+        else:
+            zf = _query_form(z_p[s:e], shift=thrz[s:e])
+            colmin = (zf @ z_p[s:].T).amin(0)
+            rhs = (thrz[s:] - thrz[s:e].min()).clamp_min(0)
+            cols = torch.nonzero(colmin <= _up(rhs, eng.cdt)).flatten() + s
+            eng.clock.lap("projected")
+        seen += (e - s) * (n - s)
+        survivors += (e - s) * cols.numel()
+        for c0 in range(0, cols.numel(), cols_max):
+            cc_ = cols[c0 : c0 + cols_max]
+            sq = eng.sq_dists(q, qn2, perm.index_select(0, cc_))
+            inblock = torch.nonzero(cc_ < e).flatten()
+            sq[cc_.index_select(0, inblock) - s, inblock] = math.inf  # self
+            eng.clock.lap("gemm")
+            rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
+            eng.add(perm.index_select(0, rr + s), perm.index_select(0, cc_.index_select(0, cc)), sq[rr, cc])
+            # the other direction (column j as the query, row i as its candidate), for columns outside the
+            # block only: an in-block pair {i, j} already met both directions as the entries (i, j) and (j, i),
+            # so no pair is ever queued twice (the columns are ascending: the in-block ones are a prefix)
+            nb = inblock.numel()
+            if nb < cc_.numel():
+                out = sq[:, nb:]
+                rr, cc = torch.nonzero(out <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
+                eng.add(perm.index_select(0, cc_.index_select(0, cc + nb)), perm.index_select(0, rr + s), out[rr, cc])
+            eng.clock.lap("topk")
+        done += e - s
+        if eng.n_pairs > _FLUSH_PAIRS:  # bounded memory: flushes merge with the rows' best so far
+            eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
+        progress(0.95 * seen / total, "knn")
+        if not brute_mode and done >= max(_FALLBACK_AFTER, n // 20) and survivors > _FALLBACK_SURVIVORS * seen:
+            brute_mode = True
+            stats["fallback_after"] = done
+    eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
+    stats["pruned_fraction"] = round(1.0 - survivors / max(1, total), 4)
+
+
+def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, progress) -> None:
+    """Step 2 of the module docstring: exact pruning with principal-direction projections (anchors or
+    separate queries; the full self-query uses :func:`_pruned_symmetric`). ``q``/``qnorm``: queries in the
+    GEMM frame; ``qcnorm``: their norms about the reference mean (the projection's frame)."""
+    n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
+    nq = q.shape[0]
+    pj = _projection(eng, q_rows, self_idx)
+    r, z, zq, labels, cent = pj.r, pj.z, pj.zq, pj.labels, pj.cent
+    m = cent.shape[0]
+    counts = torch.bincount(labels, minlength=m)
+    members = torch.argsort(labels, stable=True)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.cumsum(counts, 0)]).tolist()
+    counts_l = counts.tolist()
+    if self_idx is not None:
+        q_labels = labels.index_select(0, self_idx)
+    else:
+        c2 = (cent * cent).sum(1)
+        q_labels = torch.addmm(c2.unsqueeze(0), zq[:, :r].to(torch.float32), cent.T, alpha=-2).argmin(1)
+    q_order = torch.argsort(q_labels, stable=True)
+    q_counts = torch.bincount(q_labels, minlength=m).tolist()
+    near = torch.argsort(torch.cdist(cent.to(torch.float64), cent.to(torch.float64)), dim=1, stable=True).tolist()
+
+    home_need = max(2 * (k + 1), _HOME_NEED)
+    rows_max = max(1, min(eng.rows_for(4 * 3 * n + 64 * (k + _TOPK_MARGIN)), 1024))
+    done = survivors = 0
+    brute_mode = False
+    pos = 0
+    for c in range(m):
+        cnt = q_counts[c]
+        if cnt == 0:
+            continue
+        group_all = q_order[pos : pos + cnt]
+        pos += cnt
+        for s in range(0, cnt, rows_max):
+            g = group_all[s : s + rows_max]
+            if brute_mode:
+                eng.brute_rows(g, q, qnorm, self_idx)
+                survivors += g.shape[0] * n
+            else:
+                gn = qnorm.index_select(0, g)
+                gq, gn2 = q.index_select(0, g), (gn * gn).to(eng.cdt)
+                sidx = self_idx.index_select(0, g) if self_idx is not None else None
+                # upper bound U from the home clusters: own cluster first, then the nearest ones
+                home, tot = [], 0
+                for c_ in near[c]:
+                    if counts_l[c_]:
+                        home.append(members[starts[c_] : starts[c_ + 1]])
+                        tot += counts_l[c_]
+                    if tot >= home_need:
+                        break
+                home_cols = torch.cat(home)
+                sh = eng.sq_dists(gq, gn2, home_cols)
+                if sidx is not None:
+                    sh.masked_fill_(home_cols.unsqueeze(0) == sidx.unsqueeze(1), math.inf)
+                kth = torch.topk(sh, k, dim=1, largest=False, sorted=True).values[:, k - 1].to(torch.float64)
+                U = eng.bounds.upper(kth, gn + float(eng.norm.index_select(0, home_cols).max()))
+                eng.clock.lap("home")
+                # projected lower bounds on every column, the row threshold folded in: keep columns <= 0
+                thr_z = eng.bounds.projected_threshold(U, qcnorm.index_select(0, g) + eng.max_cnorm)
+                zf = _query_form(zq.index_select(0, g), shift=thr_z)
+                cols = torch.nonzero((zf @ z.T).amin(0) <= 0).flatten()
+                survivors += int(cols.numel()) * g.shape[0]
+                eng.clock.lap("projected")
+                # columns outside a row's own survivors stay: they are provably farther than U_i, so they can
+                # only enlarge that row's candidate set, never change its answer
+                sq = eng.sq_dists(gq, gn2, cols)
+                if sidx is not None:
+                    at = torch.searchsorted(cols, sidx).clamp_max(cols.numel() - 1)
+                    hit = cols.index_select(0, at) == sidx
+                    sq[torch.nonzero(hit).flatten(), at[hit]] = math.inf
+                eng.candidates(sq, gn + float(eng.norm.index_select(0, cols).max()), cols, g)
+            eng.maybe_flush(q_rows, self_idx, out_d, out_i)
+            done += g.shape[0]
+            progress(done / nq * 0.95, "knn")
+            # graceful fallback: when most columns survive, the projection only adds work
+            if not brute_mode and done >= max(_FALLBACK_AFTER, nq // 20) and survivors > _FALLBACK_SURVIVORS * done * n:
+                brute_mode = True
+                stats["fallback_after"] = done
+    eng.flush(q_rows, self_idx, out_d, out_i)
+    stats["pruned_fraction"] = round(1.0 - survivors / max(1, nq * n), 4)
+
+
+def kneighbors(
+    reference: torch.Tensor,
+    k: int,
+    *,
+    queries: torch.Tensor | None = None,
+    query_index: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    memory_budget_mb: int = 1024,
+    progress: ProgressFn = no_progress,
+) -> KNNResult:
+    """Exact k nearest neighbours in float64 Euclidean distance (module docstring; METHODS §0, §1.1, §7).
+
+    * ``queries`` and ``query_index`` both None: every row of ``reference`` is a query; self excluded by index
+      (an exact duplicate of a query is *not* itself: it is a neighbour at distance 0).
+    * ``query_index`` given (anchor subset, METHODS §1.1): those rows are queried against the full set,
+      self excluded by index.
+    * ``queries`` given (a separate point set): no exclusion.
+
+    Distances are ``sqrt(sum((x_q - x_j)**2))`` in float64, ascending; equal distances are ordered by the smaller
+    reference index. ``memory_budget_mb`` bounds the working buffers (beyond the inputs and a centred float32
+    copy of ``reference``); ``progress(fraction, "knn")`` is called after each chunk of queries.
+
+    >>> X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
+    >>> r = kneighbors(X, 2)
+    >>> r.indices.tolist(), r.distances.tolist()
+    ([[1, 2], [0, 2], [3, 1], [2, 1]], [[1.0, 3.0], [1.0, 2.0], [1.0, 2.0], [1.0, 3.0]])
+    """
+    reference = _as_matrix(reference, "reference")
+    n, D = reference.shape
+    if queries is not None and query_index is not None:
+        raise EstimatorError("kneighbors: give either queries (a separate point set) or query_index (rows of "
+                             "reference), not both")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise EstimatorError(f"kneighbors: k must be a positive integer, got {k!r}")
+    k = int(k)
+    self_query = queries is None
+    need = n - 1 if self_query else n
+    if k < 1 or k > need:
+        raise EstimatorError(
+            f"kneighbors: k={k} neighbours requested but only {max(need, 0)} candidate points exist "
+            f"({n} reference rows{', the query itself excluded' if self_query else ''}); use 1 <= k <= {max(need, 0)} "
+            "or add data"
+        )
+    if memory_budget_mb is None or memory_budget_mb <= 0:
+        raise EstimatorError(f"kneighbors: memory_budget_mb must be positive, got {memory_budget_mb!r}")
+    if isinstance(device, str):
+        from estimators.device import resolve_device
+
+        device = resolve_device(device)
+    dev = torch.device(device)
+    ref = reference.to(dev)
+    if self_query:
+        if query_index is None:
+            qi = torch.arange(n, device=dev)
+        else:
+            qi = torch.as_tensor(query_index)
+            if qi.dim() != 1 or qi.is_floating_point() or qi.dtype == torch.bool:
+                raise EstimatorError("kneighbors: query_index must be a 1-D integer tensor of reference rows")
+            qi = qi.to(dev, torch.long)
+            if qi.numel() and (int(qi.min()) < 0 or int(qi.max()) >= n):
+                raise EstimatorError(f"kneighbors: query_index values must lie in [0, {n - 1}]")
+        q_rows = ref if query_index is None else ref.index_select(0, qi)  # no copy for the full self-query
+    else:
+        queries = _as_matrix(queries, "queries")
+        if queries.shape[1] != D:
+            raise EstimatorError(f"kneighbors: queries have {queries.shape[1]} features but reference has {D}")
+        qi = None
+        q_rows = queries.to(dev)
+    nq = q_rows.shape[0]
+    out_d = torch.full((nq, k), math.inf, dtype=torch.float64, device=dev)
+    out_i = torch.full((nq, k), -1, dtype=torch.long, device=dev)
+    stats: dict = {"method": "brute", "pruned_fraction": 0.0}
+    if nq:
+        eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats)
+        stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
+        prune = nq * n >= _PRUNE_MIN_PAIRS and n >= _PRUNE_MIN_REF and D >= _PRUNE_MIN_DIM
+        if prune and self_query and query_index is None:
+            stats["method"] = "pruned-symmetric"
+            _pruned_symmetric(eng, out_d, out_i, progress)
+        else:
+            if self_query:
+                q, qnorm, qcnorm = eng.x.index_select(0, qi), eng.norm.index_select(0, qi), eng.cnorm.index_select(0, qi)
+            else:
+                q, qnorm = eng.frame(q_rows)
+                qcnorm = qnorm if eng.centered else torch.cat([
+                    torch.linalg.vector_norm(q_rows[s : s + eng.chunk].to(torch.float64) - eng.mu, dim=1)
+                    for s in range(0, nq, eng.chunk)])
+            eng.qnorm = qnorm
+            eng.clock.lap("prepare")
+            if prune:
+                stats["method"] = "pruned"
+                _pruned(eng, q, qnorm, qcnorm, q_rows, qi, out_d, out_i, progress)
+            else:
+                eng.brute(q, qnorm, q_rows, qi, out_d, out_i, progress)
+        stats["candidates_mean"] = round(eng.examined / nq, 3)
+        if bool((out_i < 0).any()):  # cannot happen if the bounds hold; never return a partial answer
+            raise RuntimeError("kneighbors: internal error, a query ended with fewer than k exact neighbours")
+        progress(1.0, "knn")
+    return KNNResult(distances=out_d.cpu(), indices=out_i.cpu(), query_index=None if qi is None else qi.cpu(),
+                     stats=stats)
+
+
+def _as_matrix(X, name: str) -> torch.Tensor:
+    """A 2-D floating tensor (integers become float64); bad shapes and non-finite values are errors."""
+    if isinstance(X, np.ndarray):
+        X = torch.from_numpy(np.ascontiguousarray(X))
+    if not isinstance(X, torch.Tensor):
+        raise EstimatorError(f"kneighbors: {name} must be a torch.Tensor or numpy array, got {type(X).__name__}")
+    if X.dim() != 2:
+        raise EstimatorError(f"kneighbors: {name} must have shape (N, D), got {tuple(X.shape)}")
+    if X.dtype == torch.bool or X.is_complex():
+        raise EstimatorError(f"kneighbors: {name} must be real-valued, got dtype {X.dtype}")
+    if X.dtype not in (torch.float32, torch.float64):
+        X = X.to(torch.float64)
+    if not all_finite(X):
+        raise EstimatorError(f"kneighbors: {name} contains NaN or Inf values; remove or impute them first")
+    return X.detach()

@@ -1,0 +1,351 @@
+"""Label sharpness K_F (Konz & Mazurowski, ICLR 2024; METHODS.md §2).
+
+    K_F = max_{j≠k} 1[y_j ≠ y_k] / ‖x_j − x_k‖₂  =  1 / δ,    δ = min_{y_j ≠ y_k} ‖x_j − x_k‖₂
+
+(the paper's formula with the multi-class numerator 1[y_j ≠ y_k]; the reference repo's HEAD uses 1[y_j = y_k]
+and so returns 1/(minimum same-class distance) — a bug, not reproduced here). Same-label pairs contribute 0,
+so K_F is 1 over the smallest distance between two differently labelled samples: a lower estimate of the
+labelling function's Lipschitz constant.
+
+Modes
+-----
+``exact`` (default): δ over ALL N² pairs, exactly, via :func:`estimators._pairs.interclass_min` (principal-
+direction lower bounds prune the pairs; the surviving ones are measured in float64 as ‖x_j − x_k‖). Also the
+C×C matrix of minimum distances between every two classes (``details.class_min_distance``), so a user sees which
+classes touch, and the ``top_pairs`` closest differently labelled pairs (``details.offending_pairs``).
+
+``paper``: Konz & Mazurowski's estimator for comparability: ``m`` = 1000 random samples (seeded, not stratified
+unless ``stratify``), all pairs inside. Its value is ≤ the exact K_F (a subset of the pairs) and grows with m.
+``ci``: percentile interval of K_F over ``n_bootstrap`` bootstrap resamples (m points drawn with replacement
+from the N), which is the spread of the paper's estimator over random subsamples when N ≫ m.
+
+Duplicates (METHODS §0): rows repeated with the same label are collapsed (they add no new distance);
+rows repeated with *different* labels ("conflicting duplicates") are counted and listed in
+``details.conflicting_duplicates``. They make δ = 0 and K_F infinite, which is reported as such
+(``value = inf``, written "inf" in JSON reports) with a warning — never an error.
+
+Scale (METHODS §2): K_F scales as 1/(value range · √#features); ``details.scale`` records the value range and
+the number of features, and rankings are only comparable at identical resolution, channels and range.
+
+Example
+-------
+>>> import torch
+>>> from estimators.device import resolve_device
+>>> X = torch.tensor([[0.0, 0.0], [4.0, 0.0]]); y = torch.tensor([0, 1])
+>>> label_sharpness(X, y, LabelSharpnessParams(), device=resolve_device("cpu"), progress=no_progress).value
+0.25
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from estimators._checks import as_matrix
+from estimators._pairs import interclass_min
+from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
+from estimators.knn import exact_duplicates
+from estimators.registry import register
+
+VERSION = "1.0.0"
+
+SCALE_CAVEAT = (
+    "K_F depends on the input scale: it scales as 1/(value range · √#features). Compare K_F only between "
+    "datasets with identical resolution, channels and value range (METHODS §2)."
+)
+
+
+class LabelSharpnessParams(Params):
+    """Params of ``label_sharpness`` (defaults per METHODS §2)."""
+
+    mode: Literal["exact", "paper"] = Field(
+        "exact", description="'exact': all N² pairs; 'paper': Konz & Mazurowski's random subsample of m points"
+    )
+    m: int = Field(1000, ge=2, description="paper mode: subsample size (the paper uses 1000)")
+    seed: int = Field(0, description="paper mode: seed of the subsample and the bootstrap")
+    stratify: bool = Field(False, description="paper mode: stratified subsample (the paper's is not stratified)")
+    n_bootstrap: int = Field(200, ge=0, le=10000, description="paper mode: bootstrap resamples for the CI (0: none)")
+    ci_level: float = Field(0.95, gt=0.0, lt=1.0, description="paper mode: confidence level of the bootstrap CI")
+    top_pairs: int = Field(10, ge=1, le=1000, description="how many closest differently labelled pairs to list")
+    prune_dims: int = Field(64, ge=1, le=1024, description="exact mode: principal directions of the pruning bound")
+    memory_budget_mb: int = Field(1024, ge=16, description="memory the pair search may use")
+
+
+# --- input checks and duplicates -------------------------------------------------------------------------------
+
+
+def check_inputs(X, y, name: str = "label_sharpness") -> tuple[torch.Tensor, torch.Tensor]:
+    if y is None:
+        raise EstimatorError(
+            f"{name} needs class labels but none were given; upload labels (an array 'y' in the .npz "
+            "or a label column) or drop this estimator"
+        )
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(np.ascontiguousarray(y))
+    X = as_matrix(X, name)
+    y = y.detach().cpu().reshape(-1)
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise EstimatorError(f"{name}: y must hold integer class indices, got dtype {y.dtype}")
+    if y.shape[0] != X.shape[0]:
+        raise EstimatorError(f"{name}: X has {X.shape[0]} rows but y has {y.shape[0]} labels; they must match")
+    if X.shape[0] < 2:
+        raise EstimatorError(f"{name} needs at least 2 samples, got {X.shape[0]}")
+    return X, y.to(torch.long)
+
+
+def _duplicates(X: torch.Tensor, y: np.ndarray, max_listed: int):
+    """Distinct (row, label) representatives and the conflicting-duplicate summary (METHODS §0, §2)."""
+    dup = exact_duplicates(X)
+    _, y_idx = np.unique(y, return_inverse=True)
+    key = dup.inverse.astype(np.int64) * (int(y_idx.max()) + 1) + y_idx
+    _, first = np.unique(key, return_index=True)
+    reps = np.sort(first)
+    groups = []
+    n_pairs = 0
+    for g in dup.groups:
+        labs, counts = np.unique(y[g], return_counts=True)
+        if labs.size > 1:
+            n_pairs += (len(g) ** 2 - int((counts.astype(np.int64) ** 2).sum())) // 2
+            groups.append(g)
+    summary = {
+        "groups": len(groups),
+        "pairs": int(n_pairs),
+        "listed": [
+            {"indices": [int(i) for i in g[:50]], "labels": sorted({int(v) for v in y[g]}), "size": len(g)}
+            for g in groups[:max_listed]
+        ],
+    }
+    return reps, dup.n_removed, summary
+
+
+def _pair_rows(pairs, y: np.ndarray, index_map: np.ndarray | None = None) -> list[dict]:
+    rows = []
+    for i, j, d in pairs:
+        if index_map is not None:
+            i, j = int(index_map[i]), int(index_map[j])
+        i, j = min(i, j), max(i, j)
+        rows.append(
+            {
+                "i": i, "j": j, "label_i": int(y[i]), "label_j": int(y[j]), "distance": float(d),
+                "k_f": (math.inf if d == 0 else 1.0 / d),
+            }
+        )
+    return rows
+
+
+def _class_matrix(res, index_map: np.ndarray):
+    C = res.labels.size
+    dist = [[None if a == b else float(res.class_min[a, b]) for b in range(C)] for a in range(C)]
+    pair = [
+        [None if a == b else [int(index_map[res.class_argmin[a, b, 0]]), int(index_map[res.class_argmin[a, b, 1]])]
+         for b in range(C)]
+        for a in range(C)
+    ]
+    return dist, pair
+
+
+def _scale(X: torch.Tensor) -> dict:
+    return {
+        "x_min": float(X.min()), "x_max": float(X.max()), "n_features": int(X.shape[1]),
+        "max_norm": float(torch.linalg.vector_norm(X.to(torch.float64), dim=1).max()), "caveat": SCALE_CAVEAT,
+    }
+
+
+def _k_from_delta(delta: float) -> float:
+    if delta == 0.0:
+        return math.inf
+    if math.isinf(delta):
+        return 0.0
+    return 1.0 / delta
+
+
+# --- paper mode: a subsample, all pairs inside -------------------------------------------------------------------
+
+
+def subsample_delta(X64: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[float, int, int]:
+    """Exact min distance between differently labelled rows among ``X64[idx]`` (repeats allowed: a row drawn
+    twice has its own label, so it adds nothing). Returns (δ, i, j) with i, j rows of X64; (inf, -1, -1) when
+    the subsample holds one class. Candidates come from a float64 Gram matrix; every pair within rounding
+    distance of the minimum is re-measured as ‖x_i − x_j‖."""
+    S = X64[idx]
+    ys = y[idx]
+    sq = (S * S).sum(dim=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (S @ S.T)
+    diff = ys[:, None] != ys[None, :]
+    d2 = torch.where(diff, d2, torch.full_like(d2, math.inf))
+    lo = float(d2.min())
+    if math.isinf(lo):
+        return math.inf, -1, -1
+    tol = 4.0 * (S.shape[1] + 4) * 2.0**-53 * 2.0 * float(sq.max())  # ≥ the float64 Gram rounding error
+    cand = torch.nonzero(d2 <= lo + tol)
+    a, b = idx[cand[:, 0]], idx[cand[:, 1]]
+    exact = torch.linalg.vector_norm(X64[a] - X64[b], dim=1)
+    k = int(torch.argmin(exact))
+    return float(exact[k]), int(a[k]), int(b[k])
+
+
+def _draw_subsample(y_np: np.ndarray, m: int, rng: np.random.Generator, stratify: bool) -> np.ndarray:
+    n = y_np.size
+    if m >= n:
+        return np.arange(n)
+    if not stratify:
+        return np.sort(rng.choice(n, size=m, replace=False))
+    labels, counts = np.unique(y_np, return_counts=True)
+    alloc = np.maximum(1, np.floor(m * counts / n).astype(np.int64))
+    alloc = np.minimum(alloc, counts)
+    while alloc.sum() < m:  # hand the remainder to the classes with the most room, largest first
+        room = counts - alloc
+        alloc[np.argmax(room * (counts / n))] += 1
+    parts = [rng.choice(np.flatnonzero(y_np == c), size=int(a), replace=False) for c, a in zip(labels, alloc)]
+    return np.sort(np.concatenate(parts))
+
+
+def _paper(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, progress: ProgressFn) -> Result:
+    n = X.shape[0]
+    y_np = y.numpy()
+    rng = np.random.default_rng(p.seed)
+    idx = _draw_subsample(y_np, p.m, rng, p.stratify)
+    warnings: list[str] = []
+    if idx.size >= n:
+        warnings.append(
+            f"paper mode: m={p.m} >= N={n}, so the subsample is the whole dataset and the value equals the exact K_F"
+        )
+    X64 = X.to(device, torch.float64)
+    yd = y.to(device)
+    progress(0.0, "subsample")
+    res = interclass_min(
+        X[idx], y[idx], top_k=p.top_pairs, prune_dims=p.prune_dims, seed=p.seed, device=device,
+        memory_budget_mb=p.memory_budget_mb,
+    )
+    delta = res.delta
+    value = _k_from_delta(delta)
+    missing = sorted(set(np.unique(y_np).tolist()) - set(np.unique(y_np[idx]).tolist()))
+    if missing:
+        warnings.append(
+            f"paper mode: classes {missing[:20]} are missing from the random subsample of {idx.size}; their pairs "
+            "are not measured (use stratify=true or mode='exact')"
+        )
+    if delta == 0.0:
+        warnings.append("the subsample contains identical samples with different labels: K_F is infinite")
+    boot = []
+    for b in range(p.n_bootstrap):
+        bidx = torch.from_numpy(rng.integers(0, n, size=min(p.m, n))).to(device)
+        boot.append(_k_from_delta(subsample_delta(X64, yd, bidx)[0]))
+        progress(0.3 + 0.7 * (b + 1) / p.n_bootstrap, "bootstrap")
+    ci = None
+    details_boot = {"n": p.n_bootstrap}
+    if boot:
+        arr = np.asarray(boot)
+        alpha = (1.0 - p.ci_level) / 2.0
+        lo, hi = np.quantile(arr, [alpha, 1.0 - alpha], method="inverted_cdf")
+        ci = (float(lo), float(hi))
+        details_boot.update(
+            {
+                "method": f"percentile, {p.n_bootstrap} resamples of m={min(p.m, n)} points drawn with replacement",
+                "quantiles": {str(q): float(np.quantile(arr, q, method="inverted_cdf")) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
+            }
+        )
+    dist, pair = _class_matrix(res, idx)
+    details = {
+        "mode": "paper",
+        "m": int(idx.size),
+        "seed": p.seed,
+        "stratified": p.stratify,
+        "min_interclass_distance": delta,
+        "classes": [int(c) for c in res.labels],
+        "class_min_distance": dist,
+        "class_min_pair": pair,
+        "offending_pairs": _pair_rows(res.top_pairs, y_np, idx),
+        "bootstrap": details_boot,
+        "n": int(n),
+        "scale": _scale(X),
+        "note": "paper-mode K_F is computed on a subsample, so it is <= the exact K_F and grows with m (METHODS §2)",
+    }
+    progress(1.0, "done")
+    return Result(value=value, ci=ci, ci_method="bootstrap percentile" if ci else None, details=details,
+                  warnings=warnings)
+
+
+# --- exact mode ---------------------------------------------------------------------------------------------------
+
+
+def exact_interclass(
+    X: torch.Tensor, y: torch.Tensor, *, top_k: int = 10, prune_dims: int = 64, device=torch.device("cpu"),
+    memory_budget_mb: int = 1024, progress: ProgressFn = no_progress,
+):
+    """Exact inter-class minima of (X, y) after collapsing duplicate (row, label) combinations.
+
+    Returns (InterclassResult on the representatives, representative row indices into X, number of exact
+    duplicate rows, conflicting-duplicate summary). Shared with ``inductive_bias`` (δ, METHODS §3.1).
+    """
+    progress(0.0, "duplicates")
+    reps, n_dup_rows, conflicts = _duplicates(X, y.numpy(), top_k)
+    res = interclass_min(
+        X[torch.from_numpy(reps)], y[torch.from_numpy(reps)], top_k=top_k, prune_dims=prune_dims,
+        device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.1, 1.0),
+    )
+    return res, reps, n_dup_rows, conflicts
+
+
+def _exact(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, progress: ProgressFn) -> Result:
+    y_np = y.numpy()
+    warnings: list[str] = []
+    res, reps, n_dup_rows, conflicts = exact_interclass(
+        X, y, top_k=p.top_pairs, prune_dims=p.prune_dims, device=device, memory_budget_mb=p.memory_budget_mb,
+        progress=progress,
+    )
+    delta = res.delta
+    value = _k_from_delta(delta)
+    if conflicts["groups"]:
+        warnings.append(
+            f"{conflicts['groups']} groups of identical samples carry different labels ({conflicts['pairs']} "
+            "conflicting pairs, listed in details.conflicting_duplicates): the minimum inter-class distance is 0 "
+            "and K_F is infinite"
+        )
+    if res.labels.size < 2:
+        warnings.append("only one class is present: no differently labelled pair exists, so K_F = 0 by definition")
+    dist, pair = _class_matrix(res, reps)
+    details = {
+        "mode": "exact",
+        "min_interclass_distance": delta,
+        "classes": [int(c) for c in res.labels],
+        "class_min_distance": dist,
+        "class_min_pair": pair,
+        "offending_pairs": _pair_rows(res.top_pairs, y_np, reps),
+        "conflicting_duplicates": conflicts,
+        "duplicates": {"rows_collapsed": int(X.shape[0] - reps.size), "exact_duplicate_rows": int(n_dup_rows)},
+        "n": int(X.shape[0]),
+        "n_distinct_used": int(reps.size),
+        "scale": _scale(X),
+        "search": res.stats,
+    }
+    progress(1.0, "done")
+    return Result(value=value, details=details, warnings=warnings)
+
+
+@register(
+    name="label_sharpness",
+    version=VERSION,
+    params=LabelSharpnessParams,
+    summary="Label sharpness K_F = 1 / minimum distance between differently labelled samples (exact, all pairs)",
+    needs_labels=True,
+    min_samples=2,
+)
+def label_sharpness(
+    X: torch.Tensor,
+    y: torch.Tensor | None,
+    params: LabelSharpnessParams,
+    *,
+    device: torch.device,
+    progress: ProgressFn = no_progress,
+) -> Result:
+    """K_F = 1/δ, δ the minimum distance between differently labelled samples (METHODS §2); see the module
+    docstring for the modes, the details and the handling of duplicates."""
+    X, y = check_inputs(X, y)
+    if params.mode == "paper":
+        return _paper(X, y, params, torch.device(device), progress)
+    return _exact(X, y, params, torch.device(device), progress)

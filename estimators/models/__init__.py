@@ -1,0 +1,26 @@
+"""Model specs (DESIGN.md §7) and the builders that turn them into ``nn.Module``s."""
+
+from estimators.models.builders import build_model, count_params
+from estimators.models.spec import (
+    ARCHITECTURES,
+    CNNSpec,
+    LeNetSpec,
+    MLPSpec,
+    ModelSpec,
+    ResNetSpec,
+    TrainSpec,
+    parse_model_spec,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "CNNSpec",
+    "LeNetSpec",
+    "MLPSpec",
+    "ModelSpec",
+    "ResNetSpec",
+    "TrainSpec",
+    "build_model",
+    "count_params",
+    "parse_model_spec",
+]

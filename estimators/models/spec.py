@@ -1,0 +1,132 @@
+"""Model specs (DESIGN.md §7): JSON validated by pydantic, never code, never pickles.
+
+Examples::
+
+    {"arch": "mlp", "hidden": [200, 200]}
+    {"arch": "lenet"}
+    {"arch": "cnn", "channels": [16, 32]}
+    {"arch": "resnet", "depth": 8}
+
+each optionally with ``"train": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128,
+"weight_decay": 0}``. :func:`parse_model_spec` turns a dict into one of the typed specs below; the ``arch`` key
+selects the type. Unknown keys are errors (a typo must not silently fall back to a default).
+
+    >>> parse_model_spec({"arch": "mlp", "hidden": [64]}).train.lr
+    0.001
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from estimators.base import EstimatorError
+
+Activation = Literal["relu", "tanh", "gelu", "sigmoid", "elu", "leaky_relu"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainSpec(_Strict):
+    """How a model is trained: the same block drives direct (baseline) and subspace training.
+
+    ``weight_decay`` is the optimizer's L2 term on the *trained* parameters (θ for direct training, θ_d for
+    subspace training). Li et al. used Adam, lr 1e−3, batch 128 (METHODS §4.2).
+    """
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+
+
+class MLPSpec(_Strict):
+    """Fully connected network: flatten → [Linear → activation] × len(hidden) → Linear(n_classes)."""
+
+    arch: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=lambda: [200, 200], max_length=64)
+    activation: Activation = "relu"
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class LeNetSpec(_Strict):
+    """LeNet-5 as in Li et al.: conv(6,5×5)-pool-conv(16,5×5)-pool-fc120-fc84-fc(n_classes), 'valid' convs.
+
+    On 1×28×28 inputs with 10 classes D = 44,426 (Li et al. Table 1).
+    """
+
+    arch: Literal["lenet"] = "lenet"
+    activation: Activation = "relu"
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class CNNSpec(_Strict):
+    """Plain CNN: [conv k×k ('same') → activation → 2×2 max-pool] per entry of ``channels`` → flatten →
+    [Linear → activation] × len(hidden) → Linear(n_classes). Pooling stops once the feature map is 1×1."""
+
+    arch: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [16, 32], min_length=1, max_length=32)
+    kernel_size: int = Field(3, ge=1, le=15)
+    hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=list, max_length=16)
+    activation: Activation = "relu"
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("kernel_size must be odd so that 'same' padding keeps the image size")
+        return v
+
+
+class ResNetSpec(_Strict):
+    """Small residual network with basic blocks (He et al. 2016).
+
+    ``depth`` = 6n+2 (8, 14, 20, 26, 32, …) gives the CIFAR-style three-stage net with n blocks per stage and
+    widths (w, 2w, 4w); ``depth`` 10 or 18 gives the four-stage [1,1,1,1] / [2,2,2,2] net with widths
+    (w, 2w, 4w, 8w) and a 3×3 stem suited to small images. Normalisation is GroupNorm (or none) rather than
+    BatchNorm: it keeps no running statistics, so several seeds can be trained at once as one vmapped model and
+    θ₀ + Pθ_d fully determines the network.
+    """
+
+    arch: Literal["resnet"] = "resnet"
+    depth: int = Field(8, ge=8, le=110)
+    width: int = Field(16, ge=1, le=512)
+    norm: Literal["group", "none"] = "group"
+    groups: int = Field(4, ge=1, le=64, description="GroupNorm groups; must divide every stage width")
+    activation: Activation = "relu"
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v: int) -> int:
+        if v in (10, 18) or (v - 2) % 6 == 0:
+            return v
+        raise ValueError("resnet depth must be 6n+2 (8, 14, 20, 26, 32, …) or 10/18")
+
+
+ModelSpec = Annotated[Union[MLPSpec, LeNetSpec, CNNSpec, ResNetSpec], Field(discriminator="arch")]
+ARCHITECTURES = ("mlp", "lenet", "cnn", "resnet")
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelSpec)
+
+
+def parse_model_spec(raw: Any) -> MLPSpec | LeNetSpec | CNNSpec | ResNetSpec:
+    """Validate a model spec (dict or an already-typed spec); raises EstimatorError naming the bad field."""
+    if isinstance(raw, (MLPSpec, LeNetSpec, CNNSpec, ResNetSpec)):
+        return raw
+    if not isinstance(raw, dict):
+        raise EstimatorError(
+            f"a model spec must be a JSON object such as {{\"arch\": \"mlp\", \"hidden\": [200, 200]}}, got {type(raw).__name__}"
+        )
+    if "arch" not in raw:
+        raise EstimatorError(f"model spec has no 'arch'; use one of {', '.join(ARCHITECTURES)}")
+    try:
+        return _ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}" for e in exc.errors())
+        raise EstimatorError(f"invalid model spec: {problems}") from None

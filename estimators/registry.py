@@ -1,0 +1,112 @@
+"""The estimator registry (DESIGN.md §4).
+
+Modules register themselves with :func:`register`; :func:`get` and :func:`all_estimators` import the
+known modules lazily so that importing the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from estimators.base import EstimatorError, EstimatorFn, Params
+
+# Modules that define estimators. Add a module here when it registers a new estimator.
+_MODULES = (
+    "estimators.id.mle",
+    "estimators.id.twonn",
+    "estimators.id.gride",
+    "estimators.label_sharpness",
+    "estimators.inductive_bias",
+    "estimators.subspace.estimator",
+)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    name: str
+    version: str
+    params_model: type[Params]
+    fn: EstimatorFn
+    summary: str
+    needs_labels: bool = False
+    needs_model: bool = False
+    min_samples: int = 3
+
+    def parse_params(self, raw: dict[str, Any] | None) -> Params:
+        """Validate user params; raises EstimatorError naming the bad key and the allowed ones."""
+        from pydantic import ValidationError
+
+        try:
+            return self.params_model(**(raw or {}))
+        except ValidationError as exc:
+            allowed = ", ".join(sorted(self.params_model.model_fields)) or "(none)"
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in exc.errors()
+            )
+            raise EstimatorError(
+                f"bad params for estimator '{self.name}': {problems}. Allowed params: {allowed}"
+            ) from None
+
+
+_REGISTRY: dict[str, Estimator] = {}
+_loaded = False
+
+
+def register(
+    *,
+    name: str,
+    version: str,
+    params: type[Params],
+    summary: str,
+    needs_labels: bool = False,
+    needs_model: bool = False,
+    min_samples: int = 3,
+):
+    """Decorator: ``@register(name="mle", version="1.0.0", params=MLEParams, summary=...)``."""
+
+    def wrap(fn: EstimatorFn) -> EstimatorFn:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise RuntimeError(f"estimator {name!r} registered twice")
+        _REGISTRY[name] = Estimator(
+            name=name,
+            version=version,
+            params_model=params,
+            fn=fn,
+            summary=summary,
+            needs_labels=needs_labels,
+            needs_model=needs_model,
+            min_samples=min_samples,
+        )
+        return fn
+
+    return wrap
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in _MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            # A module listed above that is not written yet; any other missing import is a real error.
+            if exc.name != mod and not mod.startswith(f"{exc.name}."):
+                raise
+    _loaded = True
+
+
+def all_estimators() -> dict[str, Estimator]:
+    _load()
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> Estimator:
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise EstimatorError(f"unknown estimator {name!r}; known estimators: {known}") from None

@@ -1,0 +1,8 @@
+"""Subspace training (Li et al. 2018; Aghajanyan et al. 2021; METHODS.md §4): projections, the θ₀ + Pθ_d
+wrapper, the d_int90 sweep. The registered estimator lives in :mod:`estimators.subspace.estimator`."""
+
+from estimators.subspace.projections import PROJECTIONS, fwht, make_projection
+from estimators.subspace.sweep import bootstrap_ci, crossing, run_sweep
+from estimators.subspace.wrapper import DirectModel, SubspaceModel
+
+__all__ = ["PROJECTIONS", "DirectModel", "SubspaceModel", "bootstrap_ci", "crossing", "fwht", "make_projection", "run_sweep"]

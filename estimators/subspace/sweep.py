@@ -1,0 +1,243 @@
+"""The d_int90 sweep (Li et al. 2018 §2–3; METHODS.md §4.2).
+
+* :func:`train_models` trains S seeds of one model (direct or subspace) at once and returns each seed's metric.
+* :func:`run_sweep` walks d: a coarse log grid d_min·f^k until the mean over seeds reaches the threshold, then
+  bisection (geometric midpoints, integer d) inside the bracketing pair.
+* :func:`crossing` turns a curve {d: per-seed metrics} into the interpolated d_int90; :func:`bootstrap_ci`
+  resamples the seeds at every d to give a percentile interval.
+
+Definition (METHODS §4.2): d_int90 is the smallest d whose mean-over-seeds performance reaches
+τ = threshold × baseline. Li report the smallest *grid* d; we report that (``d_grid``) and, as the headline, the
+crossing interpolated linearly in log d between the last d below τ and the first d at or above it, rounded up
+to an integer (a dimension is an integer; with a bracket of adjacent integers this is the grid answer).
+
+    >>> curve = {8: [0.1, 0.2], 16: [0.95, 0.97]}
+    >>> crossing(curve, 0.9).d_grid
+    16
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from estimators.base import EstimatorError
+from estimators.models.spec import TrainSpec
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainOutcome:
+    metric: list[float]  # one per seed
+    seconds: float
+    steps: int
+
+
+def _optimizer(params: Sequence[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, X: Tensor, y: Tensor, *, chunk: int = 2048) -> list[float]:
+    """Per-seed classification accuracy of a batched model (``model(x, shared_input=True)`` → (S, B, C))."""
+    if X.shape[0] == 0:
+        raise EstimatorError("no samples to evaluate the accuracy on; lower val_fraction or add data")
+    correct = torch.zeros(0)
+    for start in range(0, X.shape[0], chunk):
+        logits = model(X[start : start + chunk], shared_input=True)
+        hit = (logits.argmax(-1) == y[start : start + chunk]).sum(dim=1)
+        correct = hit if start == 0 else correct + hit
+    return (correct.double() / X.shape[0]).tolist()
+
+
+def train_models(
+    model: nn.Module,
+    trainable: Sequence[nn.Parameter],
+    X_train: Tensor,
+    y_train: Tensor,
+    X_eval: Tensor,
+    y_eval: Tensor,
+    spec: TrainSpec,
+    *,
+    order_seeds: Sequence[int],
+    progress: Callable[[float], None] | None = None,
+) -> TrainOutcome:
+    """Train S seeds of a batched model with cross-entropy and report per-seed accuracy on (X_eval, y_eval).
+
+    Each seed draws its own minibatch order (``order_seeds``); the loss is the sum over seeds of each seed's
+    mean batch loss, so every seed's gradient (and, as Adam/SGD act element-wise, its update) is exactly what it
+    would get if trained alone.
+    """
+    S = len(order_seeds)
+    N = X_train.shape[0]
+    B = min(spec.batch_size, N)
+    opt = _optimizer(trainable, spec)
+    gens = [torch.Generator().manual_seed(int(s)) for s in order_seeds]
+    t0 = time.perf_counter()
+    steps = 0
+    model.train()
+    n_batches = math.ceil(N / B)
+    for epoch in range(spec.epochs):
+        perms = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(X_train.device)
+        for b in range(n_batches):
+            idx = perms[:, b * B : (b + 1) * B]
+            xb, yb = X_train[idx], y_train[idx]
+            logits = model(xb)
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="sum"
+            ) / idx.shape[1]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+        if progress is not None:
+            progress((epoch + 1) / spec.epochs)
+    model.eval()
+    metric = accuracy(model, X_eval, y_eval)
+    return TrainOutcome(metric=metric, seconds=time.perf_counter() - t0, steps=steps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Crossing and bootstrap
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Crossing:
+    value: float | None  # interpolated crossing rounded up to an integer; None when no d reaches the level
+    d_grid: int | None  # smallest evaluated d whose mean reaches the level (Li's definition)
+    d_below: int | None  # largest evaluated d below d_grid (None: the first d already passed)
+    censored: str | None = None  # "below" (≤ smallest d) or "above" (> largest d)
+
+
+def crossing(curve: Mapping[int, Sequence[float]], level: float) -> Crossing:
+    """Interpolated crossing of ``level`` by the mean curve (see module docstring)."""
+    ds = sorted(curve)
+    means = [float(np.mean(curve[d])) for d in ds]
+    return _crossing(np.asarray(ds, dtype=float), np.asarray(means), level)
+
+
+def _crossing(ds: np.ndarray, means: np.ndarray, level: float) -> Crossing:
+    passed = np.nonzero(means >= level)[0]
+    if passed.size == 0:
+        return Crossing(None, None, int(ds[-1]) if ds.size else None, "above")
+    i = int(passed[0])
+    hi = int(ds[i])
+    if i == 0:
+        return Crossing(float(hi), hi, None, "below")
+    lo = int(ds[i - 1])
+    m_lo, m_hi = means[i - 1], means[i]
+    t = 1.0 if m_hi <= m_lo else (level - m_lo) / (m_hi - m_lo)
+    t = min(max(t, 0.0), 1.0)
+    d_star = math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
+    value = float(min(hi, max(lo + 1, math.ceil(d_star - 1e-9))))
+    return Crossing(value, hi, lo)
+
+
+def bootstrap_ci(
+    curve: Mapping[int, Sequence[float]], level: float, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile interval of the interpolated crossing when the seeds at every d are resampled with replacement.
+
+    A draw in which no d reaches the level counts as +∞ (so the upper end can be ``inf``).
+    """
+    rng = np.random.default_rng(seed)
+    ds = np.asarray(sorted(curve), dtype=float)
+    vals = [np.asarray(curve[int(d)], dtype=float) for d in ds]
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        means = np.array([v[rng.integers(0, v.size, v.size)].mean() for v in vals])
+        c = _crossing(ds, means, level)
+        draws[b] = math.inf if c.value is None else c.value
+    draws.sort()  # order statistics, no interpolation: safe with +∞ draws
+    lo = draws[int(math.floor(alpha / 2 * (n_boot - 1)))]
+    hi = draws[int(math.ceil((1 - alpha / 2) * (n_boot - 1)))]
+    return float(lo), float(hi)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sweep over d
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepOutcome:
+    curve: dict[int, list[float]] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # d in evaluation order
+    crossing: Crossing | None = None
+
+
+def coarse_grid(d_min: int, max_d: int, factor: float) -> list[int]:
+    """d_min, d_min·f, d_min·f², … (rounded, distinct), up to and including max_d."""
+    if d_min < 1 or max_d < d_min or factor <= 1:
+        raise EstimatorError(f"bad grid: need 1 ≤ d_min ≤ max_d and factor > 1 (got {d_min}, {max_d}, {factor})")
+    grid: list[int] = []
+    x = float(d_min)
+    while round(x) < max_d:
+        if not grid or round(x) > grid[-1]:
+            grid.append(int(round(x)))
+        x *= factor
+    grid.append(int(max_d))
+    return grid
+
+
+def run_sweep(
+    evaluate: Callable[[int], Sequence[float]],
+    level: float,
+    *,
+    d_min: int,
+    max_d: int,
+    grid_factor: float = 2.0,
+    bisect_steps: int = 3,
+    on_done: Callable[[int, Sequence[float]], None] | None = None,
+) -> SweepOutcome:
+    """Coarse log grid upward until the mean reaches ``level``, then ``bisect_steps`` geometric bisections.
+
+    ``evaluate(d)`` trains every seed at dimension d and returns the per-seed metrics.
+    """
+    out = SweepOutcome()
+
+    def run(d: int) -> float:
+        t = time.perf_counter()
+        vals = [float(v) for v in evaluate(d)]
+        out.seconds[d] = time.perf_counter() - t
+        out.curve[d] = vals
+        out.order.append(d)
+        if on_done is not None:
+            on_done(d, vals)
+        return float(np.mean(vals))
+
+    lo = None
+    hi = None
+    for d in coarse_grid(d_min, max_d, grid_factor):
+        if run(d) >= level:
+            hi = d
+            break
+        lo = d
+    if hi is not None and lo is not None:
+        for _ in range(bisect_steps):
+            if hi - lo <= 1:
+                break
+            mid = int(round(math.sqrt(lo * hi)))
+            mid = min(max(mid, lo + 1), hi - 1)
+            if run(mid) >= level:
+                hi = mid
+            else:
+                lo = mid
+    out.crossing = crossing(out.curve, level)
+    return out

@@ -1,0 +1,64 @@
+"""Fixtures of the service integration tests: one running stack per backend (``pg-redis`` and ``embedded``),
+each with a real API process and a real Celery worker process; see ``service_stack.py``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import service_stack
+
+
+@pytest.fixture(scope="session", params=["pg-redis", "embedded"])
+def svc(request, tmp_path_factory):
+    kind = request.param
+    if kind == "pg-redis" and not (service_stack.postgres_up() and service_stack.redis_available()):
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 and redis-server are needed for the pg-redis stack")
+    stack = service_stack.build(kind, tmp_path_factory.mktemp(f"svc-{kind}"))
+    try:
+        stack.start_api()
+        stack.start_worker()
+        # `taskgauge keys create NAME` prints the key once on stdout.
+        out = subprocess.run([sys.executable, "-m", "app", "keys", "create", "alice"], env=stack.env,
+                             capture_output=True, text=True, timeout=120, check=True)
+        stack.alice_key = out.stdout.strip()
+        out = subprocess.run([sys.executable, "-m", "app", "keys", "create", "bob"], env=stack.env,
+                             capture_output=True, text=True, timeout=120, check=True)
+        stack.bob_key = out.stdout.strip()
+        yield stack
+    except BaseException:
+        print(stack.tail(), file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def alice(svc):
+    with svc.client(svc.alice_key) as c:
+        yield c
+
+
+@pytest.fixture
+def bob(svc):
+    with svc.client(svc.bob_key) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Small datasets: 300 points on a 4-D linear subspace of R^12 plus a little noise, two classes."""
+    d = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(7)
+    Z = rng.normal(size=(300, 4))
+    X = (Z @ rng.normal(size=(4, 12)) + 0.01 * rng.normal(size=(300, 12))).astype(np.float32)
+    y = (Z[:, 0] > 0).astype(np.int64)
+    np.savez(d / "good.npz", X=X, y=y)
+    lines = ["a,b,c,d,species"] + [f"{r[0]},{r[1]},{r[2]},{r[3]},{'setosa' if c else 'virginica'}"
+                                   for r, c in zip(X[:, :4].tolist(), y.tolist())]
+    (d / "good.csv").write_text("\n".join(lines) + "\n")
+    return {"npz": d / "good.npz", "csv": d / "good.csv", "dir": d}

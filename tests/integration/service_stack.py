@@ -1,0 +1,240 @@
+"""Start the service for integration tests: a real API process (``taskgauge serve --no-worker``) and a real
+Celery worker process (``taskgauge worker``), on either
+
+* ``pg-redis``: a fresh PostgreSQL database ``taskgauge_test_<random>`` built by ``alembic upgrade head`` and a
+  private ``redis-server`` on a free loopback port (so a test can restart it), or
+* ``embedded``: SQLite + the serverless filesystem transport under a temp ``DATA_DIR`` (the embedded default).
+
+Every process is started in its own session and killed (and the database dropped) on teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PG_ADMIN = "host=127.0.0.1 user=postgres dbname=postgres"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_up() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(PG_ADMIN, connect_timeout=2).close()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Redis:
+    port: int
+    dir: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)],
+            stdout=(self.dir / "redis.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        import redis
+
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.5).ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class Stack:
+    kind: str
+    tmp: Path
+    env: dict[str, str]
+    database_url: str
+    api_url: str = ""
+    api: subprocess.Popen | None = None
+    worker: subprocess.Popen | None = None
+    redis: Redis | None = None
+    pg_name: str | None = None
+    n_workers: int = 0
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.env["TASKGAUGE_DATA_DIR"])
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+        path = self.tmp / log
+        self.logs.append(path)
+        return subprocess.Popen([sys.executable, "-m", "app", *args], env=self.env, cwd=self.tmp,
+                                stdout=path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_api(self) -> None:
+        port = free_port()
+        self.api = self._spawn(["serve", "--no-worker", "--no-migrate", "--host", "127.0.0.1", "--port", str(port)],
+                               "api.log")
+        self.api_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.api.poll() is not None:
+                raise RuntimeError("API exited:\n" + self.tail())
+            try:
+                if httpx.get(self.api_url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("API did not start:\n" + self.tail())
+
+    def start_worker(self, wait: bool = True) -> subprocess.Popen:
+        self.n_workers += 1
+        log = f"worker{self.n_workers}.log"
+        self.worker = self._spawn(["worker", "--concurrency", "1", "--loglevel", "info"], log)
+        if wait:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if self.worker.poll() is not None:
+                    raise RuntimeError("worker exited:\n" + self.tail())
+                if b" ready." in (self.tmp / log).read_bytes():
+                    return self.worker
+                time.sleep(0.2)
+            raise RuntimeError("worker did not become ready:\n" + self.tail())
+        return self.worker
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker's whole process group (main process and pool children) — no chance to clean up."""
+        if self.worker is not None:
+            kill_group(self.worker, signal.SIGKILL)
+
+    def tail(self, n: int = 3000) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-n:]}" for p in self.logs if p.exists())
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url + "/api/v1", headers={"Authorization": f"Bearer {key}"},
+                            timeout=60)
+
+    def stop(self) -> None:
+        for p in (self.worker, self.api):
+            if p is not None:
+                kill_group(p)
+        if self.redis is not None:
+            self.redis.stop()
+        if self.pg_name:
+            import psycopg
+
+            with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+
+def build(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None) -> Stack:
+    """Create the database and broker of ``kind`` and migrate; the caller starts the API and worker."""
+    from app import migrate
+
+    data_dir = tmp / "data"
+    data_dir.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGAUGE_")}
+    env.update({
+        "TASKGAUGE_DATA_DIR": str(data_dir),
+        "TASKGAUGE_DEVICE": "cpu",
+        "TASKGAUGE_MAX_UPLOAD_MB": "1",
+        "TASKGAUGE_LEASE_S": "6",
+        "TASKGAUGE_HEARTBEAT_S": "1",
+        "TASKGAUGE_VISIBILITY_TIMEOUT_S": "30",
+        "TASKGAUGE_EXTRA_ESTIMATORS": "tg_test_estimators",
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        **(extra_env or {}),
+    })
+    stack: Stack
+    if kind == "pg-redis":
+        import psycopg
+
+        name = f"taskgauge_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        (tmp / "redis").mkdir()
+        redis = Redis(port=free_port(), dir=tmp / "redis")
+        env["TASKGAUGE_DATABASE_URL"] = url
+        env["TASKGAUGE_BROKER_URL"] = f"redis://127.0.0.1:{redis.port}/0"
+        stack = Stack(kind, tmp, env, url, redis=redis, pg_name=name)
+        try:
+            redis.start()
+            migrate.upgrade(url)
+        except BaseException:
+            stack.stop()
+            raise
+    elif kind == "embedded":
+        url = f"sqlite:///{data_dir / 'taskgauge.db'}"
+        stack = Stack(kind, tmp, env, url)
+        migrate.upgrade(url)
+    else:
+        raise ValueError(kind)
+    return stack
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+def wait_for(client, analysis_id: str, timeout: float = 90.0, until=("succeeded", "failed", "cancelled")) -> dict:
+    deadline = time.monotonic() + timeout
+    state = {}
+    while time.monotonic() < deadline:
+        state = client.get(f"/analyses/{analysis_id}").json()
+        if state["status"] in until:
+            return state
+        time.sleep(0.25)
+    raise AssertionError(f"analysis {analysis_id} still {state.get('status')} after {timeout}s: {state}")
+
+
+def upload(client, path: Path, **fields) -> "object":
+    with open(path, "rb") as fh:
+        return client.post("/datasets", files={"file": (path.name, fh, "application/octet-stream")},
+                           data={k: str(v) for k, v in fields.items()})

@@ -1,0 +1,335 @@
+"""The exact kNN engine (estimators/knn.py; METHODS §0, §1.1, §7).
+
+Every answer is compared with an independent float64 numpy brute force (difference-based distances, rows sorted
+with a stable sort so that ties go to the smaller index) or with scikit-learn. The pruned code paths are
+exercised on small inputs by lowering the engine's size thresholds (``small_thresholds``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import NearestNeighbors
+
+import estimators.knn as knn
+from estimators.base import EstimatorError
+from estimators.knn import Duplicates, KNNResult, exact_duplicates, kneighbors
+
+
+def brute(ref: np.ndarray, k: int, queries: np.ndarray | None = None, query_index=None):
+    """float64 reference: sqrt(sum((q - x)**2)), self excluded by index, stable sort (ties: smaller index)."""
+    ref64 = np.asarray(ref, dtype=np.float64)
+    if queries is None:
+        qi = np.arange(len(ref)) if query_index is None else np.asarray(query_index)
+        q64 = ref64[qi]
+    else:
+        qi = None
+        q64 = np.asarray(queries, dtype=np.float64)
+    out_d, out_i = [], []
+    step = max(1, 2_000_000 // ref64.size)
+    for s in range(0, len(q64), step):
+        diff = q64[s : s + step, None, :] - ref64[None, :, :]
+        d = np.sqrt((diff * diff).sum(-1))
+        if qi is not None:
+            d[np.arange(d.shape[0]), qi[s : s + step]] = np.inf
+        o = np.argsort(d, axis=1, kind="stable")[:, :k]
+        out_i.append(o)
+        out_d.append(np.take_along_axis(d, o, 1))
+    return np.concatenate(out_d), np.concatenate(out_i)
+
+
+@pytest.fixture
+def small_thresholds(monkeypatch):
+    """Let the pruned paths run on small test inputs (same code, smaller size gates)."""
+    monkeypatch.setattr(knn, "_PRUNE_MIN_PAIRS", 0)
+    monkeypatch.setattr(knn, "_PRUNE_MIN_REF", 200)
+    monkeypatch.setattr(knn, "_PRUNE_MIN_DIM", 8)
+    monkeypatch.setattr(knn, "_CLUSTER_SIZE", 32)
+    monkeypatch.setattr(knn, "_HOME_NEED", 96)
+    monkeypatch.setattr(knn, "_FALLBACK_AFTER", 256)
+
+
+def check(res: KNNResult, ref_d: np.ndarray, ref_i: np.ndarray) -> None:
+    assert res.distances.dtype == torch.float64 and res.indices.dtype == torch.int64
+    np.testing.assert_array_equal(res.indices.numpy(), ref_i)
+    np.testing.assert_allclose(res.distances.numpy(), ref_d, rtol=1e-13, atol=0)
+
+
+def clustered(n: int, D: int, intrinsic: int, seed: int) -> np.ndarray:
+    """Points near a few random `intrinsic`-dim affine pieces in R^D (where the PCA pruning works)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 4, (8, D))
+    bases = rng.normal(0, 1, (8, intrinsic, D))
+    lab = rng.integers(0, 8, n)
+    lat = rng.normal(0, 1, (n, intrinsic))
+    return centers[lab] + np.einsum("ni,nid->nd", lat, bases[lab]) + 1e-3 * rng.normal(size=(n, D))
+
+
+# --------------------------------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("n,D,k", [pytest.param(300, 5, 7, id="low-D"), pytest.param(400, 50, 20, id="mid-D"),
+                                   pytest.param(50, 3, 49, id="k=n-1")])
+def test_brute_path_matches_float64_reference(n, D, k):
+    X = torch.randn(n, D, generator=torch.Generator().manual_seed(n + D), dtype=torch.float64)
+    res = kneighbors(X, k)
+    assert res.stats["method"] == "brute"
+    check(res, *brute(X.numpy(), k))
+    np.testing.assert_array_equal(res.query_index.numpy(), np.arange(n))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 2, 20])
+def test_symmetric_pruned_path_exact_on_clustered_data(small_thresholds, dtype, k):
+    X = torch.from_numpy(clustered(1500, 64, 6, seed=k)).to(dtype)
+    res = kneighbors(X, k)
+    assert res.stats["method"] == "pruned-symmetric"
+    assert res.stats["pruned_fraction"] > 0.3  # the pruning actually pruned on this data
+    assert res.stats["centered_copy"] == (dtype == torch.float64)  # float32 input is used in place
+    check(res, *brute(X.numpy(), k))
+
+
+def test_matches_sklearn_nearest_neighbors(small_thresholds):
+    X = clustered(1200, 40, 5, seed=11)
+    res = kneighbors(torch.from_numpy(X), 10)
+    d, i = NearestNeighbors(n_neighbors=11, algorithm="brute").fit(X).kneighbors(X)
+    # sklearn includes the point itself first (no duplicates here) and uses |a|²+|b|²-2ab in float64
+    np.testing.assert_array_equal(res.indices.numpy(), i[:, 1:])
+    np.testing.assert_allclose(res.distances.numpy(), d[:, 1:], rtol=1e-6)
+
+
+def test_anchors_query_index(small_thresholds):
+    X = torch.from_numpy(clustered(1500, 48, 5, seed=3))
+    qi = torch.from_numpy(np.random.default_rng(0).choice(1500, 400, replace=False))
+    res = kneighbors(X, 15, query_index=qi)
+    assert res.stats["method"] == "pruned"
+    np.testing.assert_array_equal(res.query_index.numpy(), qi.numpy())
+    check(res, *brute(X.numpy(), 15, query_index=qi.numpy()))
+    # the same anchors through the brute path
+    check(kneighbors(X[:700], 15, query_index=qi[qi < 700]), *brute(X[:700].numpy(), 15, query_index=qi[qi < 700].numpy()))
+
+
+def test_separate_queries_no_self_exclusion(small_thresholds):
+    X = torch.from_numpy(clustered(1500, 48, 5, seed=4))
+    Q = torch.cat([X[:50], torch.from_numpy(clustered(250, 48, 5, seed=5))])  # 50 queries equal reference rows
+    res = kneighbors(X, 5, queries=Q)
+    assert res.query_index is None
+    check(res, *brute(X.numpy(), 5, queries=Q.numpy()))
+    assert torch.all(res.distances[:50, 0] == 0) and torch.equal(res.indices[:50, 0], torch.arange(50))
+    Qs = Q[:40]
+    check(kneighbors(X[:500], 5, queries=Qs), *brute(X[:500].numpy(), 5, queries=Qs.numpy()))
+
+
+def test_isotropic_high_dimensional_data_falls_back_and_stays_exact(small_thresholds):
+    X = torch.randn(1200, 256, generator=torch.Generator().manual_seed(7))
+    res = kneighbors(X, 10)
+    assert "fallback_after" in res.stats  # the projection could not prune: brute force took over
+    check(res, *brute(X.numpy(), 10))
+    qi = torch.arange(0, 1200, 2)
+    res = kneighbors(X, 10, query_index=qi)
+    assert "fallback_after" in res.stats
+    check(res, *brute(X.numpy(), 10, query_index=qi.numpy()))
+
+
+# --------------------------------------------------------------------------------------------- duplicates, ties
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_exact_duplicates_give_zero_distances_in_index_order(monkeypatch, pruned):
+    if pruned:
+        for name, v in (("_PRUNE_MIN_PAIRS", 0), ("_PRUNE_MIN_REF", 200), ("_PRUNE_MIN_DIM", 8),
+                        ("_CLUSTER_SIZE", 32), ("_HOME_NEED", 96)):
+            monkeypatch.setattr(knn, name, v)
+    base = clustered(600, 32, 4, seed=8)
+    X = np.concatenate([base, base[:100], base[:100], base[300:310]])  # triplicates and duplicates
+    X = X[np.random.default_rng(1).permutation(len(X))]
+    res = kneighbors(torch.from_numpy(X), 6)
+    check(res, *brute(X, 6))
+    d = res.distances.numpy()
+    assert np.isfinite(d).all() and (d >= 0).all() and (d[:, 0] == 0).sum() >= 200
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_lattice_ties_broken_by_smaller_index(monkeypatch, pruned):
+    if pruned:
+        for name, v in (("_PRUNE_MIN_PAIRS", 0), ("_PRUNE_MIN_REF", 200), ("_PRUNE_MIN_DIM", 2),
+                        ("_CLUSTER_SIZE", 32), ("_HOME_NEED", 96)):
+            monkeypatch.setattr(knn, name, v)
+    g = np.stack(np.meshgrid(np.arange(8), np.arange(8), np.arange(8), indexing="ij"), -1).reshape(-1, 3)
+    X = g[np.random.default_rng(2).permutation(len(g))].astype(np.float32)  # 512 points, massive ties
+    res = kneighbors(torch.from_numpy(X), 12)
+    ref_d, ref_i = brute(X, 12)
+    check(res, ref_d, ref_i)
+    # interior points have 6 neighbours at distance 1, 12 at sqrt(2): ties decided by index
+    assert (ref_d[:, :6] == 1).all(axis=1).sum() > 100
+
+
+def test_float32_near_duplicates_where_the_gemm_shortcut_fails():
+    rng = np.random.default_rng(9)
+    base = (1000.0 + rng.normal(0, 1, (1, 16))).astype(np.float32)
+    X = (base + rng.integers(-4, 5, (300, 16)).astype(np.float32) * np.float32(1 / 1024)).astype(np.float32)
+    X = np.unique(X, axis=0)
+    res = kneighbors(torch.from_numpy(X), 5)
+    assert res.stats["centered_copy"]  # far from the origin: the engine centres a copy
+    ref_d, ref_i = brute(X, 5)
+    check(res, ref_d, ref_i)
+    # the test is meaningful: the float32 |a|²+|b|²-2ab shortcut gets these neighbours wrong
+    Xt = torch.from_numpy(X)
+    n2 = (Xt * Xt).sum(1)
+    sc = (n2[:, None] + n2[None, :] - 2 * Xt @ Xt.T).clamp_min(0)
+    sc.fill_diagonal_(float("inf"))
+    naive = torch.argsort(sc, dim=1, stable=True)[:, :5].numpy()
+    assert (naive != ref_i).mean() > 0.2
+
+
+def test_small_memory_budget_gives_identical_results(small_thresholds):
+    X = torch.from_numpy(clustered(1300, 48, 5, seed=12)).float()
+    a = kneighbors(X, 9)
+    b = kneighbors(X, 9, memory_budget_mb=1)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
+    qi = torch.arange(0, 1300, 3)
+    a = kneighbors(X, 9, query_index=qi)
+    b = kneighbors(X, 9, query_index=qi, memory_budget_mb=1)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
+
+
+def test_frequent_exact_phases_merge_to_the_same_answer(small_thresholds, monkeypatch):
+    X = torch.from_numpy(clustered(1300, 48, 5, seed=18)).float()
+    a = kneighbors(X, 9)
+    monkeypatch.setattr(knn, "_FLUSH_PAIRS", 500)  # many partial exact phases, merged row by row
+    b = kneighbors(X, 9)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "anchors"])
+def test_no_candidate_pair_is_queued_twice_between_exact_phases(small_thresholds, monkeypatch, mode):
+    # the exact phase relies on it (a repeated pair would count twice towards a row's k-th certified value)
+    X = torch.from_numpy(clustered(1200, 40, 5, seed=21)).float()
+    seen, repeats, queued = set(), [], []
+    add, flush = knn._Engine.add, knn._Engine.flush
+
+    def spy_add(self, rows, cols, sq):
+        for pair in zip(rows.tolist(), cols.tolist()):
+            if pair in seen:
+                repeats.append(pair)
+            seen.add(pair)
+            queued.append(pair)
+        add(self, rows, cols, sq)
+
+    def spy_flush(self, *args):
+        seen.clear()
+        flush(self, *args)
+
+    monkeypatch.setattr(knn._Engine, "add", spy_add)
+    monkeypatch.setattr(knn._Engine, "flush", spy_flush)
+    qi = None if mode == "symmetric" else torch.arange(0, 1200, 3)
+    res = kneighbors(X, 10, query_index=qi)
+    assert len(queued) >= res.indices.numel() and repeats == []
+    check(res, *brute(X.numpy(), 10, query_index=qi))
+
+
+def test_three_sort_ordering_fallback_gives_the_same_answer(small_thresholds, monkeypatch):
+    X = torch.from_numpy(clustered(900, 24, 4, seed=22)).float()
+    a = kneighbors(X, 7)
+    monkeypatch.setattr(knn, "_PACK_LIMIT", 0)
+    b = kneighbors(X, 7)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
+    check(b, *brute(X.numpy(), 7))
+
+
+def test_distances_are_symmetric_bitwise(small_thresholds):
+    X = torch.from_numpy(clustered(1000, 32, 4, seed=13))
+    res = kneighbors(X, 8)
+    d = {}
+    for i, (row_i, row_d) in enumerate(zip(res.indices.tolist(), res.distances.tolist())):
+        for j, v in zip(row_i, row_d):
+            d[(i, j)] = v
+    mutual = [(i, j) for (i, j) in d if (j, i) in d]
+    assert len(mutual) > 1000
+    assert all(d[(i, j)] == d[(j, i)] for i, j in mutual)
+
+
+def test_lowered_float32_matmul_precision_switches_to_float64():
+    X = torch.from_numpy(clustered(400, 24, 3, seed=14)).float()
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        res = kneighbors(X, 5)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert res.stats["gemm_dtype"] == "float64"
+    check(res, *brute(X.numpy(), 5))
+
+
+def test_progress_is_reported_per_chunk_and_ends_at_one(small_thresholds):
+    seen = []
+    kneighbors(torch.from_numpy(clustered(1200, 32, 4, seed=15)), 5, memory_budget_mb=1,
+               progress=lambda f, stage: seen.append((f, stage)))
+    fr = [f for f, _ in seen]
+    assert len(fr) > 5 and fr == sorted(fr) and fr[-1] == 1.0 and all(s == "knn" for _, s in seen)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(small_thresholds):
+    X = torch.from_numpy(clustered(1500, 64, 6, seed=16)).float()
+    a = kneighbors(X, 10)
+    b = kneighbors(X, 10, device="cuda")
+    assert torch.equal(a.indices, b.indices)
+    torch.testing.assert_close(a.distances, b.distances, rtol=1e-13, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ bad arguments
+
+
+@pytest.mark.parametrize("k,match", [(0, "k=0"), (-1, "k=-1"), (10, "only 9 candidate"), (2.0, "positive integer"),
+                                     (True, "positive integer")])
+def test_bad_k_is_explained(k, match):
+    with pytest.raises(EstimatorError, match=match):
+        kneighbors(torch.randn(10, 3), k)
+
+
+def test_bad_arguments_are_explained():
+    X = torch.randn(10, 3)
+    with pytest.raises(EstimatorError, match="only 10 candidate"):
+        kneighbors(X, 11, queries=torch.randn(2, 3))
+    with pytest.raises(EstimatorError, match="not both"):
+        kneighbors(X, 2, queries=X, query_index=torch.arange(2))
+    with pytest.raises(EstimatorError, match="4 features but reference has 3"):
+        kneighbors(X, 2, queries=torch.randn(2, 4))
+    with pytest.raises(EstimatorError, match="NaN or Inf"):
+        kneighbors(torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, 1.0]]), 1)
+    for bad in (float("nan"), float("inf"), -float("inf")):  # anywhere, also in the last row or in queries
+        Y = torch.rand(600, 5, dtype=torch.float64)
+        Y[-1, -1] = bad
+        with pytest.raises(EstimatorError, match="reference contains NaN or Inf"):
+            kneighbors(Y, 3)
+        with pytest.raises(EstimatorError, match="queries contains NaN or Inf"):
+            kneighbors(X, 2, queries=Y[-3:].float())
+    with pytest.raises(EstimatorError, match=r"\[0, 9\]"):
+        kneighbors(X, 2, query_index=torch.tensor([0, 10]))
+    with pytest.raises(EstimatorError, match="shape"):
+        kneighbors(torch.randn(10), 2)
+
+
+# ------------------------------------------------------------------------------------------------- duplicates
+
+
+def test_exact_duplicates_matches_numpy_unique():
+    rng = np.random.default_rng(17)
+    X = rng.integers(0, 3, (3000, 4)).astype(np.float32)  # 81 distinct rows: many hash-equal groups
+    d = exact_duplicates(torch.from_numpy(X))
+    assert isinstance(d, Duplicates)
+    u, first, inv = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    assert sorted(d.unique_index.tolist()) == sorted(first.tolist()) and d.n_removed == 3000 - len(u)
+    np.testing.assert_array_equal(X[d.unique_index][d.inverse], X)
+    assert all(np.all(X[g] == X[g[0]]) and g == sorted(g) for g in d.groups)
+    assert sum(len(g) for g in d.groups) == sum(c for c in np.bincount(inv.reshape(-1)) if c > 1)
+
+
+def test_exact_duplicates_signed_zero_and_integers():
+    d = exact_duplicates(np.array([[0.0, 1.0], [-0.0, 1.0], [0.0, 1.0 + 1e-16], [1e-300, 1.0]]))
+    assert d.groups == [[0, 1, 2]] and d.unique_index.tolist() == [0, 3]  # 1 + 1e-16 == 1 in float64
+    d = exact_duplicates(torch.tensor([[1, 2, 3], [1, 2, 3], [3, 2, 1]], dtype=torch.int8))
+    assert d.groups == [[0, 1]] and d.inverse.tolist() == [0, 0, 1]
+    assert exact_duplicates(np.zeros((0, 3))).n_removed == 0

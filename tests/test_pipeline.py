@@ -1,0 +1,31 @@
+"""workers.pipeline.plan: validation and the memory-budget default shared by the CLI and the worker."""
+
+import numpy as np
+import pytest
+
+from estimators.base import EstimatorError
+from workers.canonical import CanonicalDataset
+from workers.pipeline import DEFAULT_ESTIMATORS, plan
+
+
+def _data(labels: bool = True) -> CanonicalDataset:
+    rng = np.random.default_rng(0)
+    return CanonicalDataset(X=rng.normal(size=(50, 4)).astype(np.float32),
+                            y=(np.arange(50) % 2).astype(np.int64) if labels else None)
+
+
+def test_memory_budget_is_a_default_that_a_request_overrides():
+    planned = plan({"mle": {}, "twonn": {"memory_budget_mb": 64}}, _data(), memory_budget_mb=256)
+    assert planned["mle"].params.memory_budget_mb == 256
+    assert planned["twonn"].params.memory_budget_mb == 64
+
+
+def test_without_a_budget_the_estimators_keep_their_own_default():
+    planned = plan({"mle": {}}, _data())
+    assert planned["mle"].params.memory_budget_mb == type(planned["mle"].params)().memory_budget_mb
+
+
+def test_default_estimators_and_label_check():
+    assert tuple(plan(None, _data())) == DEFAULT_ESTIMATORS
+    with pytest.raises(EstimatorError, match="needs class labels"):
+        plan({"label_sharpness": {}}, _data(labels=False))

@@ -1,0 +1,1 @@
+"""taskgauge workers: Celery app, tasks, and the analysis pipeline (orchestration of estimators)."""

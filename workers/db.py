@@ -1,0 +1,273 @@
+"""The database: typed SQLAlchemy 2 ORM models and engine/session helpers, shared by the API and the workers.
+
+Why here: the workers need the models (they read analyses and write results and reports) and the import
+direction is ``app`` → ``workers`` → ``estimators``, so the models live in ``workers`` where both can import
+them and ``workers`` never imports ``app``. Nothing connects at import time: :func:`make_engine` builds an
+engine when the API's lifespan or a worker process asks for one.
+
+The schema comes only from the Alembic migrations under ``migrations/`` (``taskgauge db upgrade``); the
+models here must match them, which ``alembic check`` (run by the integration tests) enforces.
+
+Conventions (STYLE.md, Persistence): a ``MetaData`` naming convention so constraint names are stable;
+string UUID primary keys; timezone-aware UTC timestamps (also on SQLite, via :class:`UTCDateTime`);
+relationships are not used for loading (``lazy="raise"`` where they exist) — code builds ``select()``
+statements; helpers only flush, the request or task owns the one commit.
+
+>>> engine = make_engine("sqlite://")
+>>> engine.dialect.name
+'sqlite'
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Analysis states (DESIGN.md §6).
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ANALYSIS_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that always hands back aware UTC datetimes (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use an aware UTC datetime (workers.db.utcnow())")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# JSON documents: jsonb on PostgreSQL (reports spell non-finite numbers as strings, so jsonb accepts them).
+JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class IdMixin:
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+
+
+class CreatedMixin:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+class Owner(IdMixin, CreatedMixin, Base):
+    """Whoever holds API keys; every dataset, spec, analysis, report and schedule belongs to one owner."""
+
+    __tablename__ = "owners"
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+
+
+class ApiKey(IdMixin, CreatedMixin, Base):
+    """An API key, stored as ``prefix`` (public, for lookup) and the SHA-256 of the secret part."""
+
+    __tablename__ = "api_keys"
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), nullable=False, index=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    prefix: Mapped[str] = mapped_column(String(32), nullable=False, unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class Blob(CreatedMixin, Base):
+    """A content-addressed file under ``DATA_DIR/blobs`` (the canonical ``.npz`` of one or more datasets)."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class Dataset(IdMixin, CreatedMixin, Base):
+    __tablename__ = "datasets"
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), nullable=False, index=True)
+    name: Mapped[str] = mapped_column(String(300), nullable=False)
+    filename: Mapped[str] = mapped_column(String(300), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False, index=True)  # of the uploaded file
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)  # of the uploaded file
+    blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), nullable=False, index=True)
+    n_samples: Mapped[int] = mapped_column(Integer, nullable=False)
+    shape: Mapped[list[int]] = mapped_column(JSONDoc, nullable=False)
+    n_classes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    classes: Mapped[list[str] | None] = mapped_column(JSONDoc, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False, default=dict)
+
+
+class ModelSpec(IdMixin, CreatedMixin, Base):
+    __tablename__ = "model_specs"
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), nullable=False, index=True)
+    name: Mapped[str] = mapped_column(String(300), nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+
+
+class Analysis(IdMixin, CreatedMixin, Base):
+    """One requested analysis; its lifecycle lives here (the UI reads this table, never the result backend).
+
+    ``lease_token``/``heartbeat_at`` make the task idempotent: a worker claims the row by writing its token, keeps
+    ``heartbeat_at`` fresh while it runs, and only the token holder may write progress or finish it. A row left
+    ``running`` with a stale heartbeat (its worker died) is re-queued by a sweeper (``workers.tasks``).
+    """
+
+    __tablename__ = "analyses"
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), nullable=False, index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True)
+    model_spec_id: Mapped[str | None] = mapped_column(ForeignKey("model_specs.id", ondelete="SET NULL"), nullable=True)
+    schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"), nullable=True)
+    estimators: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    device: Mapped[str] = mapped_column(String(16), nullable=False, default="auto")
+    queue: Mapped[str] = mapped_column(String(64), nullable=False, default="default")
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=QUEUED, index=True)
+    progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    stage: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    report_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False)
+
+
+class AnalysisResult(IdMixin, CreatedMixin, Base):
+    """One estimator's result entry (report schema ``results[name]``); unique per analysis and estimator."""
+
+    __tablename__ = "analysis_results"
+    __table_args__ = (UniqueConstraint("analysis_id", "estimator"),)
+    analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False)
+    estimator: Mapped[str] = mapped_column(String(100), nullable=False)
+    version: Mapped[str] = mapped_column(String(50), nullable=False)
+    entry: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+
+
+class Report(CreatedMixin, Base):
+    """The finished report document (DESIGN.md §5); ``id`` is the document's ``report_id``."""
+
+    __tablename__ = "reports"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), nullable=False, index=True)
+    analysis_id: Mapped[str] = mapped_column(
+        ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False, unique=True
+    )
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+
+
+class Schedule(IdMixin, CreatedMixin, Base):
+    """Scheduled re-analysis of a dataset (cron expression in an IANA time zone)."""
+
+    __tablename__ = "schedules"
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), nullable=False, index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True)
+    model_spec_id: Mapped[str | None] = mapped_column(ForeignKey("model_specs.id", ondelete="SET NULL"), nullable=True)
+    estimators: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    cron: Mapped[str] = mapped_column(String(100), nullable=False)
+    timezone: Mapped[str] = mapped_column(String(64), nullable=False, default="UTC")
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    next_run_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+Index("ix_analyses_status_heartbeat", Analysis.status, Analysis.heartbeat_at)
+Index("ix_schedules_due", Schedule.enabled, Schedule.next_run_at)
+
+
+# ------------------------------------------------------------------------------------------ engines
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``. SQLite gets WAL, a busy timeout, foreign keys and ``BEGIN IMMEDIATE``
+    transactions (so concurrent writers queue instead of failing with "database is locked")."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (pysqlite's implicit BEGIN is deferred)
+            cur = dbapi_conn.cursor()
+            if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert_ignore(table: Any, dialect_name: str, values: dict[str, Any], conflict: list[str]) -> Any:
+    """``INSERT … ON CONFLICT (conflict) DO NOTHING`` for PostgreSQL and SQLite."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+
+
+def upsert_touch(table: Any, dialect_name: str, values: dict[str, Any], conflict: list[str], touch: str) -> Any:
+    """``INSERT … ON CONFLICT (conflict) DO UPDATE SET touch = excluded.touch``: inserts or row-locks."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(table).values(**values)
+    return stmt.on_conflict_do_update(index_elements=conflict, set_={touch: getattr(stmt.excluded, touch)})

@@ -1,0 +1,180 @@
+"""The analysis pipeline: one function that the Celery task and the CLI's local mode both call.
+
+``run_pipeline`` validates the requested estimators against the registry and the dataset, runs each one,
+reports progress, and assembles the report of DESIGN.md §5. It does no I/O of its own: the caller loads the
+dataset and persists what comes back (``on_result`` is called after each estimator so a worker can write one
+result row per estimator as it goes, and ``done`` lets a re-run skip the results already stored).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from estimators import registry
+from estimators.base import EstimatorError, Params, ProgressFn, no_progress, scaled_progress
+from estimators.device import describe_device, resolve_device
+from estimators.knn import exact_duplicates
+from workers.canonical import CanonicalDataset
+from workers.report import REPORT_SCHEMA_VERSION, interpretation_notes, result_to_json, to_jsonable
+
+DEFAULT_ESTIMATORS = ("mle", "twonn", "gride")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the report says about the dataset beyond its arrays."""
+
+    name: str
+    id: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedEstimator:
+    estimator: registry.Estimator
+    params: Params
+
+
+def taskgauge_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("taskgauge")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def plan(
+    requests: Mapping[str, Mapping[str, Any] | None] | None,
+    dataset: CanonicalDataset | None = None,
+    *,
+    model_spec: Mapping[str, Any] | None = None,
+    memory_budget_mb: int | None = None,
+) -> dict[str, PlannedEstimator]:
+    """Validate estimator names and params (and, given the dataset, labels and sample counts).
+
+    ``memory_budget_mb`` (the TASKGAUGE_MEMORY_BUDGET_MB setting, when set) becomes the default
+    ``memory_budget_mb`` of every estimator that has that param; a value in the request wins.
+
+    Raises :class:`EstimatorError` with a message that names the problem and the fix; nothing runs until
+    every request is valid.
+    """
+    if not requests:
+        requests = {name: {} for name in DEFAULT_ESTIMATORS}
+    planned: dict[str, PlannedEstimator] = {}
+    for name, raw in requests.items():
+        est = registry.get(name)
+        raw = dict(raw or {})
+        if est.needs_model:
+            if model_spec is None and "model" not in raw:
+                raise EstimatorError(
+                    f"estimator '{name}' trains a model and needs a model spec; pass --model-spec FILE "
+                    "(CLI) or model_spec_id (API), e.g. {\"arch\": \"mlp\", \"hidden\": [200, 200]}"
+                )
+            raw.setdefault("model", dict(model_spec) if model_spec is not None else None)
+        if memory_budget_mb is not None and "memory_budget_mb" in est.params_model.model_fields:
+            raw.setdefault("memory_budget_mb", memory_budget_mb)
+        params = est.parse_params(raw)
+        if dataset is not None:
+            if est.needs_labels and dataset.y is None:
+                raise EstimatorError(
+                    f"estimator '{name}' needs class labels but the dataset has none; upload labels "
+                    "(an array 'y' in the .npz, or a label column in the table) or drop this estimator"
+                )
+            if dataset.n_samples < est.min_samples:
+                raise EstimatorError(
+                    f"estimator '{name}' needs at least {est.min_samples} samples but the dataset has "
+                    f"{dataset.n_samples}; upload more data"
+                )
+        planned[name] = PlannedEstimator(est, params)
+    return planned
+
+
+def dataset_summary(dataset: CanonicalDataset, info: DatasetInfo) -> dict[str, Any]:
+    flat = dataset.flat()
+    dup = exact_duplicates(flat)
+    conflicting = 0
+    if dataset.y is not None:
+        for group in dup.groups:
+            if np.unique(dataset.y[group]).size > 1:
+                conflicting += 1
+    return {
+        "id": info.id,
+        "name": info.name,
+        "sha256": info.sha256,
+        "n_samples": dataset.n_samples,
+        "shape": list(dataset.X.shape),
+        "n_classes": dataset.n_classes,
+        "classes": dataset.classes,
+        "duplicates": {"exact": dup.n_removed, "conflicting_labels": conflicting},
+        "preprocessing": dataset.meta.get("preprocessing", {}),
+        "source": {k: v for k, v in dataset.meta.items() if k != "preprocessing"},
+    }
+
+
+def run_pipeline(
+    dataset: CanonicalDataset,
+    requests: Mapping[str, Mapping[str, Any] | None] | None = None,
+    *,
+    info: DatasetInfo,
+    device: str | torch.device = "auto",
+    model_spec: Mapping[str, Any] | None = None,
+    memory_budget_mb: int | None = None,
+    analysis_id: str | None = None,
+    progress: ProgressFn = no_progress,
+    on_result: Callable[[str, dict[str, Any]], None] | None = None,
+    done: Mapping[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run the requested estimators (default: mle, twonn, gride) and return the report (DESIGN.md §5)."""
+    t0 = time.perf_counter()
+    planned = plan(requests, dataset, model_spec=model_spec, memory_budget_mb=memory_budget_mb)
+    dev = resolve_device(device)
+    progress(0.0, "checking data")
+    summary = dataset_summary(dataset, info)
+
+    X_flat = torch.from_numpy(np.ascontiguousarray(dataset.flat()))
+    X_full = torch.from_numpy(np.ascontiguousarray(dataset.X))
+    y = torch.from_numpy(np.ascontiguousarray(dataset.y)) if dataset.y is not None else None
+
+    results: dict[str, dict[str, Any]] = {}
+    n = len(planned)
+    for i, (name, item) in enumerate(planned.items()):
+        if done and name in done:
+            results[name] = dict(done[name])
+            continue
+        sub = scaled_progress(progress, i / n, (i + 1) / n)
+        sub(0.0, name)
+        X = X_full if item.estimator.needs_model else X_flat
+        t = time.perf_counter()
+        result = item.estimator.fn(X, y, item.params, device=dev, progress=lambda f, s, _n=name: sub(f, f"{_n}: {s}"))
+        entry = result_to_json(item.estimator, item.params, result, seconds=time.perf_counter() - t)
+        results[name] = entry
+        if on_result is not None:
+            on_result(name, entry)
+        sub(1.0, name)
+    progress(1.0, "done")
+
+    return to_jsonable(
+        {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "report_id": str(uuid.uuid4()),
+            "analysis_id": analysis_id,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "taskgauge_version": taskgauge_version(),
+            "dataset": summary,
+            "environment": {
+                "device": describe_device(dev),
+                "torch": torch.__version__,
+                "seconds_total": time.perf_counter() - t0,
+            },
+            "results": results,
+            "interpretation": interpretation_notes(results, summary),
+        }
+    )
