@@ -95,19 +95,41 @@ def serve(
         cmd = [sys.executable, "-m", "app", "worker", "--concurrency", "1"]
         if settings.embedded_broker:
             cmd.append("--beat")
-        child = subprocess.Popen(cmd, env={**os.environ, EMBEDDED_WORKER_ENV: "1"}, preexec_fn=_pdeathsig)
+        # Own process group: a Ctrl-C or a group SIGTERM reaches `serve` alone, which then stops the worker and
+        # everything it forked (pool process, embedded beat) in order, so no child outlives `serve`.
+        child = subprocess.Popen(cmd, env={**os.environ, EMBEDDED_WORKER_ENV: "1"}, preexec_fn=_pdeathsig,
+                                 start_new_session=True)
         typer.echo(f"taskgauge: worker process {child.pid} started", err=True)
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it with the handler that was installed before
+    # it started; this one turns it into SystemExit so that the `finally` below stops the worker.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="info",
                     timeout_graceful_shutdown=5)
     finally:
-        if child is not None and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=10)
+        signal.signal(signal.SIGTERM, previous)
+        if child is not None:
+            _stop_worker_group(child)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_worker_group(child: subprocess.Popen, grace: float = 10.0) -> None:
+    """Warm-stop the embedded worker (it finishes a running task for up to ``grace`` s; an interrupted analysis is
+    requeued by the stale sweep), then kill whatever is left of its process group."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(child.pid, signal.SIGKILL)  # stragglers: the pool process, the embedded beat process
+    except (ProcessLookupError, PermissionError):
+        pass
+    child.wait(timeout=10)
 
 
 def worker(
