@@ -7,7 +7,8 @@
 Brokers:
 
 * production: ``BROKER_URL`` (Redis), with ``visibility_timeout`` above the longest analysis;
-* embedded default (``BROKER_URL`` empty): kombu's serverless *filesystem* transport, messages as files under
+* embedded default (``BROKER_URL`` empty): kombu's serverless *filesystem* transport with atomic puts
+  (``workers.fs_transport``), messages as files under
   ``DATA_DIR/broker`` — the same code path, no server.
 
 Reliability settings (STYLE.md, Tasks): ``task_acks_late`` + ``task_reject_on_worker_lost`` (a killed worker's
@@ -97,15 +98,20 @@ def configure(config: WorkerConfig) -> Celery:
     global _config
     _config = config
     if config.embedded:
+        from workers import fs_transport
+
+        fs_transport.register()
         folder = config.broker_dir / "queue"
         control = config.broker_dir / "control"
-        for d in (folder, control):
+        staging = config.broker_dir / "staging"
+        for d in (folder, control, staging):
             d.mkdir(parents=True, exist_ok=True)
         celery_app.conf.update(
-            broker_url="filesystem://",
+            broker_url=f"{fs_transport.SCHEME}://",  # kombu's filesystem transport with atomic puts
             broker_transport_options={
                 "data_folder_in": str(folder),
                 "data_folder_out": str(folder),
+                "staging_folder": str(staging),
                 "control_folder": str(control),
                 "store_processed": False,
                 "polling_interval": 0.25,
