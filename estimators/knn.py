@@ -72,9 +72,11 @@ _TOPK_MARGIN = 8
 #: most principal directions used for the projected lower bounds
 _RANK_MAX = 64
 #: most reference columns per certified-distance GEMM (bounds the gathered block)
-_COLS_MAX = 4096
+_COLS_MAX = 2048
+#: most query rows per block of the pruned search
+_ROWS_MAX = 1024
 #: pending candidate pairs that trigger an exact phase (bounds the engine's working memory)
-_FLUSH_PAIRS = 1 << 18
+_FLUSH_PAIRS = 1 << 17
 #: reference points whose exact distances give each query's first upper bound U
 _HOME_NEED = 384
 #: the pruning gives way to the brute force once this many queries are done and this fraction of pairs survived
@@ -82,6 +84,8 @@ _FALLBACK_AFTER = 2048
 _FALLBACK_SURVIVORS = 0.6
 #: pairs per chunk of the float64 recomputation
 _EXACT_CHUNK = 1 << 18
+#: (row, neighbour) entries merged at a time at the end of an exact phase (bounds its temporaries)
+_MERGE_ENTRIES = 1 << 16
 #: the final (row, distance, index) order uses one sort of a packed int64 key while it fits below this
 _PACK_LIMIT = 2**62
 
@@ -417,7 +421,22 @@ class _Engine:
         else:
             d = self.exact_pairs(q_rows, rows, self.ref, cols)  # rows ascending: query rows stay in cache
         self.clock.lap("exact")
-        touched = torch.unique_consecutive(rows)
+        del sv, bits, o, rs, ss, keep
+        # merge with the rows' best so far, a bounded number of rows at a time (rows are ascending here)
+        touched, counts = torch.unique_consecutive(rows, return_counts=True)
+        ends = torch.cumsum(counts, 0).tolist()
+        step = max(1, _MERGE_ENTRIES // (self.k + 1))
+        p0 = 0
+        for t0 in range(0, touched.numel(), step):
+            t1 = min(touched.numel(), t0 + step)
+            p1 = ends[t1 - 1]
+            self._merge(touched[t0:t1], rows[p0:p1], cols[p0:p1], d[p0:p1], out_d, out_i)
+            p0 = p1
+        self.clock.lap("select")
+
+    def _merge(self, touched, rows, cols, d, out_d, out_i) -> None:
+        """Merge new exact pairs (``rows`` ascending, covering exactly the rows ``touched``) with those rows'
+        current best and keep each row's k best by (distance, reference index)."""
         prev_i = out_i.index_select(0, touched)
         have = prev_i >= 0
         if bool(have.any()):
@@ -448,7 +467,6 @@ class _Engine:
         short = ar.unsqueeze(0) >= counts.unsqueeze(1)
         out_d[ids] = d[take].masked_fill(short, math.inf)
         out_i[ids] = cols[take].masked_fill(short, -1)
-        self.clock.lap("select")
 
     def maybe_flush(self, *args) -> None:
         if self.n_pairs > _FLUSH_PAIRS or self.n_pairs * 128 > self.budget // 2:
@@ -620,7 +638,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     c64 = pj.cent.to(torch.float64)
     near = torch.argsort(torch.cdist(c64, c64), dim=1, stable=True).tolist()
     del pj, c64
-    rows_max = max(1, min(eng.rows_for(4 * 4 * n), 1024))
+    rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
     cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
     units = []  # row blocks [s, e) in permuted order, each inside one cluster
     for c in range(m):
@@ -711,7 +729,7 @@ def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, prog
     near = torch.argsort(torch.cdist(cent.to(torch.float64), cent.to(torch.float64)), dim=1, stable=True).tolist()
 
     home_need = max(2 * (k + 1), _HOME_NEED)
-    rows_max = max(1, min(eng.rows_for(4 * 3 * n + 64 * (k + _TOPK_MARGIN)), 1024))
+    rows_max = max(1, min(eng.rows_for(4 * 3 * n + 64 * (k + _TOPK_MARGIN)), _ROWS_MAX))
     done = survivors = 0
     brute_mode = False
     pos = 0

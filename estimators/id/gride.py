@@ -53,7 +53,6 @@ import math
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from scipy import optimize, stats
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
 from estimators.id._common import prepare, to_numpy64
@@ -112,6 +111,7 @@ def _fisher(d: float, log_mu: np.ndarray, n1: int, n2: int, n: int) -> float:
 
 def _solve(log_mu: np.ndarray, n1: int, n2: int) -> float:
     """The maximiser of ℓ (the root of the decreasing ℓ')."""
+    from scipy import optimize  # lazy, as scipy.stats below (import cost paid only by gride's callers)
     n = log_mu.size
     s = float(np.sum(log_mu))
     if n2 == n1 + 1:
@@ -229,6 +229,8 @@ def gride_id(
             "points with equal n1-th and n2-th neighbour distances (μ = 1; ties from quantised or lattice data) "
             f"were dropped per step, of {n}: " + ", ".join(tied)
         )
+    from scipy import stats
+
     z = float(stats.norm.ppf(0.5 + ci_level / 2))
     value, err = sel["id"], sel["err"]
     details = {
