@@ -8,23 +8,28 @@ over ALL N² pairs, plus, for the report, the minimum for every pair of classes 
 ``top_k`` closest differently labelled pairs. :func:`interclass_min` computes them exactly (float64 distances
 computed as ‖x_j − x_k‖, never through ‖a‖² + ‖b‖² − 2a·b) without an N²·D brute force:
 
-1. **Lower-bound embedding** (METHODS §7). Centre X, take r orthonormal principal directions P (r =
-   ``prune_dims``) and the residual norm e_i = ‖x_i − P Pᵀ x_i‖. With a_i = [Pᵀx_i, e_i] ∈ R^{r+1},
+1. **Lower-bound embedding**: the kNN engine's (:func:`estimators.knn.lower_bound_embedding`, METHODS §7):
+   r = ``prune_dims`` orthonormal principal directions P and the residual norm,
+   a_i = [Pᵀ(x_i − μ), ρ_i] ∈ R^{r+1} with
 
-       ‖a_j − a_k‖² = ‖Pᵀ(x_j − x_k)‖² + (e_j − e_k)² ≤ ‖x_j − x_k‖²
+       ‖a_j − a_k‖² = ‖Pᵀ(x_j − x_k)‖² + (ρ_j − ρ_k)² ≤ ‖x_j − x_k‖²
 
-   (Pythagoras and the reverse triangle inequality on the orthogonal complement).
+   (Pythagoras and the reverse triangle inequality on the orthogonal complement), stored in float32 together
+   with the engine's certified error constants (rounding of a, of P's orthonormality, of the float32 GEMM).
 2. **Candidates**: for every class pair (a, b), each point of the larger class gets its nearest point of the
-   other class in the (r+1)-dimensional embedding (an N²·r search, float32). Their exact distances give an
-   upper bound U_ab on the class-pair minimum and, globally, U_top = the ``top_k``-th smallest candidate distance.
-3. **Survivors**: every pair of classes (a, b) whose embedded distance is below T_ab = max(U_ab, U_top), widened
-   by a rigorous bound on the float32 rounding error, is re-measured exactly in float64. Every pair with true
-   distance ≤ T_ab survives (its lower bound is ≤ its distance), so the class-pair minima and the global top-k
-   come out exact.
+   other class in the embedding (an N²·r search, float32; only a heuristic, nothing depends on its accuracy).
+   Their exact distances give an upper bound U_ab on the class-pair minimum and, globally, U_top = the
+   ``top_k``-th smallest candidate distance.
+3. **Survivors**: every pair of points of classes (a, b) whose computed embedded squared distance is below the
+   engine's certified threshold for T_ab = max(U_ab, U_top) (``LowerBoundEmbedding.threshold``: every pair
+   with float64 distance ≤ T_ab is below it) is re-measured with the engine's exact float64 distance
+   (:func:`estimators.knn.exact_distances`), so the class-pair minima and the global top-k come out exact.
 
-On CPU the two searches use faiss (``IndexFlatL2.search`` / ``range_search``, fused GEMM kernels) when it is
-installed; on CUDA (or with ``backend="torch"``) blocked torch GEMMs do the same. Full Fashion-MNIST
-(60000×784): about 10 s on 2 CPU cores (bench/results_label_sharpness.md) vs 95 s for a float64 brute force.
+On CPU the two searches in the embedding use faiss (``IndexFlatL2.search`` / ``range_search``, fused kernels)
+when it is installed, as a kept library that beats a hand-written loop for this step; on CUDA (or with
+``backend="torch"``) the engine's augmented GEMM (``LowerBoundEmbedding.sq_dists``) does the same. Full
+Fashion-MNIST (60000×784): about 7 s on 2 CPU cores (bench/results_label_sharpness.md) vs 125 s for a
+float64 brute force.
 
 Example
 -------
@@ -46,11 +51,9 @@ import numpy as np
 import torch
 
 from estimators.base import EstimatorError, ProgressFn, no_progress
+from estimators.knn import exact_distances, lower_bound_embedding
 
 Backend = Literal["auto", "faiss", "torch"]
-
-_U32 = 2.0**-24  # unit roundoff of float32
-
 
 @dataclass
 class InterclassResult:
@@ -87,51 +90,6 @@ def pick_backend(backend: Backend, device: torch.device) -> str:
     return backend
 
 
-def lower_bound_embedding(
-    X64: torch.Tensor, r: int, *, seed: int = 0, sample_rows: int = 8192, memory_budget_mb: int = 1024
-) -> tuple[torch.Tensor, dict]:
-    """A = [Pᵀ(x − μ), ‖(I − PPᵀ)(x − μ)‖] in float32, whose Euclidean distances bound ‖x_j − x_k‖ from below.
-
-    P: r orthonormal directions (randomised SVD of a seeded row sample, re-orthonormalised in float64).
-    When D ≤ r the centred data itself is returned (the bound is then the distance up to rounding).
-    """
-    n, d = X64.shape
-    mu = X64.mean(dim=0)
-    if d <= r:
-        return (X64 - mu).to(torch.float32), {"prune_dims": int(d), "projection": "none (D <= prune_dims)"}
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    rows = torch.randperm(n, generator=g)[: min(n, sample_rows)].to(X64.device)
-    S = X64[rows] - mu
-    torch.manual_seed(seed)  # svd_lowrank draws its random test matrix from the global generator
-    q = min(r, min(S.shape))
-    _, _, V = torch.svd_lowrank(S, q=q, niter=3)
-    P, _ = torch.linalg.qr(V)  # orthonormal to float64 precision, (d, q)
-    out = torch.empty(n, q + 1, dtype=torch.float32, device=X64.device)
-    chunk = max(1, int(memory_budget_mb * 2**20 // (8 * (2 * d + q) * 2)))
-    for s in range(0, n, chunk):
-        xc = X64[s : s + chunk] - mu
-        z = xc @ P
-        e = torch.linalg.vector_norm(xc - z @ P.T, dim=1)
-        out[s : s + chunk, :q] = z.to(torch.float32)
-        out[s : s + chunk, q] = e.to(torch.float32)
-    return out, {"prune_dims": int(q), "projection": "principal directions + residual norm"}
-
-
-def _margin_coeff(width: int) -> float:
-    """c with |computed d² − exact lower-bound d²| ≤ c·(‖a‖² + ‖b‖²) for float32 ‖a‖²+‖b‖²−2a·b over ``width``
-    coordinates, including the rounding of the embedding to float32 (a generous multiple of the standard
-    γ_w = w·u/(1 − w·u) dot-product bound)."""
-    return 8.0 * (width + 4) * _U32
-
-
-def _exact_dist(X64: torch.Tensor, i: torch.Tensor, j: torch.Tensor, batch: int) -> torch.Tensor:
-    """‖X64[i] − X64[j]‖ in float64, by differences, in batches of ``batch`` pairs."""
-    out = torch.empty(i.numel(), dtype=torch.float64, device=X64.device)
-    for s in range(0, i.numel(), batch):
-        out[s : s + batch] = torch.linalg.vector_norm(X64[i[s : s + batch]] - X64[j[s : s + batch]], dim=1)
-    return out
-
-
 # --- the two searches in the embedding: nearest neighbour and fixed-radius, per class pair -------------------
 
 
@@ -159,24 +117,19 @@ def _range_faiss(Aq: np.ndarray, Ar: np.ndarray, radius2: float, rows: int):
     return np.concatenate(qs), np.concatenate(rs)
 
 
-def _sqd_block(aq: torch.Tensor, Ar: torch.Tensor, nr: torch.Tensor) -> torch.Tensor:
-    nq = (aq * aq).sum(dim=1, keepdim=True)
-    return torch.addmm(nr.unsqueeze(0) + nq, aq, Ar.T, beta=1.0, alpha=-2.0)
-
-
-def _knn1_torch(Aq: torch.Tensor, Ar: torch.Tensor, rows: int) -> torch.Tensor:
-    nr = (Ar * Ar).sum(dim=1)
-    out = torch.empty(Aq.shape[0], dtype=torch.long, device=Aq.device)
-    for s in range(0, Aq.shape[0], rows):
-        out[s : s + rows] = _sqd_block(Aq[s : s + rows], Ar, nr).argmin(dim=1)
+def _knn1_torch(emb, qi: torch.Tensor, ri: torch.Tensor, rows: int) -> torch.Tensor:
+    ref = emb.reference(ri)
+    out = torch.empty(qi.numel(), dtype=torch.long, device=qi.device)
+    for s in range(0, qi.numel(), rows):
+        out[s : s + rows] = emb.sq_dists(qi[s : s + rows], ref).argmin(dim=1)
     return out
 
 
-def _range_torch(Aq: torch.Tensor, Ar: torch.Tensor, radius2: float, rows: int):
-    nr = (Ar * Ar).sum(dim=1)
+def _range_torch(emb, qi: torch.Tensor, ri: torch.Tensor, radius2: float, rows: int):
+    ref = emb.reference(ri)
     qs, rs = [], []
-    for s in range(0, Aq.shape[0], rows):
-        hit = torch.nonzero(_sqd_block(Aq[s : s + rows], Ar, nr) < radius2)
+    for s in range(0, qi.numel(), rows):
+        hit = torch.nonzero(emb.sq_dists(qi[s : s + rows], ref) <= radius2)
         qs.append(hit[:, 0] + s)
         rs.append(hit[:, 1])
     return torch.cat(qs), torch.cat(rs)
@@ -225,15 +178,17 @@ def interclass_min(
 
     be = pick_backend(backend, dev)
     stats["backend"] = be
-    X64 = X.detach().to(dev, torch.float64)
+    Xd = X.detach().to(dev)
+    if Xd.dtype not in (torch.float32, torch.float64):
+        Xd = Xd.to(torch.float64)
     members = [torch.from_numpy(np.flatnonzero(y_idx == c)).to(dev) for c in range(C)]
     progress(0.0, "embedding")
-    A, emb = lower_bound_embedding(X64, prune_dims, seed=seed, memory_budget_mb=memory_budget_mb)
-    stats.update(emb)
-    width = A.shape[1]
-    c_err = _margin_coeff(width)
-    sq_norm = (A.double() ** 2).sum(dim=1)
-    A_np = A.cpu().numpy() if be == "faiss" else None
+    emb = lower_bound_embedding(Xd, prune_dims, seed=seed, device=dev)
+    stats.update({"prune_dims": emb.rank, "projection": "principal directions + residual norm (estimators.knn)"})
+    cnorm = emb.cnorm
+    if be == "faiss" and emb.w.dtype != torch.float32:  # float64 GEMM frame (lowered matmul precision)
+        be = stats["backend"] = "torch"
+    A_np = emb.w.cpu().numpy() if be == "faiss" else None
     pair_batch = max(1, int(memory_budget_mb * 2**20 // (8 * d * 3)))
     t_emb = time.perf_counter()
 
@@ -256,8 +211,8 @@ def interclass_min(
         if be == "faiss":
             nn = torch.from_numpy(_knn1_faiss(A_np[qi.cpu().numpy()], A_np[ri.cpu().numpy()])).to(dev)
         else:
-            nn = _knn1_torch(A[qi], A[ri], block_rows(ri.numel()))
-        dist = _exact_dist(X64, qi, ri[nn], pair_batch)
+            nn = _knn1_torch(emb, qi, ri, block_rows(ri.numel()))
+        dist = exact_distances(Xd, qi, Xd, ri[nn], chunk=pair_batch)
         U[(a, b)] = float(dist.min())
         cand_d.append(torch.topk(dist, min(top_k, dist.numel()), largest=False).values)
         n_cand += dist.numel()
@@ -278,15 +233,14 @@ def interclass_min(
             gi = qi.repeat_interleave(ri.numel())
             gj = ri.repeat(qi.numel())
         else:
-            margin = c_err * (float(sq_norm[qi].max()) + float(sq_norm[ri].max()))
-            radius2 = T * T * (1.0 + 1e-12) + margin
+            radius2 = emb.threshold(T, float(cnorm[qi].max()) + float(cnorm[ri].max()))
             if be == "faiss":
                 ql, rl = _range_faiss(A_np[qi.cpu().numpy()], A_np[ri.cpu().numpy()], radius2, block_rows(ri.numel()))
                 ql, rl = torch.from_numpy(ql).to(dev), torch.from_numpy(rl).to(dev)
             else:
-                ql, rl = _range_torch(A[qi], A[ri], radius2, block_rows(ri.numel()))
+                ql, rl = _range_torch(emb, qi, ri, radius2, block_rows(ri.numel()))
             gi, gj = qi[ql], ri[rl]
-        dist = _exact_dist(X64, gi, gj, pair_batch)
+        dist = exact_distances(Xd, gi, Xd, gj, chunk=pair_batch)
         n_surv += dist.numel()
         if dist.numel() == 0:  # impossible: the U_ab pair survives; kept as a loud internal check
             raise RuntimeError(f"internal error: no survivor for classes {labels[a]} and {labels[b]}")

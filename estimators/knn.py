@@ -251,6 +251,22 @@ class _Bounds:
 # the engine
 
 
+def exact_distances(A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch.Tensor, *,
+                    chunk: int | None = None) -> torch.Tensor:
+    """``d_p = |A[ia[p]] - B[ib[p]]|`` in float64, difference based (METHODS §0), ``chunk`` pairs at a time.
+
+    The one definition of an exact distance in taskgauge: the kNN engine and the inter-class pair search both
+    use it, so d(i, j) is the same float64 number wherever it is computed.
+    """
+    out = torch.empty(ia.shape[0], dtype=torch.float64, device=A.device)
+    step = chunk or max(1, _EXACT_CHUNK // max(A.shape[1], 1))
+    for s in range(0, ia.shape[0], step):
+        diff = B.index_select(0, ib[s : s + step]).to(torch.float64)
+        diff -= A.index_select(0, ia[s : s + step]).to(torch.float64)
+        out[s : s + step] = torch.linalg.vector_norm(diff, dim=1)
+    return out
+
+
 class _Engine:
     """State shared by the steps of one :func:`kneighbors` call.
 
@@ -264,7 +280,8 @@ class _Engine:
     ``x - mu`` in the GEMM dtype (far-from-origin data would make ``N = |x_i| + |x_j|`` and the bounds large).
     """
 
-    def __init__(self, ref: torch.Tensor, k: int, device: torch.device, budget_bytes: int, stats: dict):
+    def __init__(self, ref: torch.Tensor, k: int, device: torch.device, budget_bytes: int, stats: dict,
+                 frame: bool = True):
         self.ref = ref  # (n, D) original values, float32 or float64, on device
         self.n, self.D = ref.shape
         self.k = k
@@ -285,7 +302,8 @@ class _Engine:
             raw[s : s + self.chunk] = torch.linalg.vector_norm(c, dim=1)
             cen[s : s + self.chunk] = torch.linalg.vector_norm(c - self.mu, dim=1)
         self.cnorm, self.max_cnorm = cen, float(cen.max())  # |x - mu|: the projection's frame
-        self.centered = not (ref.dtype == self.cdt and float(raw.max()) <= 2 * self.max_cnorm)
+        # frame=False (a caller that only needs the projection, e.g. the inter-class search): never copy the data
+        self.centered = frame and not (ref.dtype == self.cdt and float(raw.max()) <= 2 * self.max_cnorm)
         stats["centered_copy"] = self.centered
         if self.centered:
             self.x = torch.empty(self.n, self.D, dtype=self.cdt, device=device)
@@ -377,14 +395,8 @@ class _Engine:
 
     # -- exact phase -----------------------------------------------------------------------------------------------
     def exact_pairs(self, A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
-        """float64 |A[ia[p]] - B[ib[p]]| (difference based), in cache-sized chunks."""
-        out = torch.empty(ia.shape[0], dtype=torch.float64, device=self.device)
-        step = max(1, min(self.rows_for(8 * 4 * self.D), _EXACT_CHUNK // max(self.D, 1)))
-        for s in range(0, ia.shape[0], step):
-            diff = B.index_select(0, ib[s : s + step]).to(torch.float64)
-            diff -= A.index_select(0, ia[s : s + step]).to(torch.float64)
-            out[s : s + step] = torch.linalg.vector_norm(diff, dim=1)
-        return out
+        """float64 |A[ia[p]] - B[ib[p]]| (:func:`exact_distances`), in cache-sized chunks within the budget."""
+        return exact_distances(A, ia, B, ib, chunk=max(1, min(self.rows_for(8 * 4 * self.D), _EXACT_CHUNK // max(self.D, 1))))
 
     def flush(self, q_rows: torch.Tensor, self_idx: torch.Tensor | None, out_d: torch.Tensor, out_i: torch.Tensor) -> None:
         """Exact float64 distances of the pending pairs, merged with each touched query's current best
@@ -524,7 +536,7 @@ def _orthonormal_projection(eng: _Engine, r: int, seed: int = 0) -> tuple[torch.
     _, _, Vh = torch.linalg.svd(A @ W, full_matrices=False)
     P = (W @ Vh.T[:, :r]).to(torch.float64)
     P, _ = torch.linalg.qr(P)
-    err = float(torch.linalg.matrix_norm(P.T @ P - torch.eye(r, dtype=torch.float64, device=eng.device)))
+    err = float(torch.linalg.matrix_norm(P.T @ P - torch.eye(P.shape[1], dtype=torch.float64, device=eng.device)))
     return P, err + 1e-14
 
 
@@ -563,9 +575,23 @@ class _Projection:
 def _projection(eng: _Engine, q_rows: torch.Tensor | None, self_idx: torch.Tensor | None) -> _Projection:
     """Principal-direction projection of the reference (and of separate queries), its error constants
     (set on ``eng.bounds``), and a k-means grouping of the projected reference."""
-    n, D, dev, stats = eng.n, eng.D, eng.device, eng.stats
-    r = int(min(_RANK_MAX, max(16, D // 12), D))
-    P, p_err = _orthonormal_projection(eng, r)
+    r = int(min(_RANK_MAX, max(16, eng.D // 12), eng.D))
+    r, z, zq = _embed(eng, r, q_rows, self_idx)
+    m = max(1, round(eng.n / _CLUSTER_SIZE))
+    labels, cent = _kmeans(z[:, : r + 1].to(torch.float32), m)
+    eng.clock.lap("kmeans")
+    return _Projection(r=r + 1, z=z, zq=zq, labels=labels, cent=cent)
+
+
+def _embed(eng: _Engine, r: int, q_rows: torch.Tensor | None, self_idx: torch.Tensor | None, seed: int = 0):
+    """The lower-bound embedding of step 2 (module docstring): augmented ``[w, 1, |w|²]`` rows (GEMM dtype) of the
+    reference and of the queries (``None`` when there are none), with ``w = [(x - mu) P, rho]`` for ``r``
+    orthonormal principal directions ``P``; sets the error constants ``E_proj`` and ``kappa_proj`` of
+    ``eng.bounds``; returns ``(r, z, zq)`` with ``r`` = the number of directions found (fewer than asked when
+    the sample has fewer rows)."""
+    D, dev, stats = eng.D, eng.device, eng.stats
+    P, p_err = _orthonormal_projection(eng, r, seed)
+    r = int(P.shape[1])
     stats["rank"] = r
     eng.clock.lap("pca")
 
@@ -605,10 +631,52 @@ def _projection(eng: _Engine, q_rows: torch.Tensor | None, self_idx: torch.Tenso
     eng.bounds.kappa_proj = 2.0 * (eng.u + p_err + _gamma(D + 4, _U64) * math.sqrt(r) + 8 * _U64
                                    + 2.0 * math.sqrt(4.0 * c_rho))
     eng.clock.lap("project")
-    m = max(1, round(n / _CLUSTER_SIZE))
-    labels, cent = _kmeans(z[:, : r + 1].to(torch.float32), m)
-    eng.clock.lap("kmeans")
-    return _Projection(r=r + 1, z=z, zq=zq, labels=labels, cent=cent)
+    return r, z, zq
+
+
+@dataclass
+class LowerBoundEmbedding:
+    """Rows mapped to ``rank + 1`` dimensions whose distances bound the float64 distances from below (step 2 of
+    the module docstring), with the certified error constants needed to prune exactly with them.
+
+    ``w``: (n, rank + 1) in the GEMM dtype, ``[(x - mu) P, rho]``; ``aug``: ``[w, 1, |w|²]`` for the certified
+    GEMM of :meth:`sq_dists`; ``cnorm``: float64 ``|x - mu|``. Any pair with float64 distance ``d_ij <= T`` has a
+    computed squared embedded distance ``s_ij <= threshold(T, N)`` for ``N >= cnorm_i + cnorm_j``, whether
+    ``s`` comes from :meth:`sq_dists` or from another float32 L2 kernel with error at most ``E_proj·N²``
+    (faiss's exhaustive ``IndexFlatL2``: two norms and one inner product of length ``rank + 1`` per pair, error
+    below ``2·gamma_{rank+3}·N²``, or a direct sum of squared differences, smaller still).
+    """
+
+    w: torch.Tensor
+    aug: torch.Tensor
+    cnorm: torch.Tensor
+    rank: int
+    bounds: _Bounds
+
+    def threshold(self, T: float, N: float) -> float:
+        """A bound on the computed squared embedded distance of every pair with float64 distance <= ``T``."""
+        t = torch.tensor([T], dtype=torch.float64)
+        return float(_up(self.bounds.projected_threshold(t, torch.tensor([N], dtype=torch.float64)), self.w.dtype))
+
+    def reference(self, ri: torch.Tensor) -> torch.Tensor:
+        """The reference side of :meth:`sq_dists` for the rows ``ri`` (gathered once, reused for many queries)."""
+        return self.aug.index_select(0, ri).T.contiguous()
+
+    def sq_dists(self, qi: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Computed squared embedded distances of the rows ``qi`` to ``ref`` (from :meth:`reference`): one GEMM
+        of the augmented rows, the GEMM whose error ``E_proj`` bounds."""
+        return _query_form(self.aug.index_select(0, qi)) @ ref
+
+
+def lower_bound_embedding(X: torch.Tensor | np.ndarray, rank: int, *, seed: int = 0,
+                          device: torch.device | str = "cpu") -> LowerBoundEmbedding:
+    """The kNN engine's principal-direction embedding of ``X`` (``rank`` directions, fewer when ``D`` or the
+    2048-row sample is smaller) as a :class:`LowerBoundEmbedding`; no copy of ``X`` is made."""
+    X = _as_matrix(X, "X")
+    dev = torch.device(device)
+    eng = _Engine(X.to(dev), 1, dev, 1 << 30, {}, frame=False)
+    r, z, _ = _embed(eng, max(1, min(int(rank), eng.D)), None, None, seed)
+    return LowerBoundEmbedding(w=z[:, : r + 1], aug=z, cnorm=eng.cnorm, rank=r, bounds=eng.bounds)
 
 
 def _up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -96,6 +96,20 @@ def test_exact_equals_brute_force(n, d, c, seed, backend):
     assert r.value == pytest.approx(1.0 / ref_delta, rel=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_exact_far_from_origin_with_shared_engine_bounds(backend):
+    """Data offset far from the origin (large norms: the certified rounding margins of the engine's embedding
+    matter) in float32: the survivors still contain every winning pair, whichever backend searches."""
+    X, y = clustered(900, 96, 4, 7)
+    X = (X + 1e3).astype(np.float32)
+    ref_delta, ref_cm, ref_sorted = brute_force(X.astype(np.float64), y)
+    res = interclass_min(torch.from_numpy(X), torch.from_numpy(y), backend=backend, prune_dims=24, top_k=10)
+    assert res.delta == pytest.approx(ref_delta, rel=1e-12)
+    np.testing.assert_allclose(res.class_min, ref_cm, rtol=1e-12)
+    np.testing.assert_allclose([p[2] for p in res.top_pairs], ref_sorted[:10], rtol=1e-12)
+    assert res.stats["projection"].endswith("(estimators.knn)") and res.stats["prune_dims"] == 24
+
+
 def test_float32_input_near_duplicates_are_exact():
     """float32 data with differently labelled near-duplicates: the float32 Gram shortcut would lose the digits."""
     rng = np.random.default_rng(5)
