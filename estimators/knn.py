@@ -44,6 +44,11 @@ Float32 GEMMs are only used when torch runs them in IEEE float32; if ``torch.set
 lowered the precision (TF32/bf16), the engine computes in float64 instead (same answer, slower).
 
 Everything is device-agnostic torch: the same code runs on CUDA tensors. Results come back on the CPU.
+
+Shared pieces: :func:`lower_bound_embedding` (step 2's embedding with its certified error constants) and
+:func:`exact_distances` (the one float64 distance) also serve the exact inter-class pair search behind
+``label_sharpness`` and the δ of ``inductive_bias`` (``estimators._pairs``), so every exact distance and every
+pruning bound in taskgauge comes from this module.
 """
 
 from __future__ import annotations
