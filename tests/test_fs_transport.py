@@ -21,7 +21,7 @@ def _conn(tmp_path):
     folder.mkdir(exist_ok=True)
     return Connection(f"{fs_transport.SCHEME}://", transport_options={
         "data_folder_in": str(folder), "data_folder_out": str(folder), "staging_folder": str(staging),
-        "store_processed": False, "polling_interval": 0.0})
+        "control_folder": str(tmp_path / "control"), "store_processed": False, "polling_interval": 0.0})
 
 
 def test_scheme_resolves_to_the_atomic_transport(tmp_path):
