@@ -401,7 +401,8 @@ class _Engine:
     # -- exact phase -----------------------------------------------------------------------------------------------
     def exact_pairs(self, A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
         """float64 |A[ia[p]] - B[ib[p]]| (:func:`exact_distances`), in cache-sized chunks within the budget."""
-        return exact_distances(A, ia, B, ib, chunk=max(1, min(self.rows_for(8 * 4 * self.D), _EXACT_CHUNK // max(self.D, 1))))
+        step = max(1, min(self.rows_for(8 * 4 * self.D), _EXACT_CHUNK // max(self.D, 1)))
+        return exact_distances(A, ia, B, ib, chunk=step)
 
     def flush(self, q_rows: torch.Tensor, self_idx: torch.Tensor | None, out_d: torch.Tensor, out_i: torch.Tensor) -> None:
         """Exact float64 distances of the pending pairs, merged with each touched query's current best
