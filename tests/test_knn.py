@@ -48,10 +48,9 @@ def small_thresholds(monkeypatch):
     monkeypatch.setattr(knn, "_CLUSTER_SIZE", 32)
     monkeypatch.setattr(knn, "_HOME_NEED", 96)
     monkeypatch.setattr(knn, "_FALLBACK_AFTER", 256)
-    # many exact phases, each merged in several row chunks, and several column blocks per row block
+    # many exact phases, each merged in several row chunks
     monkeypatch.setattr(knn, "_FLUSH_PAIRS", 2000)
     monkeypatch.setattr(knn, "_MERGE_ENTRIES", 300)
-    monkeypatch.setattr(knn, "_COLS_MAX", 128)
 
 
 def check(res: KNNResult, ref_d: np.ndarray, ref_i: np.ndarray) -> None:
