@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TASKGAUGE_DATA_DIR=/data
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1 \
+    && apt-get install -y --no-install-recommends libgomp1 gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /srv/taskgauge
@@ -23,7 +23,7 @@ WORKDIR /srv/taskgauge
 RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
 
 # Dependencies before the source, for layer caching.
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml setup.py constraints.txt README.md ./
 RUN mkdir -p app workers estimators \
     && touch app/__init__.py workers/__init__.py estimators/__init__.py \
     && PIP_CONSTRAINT=constraints.txt pip install -e . \

@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-all bench install clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt estimators/_native/exact.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU wheel of torch first (pinned), so that no dependency pulls a multi-GB CUDA build.

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from estimators import _native
 from estimators._checks import all_finite
 from estimators.base import EstimatorError, ProgressFn, no_progress
 
@@ -77,7 +78,9 @@ _TOPK_MARGIN = 8
 #: most principal directions used for the projected lower bounds
 _RANK_MAX = 64
 #: most reference columns per certified-distance GEMM (bounds the gathered block)
-_COLS_MAX = 2048
+_COLS_MAX = 1024
+#: columns per piece of the projected test (its block of products stays cache-sized)
+_PROJ_COLS = 4096
 #: most query rows per block of the pruned search
 _ROWS_MAX = 1024
 #: pending candidate pairs that trigger an exact phase (bounds the engine's working memory)
@@ -88,7 +91,7 @@ _HOME_NEED = 384
 _FALLBACK_AFTER = 2048
 _FALLBACK_SURVIVORS = 0.6
 #: pairs per chunk of the float64 recomputation
-_EXACT_CHUNK = 1 << 18
+_EXACT_CHUNK = 1 << 17
 #: (row, neighbour) entries merged at a time at the end of an exact phase (bounds its temporaries)
 _MERGE_ENTRIES = 1 << 16
 #: the final (row, distance, index) order uses one sort of a packed int64 key while it fits below this
@@ -261,8 +264,14 @@ def exact_distances(A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torc
     """``d_p = |A[ia[p]] - B[ib[p]]|`` in float64, difference based (METHODS §0), ``chunk`` pairs at a time.
 
     The one definition of an exact distance in taskgauge: the kNN engine and the inter-class pair search both
-    use it, so d(i, j) is the same float64 number wherever it is computed.
+    use it, so d(i, j) is the same float64 number wherever it is computed. On the CPU the fused native kernel
+    (:mod:`estimators._native`, one pass over the two rows) computes it when it was built; otherwise, and on
+    CUDA, torch does, converting ``chunk`` pairs at a time. Both sum the squared float64 differences, in
+    different orders, so they agree to a few units of the last place.
     """
+    fused = _native.pair_distances(A, ia, B, ib)
+    if fused is not None:
+        return fused
     out = torch.empty(ia.shape[0], dtype=torch.float64, device=A.device)
     step = chunk or max(1, _EXACT_CHUNK // max(A.shape[1], 1))
     for s in range(0, ia.shape[0], step):
@@ -566,6 +575,41 @@ def _kmeans(z: torch.Tensor, m: int, iters: int = 6, seed: int = 0) -> tuple[tor
     return labels, cent
 
 
+def _home_clusters(cent: torch.Tensor, counts: list[int], need: int, batch: int = 256) -> list[list[int]]:
+    """For every cluster, its own and then the clusters with the nearest centroids, until their members add up to
+    ``need`` points (or all clusters are used); empty clusters are skipped.
+
+    Only the home sets are kept (a few clusters each): no m × m order of all centroids, which would not fit in
+    memory for a million points (m ≈ 16k clusters). Nearest lists come from batched ``topk``; a row whose first
+    ``t`` clusters are too small falls back to its full order. The answer of the search never depends on this
+    choice (it only sets the first upper bounds U)."""
+    m = cent.shape[0]
+    c64 = cent.to(torch.float64)
+    t = min(m, 64)
+    out: list[list[int]] = []
+    for b0 in range(0, m, batch):
+        d = torch.cdist(c64[b0 : b0 + batch], c64)
+        nb = d.shape[0]
+        d[torch.arange(nb, device=d.device), torch.arange(b0, b0 + nb, device=d.device)] = -1.0  # own first
+        order = torch.topk(d, t, dim=1, largest=False, sorted=True).indices.tolist()
+        for i, row in enumerate(order):
+            home, tot = [], 0
+            for walk in (row, None):
+                if walk is None:  # the t nearest were not enough: the full order of this row
+                    walk = torch.argsort(d[i], stable=True).tolist()
+                    home, tot = [], 0
+                for c_ in walk:
+                    if counts[c_]:
+                        home.append(c_)
+                        tot += counts[c_]
+                    if tot >= need:
+                        break
+                if tot >= need or t == m:
+                    break
+            out.append(home)
+    return out
+
+
 @dataclass
 class _Projection:
     """Projected coordinates (augmented ``[w, 1, |w|²]`` with ``w = [z, rho]``, GEMM dtype; ``r`` = the length of
@@ -709,9 +753,9 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     z_p = pj.z.index_select(0, perm)
     norm_p, n2_p = eng.norm.index_select(0, perm), eng.n2c.index_select(0, perm)
     cn_p = eng.cnorm.index_select(0, perm)
-    c64 = pj.cent.to(torch.float64)
-    near = torch.argsort(torch.cdist(c64, c64), dim=1, stable=True).tolist()
-    del pj, c64
+    home_need = max(2 * (k + 1), _HOME_NEED)
+    homes = _home_clusters(pj.cent, counts.tolist(), home_need)
+    del pj
     rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
     cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
     units = []  # row blocks [s, e) in permuted order, each inside one cluster
@@ -719,20 +763,12 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
         for s in range(starts[c], starts[c + 1], rows_max):
             units.append((c, s, min(starts[c + 1], s + rows_max)))
     # U for every row from its home clusters (own first, then the nearest centroids)
-    home_need = max(2 * (k + 1), _HOME_NEED)
     U = torch.empty(n, dtype=torch.float64, device=dev)
     for c, s, e in units:
-        home, tot = [], 0
-        for c_ in near[c]:
-            if starts[c_ + 1] > starts[c_]:
-                home.append(torch.arange(starts[c_], starts[c_ + 1], device=dev))
-                tot += starts[c_ + 1] - starts[c_]
-            if tot >= home_need:
-                break
-        home_cols = torch.cat(home)
+        home_cols = torch.cat([torch.arange(starts[c_], starts[c_ + 1], device=dev) for c_ in homes[c]])
         sh = eng.sq_dists(eng.x.index_select(0, perm[s:e]), n2_p[s:e], perm.index_select(0, home_cols))
         sh.masked_fill_(home_cols.unsqueeze(0) == torch.arange(s, e, device=dev).unsqueeze(1), math.inf)
-        kth = torch.topk(sh, k, dim=1, largest=False, sorted=True).values[:, k - 1].to(torch.float64)
+        kth = torch.topk(sh, k, dim=1, largest=False, sorted=False).values.amax(1).to(torch.float64)
         U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
     eng.clock.lap("home")
     thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
@@ -745,8 +781,12 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
         if brute_mode:
             cols = torch.arange(s, n, device=dev)
         else:
-            zf = _query_form(z_p[s:e], shift=thrz[s:e])
-            colmin = (zf @ z_p[s:].T).amin(0)
+            zf = _query_form(z_p[s:e], shift=thrz[s:e]).T
+            # column j's smallest (projected distance - row threshold) over the block, from (columns × rows)
+            # products in pieces of _PROJ_COLS columns (row-wise minima of a cache-sized block)
+            colmin = torch.empty(n - s, dtype=eng.cdt, device=dev)
+            for j0 in range(s, n, _PROJ_COLS):
+                torch.amin(z_p[j0 : j0 + _PROJ_COLS] @ zf, 1, out=colmin[j0 - s : j0 - s + _PROJ_COLS])
             rhs = (thrz[s:] - thrz[s:e].min()).clamp_min(0)
             cols = torch.nonzero(colmin <= _up(rhs, eng.cdt)).flatten() + s
             eng.clock.lap("projected")
@@ -800,9 +840,8 @@ def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, prog
         q_labels = torch.addmm(c2.unsqueeze(0), zq[:, :r].to(torch.float32), cent.T, alpha=-2).argmin(1)
     q_order = torch.argsort(q_labels, stable=True)
     q_counts = torch.bincount(q_labels, minlength=m).tolist()
-    near = torch.argsort(torch.cdist(cent.to(torch.float64), cent.to(torch.float64)), dim=1, stable=True).tolist()
-
     home_need = max(2 * (k + 1), _HOME_NEED)
+    homes = _home_clusters(cent, counts_l, home_need)
     rows_max = max(1, min(eng.rows_for(4 * 3 * n + 64 * (k + _TOPK_MARGIN)), _ROWS_MAX))
     done = survivors = 0
     brute_mode = False
@@ -823,18 +862,11 @@ def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, prog
                 gq, gn2 = q.index_select(0, g), (gn * gn).to(eng.cdt)
                 sidx = self_idx.index_select(0, g) if self_idx is not None else None
                 # upper bound U from the home clusters: own cluster first, then the nearest ones
-                home, tot = [], 0
-                for c_ in near[c]:
-                    if counts_l[c_]:
-                        home.append(members[starts[c_] : starts[c_ + 1]])
-                        tot += counts_l[c_]
-                    if tot >= home_need:
-                        break
-                home_cols = torch.cat(home)
+                home_cols = torch.cat([members[starts[c_] : starts[c_ + 1]] for c_ in homes[c]])
                 sh = eng.sq_dists(gq, gn2, home_cols)
                 if sidx is not None:
                     sh.masked_fill_(home_cols.unsqueeze(0) == sidx.unsqueeze(1), math.inf)
-                kth = torch.topk(sh, k, dim=1, largest=False, sorted=True).values[:, k - 1].to(torch.float64)
+                kth = torch.topk(sh, k, dim=1, largest=False, sorted=False).values.amax(1).to(torch.float64)
                 U = eng.bounds.upper(kth, gn + float(eng.norm.index_select(0, home_cols).max()))
                 eng.clock.lap("home")
                 # projected lower bounds on every column, the row threshold folded in: keep columns <= 0

@@ -12,6 +12,7 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
+import estimators._native as native
 import estimators.knn as knn
 from estimators.base import EstimatorError
 from estimators.knn import Duplicates, KNNResult, exact_duplicates, kneighbors
@@ -82,9 +83,20 @@ def test_brute_path_matches_float64_reference(n, D, k):
     np.testing.assert_array_equal(res.query_index.numpy(), np.arange(n))
 
 
+@pytest.fixture(params=["native", "torch"])
+def exact_kernel(request, monkeypatch):
+    """Run a test with the fused native pair-distance kernel and again with the torch fallback."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "_lib", None)
+    elif not native.available():
+        pytest.fail("the native kernel was not built: `pip install -e .` compiles estimators/_native/exact.c "
+                    "(needs a C compiler; README 'Set-up')")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k", [1, 2, 20])
-def test_symmetric_pruned_path_exact_on_clustered_data(small_thresholds, dtype, k):
+def test_symmetric_pruned_path_exact_on_clustered_data(small_thresholds, exact_kernel, dtype, k):
     X = torch.from_numpy(clustered(1500, 64, 6, seed=k)).to(dtype)
     res = kneighbors(X, k)
     assert res.stats["method"] == "pruned-symmetric"
@@ -241,7 +253,7 @@ def test_three_sort_ordering_fallback_gives_the_same_answer(small_thresholds, mo
     check(b, *brute(X.numpy(), 7))
 
 
-def test_distances_are_symmetric_bitwise(small_thresholds):
+def test_distances_are_symmetric_bitwise(small_thresholds, exact_kernel):
     X = torch.from_numpy(clustered(1000, 32, 4, seed=13))
     res = kneighbors(X, 8)
     d = {}
@@ -336,3 +348,43 @@ def test_exact_duplicates_signed_zero_and_integers():
     d = exact_duplicates(torch.tensor([[1, 2, 3], [1, 2, 3], [3, 2, 1]], dtype=torch.int8))
     assert d.groups == [[0, 1]] and d.inverse.tolist() == [0, 0, 1]
     assert exact_duplicates(np.zeros((0, 3))).n_removed == 0
+
+
+# ------------------------------------------------------------------------------------------- shared pieces
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("D", [1, 7, 8, 61, 784])
+def test_exact_distances_native_and_torch_match_numpy(exact_kernel, dtype, D):
+    """Both implementations of the one exact distance equal numpy's difference-based float64 distance (a few
+    ulps apart: they sum in different orders), including D not a multiple of the kernel's 8 lanes."""
+    rng = np.random.default_rng(D)
+    A = torch.from_numpy(rng.normal(size=(300, D)) * 10 + 3).to(dtype)
+    B = torch.from_numpy(rng.normal(size=(200, D))).to(dtype)
+    ia = torch.from_numpy(rng.integers(0, 300, 9000))
+    ib = torch.from_numpy(rng.integers(0, 200, 9000))
+    got = knn.exact_distances(A, ia, B, ib)
+    a64, b64 = A.numpy().astype(np.float64), B.numpy().astype(np.float64)
+    want = np.sqrt(((b64[ib.numpy()] - a64[ia.numpy()]) ** 2).sum(1))
+    assert got.dtype == torch.float64 and got.shape == (9000,)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-14, atol=0)
+    assert knn.exact_distances(A, ia[:0], B, ib[:0]).shape == (0,)
+
+
+def test_home_clusters_walk_past_the_first_nearest_when_they_are_too_small():
+    """Each home set starts with the cluster itself, follows centroid distance, skips empty clusters and stops
+    once it holds `need` points; rows whose 64 nearest clusters are too small use the full order."""
+    g = torch.Generator().manual_seed(0)
+    cent = torch.randn(150, 3, generator=g)
+    counts = [0 if c % 5 == 0 else 2 for c in range(150)]
+    homes = knn._home_clusters(cent, counts, need=200, batch=64)  # 100 of the 120 clusters of 2 points
+    d = torch.cdist(cent.double(), cent.double())
+    for c in (1, 77, 149):
+        order = [c] + [j for j in torch.argsort(d[c], stable=True).tolist() if j != c]
+        assert homes[c] == [j for j in order if counts[j]][:100]
+    assert knn._home_clusters(cent, counts, need=10**6)[3] == [j for j in [3] + [
+        j for j in torch.argsort(d[3], stable=True).tolist() if j != 3] if counts[j]]  # too few points: all
+    small = knn._home_clusters(cent, [3] * 150, need=10)
+    for c in range(150):
+        want = [c] + [j for j in torch.argsort(d[c], stable=True).tolist() if j != c][:3]
+        assert small[c] == want
