@@ -84,7 +84,7 @@ _PROJ_COLS = 4096
 #: most query rows per block of the pruned search
 _ROWS_MAX = 1024
 #: pending candidate pairs that trigger an exact phase (bounds the engine's working memory)
-_FLUSH_PAIRS = 1 << 17
+_FLUSH_PAIRS = 1 << 16
 #: reference points whose exact distances give each query's first upper bound U
 _HOME_NEED = 384
 #: the pruning gives way to the brute force once this many queries are done and this fraction of pairs survived
@@ -746,6 +746,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     """
     n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
     pj = _projection(eng, None, None)
+    _release_freed_memory(dev)  # the PCA and k-means temporaries, before the search allocates its own
     m = pj.cent.shape[0]
     counts = torch.bincount(pj.labels, minlength=m)
     perm = torch.argsort(pj.labels, stable=True)  # permuted position -> reference row
@@ -758,6 +759,8 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     del pj
     rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
     cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
+    # CPU: cache-sized pieces; CUDA: as few launches as the budget allows (a million columns in a few pieces)
+    proj_cols = _PROJ_COLS if dev.type == "cpu" else max(_PROJ_COLS, eng.rows_for(8 * rows_max))
     units = []  # row blocks [s, e) in permuted order, each inside one cluster
     for c in range(m):
         for s in range(starts[c], starts[c + 1], rows_max):
@@ -783,10 +786,10 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
         else:
             zf = _query_form(z_p[s:e], shift=thrz[s:e]).T
             # column j's smallest (projected distance - row threshold) over the block, from (columns × rows)
-            # products in pieces of _PROJ_COLS columns (row-wise minima of a cache-sized block)
+            # products in pieces of proj_cols columns (row-wise minima of a cache-sized block on the CPU)
             colmin = torch.empty(n - s, dtype=eng.cdt, device=dev)
-            for j0 in range(s, n, _PROJ_COLS):
-                torch.amin(z_p[j0 : j0 + _PROJ_COLS] @ zf, 1, out=colmin[j0 - s : j0 - s + _PROJ_COLS])
+            for j0 in range(s, n, proj_cols):
+                torch.amin(z_p[j0 : j0 + proj_cols] @ zf, 1, out=colmin[j0 - s : j0 - s + proj_cols])
             rhs = (thrz[s:] - thrz[s:e].min()).clamp_min(0)
             cols = torch.nonzero(colmin <= _up(rhs, eng.cdt)).flatten() + s
             eng.clock.lap("projected")
@@ -992,8 +995,36 @@ def kneighbors(
         if bool((out_i < 0).any()):  # cannot happen if the bounds hold; never return a partial answer
             raise RuntimeError("kneighbors: internal error, a query ended with fewer than k exact neighbours")
         progress(1.0, "knn")
+        del eng
+        _release_freed_memory(dev)
     return KNNResult(distances=out_d.cpu(), indices=out_i.cpu(), query_index=None if qi is None else qi.cpu(),
                      stats=stats)
+
+
+def _release_freed_memory(dev: torch.device) -> None:
+    """Hand the heap pages that the search freed back to the OS (glibc ``malloc_trim``).
+
+    The search allocates and frees many medium-sized temporaries; glibc keeps freed heap pages mapped, so without
+    this the resident set of a process that runs several analyses grows from call to call. Linux/glibc CPU only;
+    a no-op elsewhere."""
+    global _malloc_trim
+    if dev.type != "cpu":
+        return
+    if _malloc_trim is None:
+        _malloc_trim = False
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            _malloc_trim = libc.malloc_trim
+            _malloc_trim.argtypes, _malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError):
+            pass
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _as_matrix(X, name: str) -> torch.Tensor:
