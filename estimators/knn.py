@@ -575,6 +575,12 @@ def _kmeans(z: torch.Tensor, m: int, iters: int = 6, seed: int = 0) -> tuple[tor
     return labels, cent
 
 
+def _home_need(k: int) -> int:
+    """Reference points whose exact distances give a query's first upper bound U: ``_HOME_NEED`` for k >= 11,
+    fewer for small k (TwoNN's k = 2 needs a good 2nd neighbour, not 384 candidates), never under 2(k + 1)."""
+    return max(2 * (k + 1), min(_HOME_NEED, max(128, 32 * (k + 1))))
+
+
 def _home_clusters(cent: torch.Tensor, counts: list[int], need: int, batch: int = 256) -> list[list[int]]:
     """For every cluster, its own and then the clusters with the nearest centroids, until their members add up to
     ``need`` points (or all clusters are used); empty clusters are skipped.
@@ -754,7 +760,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     z_p = pj.z.index_select(0, perm)
     norm_p, n2_p = eng.norm.index_select(0, perm), eng.n2c.index_select(0, perm)
     cn_p = eng.cnorm.index_select(0, perm)
-    home_need = max(2 * (k + 1), _HOME_NEED)
+    home_need = _home_need(k)
     homes = _home_clusters(pj.cent, counts.tolist(), home_need)
     del pj
     rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
@@ -775,7 +781,9 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
         U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
     eng.clock.lap("home")
     thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
-    thrz = eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm)
+    thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
+    proj_buf = torch.empty(min(n, proj_cols) * min(rows_max, max(e - s for _, s, e in units)), dtype=eng.cdt,
+                           device=dev)
     total = sum((e - s) * (n - s) for _, s, e in units)
     seen = survivors = done = 0
     brute_mode = False
@@ -784,14 +792,19 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
         if brute_mode:
             cols = torch.arange(s, n, device=dev)
         else:
-            zf = _query_form(z_p[s:e], shift=thrz[s:e]).T
-            # column j's smallest (projected distance - row threshold) over the block, from (columns × rows)
-            # products in pieces of proj_cols columns (row-wise minima of a cache-sized block on the CPU)
-            colmin = torch.empty(n - s, dtype=eng.cdt, device=dev)
+            # computed projected squared distances G (columns × rows), in pieces of proj_cols columns (a
+            # cache-sized block on the CPU). Column j survives when some row i of the block may have it among
+            # its neighbours (G_ij <= thrz_i) or it may have row i among its own (G_ij <= thrz_j). Both tests
+            # compare G with a threshold rounded up to the GEMM dtype; fl(G - t) <= 0 exactly when G <= t.
+            zu = _query_form(z_p[s:e]).T
+            thr_rows = thrz_up[s:e].unsqueeze(0)
+            keep = torch.empty(n - s, dtype=torch.bool, device=dev)
             for j0 in range(s, n, proj_cols):
-                torch.amin(z_p[j0 : j0 + proj_cols] @ zf, 1, out=colmin[j0 - s : j0 - s + proj_cols])
-            rhs = (thrz[s:] - thrz[s:e].min()).clamp_min(0)
-            cols = torch.nonzero(colmin <= _up(rhs, eng.cdt)).flatten() + s
+                j1 = min(n, j0 + proj_cols)
+                G = torch.mm(z_p[j0:j1], zu, out=proj_buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
+                mine = torch.amin(G, 1) <= thrz_up[j0:j1]
+                keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
+            cols = torch.nonzero(keep).flatten() + s
             eng.clock.lap("projected")
         seen += (e - s) * (n - s)
         survivors += (e - s) * cols.numel()
@@ -843,7 +856,7 @@ def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, prog
         q_labels = torch.addmm(c2.unsqueeze(0), zq[:, :r].to(torch.float32), cent.T, alpha=-2).argmin(1)
     q_order = torch.argsort(q_labels, stable=True)
     q_counts = torch.bincount(q_labels, minlength=m).tolist()
-    home_need = max(2 * (k + 1), _HOME_NEED)
+    home_need = _home_need(k)
     homes = _home_clusters(cent, counts_l, home_need)
     rows_max = max(1, min(eng.rows_for(4 * 3 * n + 64 * (k + _TOPK_MARGIN)), _ROWS_MAX))
     done = survivors = 0
