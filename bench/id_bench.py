@@ -2,8 +2,9 @@
 
 Every measurement is the *whole call from a numpy array to the number*, in a fresh subprocess per
 (method, n, D), repeated ``--repeats`` times (median reported); the peak memory is that subprocess's
-``ru_maxrss`` (kernel high-water mark of its resident set) and its resident set just before the first call
-(after imports and data loading), so ``Δ peak`` is the working memory of the call itself.
+resident-set high-water mark (``VmHWM``) over the calls, reset just before the first call (after imports and
+data loading), and ``Δ peak`` is that peak minus the resident set at the reset: the working memory of the calls
+(code pages the calls touch for the first time included).
 
 Methods
   tg_mle      taskgauge ``estimators.id.mle.mle_id(X, k=20)`` (dedupe + exact float64 kNN + MacKay–Ghahramani)
@@ -16,7 +17,7 @@ If the taskgauge estimators cannot be imported, ``tg_mle`` falls back to kneighb
 
 Data
   D=784   Fashion-MNIST train images (first n), pixels/255, float32 (Debian ``dataset-fashion-mnist``).
-  D=3072  the same images upsampled to 32×32 (bilinear), three channels (grey × 1.0, 0.8, 0.6) plus iid
+  D=3072  the same images upsampled to 32×32 (bilinear, half-pixel centres, numpy), three channels (grey × 1.0, 0.8, 0.6) plus iid
           N(0, 0.01²) pixel noise, float32: an honest 3072-d image set with the same content (no CIFAR offline).
 
     .venv/bin/python bench/id_bench.py            # full grid, n ∈ {2000, 10000, 20000} × D ∈ {784, 3072}
@@ -56,14 +57,29 @@ def load(n: int, D: int) -> np.ndarray:
     if D == 784:
         return np.ascontiguousarray(imgs.reshape(n, 784))
     if D == 3072:
-        import torch
-
-        up = torch.nn.functional.interpolate(torch.from_numpy(imgs)[:, None], size=(32, 32), mode="bilinear",
-                                             align_corners=False)[:, 0].numpy()
+        up = _bilinear_28_to_32(imgs)
         rgb = np.stack([up, 0.8 * up, 0.6 * up], axis=1)
         rgb += np.random.default_rng(0).normal(0, 0.01, rgb.shape).astype(np.float32)
         return np.ascontiguousarray(rgb.reshape(n, 3072).astype(np.float32))
     raise SystemExit(f"unsupported D={D}; use 784 or 3072")
+
+
+def _bilinear_28_to_32(imgs: np.ndarray) -> np.ndarray:
+    """Bilinear 28×28 → 32×32 upsampling with half-pixel centres (the convention of torch's
+    ``interpolate(mode="bilinear", align_corners=False)``), in numpy, so that no worker imports torch just to make
+    the data (it would add torch's ~200 MB to the references' resident set)."""
+
+    def taps(n_in: int, n_out: int):
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        w1 = (src - i0).astype(np.float32)
+        return i0, i1, w1
+
+    r0, r1, wr = taps(imgs.shape[1], 32)
+    c0, c1, wc = taps(imgs.shape[2], 32)
+    rows = imgs[:, r0, :] * (1 - wr)[None, :, None] + imgs[:, r1, :] * wr[None, :, None]
+    return (rows[:, :, c0] * (1 - wc)[None, None, :] + rows[:, :, c1] * wc[None, None, :]).astype(np.float32)
 
 
 def _inline_mle(X: np.ndarray, k: int = 20) -> float:
@@ -135,21 +151,46 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _reset_peak() -> bool:
+    """Reset the kernel's high-water mark of this process's resident set to its current size (Linux ≥ 4.0:
+    ``echo 5 > /proc/self/clear_refs``), so that the peak read afterwards belongs to the calls and not to the
+    data loading before them (the D=3072 loader's temporaries peak far above any method)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    """VmHWM (the resident set's high-water mark since the last reset), else ru_maxrss."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(method: str, n: int, D: int, repeats: int) -> None:
     """Run one (method, n, D) cell in this fresh process and print one JSON line."""
     sys.path.insert(0, str(ROOT))
     X = load(n, D)
     call, note = make_call(method)
     base = _rss_mb()
+    reset = _reset_peak()
     times, values = [], []
     for _ in range(repeats):
         t = time.perf_counter()
         v = call(X)
         times.append(time.perf_counter() - t)
         values.append(v)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mb()
     print(json.dumps({"method": method, "n": n, "D": D, "times": times, "value": values[0],
-                      "values_equal": len(set(values)) == 1, "base_mb": base, "peak_mb": peak, "note": note}))
+                      "values_equal": len(set(values)) == 1, "base_mb": base, "peak_mb": peak, "peak_reset": reset,
+                      "note": note}))
 
 
 def machine() -> str:
@@ -220,7 +261,8 @@ def write(args, rows, started, load_before, load_after, wall, repeats) -> None:
         f"- load average (1/5/15 min) at start {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
         f"at end {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} (the CPU is shared; re-run on a quiet machine)",
         f"- each cell: a fresh subprocess, {repeats} calls, median wall time of the whole call (numpy array in, number out);"
-        " peak = the subprocess's ru_maxrss; Δ = peak − resident set before the first call (after imports and data)",
+        " peak = the subprocess's resident-set high-water mark (VmHWM) during the calls, reset after imports and data"
+        " loading (so the loader's own peak is not counted); Δ = peak − resident set before the first call",
         "- D=784: Fashion-MNIST train images (first n) /255; D=3072: the same upsampled to 32×32 (bilinear), 3 channels"
         " (×1.0, 0.8, 0.6) + iid N(0, 0.01²) noise. float32 input everywhere.",
         "- tg_twonn runs with `decimation=False` (DADApy's compute_id_2NN does one fit on all points);"

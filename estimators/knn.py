@@ -32,18 +32,22 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    projected squared distances (an ``r``-dim GEMM, error bounded as in 1.) give a lower bound on ``d_ij``;
    only columns whose lower bound is ``<= U_i`` for some query of the block survive, and step 1 runs on those
    columns only (a dense GEMM on the gathered survivors). Full self-queries visit each unordered pair once
-   (:func:`_pruned_symmetric`: block [s, e) against columns [s, n), candidates emitted in both directions);
+   (:func:`_pruned_symmetric`: block [s, e) against columns [s, n), a column kept when it may be a neighbour
+   of a block row *or* a block row may be one of its neighbours, candidates emitted in both directions);
    anchors and separate queries use :func:`_pruned`. The pruning is exact, never heuristic; when it does not
    pay (isotropic high-dimensional data) the engine notices and falls back to the brute force of step 1.
 3. **Exact phase.** Pending candidate pairs (each queued once) are tightened (a row's k-th smallest certified value
    gives a new ``U``), recomputed in float64 once per unordered pair, merged with the row's best so far and
-   cut to k by (distance, index). Memory: no copy of float32 input; the working set is bounded by
-   ``memory_budget_mb`` and by the pending-pair limit.
+   cut to k by (distance, index). On the CPU the float64 distances come from a fused native kernel
+   (:mod:`estimators._native`, built at install; torch otherwise, ``stats["exact_kernel"]`` says which).
+   Memory: no copy of float32 input; the working set is bounded by ``memory_budget_mb`` and by the pending-pair
+   limit, and freed heap pages go back to the OS at the end of a call.
 
 Float32 GEMMs are only used when torch runs them in IEEE float32; if ``torch.set_float32_matmul_precision``
 lowered the precision (TF32/bf16), the engine computes in float64 instead (same answer, slower).
 
-Everything is device-agnostic torch: the same code runs on CUDA tensors. Results come back on the CPU.
+Everything but the optional CPU kernel is device-agnostic torch: the same code runs on CUDA tensors. Results come
+back on the CPU.
 
 Shared pieces: :func:`lower_bound_embedding` (step 2's embedding with its certified error constants) and
 :func:`exact_distances` (the one float64 distance) also serve the exact inter-class pair search behind
@@ -985,6 +989,7 @@ def kneighbors(
     if nq:
         eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats)
         stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
+        stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
         prune = nq * n >= _PRUNE_MIN_PAIRS and n >= _PRUNE_MIN_REF and D >= _PRUNE_MIN_DIM
         if prune and self_query and query_index is None:
             stats["method"] = "pruned-symmetric"

@@ -102,6 +102,7 @@ def test_symmetric_pruned_path_exact_on_clustered_data(small_thresholds, exact_k
     assert res.stats["method"] == "pruned-symmetric"
     assert res.stats["pruned_fraction"] > 0.3  # the pruning actually pruned on this data
     assert res.stats["centered_copy"] == (dtype == torch.float64)  # float32 input is used in place
+    assert res.stats["exact_kernel"] == exact_kernel
     check(res, *brute(X.numpy(), k))
 
 
