@@ -98,6 +98,8 @@ _FALLBACK_SURVIVORS = 0.6
 _EXACT_CHUNK = 1 << 17
 #: (row, neighbour) entries merged at a time at the end of an exact phase (bounds its temporaries)
 _MERGE_ENTRIES = 1 << 16
+#: the symmetric search computes exact distances inside its block loop when it can (see ``_pruned_symmetric``)
+_EXACT_IN_BLOCK = True
 #: the final (row, distance, index) order uses one sort of a packed int64 key while it fits below this
 _PACK_LIMIT = 2**62
 
@@ -338,6 +340,9 @@ class _Engine:
         self.gather_buf: torch.Tensor | None = None
         self.pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.n_pairs = 0
+        self.ready: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.n_ready = 0
+        self.gathered: torch.Tensor | None = None  # the columns of the last sq_dists call (a view of gather_buf)
         self.examined = 0
         self.qnorm = self.norm
         self.clock.lap("prepare")
@@ -370,6 +375,7 @@ class _Engine:
             if self.gather_buf is None or self.gather_buf.numel() < size:
                 self.gather_buf = torch.empty(size, dtype=self.x.dtype, device=self.device)
             x = torch.index_select(self.x, 0, cols, out=self.gather_buf[:size].view(cols.numel(), self.D))
+            self.gathered = x
             n2 = self.n2c.index_select(0, cols)
         s = torch.addmm(n2.unsqueeze(0), q, x.T, beta=1, alpha=-2)
         s += qn2.unsqueeze(1)
@@ -453,7 +459,10 @@ class _Engine:
             d = self.exact_pairs(q_rows, rows, self.ref, cols)  # rows ascending: query rows stay in cache
         self.clock.lap("exact")
         del sv, bits, o, rs, ss, keep
-        # merge with the rows' best so far, a bounded number of rows at a time (rows are ascending here)
+        self._merge_rows(rows, cols, d, out_d, out_i)
+
+    def _merge_rows(self, rows, cols, d, out_d, out_i) -> None:
+        """Merge exact pairs (``rows`` ascending) with the rows' best so far, a bounded number of rows at a time."""
         touched, counts = torch.unique_consecutive(rows, return_counts=True)
         ends = torch.cumsum(counts, 0).tolist()
         step = max(1, _MERGE_ENTRIES // (self.k + 1))
@@ -464,6 +473,25 @@ class _Engine:
             self._merge(touched[t0:t1], rows[p0:p1], cols[p0:p1], d[p0:p1], out_d, out_i)
             p0 = p1
         self.clock.lap("select")
+
+    def add_exact(self, rows: torch.Tensor, cols: torch.Tensor, d: torch.Tensor) -> None:
+        """Queue (query, reference) pairs whose exact float64 distance is already known (no tightening needed)."""
+        small = torch.int32 if max(self.n, rows.numel()) < 2**31 - 1 else torch.long
+        self.ready.append((rows.to(small), cols.to(small), d))
+        self.n_ready += rows.numel()
+
+    def flush_ready(self, out_d: torch.Tensor, out_i: torch.Tensor) -> None:
+        """Merge the queued exact pairs of :meth:`add_exact` into the rows' best."""
+        if not self.ready:
+            return
+        self.clock.lap("candidates")
+        rows = torch.cat([p[0] for p in self.ready]).long()
+        o = torch.argsort(rows)
+        cols = torch.cat([p[1] for p in self.ready]).long().index_select(0, o)
+        d = torch.cat([p[2] for p in self.ready]).index_select(0, o)
+        rows = rows.index_select(0, o)
+        self.ready, self.n_ready = [], 0
+        self._merge_rows(rows, cols, d, out_d, out_i)
 
     def _merge(self, touched, rows, cols, d, out_d, out_i) -> None:
         """Merge new exact pairs (``rows`` ascending, covering exactly the rows ``touched``) with those rows'
@@ -786,6 +814,11 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     eng.clock.lap("home")
     thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
     thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
+    # exact distances inside the block loop when the GEMM frame holds the reference's own values and the native
+    # kernel is there (the CPU case of float32 input); otherwise candidate pairs wait for the exact phase
+    in_cache = (_EXACT_IN_BLOCK and not eng.centered and eng.x.dtype == eng.ref.dtype and dev.type == "cpu"
+                and _native.available())
+    stats["exact_in_block"] = in_cache
     proj_buf = torch.empty(min(n, proj_cols) * min(rows_max, max(e - s for _, s, e in units)), dtype=eng.cdt,
                            device=dev)
     total = sum((e - s) * (n - s) for _, s, e in units)
@@ -818,25 +851,44 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
             inblock = torch.nonzero(cc_ < e).flatten()
             sq[cc_.index_select(0, inblock) - s, inblock] = math.inf  # self
             eng.clock.lap("gemm")
-            rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
-            eng.add(perm.index_select(0, rr + s), perm.index_select(0, cc_.index_select(0, cc)), sq[rr, cc])
-            # the other direction (column j as the query, row i as its candidate), for columns outside the
+            # the other direction (column j as the query, row i as its candidate) counts for columns outside the
             # block only: an in-block pair {i, j} already met both directions as the entries (i, j) and (j, i),
             # so no pair is ever queued twice (the columns are ascending: the in-block ones are a prefix)
             nb = inblock.numel()
-            if nb < cc_.numel():
-                out = sq[:, nb:]
-                rr, cc = torch.nonzero(out <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
-                eng.add(perm.index_select(0, cc_.index_select(0, cc + nb)), perm.index_select(0, rr + s), out[rr, cc])
+            if in_cache:
+                # exact distances now, from the block's rows and the gathered columns while both are in cache
+                # (the same float32 values as the reference: no centred copy in this mode)
+                # (a pair kept in both directions is computed twice, bitwise equal: (a-b)² == (b-a)²)
+                rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
+                eng.add_exact(perm.index_select(0, rr + s), perm.index_select(0, cc_.index_select(0, cc)),
+                              _native.pair_distances(q, rr, eng.gathered, cc))
+                eng.examined += rr.numel()
+                if nb < cc_.numel():
+                    rr, cc = torch.nonzero(sq[:, nb:] <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
+                    cc += nb
+                    eng.add_exact(perm.index_select(0, cc_.index_select(0, cc)), perm.index_select(0, rr + s),
+                                  _native.pair_distances(q, rr, eng.gathered, cc))
+                    eng.examined += rr.numel()
+            else:
+                rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
+                eng.add(perm.index_select(0, rr + s), perm.index_select(0, cc_.index_select(0, cc)), sq[rr, cc])
+                if nb < cc_.numel():
+                    out = sq[:, nb:]
+                    rr, cc = torch.nonzero(out <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
+                    eng.add(perm.index_select(0, cc_.index_select(0, cc + nb)), perm.index_select(0, rr + s),
+                            out[rr, cc])
             eng.clock.lap("topk")
         done += e - s
         if eng.n_pairs > _FLUSH_PAIRS:  # bounded memory: flushes merge with the rows' best so far
             eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
+        if eng.n_ready > _FLUSH_PAIRS:
+            eng.flush_ready(out_d, out_i)
         progress(0.95 * seen / total, "knn")
         if not brute_mode and done >= max(_FALLBACK_AFTER, n // 20) and survivors > _FALLBACK_SURVIVORS * seen:
             brute_mode = True
             stats["fallback_after"] = done
     eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
+    eng.flush_ready(out_d, out_i)
     stats["pruned_fraction"] = round(1.0 - survivors / max(1, total), 4)
 
 

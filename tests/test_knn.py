@@ -239,10 +239,40 @@ def test_no_candidate_pair_is_queued_twice_between_exact_phases(small_thresholds
 
     monkeypatch.setattr(knn._Engine, "add", spy_add)
     monkeypatch.setattr(knn._Engine, "flush", spy_flush)
+    monkeypatch.setattr(knn, "_EXACT_IN_BLOCK", False)  # the symmetric search's pending-pair path
     qi = None if mode == "symmetric" else torch.arange(0, 1200, 3)
     res = kneighbors(X, 10, query_index=qi)
     assert len(queued) >= res.indices.numel() and repeats == []
     check(res, *brute(X.numpy(), 10, query_index=qi))
+
+
+def test_symmetric_search_with_exact_distances_in_the_block_loop(small_thresholds):
+    """float32 input with the native kernel: exact distances are computed inside the block loop from the gathered
+    rows; every directed pair arrives at most once, nothing goes through the pending-pair phase, and the answer
+    is the float64 brute force's."""
+    if not native.available():
+        pytest.fail("the native kernel was not built (README 'Set-up')")
+    X = torch.from_numpy(clustered(1500, 48, 5, seed=23)).float()
+    seen, repeats = set(), []
+    add_exact = knn._Engine.add_exact
+
+    def spy(self, rows, cols, d):
+        for pair in zip(rows.tolist(), cols.tolist()):
+            if pair in seen:
+                repeats.append(pair)
+            seen.add(pair)
+        add_exact(self, rows, cols, d)
+
+    knn_add = knn._Engine.add
+    pending = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(knn._Engine, "add_exact", spy)
+        mp.setattr(knn._Engine, "add", lambda self, *a: (pending.append(a), knn_add(self, *a)))
+        res = kneighbors(X, 12)
+    assert res.stats["exact_in_block"] and res.stats["method"] == "pruned-symmetric"
+    assert repeats == [] and len(seen) >= res.indices.numel()
+    assert pending == []  # no pair waited for the pending-pair exact phase
+    check(res, *brute(X.numpy(), 12))
 
 
 def test_three_sort_ordering_fallback_gives_the_same_answer(small_thresholds, monkeypatch):
