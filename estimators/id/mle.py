@@ -102,15 +102,17 @@ class MLEParams(Params):
         return self
 
 
-def _pooled_at_k(D: np.ndarray, k: int, normalizer: str, pooling: str):
+def _pooled_at_k(D: np.ndarray, k: int, normalizer: str, pooling: str, buf: np.ndarray | None = None):
     """Pooled MLE at ``k`` from ascending neighbour distances ``D`` (Q, ≥k).
 
+    ``buf`` (same shape as ``D``) holds the log-ratios, so that the ID-vs-k loop allocates no (Q, k) temporaries.
     Returns (value or None, pointwise estimates 1/u of the kept points, ties dropped, zero-distance dropped).
     """
     T = D[:, :k]
     c = k - 1 if normalizer == "k-1" else k - 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        S = np.sum(np.log(T[:, k - 1 : k] / T), axis=1)
+        ratio = np.divide(T[:, k - 1 : k], T, out=None if buf is None else buf[:, :k])
+        S = np.sum(np.log(ratio, out=ratio), axis=1)
     zero = T[:, 0] <= 0.0  # only possible if duplicates slipped through; guard anyway
     ties = (~zero) & (S <= 0.0)  # all k distances equal: u = 0, m = inf
     keep = ~(zero | ties) & np.isfinite(S)
@@ -196,8 +198,9 @@ def mle_id(
 
     per_k = []
     by_k: dict[int, tuple] = {}
+    buf = np.empty_like(D)
     for kk in range(K_MIN, kmax + 1):
-        val, m, ties, zero = _pooled_at_k(D, kk, normalizer, pooling)
+        val, m, ties, zero = _pooled_at_k(D, kk, normalizer, pooling, buf)
         by_k[kk] = (val, m, ties, zero)
         per_k.append({"k": kk, "value": val, "n_used": int(m.size), "ties_dropped": ties})
 
