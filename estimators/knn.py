@@ -462,7 +462,11 @@ class _Engine:
         self._merge_rows(rows, cols, d, out_d, out_i)
 
     def _merge_rows(self, rows, cols, d, out_d, out_i) -> None:
-        """Merge exact pairs (``rows`` ascending) with the rows' best so far, a bounded number of rows at a time."""
+        """Merge exact pairs (``rows`` ascending) with the rows' best so far: the native insertion kernel on the
+        CPU, else sorts over a bounded number of rows at a time (the same answer)."""
+        if _native.topk_merge(rows, cols, d, out_d, out_i):
+            self.clock.lap("select")
+            return
         touched, counts = torch.unique_consecutive(rows, return_counts=True)
         ends = torch.cumsum(counts, 0).tolist()
         step = max(1, _MERGE_ENTRIES // (self.k + 1))
@@ -486,12 +490,14 @@ class _Engine:
             return
         self.clock.lap("candidates")
         rows = torch.cat([p[0] for p in self.ready]).long()
-        o = torch.argsort(rows)
-        cols = torch.cat([p[1] for p in self.ready]).long().index_select(0, o)
-        d = torch.cat([p[2] for p in self.ready]).index_select(0, o)
-        rows = rows.index_select(0, o)
+        cols = torch.cat([p[1] for p in self.ready]).long()
+        d = torch.cat([p[2] for p in self.ready])
         self.ready, self.n_ready = [], 0
-        self._merge_rows(rows, cols, d, out_d, out_i)
+        if not _native.topk_merge(rows, cols, d, out_d, out_i):  # in any order; torch needs rows ascending
+            o = torch.argsort(rows)
+            self._merge_rows(rows.index_select(0, o), cols.index_select(0, o), d.index_select(0, o), out_d, out_i)
+        else:
+            self.clock.lap("select")
 
     def _merge(self, touched, rows, cols, d, out_d, out_i) -> None:
         """Merge new exact pairs (``rows`` ascending, covering exactly the rows ``touched``) with those rows'
@@ -816,8 +822,9 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
     # exact distances inside the block loop when the GEMM frame holds the reference's own values and the native
     # kernel is there (the CPU case of float32 input); otherwise candidate pairs wait for the exact phase
-    in_cache = (_EXACT_IN_BLOCK and not eng.centered and eng.x.dtype == eng.ref.dtype and dev.type == "cpu"
-                and _native.available())
+    in_cache = (_EXACT_IN_BLOCK and not eng.centered and eng.x.dtype == eng.ref.dtype == torch.float32
+                and dev.type == "cpu" and _native.available())
+    block_out = _native.BlockCandidates() if in_cache else None
     stats["exact_in_block"] = in_cache
     proj_buf = torch.empty(min(n, proj_cols) * min(rows_max, max(e - s for _, s, e in units)), dtype=eng.cdt,
                            device=dev)
@@ -858,17 +865,11 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
             if in_cache:
                 # exact distances now, from the block's rows and the gathered columns while both are in cache
                 # (the same float32 values as the reference: no centred copy in this mode)
-                # (a pair kept in both directions is computed twice, bitwise equal: (a-b)² == (b-a)²)
-                rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
-                eng.add_exact(perm.index_select(0, rr + s), perm.index_select(0, cc_.index_select(0, cc)),
-                              _native.pair_distances(q, rr, eng.gathered, cc))
-                eng.examined += rr.numel()
-                if nb < cc_.numel():
-                    rr, cc = torch.nonzero(sq[:, nb:] <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
-                    cc += nb
-                    eng.add_exact(perm.index_select(0, cc_.index_select(0, cc)), perm.index_select(0, rr + s),
-                                  _native.pair_distances(q, rr, eng.gathered, cc))
-                    eng.examined += rr.numel()
+                # (one pass of the native kernel: the threshold tests of both directions, the distance once per pair)
+                gr, gc, d = block_out.run(sq, thr_c[s:e], thr_c.index_select(0, cc_), nb, q, eng.gathered,
+                                          perm[s:e], perm.index_select(0, cc_))
+                eng.add_exact(gr, gc, d)
+                eng.examined += gr.numel()
             else:
                 rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
                 eng.add(perm.index_select(0, rr + s), perm.index_select(0, cc_.index_select(0, cc)), sq[rr, cc])

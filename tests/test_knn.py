@@ -152,7 +152,7 @@ def test_isotropic_high_dimensional_data_falls_back_and_stays_exact(small_thresh
 
 
 @pytest.mark.parametrize("pruned", [False, True])
-def test_exact_duplicates_give_zero_distances_in_index_order(monkeypatch, pruned):
+def test_exact_duplicates_give_zero_distances_in_index_order(monkeypatch, exact_kernel, pruned):
     if pruned:
         for name, v in (("_PRUNE_MIN_PAIRS", 0), ("_PRUNE_MIN_REF", 200), ("_PRUNE_MIN_DIM", 8),
                         ("_CLUSTER_SIZE", 32), ("_HOME_NEED", 96)):
@@ -167,7 +167,7 @@ def test_exact_duplicates_give_zero_distances_in_index_order(monkeypatch, pruned
 
 
 @pytest.mark.parametrize("pruned", [False, True])
-def test_lattice_ties_broken_by_smaller_index(monkeypatch, pruned):
+def test_lattice_ties_broken_by_smaller_index(monkeypatch, exact_kernel, pruned):
     if pruned:
         for name, v in (("_PRUNE_MIN_PAIRS", 0), ("_PRUNE_MIN_REF", 200), ("_PRUNE_MIN_DIM", 2),
                         ("_CLUSTER_SIZE", 32), ("_HOME_NEED", 96)):
@@ -210,7 +210,7 @@ def test_small_memory_budget_gives_identical_results(small_thresholds):
     assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
 
 
-def test_frequent_exact_phases_merge_to_the_same_answer(small_thresholds, monkeypatch):
+def test_frequent_exact_phases_merge_to_the_same_answer(small_thresholds, exact_kernel, monkeypatch):
     X = torch.from_numpy(clustered(1300, 48, 5, seed=18)).float()
     a = kneighbors(X, 9)
     monkeypatch.setattr(knn, "_FLUSH_PAIRS", 500)  # many partial exact phases, merged row by row
@@ -277,6 +277,7 @@ def test_symmetric_search_with_exact_distances_in_the_block_loop(small_threshold
 
 def test_three_sort_ordering_fallback_gives_the_same_answer(small_thresholds, monkeypatch):
     X = torch.from_numpy(clustered(900, 24, 4, seed=22)).float()
+    monkeypatch.setattr(native, "_lib", None)  # the torch merge, whose ordering this is
     a = kneighbors(X, 7)
     monkeypatch.setattr(knn, "_PACK_LIMIT", 0)
     b = kneighbors(X, 7)
@@ -419,3 +420,53 @@ def test_home_clusters_walk_past_the_first_nearest_when_they_are_too_small():
     for c in range(150):
         want = [c] + [j for j in torch.argsort(d[c], stable=True).tolist() if j != c][:3]
         assert small[c] == want
+
+
+def test_native_topk_merge_equals_a_sort_by_distance_then_index():
+    """Random offers with repeated pairs and many equal distances, in random order and in several batches: each
+    row ends with its k smallest distinct (distance, index) pairs, as a sort would give."""
+    if not native.available():
+        pytest.fail("the native kernel was not built (README 'Set-up')")
+    rng = np.random.default_rng(5)
+    Q, k, P = 40, 6, 3000
+    rows = rng.integers(0, Q, P)
+    cols = rng.integers(0, 60, P)
+    d = np.round(np.abs(cols - 30) / 7 + rows % 3, 0)  # the same pair always has the same distance; many ties
+    out_d = torch.full((Q, k), np.inf, dtype=torch.float64)
+    out_i = torch.full((Q, k), -1, dtype=torch.long)
+    for s in range(0, P, 700):
+        assert native.topk_merge(torch.from_numpy(rows[s : s + 700]), torch.from_numpy(cols[s : s + 700]),
+                                 torch.from_numpy(d[s : s + 700]), out_d, out_i)
+    for r in range(Q):
+        offered = sorted({(d[p], cols[p]) for p in range(P) if rows[p] == r})[:k]
+        want_d = [v for v, _ in offered] + [np.inf] * (k - len(offered))
+        want_i = [c for _, c in offered] + [-1] * (k - len(offered))
+        assert out_d[r].tolist() == want_d and out_i[r].tolist() == want_i
+
+
+def test_native_block_candidates_match_the_threshold_tests_and_grow_their_buffers():
+    """One block of the symmetric search: (i, j) is emitted for row i when sq <= thr_row[i], and (j, i) when
+    j >= nb and sq <= thr_col[j]; each with the pair-distance kernel's distance. A 4-entry buffer must grow."""
+    if not native.available():
+        pytest.fail("the native kernel was not built (README 'Set-up')")
+    rng = np.random.default_rng(9)
+    R, C, D, nb = 7, 30, 13, 5
+    q = torch.from_numpy(rng.normal(size=(R, D)).astype(np.float32))
+    xg = torch.from_numpy(rng.normal(size=(C, D)).astype(np.float32))
+    sq = torch.from_numpy(rng.random((R, C)).astype(np.float32))
+    sq[2, 3] = float("inf")  # a self entry
+    thr_row = torch.from_numpy(rng.random(R).astype(np.float32))
+    thr_col = torch.from_numpy(rng.random(C).astype(np.float32))
+    row_ids, col_ids = torch.arange(100, 100 + R), torch.arange(500, 500 + C)
+    out = native.BlockCandidates(capacity=4)
+    gr, gc, d = out.run(sq, thr_row, thr_col, nb, q, xg, row_ids, col_ids)
+    want = {}
+    for i in range(R):
+        for j in range(C):
+            dist = float(native.pair_distances(q, torch.tensor([i]), xg, torch.tensor([j]))[0])
+            if sq[i, j] <= thr_row[i]:
+                want[(100 + i, 500 + j)] = dist
+            if j >= nb and sq[i, j] <= thr_col[j]:
+                want[(500 + j, 100 + i)] = dist
+    got = {(a, b): v for a, b, v in zip(gr.tolist(), gc.tolist(), d.tolist())}
+    assert len(got) == gr.numel() and got == want and out.cap >= len(want) > 4

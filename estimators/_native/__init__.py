@@ -2,8 +2,10 @@
 
 :func:`pair_distances` is the fused form of :func:`estimators.knn.exact_distances` on the CPU: the same
 difference-based float64 distance (METHODS §0), one pass over the two rows instead of a float64 copy of each.
-It returns ``None`` when the kernel is not available (no compiler at install time, ``TASKGAUGE_NATIVE=0``) or
-the arguments are not its case (non-CPU tensors, mixed dtypes), and the caller falls back to torch.
+:func:`topk_merge` keeps each row's k best (distance, index) pairs by insertion, in place, where the torch form
+sorts. Both tell the caller when they do not apply: the kernel is not available (no compiler at install time,
+``TASKGAUGE_NATIVE=0``) or the arguments are not its case (non-CPU tensors, other dtypes), and the caller then
+uses torch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-_ABI = 1
+_ABI = 3
 #: pairs below which one thread does the work (thread hand-off costs more than it saves)
 _THREAD_MIN_PAIRS = 4096
 
@@ -41,6 +43,14 @@ def _load():
             fn.restype = None
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                            ctypes.c_int64, ctypes.c_void_p]
+        fn = lib.tg_block_candidates
+        fn.restype = ctypes.c_int64
+        fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64])
+        lib.tg_topk_merge.restype = None
+        lib.tg_topk_merge.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         return lib
     return None
 
@@ -51,6 +61,51 @@ _lib = _load()
 def available() -> bool:
     """True when the native kernel is loaded (reported in kNN stats as ``exact_kernel``)."""
     return _lib is not None
+
+
+class BlockCandidates:
+    """Reused output buffers of :meth:`run` (one per search)."""
+
+    def __init__(self, capacity: int = 1 << 15):
+        self._alloc(capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        self.cap = capacity
+        self.rows = torch.empty(capacity, dtype=torch.int64)
+        self.cols = torch.empty(capacity, dtype=torch.int64)
+        self.d = torch.empty(capacity, dtype=torch.float64)
+
+    def run(self, sq, thr_row, thr_col, nb: int, q, xg, row_ids, col_ids):
+        """Candidates of one block with their exact distances (``tg_block_candidates`` in exact.c): float32
+        ``sq`` (R, C), ``thr_row`` (R,), ``thr_col`` (C,), rows ``q`` (R, D) and gathered columns ``xg`` (C, D),
+        int64 ids. Returns (query ids, reference ids, distances), fresh tensors."""
+        args = [t.contiguous() for t in (sq, thr_row, thr_col, q, xg, row_ids, col_ids)]
+        sq, thr_row, thr_col, q, xg, row_ids, col_ids = args
+        R, C = sq.shape
+        for _ in range(2):
+            m = _lib.tg_block_candidates(sq.data_ptr(), R, C, thr_row.data_ptr(), thr_col.data_ptr(), int(nb),
+                                         q.data_ptr(), xg.data_ptr(), int(q.shape[1]), row_ids.data_ptr(),
+                                         col_ids.data_ptr(), self.rows.data_ptr(), self.cols.data_ptr(),
+                                         self.d.data_ptr(), self.cap)
+            if m <= self.cap:
+                return self.rows[:m].clone(), self.cols[:m].clone(), self.d[:m].clone()
+            self._alloc(max(m, 2 * self.cap))
+        raise RuntimeError("tg_block_candidates: the output did not fit after growing")  # cannot happen
+
+
+def topk_merge(rows: torch.Tensor, cols: torch.Tensor, d: torch.Tensor, out_d: torch.Tensor,
+               out_i: torch.Tensor) -> bool:
+    """Merge exact pairs into the rows' k best in place (see ``tg_topk_merge`` in exact.c); False when the kernel
+    does not apply (then the caller merges with torch)."""
+    if (_lib is None or out_d.device.type != "cpu" or out_d.dtype != torch.float64 or out_i.dtype != torch.int64
+            or not out_d.is_contiguous() or not out_i.is_contiguous() or out_d.shape != out_i.shape):
+        return False
+    rows = rows.to(torch.int64).contiguous()
+    cols = cols.to(torch.int64).contiguous()
+    d = d.to(torch.float64).contiguous()
+    _lib.tg_topk_merge(rows.data_ptr(), cols.data_ptr(), d.data_ptr(), int(rows.shape[0]), out_d.data_ptr(),
+                       out_i.data_ptr(), int(out_d.shape[1]))
+    return True
 
 
 def pair_distances(A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch.Tensor) -> torch.Tensor | None:

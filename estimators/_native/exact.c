@@ -16,31 +16,118 @@
 #define TG_CLONES
 #endif
 
-#define TG_PAIR_KERNEL(NAME, T)                                                                              \
-    TG_CLONES void NAME(const T *A, const int64_t *ia, const T *B, const int64_t *ib, int64_t P, int64_t D,  \
-                        double *out) {                                                                       \
-        for (int64_t p = 0; p < P; ++p) {                                                                    \
-            const T *a = A + ia[p] * D;                                                                      \
-            const T *b = B + ib[p] * D;                                                                      \
-            double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                          \
-            int64_t t = 0;                                                                                   \
-            for (; t + 8 <= D; t += 8) {                                                                     \
-                for (int u = 0; u < 8; ++u) {                                                                \
-                    double d = (double)b[t + u] - (double)a[t + u];                                          \
-                    s[u] += d * d;                                                                           \
-                }                                                                                            \
+/* The one float64 distance of two rows; inlined into every kernel below, so that each computes it with the same
+ * operations in the same order (d(i, j) is bitwise the same number whichever kernel produced it). */
+#define TG_DIST(NAME, T)                                                                                     \
+    static inline double NAME(const T *a, const T *b, int64_t D) {                                           \
+        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                              \
+        int64_t t = 0;                                                                                       \
+        for (; t + 8 <= D; t += 8) {                                                                         \
+            for (int u = 0; u < 8; ++u) {                                                                    \
+                double d = (double)b[t + u] - (double)a[t + u];                                              \
+                s[u] += d * d;                                                                               \
             }                                                                                                \
-            double acc = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));                  \
-            for (; t < D; ++t) {                                                                             \
-                double d = (double)b[t] - (double)a[t];                                                      \
-                acc += d * d;                                                                                \
-            }                                                                                                \
-            out[p] = sqrt(acc);                                                                              \
         }                                                                                                    \
+        double acc = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));                      \
+        for (; t < D; ++t) {                                                                                 \
+            double d = (double)b[t] - (double)a[t];                                                          \
+            acc += d * d;                                                                                    \
+        }                                                                                                    \
+        return sqrt(acc);                                                                                    \
     }
 
-TG_PAIR_KERNEL(tg_pair_dist_f32, float)
-TG_PAIR_KERNEL(tg_pair_dist_f64, double)
+TG_DIST(tg_dist_f32, float)
+TG_DIST(tg_dist_f64, double)
+
+#define TG_PAIR_KERNEL(NAME, T, DIST)                                                                        \
+    TG_CLONES void NAME(const T *A, const int64_t *ia, const T *B, const int64_t *ib, int64_t P, int64_t D,  \
+                        double *out) {                                                                       \
+        for (int64_t p = 0; p < P; ++p)                                                                      \
+            out[p] = DIST(A + ia[p] * D, B + ib[p] * D, D);                                                  \
+    }
+
+TG_PAIR_KERNEL(tg_pair_dist_f32, float, tg_dist_f32)
+TG_PAIR_KERNEL(tg_pair_dist_f64, double, tg_dist_f64)
+
+/* Candidates of one block of the symmetric kNN search (estimators.knn._pruned_symmetric), with their exact
+ * distances, in one pass over the block's certified squared distances.
+ *
+ * sq: (R, C) computed squared distances of the block's rows q (R, D) to the gathered columns xg (C, D), +inf on
+ * self entries. Entry (i, j) is a candidate of row i when sq <= thr_row[i], and row i a candidate of column j
+ * when j >= nb (columns before nb lie inside the block: their pairs meet both directions as rows) and
+ * sq <= thr_col[j]. Each candidate pair gets its float64 distance from q[i] and xg[j] (tg_dist_f32) and is
+ * written as (query id, reference id, distance) with the ids row_ids[i] / col_ids[j]. Returns the number of
+ * entries; when that exceeds cap (the room in out_*), the entries past the room were only counted.
+ */
+TG_CLONES int64_t tg_block_candidates(const float *sq, int64_t R, int64_t C, const float *thr_row,
+                                      const float *thr_col, int64_t nb, const float *q, const float *xg, int64_t D,
+                                      const int64_t *row_ids, const int64_t *col_ids, int64_t *out_rows,
+                                      int64_t *out_cols, double *out_d, int64_t cap) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < R; ++i) {
+        const float *srow = sq + i * C;
+        const float tr = thr_row[i];
+        for (int64_t j = 0; j < C; ++j) {
+            const float v = srow[j];
+            const int mine = v <= tr;
+            const int theirs = j >= nb && v <= thr_col[j];
+            if (!(mine | theirs))
+                continue;
+            if (m + mine + theirs > cap) { /* out of room: only count; the caller grows the buffers, calls again */
+                m += mine + theirs;
+                continue;
+            }
+            const double dd = tg_dist_f32(q + i * D, xg + j * D, D);
+            if (mine) {
+                out_rows[m] = row_ids[i];
+                out_cols[m] = col_ids[j];
+                out_d[m++] = dd;
+            }
+            if (theirs) {
+                out_rows[m] = col_ids[j];
+                out_cols[m] = row_ids[i];
+                out_d[m++] = dd;
+            }
+        }
+    }
+    return m;
+}
+
+/* Merge exact pairs into every row's k best (estimators.knn._Engine._merge_rows).
+ *
+ * out_d/out_i: (Q, k) row-major, each row ascending by (distance, index), empty slots (index -1, distance +inf)
+ * last. Entry p offers neighbour cols[p] at distance d[p] to row rows[p]; it is inserted when that neighbour is
+ * not in the row yet and (d, index) is smaller than the row's last entry (an empty slot is always larger).
+ * The result is the k smallest distinct (distance, index) pairs offered so far, whatever the order of the
+ * entries: the same rows as a sort by (row, distance, index) with repeats dropped.
+ */
+void tg_topk_merge(const int64_t *rows, const int64_t *cols, const double *d, int64_t P, double *out_d,
+                   int64_t *out_i, int64_t k) {
+    for (int64_t p = 0; p < P; ++p) {
+        double *rd = out_d + rows[p] * k;
+        int64_t *ri = out_i + rows[p] * k;
+        const double v = d[p];
+        const int64_t c = cols[p];
+        if (ri[k - 1] >= 0 && (v > rd[k - 1] || (v == rd[k - 1] && c >= ri[k - 1])))
+            continue; /* not better than the row's k-th */
+        int64_t pos = k - 1, dup = 0;
+        for (int64_t t = 0; t < k && ri[t] >= 0; ++t) {
+            if (ri[t] == c) {
+                dup = 1;
+                break;
+            }
+        }
+        if (dup)
+            continue;
+        while (pos > 0 && (ri[pos - 1] < 0 || v < rd[pos - 1] || (v == rd[pos - 1] && c < ri[pos - 1]))) {
+            rd[pos] = rd[pos - 1];
+            ri[pos] = ri[pos - 1];
+            --pos;
+        }
+        rd[pos] = v;
+        ri[pos] = c;
+    }
+}
 
 /* ABI version of this file, checked by the loader (estimators/_native/__init__.py). */
-int tg_native_abi(void) { return 1; }
+int tg_native_abi(void) { return 3; }
