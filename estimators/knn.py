@@ -82,7 +82,7 @@ _TOPK_MARGIN = 8
 #: most principal directions used for the projected lower bounds
 _RANK_MAX = 64
 #: most reference columns per certified-distance GEMM (bounds the gathered block)
-_COLS_MAX = 1024
+_COLS_MAX = 512
 #: columns per piece of the projected test (its block of products stays cache-sized)
 _PROJ_COLS = 4096
 #: most query rows per block of the pruned search
@@ -599,7 +599,7 @@ def _kmeans(z: torch.Tensor, m: int, iters: int = 6, seed: int = 0) -> tuple[tor
     g = torch.Generator(device="cpu").manual_seed(seed)
     cent = z[torch.randperm(n, generator=g)[:m].to(z.device)].clone()
     labels = torch.zeros(n, dtype=torch.long, device=z.device)
-    step = max(1, (1 << 21) // max(m, 1))  # 8 MB of float32 distances per chunk
+    step = max(1, (1 << 19) // max(m, 1))  # 2 MB of float32 distances per chunk
     for it in range(iters + 1):
         c2 = (cent * cent).sum(1)
         for s in range(0, n, step):
@@ -673,6 +673,7 @@ def _projection(eng: _Engine, q_rows: torch.Tensor | None, self_idx: torch.Tenso
     r, z, zq = _embed(eng, r, q_rows, self_idx)
     m = max(1, round(eng.n / _CLUSTER_SIZE))
     labels, cent = _kmeans(z[:, : r + 1].to(torch.float32), m)
+    _release_freed_memory(eng.device)  # the projection's and k-means' chunk temporaries
     eng.clock.lap("kmeans")
     return _Projection(r=r + 1, z=z, zq=zq, labels=labels, cent=cent)
 
@@ -685,6 +686,7 @@ def _embed(eng: _Engine, r: int, q_rows: torch.Tensor | None, self_idx: torch.Te
     the sample has fewer rows)."""
     D, dev, stats = eng.D, eng.device, eng.stats
     P, p_err = _orthonormal_projection(eng, r, seed)
+    _release_freed_memory(dev)  # the sample and the range finder's temporaries
     r = int(P.shape[1])
     stats["rank"] = r
     eng.clock.lap("pca")
@@ -790,7 +792,6 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     """
     n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
     pj = _projection(eng, None, None)
-    _release_freed_memory(dev)  # the PCA and k-means temporaries, before the search allocates its own
     m = pj.cent.shape[0]
     counts = torch.bincount(pj.labels, minlength=m)
     perm = torch.argsort(pj.labels, stable=True)  # permuted position -> reference row
@@ -801,6 +802,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     home_need = _home_need(k)
     homes = _home_clusters(pj.cent, counts.tolist(), home_need)
     del pj
+    _release_freed_memory(dev)  # k-means' temporaries and the unpermuted projection, before the search's own
     rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
     cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
     # CPU: cache-sized pieces; CUDA: as few launches as the budget allows (a million columns in a few pieces)
