@@ -87,6 +87,8 @@ _COLS_MAX = 512
 _PROJ_COLS = 4096
 #: most query rows per block of the pruned search
 _ROWS_MAX = 1024
+#: working bytes of one row block of the brute force (the budget still caps it)
+_BRUTE_BLOCK_BYTES = 8 << 20
 #: pending candidate pairs that trigger an exact phase (bounds the engine's working memory)
 _FLUSH_PAIRS = 1 << 16
 #: reference points whose exact distances give each query's first upper bound U
@@ -548,7 +550,9 @@ class _Engine:
 
     def brute(self, q, qnorm, q_rows, self_idx, out_d, out_i, progress) -> None:
         nq = q.shape[0]
-        step = self.rows_for(4 * 3 * self.n + 64 * (self.k + _TOPK_MARGIN))
+        per_row = 4 * 3 * self.n + 64 * (self.k + _TOPK_MARGIN)
+        # cache-sized blocks, not the whole budget: a bigger GEMM is no faster, and its temporaries stay resident
+        step = min(self.rows_for(per_row), max(64, _BRUTE_BLOCK_BYTES // per_row))
         for s in range(0, nq, step):
             g = torch.arange(s, min(nq, s + step), device=self.device)
             self.brute_rows(g, q, qnorm, self_idx)
@@ -574,19 +578,25 @@ def _orthonormal_projection(eng: _Engine, r: int, seed: int = 0) -> tuple[torch.
     """(D, r) float64 orthonormal basis close to the top-r principal directions, and |PᵀP - I|_F.
 
     Randomised range finder (3 power iterations) on at most 2048 sampled rows, then a float64 QR: the
-    pruning bound only needs orthonormality, which is measured, not assumed.
+    pruning bound only needs orthonormality, which is measured, not assumed. The centred sample is streamed in
+    chunks (never held whole: 25 MB of float32 at D = 3072).
     """
     g = torch.Generator(device="cpu").manual_seed(seed)
     m = min(eng.n, 2048)
     rows = torch.randperm(eng.n, generator=g)[:m].to(eng.device)
-    A = torch.empty(m, eng.D, dtype=torch.float32, device=eng.device)
-    for s in range(0, m, eng.chunk):
-        A[s : s + eng.chunk] = eng.ref.index_select(0, rows[s : s + eng.chunk]).to(torch.float64) - eng.mu
+    chunks = [rows[s : s + eng.chunk] for s in range(0, m, eng.chunk)]
+
+    def centred(idx: torch.Tensor) -> torch.Tensor:
+        return (eng.ref.index_select(0, idx).to(torch.float64) - eng.mu).to(torch.float32)
+
     W = torch.randn(eng.D, r + 8, generator=g, dtype=torch.float32).to(eng.device)
     for _ in range(3):
-        W = A.T @ (A @ W)
-        W, _ = torch.linalg.qr(W)
-    _, _, Vh = torch.linalg.svd(A @ W, full_matrices=False)
+        Y = torch.zeros_like(W)
+        for idx in chunks:  # Y = AᵀA W
+            a = centred(idx)
+            Y.addmm_(a.T, a @ W)
+        W, _ = torch.linalg.qr(Y)
+    _, _, Vh = torch.linalg.svd(torch.cat([centred(idx) @ W for idx in chunks]), full_matrices=False)
     P = (W @ Vh.T[:, :r]).to(torch.float64)
     P, _ = torch.linalg.qr(P)
     err = float(torch.linalg.matrix_norm(P.T @ P - torch.eye(P.shape[1], dtype=torch.float64, device=eng.device)))
