@@ -98,6 +98,8 @@ _FALLBACK_AFTER = 2048
 _FALLBACK_SURVIVORS = 0.6
 #: pairs per chunk of the float64 recomputation
 _EXACT_CHUNK = 1 << 17
+#: exact pairs of the symmetric search's block loop that trigger a merge (cheap: no sort with the native kernel)
+_FLUSH_READY = 1 << 14
 #: (row, neighbour) entries merged at a time at the end of an exact phase (bounds its temporaries)
 _MERGE_ENTRIES = 1 << 16
 #: the symmetric search computes exact distances inside its block loop when it can (see ``_pruned_symmetric``)
@@ -894,7 +896,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
         done += e - s
         if eng.n_pairs > _FLUSH_PAIRS:  # bounded memory: flushes merge with the rows' best so far
             eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
-        if eng.n_ready > _FLUSH_PAIRS:
+        if eng.n_ready > _FLUSH_READY:
             eng.flush_ready(out_d, out_i)
         progress(0.95 * seen / total, "knn")
         if not brute_mode and done >= max(_FALLBACK_AFTER, n // 20) and survivors > _FALLBACK_SURVIVORS * seen:

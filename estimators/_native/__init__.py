@@ -66,7 +66,7 @@ def available() -> bool:
 class BlockCandidates:
     """Reused output buffers of :meth:`run` (one per search)."""
 
-    def __init__(self, capacity: int = 1 << 15):
+    def __init__(self, capacity: int = 1 << 13):
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
