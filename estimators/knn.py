@@ -601,7 +601,8 @@ def _orthonormal_projection(eng: _Engine, r: int, seed: int = 0) -> tuple[torch.
     _, _, Vh = torch.linalg.svd(torch.cat([centred(idx) @ W for idx in chunks]), full_matrices=False)
     P = (W @ Vh.T[:, :r]).to(torch.float64)
     P, _ = torch.linalg.qr(P)
-    err = float(torch.linalg.matrix_norm(P.T @ P - torch.eye(P.shape[1], dtype=torch.float64, device=eng.device)))
+    gram_err = P.T @ P - torch.eye(P.shape[1], dtype=torch.float64, device=eng.device)
+    err = float((gram_err * gram_err).sum().sqrt())  # Frobenius norm
     return P, err + 1e-14
 
 
@@ -641,12 +642,14 @@ def _home_clusters(cent: torch.Tensor, counts: list[int], need: int, batch: int 
     choice (it only sets the first upper bounds U)."""
     m = cent.shape[0]
     c64 = cent.to(torch.float64)
+    c2 = (c64 * c64).sum(1)
     t = min(m, 64)
     out: list[list[int]] = []
     for b0 in range(0, m, batch):
-        d = torch.cdist(c64[b0 : b0 + batch], c64)
+        # squared centroid distances (their order is all that matters here)
+        d = torch.addmm(c2[b0 : b0 + batch].unsqueeze(1) + c2.unsqueeze(0), c64[b0 : b0 + batch], c64.T, alpha=-2)
         nb = d.shape[0]
-        d[torch.arange(nb, device=d.device), torch.arange(b0, b0 + nb, device=d.device)] = -1.0  # own first
+        d[torch.arange(nb, device=d.device), torch.arange(b0, b0 + nb, device=d.device)] = -math.inf  # own first
         order = torch.topk(d, t, dim=1, largest=False, sorted=True).indices.tolist()
         for i, row in enumerate(order):
             home, tot = [], 0
