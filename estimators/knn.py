@@ -880,9 +880,9 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
             # so no pair is ever queued twice (the columns are ascending: the in-block ones are a prefix)
             nb = inblock.numel()
             if in_cache:
-                # exact distances now, from the block's rows and the gathered columns while both are in cache
-                # (the same float32 values as the reference: no centred copy in this mode)
-                # (one pass of the native kernel: the threshold tests of both directions, the distance once per pair)
+                # exact distances now, from the block's rows and the gathered columns while both are in cache (the
+                # reference's own float32 values: no centred copy in this mode); one pass of the native kernel does
+                # the threshold tests of both directions and computes each kept pair's distance once
                 gr, gc, d = block_out.run(sq, thr_c[s:e], thr_c.index_select(0, cc_), nb, q, eng.gathered,
                                           perm[s:e], perm.index_select(0, cc_))
                 eng.add_exact(gr, gc, d)

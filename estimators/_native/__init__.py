@@ -123,13 +123,10 @@ def pair_distances(A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch
     out = torch.empty(P, dtype=torch.float64)
     if P == 0:
         return out
-    item_a, item_i, item_o = A.element_size(), 8, 8
+    def run(s: int, e: int) -> None:  # pairs [s, e): int64 indices and float64 outputs, 8 bytes each
+        fn(A.data_ptr(), ia.data_ptr() + 8 * s, B.data_ptr(), ib.data_ptr() + 8 * s, e - s, D,
+           out.data_ptr() + 8 * s)
 
-    def run(s: int, e: int) -> None:
-        fn(A.data_ptr(), ia.data_ptr() + s * item_i, B.data_ptr(), ib.data_ptr() + s * item_i, e - s, D,
-           out.data_ptr() + s * item_o)
-
-    del item_a
     threads = max(1, torch.get_num_threads())
     if threads == 1 or P < _THREAD_MIN_PAIRS:
         run(0, P)
