@@ -1,11 +1,14 @@
-/* Exact float64 distances of row pairs (METHODS §0, §7; estimators.knn.exact_distances).
+/* Native CPU kernels of the kNN engine (METHODS §0, §7; estimators/knn.py, loaded by estimators/_native).
  *
- *   out[p] = sqrt(sum_t ((double)B[ib[p]][t] - (double)A[ia[p]][t])^2)
+ *   tg_pair_dist_f32/_f64  out[p] = sqrt(sum_t ((double)B[ib[p]][t] - (double)A[ia[p]][t])^2)
+ *   tg_block_candidates    one block of the symmetric search: threshold tests and exact distances in one pass
+ *   tg_topk_merge          each row's k best (distance, index) pairs, by insertion
  *
- * Difference based, in float64, straight from float32 or float64 rows: one pass over the two rows, no float64
- * copy of them (the torch fallback converts and subtracts in separate passes). Eight partial sums let the
- * compiler vectorise without reassociating anything it was not told to. Loaded with ctypes (no Python API);
- * callers split the pairs across threads (ctypes releases the GIL).
+ * Distances are difference based, in float64, straight from float32 or float64 rows: one pass over the two rows,
+ * no float64 copy of them (the torch fallback converts and subtracts in separate passes). Eight partial sums let
+ * the compiler vectorise without reassociating anything it was not told to, and -std=c99 keeps it from
+ * contracting into FMAs, so every clone below computes the same bits. Loaded with ctypes (no Python API);
+ * callers split the pair kernel's work across threads (ctypes releases the GIL).
  */
 #include <math.h>
 #include <stdint.h>
