@@ -415,10 +415,14 @@ class _Engine:
         self.add(rows.index_select(0, pr), gc if cols is None else cols.index_select(0, gc), vals[pr, pc])
         self.clock.lap("topk")
 
+    def _compact(self, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queued ids as int32 while they fit (halves the queues' memory)."""
+        small = torch.int32 if max(self.n, rows.numel()) < 2**31 - 1 else torch.long
+        return rows.to(small), cols.to(small)
+
     def add(self, rows: torch.Tensor, cols: torch.Tensor, sq: torch.Tensor) -> None:
         """Queue candidate pairs (query position, reference row) with their certified squared distance."""
-        small = torch.int32 if max(self.n, rows.numel()) < 2**31 - 1 else torch.long
-        self.pairs.append((rows.to(small), cols.to(small), sq))
+        self.pairs.append((*self._compact(rows, cols), sq))
         self.n_pairs += rows.numel()
 
     # -- exact phase -----------------------------------------------------------------------------------------------
@@ -465,12 +469,16 @@ class _Engine:
         del sv, bits, o, rs, ss, keep
         self._merge_rows(rows, cols, d, out_d, out_i)
 
-    def _merge_rows(self, rows, cols, d, out_d, out_i) -> None:
-        """Merge exact pairs (``rows`` ascending) with the rows' best so far: the native insertion kernel on the
-        CPU, else sorts over a bounded number of rows at a time (the same answer)."""
+    def _merge_rows(self, rows, cols, d, out_d, out_i, ascending: bool = True) -> None:
+        """Merge exact pairs with the rows' best so far: the native insertion kernel on the CPU (any order), else
+        sorts over a bounded number of rows at a time (the same answer; ``rows`` sorted first unless
+        ``ascending``)."""
         if _native.topk_merge(rows, cols, d, out_d, out_i):
             self.clock.lap("select")
             return
+        if not ascending:
+            o = torch.argsort(rows)
+            rows, cols, d = rows.index_select(0, o), cols.index_select(0, o), d.index_select(0, o)
         touched, counts = torch.unique_consecutive(rows, return_counts=True)
         ends = torch.cumsum(counts, 0).tolist()
         step = max(1, _MERGE_ENTRIES // (self.k + 1))
@@ -484,8 +492,7 @@ class _Engine:
 
     def add_exact(self, rows: torch.Tensor, cols: torch.Tensor, d: torch.Tensor) -> None:
         """Queue (query, reference) pairs whose exact float64 distance is already known (no tightening needed)."""
-        small = torch.int32 if max(self.n, rows.numel()) < 2**31 - 1 else torch.long
-        self.ready.append((rows.to(small), cols.to(small), d))
+        self.ready.append((*self._compact(rows, cols), d))
         self.n_ready += rows.numel()
 
     def flush_ready(self, out_d: torch.Tensor, out_i: torch.Tensor) -> None:
@@ -497,11 +504,7 @@ class _Engine:
         cols = torch.cat([p[1] for p in self.ready]).long()
         d = torch.cat([p[2] for p in self.ready])
         self.ready, self.n_ready = [], 0
-        if not _native.topk_merge(rows, cols, d, out_d, out_i):  # in any order; torch needs rows ascending
-            o = torch.argsort(rows)
-            self._merge_rows(rows.index_select(0, o), cols.index_select(0, o), d.index_select(0, o), out_d, out_i)
-        else:
-            self.clock.lap("select")
+        self._merge_rows(rows, cols, d, out_d, out_i, ascending=False)
 
     def _merge(self, touched, rows, cols, d, out_d, out_i) -> None:
         """Merge new exact pairs (``rows`` ascending, covering exactly the rows ``touched``) with those rows'
