@@ -85,6 +85,8 @@ _RANK_MAX = 64
 _COLS_MAX = 512
 #: columns per piece of the projected test (its block of products stays cache-sized)
 _PROJ_COLS = 4096
+#: CPU: most products per piece of the projected test (1 MB of float32; large blocks take narrower pieces)
+_PROJ_PIECE = 1 << 18
 #: most query rows per block of the pruned search
 _ROWS_MAX = 1024
 #: working bytes of one row block of the brute force (the budget still caps it)
@@ -315,24 +317,25 @@ class _Engine:
         self.clock = _Clock(stats)
         self.cdt, self.u = _gemm_dtype(device)
         self.chunk = max(1, (1 << 18) // self.D)  # rows per streaming chunk (~2 MB of float64)
+        # the streaming passes share one float64 chunk (fresh temporaries per chunk would fragment the heap)
+        buf = self.scratch64()
         total = torch.zeros(self.D, dtype=torch.float64, device=device)
-        for s in range(0, self.n, self.chunk):
-            total += ref[s : s + self.chunk].sum(0, dtype=torch.float64)
+        for s, c in self.chunks64(ref, buf):
+            total += c.sum(0)
         self.mu = total / self.n
         raw = torch.empty(self.n, dtype=torch.float64, device=device)
         cen = torch.empty(self.n, dtype=torch.float64, device=device)
-        for s in range(0, self.n, self.chunk):
-            c = ref[s : s + self.chunk].to(torch.float64)
-            raw[s : s + self.chunk] = torch.linalg.vector_norm(c, dim=1)
-            cen[s : s + self.chunk] = torch.linalg.vector_norm(c - self.mu, dim=1)
+        for s, c in self.chunks64(ref, buf):
+            raw[s : s + c.shape[0]] = torch.linalg.vector_norm(c, dim=1)
+            cen[s : s + c.shape[0]] = torch.linalg.vector_norm(c.sub_(self.mu), dim=1)
         self.cnorm, self.max_cnorm = cen, float(cen.max())  # |x - mu|: the projection's frame
         # frame=False (a caller that only needs the projection, e.g. the inter-class search): never copy the data
         self.centered = frame and not (ref.dtype == self.cdt and float(raw.max()) <= 2 * self.max_cnorm)
         stats["centered_copy"] = self.centered
         if self.centered:
             self.x = torch.empty(self.n, self.D, dtype=self.cdt, device=device)
-            for s in range(0, self.n, self.chunk):
-                self.x[s : s + self.chunk] = ref[s : s + self.chunk].to(torch.float64) - self.mu
+            for s, c in self.chunks64(ref, buf):
+                self.x[s : s + c.shape[0]] = c.sub_(self.mu)
             self.norm = cen
         else:
             self.x = ref
@@ -350,6 +353,28 @@ class _Engine:
         self.examined = 0
         self.qnorm = self.norm
         self.clock.lap("prepare")
+
+    def scratch64(self) -> torch.Tensor:
+        """A (chunk, D) float64 buffer for the streaming passes (:meth:`chunks64`)."""
+        return torch.empty(min(self.chunk, max(self.n, 1)), self.D, dtype=torch.float64, device=self.device)
+
+    def chunks64(self, src: torch.Tensor, buf: torch.Tensor, rows: torch.Tensor | None = None):
+        """``(start, rows [start, start + len) of src as float64)`` for consecutive chunks, each a view of ``buf``
+        (overwritten by the next step, free to modify in place); ``rows``: take those rows of ``src`` instead."""
+        total = src.shape[0] if rows is None else rows.shape[0]
+        stage = None  # gathered rows in src's dtype, when that is not float64
+        if rows is not None and src.dtype != torch.float64:
+            stage = torch.empty(buf.shape, dtype=src.dtype, device=src.device)
+        for s in range(0, total, buf.shape[0]):
+            e = min(total, s + buf.shape[0])
+            c = buf[: e - s]
+            if rows is None:
+                c.copy_(src[s:e])
+            elif stage is None:
+                torch.index_select(src, 0, rows[s:e], out=c)
+            else:
+                c.copy_(torch.index_select(src, 0, rows[s:e], out=stage[: e - s]))
+            yield s, c
 
     def rows_for(self, bytes_per_row: int) -> int:
         """How many rows of ``bytes_per_row`` working memory fit the budget."""
@@ -377,7 +402,10 @@ class _Engine:
             # gathered columns go to one reused buffer (a fresh large block per call fragments the heap)
             size = cols.numel() * self.D
             if self.gather_buf is None or self.gather_buf.numel() < size:
-                self.gather_buf = torch.empty(size, dtype=self.x.dtype, device=self.device)
+                # grown by half at least: the column counts creep up, and each regrowth leaves a hole in the heap
+                grow = 0 if self.gather_buf is None else self.gather_buf.numel() * 3 // 2
+                self.gather_buf = None
+                self.gather_buf = torch.empty(max(size, grow), dtype=self.x.dtype, device=self.device)
             x = torch.index_select(self.x, 0, cols, out=self.gather_buf[:size].view(cols.numel(), self.D))
             self.gathered = x
             n2 = self.n2c.index_select(0, cols)
@@ -555,6 +583,7 @@ class _Engine:
 
     def brute(self, q, qnorm, q_rows, self_idx, out_d, out_i, progress) -> None:
         nq = q.shape[0]
+        _no_neighbours_yet(out_d, out_i)
         per_row = 4 * 3 * self.n + 64 * (self.k + _TOPK_MARGIN)
         # cache-sized blocks, not the whole budget: a bigger GEMM is no faster, and its temporaries stay resident
         step = min(self.rows_for(per_row), max(64, _BRUTE_BLOCK_BYTES // per_row))
@@ -564,6 +593,12 @@ class _Engine:
             self.maybe_flush(q_rows, self_idx, out_d, out_i)
             progress(min(nq, s + step) / nq * 0.95, "knn")
         self.flush(q_rows, self_idx, out_d, out_i)
+
+
+def _no_neighbours_yet(out_d: torch.Tensor, out_i: torch.Tensor) -> None:
+    """The searches' starting state: every query's best list empty (distance +inf, index -1)."""
+    out_d.fill_(math.inf)
+    out_i.fill_(-1)
 
 
 def _query_form(aug: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
@@ -582,28 +617,41 @@ def _query_form(aug: torch.Tensor, shift: torch.Tensor | None = None) -> torch.T
 def _orthonormal_projection(eng: _Engine, r: int, seed: int = 0) -> tuple[torch.Tensor, float]:
     """(D, r) float64 orthonormal basis close to the top-r principal directions, and |PᵀP - I|_F.
 
-    Randomised range finder (3 power iterations) on at most 2048 sampled rows, then a float64 QR: the
-    pruning bound only needs orthonormality, which is measured, not assumed. The centred sample is streamed in
-    chunks (never held whole: 25 MB of float32 at D = 3072).
+    Randomised range finder (3 power iterations) on at most 2048 sampled rows, then a Rayleigh–Ritz step (the
+    top eigenvectors of the small Gram matrix of the sample in the found subspace) and a float64 QR: the pruning
+    bound only needs orthonormality, which is measured, not assumed. The centred sample is streamed in chunks
+    through reused buffers (never held whole: 25 MB of float32 at D = 3072). The small dense factorisations
+    (D × (r + 8) QRs, an (r + 8)² eigenproblem) run in NumPy's LAPACK on the CPU: they take milliseconds, and
+    torch's would map several MB of its LAPACK code (and, on CUDA, start its solver libraries) for them.
     """
     g = torch.Generator(device="cpu").manual_seed(seed)
     m = min(eng.n, 2048)
     rows = torch.randperm(eng.n, generator=g)[:m].to(eng.device)
-    chunks = [rows[s : s + eng.chunk] for s in range(0, m, eng.chunk)]
+    buf64 = eng.scratch64()
+    buf32 = torch.empty(buf64.shape, dtype=torch.float32, device=eng.device)
 
-    def centred(idx: torch.Tensor) -> torch.Tensor:
-        return (eng.ref.index_select(0, idx).to(torch.float64) - eng.mu).to(torch.float32)
+    def centred():
+        """The sample's rows minus the mean, float32, chunk by chunk (a view of ``buf32``)."""
+        for _, c in eng.chunks64(eng.ref, buf64, rows):
+            yield buf32[: c.shape[0]].copy_(c.sub_(eng.mu))
+
+    def orthonormal(Y: torch.Tensor) -> torch.Tensor:
+        q, _ = np.linalg.qr(Y.cpu().numpy().astype(np.float64))
+        return torch.from_numpy(q).to(eng.device)
 
     W = torch.randn(eng.D, r + 8, generator=g, dtype=torch.float32).to(eng.device)
     for _ in range(3):
         Y = torch.zeros_like(W)
-        for idx in chunks:  # Y = AᵀA W
-            a = centred(idx)
+        for a in centred():  # Y = AᵀA W
             Y.addmm_(a.T, a @ W)
-        W, _ = torch.linalg.qr(Y)
-    _, _, Vh = torch.linalg.svd(torch.cat([centred(idx) @ W for idx in chunks]), full_matrices=False)
-    P = (W @ Vh.T[:, :r]).to(torch.float64)
-    P, _ = torch.linalg.qr(P)
+        W = orthonormal(Y).to(torch.float32)
+    G = torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64, device=eng.device)
+    for a in centred():  # (A W)ᵀ(A W): its top eigenvectors are the top right singular vectors of A W
+        b = (a @ W).to(torch.float64)
+        G.addmm_(b.T, b)
+    _, V = np.linalg.eigh(G.cpu().numpy())
+    top = torch.from_numpy(np.ascontiguousarray(V[:, ::-1][:, : min(r, m)])).to(eng.device)
+    P = orthonormal(W.to(torch.float64) @ top)
     gram_err = P.T @ P - torch.eye(P.shape[1], dtype=torch.float64, device=eng.device)
     err = float((gram_err * gram_err).sum().sqrt())  # Frobenius norm
     return P, err + 1e-14
@@ -716,17 +764,18 @@ def _embed(eng: _Engine, r: int, q_rows: torch.Tensor | None, self_idx: torch.Te
         ``|w_i - w_j|² = |P(x_i - x_j)|² + (rho_i - rho_j)² <= |x_i - x_j|²`` (Pythagoras, then the reverse
         triangle inequality on the orthogonal complement), a tighter lower bound than the projection alone."""
         out = torch.empty(src.shape[0], r + 3, dtype=eng.cdt, device=dev)
-        step = eng.chunk
-        for s in range(0, src.shape[0], step):
-            a = src[s : s + step].to(torch.float64) - eng.mu
-            zz = a @ P
+        for s, a in eng.chunks64(src, buf):
+            e = s + a.shape[0]
+            zz = a.sub_(eng.mu) @ P
             z2 = (zz * zz).sum(1)
-            rho = ((a * a).sum(1) - z2).clamp_min(0).sqrt()
-            out[s : s + step, :r] = zz
-            out[s : s + step, r] = rho
-            out[s : s + step, r + 1] = 1
-            out[s : s + step, r + 2] = z2 + rho * rho
+            rho = (a.square_().sum(1) - z2).clamp_min(0).sqrt()
+            out[s:e, :r] = zz
+            out[s:e, r] = rho
+            out[s:e, r + 1] = 1
+            out[s:e, r + 2] = z2 + rho * rho
         return out
+
+    buf = eng.scratch64()
 
     z = project(eng.ref)
     if self_idx is not None:
@@ -846,8 +895,11 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
                 and dev.type == "cpu" and _native.available())
     block_out = _native.BlockCandidates() if in_cache else None
     stats["exact_in_block"] = in_cache
-    proj_buf = torch.empty(min(n, proj_cols) * min(rows_max, max(e - s for _, s, e in units)), dtype=eng.cdt,
-                           device=dev)
+    widest = min(rows_max, max(e - s for _, s, e in units))
+    if dev.type == "cpu":
+        proj_cols = max(256, min(proj_cols, _PROJ_PIECE // widest))
+    proj_buf = torch.empty(min(n, proj_cols) * widest, dtype=eng.cdt, device=dev)
+    _no_neighbours_yet(out_d, out_i)
     total = sum((e - s) * (n - s) for _, s, e in units)
     seen = survivors = done = 0
     brute_mode = False
@@ -936,6 +988,7 @@ def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, prog
     home_need = _home_need(k)
     homes = _home_clusters(cent, counts_l, home_need)
     rows_max = max(1, min(eng.rows_for(4 * 3 * n + 64 * (k + _TOPK_MARGIN)), _ROWS_MAX))
+    _no_neighbours_yet(out_d, out_i)
     done = survivors = 0
     brute_mode = False
     pos = 0
@@ -1056,8 +1109,10 @@ def kneighbors(
         qi = None
         q_rows = queries.to(dev)
     nq = q_rows.shape[0]
-    out_d = torch.full((nq, k), math.inf, dtype=torch.float64, device=dev)
-    out_i = torch.full((nq, k), -1, dtype=torch.long, device=dev)
+    # allocated here, filled by the search just before its first merge (pages not yet written are not resident:
+    # the projection and k-means run without them)
+    out_d = torch.empty((nq, k), dtype=torch.float64, device=dev)
+    out_i = torch.empty((nq, k), dtype=torch.long, device=dev)
     stats: dict = {"method": "brute", "pruned_fraction": 0.0}
     if nq:
         eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats)
