@@ -445,7 +445,7 @@ class _Engine:
 
     def _compact(self, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Queued ids as int32 while they fit (halves the queues' memory)."""
-        small = torch.int32 if max(self.n, rows.numel()) < 2**31 - 1 else torch.long
+        small = _id_dtype(max(self.n, rows.numel()))
         return rows.to(small), cols.to(small)
 
     def add(self, rows: torch.Tensor, cols: torch.Tensor, sq: torch.Tensor) -> None:
@@ -504,6 +504,7 @@ class _Engine:
         if _native.topk_merge(rows, cols, d, out_d, out_i):
             self.clock.lap("select")
             return
+        rows, cols = rows.long(), cols.long()
         if not ascending:
             o = torch.argsort(rows)
             rows, cols, d = rows.index_select(0, o), cols.index_select(0, o), d.index_select(0, o)
@@ -528,8 +529,8 @@ class _Engine:
         if not self.ready:
             return
         self.clock.lap("candidates")
-        rows = torch.cat([p[0] for p in self.ready]).long()
-        cols = torch.cat([p[1] for p in self.ready]).long()
+        rows = torch.cat([p[0] for p in self.ready])  # int32 while they fit, as the native merge takes them
+        cols = torch.cat([p[1] for p in self.ready])
         d = torch.cat([p[2] for p in self.ready])
         self.ready, self.n_ready = [], 0
         self._merge_rows(rows, cols, d, out_d, out_i, ascending=False)
@@ -537,7 +538,7 @@ class _Engine:
     def _merge(self, touched, rows, cols, d, out_d, out_i) -> None:
         """Merge new exact pairs (``rows`` ascending, covering exactly the rows ``touched``) with those rows'
         current best and keep each row's k best by (distance, reference index)."""
-        prev_i = out_i.index_select(0, touched)
+        prev_i = out_i.index_select(0, touched).long()
         have = prev_i >= 0
         if bool(have.any()):
             rows = torch.cat([rows, touched.unsqueeze(1).expand_as(prev_i)[have]])
@@ -566,7 +567,7 @@ class _Engine:
         take = (starts.unsqueeze(1) + ar).clamp_max(rows.numel() - 1)
         short = ar.unsqueeze(0) >= counts.unsqueeze(1)
         out_d[ids] = d[take].masked_fill(short, math.inf)
-        out_i[ids] = cols[take].masked_fill(short, -1)
+        out_i[ids] = cols[take].masked_fill(short, -1).to(out_i.dtype)
 
     def maybe_flush(self, *args) -> None:
         if self.n_pairs > _FLUSH_PAIRS or self.n_pairs * 128 > self.budget // 2:
@@ -593,6 +594,11 @@ class _Engine:
             self.maybe_flush(q_rows, self_idx, out_d, out_i)
             progress(min(nq, s + step) / nq * 0.95, "knn")
         self.flush(q_rows, self_idx, out_d, out_i)
+
+
+def _id_dtype(n: int) -> torch.dtype:
+    """Row ids inside the search: int32 while they fit (half the memory of int64), else int64."""
+    return torch.int32 if n < 2**31 - 1 else torch.long
 
 
 def _no_neighbours_yet(out_d: torch.Tensor, out_i: torch.Tensor) -> None:
@@ -739,7 +745,7 @@ def _projection(eng: _Engine, q_rows: torch.Tensor | None, self_idx: torch.Tenso
     r, z, zq = _embed(eng, r, q_rows, self_idx)
     m = max(1, round(eng.n / _CLUSTER_SIZE))
     labels, cent = _kmeans(z[:, : r + 1].to(torch.float32), m)
-    _release_freed_memory(eng.device)  # the projection's and k-means' chunk temporaries
+    release_freed_memory(eng.device)  # the projection's and k-means' chunk temporaries
     eng.clock.lap("kmeans")
     return _Projection(r=r + 1, z=z, zq=zq, labels=labels, cent=cent)
 
@@ -752,7 +758,7 @@ def _embed(eng: _Engine, r: int, q_rows: torch.Tensor | None, self_idx: torch.Te
     the sample has fewer rows)."""
     D, dev, stats = eng.D, eng.device, eng.stats
     P, p_err = _orthonormal_projection(eng, r, seed)
-    _release_freed_memory(dev)  # the sample and the range finder's temporaries
+    release_freed_memory(dev)  # the sample and the range finder's temporaries
     r = int(P.shape[1])
     stats["rank"] = r
     eng.clock.lap("pca")
@@ -869,7 +875,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     home_need = _home_need(k)
     homes = _home_clusters(pj.cent, counts.tolist(), home_need)
     del pj
-    _release_freed_memory(dev)  # k-means' temporaries and the unpermuted projection, before the search's own
+    release_freed_memory(dev)  # k-means' temporaries and the unpermuted projection, before the search's own
     rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
     cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
     # CPU: cache-sized pieces; CUDA: as few launches as the budget allows (a million columns in a few pieces)
@@ -1112,7 +1118,7 @@ def kneighbors(
     # allocated here, filled by the search just before its first merge (pages not yet written are not resident:
     # the projection and k-means run without them)
     out_d = torch.empty((nq, k), dtype=torch.float64, device=dev)
-    out_i = torch.empty((nq, k), dtype=torch.long, device=dev)
+    out_i = torch.empty((nq, k), dtype=_id_dtype(n), device=dev)  # int64 in the result
     stats: dict = {"method": "brute", "pruned_fraction": 0.0}
     if nq:
         eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats)
@@ -1142,19 +1148,19 @@ def kneighbors(
             raise RuntimeError("kneighbors: internal error, a query ended with fewer than k exact neighbours")
         progress(1.0, "knn")
         del eng
-        _release_freed_memory(dev)
-    return KNNResult(distances=out_d.cpu(), indices=out_i.cpu(), query_index=None if qi is None else qi.cpu(),
+        release_freed_memory(dev)
+    return KNNResult(distances=out_d.cpu(), indices=out_i.cpu().long(), query_index=None if qi is None else qi.cpu(),
                      stats=stats)
 
 
-def _release_freed_memory(dev: torch.device) -> None:
+def release_freed_memory(dev: torch.device | str = "cpu") -> None:
     """Hand the heap pages that the search freed back to the OS (glibc ``malloc_trim``).
 
     The search allocates and frees many medium-sized temporaries; glibc keeps freed heap pages mapped, so without
-    this the resident set of a process that runs several analyses grows from call to call. Linux/glibc CPU only;
-    a no-op elsewhere."""
+    this the resident set of a process that runs several analyses grows from call to call. The estimators call it
+    once more at their end, after their own post-processing. Linux/glibc CPU only; a no-op elsewhere."""
     global _malloc_trim
-    if dev.type != "cpu":
+    if torch.device(dev).type != "cpu":
         return
     if _malloc_trim is None:
         _malloc_trim = False

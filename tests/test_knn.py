@@ -422,9 +422,11 @@ def test_home_clusters_walk_past_the_first_nearest_when_they_are_too_small():
         assert small[c] == want
 
 
-def test_native_topk_merge_equals_a_sort_by_distance_then_index():
+@pytest.mark.parametrize("ids", [torch.long, torch.int32])
+def test_native_topk_merge_equals_a_sort_by_distance_then_index(ids):
     """Random offers with repeated pairs and many equal distances, in random order and in several batches: each
-    row ends with its k smallest distinct (distance, index) pairs, as a sort would give."""
+    row ends with its k smallest distinct (distance, index) pairs, as a sort would give (int64 and int32 ids:
+    the search keeps int32 best lists while the row count allows)."""
     if not native.available():
         pytest.fail("the native kernel was not built (README 'Set-up')")
     rng = np.random.default_rng(5)
@@ -433,7 +435,7 @@ def test_native_topk_merge_equals_a_sort_by_distance_then_index():
     cols = rng.integers(0, 60, P)
     d = np.round(np.abs(cols - 30) / 7 + rows % 3, 0)  # the same pair always has the same distance; many ties
     out_d = torch.full((Q, k), np.inf, dtype=torch.float64)
-    out_i = torch.full((Q, k), -1, dtype=torch.long)
+    out_i = torch.full((Q, k), -1, dtype=ids)
     for s in range(0, P, 700):
         assert native.topk_merge(torch.from_numpy(rows[s : s + 700]), torch.from_numpy(cols[s : s + 700]),
                                  torch.from_numpy(d[s : s + 700]), out_d, out_i)

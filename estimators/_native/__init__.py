@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-_ABI = 3
+_ABI = 4
 #: pairs below which one thread does the work (thread hand-off costs more than it saves)
 _THREAD_MIN_PAIRS = 4096
 
@@ -48,9 +48,11 @@ def _load():
         fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64])
-        lib.tg_topk_merge.restype = None
-        lib.tg_topk_merge.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        for name in ("tg_topk_merge", "tg_topk_merge_i32"):
+            fn = getattr(lib, name)
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                           ctypes.c_void_p, ctypes.c_int64]
         return lib
     return None
 
@@ -95,16 +97,18 @@ class BlockCandidates:
 
 def topk_merge(rows: torch.Tensor, cols: torch.Tensor, d: torch.Tensor, out_d: torch.Tensor,
                out_i: torch.Tensor) -> bool:
-    """Merge exact pairs into the rows' k best in place (see ``tg_topk_merge`` in exact.c); False when the kernel
-    does not apply (then the caller merges with torch)."""
-    if (_lib is None or out_d.device.type != "cpu" or out_d.dtype != torch.float64 or out_i.dtype != torch.int64
-            or not out_d.is_contiguous() or not out_i.is_contiguous() or out_d.shape != out_i.shape):
+    """Merge exact pairs into the rows' k best in place (see ``tg_topk_merge`` in exact.c); ``out_i`` int64 or
+    int32 (``rows``/``cols`` are converted to its dtype). False when the kernel does not apply (then the caller
+    merges with torch)."""
+    fn = None if _lib is None else {torch.int64: _lib.tg_topk_merge, torch.int32: _lib.tg_topk_merge_i32}.get(out_i.dtype)
+    if (fn is None or out_d.device.type != "cpu" or out_d.dtype != torch.float64 or not out_d.is_contiguous()
+            or not out_i.is_contiguous() or out_d.shape != out_i.shape):
         return False
-    rows = rows.to(torch.int64).contiguous()
-    cols = cols.to(torch.int64).contiguous()
+    rows = rows.to(out_i.dtype).contiguous()
+    cols = cols.to(out_i.dtype).contiguous()
     d = d.to(torch.float64).contiguous()
-    _lib.tg_topk_merge(rows.data_ptr(), cols.data_ptr(), d.data_ptr(), int(rows.shape[0]), out_d.data_ptr(),
-                       out_i.data_ptr(), int(out_d.shape[1]))
+    fn(rows.data_ptr(), cols.data_ptr(), d.data_ptr(), int(rows.shape[0]), out_d.data_ptr(), out_i.data_ptr(),
+       int(out_d.shape[1]))
     return True
 
 

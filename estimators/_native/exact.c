@@ -2,7 +2,7 @@
  *
  *   tg_pair_dist_f32/_f64  out[p] = sqrt(sum_t ((double)B[ib[p]][t] - (double)A[ia[p]][t])^2)
  *   tg_block_candidates    one block of the symmetric search: threshold tests and exact distances in one pass
- *   tg_topk_merge          each row's k best (distance, index) pairs, by insertion
+ *   tg_topk_merge(_i32)    each row's k best (distance, index) pairs, by insertion (int64 or int32 ids)
  *
  * Distances are difference based, in float64, straight from float32 or float64 rows: one pass over the two rows,
  * no float64 copy of them (the torch fallback converts and subtracts in separate passes). Eight partial sums let
@@ -104,33 +104,38 @@ TG_CLONES int64_t tg_block_candidates(const float *sq, int64_t R, int64_t C, con
  * The result is the k smallest distinct (distance, index) pairs offered so far, whatever the order of the
  * entries: the same rows as a sort by (row, distance, index) with repeats dropped.
  */
-void tg_topk_merge(const int64_t *rows, const int64_t *cols, const double *d, int64_t P, double *out_d,
-                   int64_t *out_i, int64_t k) {
-    for (int64_t p = 0; p < P; ++p) {
-        double *rd = out_d + rows[p] * k;
-        int64_t *ri = out_i + rows[p] * k;
-        const double v = d[p];
-        const int64_t c = cols[p];
-        if (ri[k - 1] >= 0 && (v > rd[k - 1] || (v == rd[k - 1] && c >= ri[k - 1])))
-            continue; /* not better than the row's k-th */
-        int64_t pos = k - 1, dup = 0;
-        for (int64_t t = 0; t < k && ri[t] >= 0; ++t) {
-            if (ri[t] == c) {
-                dup = 1;
-                break;
-            }
-        }
-        if (dup)
-            continue;
-        while (pos > 0 && (ri[pos - 1] < 0 || v < rd[pos - 1] || (v == rd[pos - 1] && c < ri[pos - 1]))) {
-            rd[pos] = rd[pos - 1];
-            ri[pos] = ri[pos - 1];
-            --pos;
-        }
-        rd[pos] = v;
-        ri[pos] = c;
+#define TG_MERGE(NAME, I)                                                                                    \
+    void NAME(const I *rows, const I *cols, const double *d, int64_t P, double *out_d, I *out_i, int64_t k) { \
+        for (int64_t p = 0; p < P; ++p) {                                                                    \
+            double *rd = out_d + (int64_t)rows[p] * k;                                                       \
+            I *ri = out_i + (int64_t)rows[p] * k;                                                            \
+            const double v = d[p];                                                                           \
+            const I c = cols[p];                                                                             \
+            if (ri[k - 1] >= 0 && (v > rd[k - 1] || (v == rd[k - 1] && c >= ri[k - 1])))                     \
+                continue; /* not better than the row's k-th */                                               \
+            int64_t pos = k - 1, dup = 0;                                                                    \
+            for (int64_t t = 0; t < k && ri[t] >= 0; ++t) {                                                  \
+                if (ri[t] == c) {                                                                            \
+                    dup = 1;                                                                                 \
+                    break;                                                                                   \
+                }                                                                                            \
+            }                                                                                                \
+            if (dup)                                                                                         \
+                continue;                                                                                    \
+            while (pos > 0 && (ri[pos - 1] < 0 || v < rd[pos - 1] || (v == rd[pos - 1] && c < ri[pos - 1]))) { \
+                rd[pos] = rd[pos - 1];                                                                       \
+                ri[pos] = ri[pos - 1];                                                                       \
+                --pos;                                                                                       \
+            }                                                                                                \
+            rd[pos] = v;                                                                                     \
+            ri[pos] = c;                                                                                     \
+        }                                                                                                    \
     }
-}
+
+/* int64 ids, and int32 ids (the search keeps its best lists in int32 while the row count allows: half the
+ * memory of the index table) */
+TG_MERGE(tg_topk_merge, int64_t)
+TG_MERGE(tg_topk_merge_i32, int32_t)
 
 /* ABI version of this file, checked by the loader (estimators/_native/__init__.py). */
-int tg_native_abi(void) { return 3; }
+int tg_native_abi(void) { return 4; }

@@ -56,7 +56,7 @@ from pydantic import Field, model_validator
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
 from estimators.id._common import prepare, to_numpy64
-from estimators.knn import kneighbors
+from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
 
 VERSION = "1.0.0"
@@ -245,6 +245,7 @@ def gride_id(
         "filter": f"mu < {FILTER_FACTOR:g}*(q95 - q50) + q50 per step (DADApy)",
         "reference": "dadapy.Data(X).return_id_scaling_gride(range_max=64): id and scale per step",
     }
+    release_freed_memory()  # the post-processing temporaries, as kneighbors did for the search's
     progress(1.0, "gride: done")
     return Result(
         value=value,

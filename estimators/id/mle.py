@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
 from estimators.id._common import dropped_warning, prepare, quantiles, to_numpy64, too_few_error
-from estimators.knn import kneighbors
+from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
 
 VERSION = "1.0.0"
@@ -194,20 +194,24 @@ def mle_id(
         progress=scaled_progress(progress, 0.0, 0.9),
     )
     D = to_numpy64(knn.distances)
+    del knn  # the neighbour indices are not needed here
     progress(0.9, "mle: pooling")
 
+    ks = list(range(k1, k2 + 1)) if k1 is not None else [k]
     per_k = []
     by_k: dict[int, tuple] = {}
     buf = np.empty_like(D)
     for kk in range(K_MIN, kmax + 1):
         val, m, ties, zero = _pooled_at_k(D, kk, normalizer, pooling, buf)
-        by_k[kk] = (val, m, ties, zero)
+        # the pointwise estimates are kept only where they are reported (the first and last k of the average)
+        by_k[kk] = (val, m if kk in (ks[0], ks[-1]) else None, ties, zero)
         per_k.append({"k": kk, "value": val, "n_used": int(m.size), "ties_dropped": ties})
+    q = D.shape[0]
+    del buf, D
+    release_freed_memory()  # the pooling's temporaries, as kneighbors did for the search's
 
-    ks = list(range(k1, k2 + 1)) if k1 is not None else [k]
     lo = ks[0]
     val_lo, m_lo, ties_lo, zero_lo = by_k[lo]
-    q = D.shape[0]
     if any(by_k[kk][0] is None for kk in ks):
         raise too_few_error("mle", int(m_lo.size), MIN_USED, q, f"points whose {lo} neighbour distances are all equal")
     value = float(np.mean([by_k[kk][0] for kk in ks])) if len(ks) > 1 else float(val_lo)

@@ -47,7 +47,7 @@ from pydantic import Field, model_validator
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
 from estimators.id._common import dropped_warning, prepare, quantiles, to_numpy64, too_few_error
-from estimators.knn import kneighbors
+from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
 
 VERSION = "1.0.0"
@@ -284,6 +284,7 @@ def twonn_id(
         )
     else:
         details["decimation"] = None
+    release_freed_memory()  # the post-processing temporaries, as kneighbors did for the search's
     progress(1.0, "twonn: done")
     return Result(value=fit["value"], ci=fit["ci"], ci_method=ci_method, details=details, warnings=warnings)
 
