@@ -22,7 +22,8 @@ Data
 
     .venv/bin/python bench/id_bench.py            # full grid, n ∈ {2000, 10000, 20000} × D ∈ {784, 3072}
     .venv/bin/python bench/id_bench.py --quick    # n ∈ {2000, 10000} × D=784, 2 repeats
-Writes ``bench/results_id.md`` (``--out`` to change).
+    .venv/bin/python bench/id_bench.py --rounds 5 # n=20000, D=784: taskgauge and the reference alternating
+Writes ``bench/results_id.md`` (``--out`` to change); ``--rounds`` writes ``bench/results_id_rounds.md``.
 """
 
 from __future__ import annotations
@@ -220,13 +221,20 @@ def main() -> None:
     ap.add_argument("--D", type=int, nargs="*", help="dimensions (default 784 3072)")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     ap.add_argument("--repeats", type=int, default=None, help="runs per cell (median reported; default 3)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results_id.md"))
+    ap.add_argument("--out", default=None, help="result file (default bench/results_id.md, with --rounds "
+                    "bench/results_id_rounds.md)")
+    ap.add_argument("--rounds", type=int, default=0, help="instead of the grid: R rounds on one cell (first --n and "
+                    "--D, default 20000 × 784), taskgauge and the reference alternating, each a fresh process")
     ap.add_argument("--worker", nargs=4, metavar=("METHOD", "N", "D", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         m, n, D, r = args.worker
         worker(m, int(n), int(D), int(r))
         return
+    if args.rounds:
+        rounds(args)
+        return
+    args.out = args.out or str(ROOT / "bench" / "results_id.md")
     ns = args.n or ([2000, 10000] if args.quick else [2000, 10000, 20000])
     Ds = args.D or ([784] if args.quick else [784, 3072])
     repeats = args.repeats or (2 if args.quick else 3)
@@ -249,6 +257,69 @@ def main() -> None:
                 print(f"D={D} n={n} {m:11s} {r['median']:8.3f} s  value {r['value']:.10g}  peak {r['peak_mb']:.0f} MB",
                       flush=True)
     write(args, rows, started, load_before, os.getloadavg(), time.time() - t0, repeats)
+
+
+def _run_worker(method: str, n: int, D: int, repeats: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", method, str(n), str(D), str(repeats)],
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        sys.exit(f"{method} n={n} D={D} failed:\n{out.stderr[-2000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["median"] = statistics.median(r["times"])
+    return r
+
+
+def rounds(args) -> None:
+    """``--rounds R``: on one cell, each of ``tg_mle``/``skdim_mle`` and ``tg_twonn``/``dadapy_2nn`` run in
+    alternation (each a fresh subprocess with ``repeats`` calls, as in the grid), R times. This shared machine's
+    speed drifts from minute to minute; neighbours in time see the same drift, so each round's ratio is fair even
+    when the absolute times move. Writes ``bench/results_id_rounds.md`` (``--out`` to change)."""
+    n, D = (args.n or [20000])[0], (args.D or [784])[0]
+    repeats = args.repeats or 3
+    pairs = [(other, mine) for other, mine in RATIOS if other in args.methods and mine in args.methods
+             and other != "faiss_knn"]
+    started, load_before, t0 = datetime.now(timezone.utc), os.getloadavg(), time.time()
+    res: list[dict] = []
+    for i in range(args.rounds):
+        got = {}
+        for other, mine in pairs:
+            for m in (mine, other):
+                got[m] = _run_worker(m, n, D, repeats)
+        res.append(got)
+        print(f"round {i + 1}: " + "  ".join(f"{m} {r['median']:.2f} s {r['peak_mb']:.1f} MB" for m, r in got.items()),
+              flush=True)
+    cmd = "python bench/id_bench.py " + " ".join(sys.argv[1:])
+    load_after = os.getloadavg()
+    L = [
+        "# Intrinsic-dimension benchmark, interleaved rounds",
+        "",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC; command: `{cmd.strip()}`; total wall time {time.time() - t0:.0f} s",
+        f"- machine: {machine()}",
+        f"- load average (1/5/15 min) at start {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
+        f"at end {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}",
+        f"- cell: n={n}, D={D} (data as in the grid); each entry a fresh subprocess, median of {repeats} calls; peak ="
+        " VmHWM during the calls (reset after imports and data loading), as in the grid",
+        "",
+        "| round | comparison | time: other / taskgauge | ratio | peak MB: other / taskgauge | peak difference MB | values: relative difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    summary = []
+    for other, mine in pairs:
+        ratios, diffs = [], []
+        for i, got in enumerate(res, 1):
+            a, b = got[other], got[mine]
+            ratios.append(a["median"] / b["median"])
+            diffs.append(a["peak_mb"] - b["peak_mb"])
+            rel = abs(a["value"] - b["value"]) / abs(b["value"])
+            L.append(f"| {i} | {other} / {mine} | {a['median']:.2f} / {b['median']:.2f} s | {ratios[-1]:.2f}× | "
+                     f"{a['peak_mb']:.1f} / {b['peak_mb']:.1f} | {diffs[-1]:+.1f} | {rel:.1e} |")
+        summary.append(f"- {other} / {mine}: time ratio min {min(ratios):.2f}×, median {statistics.median(ratios):.2f}×, "
+                       f"max {max(ratios):.2f}×; the reference's peak minus ours: min {min(diffs):+.1f} MB, "
+                       f"median {statistics.median(diffs):+.1f} MB (positive: ours lower)")
+    L += ["", "Summary", ""] + summary
+    out = Path(args.out or ROOT / "bench" / "results_id_rounds.md")
+    out.write_text("\n".join(L) + "\n")
+    print(f"wrote {out}")
 
 
 def write(args, rows, started, load_before, load_after, wall, repeats) -> None:
