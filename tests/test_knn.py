@@ -403,6 +403,31 @@ def test_exact_distances_native_and_torch_match_numpy(exact_kernel, dtype, D):
     assert knn.exact_distances(A, ia[:0], B, ib[:0]).shape == (0,)
 
 
+def test_principal_directions_span_a_low_rank_set_and_bound_distances_from_below():
+    """The range finder's Rayleigh–Ritz step keeps the *top* directions: on exact rank-5 data (plus an offset) the
+    rank-5 embedding's residual coordinate rho is ~0 and embedded distances equal the true ones to float32
+    rounding; with rank 8 the bound |w_i - w_j| <= |x_i - x_j| holds (up to the float32 rounding of w), and fewer
+    sampled rows than asked directions give as many directions as rows."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((600, 5)) @ rng.standard_normal((5, 120)) + 7.0
+    emb = knn.lower_bound_embedding(torch.from_numpy(X), 5)
+    assert emb.rank == 5 and emb.w.shape == (600, 6)
+    w = emb.w.double().numpy()
+    scale = np.abs(X - X.mean(0)).max()
+    assert np.abs(w[:, 5]).max() < 1e-4 * scale  # rho: nothing outside the 5 found directions
+    d_true = np.linalg.norm(X[:50, None] - X[None, :50], axis=2)
+    d_emb = np.linalg.norm(w[:50, None, :5] - w[None, :50, :5], axis=2)
+    assert np.allclose(d_emb, d_true, rtol=0, atol=1e-5 * scale)
+    Y = rng.standard_normal((600, 120))  # full rank: the embedding only bounds from below
+    e8 = knn.lower_bound_embedding(torch.from_numpy(Y), 8)
+    w8 = e8.w.double().numpy()
+    lo = np.linalg.norm(w8[:80, None] - w8[None, :80], axis=2)
+    hi = np.linalg.norm(Y[:80, None] - Y[None, :80], axis=2)
+    assert (lo <= hi + 1e-5 * np.abs(Y).max()).all() and (lo < 0.9 * hi + 1e-9).mean() > 0.5
+    few = knn.lower_bound_embedding(torch.from_numpy(Y[:30]), 64)
+    assert few.rank == 30
+
+
 def test_home_clusters_walk_past_the_first_nearest_when_they_are_too_small():
     """Each home set starts with the cluster itself, follows centroid distance, skips empty clusters and stops
     once it holds `need` points; rows whose 64 nearest clusters are too small use the full order."""

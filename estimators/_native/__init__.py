@@ -100,7 +100,9 @@ def topk_merge(rows: torch.Tensor, cols: torch.Tensor, d: torch.Tensor, out_d: t
     """Merge exact pairs into the rows' k best in place (see ``tg_topk_merge`` in exact.c); ``out_i`` int64 or
     int32 (``rows``/``cols`` are converted to its dtype). False when the kernel does not apply (then the caller
     merges with torch)."""
-    fn = None if _lib is None else {torch.int64: _lib.tg_topk_merge, torch.int32: _lib.tg_topk_merge_i32}.get(out_i.dtype)
+    fn = None
+    if _lib is not None:
+        fn = {torch.int64: _lib.tg_topk_merge, torch.int32: _lib.tg_topk_merge_i32}.get(out_i.dtype)
     if (fn is None or out_d.device.type != "cpu" or out_d.dtype != torch.float64 or not out_d.is_contiguous()
             or not out_i.is_contiguous() or out_d.shape != out_i.shape):
         return False
