@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from estimators.id.mle import mle_id  # noqa: E402
 from estimators.id.twonn import twonn_id  # noqa: E402
 from estimators.knn import kneighbors  # noqa: E402
+from id_bench import mle_from_distances  # noqa: E402  (bench/ is on the path when this script runs)
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -109,13 +110,6 @@ def brute_check(X: torch.Tensor, rows: torch.Tensor, dist: torch.Tensor, idx: to
     return {"rows": int(q.shape[0]), "indices_equal": ok_i, "distances_equal_1e-12": ok_d, "worst_rel": worst}
 
 
-def mle_from(dist: np.ndarray, k: int) -> float:
-    """MacKay–Ghahramani pooled MLE (k-1 normaliser) of ascending neighbour distances (METHODS §1.1)."""
-    T = dist[:, :k]
-    u = np.log(T[:, k - 1 : k] / T).sum(1) / (k - 1)
-    return float(1.0 / u.mean())
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -161,7 +155,7 @@ def main() -> None:
     fig["knn_s"] = round(time.perf_counter() - t, 2)
     fig["knn_stats"] = {k: v for k, v in knn.stats.items() if k != "seconds"}
     fig["knn_phases_s"] = knn.stats.get("seconds")
-    fig["mle_from_knn"] = mle_from(knn.distances.numpy(), 20)
+    fig["mle_from_knn"] = mle_from_distances(knn.distances.numpy(), 20)
     fig["mle_rel_diff"] = abs(fig["mle_from_knn"] - res.value) / abs(res.value)
     rows = torch.from_numpy(np.sort(np.random.default_rng(1).choice(args.n, args.check_rows, replace=False)))
     fig["check"] = brute_check(torch.from_numpy(X), rows, knn.distances[rows], knn.indices[rows], 20, device)

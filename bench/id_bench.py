@@ -91,7 +91,12 @@ def _inline_mle(X: np.ndarray, k: int = 20) -> float:
     Xt = torch.from_numpy(X)
     dup = exact_duplicates(Xt)
     Xt = Xt[torch.from_numpy(dup.unique_index)]
-    T = kneighbors(Xt, k).distances.numpy()
+    return mle_from_distances(kneighbors(Xt, k).distances.numpy(), k)
+
+
+def mle_from_distances(T: np.ndarray, k: int) -> float:
+    """MacKay–Ghahramani pooled MLE (k - 1 normaliser, METHODS §1.1) of ascending neighbour distances (Q, >= k)."""
+    T = T[:, :k]
     u = np.log(T[:, -1:] / T[:, :-1]).sum(1) / (k - 1)
     return float(1.0 / u.mean())
 
@@ -245,25 +250,23 @@ def main() -> None:
     for D in Ds:
         for n in ns:
             for m in args.methods:
-                out = subprocess.run([sys.executable, __file__, "--worker", m, str(n), str(D), str(repeats)],
-                                     capture_output=True, text=True, cwd=ROOT)
-                if out.returncode:
-                    print(out.stderr[-2000:], file=sys.stderr)
-                    rows.append({"method": m, "n": n, "D": D, "error": out.stderr.strip().splitlines()[-1]})
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                r["median"] = statistics.median(r["times"])
+                r = _run_worker(m, n, D, repeats)
                 rows.append(r)
+                if "error" in r:
+                    continue
                 print(f"D={D} n={n} {m:11s} {r['median']:8.3f} s  value {r['value']:.10g}  peak {r['peak_mb']:.0f} MB",
                       flush=True)
     write(args, rows, started, load_before, os.getloadavg(), time.time() - t0, repeats)
 
 
 def _run_worker(method: str, n: int, D: int, repeats: int) -> dict:
+    """One cell in a fresh subprocess: its JSON line plus ``median``, or ``{..., "error": last stderr line}``
+    (the stderr tail is printed)."""
     out = subprocess.run([sys.executable, __file__, "--worker", method, str(n), str(D), str(repeats)],
                          capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
-        sys.exit(f"{method} n={n} D={D} failed:\n{out.stderr[-2000:]}")
+        print(out.stderr[-2000:], file=sys.stderr)
+        return {"method": method, "n": n, "D": D, "error": out.stderr.strip().splitlines()[-1]}
     r = json.loads(out.stdout.strip().splitlines()[-1])
     r["median"] = statistics.median(r["times"])
     return r
@@ -285,6 +288,8 @@ def rounds(args) -> None:
         for other, mine in pairs:
             for m in (mine, other):
                 got[m] = _run_worker(m, n, D, repeats)
+                if "error" in got[m]:
+                    sys.exit(f"{m} n={n} D={D} failed: {got[m]['error']}")
         res.append(got)
         print(f"round {i + 1}: " + "  ".join(f"{m} {r['median']:.2f} s {r['peak_mb']:.1f} MB" for m, r in got.items()),
               flush=True)
