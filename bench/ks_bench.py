@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from estimators._pairs import interclass_min  # noqa: E402
+from estimators.knn.pairs import interclass_min  # noqa: E402
 from estimators.label_sharpness import LabelSharpnessParams, label_sharpness  # noqa: E402
 
 DATA = Path("/usr/share/datasets/fashion-mnist")

@@ -17,8 +17,8 @@ _MODULES = (
     "estimators.id.mle",
     "estimators.id.twonn",
     "estimators.id.gride",
-    "estimators.label_sharpness",
-    "estimators.inductive_bias",
+    "estimators.label_sharpness.estimator",
+    "estimators.inductive_bias.estimator",
     "estimators.subspace.estimator",
 )
 

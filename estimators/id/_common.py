@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from estimators._checks import as_matrix
+from estimators.validation import as_matrix
 from estimators.base import EstimatorError
 from estimators.knn import exact_duplicates
 

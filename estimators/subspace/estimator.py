@@ -35,6 +35,7 @@ from estimators.base import EstimatorError, Params, ProgressFn, Result
 from estimators.models.builders import build_model, count_params
 from estimators.models.spec import ModelSpec, TrainSpec, _Strict, parse_model_spec
 from estimators.registry import register
+from estimators.validation import as_labelled
 from estimators.subspace.projections import PROJECTIONS, make_projection, projection_bytes
 from estimators.subspace.sweep import bootstrap_ci, coarse_grid, crossing, run_sweep, train_models
 from estimators.subspace.wrapper import DirectModel, SubspaceModel
@@ -89,25 +90,10 @@ def effective_train(params: SubspaceParams) -> TrainSpec:
 
 
 def _check_inputs(X: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(X, torch.Tensor):
-        X = torch.as_tensor(np.asarray(X))
-    if y is None:
-        raise EstimatorError("subspace training needs class labels y; upload labels or drop this estimator")
-    if not isinstance(y, torch.Tensor):
-        y = torch.as_tensor(np.asarray(y))
-    if X.dim() not in (2, 4):
-        raise EstimatorError(f"X must be N×D or N×C×H×W, got shape {tuple(X.shape)}")
-    if y.dim() != 1 or y.shape[0] != X.shape[0]:
-        raise EstimatorError(f"y must be a vector of {X.shape[0]} class indices, got shape {tuple(y.shape)}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise EstimatorError("y must hold integer class indices")
+    X, y = as_labelled(X, y, "subspace", images=True)
     if y.numel() and int(y.min()) < 0:
-        raise EstimatorError("class indices in y must be ≥ 0")
-    X = X.to(torch.float32)
-    if not torch.isfinite(X).all():
-        bad = int((~torch.isfinite(X.reshape(X.shape[0], -1))).any(1).nonzero()[0, 0])
-        raise EstimatorError(f"X contains NaN or Inf (first at sample {bad}); clean the data")
-    return X, y.to(torch.int64)
+        raise EstimatorError("subspace: class indices in y must be ≥ 0")
+    return X.to(torch.float32), y
 
 
 def _groups(n: int, size: int) -> list[list[int]]:

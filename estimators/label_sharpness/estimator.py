@@ -9,7 +9,7 @@ labelling function's Lipschitz constant.
 
 Modes
 -----
-``exact`` (default): δ over ALL N² pairs, exactly, via :func:`estimators._pairs.interclass_min` (principal-
+``exact`` (default): δ over ALL N² pairs, exactly, via :func:`estimators.knn.pairs.interclass_min` (principal-
 direction lower bounds prune the pairs; the surviving ones are measured in float64 as ‖x_j − x_k‖). Also the
 C×C matrix of minimum distances between every two classes (``details.class_min_distance``), so a user sees which
 classes touch, and the ``top_pairs`` closest differently labelled pairs (``details.offending_pairs``).
@@ -45,10 +45,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from estimators._checks import as_matrix
-from estimators._pairs import interclass_min
+from estimators.validation import as_labelled
+from estimators.knn.pairs import exact_interclass, interclass_min
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
-from estimators.knn import exact_duplicates
 from estimators.registry import register
 
 VERSION = "1.0.0"
@@ -76,50 +75,6 @@ class LabelSharpnessParams(Params):
 
 
 # --- input checks and duplicates -------------------------------------------------------------------------------
-
-
-def check_inputs(X, y, name: str = "label_sharpness") -> tuple[torch.Tensor, torch.Tensor]:
-    if y is None:
-        raise EstimatorError(
-            f"{name} needs class labels but none were given; upload labels (an array 'y' in the .npz "
-            "or a label column) or drop this estimator"
-        )
-    if isinstance(y, np.ndarray):
-        y = torch.from_numpy(np.ascontiguousarray(y))
-    X = as_matrix(X, name)
-    y = y.detach().cpu().reshape(-1)
-    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-        raise EstimatorError(f"{name}: y must hold integer class indices, got dtype {y.dtype}")
-    if y.shape[0] != X.shape[0]:
-        raise EstimatorError(f"{name}: X has {X.shape[0]} rows but y has {y.shape[0]} labels; they must match")
-    if X.shape[0] < 2:
-        raise EstimatorError(f"{name} needs at least 2 samples, got {X.shape[0]}")
-    return X, y.to(torch.long)
-
-
-def _duplicates(X: torch.Tensor, y: np.ndarray, max_listed: int):
-    """Distinct (row, label) representatives and the conflicting-duplicate summary (METHODS §0, §2)."""
-    dup = exact_duplicates(X)
-    _, y_idx = np.unique(y, return_inverse=True)
-    key = dup.inverse.astype(np.int64) * (int(y_idx.max()) + 1) + y_idx
-    _, first = np.unique(key, return_index=True)
-    reps = np.sort(first)
-    groups = []
-    n_pairs = 0
-    for g in dup.groups:
-        labs, counts = np.unique(y[g], return_counts=True)
-        if labs.size > 1:
-            n_pairs += (len(g) ** 2 - int((counts.astype(np.int64) ** 2).sum())) // 2
-            groups.append(g)
-    summary = {
-        "groups": len(groups),
-        "pairs": int(n_pairs),
-        "listed": [
-            {"indices": [int(i) for i in g[:50]], "labels": sorted({int(v) for v in y[g]}), "size": len(g)}
-            for g in groups[:max_listed]
-        ],
-    }
-    return reps, dup.n_removed, summary
 
 
 def _pair_rows(pairs, y: np.ndarray, index_map: np.ndarray | None = None) -> list[dict]:
@@ -273,24 +228,6 @@ def _paper(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, pr
 # --- exact mode ---------------------------------------------------------------------------------------------------
 
 
-def exact_interclass(
-    X: torch.Tensor, y: torch.Tensor, *, top_k: int = 10, prune_dims: int = 64, device=torch.device("cpu"),
-    memory_budget_mb: int = 1024, progress: ProgressFn = no_progress,
-):
-    """Exact inter-class minima of (X, y) after collapsing duplicate (row, label) combinations.
-
-    Returns (InterclassResult on the representatives, representative row indices into X, number of exact
-    duplicate rows, conflicting-duplicate summary). Shared with ``inductive_bias`` (δ, METHODS §3.1).
-    """
-    progress(0.0, "duplicates")
-    reps, n_dup_rows, conflicts = _duplicates(X, y.numpy(), top_k)
-    res = interclass_min(
-        X[torch.from_numpy(reps)], y[torch.from_numpy(reps)], top_k=top_k, prune_dims=prune_dims,
-        device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.1, 1.0),
-    )
-    return res, reps, n_dup_rows, conflicts
-
-
 def _exact(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, progress: ProgressFn) -> Result:
     y_np = y.numpy()
     warnings: list[str] = []
@@ -345,7 +282,7 @@ def label_sharpness(
 ) -> Result:
     """K_F = 1/δ, δ the minimum distance between differently labelled samples (METHODS §2); see the module
     docstring for the modes, the details and the handling of duplicates."""
-    X, y = check_inputs(X, y)
+    X, y = as_labelled(X, y, "label_sharpness")
     if params.mode == "paper":
         return _paper(X, y, params, torch.device(device), progress)
     return _exact(X, y, params, torch.device(device), progress)

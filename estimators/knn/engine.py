@@ -51,7 +51,7 @@ back on the CPU.
 
 Shared pieces: :func:`lower_bound_embedding` (step 2's embedding with its certified error constants) and
 :func:`exact_distances` (the one float64 distance) also serve the exact inter-class pair search behind
-``label_sharpness`` and the δ of ``inductive_bias`` (``estimators._pairs``), so every exact distance and every
+``label_sharpness`` and the δ of ``inductive_bias`` (``estimators.knn.pairs``), so every exact distance and every
 pruning bound in taskgauge comes from this module.
 """
 
@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from estimators import _native
-from estimators._checks import all_finite
+from estimators.validation import as_matrix
 from estimators.base import EstimatorError, ProgressFn, no_progress
 
 _U64 = 2.0**-53
@@ -1180,17 +1180,14 @@ _malloc_trim = None
 
 
 def _as_matrix(X, name: str) -> torch.Tensor:
-    """A 2-D floating tensor (integers become float64); bad shapes and non-finite values are errors."""
-    if isinstance(X, np.ndarray):
-        X = torch.from_numpy(np.ascontiguousarray(X))
-    if not isinstance(X, torch.Tensor):
-        raise EstimatorError(f"kneighbors: {name} must be a torch.Tensor or numpy array, got {type(X).__name__}")
-    if X.dim() != 2:
-        raise EstimatorError(f"kneighbors: {name} must have shape (N, D), got {tuple(X.shape)}")
-    if X.dtype == torch.bool or X.is_complex():
-        raise EstimatorError(f"kneighbors: {name} must be real-valued, got dtype {X.dtype}")
+    """A 2-D float32/float64 tensor (other real dtypes become float64); the checks are :func:`as_matrix`'s."""
+    X = as_matrix(X, "kneighbors", what=name) if (
+        isinstance(X, (torch.Tensor, np.ndarray)) and X.ndim == 2) else _not_a_matrix(X, name)
     if X.dtype not in (torch.float32, torch.float64):
         X = X.to(torch.float64)
-    if not all_finite(X):
-        raise EstimatorError(f"kneighbors: {name} contains NaN or Inf values; remove or impute them first")
-    return X.detach()
+    return X
+
+
+def _not_a_matrix(X, name: str):
+    shape = tuple(X.shape) if hasattr(X, "shape") else type(X).__name__
+    raise EstimatorError(f"kneighbors: {name} must be a torch.Tensor or numpy array of shape (N, D), got {shape}")

@@ -1,4 +1,4 @@
-"""label_sharpness (METHODS §2) and the exact inter-class pair search behind it (estimators/_pairs.py).
+"""label_sharpness (METHODS §2) and the exact inter-class pair search behind it (estimators/knn/pairs.py).
 
 References: the definition (K_F = 1/min inter-class distance, METHODS §6 rows "K_F") and an independent
 brute-force float64 numpy computation over all N² pairs.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from estimators import registry
-from estimators._pairs import interclass_min
+from estimators.knn.pairs import interclass_min
 from estimators.base import EstimatorError
 from estimators.label_sharpness import LabelSharpnessParams, label_sharpness
 from workers.report import result_to_json

@@ -50,8 +50,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from estimators.base import EstimatorError, ProgressFn, no_progress
-from estimators.knn import exact_distances, lower_bound_embedding
+from estimators.base import EstimatorError, ProgressFn, no_progress, scaled_progress
+from estimators.knn.engine import exact_distances, exact_duplicates, lower_bound_embedding
 
 Backend = Literal["auto", "faiss", "torch"]
 
@@ -276,3 +276,46 @@ def interclass_min(
     )
     delta = float(np.nanmin(class_min))
     return InterclassResult(delta, labels, class_min, class_argmin, top, stats)
+
+
+def _duplicates(X: torch.Tensor, y: np.ndarray, max_listed: int):
+    """Distinct (row, label) representatives and the conflicting-duplicate summary (METHODS §0, §2)."""
+    dup = exact_duplicates(X)
+    _, y_idx = np.unique(y, return_inverse=True)
+    key = dup.inverse.astype(np.int64) * (int(y_idx.max()) + 1) + y_idx
+    _, first = np.unique(key, return_index=True)
+    reps = np.sort(first)
+    groups = []
+    n_pairs = 0
+    for g in dup.groups:
+        labs, counts = np.unique(y[g], return_counts=True)
+        if labs.size > 1:
+            n_pairs += (len(g) ** 2 - int((counts.astype(np.int64) ** 2).sum())) // 2
+            groups.append(g)
+    summary = {
+        "groups": len(groups),
+        "pairs": int(n_pairs),
+        "listed": [
+            {"indices": [int(i) for i in g[:50]], "labels": sorted({int(v) for v in y[g]}), "size": len(g)}
+            for g in groups[:max_listed]
+        ],
+    }
+    return reps, dup.n_removed, summary
+
+
+def exact_interclass(
+    X: torch.Tensor, y: torch.Tensor, *, top_k: int = 10, prune_dims: int = 64, device=torch.device("cpu"),
+    memory_budget_mb: int = 1024, progress: ProgressFn = no_progress,
+):
+    """Exact inter-class minima of (X, y) after collapsing duplicate (row, label) combinations.
+
+    Returns (InterclassResult on the representatives, representative row indices into X, number of exact
+    duplicate rows, conflicting-duplicate summary). Shared with ``inductive_bias`` (δ, METHODS §3.1).
+    """
+    progress(0.0, "duplicates")
+    reps, n_dup_rows, conflicts = _duplicates(X, y.numpy(), top_k)
+    res = interclass_min(
+        X[torch.from_numpy(reps)], y[torch.from_numpy(reps)], top_k=top_k, prune_dims=prune_dims,
+        device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.1, 1.0),
+    )
+    return res, reps, n_dup_rows, conflicts

@@ -14,9 +14,9 @@ from scipy.stats import ncx2
 
 from estimators import registry
 from estimators.base import EstimatorError
-from estimators.ib.closed_form import cartpole_bits, classification_bits, mujoco_bits
-from estimators.ib.delta import evt_delta, sample_delta
-from estimators.ib.sampled import kernel_losses, mlp_losses, ncx2_bits, one_hot
+from estimators.inductive_bias.closed_form import cartpole_bits, classification_bits, mujoco_bits
+from estimators.inductive_bias.delta import evt_delta, sample_delta
+from estimators.inductive_bias.sampled import kernel_losses, mlp_losses, ncx2_bits, one_hot
 from estimators.inductive_bias import InductiveBiasParams, inductive_bias
 from estimators.label_sharpness import LabelSharpnessParams, label_sharpness
 

@@ -1,6 +1,6 @@
 """Inductive-bias complexity Ĩ in bits (Boopathy et al. 2023 and 2024; METHODS.md §3).
 
-``mode="closed_form"`` (default, METHODS §3.1): the 2023 closed form (:mod:`estimators.ib.closed_form`)
+``mode="closed_form"`` (default, METHODS §3.1): the 2023 closed form (:mod:`estimators.inductive_bias.closed_form`)
 
     Ĩ = dimΘ_q · [log₂B + ½log₂D_out + ½log₂P − log₂ε + log₂L_f + ln W / ln 2]   bits,
 
@@ -10,7 +10,7 @@ with every input derived from the data and reported in ``details.inputs`` (with 
   anchors against all points, as the authors' ``intrinsic_dim``), rounded to an integer;
 * R = max ‖x‖ (raw data, not centred);
 * δ = the exact minimum distance between differently labelled points (``delta_method="exact"``; equals
-  1/K_F of ``label_sharpness``), or the authors' ``sample`` / ``evt`` estimators (:mod:`estimators.ib.delta`);
+  1/K_F of ``label_sharpness``), or the authors' ``sample`` / ``evt`` estimators (:mod:`estimators.inductive_bias.delta`);
 * n = number of samples, C = number of classes (D_out = C − 1, P = C, B = 1), ε = ``epsilon`` (0.01).
 
 Any of m, R, delta, n, n_classes can be overridden by params, so a paper's numbers are reproducible from its
@@ -19,7 +19,7 @@ Overridden inputs are not computed at all.
 
 ``mode="sampled"`` (METHODS §3.2): Ĩ = −log₂ P(test MSE ≤ ε) over hypotheses drawn from an RBF Gaussian
 process posterior (``space="kernel"``) or from independently trained MLPs (``space="mlp"``), through the scaled
-non-central χ² fit of :mod:`estimators.ib.sampled`. The data are split (seeded) into ``n_train`` training and
+non-central χ² fit of :mod:`estimators.inductive_bias.sampled`. The data are split (seeded) into ``n_train`` training and
 ``n_test`` test points. Defaults are chosen to run on a CPU in seconds: kernel: 500/200 points, 10,000 GP
 samples (≈2 s); mlp: 100 trials of a 32-wide, depth-2 ReLU MLP, 50 epochs, batch 64 (≈10 s on 2 cores for
 784 features; the ncx2 fit then rests on 100 losses, so raise mlp_trials for a tighter estimate). ε in this mode is a threshold on the test MSE to one-hot targets.
@@ -45,8 +45,9 @@ import torch
 from pydantic import Field
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
-from estimators.ib.closed_form import classification_bits
-from estimators.label_sharpness import check_inputs, exact_interclass
+from estimators.inductive_bias.closed_form import classification_bits
+from estimators.knn.pairs import exact_interclass
+from estimators.validation import as_labelled
 from estimators.registry import register
 
 VERSION = "1.0.0"
@@ -102,7 +103,7 @@ def _mle_m(X: torch.Tensor, p: InductiveBiasParams, device, progress: ProgressFn
 
 
 def _delta(X, y, p: InductiveBiasParams, device, progress: ProgressFn) -> tuple[float, dict, list[str]]:
-    from estimators.ib.delta import evt_delta, sample_delta  # noqa: PLC0415
+    from estimators.inductive_bias.delta import evt_delta, sample_delta  # noqa: PLC0415
 
     warnings: list[str] = []
     if p.delta_method == "exact":
@@ -198,7 +199,7 @@ def _split(n: int, n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np
 
 
 def _sampled(X, y, p: InductiveBiasParams, device, progress: ProgressFn) -> Result:
-    from estimators.ib.sampled import kernel_losses, mlp_losses, ncx2_bits, one_hot  # noqa: PLC0415
+    from estimators.inductive_bias.sampled import kernel_losses, mlp_losses, ncx2_bits, one_hot  # noqa: PLC0415
 
     labels, y_idx = torch.unique(y, return_inverse=True)
     C = int(labels.numel())
@@ -244,7 +245,7 @@ def inductive_bias(
     progress: ProgressFn = no_progress,
 ) -> Result:
     """Ĩ in bits (METHODS §3); see the module docstring for the modes, inputs and overrides."""
-    X, y = check_inputs(X, y, "inductive_bias")
+    X, y = as_labelled(X, y, "inductive_bias")
     if params.mode == "sampled":
         return _sampled(X, y, params, torch.device(device), progress)
     return _closed_form(X, y, params, torch.device(device), progress)
