@@ -1,44 +1,26 @@
-"""Runtime state built by the app's lifespan, and the ``Annotated`` dependencies routes declare.
+"""The ``Annotated`` dependencies routes declare.
 
 ``SessionDep`` (a SQLAlchemy session; the route or service owns the one commit), ``OwnerDep`` (the API key's
-owner, from ``Authorization: Bearer …``), ``StateDep`` (settings, engine, blob store, worker config).
+owner, from ``Authorization: Bearer …``), ``StateDep`` (the service :class:`~taskgauge.context.Context`: settings, engine, blob store, enqueue).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Iterator
 
 from fastapi import Depends, Request
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from app.auth import Principal, authenticate
-from app.errors import Unauthorized
-from app.settings import Settings
-from workers.blobstore import BlobStore
-from workers.celery_app import WorkerConfig
+from taskgauge.auth import Principal, authenticate
+from taskgauge.context import Context
+from taskgauge.errors import Unauthorized
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker
-    blobs: BlobStore
-    worker_config: WorkerConfig
-
-    @property
-    def upload_tmp(self) -> Path:
-        return Path(self.settings.DATA_DIR) / "tmp" / "uploads"
-
-
-def get_state(request: Request) -> AppState:
+def get_state(request: Request) -> Context:
     return request.app.state.taskgauge
 
 
-StateDep = Annotated[AppState, Depends(get_state)]
+StateDep = Annotated[Context, Depends(get_state)]
 
 
 def get_session(state: StateDep) -> Iterator[Session]:

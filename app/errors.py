@@ -1,8 +1,8 @@
-"""One error hierarchy and one handler: every error leaves the API as RFC 9457 ``application/problem+json``.
+"""One handler: every error leaves the API as RFC 9457 ``application/problem+json``.
 
-Services raise :class:`TaskgaugeError` subclasses (never ``HTTPException``); :func:`install_error_handlers`
-renders them, and also FastAPI's request-validation errors, Starlette's 404/405, ingest errors
-(:class:`app.ingest.IngestError`), estimator errors and unexpected exceptions, in the same shape::
+Services raise :class:`taskgauge.errors.TaskgaugeError` subclasses (never ``HTTPException``);
+:func:`install_error_handlers` renders them, and also FastAPI's request-validation errors, Starlette's 404/405, ingest errors
+(:class:`taskgauge.datasets.ingest.IngestError`), estimator errors and unexpected exceptions, in the same shape::
 
     {"type": "https://taskgauge.dev/problems/not-found", "title": "Not found", "status": 404,
      "detail": "dataset 3f2c… does not exist (or belongs to another key); list yours with GET /api/v1/datasets",
@@ -20,83 +20,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from taskgauge.errors import PROBLEM_MEDIA_TYPE, Problem, TaskgaugeError, problem
+
 log = logging.getLogger("taskgauge.api")
-
-PROBLEM_BASE = "https://taskgauge.dev/problems/"
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str | None = None
-    instance: str | None = None
-
-
-class TaskgaugeError(Exception):
-    """Base of every error the API reports. ``kind`` becomes the problem ``type`` URI's last segment."""
-
-    status: int = 500
-    title: str = "Internal error"
-    kind: str = "internal"
-
-    def __init__(self, detail: str, *, title: str | None = None, status: int | None = None,
-                 kind: str | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if title is not None:
-            self.title = title
-        if status is not None:
-            self.status = status
-        if kind is not None:
-            self.kind = kind
-        self.extra = extra
-
-    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
-        body = {"type": PROBLEM_BASE + self.kind, "title": self.title, "status": self.status,
-                "detail": self.detail, "instance": instance}
-        body.update(self.extra)
-        return body
-
-
-class BadRequest(TaskgaugeError):
-    status, title, kind = 400, "Bad request", "bad-request"
-
-
-class Unauthorized(TaskgaugeError):
-    status, title, kind = 401, "Missing or invalid API key", "unauthorized"
-
-
-class NotFound(TaskgaugeError):
-    status, title, kind = 404, "Not found", "not-found"
-
-
-class Conflict(TaskgaugeError):
-    status, title, kind = 409, "Conflict", "conflict"
-
-
-class PayloadTooLarge(TaskgaugeError):
-    status, title, kind = 413, "Upload too large", "too-large"
-
-
-class InvalidInput(TaskgaugeError):
-    status, title, kind = 422, "Invalid input", "invalid-input"
-
-
-class ServiceUnavailable(TaskgaugeError):
-    status, title, kind = 503, "Service unavailable", "unavailable"
-
-
-def not_found(what: str, ident: str, hint: str) -> NotFound:
-    return NotFound(f"{what} {ident!s} does not exist (or belongs to another API key); {hint}")
 
 
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -128,7 +56,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    from app.ingest import IngestError
+    from taskgauge.datasets.ingest import IngestError
     from estimators.base import EstimatorError
 
     @app.exception_handler(TaskgaugeError)
@@ -139,22 +67,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IngestError)
     async def _ingest(request: Request, exc: IngestError) -> JSONResponse:
         kind = "too-large" if exc.status == 413 else "bad-upload"
-        return problem_response({"type": PROBLEM_BASE + kind, "title": exc.title, "status": exc.status,
-                                 "detail": exc.detail, "instance": request.url.path})
+        return problem_response(problem(exc.title, exc.detail, exc.status, kind, instance=request.url.path))
 
     @app.exception_handler(EstimatorError)
     async def _estimator(request: Request, exc: EstimatorError) -> JSONResponse:
-        return problem_response({"type": PROBLEM_BASE + "bad-estimator-request", "title": "Invalid estimator request",
-                                 "status": 422, "detail": str(exc), "instance": request.url.path})
+        return problem_response(problem("Invalid estimator request", str(exc), 422, "bad-estimator-request",
+                                        instance=request.url.path))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()]
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-        return problem_response({"type": PROBLEM_BASE + "invalid-request", "title": "Invalid request",
-                                 "status": 422, "detail": f"{summary}. Fix these fields and send the request again "
-                                 "(schema: /docs).", "instance": request.url.path, "errors": errors})
+        return problem_response(problem("Invalid request", f"{summary}. Fix these fields and send the request again "
+                                        "(schema: /docs).", 422, "invalid-request", instance=request.url.path,
+                                        errors=errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -163,15 +90,14 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"no route {request.url.path}; the API lives under /api/v1 (see /docs)"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}; see /docs for the methods"
-        return problem_response({"type": "about:blank", "title": _reason(exc.status_code), "status": exc.status_code,
-                                 "detail": detail, "instance": request.url.path}, getattr(exc, "headers", None))
+        return problem_response(problem(_reason(exc.status_code), detail, exc.status_code, instance=request.url.path),
+                                getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response({"type": PROBLEM_BASE + "internal", "title": "Internal error", "status": 500,
-                                 "detail": f"{type(exc).__name__}; this is a bug, please report it with the request "
-                                 "that caused it", "instance": request.url.path})
+        return problem_response(problem("Internal error", f"{type(exc).__name__}; this is a bug, please report it "
+                                        "with the request that caused it", 500, "internal", instance=request.url.path))
 
 
 def _reason(code: int) -> str:

@@ -9,65 +9,33 @@ Run it with ``taskgauge serve`` (or ``uvicorn --factory app.main:create_app``).
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import FastAPI
 
-from app.deps import AppState
 from app.errors import install_error_handlers
-from app.settings import Settings, get_settings
-from workers import db
-from workers.blobstore import BlobStore
-from workers.celery_app import WorkerConfig, configure, load_extra_estimator_modules
+from taskgauge.context import Context
+from taskgauge.settings import Settings, get_settings
+from workers.celery_app import configure, enqueue_analysis
 
 log = logging.getLogger("taskgauge.api")
 API_PREFIX = "/api/v1"
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    return float(raw) if raw else default
-
-
-def worker_config(settings: Settings) -> WorkerConfig:
-    """The worker/producer configuration derived from the settings.
-
-    Three reliability knobs are read from the environment directly (not in ``app.settings``):
-    ``TASKGAUGE_LEASE_S`` (default 60: a running analysis whose worker stopped heartbeating this long is re-queued),
-    ``TASKGAUGE_HEARTBEAT_S`` (default 5) and ``TASKGAUGE_VISIBILITY_TIMEOUT_S`` (Redis, default 21600).
-    """
-    return WorkerConfig(
-        database_url=settings.DATABASE_URL,
-        data_dir=settings.DATA_DIR,
-        broker_url=settings.BROKER_URL.strip(),
-        device=settings.DEVICE,
-        # Like the CLI's local mode: only an explicitly set budget overrides the estimators' own default.
-        memory_budget_mb=settings.MEMORY_BUDGET_MB if "MEMORY_BUDGET_MB" in settings.model_fields_set else None,
-        visibility_timeout_s=int(_env_float("TASKGAUGE_VISIBILITY_TIMEOUT_S", 6 * 3600)),
-        lease_s=_env_float("TASKGAUGE_LEASE_S", 60.0),
-        heartbeat_s=_env_float("TASKGAUGE_HEARTBEAT_S", 5.0),
-    )
-
-
-def build_state(settings: Settings) -> AppState:
-    engine = db.make_engine(settings.DATABASE_URL)
-    cfg = worker_config(settings)
-    configure(cfg)
-    return AppState(settings=settings, engine=engine, sessions=db.make_session_factory(engine),
-                    blobs=BlobStore(cfg.blob_dir).ensure(), worker_config=cfg)
+def build_context(settings: Settings) -> Context:
+    """The API's service context: its engine and blob store, and Celery configured as a producer."""
+    configure(settings)
+    return Context.build(settings, enqueue_analysis)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the API. ``settings`` defaults to :func:`app.settings.get_settings` (read at startup)."""
+    """Build the API. ``settings`` defaults to :func:`taskgauge.settings.get_settings` (read at startup)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_state(settings or get_settings())
-        load_extra_estimator_modules()
+        state = build_context(settings or get_settings())
         from estimators import registry
 
         registry.all_estimators()  # import the estimators (and torch) now, not inside the first POST /analyses
@@ -77,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.engine.dispose()
 
-    from workers.pipeline import taskgauge_version
+    from taskgauge.version import taskgauge_version
 
     app = FastAPI(
         title="taskgauge",
@@ -95,36 +63,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
 
-    from app.routers import analyses, datasets, health, model_specs, reports, schedules
+    from app.dashboard import routes as dashboard
+    from app.routers import analyses, datasets, health, history, model_specs, reports, schedules
 
-    app.include_router(importlib.import_module("app.schedules.routes").router)  # issue 7: history with flags, sample PNGs
+    app.include_router(history.router, prefix=API_PREFIX)  # before datasets: /datasets/{id}/reports with flags
     for mod in (datasets, model_specs, analyses, reports, schedules):
         app.include_router(mod.router, prefix=API_PREFIX)
     app.include_router(health.router)
-    _mount_dashboard(app)
-    return app
-
-
-def _include_optional(app: FastAPI, module: str) -> None:
-    """Include ``module.router`` (already prefixed) when the module is installed."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        return
-    app.include_router(mod.router)
-
-
-def _mount_dashboard(app: FastAPI) -> None:
-    """The dashboard (``app.dashboard``, another module) at ``/``, when it is installed."""
-    try:
-        routes = importlib.import_module("app.dashboard.routes")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("app.dashboard", "app.dashboard.routes"):
-            raise
-        return
+    app.include_router(dashboard.router)
     from fastapi.staticfiles import StaticFiles
 
-    app.include_router(routes.router)
-    app.mount(routes.STATIC_URL, StaticFiles(directory=str(routes.STATIC_DIR)), name="dashboard-static")
+    app.mount(dashboard.STATIC_URL, StaticFiles(directory=str(dashboard.STATIC_DIR)), name="dashboard-static")
+    return app

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers import db
 
 
 class _Out(BaseModel):
@@ -102,20 +101,6 @@ class AnalysesPublic(BaseModel):
     offset: int
 
 
-class ReportSummary(BaseModel):
-    report_id: str
-    analysis_id: str
-    dataset_id: str
-    created_at: datetime
-    taskgauge_version: str | None
-    results: dict[str, dict[str, Any]] = Field(description="estimator → {value, ci, version}")
-
-
-class ReportsPublic(BaseModel):
-    items: list[ReportSummary]
-    count: int
-
-
 class CompareColumn(BaseModel):
     report_id: str
     dataset_id: str
@@ -169,12 +154,3 @@ class Readiness(BaseModel):
     status: Literal["ok"]
     database: str
     broker: str
-
-
-def report_summary(r: db.Report) -> ReportSummary:
-    results = {
-        name: {"value": e.get("value"), "ci": e.get("ci"), "version": e.get("version")}
-        for name, e in (r.document.get("results") or {}).items()
-    }
-    return ReportSummary(report_id=r.id, analysis_id=r.analysis_id, dataset_id=r.dataset_id, created_at=r.created_at,
-                         taskgauge_version=r.document.get("taskgauge_version"), results=results)

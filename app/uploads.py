@@ -16,7 +16,7 @@ from pathlib import Path
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.errors import BadRequest, PayloadTooLarge
+from taskgauge.errors import BadRequest, PayloadTooLarge
 
 FIELD_LIMIT = 64 * 1024
 DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) at most this much past the limit so clients see the 413

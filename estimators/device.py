@@ -28,3 +28,23 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return "cpu"
+
+
+def set_threads(n: int) -> int:
+    """Use ``n`` threads for torch's CPU kernels, the BLAS behind NumPy (threadpoolctl) and faiss, so that several
+    worker processes on one machine share its cores instead of oversubscribing them. Returns ``n``."""
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it NumPy keeps its BLAS default
+        pass
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+    return n

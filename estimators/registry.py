@@ -1,7 +1,8 @@
 """The estimator registry (DESIGN.md §4).
 
 Modules register themselves with :func:`register`; :func:`get` and :func:`all_estimators` import the
-known modules lazily so that importing the registry stays cheap.
+built-in modules and the plugins (entry-point group ``taskgauge.estimators``) lazily, so that importing the
+registry stays cheap.
 """
 
 from __future__ import annotations
@@ -11,6 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from estimators.base import EstimatorError, EstimatorFn, Params
+
+#: Entry-point group through which installed distributions add estimators (plugins).
+PLUGIN_GROUP = "taskgauge.estimators"
+
+#: What an analysis runs when no estimator is asked for.
+DEFAULT_ESTIMATORS = ("mle", "twonn", "gride")
 
 # Modules that define estimators. Add a module here when it registers a new estimator.
 _MODULES = (
@@ -85,16 +92,17 @@ def register(
 
 
 def _load() -> None:
+    """Import the built-in estimator modules, then every plugin: a distribution may add estimators through the
+    ``taskgauge.estimators`` entry-point group (each entry point names a module that calls :func:`register`)."""
     global _loaded
     if _loaded:
         return
+    from importlib.metadata import entry_points
+
     for mod in _MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            # A module listed above that is not written yet; any other missing import is a real error.
-            if exc.name != mod and not mod.startswith(f"{exc.name}."):
-                raise
+        importlib.import_module(mod)
+    for ep in entry_points(group=PLUGIN_GROUP):
+        ep.load()
     _loaded = True
 
 

@@ -1,4 +1,4 @@
-"""Alembic environment: the target metadata is ``workers.db.Base.metadata``; the URL comes from the Config
+"""Alembic environment: the target metadata is ``taskgauge.db.Base.metadata``; the URL comes from the Config
 (``sqlalchemy.url``, set by ``taskgauge db upgrade`` and the tests) or else from the TASKGAUGE_* settings."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from workers.db import Base, make_engine
+from taskgauge.db import Base, make_engine
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -20,7 +20,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from app.settings import get_settings
+    from taskgauge.settings import get_settings
 
     return get_settings().DATABASE_URL
 

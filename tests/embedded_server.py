@@ -35,15 +35,11 @@ class Server:
 
     @property
     def key(self) -> str:
-        from app.dashboard.hooks import local_key_path  # noqa: F401 - documents where the key lives
+        from taskgauge.auth import local_key_path
 
-        for name in ("local_api_key", "local.key", "api_key"):
-            p = self.data_dir / name
-            if p.is_file():
-                return p.read_text().strip()
-        found = sorted(self.data_dir.glob("*key*"))
-        if found and found[0].is_file():
-            return found[0].read_text().strip()
+        p = local_key_path(self.data_dir)
+        if p.is_file():
+            return p.read_text().strip()
         raise RuntimeError(f"no local key file under {self.data_dir}: {sorted(os.listdir(self.data_dir))}")
 
 

@@ -18,10 +18,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import BadInput, build_requests, cli, parse_param
-from app.settings import get_settings
+from taskgauge.settings import get_settings
 from estimators import registry
 from estimators.base import EstimatorError, Params, Result
-from workers.pipeline import DEFAULT_ESTIMATORS
+from taskgauge.pipeline import DEFAULT_ESTIMATORS
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "examples" / "digits.npz"

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import embedded_server  # noqa: E402
 
-from app.client_cli import APIClient, APIError, parse_params  # noqa: E402
+from app.cli.remote import APIClient, APIError  # noqa: E402
 
 
 def client(handler, **kw) -> APIClient:
@@ -68,9 +68,33 @@ def test_connection_refused_says_how_to_fix():
     assert "taskgauge serve" in exc.value.message
 
 
-def test_parse_params():
-    assert parse_params(["mle", "twonn"], ["mle.k=10", "gride.n1=[1,2]", "twonn.variant=ml"]) == {
-        "mle": {"k": 10}, "twonn": {"variant": "ml"}, "gride": {"n1": [1, 2]}}
+def test_estimator_lists_mean_the_same_locally_and_remotely(monkeypatch, tmp_path):
+    """``-e mle,twonn`` is two estimators whether PATH is a file (local) or a dataset id (remote): both paths of
+    ``taskgauge analyse`` hand the same parsed requests on (the remote one in its POST /analyses body)."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli, local, remote
+
+    seen: dict[str, dict] = {}
+    monkeypatch.setattr("taskgauge.pipeline.analyse_file", lambda path, **kw: seen.setdefault("local", kw["requests"]) and {})
+    monkeypatch.setattr(local, "render_report", lambda report, console: None)
+
+    def handler(req):
+        seen["remote"] = json.loads(req.content)["estimators"]
+        return httpx.Response(202, json={"id": "a1", "status": "queued"})
+
+    monkeypatch.setattr(remote, "make_client", lambda url, key: client(handler))
+    data = tmp_path / "d.npz"
+    data.write_bytes(b"")
+    args = ["-e", "mle,twonn", "-e", "gride", "--param", "mle.k=10", "--param", "gride.n1=[1,2]"]
+    runner = CliRunner()
+    assert runner.invoke(cli, ["analyse", str(data), *args, "-q"]).exit_code == 0
+    # remote without --json -: prints the analysis; --json - would watch it (needs a server)
+    monkeypatch.setattr(remote, "watch_analysis", lambda api, aid, **kw: {"status": "failed", "error": "stop"})
+    runner.invoke(cli, ["analyse", "3f2c9a", *args])
+    expected = {"mle": {"k": 10}, "twonn": {}, "gride": {"n1": [1, 2]}}
+    assert seen["local"] == expected
+    assert seen["remote"] == expected
 
 
 # ------------------------------------------------------------------------------------------ end to end

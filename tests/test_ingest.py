@@ -1,4 +1,4 @@
-"""app.ingest: every supported format's happy path and every bad input of DESIGN.md §3 (message and status)."""
+"""taskgauge.datasets.ingest: every supported format's happy path and every bad input of DESIGN.md §3 (message and status)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from app.ingest import SUPPORTED_EXTENSIONS, IngestError, IngestOptions, ingest_file
-from app.ingest.arrays import ByteBudget
-from app.ingest.errors import Ctx
-from app.ingest.images import read_limited
-from workers.canonical import CanonicalDataset
+from taskgauge.datasets.ingest import SUPPORTED_EXTENSIONS, IngestError, IngestOptions, ingest_file
+from taskgauge.datasets.ingest.arrays import ByteBudget
+from taskgauge.datasets.ingest.errors import Ctx
+from taskgauge.datasets.ingest.images import read_limited
+from taskgauge.datasets.canonical import CanonicalDataset
 
 
 def ingest(path: Path, **opts) -> CanonicalDataset:

@@ -1,11 +1,11 @@
-"""workers.pipeline.plan: validation and the memory-budget default shared by the CLI and the worker."""
+"""taskgauge.pipeline.plan: validation and the memory-budget default shared by the CLI and the worker."""
 
 import numpy as np
 import pytest
 
 from estimators.base import EstimatorError
-from workers.canonical import CanonicalDataset
-from workers.pipeline import DEFAULT_ESTIMATORS, plan
+from taskgauge.datasets.canonical import CanonicalDataset
+from taskgauge.pipeline import DEFAULT_ESTIMATORS, plan
 
 
 def _data(labels: bool = True) -> CanonicalDataset:

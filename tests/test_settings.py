@@ -1,4 +1,4 @@
-"""app.settings: embedded defaults, TASKGAUGE_* overrides, .env file, validation, caching."""
+"""taskgauge.settings: embedded defaults, TASKGAUGE_* overrides, .env file, validation, caching."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from app.settings import Settings, get_settings
+from taskgauge.settings import Settings, get_settings
 
 
 @pytest.fixture(autouse=True)

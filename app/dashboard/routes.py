@@ -17,6 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from taskgauge.version import taskgauge_version
+
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
 STATIC_URL = "/dashboard-static"  # the app factory mounts STATIC_DIR here (StaticFiles)
@@ -25,17 +27,8 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("taskgauge")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def _render(request: Request, template: str, page: str, **data: str) -> HTMLResponse:
-    ctx = {"page": page, "data": data, "static_url": STATIC_URL, "version": _version()}
+    ctx = {"page": page, "data": data, "static_url": STATIC_URL, "version": taskgauge_version()}
     return templates.TemplateResponse(request, template, ctx)
 
 
@@ -70,7 +63,7 @@ def index(request: Request) -> HTMLResponse:
 
 @router.get("/signin", response_class=HTMLResponse)
 def signin(request: Request) -> HTMLResponse:
-    ctx = {"page": "signin", "data": {}, "static_url": STATIC_URL, "version": _version(),
+    ctx = {"page": "signin", "data": {}, "static_url": STATIC_URL, "version": taskgauge_version(),
            "local_key": local_key_for(request)}
     return templates.TemplateResponse(request, "signin.html", ctx)
 

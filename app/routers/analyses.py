@@ -8,14 +8,13 @@ from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from app import services
+from taskgauge.services import analyses as services
 from app.deps import OwnerDep, SessionDep, StateDep
 from app.errors import responses
 from app.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
-from workers import db
+from taskgauge import db
 
 router = APIRouter(prefix="/analyses", tags=["analyses"])
 
@@ -29,7 +28,7 @@ def create_analysis(body: AnalysisCreate, request: Request, response: Response, 
                     owner: OwnerDep) -> AnalysisPublic:
     """Validate the estimators and params, store the analysis (``queued``) and enqueue it for a worker.
     Follow it with ``GET /analyses/{id}`` or ``GET /analyses/{id}/events``."""
-    row = services.create_analysis(state, owner, dataset_id=body.dataset_id, estimators=body.estimators,
+    row = services.create_analysis(state, owner.owner_id, dataset_id=body.dataset_id, estimators=body.estimators,
                                    model_spec_id=body.model_spec_id, device=body.device)
     response.headers["Location"] = str(request.url_for("analyses-read", analysis_id=row.id))
     return AnalysisPublic.model_validate(row)
@@ -40,15 +39,9 @@ def list_analyses(session: SessionDep, owner: OwnerDep, dataset_id: str | None =
                   status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                   offset: Annotated[int, Query(ge=0)] = 0) -> AnalysesPublic:
     """Your analyses, newest first; filter by ``dataset_id`` and ``status``."""
-    A = db.Analysis
-    q = select(A).where(A.owner_id == owner.owner_id)
-    if dataset_id:
-        q = q.where(A.dataset_id == dataset_id)
-    if status:
-        q = q.where(A.status == status)
-    count = session.scalar(select(func.count()).select_from(q.subquery()))
-    rows = session.scalars(q.order_by(A.created_at.desc(), A.id).limit(limit).offset(offset)).all()
-    return AnalysesPublic(items=[AnalysisPublic.model_validate(r) for r in rows], count=count or 0,
+    rows, count = services.list_analyses(session, owner.owner_id, dataset_id=dataset_id, status=status, limit=limit,
+                                         offset=offset)
+    return AnalysesPublic(items=[AnalysisPublic.model_validate(r) for r in rows], count=count,
                           limit=limit, offset=offset)
 
 
@@ -56,14 +49,14 @@ def list_analyses(session: SessionDep, owner: OwnerDep, dataset_id: str | None =
             responses=responses())
 def read_analysis(analysis_id: str, session: SessionDep, owner: OwnerDep) -> AnalysisPublic:
     """Status ``queued|running|succeeded|failed|cancelled``, ``progress`` (0..1), ``stage``, ``error``, ``report_id``."""
-    return AnalysisPublic.model_validate(services.get_analysis(session, owner, analysis_id))
+    return AnalysisPublic.model_validate(services.get_analysis(session, owner.owner_id, analysis_id))
 
 
 @router.post("/{analysis_id}/cancel", response_model=AnalysisPublic, operation_id="analyses-cancel",
              responses=responses(409))
 def cancel_analysis(analysis_id: str, state: StateDep, owner: OwnerDep) -> AnalysisPublic:
     """Cancel a queued or running analysis. A running one stops at its estimator's next progress report."""
-    return AnalysisPublic.model_validate(services.cancel_analysis(state, owner, analysis_id))
+    return AnalysisPublic.model_validate(services.cancel_analysis(state, owner.owner_id, analysis_id))
 
 
 @router.get("/{analysis_id}/events", operation_id="analyses-events", responses={
@@ -75,7 +68,7 @@ async def analysis_events(analysis_id: str, state: StateDep, owner: OwnerDep) ->
 
     def load() -> dict:
         with state.sessions() as s:
-            return AnalysisPublic.model_validate(services.get_analysis(s, owner, analysis_id)).model_dump(mode="json")
+            return AnalysisPublic.model_validate(services.get_analysis(s, owner.owner_id, analysis_id)).model_dump(mode="json")
 
     first = await run_in_threadpool(load)  # 404 before the stream starts
 

@@ -6,15 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from app import services
+from taskgauge.services import datasets as services
 from app.deps import OwnerDep, SessionDep, StateDep
-from app.errors import InvalidInput, responses
+from app.errors import responses
+from taskgauge.errors import InvalidInput
 from app.schemas import DatasetPublic, DatasetsPublic
 from app.uploads import receive_upload
-from workers import db
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -56,7 +55,7 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
     """Upload a dataset file (multipart field ``file``). It is streamed to disk with the size limit enforced as it
     arrives, hashed, parsed into the canonical form and stored content-addressed; the dataset row and the blob
     appear together or not at all. Bad data answers 413/422 with a problem document naming the fix."""
-    from app.ingest import IngestOptions, ingest_file
+    from taskgauge.datasets.ingest import IngestOptions, ingest_file
 
     upload = await receive_upload(request, max_bytes=state.settings.max_upload_bytes, tmp_dir=state.upload_tmp)
     try:
@@ -71,7 +70,7 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
         filename = upload.filename or "upload"
         data = await run_in_threadpool(ingest_file, upload.path, filename, options)
         name = (upload.fields.get("name") or "").strip() or filename
-        row = await run_in_threadpool(services.store_dataset, state, owner, data, name=name[:300],
+        row = await run_in_threadpool(services.store_dataset, state, owner.owner_id, data, name=name[:300],
                                       filename=filename[:300], sha256=upload.sha256, size=upload.size)
         return DatasetPublic.model_validate(row)
     finally:
@@ -82,23 +81,20 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
 def list_datasets(session: SessionDep, owner: OwnerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                   offset: Annotated[int, Query(ge=0)] = 0) -> DatasetsPublic:
     """Your datasets, newest first."""
-    D = db.Dataset
-    q = select(D).where(D.owner_id == owner.owner_id)
-    count = session.scalar(select(func.count()).select_from(q.subquery()))
-    rows = session.scalars(q.order_by(D.created_at.desc(), D.id).limit(limit).offset(offset)).all()
-    return DatasetsPublic(items=[DatasetPublic.model_validate(r) for r in rows], count=count or 0,
+    rows, count = services.list_datasets(session, owner.owner_id, limit=limit, offset=offset)
+    return DatasetsPublic(items=[DatasetPublic.model_validate(r) for r in rows], count=count,
                           limit=limit, offset=offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, operation_id="datasets-read", responses=responses())
 def read_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> DatasetPublic:
-    return DatasetPublic.model_validate(services.get_dataset(session, owner, dataset_id))
+    return DatasetPublic.model_validate(services.get_dataset(session, owner.owner_id, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204, operation_id="datasets-delete", responses=responses())
 def delete_dataset(dataset_id: str, state: StateDep, owner: OwnerDep) -> Response:
     """Delete a dataset with its analyses and reports; its blob is removed when no other dataset uses it."""
-    services.delete_dataset(state, owner, dataset_id)
+    services.delete_dataset(state, owner.owner_id, dataset_id)
     return Response(status_code=204)
 
 

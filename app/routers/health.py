@@ -7,7 +7,8 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import StateDep
-from app.errors import ServiceUnavailable, responses
+from app.errors import responses
+from taskgauge.errors import ServiceUnavailable
 from app.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -27,8 +28,8 @@ def _check_db(state) -> str:
 def _check_broker(state) -> str:
     from workers.celery_app import celery_app
 
-    if state.worker_config.embedded:
-        folder = state.worker_config.broker_dir / "queue"
+    if state.settings.embedded_broker:
+        folder = state.settings.broker_dir / "queue"
         if not folder.is_dir():
             raise OSError(f"broker folder {folder} is missing")
         return "ok (embedded filesystem transport)"

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
-from app import services
+from taskgauge.services import datasets as services
 from app.deps import OwnerDep, SessionDep
 from app.schemas import ModelSpecCreate, ModelSpecPublic, ModelSpecsPublic
 from app.errors import responses
-from workers import db
 
 router = APIRouter(prefix="/model-specs", tags=["model-specs"])
 
@@ -18,20 +16,16 @@ router = APIRouter(prefix="/model-specs", tags=["model-specs"])
              responses=responses())
 def create_model_spec(body: ModelSpecCreate, session: SessionDep, owner: OwnerDep) -> ModelSpecPublic:
     """Store a validated model spec, e.g. ``{"name": "mlp", "spec": {"arch": "mlp", "hidden": [200, 200]}}``."""
-    spec = services.validate_model_spec(body.spec)
-    row = db.ModelSpec(id=db.new_id(), owner_id=owner.owner_id, name=body.name, spec=spec, created_at=db.utcnow())
-    session.add(row)
-    session.commit()
+    row = services.create_model_spec(session, owner.owner_id, name=body.name, spec=body.spec)
     return ModelSpecPublic.model_validate(row)
 
 
 @router.get("", response_model=ModelSpecsPublic, operation_id="model-specs-list", responses=responses())
 def list_model_specs(session: SessionDep, owner: OwnerDep) -> ModelSpecsPublic:
-    rows = session.scalars(select(db.ModelSpec).where(db.ModelSpec.owner_id == owner.owner_id)
-                           .order_by(db.ModelSpec.created_at.desc())).all()
+    rows = services.list_model_specs(session, owner.owner_id)
     return ModelSpecsPublic(items=[ModelSpecPublic.model_validate(r) for r in rows], count=len(rows))
 
 
 @router.get("/{spec_id}", response_model=ModelSpecPublic, operation_id="model-specs-read", responses=responses())
 def read_model_spec(spec_id: str, session: SessionDep, owner: OwnerDep) -> ModelSpecPublic:
-    return ModelSpecPublic.model_validate(services.get_model_spec(session, owner, spec_id))
+    return ModelSpecPublic.model_validate(services.get_model_spec(session, owner.owner_id, spec_id))

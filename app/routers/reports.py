@@ -5,28 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
-
 from app.deps import OwnerDep, SessionDep
-from app.errors import InvalidInput, not_found, responses
+from app.errors import responses
 from app.schemas import CompareColumn, ComparePublic, CompareRow
-from workers import db
+from taskgauge.services import reports as service
 
 router = APIRouter(tags=["reports"])
-
-
-def _get_report(session, owner, report_id: str) -> db.Report:
-    row = session.scalar(select(db.Report).where(db.Report.id == report_id, db.Report.owner_id == owner.owner_id))
-    if row is None:
-        raise not_found("report", report_id, "find report ids with GET /api/v1/datasets/{id}/reports")
-    return row
 
 
 @router.get("/reports/{report_id}", operation_id="reports-read", responses=responses(),
             response_model=dict[str, Any])
 def read_report(report_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
     """The report JSON (DESIGN.md §5) — the same document the CLI's local mode writes with ``--json``."""
-    return _get_report(session, owner, report_id).document
+    return service.get_report(session, owner.owner_id, report_id).document
 
 
 @router.get("/compare", response_model=ComparePublic, operation_id="reports-compare", responses=responses())
@@ -34,11 +25,7 @@ def compare(session: SessionDep, owner: OwnerDep,
             report_ids: Annotated[str, Query(description="comma-separated report ids", examples=["a1…,b2…"])]
             ) -> ComparePublic:
     """Headline value of every estimator, one column per report."""
-    ids = [i.strip() for i in report_ids.split(",") if i.strip()]
-    if not ids or len(ids) > 50:
-        raise InvalidInput("give between 1 and 50 comma-separated report ids, e.g. ?report_ids=ID1,ID2",
-                           title="Bad report_ids")
-    reports = [_get_report(session, owner, i) for i in ids]
+    reports = service.get_reports(session, owner.owner_id, [i.strip() for i in report_ids.split(",") if i.strip()])
     names: list[str] = []
     for r in reports:
         names += [n for n in (r.document.get("results") or {}) if n not in names]

@@ -17,7 +17,7 @@ from estimators import registry
 from estimators.knn.pairs import interclass_min
 from estimators.base import EstimatorError
 from estimators.label_sharpness import LabelSharpnessParams, label_sharpness
-from workers.report import result_to_json
+from taskgauge.report import result_to_json
 
 CPU = torch.device("cpu")
 

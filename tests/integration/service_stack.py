@@ -173,7 +173,7 @@ class Stack:
 
 def build(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None) -> Stack:
     """Create the database and broker of ``kind`` and migrate; the caller starts the API and worker."""
-    from app import migrate
+    from taskgauge import migrate
 
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True)
@@ -185,8 +185,9 @@ def build(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None) -> S
         "TASKGAUGE_LEASE_S": "6",
         "TASKGAUGE_HEARTBEAT_S": "1",
         "TASKGAUGE_VISIBILITY_TIMEOUT_S": "30",
-        "TASKGAUGE_EXTRA_ESTIMATORS": "tg_test_estimators",
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        # the test-only estimators come in as a plugin (entry point), from this folder on the path
+        "PYTHONPATH": os.pathsep.join([str(HERE / "plugins"), str(HERE), str(ROOT), env.get("PYTHONPATH", "")]
+                                      ).rstrip(os.pathsep),
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         **(extra_env or {}),

@@ -24,7 +24,7 @@ def test_serve_embedded_default_end_to_end(tmp_path):
     try:
         key_file = server.data_dir / "local_api_key"
         assert key_file.is_file() and stat.S_IMODE(key_file.stat().st_mode) == 0o600
-        from app.auth import local_key_path
+        from taskgauge.auth import local_key_path
 
         assert local_key_path(server.data_dir) == key_file
         children = psutil.Process(server.proc.pid).children(recursive=True)

@@ -83,10 +83,10 @@ def stack(tmp_path):
 
 def _seed(session, data_dir: Path):
     """An owner, a small labelled dataset (digits) in the blob store and a 4-second schedule."""
-    from app.schedules import service
-    from workers import db
-    from workers.blobstore import BlobStore
-    from workers.canonical import CanonicalDataset
+    from taskgauge.services import schedules as service
+    from taskgauge import db
+    from taskgauge.blobs import BlobStore
+    from taskgauge.datasets.canonical import CanonicalDataset
 
     with np.load(ROOT / "examples" / "digits.npz", allow_pickle=False) as d:
         X, y = d["X"][:200], d["y"][:200]
@@ -112,8 +112,8 @@ def _seed(session, data_dir: Path):
 
 
 def test_two_beats_one_analysis_per_due_time_and_history_flags(stack):
-    from app.schedules import service
-    from workers import db
+    from taskgauge import db
+    from taskgauge.services import reports
 
     env = stack["env"]
     engine = db.make_engine(env["TASKGAUGE_DATABASE_URL"])
@@ -154,7 +154,7 @@ def test_two_beats_one_analysis_per_due_time_and_history_flags(stack):
 
     # History: every report is marked as scheduled; same data + same version → no flags.
     with sessions() as s:
-        hist = service.dataset_history(s, owner, ds)
+        hist = reports.dataset_history(s, owner, ds)
     assert len(hist) == len(rows)
     assert all(h["trigger"] == "schedule" and h["schedule_id"] == sid for h in hist)
     assert all(h["flags"] == {"version_change": [], "drift": []} for h in hist)
@@ -172,7 +172,7 @@ def test_two_beats_one_analysis_per_due_time_and_history_flags(stack):
         doc["results"] = {**doc["results"], "twonn": entry}
         oldest.document = doc
         s.commit()
-        hist2 = service.dataset_history(s, owner, ds)
+        hist2 = reports.dataset_history(s, owner, ds)
     assert hist2[-2]["flags"] == {"version_change": ["twonn"], "drift": ["twonn"]}
     assert all(h["flags"] == {"version_change": [], "drift": []} for h in hist2[:-2])
     engine.dispose()

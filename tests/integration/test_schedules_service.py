@@ -1,4 +1,4 @@
-"""Schedules, report history flags and sample thumbnails at the service level, on a database built by the
+"""Schedules (the service the API calls), report history flags and sample thumbnails at the service level, on a database built by the
 migrations (SQLite here; the beat/worker test runs on PostgreSQL)."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from alembic import command
 from alembic.config import Config
 from PIL import Image
 
-from app.schedules import service
-from app.schedules.cron import ScheduleError, next_run
-from workers import db
-from workers.blobstore import BlobStore
-from workers.canonical import CanonicalDataset
+from taskgauge import db
+from taskgauge.blobs import BlobStore
+from taskgauge.errors import InvalidInput
+from taskgauge.services import datasets, reports
+from taskgauge.services import schedules as service
+from taskgauge.services.schedules import ScheduleError, next_run
+from taskgauge.datasets.canonical import CanonicalDataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +79,7 @@ def test_create_list_delete_and_validation(session, tmp_path):
                                   timezone="Europe/Berlin", estimators={"mle": {"k": 10}}, now=now)
     # 03:00 Berlin on 31 March 2024 is after the switch to summer time (UTC+2) → 01:00 UTC
     assert sch.next_run_at == datetime(2024, 3, 31, 1, 0, tzinfo=timezone.utc)
-    assert service.schedule_public(sch)["estimators"] == {"mle": {"k": 10}}
+    assert sch.estimators == {"mle": {"k": 10}}
     assert [s.id for s in service.list_schedules(session, owner)] == [sch.id]
     assert service.list_schedules(session, "someone-else") == []
 
@@ -113,7 +115,7 @@ def test_history_flags_version_change_and_drift(session, tmp_path):
                           {"twonn": r(5.15, [4.95, 5.35], "1.1"), "mle": r(9.0, None)})
     drifted = add_report(session, owner, ds, t0 + timedelta(days=3),
                          {"twonn": r(6.0, [5.9, 6.1], "1.1"), "mle": r(9.0, None, "2.0")})
-    h = service.dataset_history(session, owner, ds)
+    h = reports.dataset_history(session, owner, ds)
     assert [x["report_id"] for x in h] == [drifted, upgraded, same, first]  # newest first
     flags = {x["report_id"]: x["flags"] for x in h}
     assert flags[first] == {"version_change": [], "drift": []}
@@ -123,17 +125,17 @@ def test_history_flags_version_change_and_drift(session, tmp_path):
     assert h[0]["values"]["twonn"] == {"value": 6.0, "ci": [5.9, 6.1], "version": "1.1"}
     assert all(x["trigger"] == "manual" for x in h)
     with pytest.raises(service.NotFound):
-        service.dataset_history(session, "someone-else", ds)
+        reports.dataset_history(session, "someone-else", ds)
 
 
 def test_sample_png_renders_the_stored_image(session, tmp_path):
     owner, ds, blobs = make_owner_dataset(session, tmp_path)
-    png = service.sample_png(session, owner, ds, 2, blobs, size=16)
+    png = datasets.sample_png(session, BlobStore(blobs), owner, ds, 2, size=16)
     img = np.asarray(Image.open(io.BytesIO(png)))
     assert img.shape == (16, 16)  # 4×4 upscaled ×4, nearest neighbour
     assert img[0, 0] == 0 and img[-1, -1] == 255 and img[0, 4] == 17  # the ramp 0..15 → 0..255
     with pytest.raises(service.NotFound):
-        service.sample_png(session, owner, ds, 6, blobs)
+        datasets.sample_png(session, BlobStore(blobs), owner, ds, 6)
     owner2, tab, tblobs = make_owner_dataset(session, tmp_path / "t", images=False)
-    with pytest.raises(ScheduleError, match="not an image dataset"):
-        service.sample_png(session, owner2, tab, 0, tblobs)
+    with pytest.raises(InvalidInput, match="not an image dataset"):
+        datasets.sample_png(session, BlobStore(tblobs), owner2, tab, 0)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from service_stack import upload, wait_for
-from workers import db
+from taskgauge import db
 
 pytestmark = pytest.mark.integration
 

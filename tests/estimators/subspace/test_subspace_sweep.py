@@ -181,8 +181,8 @@ def test_said_global_baseline_and_train_accuracy_metric_run():
 
 
 def test_params_validation_and_pipeline_injection():
-    from workers.canonical import CanonicalDataset
-    from workers.pipeline import plan
+    from taskgauge.datasets.canonical import CanonicalDataset
+    from taskgauge.pipeline import plan
 
     est = registry.get("subspace")
     with pytest.raises(EstimatorError, match="model"):

@@ -8,23 +8,29 @@ result row per estimator as it goes, and ``done`` lets a re-run skip the results
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from estimators import registry
+from estimators.registry import DEFAULT_ESTIMATORS
 from estimators.base import EstimatorError, Params, ProgressFn, no_progress, scaled_progress
 from estimators.device import describe_device, resolve_device
 from estimators.knn import exact_duplicates
-from workers.canonical import CanonicalDataset
-from workers.report import REPORT_SCHEMA_VERSION, interpretation_notes, result_to_json, to_jsonable
+from taskgauge.datasets.canonical import CanonicalDataset
 
-DEFAULT_ESTIMATORS = ("mle", "twonn", "gride")
+if TYPE_CHECKING:
+    from taskgauge.datasets.ingest import IngestOptions
+from taskgauge.version import taskgauge_version
+from taskgauge.report import REPORT_SCHEMA_VERSION, interpretation_notes, result_to_json, to_jsonable
+
 
 
 @dataclass(frozen=True)
@@ -42,18 +48,38 @@ class PlannedEstimator:
     params: Params
 
 
-def taskgauge_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+@dataclass(frozen=True)
+class DataFacts:
+    """What request validation needs to know of a dataset without loading it (a dataset row has these)."""
 
-    try:
-        return version("taskgauge")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+unknown"
+    has_labels: bool
+    n_samples: int
+
+    @classmethod
+    def of(cls, dataset: "CanonicalDataset | DataFacts") -> "DataFacts":
+        if isinstance(dataset, DataFacts):
+            return dataset
+        return cls(has_labels=dataset.y is not None, n_samples=dataset.n_samples)
+
+
+def validate_requests(
+    requests: Mapping[str, Mapping[str, Any] | None] | None,
+    dataset: "CanonicalDataset | DataFacts",
+    *,
+    model_spec: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The one request validation (API analyses, schedules, CLI): names and params checked against the registry
+    and the dataset; returns the normalised request ``{name: params}`` (the defaults when none were asked for).
+    Raises :class:`EstimatorError` (a 422 problem in the API)."""
+    normalised = {name: dict(params or {}) for name, params in (requests or {}).items()}
+    normalised = normalised or {name: {} for name in DEFAULT_ESTIMATORS}
+    plan(normalised, dataset, model_spec=model_spec)
+    return normalised
 
 
 def plan(
     requests: Mapping[str, Mapping[str, Any] | None] | None,
-    dataset: CanonicalDataset | None = None,
+    dataset: "CanonicalDataset | DataFacts | None" = None,
     *,
     model_spec: Mapping[str, Any] | None = None,
     memory_budget_mb: int | None = None,
@@ -83,15 +109,16 @@ def plan(
             raw.setdefault("memory_budget_mb", memory_budget_mb)
         params = est.parse_params(raw)
         if dataset is not None:
-            if est.needs_labels and dataset.y is None:
+            facts = DataFacts.of(dataset)
+            if est.needs_labels and not facts.has_labels:
                 raise EstimatorError(
                     f"estimator '{name}' needs class labels but the dataset has none; upload labels "
                     "(an array 'y' in the .npz, or a label column in the table) or drop this estimator"
                 )
-            if dataset.n_samples < est.min_samples:
+            if facts.n_samples < est.min_samples:
                 raise EstimatorError(
                     f"estimator '{name}' needs at least {est.min_samples} samples but the dataset has "
-                    f"{dataset.n_samples}; upload more data"
+                    f"{facts.n_samples}; upload more data"
                 )
         planned[name] = PlannedEstimator(est, params)
     return planned
@@ -177,4 +204,46 @@ def run_pipeline(
             "results": results,
             "interpretation": interpretation_notes(results, summary),
         }
+    )
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+
+
+
+def analyse_file(
+    path: Path,
+    *,
+    requests: dict[str, dict[str, Any]] | None = None,
+    model_spec: dict[str, Any] | None = None,
+    device: str = "auto",
+    ingest_options: "IngestOptions | None" = None,
+    memory_budget_mb: int | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Ingest the file ``path`` and run the pipeline on it, in this process; returns the report (DESIGN §5).
+    The CLI's local mode (``taskgauge analyse FILE``).
+
+    Raises :class:`taskgauge.datasets.ingest.IngestError` or :class:`estimators.base.EstimatorError` on bad input.
+    """
+    from taskgauge.datasets.ingest import ingest_file
+
+    path = Path(path)
+    dataset = ingest_file(path, path.name, ingest_options)
+    info = DatasetInfo(name=path.name, sha256=file_sha256(path))
+    return run_pipeline(
+        dataset,
+        requests,
+        info=info,
+        device=device,
+        model_spec=model_spec,
+        memory_budget_mb=memory_budget_mb,
+        progress=progress or no_progress,
     )

@@ -1,10 +1,8 @@
-"""Report history with flags, and sample thumbnails (DESIGN.md §6).
+"""Report history with flags, and sample thumbnails.
 
 ``GET /datasets/{id}/reports`` (history, newest first, with version-change and drift flags) and
 ``GET /datasets/{id}/samples/{index}.png`` (an image sample, for the dashboard's K_F pair thumbnails).
-The schedule CRUD routes are ``app/routers/schedules.py`` (service helper); the app factory includes this router
-before its own so that this history (with flags) answers ``/datasets/{id}/reports``.
-Thin: authorise → call :mod:`app.schedules.service` → map its errors to the problem+json hierarchy.
+Included before the datasets router so that this history answers ``/datasets/{id}/reports``.
 """
 
 from __future__ import annotations
@@ -15,11 +13,10 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from app.deps import OwnerDep, SessionDep, StateDep
-from app.errors import InvalidInput, not_found, responses
-from app.schedules import service
-from app.schedules.cron import ScheduleError
+from app.errors import responses
+from taskgauge.services import datasets, reports
 
-router = APIRouter(prefix="/api/v1", tags=["datasets"])
+router = APIRouter(tags=["datasets"])
 
 
 class HistoryFlags(BaseModel):
@@ -42,21 +39,12 @@ class HistoryPublic(BaseModel):
     count: int
 
 
-def _not_found(exc: service.NotFound):
-    hints = {"dataset": "list yours with GET /api/v1/datasets", "schedule": "list yours with GET /api/v1/schedules",
-             "model spec": "list yours with GET /api/v1/model-specs", "sample": "indices run from 0 to n_samples-1"}
-    return not_found(exc.what, exc.ident, hints.get(exc.what, ""))
-
-
 @router.get("/datasets/{dataset_id}/reports", response_model=HistoryPublic, operation_id="datasets-history",
             tags=["datasets"], responses=responses())
 def dataset_reports(dataset_id: str, owner: OwnerDep, session: SessionDep) -> dict[str, Any]:
     """The dataset's report history, newest first: headline values, trigger, and flags relative to the previous
     report — ``version_change`` (an estimator was upgraded) and ``drift`` (a value moved beyond its CI)."""
-    try:
-        items = service.dataset_history(session, owner.owner_id, dataset_id)
-    except service.NotFound as exc:
-        raise _not_found(exc) from None
+    items = reports.dataset_history(session, owner.owner_id, dataset_id)
     return {"items": items, "count": len(items)}
 
 
@@ -65,10 +53,5 @@ def dataset_reports(dataset_id: str, owner: OwnerDep, session: SessionDep) -> di
 def dataset_sample_png(dataset_id: str, index: int, owner: OwnerDep, session: SessionDep,
                        state: StateDep) -> Response:
     """One sample of an image dataset as a PNG (min–max scaled, nearest-neighbour upscaled)."""
-    try:
-        png = service.sample_png(session, owner.owner_id, dataset_id, index, state.blobs.root)
-    except service.NotFound as exc:
-        raise _not_found(exc) from None
-    except ScheduleError as exc:
-        raise InvalidInput(str(exc)) from None
+    png = datasets.sample_png(session, state.blobs, owner.owner_id, dataset_id, index)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

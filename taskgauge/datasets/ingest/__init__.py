@@ -2,7 +2,7 @@
 
 One entry point, :func:`ingest_file`, used by the upload endpoint and the CLI's local mode::
 
-    from app.ingest import IngestError, IngestOptions, ingest_file
+    from taskgauge.datasets.ingest import IngestError, IngestOptions, ingest_file
     ds = ingest_file(Path("/tmp/upload-123"), "digits.npz")            # CanonicalDataset
     ds = ingest_file(p, "iris.csv", IngestOptions(label_column="species"))
     ds = ingest_file(p, "pets.zip", IngestOptions(resize=(32, 32), grayscale=True))
@@ -21,11 +21,11 @@ from __future__ import annotations
 from pathlib import Path, PurePath
 from typing import Callable
 
-from app.ingest.arrays import read_npy_file, read_npz_file
-from app.ingest.errors import Ctx, IngestError, IngestOptions
-from app.ingest.images import IMAGE_EXTENSIONS, read_image_zip
-from app.ingest.tables import read_csv_file, read_parquet_file
-from workers.canonical import CanonicalDataset
+from taskgauge.datasets.ingest.arrays import read_npy_file, read_npz_file
+from taskgauge.datasets.ingest.errors import Ctx, IngestError, IngestOptions
+from taskgauge.datasets.ingest.images import IMAGE_EXTENSIONS, read_image_zip
+from taskgauge.datasets.ingest.tables import read_csv_file, read_parquet_file
+from taskgauge.datasets.canonical import CanonicalDataset
 
 __all__ = ["IngestError", "IngestOptions", "SUPPORTED_EXTENSIONS", "IMAGE_EXTENSIONS", "ingest_file"]
 

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.ingest.common import check_features, encode_labels, make_dataset
-from app.ingest.errors import Ctx, IngestError
-from workers.canonical import CanonicalDataset
+from taskgauge.datasets.ingest.common import check_features, encode_labels, make_dataset
+from taskgauge.datasets.ingest.errors import Ctx, IngestError
+from taskgauge.datasets.canonical import CanonicalDataset
 
 LABEL_NAMES = ("label", "y", "target")
 _DELIMITERS = (",", ";", "\t")

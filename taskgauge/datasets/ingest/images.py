@@ -20,10 +20,10 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.ingest.arrays import ByteBudget
-from app.ingest.common import check_features, make_dataset
-from app.ingest.errors import Ctx, IngestError
-from workers.canonical import CanonicalDataset
+from taskgauge.datasets.ingest.arrays import ByteBudget
+from taskgauge.datasets.ingest.common import check_features, make_dataset
+from taskgauge.datasets.ingest.errors import Ctx, IngestError
+from taskgauge.datasets.canonical import CanonicalDataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}

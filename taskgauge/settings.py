@@ -57,6 +57,26 @@ class Settings(BaseSettings):
         default=1024, ge=16, description="Memory the kNN engine may use for one chunk of distances, in MB."
     )
 
+    WORKER_THREADS: int = Field(
+        default=0, ge=0,
+        description="torch/BLAS/faiss threads of each worker child. 0: its share of the cores, "
+        "max(1, cores // concurrency).",
+    )
+    LEASE_S: float = Field(
+        default=60.0, gt=0,
+        description="A running analysis whose worker has not heartbeated for this long is re-queued (seconds).",
+    )
+    HEARTBEAT_S: float = Field(default=5.0, gt=0, description="How often a running analysis refreshes its heartbeat.")
+    PROGRESS_INTERVAL_S: float = Field(
+        default=0.5, ge=0, description="Progress writes are throttled to one per interval (and per stage change)."
+    )
+    VISIBILITY_TIMEOUT_S: int = Field(
+        default=6 * 3600, gt=0, description="Redis visibility timeout: longer than the longest analysis (seconds)."
+    )
+    SCHEDULE_SCAN_SECONDS: float = Field(
+        default=30.0, gt=0, description="How often Celery beat asks a worker to scan for due schedules."
+    )
+
     @field_validator("DEVICE", mode="before")
     @classmethod
     def _device_lower(cls, v: object) -> object:
@@ -81,6 +101,27 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.DATABASE_URL.startswith("sqlite")
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.DATA_DIR / "blobs"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.DATA_DIR / "broker"
+
+    @property
+    def memory_budget_override(self) -> int | None:
+        """``MEMORY_BUDGET_MB`` when it was set explicitly (it then replaces the estimators' own default)."""
+        return self.MEMORY_BUDGET_MB if "MEMORY_BUDGET_MB" in self.model_fields_set else None
+
+    def worker_threads(self, concurrency: int = 1) -> int:
+        """Threads per worker child: ``WORKER_THREADS``, or the child's share of the cores."""
+        import os
+
+        if self.WORKER_THREADS:
+            return self.WORKER_THREADS
+        return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
     @property
     def max_upload_bytes(self) -> int:

@@ -1,5 +1,6 @@
-"""Test-only estimators, loaded into the API and the real worker with ``TASKGAUGE_EXTRA_ESTIMATORS=tg_test_estimators``
-(and this folder on ``PYTHONPATH``). Never registered in production.
+"""Test-only estimators: a plugin found through its ``taskgauge.estimators`` entry point (the dist-info folder
+beside this file) by the API and the real worker processes of the integration tests, which get this folder on
+``PYTHONPATH``. Never installed, so never registered in production.
 
 * ``tg_slow``: sleeps ``seconds`` in small steps, reporting progress, then returns the data's dimension D.
 * ``tg_fail``: raises ``RuntimeError`` (a crashing estimator must fail its analysis, not the worker).

@@ -1,7 +1,7 @@
 """The canonical dataset form (DESIGN.md §2): X float32 (N×D or N×C×H×W), optional y int64 with class
 names, and a JSON ``meta``. Stored as ``.npz`` and always read with ``allow_pickle=False``.
 
-Lives in ``workers`` because both the API (``app.ingest`` writes it) and the workers (read it) need it,
+Lives in ``workers`` because both the API (``taskgauge.datasets.ingest`` writes it) and the workers (read it) need it,
 and the import direction is app → workers → estimators.
 """
 

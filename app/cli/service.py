@@ -26,7 +26,7 @@ EMBEDDED_WORKER_ENV = "TASKGAUGE_EMBEDDED_WORKER"
 def _settings():
     from pydantic import ValidationError
 
-    from app.settings import get_settings
+    from taskgauge.settings import get_settings
 
     try:
         return get_settings()
@@ -74,9 +74,9 @@ def serve(
     """
     import uvicorn
 
-    from app import migrate as migrations
-    from app.auth import ensure_local_key
-    from workers import db
+    from taskgauge import migrate as migrations
+    from taskgauge.auth import ensure_local_key
+    from taskgauge import db
 
     settings = _settings()
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -150,20 +150,20 @@ def worker(
 
       taskgauge worker --queues gpu,default --concurrency 1     (a CUDA host)
     """
-    from app.main import worker_config
-    from workers.celery_app import DEFAULT_QUEUE, GPU_QUEUE, celery_app, configure, load_extra_estimator_modules
+    from taskgauge.services.analyses import DEFAULT_QUEUE, GPU_QUEUE
+    from workers.celery_app import celery_app, configure
 
     settings = _settings()
-    cfg = worker_config(settings)
-    configure(cfg)
-    load_extra_estimator_modules()
+    configure(settings)
+    # each pool child sets its torch/BLAS/faiss threads to this (workers.tasks._child_init)
+    celery_app.conf.taskgauge_threads = settings.worker_threads(concurrency)
     if not queues:
         import torch
 
         queues = f"{GPU_QUEUE},{DEFAULT_QUEUE}" if torch.cuda.is_available() and settings.DEVICE != "cpu" else DEFAULT_QUEUE
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", loglevel, "--without-gossip",
             "--without-mingle", "-n", f"taskgauge-{uuid.uuid4().hex[:8]}@%h"]
-    if cfg.embedded:
+    if settings.embedded_broker:
         argv.append("--without-heartbeat")
     if beat:
         argv += ["--beat", "--scheduler", "celery.beat:Scheduler"]  # in-memory: due times live in the DB
@@ -171,14 +171,14 @@ def worker(
 
 
 def beat(
-    every: Annotated[Optional[float], typer.Option("--every", envvar="TASKGAUGE_SCHEDULE_SCAN_SECONDS",
-                     help="Seconds between scans for due schedules (default 30).")] = None,
+    every: Annotated[Optional[float], typer.Option("--every", min=0.01,
+                     help="Seconds between scans for due schedules (default: TASKGAUGE_SCHEDULE_SCAN_SECONDS, 30).")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run Celery beat: it triggers the due-schedule scan that creates scheduled analyses (a worker must run too).
 
     Which schedules are due lives in the database, so beat keeps no state of its own and a second beat is harmless
-    (``workers.schedule_tasks``).
+    (``workers.beat``).
 
     Examples:
 
@@ -186,14 +186,12 @@ def beat(
 
       taskgauge beat --every 10
     """
-    from app.main import worker_config
-    from workers.schedule_tasks import run_beat
+    from workers.beat import run_beat
 
-    try:
-        run_beat(worker_config(_settings()), seconds=every, loglevel=loglevel)
-    except ValueError as exc:
-        typer.echo(f"taskgauge: error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    settings = _settings()
+    if every is not None:
+        settings = settings.model_copy(update={"SCHEDULE_SCAN_SECONDS": every})
+    run_beat(settings, loglevel=loglevel)
 
 
 db_cli = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -207,7 +205,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 
       TASKGAUGE_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1/taskgauge taskgauge db upgrade
     """
-    from app import migrate as migrations
+    from taskgauge import migrate as migrations
 
     settings = _settings()
     migrations.upgrade(settings.DATABASE_URL, revision)
@@ -219,7 +217,7 @@ def db_check() -> None:
     """Fail (exit 1) when the ORM models and the migrations differ (CI's drift detection)."""
     from alembic.util.exc import CommandError
 
-    from app import migrate as migrations
+    from taskgauge import migrate as migrations
 
     try:
         migrations.check(_settings().DATABASE_URL)
@@ -244,8 +242,8 @@ def keys_create(
 
       export TASKGAUGE_API_KEY=$(taskgauge keys create alice)
     """
-    from app.auth import create_key
-    from workers import db
+    from taskgauge.auth import create_key
+    from taskgauge import db
 
     settings = _settings()
     engine = db.make_engine(settings.DATABASE_URL)

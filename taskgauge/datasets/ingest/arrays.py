@@ -15,9 +15,9 @@ from typing import IO, Any
 import numpy as np
 import numpy.lib.format as npformat
 
-from app.ingest.common import check_features, encode_labels, make_dataset
-from app.ingest.errors import Ctx, IngestError
-from workers.canonical import CanonicalDataset
+from taskgauge.datasets.ingest.common import check_features, encode_labels, make_dataset
+from taskgauge.datasets.ingest.errors import Ctx, IngestError
+from taskgauge.datasets.canonical import CanonicalDataset
 
 _CHUNK = 16 * 1024 * 1024
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError)

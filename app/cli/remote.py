@@ -1,7 +1,7 @@
 """The CLI's remote commands: a thin Typer layer over an :class:`APIClient` for the REST API (DESIGN.md §6, §9).
 
-``app/cli.py`` owns the top-level Typer app and calls :func:`register` to add the commands below; its local
-``analyse FILE`` command calls :func:`analyse_remote` when the argument is a dataset id rather than a file.
+``app/cli/__init__.py`` owns the top-level Typer app and calls :func:`register` to add the commands below;
+``taskgauge analyse`` (:mod:`app.cli.local`) calls :func:`analyse_remote` when its argument is a dataset id.
 
 Where the client finds the server and the key:
 
@@ -11,7 +11,8 @@ Where the client finds the server and the key:
 
 All HTTP errors are mapped in one place (:meth:`APIClient.request`): connection failures, timeouts and
 RFC 9457 problem documents become an :class:`APIError` whose message says what went wrong and what to do;
-the commands print it and exit with code 1 (2 for a bad request), never with a traceback.
+the commands print it with :func:`app.cli.common.fail` and exit with code 1 (2 for a bad request), never with a
+traceback.
 
 Example::
 
@@ -37,6 +38,19 @@ from rich.table import Table
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 TERMINAL = {"succeeded", "failed", "cancelled"}
+
+from app.cli.common import (
+    EstimatorOpt,
+    GrayscaleOpt,
+    LabelColumnOpt,
+    ParamOpt,
+    ResizeOpt,
+    fail,
+    fmt_number,
+    ingest_fields,
+    parse_requests,
+    render_report,
+)
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -168,7 +182,7 @@ class APIClient(httpx.Client):
 def local_key_file() -> Path | None:
     """The embedded default's local key file, as the service writes it (None if the settings cannot be read)."""
     try:
-        from app.auth import local_key_path  # type: ignore[attr-defined]
+        from taskgauge.auth import local_key_path  # type: ignore[attr-defined]
 
         return Path(local_key_path())
     except Exception:  # noqa: BLE001 - older/other layouts: fall back to the documented location
@@ -176,7 +190,7 @@ def local_key_file() -> Path | None:
     data_dir = os.environ.get("TASKGAUGE_DATA_DIR")
     if data_dir is None:
         try:
-            from app.settings import get_settings  # type: ignore[attr-defined]
+            from taskgauge.settings import get_settings  # type: ignore[attr-defined]
 
             data_dir = str(get_settings().data_dir)
         except Exception:  # noqa: BLE001
@@ -197,18 +211,13 @@ def make_client(api_url: str | None, api_key: str | None) -> APIClient:
     return APIClient(api_url or DEFAULT_API_URL, resolve_key(api_key))
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code=code)
-
-
 def run(fn, *args, **kwargs):
     """Call fn; APIError → styled one-line message and exit (2 for a rejected request, 1 otherwise)."""
     try:
         return fn(*args, **kwargs)
     except APIError as exc:
         code = 2 if exc.status in (400, 404, 409, 413, 422) else 1
-        raise fail(exc.message, code) from None
+        fail(exc.message, code)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -222,40 +231,6 @@ ApiKey = Annotated[
                  help="API key (default: the embedded server's local key file under TASKGAUGE_DATA_DIR)."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the JSON document instead of a table.")]
-
-
-def parse_value(text: str) -> Any:
-    """``--param`` values: JSON when it parses (numbers, lists, true/false), else the plain string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def parse_params(estimators: list[str], params: list[str]) -> dict[str, dict[str, Any]]:
-    """``-e mle -e twonn --param mle.k=10`` → ``{"mle": {"k": 10}, "twonn": {}}``."""
-    requested: dict[str, dict[str, Any]] = {name: {} for name in estimators}
-    for item in params:
-        key, sep, value = item.partition("=")
-        name, dot, pkey = key.partition(".")
-        if not sep or not dot or not name or not pkey:
-            raise fail(f"bad --param {item!r}: write NAME.KEY=VALUE, e.g. mle.k=10", 2)
-        requested.setdefault(name, {})[pkey] = parse_value(value)
-    return requested
-
-
-def fmt(x: Any, digits: int = 4) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.{digits}g}"
-    return str(x)
-
-
-def fmt_ci(ci: Any) -> str:
-    if isinstance(ci, list) and len(ci) == 2:
-        return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
-    return "—"
 
 
 def print_json(doc: Any) -> None:
@@ -339,32 +314,11 @@ def report_for(api: APIClient, ident: str) -> dict[str, Any]:
     return api.get_json(f"/reports/{latest.get('report_id') or latest.get('id')}")
 
 
-def report_table(report: dict[str, Any]) -> Table:
-    ds = report.get("dataset", {})
-    shape = "×".join(str(s) for s in ds.get("shape") or [])
-    table = Table(title=f"{ds.get('name', 'dataset')} ({shape}) — report {str(report.get('report_id', ''))[:8]}")
-    table.add_column("estimator")
-    table.add_column("value", justify="right")
-    table.add_column("CI", justify="right")
-    table.add_column("version")
-    table.add_column("seconds", justify="right")
-    table.add_column("warnings")
-    for name, r in (report.get("results") or {}).items():
-        table.add_row(name, fmt(r.get("value")), fmt_ci(r.get("ci")), str(r.get("version", "")),
-                      fmt(r.get("seconds"), 3), "; ".join(r.get("warnings") or [])[:80])
-    return table
-
-
 # --------------------------------------------------------------------------------------------------- commands
 
 
-def upload_file(api: APIClient, path: Path, *, name: str | None, label_column: str | None,
-                options: dict[str, Any] | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {"name": name or path.stem}
-    if label_column:
-        data["label_column"] = label_column
-    for k, v in (options or {}).items():
-        data[k] = v if isinstance(v, str) else json.dumps(v)
+def upload_file(api: APIClient, path: Path, *, name: str | None, fields: dict[str, str] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"name": name or path.stem, **(fields or {})}
     with path.open("rb") as fh:
         return api.post("/datasets", data=data, files={"file": (path.name, fh, "application/octet-stream")},
                         timeout=httpx.Timeout(60.0, read=600.0)).json()
@@ -373,16 +327,13 @@ def upload_file(api: APIClient, path: Path, *, name: str | None, label_column: s
 def analyse_remote(
     dataset_id: str,
     *,
-    estimators: list[str] | None = None,
-    params: list[str] | None = None,
-    requests: dict[str, dict[str, Any]] | None = None,
-    model_spec: Path | dict[str, Any] | None = None,
+    requests: dict[str, dict[str, Any]],
+    model_spec: dict[str, Any] | None = None,
     watch: bool = True,
     json_out: bool = False,
     quiet: bool = False,
     api_url: str | None = None,
     api_key: str | None = None,
-    **_ignored: Any,
 ) -> dict[str, Any]:
     """Start an analysis of an uploaded dataset on the server (``taskgauge analyse DATASET_ID``).
 
@@ -392,13 +343,9 @@ def analyse_remote(
 
     def go() -> dict[str, Any]:
         with make_client(api_url, api_key) as api:
-            est = dict(requests) if requests else parse_params(list(estimators or []), list(params or []))
-            body: dict[str, Any] = {"dataset_id": dataset_id}
-            if est:
-                body["estimators"] = est  # else: the server's default set
+            body: dict[str, Any] = {"dataset_id": dataset_id, "estimators": requests}
             if model_spec is not None:
-                spec_doc = model_spec if isinstance(model_spec, dict) else json.loads(Path(model_spec).read_text())
-                spec = api.post_json("/model-specs", spec_doc)
+                spec = api.post_json("/model-specs", {"name": "cli", "spec": model_spec})
                 body["model_spec_id"] = spec["id"]
             analysis = api.post_json("/analyses", body)
             aid = analysis["id"]
@@ -415,7 +362,7 @@ def analyse_remote(
             if json_out:
                 print_json(report)
             else:
-                out_console.print(report_table(report))
+                render_report(report, out_console)
             return report
 
     return run(go)
@@ -437,24 +384,17 @@ def register(cli: typer.Typer) -> None:
         path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
                                              help="File to upload (.npz .npy .csv .parquet .zip .jsonl).")],
         name: Annotated[str | None, typer.Option(help="Dataset name (default: the file name).")] = None,
-        label_column: Annotated[str | None, typer.Option(help="Label column of a table.")] = None,
-        option: Annotated[list[str], typer.Option(
-            "--option", help="Extra ingest option KEY=VALUE (e.g. resize=32, grayscale=true).")] = [],  # noqa: B006
+        label_column: LabelColumnOpt = None,
+        resize: ResizeOpt = None,
+        grayscale: GrayscaleOpt = False,
         json_out: JsonFlag = False,
         api_url: ApiUrl = DEFAULT_API_URL,
         api_key: ApiKey = None,
     ) -> None:
         """Upload a dataset to the server and print its id."""
-        opts: dict[str, Any] = {}
-        for item in option:
-            k, sep, v = item.partition("=")
-            if not sep:
-                raise fail(f"bad --option {item!r}: write KEY=VALUE", 2)
-            opts[k] = parse_value(v)
-
         def go() -> None:
             with make_client(api_url, api_key) as api:
-                ds = upload_file(api, path, name=name, label_column=label_column, options=opts)
+                ds = upload_file(api, path, name=name, fields=ingest_fields(label_column, resize, grayscale))
             if json_out:
                 print_json(ds)
             else:
@@ -478,7 +418,7 @@ def register(cli: typer.Typer) -> None:
             for col in ("id", "name", "samples", "shape", "created"):
                 table.add_column(col)
             for d in items:
-                table.add_row(str(d.get("id")), str(d.get("name")), fmt(d.get("n_samples")),
+                table.add_row(str(d.get("id")), str(d.get("name")), fmt_number(d.get("n_samples")),
                               "×".join(str(s) for s in d.get("shape") or []), str(d.get("created_at", ""))[:19])
             out_console.print(table)
 
@@ -536,9 +476,7 @@ def register(cli: typer.Typer) -> None:
             if json_out:
                 print_json(doc)
             else:
-                out_console.print(report_table(doc))
-                for note in doc.get("interpretation") or []:
-                    out_console.print(f"• {note}", style="dim", highlight=False)
+                render_report(doc, out_console)
 
         run(go)
 
@@ -550,7 +488,7 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Compare the headline values of several reports side by side."""
         if len(ids) < 2:
-            raise fail("give at least two ids to compare", 2)
+            fail("give at least two ids to compare")
 
         def go() -> None:
             with make_client(api_url, api_key) as api:
@@ -570,7 +508,7 @@ def register(cli: typer.Typer) -> None:
             for r in reports:
                 names += [n for n in (r.get("results") or {}) if n not in names]
             for n in names:
-                table.add_row(n, *[fmt((r.get("results") or {}).get(n, {}).get("value")) for r in reports])
+                table.add_row(n, *[fmt_number((r.get("results") or {}).get(n, {}).get("value")) for r in reports])
             out_console.print(table)
 
         run(go)
@@ -585,17 +523,15 @@ def register(cli: typer.Typer) -> None:
         dataset_id: Annotated[str, typer.Argument(help="Dataset id.")],
         cron: Annotated[str, typer.Option(help='Cron expression, e.g. "0 3 * * *" (03:00 daily).')],
         tz: Annotated[str, typer.Option("--tz", help="IANA time zone of the cron expression.")] = "UTC",
-        estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator (repeatable).")] = [],  # noqa: B006
-        param: Annotated[list[str], typer.Option("--param", help="NAME.KEY=VALUE (repeatable).")] = [],  # noqa: B006
+        estimator: EstimatorOpt = None,
+        param: ParamOpt = None,
         json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
     ) -> None:
         """Re-analyse a dataset on a cron schedule."""
 
         def go() -> None:
             body: dict[str, Any] = {"dataset_id": dataset_id, "cron": cron, "timezone": tz}
-            est = parse_params(list(estimator), list(param))
-            if est:
-                body["estimators"] = est
+            body["estimators"] = parse_requests(estimator, param)
             with make_client(api_url, api_key) as api:
                 s = api.post_json("/schedules", body)
             if json_out:

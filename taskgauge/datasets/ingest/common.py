@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from app.ingest.errors import Ctx
-from workers.canonical import CanonicalDataset
+from taskgauge.datasets.ingest.errors import Ctx
+from taskgauge.datasets.canonical import CanonicalDataset
 
 MIN_SAMPLES = 3
 _NUMERIC_KINDS = "biuf"

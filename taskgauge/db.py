@@ -77,7 +77,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime; use an aware UTC datetime (workers.db.utcnow())")
+            raise ValueError("naive datetime; use an aware UTC datetime (taskgauge.db.utcnow())")
         return value.astimezone(timezone.utc)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:

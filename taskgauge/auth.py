@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workers import db
+from taskgauge import db
 
 LOCAL_KEY_FILENAME = "local_api_key"
 LOCAL_OWNER = "local"
@@ -87,7 +87,7 @@ def authenticate(session: Session, key: str) -> Principal | None:
 def local_key_path(data_dir: str | Path | None = None) -> Path:
     """Where the embedded default keeps its local key: ``DATA_DIR/local_api_key``."""
     if data_dir is None:
-        from app.settings import get_settings
+        from taskgauge.settings import get_settings
 
         data_dir = get_settings().DATA_DIR
     return Path(data_dir) / LOCAL_KEY_FILENAME

@@ -1,5 +1,5 @@
 """Alembic, driven from code: ``taskgauge db upgrade`` and the test fixtures build the schema with
-:func:`upgrade`; :func:`check` fails when the ORM models (``workers.db``) and the migrations have drifted apart.
+:func:`upgrade`; :func:`check` fails when the ORM models (``taskgauge.db``) and the migrations have drifted apart.
 
 The migration scripts live in ``migrations/`` next to the packages (installed editable, or copied into the image
 by the Dockerfile); ``alembic.ini`` at the repository root works for plain ``alembic`` commands too.

@@ -1,4 +1,4 @@
-"""Report history with flags (pure functions; the routes feed them rows).
+"""Reports: read, compare, and a dataset's report history with flags.
 
 For each report of a dataset, compared with the one before it (by creation time):
 
@@ -18,6 +18,13 @@ from __future__ import annotations
 
 import math
 from typing import Any, Iterable, Mapping
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from taskgauge import db
+from taskgauge.errors import InvalidInput
+from taskgauge.services import get_owned
 
 
 def _num(x: Any) -> float | None:
@@ -93,3 +100,31 @@ def build_history(reports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         prev = results
     out.reverse()
     return out
+
+
+def get_report(session: Session, owner_id: str, report_id: str) -> db.Report:
+    return get_owned(session, db.Report, owner_id, report_id)
+
+
+def get_reports(session: Session, owner_id: str, report_ids: list[str], *, limit: int = 50) -> list[db.Report]:
+    """Several of the owner's reports, in the order asked (for ``/compare``)."""
+    if not report_ids or len(report_ids) > limit:
+        raise InvalidInput(f"give between 1 and {limit} comma-separated report ids, e.g. ?report_ids=ID1,ID2",
+                           title="Bad report_ids")
+    return [get_report(session, owner_id, i) for i in report_ids]
+
+
+def dataset_history(session: Session, owner_id: str, dataset_id: str) -> list[dict[str, Any]]:
+    """The dataset's reports, newest first, each with headline values and version-change / drift flags."""
+    get_owned(session, db.Dataset, owner_id, dataset_id)
+    rows = session.execute(
+        select(db.Report.id, db.Report.analysis_id, db.Report.created_at, db.Report.document,
+               db.Analysis.schedule_id)
+        .join(db.Analysis, db.Analysis.id == db.Report.analysis_id)
+        .where(db.Report.dataset_id == dataset_id, db.Report.owner_id == owner_id)
+    ).all()
+    return build_history(
+        {"report_id": rid, "analysis_id": aid, "created_at": (doc or {}).get("created_at") or created.isoformat(),
+         "results": (doc or {}).get("results") or {}, "schedule_id": sid}
+        for rid, aid, created, doc, sid in rows
+    )

@@ -1,0 +1,216 @@
+"""What every ``taskgauge`` command shares: the one parser of ``-e``/``--param`` and of the ingest options, the
+one report renderer, the one way to fail (a styled line on stderr, exit 2 for bad input, no traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_BAD_INPUT = 2
+
+ESTIMATOR_HELP = "Estimator to run (repeatable, or comma-separated). Default: mle, twonn, gride."
+PARAM_HELP = "Estimator parameter (repeatable); VALUE is JSON when it parses (20, true, [5, 10]), else text."
+
+EstimatorOpt = Annotated[
+    Optional[list[str]], typer.Option("--estimator", "-e", metavar="NAME", help=ESTIMATOR_HELP)
+]
+ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", metavar="NAME.KEY=VALUE", help=PARAM_HELP)]
+LabelColumnOpt = Annotated[
+    Optional[str],
+    typer.Option("--label-column", "-l", metavar="NAME", help="Label column of a table (default: label/y/target)."),
+]
+ResizeOpt = Annotated[
+    Optional[str], typer.Option("--resize", metavar="HxW", help="Resize every image of a .zip to height×width, e.g. 32x32.")
+]
+GrayscaleOpt = Annotated[bool, typer.Option("--grayscale", help="Convert the images of a .zip to one channel.")]
+ModelSpecOpt = Annotated[
+    Optional[Path],
+    typer.Option("--model-spec", metavar="FILE", help='Model spec JSON for subspace, e.g. {"arch": "mlp"}.'),
+]
+
+
+def ingest_fields(label_column: str | None, resize: str | None, grayscale: bool) -> dict[str, str]:
+    """The ingest options as the upload form fields (the same names the API documents)."""
+    fields = {"label_column": label_column, "resize": resize, "grayscale": "true" if grayscale else None}
+    return {k: v for k, v in fields.items() if v}
+
+
+def fail(reason: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Print ``taskgauge: error: REASON`` as one line on stderr and exit with ``code`` (no traceback)."""
+    one_line = " ".join(str(reason).split())
+    typer.echo(f"taskgauge: error: {one_line}", err=True)
+    raise typer.Exit(code=code)
+
+
+class BadInput(ValueError):
+    """CLI input that cannot be used; the message is the one-line reason."""
+
+
+def parse_param(item: str) -> tuple[str, list[str], Any]:
+    """``"mle.k=20"`` -> ``("mle", ["k"], 20)``; values are JSON when they parse (numbers, booleans, lists,
+    objects, null), else strings; ``NAME.A.B=V`` sets a nested key.
+
+    >>> parse_param("mle.k=20"), parse_param("twonn.method=ml"), parse_param("gride.scales=[2, 4]")
+    (('mle', ['k'], 20), ('twonn', ['method'], 'ml'), ('gride', ['scales'], [2, 4]))
+    """
+    lhs, sep, raw = item.partition("=")
+    parts = lhs.strip().split(".")
+    if not sep or len(parts) < 2 or not all(p.strip() for p in parts):
+        raise BadInput(f"--param {item!r} must look like NAME.KEY=VALUE, e.g. --param mle.k=20")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return parts[0].strip(), [p.strip() for p in parts[1:]], value
+
+
+def build_requests(
+    estimators: list[str] | None, params: list[str] | None, default: tuple[str, ...] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``-e`` names (repeatable or comma-separated; ``default`` — the registry's defaults — when none) and their
+    ``--param`` values. The same for local and remote analyses: ``-e mle,twonn`` is two estimators everywhere.
+
+    >>> build_requests(["mle,twonn"], ["mle.k=10"])
+    {'mle': {'k': 10}, 'twonn': {}}
+    """
+    if default is None:
+        from estimators.registry import DEFAULT_ESTIMATORS
+
+        default = DEFAULT_ESTIMATORS
+    names: list[str] = []
+    for item in estimators or []:
+        for name in item.split(","):
+            name = name.strip()
+            if name and name not in names:
+                names.append(name)
+    chosen = bool(names)
+    if not names:
+        names = list(default)
+    requests: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for item in params or []:
+        name, keys, value = parse_param(item)
+        if name not in requests:
+            how = "selected with -e" if chosen else f"one of the defaults ({', '.join(default)})"
+            raise BadInput(f"--param {item!r} is for estimator '{name}', which is not {how}; add -e {name}")
+        target = requests[name]
+        for key in keys[:-1]:
+            nxt = target.setdefault(key, {})
+            if not isinstance(nxt, dict):
+                raise BadInput(f"--param {item!r} sets a key inside '{key}', which already has a value")
+            target = nxt
+        target[keys[-1]] = value
+    return requests
+
+
+def load_model_spec(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BadInput(f"cannot read model spec {str(path)!r}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"model spec {str(path)!r} is not valid JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise BadInput(
+            f"model spec {str(path)!r} must be a JSON object, e.g. {{\"arch\": \"mlp\", \"hidden\": [200, 200]}}"
+        )
+    return spec
+
+
+def fmt_number(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, str):  # "inf", "-inf", "nan"
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.4g}"
+
+
+def render_report(report: dict[str, Any], console: Console) -> None:
+    """A readable summary: one line about the dataset, a table of results, the interpretation notes."""
+    ds = report.get("dataset", {})
+    dup = ds.get("duplicates", {}) or {}
+    bits = [f"[bold]{ds.get('name')}[/bold]", f"{ds.get('n_samples')} samples", f"shape {ds.get('shape')}"]
+    if ds.get("n_classes") is not None:
+        bits.append(f"{ds['n_classes']} classes")
+    if dup.get("exact"):
+        bits.append(f"{dup['exact']} exact duplicates")
+    if dup.get("conflicting_labels"):
+        bits.append(f"[red]{dup['conflicting_labels']} duplicate groups with conflicting labels[/red]")
+    env = report.get("environment", {})
+    console.print(" · ".join(bits) + f"  [dim]({env.get('device')}, {fmt_number(env.get('seconds_total'))} s)[/dim]")
+    table = Table(show_lines=False, header_style="bold")
+    table.add_column("estimator")
+    table.add_column("value", justify="right")
+    table.add_column("CI")
+    table.add_column("seconds", justify="right")
+    table.add_column("warnings")
+    footnotes: list[str] = []
+    for name, r in (report.get("results") or {}).items():
+        ci = r.get("ci")
+        ci_text = f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]" if ci else "—"
+        warnings = r.get("warnings") or []
+        marks = []
+        for w in warnings:
+            footnotes.append(f"[yellow]({len(footnotes) + 1})[/yellow] {name}: {w}")
+            marks.append(f"({len(footnotes)})")
+        seconds = r.get("seconds")
+        table.add_row(
+            f"{name} [dim]{r.get('version', '')}[/dim]",
+            fmt_number(r.get("value")),
+            ci_text,
+            f"{seconds:.2f}" if isinstance(seconds, (int, float)) else "—",
+            f"[yellow]{' '.join(marks)}[/yellow]" if marks else "",
+        )
+    console.print(table)
+    for name, r in (report.get("results") or {}).items():
+        if r.get("ci") and r.get("ci_method"):
+            console.print(f"[dim]CI of {name}: {r['ci_method']}[/dim]")
+    for line in footnotes:
+        console.print(line)
+    for note in report.get("interpretation") or []:
+        console.print(f"[dim]• {note}[/dim]")
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr; yields a ``progress(fraction, stage)`` callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}", style="cyan"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("reading data", total=1.0)
+
+        def report(fraction: float, stage: str) -> None:
+            bar.update(task, completed=min(max(float(fraction), 0.0), 1.0), description=stage)
+
+        yield report
+
+
+def parse_requests(estimators: list[str] | None, params: list[str] | None) -> dict[str, dict[str, Any]]:
+    """:func:`build_requests`, failing with its one-line reason (exit 2) on bad input."""
+    try:
+        return build_requests(estimators, params)
+    except BadInput as exc:
+        fail(str(exc))

@@ -1,0 +1,106 @@
+"""Analyses: the one way an analysis is created (API and schedule scan alike), read, listed and cancelled."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from taskgauge import db
+from taskgauge.context import Context
+from taskgauge.errors import Conflict, ServiceUnavailable, problem
+from taskgauge.pipeline import DataFacts, validate_requests
+from taskgauge.services import get_owned, page
+from taskgauge.services.datasets import get_dataset, get_model_spec
+
+log = logging.getLogger("taskgauge.services")
+
+DEFAULT_QUEUE = "default"
+GPU_QUEUE = "gpu"
+
+
+def queue_for(device: str) -> str:
+    """``cuda`` analyses go to the ``gpu`` queue (CUDA workers consume it); everything else to ``default``."""
+    return GPU_QUEUE if device == "cuda" else DEFAULT_QUEUE
+
+
+def get_analysis(session: Session, owner_id: str, analysis_id: str) -> db.Analysis:
+    return get_owned(session, db.Analysis, owner_id, analysis_id)
+
+
+def list_analyses(session: Session, owner_id: str, *, dataset_id: str | None, status: str | None, limit: int,
+                  offset: int) -> tuple[list[db.Analysis], int]:
+    A = db.Analysis
+    q = select(A).where(A.owner_id == owner_id)
+    if dataset_id:
+        q = q.where(A.dataset_id == dataset_id)
+    if status:
+        q = q.where(A.status == status)
+    return page(session, q, (A.created_at.desc(), A.id), limit=limit, offset=offset)
+
+
+def check_requests(requests: dict[str, Any] | None, dataset: db.Dataset, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate estimator names and params against the registry and the dataset row (labels, sample count)
+    without loading the data; returns the normalised request ``{name: params}``."""
+    facts = DataFacts(has_labels=dataset.n_classes is not None, n_samples=dataset.n_samples)
+    return validate_requests(requests, facts, model_spec=spec)
+
+
+def new_analysis(*, owner_id: str, dataset_id: str, requests: dict[str, Any], model_spec_id: str | None,
+                 device: str = "auto", schedule_id: str | None = None) -> db.Analysis:
+    """The one constructor of an analysis row (``queued``, its queue chosen from the device)."""
+    now = db.utcnow()
+    return db.Analysis(
+        id=db.new_id(), owner_id=owner_id, dataset_id=dataset_id, model_spec_id=model_spec_id,
+        schedule_id=schedule_id, estimators=requests, device=device, queue=queue_for(device), status=db.QUEUED,
+        progress=0.0, stage="queued", attempts=0, created_at=now, updated_at=now,
+    )
+
+
+def enqueue(ctx: Context, rows: Iterable[db.Analysis]) -> None:
+    """Send committed analyses to the workers. One the broker refuses is marked ``failed`` (503 problem) rather
+    than left ``queued``; the first refusal is raised as :class:`ServiceUnavailable` after all were tried."""
+    refused: Exception | None = None
+    for row in rows:
+        try:
+            ctx.enqueue(row.id, row.queue or DEFAULT_QUEUE)
+        except Exception as exc:  # noqa: BLE001 - broker down: say so, never leave the analysis queued forever
+            log.exception("enqueue of analysis %s failed", row.id)
+            refused = refused or exc
+            with ctx.sessions() as s, s.begin():
+                s.execute(update(db.Analysis).where(db.Analysis.id == row.id).values(
+                    status=db.FAILED, finished_at=db.utcnow(), stage="failed",
+                    error=problem("Broker unavailable", f"could not enqueue the analysis ({type(exc).__name__}); "
+                                  "retry when the broker is back (GET /readyz)", 503, "unavailable")))
+    if refused is not None:
+        raise ServiceUnavailable(
+            f"the task broker is unreachable ({type(refused).__name__}); the analysis was not queued. Check GET "
+            "/readyz and retry", title="Broker unavailable") from None
+
+
+def create_analysis(ctx: Context, owner_id: str, *, dataset_id: str, estimators: dict[str, Any] | None,
+                    model_spec_id: str | None, device: str = "auto") -> db.Analysis:
+    """Validate, store (``queued``) and enqueue an analysis; enqueued only after the commit."""
+    with ctx.sessions() as s, s.begin():
+        dataset = get_dataset(s, owner_id, dataset_id)
+        spec = get_model_spec(s, owner_id, model_spec_id).spec if model_spec_id else None
+        row = new_analysis(owner_id=owner_id, dataset_id=dataset.id, model_spec_id=model_spec_id,
+                           requests=check_requests(estimators, dataset, spec), device=device)
+        s.add(row)
+    enqueue(ctx, [row])
+    return row
+
+
+def cancel_analysis(ctx: Context, owner_id: str, analysis_id: str) -> db.Analysis:
+    A = db.Analysis
+    with ctx.sessions() as s, s.begin():
+        row = get_analysis(s, owner_id, analysis_id)
+        res = s.execute(update(A).where(A.id == row.id, A.status.in_([db.QUEUED, db.RUNNING]))
+                        .values(status=db.CANCELLED, finished_at=db.utcnow(), stage="cancelled"))
+        if res.rowcount != 1:
+            raise Conflict(f"analysis {analysis_id} is already {row.status}; only queued or running analyses can "
+                           "be cancelled", title="Analysis already finished")
+    with ctx.sessions() as s:
+        return get_analysis(s, owner_id, analysis_id)
