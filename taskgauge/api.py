@@ -175,9 +175,7 @@ def _build_class(
     def __init__(self: RegisteredEstimator, **kwargs: Any) -> None:  # noqa: N807 - the generated constructor
         unknown = sorted(set(kwargs) - set(names))
         if unknown:
-            raise TypeError(
-                f"{class_name}() got unexpected keyword arguments {unknown}; allowed: {', '.join(names)}"
-            )
+            raise TypeError(f"{class_name}() got unexpected keyword arguments {unknown}; allowed: {', '.join(names)}")
         missing = [n for n in names if n not in kwargs and n not in defaults]
         if missing:
             raise TypeError(f"{class_name}() missing required keyword arguments {missing}")
@@ -312,7 +310,9 @@ def format_table(report: Mapping[str, Any]) -> str:
     right = {2, 4}
 
     def line(cells: Iterable[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     ds = report.get("dataset") or {}
     out = [f"{ds.get('name', 'dataset')}: {ds.get('n_samples')} samples, shape {ds.get('shape')}"]

@@ -26,10 +26,8 @@ PACKAGES = ("estimators", "taskgauge", "workers", "app")
 SOURCE_SUFFIXES = {".py", ".pyi", ".js", ".html", ".css", ".c", ".h", ".txt", ".md", ".json"}
 TEXT_SUFFIXES = SOURCE_SUFFIXES | {".toml", ".cfg", ".ini", ".yml", ".yaml", ".sh", ".rst"}
 TEXT_NAMES = {"Dockerfile", "Makefile", "run"}
-SKIP_DIRS = {
-    ".git", ".venv", "venv", "node_modules", "__pycache__", "build", "dist", "screenshots", ".taskgauge",
-    ".pytest_cache", ".mypy_cache", ".ruff_cache",
-}
+SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "build", "dist", "screenshots", ".taskgauge"}
+SKIP_DIRS |= {".pytest_cache", ".mypy_cache", ".ruff_cache"}
 # these two spell the old names on purpose (the rewrite rules and this test)
 SKIP_FILES = {"tools/rewrite_refs.py", "tests/test_docs_references.py"}
 
@@ -37,8 +35,10 @@ SEC = r"\d+(?:\.\d+)*"
 # one citation chain: "§1.1", "§4.2–4.3", "§0, §1.1; §7", optionally with a quoted paragraph name after an item
 ITEM = rf"§(?P<num>{SEC})(?:[–-](?P<upto>{SEC}))?(?:,? ?(?P<q>['\"“‘])(?P<name>[^'\"”’\n]{{1,60}})['\"”’])?"
 ITEM_RE = re.compile(ITEM)
-CHAIN_RE = re.compile(rf"§{SEC}(?:[–-]{SEC})?(?:,? ?['\"“‘][^'\"”’\n]{{1,60}}['\"”’])?"
-                      rf"(?:(?:, |; | and |, and )§{SEC}(?:[–-]{SEC})?(?:,? ?['\"“‘][^'\"”’\n]{{1,60}}['\"”’])?)*")
+CHAIN_RE = re.compile(
+    rf"§{SEC}(?:[–-]{SEC})?(?:,? ?['\"“‘][^'\"”’\n]{{1,60}}['\"”’])?"
+    rf"(?:(?:, |; | and |, and )§{SEC}(?:[–-]{SEC})?(?:,? ?['\"“‘][^'\"”’\n]{{1,60}}['\"”’])?)*"
+)
 # a chain that cites another document: the source is named right before it
 EXTERNAL_BEFORE = re.compile(
     r"\b(?:RFC ?\d+|Li(?:'s| et al\.?)?(?: \d{4})?|[Pp]aper(?:'s)?|[\w./-]+\.(?:py|ipynb)|Aghajanyan(?: et al\.?)?"
@@ -112,8 +112,7 @@ def check_chain(chain: str, where: str) -> list[str]:
 
 
 def test_methods_doc_has_the_numbered_sections():
-    expected = ["0", "1", "1.1", "1.2", "1.3", "1.4", "1.5", "2", "3", "3.1", "3.2", "4", "4.1", "4.2", "4.3", "4.4",
-                "4.5", "5", "6", "7"]
+    expected = "0 1 1.1 1.2 1.3 1.4 1.5 2 3 3.1 3.2 4 4.1 4.2 4.3 4.4 4.5 5 6 7".split()
     assert list(sections()) == expected
 
 

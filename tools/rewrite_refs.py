@@ -59,10 +59,7 @@ from pathlib import Path
 
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "build", "dist", "screenshots", ".taskgauge"}
 SKIP_FILES = {"tools/rewrite_refs.py", "tests/test_docs_references.py"}
-TEXT_SUFFIXES = {
-    ".py", ".pyi", ".js", ".html", ".css", ".md", ".rst", ".txt", ".c", ".h", ".toml", ".cfg", ".ini", ".yml",
-    ".yaml", ".sh", ".json",
-}
+TEXT_SUFFIXES = set(".py .pyi .js .html .css .md .rst .txt .c .h .toml .cfg .ini .yml .yaml .sh .json".split())
 TEXT_NAMES = {"Dockerfile", "Makefile", "run"}
 
 # DESIGN section -> where its content lives now

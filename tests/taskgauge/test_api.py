@@ -56,7 +56,9 @@ def test_mle_equals_skdim(name):
 
 
 @pytest.mark.parametrize("name", ["gauss5_in_R20", "M1_Sphere"])
-@pytest.mark.parametrize("kw", [{}, {"discard": 0.2}, {"discard_fraction": 0.2}], ids=["default", "discard", "fraction"])
+@pytest.mark.parametrize(
+    "kw", [{}, {"discard": 0.2}, {"discard_fraction": 0.2}], ids=["default", "discard", "fraction"]
+)
 def test_twonn_equals_skdim(name, kw):
     X = DATA[name]()
     frac = kw.get("discard", kw.get("discard_fraction", 0.1))
@@ -94,8 +96,13 @@ def test_set_params_and_alias_conflict():
 
 @pytest.mark.parametrize(
     "cls,name",
-    [(MLE, "mle"), (TwoNN, "twonn"), (Gride, "gride"), (LabelSharpness, "label_sharpness"),
-     (InductiveBias, "inductive_bias")],
+    [
+        (MLE, "mle"),
+        (TwoNN, "twonn"),
+        (Gride, "gride"),
+        (LabelSharpness, "label_sharpness"),
+        (InductiveBias, "inductive_bias"),
+    ],
 )
 def test_constructor_mirrors_the_params_model(cls, name):
     fields = registry.get(name).params_model.model_fields
