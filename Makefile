@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-all bench install clean
+.PHONY: run test test-all lint bench install clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt estimators/_native/exact.c
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Import direction (import-linter contracts in pyproject.toml), lint, format, types. .ci/run calls it.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	sh bench/setup.sh
