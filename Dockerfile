@@ -1,4 +1,4 @@
-# One image for the api, worker and beat services (DESIGN.md §1).
+# One image for the api, worker and beat services (docs/deployment.md).
 #   docker build -t taskgauge .                                   # CPU torch (default)
 #   docker build -t taskgauge-cuda --build-arg TORCH_VARIANT=cu124 .   # CUDA torch, for GPU workers
 FROM python:3.11-slim

@@ -1,4 +1,4 @@
-"""The FastAPI application factory (DESIGN.md §6).
+"""The FastAPI application factory (docs/deployment.md).
 
 ``create_app()`` builds the app; its ``lifespan`` builds the engine, the blob store and the Celery producer
 configuration — nothing connects at import time. The schema is never created here: it comes from the

@@ -1,4 +1,4 @@
-"""Request and response models of the REST API (DESIGN.md §6): one family per resource
+"""Request and response models of the REST API (docs/deployment.md): one family per resource
 (``XCreate`` in, ``XPublic`` out, ``XsPublic{items, count}`` for lists)."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ModelSpecCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(default="model", max_length=300)
     spec: dict[str, Any] = Field(
-        description='DESIGN.md §7, e.g. {"arch": "mlp", "hidden": [200, 200], "train": {"epochs": 10}}',
+        description='docs/methods.md §4, e.g. {"arch": "mlp", "hidden": [200, 200], "train": {"epochs": 10}}',
         examples=[{"arch": "mlp", "hidden": [200, 200]}],
     )
 

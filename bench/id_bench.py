@@ -1,4 +1,4 @@
-"""Intrinsic-dimension benchmark: taskgauge vs scikit-dimension vs DADApy vs faiss-cpu (METHODS §7).
+"""Intrinsic-dimension benchmark: taskgauge vs scikit-dimension vs DADApy vs faiss-cpu (docs/methods.md §7).
 
 Every measurement is the *whole call from a numpy array to the number*, in a fresh subprocess per
 (method, n, D), repeated ``--repeats`` times (median reported); the peak memory is that subprocess's
@@ -95,7 +95,7 @@ def _inline_mle(X: np.ndarray, k: int = 20) -> float:
 
 
 def mle_from_distances(T: np.ndarray, k: int) -> float:
-    """MacKay–Ghahramani pooled MLE (k - 1 normaliser, METHODS §1.1) of ascending neighbour distances (Q, >= k)."""
+    """MacKay–Ghahramani pooled MLE (k - 1 normaliser, docs/methods.md §1.1) of ascending neighbour distances (Q, >= k)."""
     T = T[:, :k]
     u = np.log(T[:, -1:] / T[:, :-1]).sum(1) / (k - 1)
     return float(1.0 / u.mean())

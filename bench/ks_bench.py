@@ -1,4 +1,4 @@
-"""Label sharpness on full Fashion-MNIST: exact all-pairs K_F vs the paper's M=1000 subsample (METHODS §2).
+"""Label sharpness on full Fashion-MNIST: exact all-pairs K_F vs the paper's M=1000 subsample (docs/methods.md §2).
 
 Setup: the data come from the Debian package ``dataset-fashion-mnist`` (IDX files under
 /usr/share/datasets/fashion-mnist); this script installs it with ``apt-get install -y dataset-fashion-mnist``
@@ -200,7 +200,7 @@ def main() -> None:
     out(f"Paper-mode K_F over {args.seeds} seeds: mean {vals.mean():.4f}, range [{vals.min():.4f}, {vals.max():.4f}] — "
         f"{exact.value / vals.mean():.2f}× below the exact {exact.value:.4f}: a 1000-point subsample sees "
         f"{1000 * 999 / 2 / (X.shape[0] * (X.shape[0] - 1) / 2):.1e} of the pairs, so its maximum is a strong "
-        "underestimate that grows with M (METHODS §2).")
+        "underestimate that grows with M (docs/methods.md §2).")
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)

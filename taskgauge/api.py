@@ -269,56 +269,12 @@ class Report:
 
     def table(self) -> str:
         """A plain-text table: estimator, version, value, CI, seconds, warning count."""
-        return format_table(self.data)
+        from taskgauge.render import report_text
+
+        return report_text(self.data)
 
     def __str__(self) -> str:
         return self.table()
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)  # "inf", "-inf", "nan" arrive as strings
-    if isinstance(v, int):
-        return str(v)
-    return f"{v:.{digits}g}"
-
-
-def format_table(report: Mapping[str, Any]) -> str:
-    """The results of a report as an aligned plain-text table, with its warnings numbered below it."""
-    header = ("estimator", "version", "value", "CI", "seconds", "warnings")
-    rows = []
-    notes: list[str] = []
-    for name, r in (report.get("results") or {}).items():
-        ci = r.get("ci")
-        marks = []
-        for w in r.get("warnings") or []:
-            notes.append(f"({len(notes) + 1}) {name}: {w}")
-            marks.append(f"({len(notes)})")
-        rows.append(
-            (
-                name,
-                str(r.get("version", "")),
-                _fmt(r.get("value")),
-                f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "—",
-                _fmt(r.get("seconds"), 3),
-                " ".join(marks),
-            )
-        )
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    right = {2, 4}
-
-    def line(cells: Iterable[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    ds = report.get("dataset") or {}
-    out = [f"{ds.get('name', 'dataset')}: {ds.get('n_samples')} samples, shape {ds.get('shape')}"]
-    out += [line(header), line("-" * w for w in widths)]
-    out += [line(row) for row in rows]
-    return "\n".join(out + notes)
 
 
 def analyse(
@@ -337,8 +293,8 @@ def analyse(
     ``params``: ``{estimator: {param: value}}`` for some of them. ``model_spec`` is needed by ``subspace``.
     The report is the document of the REST API and the CLI (dataset summary, results, interpretation).
     """
-    from workers.canonical import CanonicalDataset
-    from workers.pipeline import DatasetInfo, run_pipeline
+    from taskgauge.datasets.canonical import CanonicalDataset
+    from taskgauge.pipeline import DatasetInfo, run_pipeline
 
     names = [e.strip() for e in estimators.split(",")] if isinstance(estimators, str) else [str(e) for e in estimators]
     names = [n for n in names if n]

@@ -1,4 +1,4 @@
-"""API keys (DESIGN.md §6): ``Authorization: Bearer tg_<prefix>_<secret>``.
+"""API keys (docs/deployment.md): ``Authorization: Bearer tg_<prefix>_<secret>``.
 
 A key is shown once (``taskgauge keys create NAME``); the database keeps its public ``prefix`` (for lookup)
 and the SHA-256 of the secret part (the secret is 32 random bytes, so a fast hash is enough — there is nothing

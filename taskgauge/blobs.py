@@ -1,4 +1,4 @@
-"""Content-addressed blob store under ``DATA_DIR/blobs`` (DESIGN.md §2).
+"""Content-addressed blob store under ``DATA_DIR/blobs`` (docs/deployment.md).
 
 A blob's name is the SHA-256 of its bytes: ``blobs/ab/abcdef…``. Blobs are the canonical ``.npz`` files;
 :func:`deterministic_npz` rewrites the zip entries with a fixed timestamp so that the same canonical dataset

@@ -8,7 +8,7 @@ engine when the API's lifespan or a worker process asks for one.
 The schema comes only from the Alembic migrations under ``migrations/`` (``taskgauge db upgrade``); the
 models here must match them, which ``alembic check`` (run by the integration tests) enforces.
 
-Conventions (STYLE.md, Persistence): a ``MetaData`` naming convention so constraint names are stable;
+Conventions: a ``MetaData`` naming convention so constraint names are stable;
 string UUID primary keys; timezone-aware UTC timestamps (also on SQLite, via :class:`UTCDateTime`);
 relationships are not used for loading (``lazy="raise"`` where they exist) — code builds ``select()``
 statements; helpers only flush, the request or task owns the one commit.
@@ -53,7 +53,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# Analysis states (DESIGN.md §6).
+# Analysis states (docs/deployment.md).
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ANALYSIS_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -191,7 +191,7 @@ class AnalysisResult(IdMixin, CreatedMixin, Base):
 
 
 class Report(CreatedMixin, Base):
-    """The finished report document (DESIGN.md §5); ``id`` is the document's ``report_id``."""
+    """The finished report document (docs/methods.md §0); ``id`` is the document's ``report_id``."""
 
     __tablename__ = "reports"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

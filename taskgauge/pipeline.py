@@ -1,7 +1,7 @@
 """The analysis pipeline: one function that the Celery task and the CLI's local mode both call.
 
 ``run_pipeline`` validates the requested estimators against the registry and the dataset, runs each one,
-reports progress, and assembles the report of DESIGN.md §5. It does no I/O of its own: the caller loads the
+reports progress, and assembles the report of docs/methods.md §0. It does no I/O of its own: the caller loads the
 dataset and persists what comes back (``on_result`` is called after each estimator so a worker can write one
 result row per estimator as it goes, and ``done`` lets a re-run skip the results already stored).
 """
@@ -159,7 +159,7 @@ def run_pipeline(
     on_result: Callable[[str, dict[str, Any]], None] | None = None,
     done: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run the requested estimators (default: mle, twonn, gride) and return the report (DESIGN.md §5)."""
+    """Run the requested estimators (default: mle, twonn, gride) and return the report (docs/methods.md §0)."""
     t0 = time.perf_counter()
     planned = plan(requests, dataset, model_spec=model_spec, memory_budget_mb=memory_budget_mb)
     dev = resolve_device(device)
@@ -228,7 +228,7 @@ def analyse_file(
     memory_budget_mb: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Ingest the file ``path`` and run the pipeline on it, in this process; returns the report (DESIGN §5).
+    """Ingest the file ``path`` and run the pipeline on it, in this process; returns the report (docs/methods.md §0).
     The CLI's local mode (``taskgauge analyse FILE``).
 
     Raises :class:`taskgauge.datasets.ingest.IngestError` or :class:`estimators.base.EstimatorError` on bad input.

@@ -1,4 +1,4 @@
-"""Report assembly helpers (DESIGN.md §5) and the plain-language interpretation notes (METHODS.md §5)."""
+"""Report assembly helpers (docs/methods.md §0) and the plain-language interpretation notes (docs/methods.md §5)."""
 
 from __future__ import annotations
 

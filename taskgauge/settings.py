@@ -1,4 +1,4 @@
-"""All configuration, in one pydantic-settings class (DESIGN.md §8).
+"""All configuration, in one pydantic-settings class (docs/deployment.md).
 
 Every field is read from the environment with the prefix ``TASKGAUGE_`` (``TASKGAUGE_DATA_DIR=/srv/tg``), or from
 a ``.env`` file in the working directory. With nothing set, taskgauge runs embedded: an SQLite database and the

@@ -328,7 +328,7 @@ def test_console_script_on_shipped_digits():
         r = report["results"][name]
         assert isinstance(r["value"], float) and 1.0 < r["value"] < 64.0, (name, r["value"])
         assert r["version"] == available[name].version
-    if "mle" in defaults:  # DATA.md: MLE (k=20, MacKay–Ghahramani) on digits ≈ 6.8
+    if "mle" in defaults:  # MLE (k=20, MacKay–Ghahramani) on digits ≈ 6.8
         assert report["results"]["mle"]["value"] == pytest.approx(6.8, abs=0.1)
 
 

@@ -1,4 +1,4 @@
-"""taskgauge.datasets.ingest: every supported format's happy path and every bad input of DESIGN.md §3 (message and status)."""
+"""taskgauge.datasets.ingest: every supported format's happy path and every bad input of README.md (message and status)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Celery beat for scheduled re-analysis (DESIGN §2.4).
+"""Celery beat for scheduled re-analysis (docs/dashboard.md).
 
 Beat only sends ``taskgauge.run_due_schedules`` (:func:`workers.tasks.run_due_schedules`) every
 ``TASKGAUGE_SCHEDULE_SCAN_SECONDS`` (default 30 s; :func:`workers.celery_app.beat_schedule`, the one schedule);

@@ -1,4 +1,4 @@
-"""The Celery application (DESIGN §2, §8).
+"""The Celery application (docs/deployment.md).
 
 ``celery_app`` is created at import time but connects to nothing until used. Its configuration comes from the
 :class:`taskgauge.settings.Settings` handed to :func:`configure` by the process that starts it (``taskgauge

@@ -1,4 +1,4 @@
-"""The ``taskgauge`` command line (DESIGN §9): one Typer app, its commands in three modules.
+"""The ``taskgauge`` command line (docs/dashboard.md): one Typer app, its commands in three modules.
 
 * :mod:`app.cli.local`: ``analyse`` (a file locally, or a dataset id on the server);
 * :mod:`app.cli.remote`: the API client commands (``upload``, ``datasets``, ``status``, ``watch``, ``report``,

@@ -1,4 +1,4 @@
-"""The CLI's remote commands: a thin Typer layer over an :class:`APIClient` for the REST API (DESIGN.md §6, §9).
+"""The CLI's remote commands: a thin Typer layer over an :class:`APIClient` for the REST API (docs/deployment.md, docs/dashboard.md).
 
 ``app/cli/__init__.py`` owns the top-level Typer app and calls :func:`register` to add the commands below;
 ``taskgauge analyse`` (:mod:`app.cli.local`) calls :func:`analyse_remote` when its argument is a dataset id.
@@ -468,7 +468,7 @@ def register(cli: typer.Typer) -> None:
             metavar="ID", help="Report id, analysis id, or dataset id (its latest report).")],
         json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
     ) -> None:
-        """Show a report as a table (or its JSON, DESIGN §5, with --json)."""
+        """Show a report as a table (or its JSON, docs/methods.md §0, with --json)."""
 
         def go() -> None:
             with make_client(api_url, api_key) as api:

@@ -1,1 +1,1 @@
-"""The browser dashboard (DESIGN.md §9): server-rendered pages whose small JS talks to the REST API."""
+"""The browser dashboard (docs/dashboard.md): server-rendered pages whose small JS talks to the REST API."""

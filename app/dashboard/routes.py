@@ -1,4 +1,4 @@
-"""Dashboard pages (DESIGN.md §9), served by the API at ``/``.
+"""Dashboard pages (docs/dashboard.md), served by the API at ``/``.
 
 The pages are Jinja2 templates; their data comes from the REST API (``/api/v1``), fetched by a small script
 (``static/app.js``) with the API key the user keeps in the browser's localStorage. Plots are SVG drawn by

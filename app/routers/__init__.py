@@ -1,1 +1,1 @@
-"""REST routers (DESIGN.md §6), mounted under ``/api/v1`` by :func:`app.main.create_app`."""
+"""REST routers (docs/deployment.md), mounted under ``/api/v1`` by :func:`app.main.create_app`."""

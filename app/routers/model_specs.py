@@ -1,4 +1,4 @@
-"""``/model-specs``: JSON model specs (DESIGN.md §7), validated; never code, never pickles."""
+"""``/model-specs``: JSON model specs (docs/methods.md §4), validated; never code, never pickles."""
 
 from __future__ import annotations
 

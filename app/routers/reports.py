@@ -1,4 +1,4 @@
-"""``/reports/{id}`` (the DESIGN.md §5 document) and ``/compare`` (headline values side by side)."""
+"""``/reports/{id}`` (the docs/methods.md §0 document) and ``/compare`` (headline values side by side)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ router = APIRouter(tags=["reports"])
 @router.get("/reports/{report_id}", operation_id="reports-read", responses=responses(),
             response_model=dict[str, Any])
 def read_report(report_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
-    """The report JSON (DESIGN.md §5) — the same document the CLI's local mode writes with ``--json``."""
+    """The report JSON (docs/methods.md §0) — the same document the CLI's local mode writes with ``--json``."""
     return service.get_report(session, owner.owner_id, report_id).document
 
 

@@ -1,7 +1,7 @@
 """Native kernels, loaded with ctypes when the optional C extension was built (``setup.py``).
 
 :func:`pair_distances` is the fused form of :func:`estimators.knn.exact_distances` on the CPU: the same
-difference-based float64 distance (METHODS §0), one pass over the two rows instead of a float64 copy of each.
+difference-based float64 distance (docs/methods.md §0), one pass over the two rows instead of a float64 copy of each.
 :func:`topk_merge` keeps each row's k best (distance, index) pairs by insertion, in place, where the torch form
 sorts. Both tell the caller when they do not apply: the kernel is not available (no compiler at install time,
 ``TASKGAUGE_NATIVE=0``) or the arguments are not its case (non-CPU tensors, other dtypes), and the caller then

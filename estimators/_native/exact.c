@@ -1,4 +1,4 @@
-/* Native CPU kernels of the kNN engine (METHODS §0, §7; estimators/knn.py, loaded by estimators/_native).
+/* Native CPU kernels of the kNN engine (docs/methods.md §0, §7; estimators/knn.py, loaded by estimators/_native).
  *
  *   tg_pair_dist_f32/_f64  out[p] = sqrt(sum_t ((double)B[ib[p]][t] - (double)A[ia[p]][t])^2)
  *   tg_block_candidates    one block of the symmetric search: threshold tests and exact distances in one pass

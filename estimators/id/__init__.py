@@ -1,4 +1,4 @@
-"""Intrinsic dimension of the data (METHODS.md §1): ``mle``, ``twonn`` and ``gride``.
+"""Intrinsic dimension of the data (docs/methods.md §1): ``mle``, ``twonn`` and ``gride``.
 
 Each module registers one estimator (``estimators.registry``) and exposes a plain function:
 :func:`mle_id`, :func:`twonn_id`, :func:`gride_id`. All neighbour work goes through

@@ -1,10 +1,10 @@
-"""Guards shared by the intrinsic-dimension estimators (METHODS.md §0, §1.1, §1.2, §1.5).
+"""Guards shared by the intrinsic-dimension estimators (docs/methods.md §0, §1.1, §1.2, §1.5).
 
 Every ID estimator works on the *distinct* points of the data set:
 
 1. the input is checked (2-D after flattening, numeric, finite, enough rows);
 2. exact duplicate rows are removed before any neighbour search and counted (a zero neighbour distance
-   would make ln(T_k/T_1) infinite and the pooled estimate 0, METHODS §1.1 "Zero distances");
+   would make ln(T_k/T_1) infinite and the pooled estimate 0, docs/methods.md §1.1 "Zero distances");
 3. the estimator then drops, and counts, the points whose neighbour distances are degenerate for its
    statistic (all k distances equal for the MLE, r1 = r2 for TwoNN, T_{n1} = T_{n2} for Gride). Nothing
    is ever turned silently into 0, inf or NaN.
@@ -42,7 +42,7 @@ class Prepared:
 
 
 def prepare(X, *, estimator: str, min_points: int) -> Prepared:
-    """Validate ``X`` and remove exact duplicate rows (METHODS §0).
+    """Validate ``X`` and remove exact duplicate rows (docs/methods.md §0).
 
     Raises :class:`EstimatorError` for non-numeric, non-finite or too-small input. ``min_points`` is the number
     of *distinct* points the estimator needs.
@@ -59,7 +59,7 @@ def prepare(X, *, estimator: str, min_points: int) -> Prepared:
     if removed:
         X = X[torch.from_numpy(np.asarray(dup.unique_index, dtype=np.int64))]
         warnings.append(
-            f"{removed} exact duplicate rows removed before the neighbour search (METHODS §0); "
+            f"{removed} exact duplicate rows removed before the neighbour search (docs/methods.md §0); "
             f"the estimate uses the {X.shape[0]} distinct points"
         )
     if X.shape[0] < min_points:
@@ -94,7 +94,7 @@ def dropped_warning(count: int, total: int, what: str, estimator: str) -> str:
     """The warning text for points dropped by a degeneracy guard."""
     text = (
         f"{count} of {total} points dropped because {what} (ties, e.g. quantised or lattice data; "
-        f"METHODS §1.1 'Ties'); the {estimator} estimate uses the remaining {total - count}"
+        f"docs/methods.md §1.1 'Ties'); the {estimator} estimate uses the remaining {total - count}"
     )
     if 2 * count > total:
         text += "; more than half the points are tied, so the estimate rests on an atypical minority: treat it with caution"

@@ -1,4 +1,4 @@
-"""Gride: multiscale maximum-likelihood intrinsic dimension (Denti et al., Sci. Rep. 2022), METHODS.md §1.5.
+"""Gride: multiscale maximum-likelihood intrinsic dimension (Denti et al., Sci. Rep. 2022), docs/methods.md §1.5.
 
 For neighbour ranks n1 < n2 let μ_i = T_{n2}(x_i)/T_{n1}(x_i). Under local uniformity up to rank n2,
 
@@ -8,7 +8,7 @@ and, over the N ratios kept,
 
     ℓ(d) = (N−1) ln d + (n2−n1−1) Σ ln(μ_i^d − 1) − ((n2−1)d + 1) Σ ln μ_i − N ln B(n2−n1, n1).
 
-The (N−1) in front of ln d (METHODS writes N) is DADApy's convention: it makes (n1, n2) = (1, 2) the unbiased
+The (N−1) in front of ln d (docs/methods.md writes N) is DADApy's convention: it makes (n1, n2) = (1, 2) the unbiased
 TwoNN ML estimate (N−1)/Σ ln μ, and it is what ``dadapy.Data.return_id_scaling_gride`` maximises. ℓ is strictly
 concave (ℓ'' < 0 term by term), ℓ' → +∞ as d → 0 and ℓ' → −n1 Σ ln μ < 0 as d → ∞, so the maximiser is the
 unique root of
@@ -27,9 +27,9 @@ half of ratios are all equal) that rule would drop every ratio ≥ the median, s
 ``gride_id`` evaluates the doubling ladder (n1, n2) = (1, 2), (2, 4), …, up to ``range_max`` (DADApy's
 ``return_id_scaling_gride(range_max=64)``: 6 steps, (32, 64) last) from one kNN call. The *scale* of a step is
 DADApy's: the mean of T_{n1} and T_{n2} over the points. ``value`` is the estimate at the last ladder step
-(n1, n2) = (range_max/2, range_max) — the largest, least noise-sensitive scale, and the point of METHODS §6's
+(n1, n2) = (range_max/2, range_max) — the largest, least noise-sensitive scale, and the point of docs/methods.md §6's
 reference values — unless ``n1`` and ``n2`` name another pair. Read the whole curve: the plateau is the ID to
-report; a rise at small scales signals noise, a drift at large scales curvature (METHODS §1.5).
+report; a rise at small scales signals noise, a drift at large scales curvature (docs/methods.md §1.5).
 
 Guards: exact duplicates are removed first (T_{n1} = 0); points with T_{n1} = T_{n2} (μ = 1, lattice data) are
 dropped at that step and counted with a warning (DADApy instead nudges μ = 1 by 10 ε).
@@ -173,7 +173,7 @@ def gride_id(
     memory_budget_mb: int = 1024,
     progress: ProgressFn = no_progress,
 ) -> Result:
-    """Gride ID curve over the doubling ladder and the headline value (METHODS §1.5; module docstring).
+    """Gride ID curve over the doubling ladder and the headline value (docs/methods.md §1.5; module docstring).
 
     ``details["curve"]`` = [{n1, n2, scale, r_n2, id, err, n_used, n_filtered, ties_dropped, …}] per ladder
     step; ``details["selected"]`` = the (n1, n2) row behind ``value``; counts ``n_input``, ``n_unique``,
@@ -260,7 +260,7 @@ def gride_id(
     name="gride",
     version=VERSION,
     params=GrideParams,
-    summary="Gride multiscale ML intrinsic dimension over (n1, n2) = (1,2)…(32,64), DADApy-compatible (METHODS §1.5)",
+    summary="Gride multiscale ML intrinsic dimension over (n1, n2) = (1,2)…(32,64), DADApy-compatible (docs/methods.md §1.5)",
     min_samples=3,
 )
 def gride(X: torch.Tensor, y, params: GrideParams, *, device, progress: ProgressFn) -> Result:  # noqa: ARG001

@@ -1,4 +1,4 @@
-"""Levina–Bickel maximum-likelihood intrinsic dimension with MacKay–Ghahramani pooling (METHODS.md §1.1).
+"""Levina–Bickel maximum-likelihood intrinsic dimension with MacKay–Ghahramani pooling (docs/methods.md §1.1).
 
 With T_j(x) the distance from x to its j-th nearest neighbour (x itself excluded), the per-point inverse
 estimate is
@@ -13,9 +13,9 @@ and the pooled estimate over the points x_1..x_n is
 
 The defaults (k=20, c_k = k−1, "mg") reproduce ``skdim.id.MLE().fit(X).dimension_`` exactly. With
 ``k1``/``k2`` the estimate is Levina–Bickel's average (1/(k2−k1+1)) Σ_{k=k1}^{k2} m̂_k. Pope/Konz's value is
-exactly (k−2)/(k−1) times the skdim value on the same neighbours (METHODS §1.1, exact identity).
+exactly (k−2)/(k−1) times the skdim value on the same neighbours (docs/methods.md §1.1, exact identity).
 
-Guards (METHODS §0, §1.1): exact duplicate rows are removed before the neighbour search and counted; points
+Guards (docs/methods.md §0, §1.1): exact duplicate rows are removed before the neighbour search and counted; points
 whose k distances are all equal (u_k = 0, m = ∞, lattice or quantised data) are dropped at that k and
 counted, with a warning. Points are never turned into 0, inf or NaN silently.
 
@@ -45,7 +45,7 @@ from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
 
 VERSION = "1.0.0"
-#: smallest k of the ID-vs-k curve (k=2 divides by zero with the k−2 normaliser, METHODS §1.1)
+#: smallest k of the ID-vs-k curve (k=2 divides by zero with the k−2 normaliser, docs/methods.md §1.1)
 K_MIN = 3
 #: fewest points a pooled estimate may rest on
 MIN_USED = 2
@@ -83,7 +83,7 @@ def _check_args(k: int, normalizer: str, pooling: str, k1: int | None, k2: int |
 
 
 class MLEParams(Params):
-    """Params of the ``mle`` estimator (defaults = ``skdim.id.MLE()``, METHODS §1.1)."""
+    """Params of the ``mle`` estimator (defaults = ``skdim.id.MLE()``, docs/methods.md §1.1)."""
 
     k: int = Field(20, description="neighbours per point (skdim default 20)")
     normalizer: Normalizer = Field("k-1", description="'k-1' (skdim, Levina–Bickel) or 'k-2' (Pope/Konz)")
@@ -143,7 +143,7 @@ def mle_id(
     memory_budget_mb: int = 1024,
     progress: ProgressFn = no_progress,
 ) -> Result:
-    """Levina–Bickel / MacKay–Ghahramani MLE of the intrinsic dimension (METHODS §1.1).
+    """Levina–Bickel / MacKay–Ghahramani MLE of the intrinsic dimension (docs/methods.md §1.1).
 
     ``value`` is m̂_k (or the k1..k2 average); ``details`` carries the ID-vs-k curve for k = 3..max(k, k2)
     (``per_k``, from one kNN call), quantiles of the per-point estimates 1/u_k at the headline k
@@ -249,7 +249,7 @@ def mle_id(
     name="mle",
     version=VERSION,
     params=MLEParams,
-    summary="Levina–Bickel MLE intrinsic dimension, MacKay–Ghahramani pooling (skdim-compatible), METHODS §1.1",
+    summary="Levina–Bickel MLE intrinsic dimension, MacKay–Ghahramani pooling (skdim-compatible), docs/methods.md §1.1",
     min_samples=K_MIN + 1,
 )
 def mle(X: torch.Tensor, y, params: MLEParams, *, device, progress: ProgressFn) -> Result:  # noqa: ARG001 - y unused

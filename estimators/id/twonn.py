@@ -1,4 +1,4 @@
-"""TwoNN intrinsic dimension (Facco et al., Sci. Rep. 2017), METHODS.md §1.2.
+"""TwoNN intrinsic dimension (Facco et al., Sci. Rep. 2017), docs/methods.md §1.2.
 
 With r1, r2 the distances of a point to its first and second nearest neighbours, μ = r2/r1 follows a Pareto
 law with shape d under local uniformity: F(μ) = 1 − μ^{−d}, i.e. ln μ ~ Exponential(rate d). Let N be the number
@@ -15,7 +15,7 @@ of points, μ_(1) ≤ … ≤ μ_(N) the sorted ratios and n = int(N·(1 − dis
   ``compute_id_2NN_wprior()``.
 
 ``details["decimation"]``: the estimate on seeded random disjoint subsets of N/2, N/4, … points (up to
-``decimation_repeats`` subsets per level, mean ± sd), for a scale plot (METHODS §1.2 pitfalls). Level l
+``decimation_repeats`` subsets per level, mean ± sd), for a scale plot (docs/methods.md §1.2 pitfalls). Level l
 (size s = N // 2^l, down to 20 points) draws ``perm = rng.permutation(N)`` from one
 ``numpy.random.default_rng(seed)`` and uses the blocks perm[j·s:(j+1)·s], j < min(2^l, repeats), of the
 deduplicated data; each block gets its own 2-NN search, so its estimate is TwoNN at that sampling density.
@@ -82,7 +82,7 @@ def _check_args(variant, discard_fraction, decimation, decimation_repeats, ci_le
 
 
 class TwoNNParams(Params):
-    """Params of the ``twonn`` estimator (defaults = ``skdim.id.TwoNN()``, METHODS §1.2)."""
+    """Params of the ``twonn`` estimator (defaults = ``skdim.id.TwoNN()``, docs/methods.md §1.2)."""
 
     variant: Variant = Field("ls", description="'ls' (skdim LS fit), 'ml' (censored ML, exact CI) or 'bayes' (Gamma prior)")
     discard_fraction: float = Field(0.1, description="fraction of the largest ratios μ discarded (ls) or censored (ml/bayes)")
@@ -206,7 +206,7 @@ def twonn_id(
     memory_budget_mb: int = 1024,
     progress: ProgressFn = no_progress,
 ) -> Result:
-    """TwoNN intrinsic dimension (METHODS §1.2); see the module docstring for the three variants.
+    """TwoNN intrinsic dimension (docs/methods.md §1.2); see the module docstring for the three variants.
 
     ``details``: ``n_input``, ``n_unique``, ``duplicates_removed``, ``n_used`` (ratios after the guards),
     ``n_fit`` (ratios kept after the discard), ``ties_dropped`` (r1 = r2), ``mu`` (quantiles of μ),
@@ -293,7 +293,7 @@ def twonn_id(
     name="twonn",
     version=VERSION,
     params=TwoNNParams,
-    summary="TwoNN intrinsic dimension: skdim LS fit with 10% discard; censored-ML and Bayesian variants with CI (METHODS §1.2)",
+    summary="TwoNN intrinsic dimension: skdim LS fit with 10% discard; censored-ML and Bayesian variants with CI (docs/methods.md §1.2)",
     min_samples=3,
 )
 def twonn(X: torch.Tensor, y, params: TwoNNParams, *, device, progress: ProgressFn) -> Result:  # noqa: ARG001

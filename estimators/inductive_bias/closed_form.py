@@ -1,4 +1,4 @@
-"""Boopathy et al. (ICML 2023) closed-form inductive-bias complexity, in bits (METHODS.md §3.1).
+"""Boopathy et al. (ICML 2023) closed-form inductive-bias complexity, in bits (docs/methods.md §3.1).
 
 The task's hypothesis space is the set of band-limited functions on an m-sphere of radius R (the data manifold):
 combinations of Laplace–Beltrami eigenfunctions up to frequency M = 2πR/δ, δ the minimum distance between classes.
@@ -16,7 +16,7 @@ overflow; :func:`classification_bits` returns the bits as a float (``inf`` only 
 range, ~1.8e308 bits) together with ``log10`` of |Ĩ|.
 
 >>> r = classification_bits(epsilon=0.001, n=60000, m=14, R=17.179045827183984, n_classes=10, delta=2.3987084824335305)
->>> f"{r.bits:.3e}"      # MNIST inputs of METHODS §3.1
+>>> f"{r.bits:.3e}"      # MNIST inputs of docs/methods.md §3.1
 '1.485e+16'
 """
 
@@ -37,7 +37,7 @@ def _log_binom(a: float, b: float) -> float:
 
 
 def harmonic_degree(m: float, M: float) -> float:
-    """K = [√((m−1)² + 4M²) − (m−1)]/2, the (non-integer) degree with K(K+m−1) = M² (METHODS §3.1)."""
+    """K = [√((m−1)² + 4M²) − (m−1)]/2, the (non-integer) degree with K(K+m−1) = M² (docs/methods.md §3.1)."""
     return (math.sqrt((m - 1.0) ** 2 + 4.0 * M * M) - (m - 1.0)) / 2.0
 
 
@@ -52,7 +52,7 @@ def log_num_harmonics(m: float, K: float) -> float:
 
 
 def log_wasserstein(n: float, m: float, R: float, P: float) -> float:
-    """ln W, the Wasserstein-distance term of METHODS §3.1."""
+    """ln W, the Wasserstein-distance term of docs/methods.md §3.1."""
     return (
         0.5 * math.log(m / 6.0)
         + (math.log(2.0) + (m + 1.0) / 2.0 * math.log(math.pi) + math.log(P) - float(gammaln((m + 1.0) / 2.0))) / m
@@ -109,12 +109,12 @@ def classification_bits(
     *, epsilon: float, n: float, m: float, R: float, n_classes: int, delta: float,
     d_out: float | None = None, P: float | None = None, B: float = 1.0,
 ) -> ClosedForm:
-    """Ĩ in bits for a C-class classification task (METHODS §3.1, `difficulty()` of the authors' code).
+    """Ĩ in bits for a C-class classification task (docs/methods.md §3.1, `difficulty()` of the authors' code).
 
     ``d_out`` defaults to C − 1 and ``P`` to C, as the authors do for classification.
 
     >>> r = classification_bits(epsilon=0.1, n=1280901, m=48, R=943.5923, n_classes=1000, delta=65)
-    >>> f"{r.bits:.3e}"   # ImageNet inputs of METHODS §3.1
+    >>> f"{r.bits:.3e}"   # ImageNet inputs of docs/methods.md §3.1
     '3.583e+41'
     """
     for name, v in (("epsilon", epsilon), ("n", n), ("m", m), ("R", R), ("delta", delta), ("B", B)):
@@ -144,7 +144,7 @@ def classification_bits(
 
 
 def cartpole_bits(T: int, *, n: float = 1e4, delta: float = 1e-3, epsilon: float = 1e-3) -> float:
-    """Simplified Cartpole with T observations (METHODS §3.1, "Other task forms"):
+    """Simplified Cartpole with T observations (docs/methods.md §3.1, "Other task forms"):
 
     Ĩ = (2(2π/δ)^{2T} π^T / Γ(T+1) − n) · (log₂(4π²/√3) + ½log₂T − log₂δ − log₂n/(2T) − log₂ε).
 
@@ -161,7 +161,7 @@ def cartpole_bits(T: int, *, n: float = 1e4, delta: float = 1e-3, epsilon: float
 
 
 def mujoco_bits(m: int, D: int, *, n: float = 1e6, delta: float = 1e-3, epsilon: float = 1e-3) -> float:
-    """MuJoCo control with m observation dims and D action dims (METHODS §3.1):
+    """MuJoCo control with m observation dims and D action dims (docs/methods.md §3.1):
 
     Ĩ = D·(2(2π/δ)^m π^{m/2} / Γ(m/2+1) − n) · (log₂(4π²/√6) + log₂D + ½log₂m − log₂δ − log₂n/m − log₂ε).
 

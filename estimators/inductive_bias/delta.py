@@ -1,9 +1,9 @@
-"""δ, the minimum distance between classes, for the inductive-bias closed form (METHODS.md §3.1).
+"""δ, the minimum distance between classes, for the inductive-bias closed form (docs/methods.md §3.1).
 
 Three estimators, selected by the ``delta_method`` param of ``inductive_bias``:
 
 * ``exact`` (default): the exact minimum over all N² differently labelled pairs
-  (:func:`estimators.knn.pairs.interclass_min`); δ ≡ 1/K_F of ``label_sharpness`` (METHODS §3.1 note).
+  (:func:`estimators.knn.pairs.interclass_min`); δ ≡ 1/K_F of ``label_sharpness`` (docs/methods.md §3.1 note).
 * ``sample`` (the authors' ``sample_delta``): a seeded random subset of ``sample_size`` points (30,000), exact
   pairwise distances, minimum over differently labelled pairs whose distance is at least ``min_distance``
   (the authors ignore distances < 1, a guard against near-duplicates in [0,1] pixel space).

@@ -1,6 +1,6 @@
-"""Inductive-bias complexity Ĩ in bits (Boopathy et al. 2023 and 2024; METHODS.md §3).
+"""Inductive-bias complexity Ĩ in bits (Boopathy et al. 2023 and 2024; docs/methods.md §3).
 
-``mode="closed_form"`` (default, METHODS §3.1): the 2023 closed form (:mod:`estimators.inductive_bias.closed_form`)
+``mode="closed_form"`` (default, docs/methods.md §3.1): the 2023 closed form (:mod:`estimators.inductive_bias.closed_form`)
 
     Ĩ = dimΘ_q · [log₂B + ½log₂D_out + ½log₂P − log₂ε + log₂L_f + ln W / ln 2]   bits,
 
@@ -17,7 +17,7 @@ Any of m, R, delta, n, n_classes can be overridden by params, so a paper's numbe
 inputs: m=14, R=17.179, delta=2.3987, n=60000, n_classes=10, epsilon=0.001 gives MNIST's 1.485e16 bits.
 Overridden inputs are not computed at all.
 
-``mode="sampled"`` (METHODS §3.2): Ĩ = −log₂ P(test MSE ≤ ε) over hypotheses drawn from an RBF Gaussian
+``mode="sampled"`` (docs/methods.md §3.2): Ĩ = −log₂ P(test MSE ≤ ε) over hypotheses drawn from an RBF Gaussian
 process posterior (``space="kernel"``) or from independently trained MLPs (``space="mlp"``), through the scaled
 non-central χ² fit of :mod:`estimators.inductive_bias.sampled`. The data are split (seeded) into ``n_train`` training and
 ``n_test`` test points. Defaults are chosen to run on a CPU in seconds: kernel: 500/200 points, 10,000 GP
@@ -54,7 +54,7 @@ VERSION = "1.0.0"
 
 
 class InductiveBiasParams(Params):
-    """Params of ``inductive_bias`` (defaults per METHODS §3)."""
+    """Params of ``inductive_bias`` (defaults per docs/methods.md §3)."""
 
     mode: Literal["closed_form", "sampled"] = Field("closed_form", description="2023 closed form or 2024 sampling")
     epsilon: float = Field(0.01, gt=0.0, description="target error ε (closed form) / test-MSE threshold (sampled)")
@@ -180,7 +180,7 @@ def _closed_form(X, y, p: InductiveBiasParams, device, progress: ProgressFn) -> 
     if cf.sign < 0:
         warnings.append(
             "Ĩ came out negative: n·D_out exceeds dimΘ (the data alone pin down the band-limited hypothesis) or the "
-            "bracket is negative (ε large); the closed form is vacuous for these inputs (METHODS §3.1)"
+            "bracket is negative (ε large); the closed form is vacuous for these inputs (docs/methods.md §3.1)"
         )
     if math.isinf(cf.bits):
         warnings.append(f"Ĩ exceeds the float range; log10 Ĩ = {cf.log10_abs_bits:.4f} (details.log10_bits)")
@@ -244,7 +244,7 @@ def inductive_bias(
     device: torch.device,
     progress: ProgressFn = no_progress,
 ) -> Result:
-    """Ĩ in bits (METHODS §3); see the module docstring for the modes, inputs and overrides."""
+    """Ĩ in bits (docs/methods.md §3); see the module docstring for the modes, inputs and overrides."""
     X, y = as_labelled(X, y, "inductive_bias")
     if params.mode == "sampled":
         return _sampled(X, y, params, torch.device(device), progress)

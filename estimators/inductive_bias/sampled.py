@@ -1,5 +1,5 @@
 """Sampled inductive bias (Boopathy et al., IJCAI 2024, "Towards Exact Computation of Inductive Bias";
-METHODS.md §3.2).
+docs/methods.md §3.2).
 
 Ĩ = −log₂ P_{θ∼H}(test loss ≤ ε | θ fits the training set), estimated from hypotheses sampled from H:
 
@@ -15,7 +15,7 @@ METHODS.md §3.2).
   same as training them one by one).
 * **loss model**: a scaled non-central χ² with loc = 0, fitted by maximum likelihood (``scipy.stats.ncx2.fit``,
   as the authors); Ĩ = −ln CDF(ε; df, nc, scale) / ln 2 bits (the reference code returns nats). When the CDF
-  underflows, the Sankaran normal approximation gives z (METHODS §3.2) and Ĩ = −ln Φ(z) / ln 2, computed with
+  underflows, the Sankaran normal approximation gives z (docs/methods.md §3.2) and Ĩ = −ln Φ(z) / ln 2, computed with
   ``log_ndtr`` (the reference code keeps only the leading term z²/2; both are reported).
 
 >>> import numpy as np
@@ -41,7 +41,7 @@ LN2 = math.log(2.0)
 
 
 def sankaran_z(epsilon: float, df: float, nc: float, scale: float) -> float:
-    """z of the Sankaran normal approximation to the ncx2 CDF at ε (METHODS §3.2)."""
+    """z of the Sankaran normal approximation to the ncx2 CDF at ε (docs/methods.md §3.2)."""
     e = epsilon / scale
     h = 1.0 - 2.0 / 3.0 * (df + nc) * (df + 3.0 * nc) / (df + 2.0 * nc) ** 2
     p = (df + 2.0 * nc) / (df + nc) ** 2

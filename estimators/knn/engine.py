@@ -1,12 +1,12 @@
-"""The one exact k-nearest-neighbour engine (DESIGN.md §4; METHODS.md §0, §1.1, §7).
+"""The one exact k-nearest-neighbour engine (docs/methods.md §0, §1.1, §7).
 
 Every kNN step of taskgauge goes through :func:`kneighbors`. The answer is the **exact float64** kNN: the
 neighbours and distances a float64 brute force computing ``d(i, j) = sqrt(sum((x_i - x_j)**2))`` (difference
-based, never the ``|a|² + |b|² - 2a·b`` shortcut, METHODS §0) would return, with ties broken by the smaller
+based, never the ``|a|² + |b|² - 2a·b`` shortcut, docs/methods.md §0) would return, with ties broken by the smaller
 reference index (as a stable sort of each row would). The speed comes from float32 GEMMs whose rounding errors
 are bounded a priori, so that nothing the float32 pass discards can belong to the answer.
 
-Algorithm (METHODS §7)
+Algorithm (docs/methods.md §7)
 ----------------------
 Notation: ``a_i`` = row i in the *GEMM frame*: the float32 input itself (no copy) or, for float64 input or data
 far from the origin, a centred float32 copy ``x_i - mu`` (distances are translation invariant);
@@ -273,7 +273,7 @@ class _Bounds:
 
 def exact_distances(A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch.Tensor, *,
                     chunk: int | None = None) -> torch.Tensor:
-    """``d_p = |A[ia[p]] - B[ib[p]]|`` in float64, difference based (METHODS §0), ``chunk`` pairs at a time.
+    """``d_p = |A[ia[p]] - B[ib[p]]|`` in float64, difference based (docs/methods.md §0), ``chunk`` pairs at a time.
 
     The one definition of an exact distance in taskgauge: the kNN engine and the inter-class pair search both
     use it, so d(i, j) is the same float64 number wherever it is computed. On the CPU the fused native kernel
@@ -1056,11 +1056,11 @@ def kneighbors(
     memory_budget_mb: int = 1024,
     progress: ProgressFn = no_progress,
 ) -> KNNResult:
-    """Exact k nearest neighbours in float64 Euclidean distance (module docstring; METHODS §0, §1.1, §7).
+    """Exact k nearest neighbours in float64 Euclidean distance (module docstring; docs/methods.md §0, §1.1, §7).
 
     * ``queries`` and ``query_index`` both None: every row of ``reference`` is a query; self excluded by index
       (an exact duplicate of a query is *not* itself: it is a neighbour at distance 0).
-    * ``query_index`` given (anchor subset, METHODS §1.1): those rows are queried against the full set,
+    * ``query_index`` given (anchor subset, docs/methods.md §1.1): those rows are queried against the full set,
       self excluded by index.
     * ``queries`` given (a separate point set): no exclusion.
 

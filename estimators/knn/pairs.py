@@ -1,4 +1,4 @@
-"""Exact minimum distances between differently labelled points (METHODS.md §2, §3.1 δ, §7).
+"""Exact minimum distances between differently labelled points (docs/methods.md §2, §3.1 δ, §7).
 
 K_F = 1/δ (label sharpness) and the δ of the inductive-bias closed form both need
 
@@ -8,7 +8,7 @@ over ALL N² pairs, plus, for the report, the minimum for every pair of classes 
 ``top_k`` closest differently labelled pairs. :func:`interclass_min` computes them exactly (float64 distances
 computed as ‖x_j − x_k‖, never through ‖a‖² + ‖b‖² − 2a·b) without an N²·D brute force:
 
-1. **Lower-bound embedding**: the kNN engine's (:func:`estimators.knn.lower_bound_embedding`, METHODS §7):
+1. **Lower-bound embedding**: the kNN engine's (:func:`estimators.knn.lower_bound_embedding`, docs/methods.md §7):
    r = ``prune_dims`` orthonormal principal directions P and the residual norm,
    a_i = [Pᵀ(x_i − μ), ρ_i] ∈ R^{r+1} with
 
@@ -279,7 +279,7 @@ def interclass_min(
 
 
 def _duplicates(X: torch.Tensor, y: np.ndarray, max_listed: int):
-    """Distinct (row, label) representatives and the conflicting-duplicate summary (METHODS §0, §2)."""
+    """Distinct (row, label) representatives and the conflicting-duplicate summary (docs/methods.md §0, §2)."""
     dup = exact_duplicates(X)
     _, y_idx = np.unique(y, return_inverse=True)
     key = dup.inverse.astype(np.int64) * (int(y_idx.max()) + 1) + y_idx
@@ -310,7 +310,7 @@ def exact_interclass(
     """Exact inter-class minima of (X, y) after collapsing duplicate (row, label) combinations.
 
     Returns (InterclassResult on the representatives, representative row indices into X, number of exact
-    duplicate rows, conflicting-duplicate summary). Shared with ``inductive_bias`` (δ, METHODS §3.1).
+    duplicate rows, conflicting-duplicate summary). Shared with ``inductive_bias`` (δ, docs/methods.md §3.1).
     """
     progress(0.0, "duplicates")
     reps, n_dup_rows, conflicts = _duplicates(X, y.numpy(), top_k)

@@ -1,4 +1,4 @@
-"""Label sharpness K_F (Konz & Mazurowski, ICLR 2024; METHODS.md §2).
+"""Label sharpness K_F (Konz & Mazurowski, ICLR 2024; docs/methods.md §2).
 
     K_F = max_{j≠k} 1[y_j ≠ y_k] / ‖x_j − x_k‖₂  =  1 / δ,    δ = min_{y_j ≠ y_k} ‖x_j − x_k‖₂
 
@@ -19,12 +19,12 @@ unless ``stratify``), all pairs inside. Its value is ≤ the exact K_F (a subset
 ``ci``: percentile interval of K_F over ``n_bootstrap`` bootstrap resamples (m points drawn with replacement
 from the N), which is the spread of the paper's estimator over random subsamples when N ≫ m.
 
-Duplicates (METHODS §0): rows repeated with the same label are collapsed (they add no new distance);
+Duplicates (docs/methods.md §0): rows repeated with the same label are collapsed (they add no new distance);
 rows repeated with *different* labels ("conflicting duplicates") are counted and listed in
 ``details.conflicting_duplicates``. They make δ = 0 and K_F infinite, which is reported as such
 (``value = inf``, written "inf" in JSON reports) with a warning — never an error.
 
-Scale (METHODS §2): K_F scales as 1/(value range · √#features); ``details.scale`` records the value range and
+Scale (docs/methods.md §2): K_F scales as 1/(value range · √#features); ``details.scale`` records the value range and
 the number of features, and rankings are only comparable at identical resolution, channels and range.
 
 Example
@@ -54,12 +54,12 @@ VERSION = "1.0.0"
 
 SCALE_CAVEAT = (
     "K_F depends on the input scale: it scales as 1/(value range · √#features). Compare K_F only between "
-    "datasets with identical resolution, channels and value range (METHODS §2)."
+    "datasets with identical resolution, channels and value range (docs/methods.md §2)."
 )
 
 
 class LabelSharpnessParams(Params):
-    """Params of ``label_sharpness`` (defaults per METHODS §2)."""
+    """Params of ``label_sharpness`` (defaults per docs/methods.md §2)."""
 
     mode: Literal["exact", "paper"] = Field(
         "exact", description="'exact': all N² pairs; 'paper': Konz & Mazurowski's random subsample of m points"
@@ -218,7 +218,7 @@ def _paper(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, pr
         "bootstrap": details_boot,
         "n": int(n),
         "scale": _scale(X),
-        "note": "paper-mode K_F is computed on a subsample, so it is <= the exact K_F and grows with m (METHODS §2)",
+        "note": "paper-mode K_F is computed on a subsample, so it is <= the exact K_F and grows with m (docs/methods.md §2)",
     }
     progress(1.0, "done")
     return Result(value=value, ci=ci, ci_method="bootstrap percentile" if ci else None, details=details,
@@ -280,7 +280,7 @@ def label_sharpness(
     device: torch.device,
     progress: ProgressFn = no_progress,
 ) -> Result:
-    """K_F = 1/δ, δ the minimum distance between differently labelled samples (METHODS §2); see the module
+    """K_F = 1/δ, δ the minimum distance between differently labelled samples (docs/methods.md §2); see the module
     docstring for the modes, the details and the handling of duplicates."""
     X, y = as_labelled(X, y, "label_sharpness")
     if params.mode == "paper":

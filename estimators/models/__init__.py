@@ -1,4 +1,4 @@
-"""Model specs (DESIGN.md §7) and the builders that turn them into ``nn.Module``s."""
+"""Model specs (docs/methods.md §4) and the builders that turn them into ``nn.Module``s."""
 
 from estimators.models.builders import build_model, count_params
 from estimators.models.spec import (

@@ -1,9 +1,9 @@
-"""Model spec → ``nn.Module`` (DESIGN.md §7). Pure: no I/O, no downloads, no pickles.
+"""Model spec → ``nn.Module`` (docs/methods.md §4). Pure: no I/O, no downloads, no pickles.
 
 The input shape comes from the data: ``(D,)`` for vectors or ``(C, H, W)`` for images. An MLP flattens whatever
 it gets; the convolutional architectures need images. Initialisation is PyTorch's default (Kaiming-uniform
 weights, uniform biases), drawn from ``seed`` so that a seed fixes θ₀ on every device (Li et al. used Keras'
-Glorot init; METHODS §4.1).
+Glorot init; docs/methods.md §4.1).
 
     >>> net = build_model({"arch": "mlp", "hidden": [200, 200]}, (784,), 10, seed=0)
     >>> count_params(net)

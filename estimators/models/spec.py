@@ -1,4 +1,4 @@
-"""Model specs (DESIGN.md §7): JSON validated by pydantic, never code, never pickles.
+"""Model specs (docs/methods.md §4): JSON validated by pydantic, never code, never pickles.
 
 Examples::
 
@@ -34,7 +34,7 @@ class TrainSpec(_Strict):
     """How a model is trained: the same block drives direct (baseline) and subspace training.
 
     ``weight_decay`` is the optimizer's L2 term on the *trained* parameters (θ for direct training, θ_d for
-    subspace training). Li et al. used Adam, lr 1e−3, batch 128 (METHODS §4.2).
+    subspace training). Li et al. used Adam, lr 1e−3, batch 128 (docs/methods.md §4.2).
     """
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"

@@ -1,4 +1,4 @@
-"""Subspace training (Li et al. 2018; Aghajanyan et al. 2021; METHODS.md §4): projections, the θ₀ + Pθ_d
+"""Subspace training (Li et al. 2018; Aghajanyan et al. 2021; docs/methods.md §4): projections, the θ₀ + Pθ_d
 wrapper, the d_int90 sweep. The registered estimator lives in :mod:`estimators.subspace.estimator`."""
 
 from estimators.subspace.projections import PROJECTIONS, fwht, make_projection

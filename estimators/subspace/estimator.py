@@ -1,6 +1,6 @@
-"""The ``subspace`` estimator: d_int90 of a model spec on a dataset (Li et al. 2018; METHODS.md §4).
+"""The ``subspace`` estimator: d_int90 of a model spec on a dataset (Li et al. 2018; docs/methods.md §4).
 
-Protocol (METHODS §4.2, "service recommendation"):
+Protocol (docs/methods.md §4.2, "service recommendation"):
 
 1. Split the data (seeded) into train/validation (metric ``val_accuracy``), or train on everything and score the
    training set (``train_accuracy``, for memorisation studies such as shuffled labels).
@@ -55,9 +55,9 @@ class TrainOverrides(_Strict):
 
 
 class SubspaceParams(Params):
-    """Params of the ``subspace`` estimator; defaults follow METHODS §4.2 (3 seeds, 0.9, individual baseline)."""
+    """Params of the ``subspace`` estimator; defaults follow docs/methods.md §4.2 (3 seeds, 0.9, individual baseline)."""
 
-    model: ModelSpec = Field(description="model spec (DESIGN §7); the pipeline injects the user's spec here")
+    model: ModelSpec = Field(description="model spec (docs/methods.md §4); the pipeline injects the user's spec here")
     projection: Literal["dense", "sparse", "fastfood"] = "fastfood"
     said: bool = Field(False, description="SAID (Aghajanyan et al. 2021): one trained scale λ per parameter tensor")
     seeds: int = Field(3, ge=1, le=64)
@@ -110,7 +110,7 @@ def _groups(n: int, size: int) -> list[list[int]]:
     min_samples=10,
 )
 def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, progress: ProgressFn) -> Result:
-    """Estimate d_int90 (METHODS §4.2) of ``params.model`` on (X, y). See the module docstring."""
+    """Estimate d_int90 (docs/methods.md §4.2) of ``params.model`` on (X, y). See the module docstring."""
     t_start = time.perf_counter()
     X, y = _check_inputs(X, y)
     spec = parse_model_spec(params.model)

@@ -1,10 +1,10 @@
-"""Random projections P ∈ R^{D×d} for subspace training (Li et al., ICLR 2018; METHODS.md §4.1).
+"""Random projections P ∈ R^{D×d} for subspace training (Li et al., ICLR 2018; docs/methods.md §4.1).
 
 The trained model's parameters are θ^(D) = θ₀^(D) + P·θ^(d). One global θ^(d) is shared by all layers: P maps
 R^d onto the concatenation of every parameter tensor (length D), and the layer slices are cut from Pθ afterwards.
 Every projection here has unit-norm columns *across all layers* (so ‖Pθ‖ ≈ ‖θ‖ for random θ), and its transpose
 is exact (autograd differentiates the forward map itself, and :meth:`Projection.adjoint` applies the exact
-transposes of the same factors). The port defects listed in METHODS §4.1 are avoided on purpose:
+transposes of the same factors). The port defects listed in docs/methods.md §4.1 are avoided on purpose:
 
 * no per-tensor normalisation (the total offset norm does not grow with √#tensors);
 * no silent truncation: ``d > D`` is an error, never a cut of θ^(d);
@@ -152,7 +152,7 @@ class Projection(nn.Module):
 
 
 class DenseProjection(Projection):
-    """Dense P: i.i.d. N(0,1) entries, each column rescaled to unit ℓ2 norm over all D rows (Li §3; METHODS §4.1).
+    """Dense P: i.i.d. N(0,1) entries, each column rescaled to unit ℓ2 norm over all D rows (Li §3; docs/methods.md §4.1).
 
     Stored as M = Pᵀ with shape (S, d, D); cost O(dD) memory and time per step.
     """
@@ -196,7 +196,7 @@ class _SparseMatmul(torch.autograd.Function):
 
 
 class SparseProjection(Projection):
-    """Very sparse random P (Li et al. use sklearn's ``SparseRandomProjection``; METHODS §4.1).
+    """Very sparse random P (Li et al. use sklearn's ``SparseRandomProjection``; docs/methods.md §4.1).
 
     Each column gets ``k_j ~ Binomial(D, density)`` (at least 1) non-zero rows with random signs, density 1/√D by
     default, then is renormalised to unit norm, so every non-zero is ±1/√k_j. Li's code uses the density
@@ -281,14 +281,14 @@ class _Permute(torch.autograd.Function):
 
 
 class FastfoodProjection(Projection):
-    """Fastfood P (Le et al. 2013, as used by Li et al.; METHODS §4.1), one global transform sliced into layers.
+    """Fastfood P (Le et al. 2013, as used by Li et al.; docs/methods.md §4.1), one global transform sliced into layers.
 
     L = 2^⌈log₂D⌉; θ^(d) is zero-padded to L and
 
         Pθ = [H·G·Π·H·B·θ]_{1:D} / (√(L·ΣG²) · √(D/L))
 
     with H the unnormalised Walsh–Hadamard matrix, B a random ±1 diagonal, Π a random permutation and G a
-    N(0,1) diagonal. Columns have unit norm in expectation (1.000 ± 0.003 for D=1000, d=10, METHODS §6).
+    N(0,1) diagonal. Columns have unit norm in expectation (1.000 ± 0.003 for D=1000, d=10, docs/methods.md §6).
     Requires d ≤ D. Cost O(L log L) time (four transforms per training step), O(L) memory.
     """
 

@@ -1,4 +1,4 @@
-"""The d_int90 sweep (Li et al. 2018 §2–3; METHODS.md §4.2).
+"""The d_int90 sweep (Li et al. 2018 §2–3; docs/methods.md §4.2).
 
 * :func:`train_models` trains S seeds of one model (direct or subspace) at once and returns each seed's metric.
 * :func:`run_sweep` walks d: a coarse log grid d_min·f^k until the mean over seeds reaches the threshold, then
@@ -6,7 +6,7 @@
 * :func:`crossing` turns a curve {d: per-seed metrics} into the interpolated d_int90; :func:`bootstrap_ci`
   resamples the seeds at every d to give a percentile interval.
 
-Definition (METHODS §4.2): d_int90 is the smallest d whose mean-over-seeds performance reaches
+Definition (docs/methods.md §4.2): d_int90 is the smallest d whose mean-over-seeds performance reaches
 τ = threshold × baseline. Li report the smallest *grid* d; we report that (``d_grid``) and, as the headline, the
 crossing interpolated linearly in log d between the last d below τ and the first d at or above it, rounded up
 to an integer (a dimension is an integer; with a bracket of adjacent integers this is the grid answer).

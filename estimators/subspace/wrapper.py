@@ -1,4 +1,4 @@
-"""Subspace reparameterisation of any module (Li et al. 2018; Aghajanyan et al. 2021; METHODS.md §4.1, §4.5).
+"""Subspace reparameterisation of any module (Li et al. 2018; Aghajanyan et al. 2021; docs/methods.md §4.1, §4.5).
 
 DID (Li):   θ = θ₀ + P·θ_d,             θ_d ∈ R^d trained, θ₀ (the module's own init) frozen.
 SAID:       θ_i = θ₀,i + λ_t(i)·[P·θ_{d−m}]_i,  λ ∈ R^m (one scalar per parameter tensor, init 1) and

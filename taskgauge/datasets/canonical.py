@@ -1,4 +1,4 @@
-"""The canonical dataset form (DESIGN.md §2): X float32 (N×D or N×C×H×W), optional y int64 with class
+"""The canonical dataset form (docs/deployment.md): X float32 (N×D or N×C×H×W), optional y int64 with class
 names, and a JSON ``meta``. Stored as ``.npz`` and always read with ``allow_pickle=False``.
 
 Lives in ``workers`` because both the API (``taskgauge.datasets.ingest`` writes it) and the workers (read it) need it,

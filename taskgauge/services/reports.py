@@ -3,7 +3,7 @@
 For each report of a dataset, compared with the one before it (by creation time):
 
 * ``version_change``: estimators whose recorded version differs from the previous report's — a re-analysis
-  after an upgrade, comparable to but distinguishable from the old report (DESIGN.md §2.4);
+  after an upgrade, comparable to but distinguishable from the old report (docs/dashboard.md);
 * ``drift``: estimators whose headline value moved beyond a confidence interval: the new value lies outside
   the previous report's CI, or the previous value outside the new CI. Estimators that report no CI on either
   side are never flagged (there is no stated uncertainty to judge the change against).

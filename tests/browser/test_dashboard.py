@@ -87,7 +87,7 @@ def test_dashboard_end_to_end(server, page, tmp_path):
     # subspace trains a model: ticking it reveals the model-spec field (a small MLP keeps the test quick)
     assert page.locator("#spec-box").is_hidden()
     page.locator("#est-subspace").check()
-    page.get_by_label("Model spec for subspace (JSON, DESIGN §7)").fill('{"arch": "mlp", "hidden": [32], "train": {"epochs": 40, "lr": 0.01}}')
+    page.get_by_label("Model spec for subspace (JSON, docs/methods.md §4)").fill('{"arch": "mlp", "hidden": [32], "train": {"epochs": 40, "lr": 0.01}}')
     page.get_by_role("button", name="Start analysis").click()
     page.locator("#an-pct", has_text="100%").wait_for(timeout=150_000)
     page.locator("#open-report").wait_for()

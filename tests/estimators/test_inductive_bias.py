@@ -1,5 +1,5 @@
-"""inductive_bias (METHODS §3): the 2023 closed form against METHODS §3.1's computed table, its orderings
-(METHODS §6), inputs derived from data against independent references (skdim MLE, brute-force distances),
+"""inductive_bias (docs/methods.md §3): the 2023 closed form against docs/methods.md §3.1's computed table, its orderings
+(docs/methods.md §6), inputs derived from data against independent references (skdim MLE, brute-force distances),
 and the 2024 sampled mode's ncx2 machinery against known distributions."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from estimators.label_sharpness import LabelSharpnessParams, label_sharpness
 
 CPU = torch.device("cpu")
 
-# METHODS §3.1 table: (n, R, m, C, δ, ε) -> Ĩ bits
+# docs/methods.md §3.1 table: (n, R, m, C, δ, ε) -> Ĩ bits
 PAPER = {
     "MNIST": ((60000, 17.179045827183984, 14, 10, 2.3987084824335305, 0.001), 1.485e16),
     "SVHN": ((73257, 53.86932485133339, 19, 10, 1.5766998174969105, 0.01), 1.213e31),

@@ -1,6 +1,6 @@
-"""label_sharpness (METHODS §2) and the exact inter-class pair search behind it (estimators/knn/pairs.py).
+"""label_sharpness (docs/methods.md §2) and the exact inter-class pair search behind it (estimators/knn/pairs.py).
 
-References: the definition (K_F = 1/min inter-class distance, METHODS §6 rows "K_F") and an independent
+References: the definition (K_F = 1/min inter-class distance, docs/methods.md §6 rows "K_F") and an independent
 brute-force float64 numpy computation over all N² pairs.
 """
 
@@ -59,7 +59,7 @@ def test_two_points_distance_four_is_exactly_a_quarter():
     assert r.details["offending_pairs"] == [
         {"i": 0, "j": 1, "label_i": 0, "label_j": 1, "distance": 4.0, "k_f": 0.25}
     ]
-    # same labels: no differently labelled pair, K_F = max of zeros = 0 (METHODS §6)
+    # same labels: no differently labelled pair, K_F = max of zeros = 0 (docs/methods.md §6)
     same = run([[0.0, 0.0], [0.0, 4.0]], [3, 3])
     assert same.value == 0.0 and any("one class" in w for w in same.warnings)
 

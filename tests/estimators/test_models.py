@@ -1,4 +1,4 @@
-"""Model specs (DESIGN §7) and builders: parameter counts against Li et al.'s published D (METHODS §4.3)."""
+"""Model specs (docs/methods.md §4) and builders: parameter counts against Li et al.'s published D (docs/methods.md §4.3)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Turn an uploaded file into the canonical dataset (DESIGN.md §2–3).
+"""Turn an uploaded file into the canonical dataset (docs/deployment.md, README.md).
 
 One entry point, :func:`ingest_file`, used by the upload endpoint and the CLI's local mode::
 

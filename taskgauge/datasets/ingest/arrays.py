@@ -1,4 +1,4 @@
-"""``.npy`` and ``.npz`` uploads, read without pickle (DESIGN.md §3).
+"""``.npy`` and ``.npz`` uploads, read without pickle (README.md).
 
 Arrays are parsed with our own small reader over NumPy's public header functions so that the declared size is
 checked against the limit before any memory is allocated, an object (pickled) array is refused from its header

@@ -1,5 +1,5 @@
 """Checks and conversions every format shares: numeric X to float32, finiteness, sample counts, labels to
-class indices (DESIGN.md §2–3)."""
+class indices (docs/deployment.md, README.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ingest error and options (DESIGN.md §3): what the upload endpoint and the CLI pass in and catch."""
+"""The ingest error and options (README.md): what the upload endpoint and the CLI pass in and catch."""
 
 from __future__ import annotations
 

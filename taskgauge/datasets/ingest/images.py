@@ -1,4 +1,4 @@
-"""``.zip`` of image folders (ImageFolder layout, DESIGN.md §3): ``class_name/*.png`` → X (N, C, H, W) in [0, 1].
+"""``.zip`` of image folders (ImageFolder layout, README.md): ``class_name/*.png`` → X (N, C, H, W) in [0, 1].
 
 Nothing is extracted to disk. Guards, all before or while reading: entry names with path traversal (``..``
 components, absolute or drive paths) reject the archive; the number of entries and the sum of the declared

@@ -1,4 +1,4 @@
-"""``.csv`` and ``.parquet`` uploads (DESIGN.md §3): numeric feature columns plus an optional label column."""
+"""``.csv`` and ``.parquet`` uploads (README.md): numeric feature columns plus an optional label column."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``gride`` estimator against DADApy 0.3.4 (METHODS.md §1.5, §6).
+"""The ``gride`` estimator against DADApy 0.3.4 (docs/methods.md §1.5, §6).
 
 Reference: ``dadapy.Data(X).return_id_scaling_gride(range_max=64)`` on skdim's 24 benchmark manifolds (n=2000,
 random_state=0, no duplicates) and a 10-d Gaussian in R^100: the ID and the scale agree to 1e-4 relative at
@@ -36,7 +36,7 @@ def result(name: str):
 
 
 def loglik(d: float, mu: np.ndarray, n1: int, n2: int) -> float:
-    """METHODS §1.5 log-likelihood with DADApy's (N−1) ln d term."""
+    """docs/methods.md §1.5 log-likelihood with DADApy's (N−1) ln d term."""
     N = mu.size
     return ((N - 1) * np.log(d) + (n2 - n1 - 1) * np.sum(np.log(mu**d - 1))
             - ((n2 - 1) * d + 1) * np.sum(np.log(mu)) - N * betaln(n2 - n1, n1))
@@ -61,7 +61,7 @@ def test_curve_equals_dadapy(name):
      pytest.param("M12_Norm", 13.329, id="M12")],
 )
 def test_methods_reference_values_at_32_64(name, expected):
-    # METHODS §6 quotes DADApy's values to 3 decimals: agree within half a unit of the last digit
+    # docs/methods.md §6 quotes DADApy's values to 3 decimals: agree within half a unit of the last digit
     r = result(name)
     assert r.details["selected"]["n1"] == 32 and r.details["selected"]["n2"] == 64
     assert abs(r.value - expected) <= 5e-4

@@ -1,4 +1,4 @@
-"""The ``mle`` estimator against scikit-dimension (METHODS.md §1.1, §6).
+"""The ``mle`` estimator against scikit-dimension (docs/methods.md §1.1, §6).
 
 References: ``skdim.id.MLE`` 0.5.0 on skdim's 24 benchmark manifolds (n=2000, random_state=0; none has exact
 duplicate points, checked below), sklearn's digits (no duplicates, 18 points with r1 = r2 but no point whose 20
@@ -87,7 +87,7 @@ def test_pointwise_quantiles_equal_skdim():
 @pytest.mark.parametrize("k", [5, 20, 25])
 @pytest.mark.parametrize("pooling", ["mg", "mean", "median"])
 def test_pope_konz_k2_identity(k, pooling):
-    """METHODS §1.1: on the same neighbours, value(k−2) = (k−2)/(k−1) · value(k−1), to 1e-12."""
+    """docs/methods.md §1.1: on the same neighbours, value(k−2) = (k−2)/(k−1) · value(k−1), to 1e-12."""
     X = torch.from_numpy(data("M10b_Cubic"))
     a = mle_id(X, k=k, pooling=pooling).value
     b = mle_id(X, k=k, pooling=pooling, normalizer="k-2").value
@@ -123,7 +123,7 @@ def test_anchors_query_a_seeded_subset_against_all_points():
     assert big.details["n_anchors"] == 100 and any("anchors=1000" in w for w in big.warnings)
 
 
-# ---- METHODS §6 simulation rows ([C-sim]: N=2000, rotated into R^50, mean over seeds) -----------------------
+# ---- docs/methods.md §6 simulation rows ([C-sim]: N=2000, rotated into R^50, mean over seeds) -----------------------
 # We average 10 seeds (the table used 5) so that the seed-to-seed sd (~0.03–0.05) does not eat the tolerance.
 
 def _embed(Z: np.ndarray, rng, D: int = 50) -> np.ndarray:
@@ -162,7 +162,7 @@ def test_methods_sanity_rows(kind, d, kw, expected, tol):
 
 
 def test_arithmetic_mean_exceeds_harmonic_on_sphere():
-    """METHODS §6: LB arithmetic mean 5.14 vs MacKay–Ghahramani 4.88 on S^5 (arithmetic > harmonic)."""
+    """docs/methods.md §6: LB arithmetic mean 5.14 vs MacKay–Ghahramani 4.88 on S^5 (arithmetic > harmonic)."""
     X = _sim("sphere", 5, 0)
     lb, mg = mle_id(X, pooling="mean").value, mle_id(X).value
     assert lb > mg
@@ -170,7 +170,7 @@ def test_arithmetic_mean_exceeds_harmonic_on_sphere():
 
 
 def test_uniform_cube_ordering():
-    """METHODS §6: 1.95, 4.47, 8.08, 14.32 for d = 2, 5, 10, 20 — increasing, bias growing with d."""
+    """docs/methods.md §6: 1.95, 4.47, 8.08, 14.32 for d = 2, 5, 10, 20 — increasing, bias growing with d."""
     vals = [mle_id(_sim("cube", d, 0)).value for d in (2, 5, 10, 20)]
     assert vals == sorted(vals)
     for v, e, d in zip(vals, (1.95, 4.47, 8.08, 14.32), (2, 5, 10, 20)):

@@ -1,4 +1,4 @@
-"""Properties every ID estimator must have (METHODS.md §0, §1.1, §6): invariance under scaling, translation
+"""Properties every ID estimator must have (docs/methods.md §0, §1.1, §6): invariance under scaling, translation
 and rotation (1e-6 rel), exact duplicates removed and counted (value unchanged, §6 allows ±2%), ties on
 lattice data dropped with a warning and never a silent 0/inf/NaN, clear errors for unusable input."""
 
@@ -71,7 +71,7 @@ def test_duplicates_removed_counted_and_harmless(estimate, manifold):
     assert b.details["duplicates_removed"] == 150 and b.details["n_input"] == 1150
     assert b.details["n_unique"] == 1000 and a.details["duplicates_removed"] == 0
     assert any(w.startswith("150 exact duplicate rows removed") for w in b.warnings)
-    assert math.isfinite(b.value) and abs(b.value / a.value - 1) <= 0.02  # METHODS §6 tolerance
+    assert math.isfinite(b.value) and abs(b.value / a.value - 1) <= 0.02  # docs/methods.md §6 tolerance
     assert b.value == pytest.approx(a.value, rel=1e-10)  # in fact the same distinct points
 
 

@@ -1,4 +1,4 @@
-"""The ``twonn`` estimator against scikit-dimension and DADApy (METHODS.md §1.2, §6).
+"""The ``twonn`` estimator against scikit-dimension and DADApy (docs/methods.md §1.2, §6).
 
 * ``ls`` (default) = ``skdim.id.TwoNN()``; ``ml`` = ``skdim.id.TwoNN(method="mle")`` (censored MLE) and, with
   ``discard_fraction=0``, DADApy ``compute_id_2NN(algorithm="ml")``; ``bayes`` with ``discard_fraction=0`` =
@@ -135,7 +135,7 @@ def test_decimation_subset_equals_skdim_on_that_subset():
     assert all(rel(v, ref) <= REL for v, ref in zip(lv["values"], refs))
 
 
-# ---- METHODS §6 rows ---------------------------------------------------------------------------------------
+# ---- docs/methods.md §6 rows ---------------------------------------------------------------------------------------
 
 def _sim(kind: str, d: int, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(1000 + seed)
@@ -165,7 +165,7 @@ def test_methods_sanity_rows(kind, d, expected, tol):
 
 
 def test_uniform_cube_ordering():
-    """METHODS §6 2NN: 1.97, 4.58, 8.54, 15.28 for d = 2, 5, 10, 20 — increasing, bias growing with d."""
+    """docs/methods.md §6 2NN: 1.97, 4.58, 8.54, 15.28 for d = 2, 5, 10, 20 — increasing, bias growing with d."""
     vals = [twonn_id(_sim("cube", d, 0), decimation=False).value for d in (2, 5, 10, 20)]
     assert vals == sorted(vals)
     for v, e, d in zip(vals, (1.97, 4.58, 8.54, 15.28), (2, 5, 10, 20)):

@@ -1,4 +1,4 @@
-"""The exact kNN engine (estimators/knn/engine.py; METHODS §0, §1.1, §7).
+"""The exact kNN engine (estimators/knn/engine.py; docs/methods.md §0, §1.1, §7).
 
 Every answer is compared with an independent float64 numpy brute force (difference-based distances, rows sorted
 with a stable sort so that ties go to the smaller index) or with scikit-learn. The pruned code paths are

@@ -1,4 +1,4 @@
-"""Random projections of METHODS §4.1: unit columns, exact adjoints, and the Fastfood formula itself."""
+"""Random projections of docs/methods.md §4.1: unit columns, exact adjoints, and the Fastfood formula itself."""
 
 import math
 
@@ -31,7 +31,7 @@ def test_columns_have_unit_norm(kind):
     P = make_projection(kind, 1000, 10, seeds=[0, 1, 2, 3])
     norms = P.column_norms()
     assert norms.shape == (4, 10)
-    tol = 0.02 if kind == "fastfood" else 1e-6  # METHODS §6: fastfood 1.000 ± 0.003 (± 0.02), dense exact
+    tol = 0.02 if kind == "fastfood" else 1e-6  # docs/methods.md §6: fastfood 1.000 ± 0.003 (± 0.02), dense exact
     assert torch.all((norms - 1).abs() <= tol), norms
 
 

@@ -1,4 +1,4 @@
-"""The d_int90 sweep (METHODS §4.2): crossing arithmetic, Li's §2 toy problem, digits, the pipeline contract."""
+"""The d_int90 sweep (docs/methods.md §4.2): crossing arithmetic, Li's §2 toy problem, digits, the pipeline contract."""
 
 import math
 

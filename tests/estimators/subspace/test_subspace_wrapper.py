@@ -1,4 +1,4 @@
-"""Subspace wrapper θ = θ₀ + Pθ_d (METHODS §4.1) and SAID (§4.5)."""
+"""Subspace wrapper θ = θ₀ + Pθ_d (docs/methods.md §4.1) and SAID (§4.5)."""
 
 import pytest
 import torch
