@@ -23,7 +23,7 @@ from estimators import registry
 from estimators.base import EstimatorError, Params, Result
 from taskgauge.pipeline import DEFAULT_ESTIMATORS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DIGITS = REPO / "examples" / "digits.npz"
 
 

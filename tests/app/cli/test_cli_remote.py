@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import embedded_server  # noqa: E402
+import embedded_server  # tests/ (on the path through tests/conftest.py)
 
 from app.cli.remote import APIClient, APIError  # noqa: E402
 
