@@ -20,9 +20,6 @@ from typing import Annotated, Optional
 
 import typer
 
-EMBEDDED_WORKER_ENV = "TASKGAUGE_EMBEDDED_WORKER"
-
-
 def _settings():
     from pydantic import ValidationError
 
@@ -97,7 +94,7 @@ def serve(
             cmd.append("--beat")
         # Own process group: a Ctrl-C or a group SIGTERM reaches `serve` alone, which then stops the worker and
         # everything it forked (pool process, embedded beat) in order, so no child outlives `serve`.
-        child = subprocess.Popen(cmd, env={**os.environ, EMBEDDED_WORKER_ENV: "1"}, preexec_fn=_pdeathsig,
+        child = subprocess.Popen(cmd, preexec_fn=_pdeathsig,
                                  start_new_session=True)
         typer.echo(f"taskgauge: worker process {child.pid} started", err=True)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it with the handler that was installed before
