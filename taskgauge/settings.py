@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How often Celery beat asks a worker to scan for due schedules."
     )
 
+    FANOUT: bool = Field(
+        default=False,
+        description="Run the estimators of one analysis as parallel tasks (one shard each), so that one analysis "
+        "uses as many workers as are free. Off: one task per analysis.",
+    )
+
     @field_validator("DEVICE", mode="before")
     @classmethod
     def _device_lower(cls, v: object) -> object:
