@@ -142,3 +142,22 @@ def test_cancel_stops_every_shard(fan, alice, files):
     assert all(s.status != "running" for s in _shards(fan, aid).values())
     assert alice.get(f"/analyses/{aid}").json()["status"] == "cancelled"
     assert _rows(fan, db.Report, aid) == []
+
+
+def test_redis_restarted_mid_fanout_the_analysis_completes(fan, alice, files):
+    """Redis (no persistence) restarted while shards wait in the queue: their messages are lost, and the sweeper
+    re-sends them after 2 × LEASE_S; the running shard goes on. One report, one result row per estimator."""
+    ds = upload(alice, files["npz"]).json()
+    requests = {"tg_slow": {"seconds": 3}, "mle": {}, "twonn": {}, "gride": {}}
+    aid = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": requests}).json()["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        shards = _shards(fan, aid)
+        if len(shards) == 4 and any(s.status == "running" for s in shards.values()):
+            break
+        time.sleep(0.05)
+    fan.redis.restart()
+    state = wait_for(alice, aid, timeout=150)
+    assert state["status"] == "succeeded", (state, fan.tail())
+    assert sorted(r.estimator for r in _rows(fan, db.AnalysisResult, aid)) == sorted(requests)
+    assert [r.id for r in _rows(fan, db.Report, aid)] == [state["report_id"]]
