@@ -80,3 +80,14 @@ def test_get_settings_is_cached_until_cleared(monkeypatch):
     assert get_settings().MAX_UPLOAD_MB == 512
     get_settings.cache_clear()
     assert get_settings().MAX_UPLOAD_MB == 3
+
+
+def test_worker_threads_default_is_the_childs_share_of_the_cores(monkeypatch):
+    import os
+
+    from taskgauge.settings import Settings
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    s = Settings()
+    assert (s.worker_threads(1), s.worker_threads(4), s.worker_threads(32)) == (16, 4, 1)
+    assert Settings(WORKER_THREADS=3).worker_threads(4) == 3  # an explicit setting wins
