@@ -15,6 +15,8 @@ from app.deps import OwnerDep, SessionDep, StateDep
 from app.errors import responses
 from app.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
 from taskgauge import db
+from taskgauge.errors import Conflict
+from workers.gpu import gpu_queue_consumed
 
 router = APIRouter(prefix="/analyses", tags=["analyses"])
 
@@ -23,11 +25,18 @@ SSE_KEEPALIVE_S = 15.0
 
 
 @router.post("", status_code=202, response_model=AnalysisPublic, operation_id="analyses-create",
-             responses=responses(503))
+             responses=responses(409, 503))
 def create_analysis(body: AnalysisCreate, request: Request, response: Response, state: StateDep,
                     owner: OwnerDep) -> AnalysisPublic:
     """Validate the estimators and params, store the analysis (``queued``) and enqueue it for a worker.
-    Follow it with ``GET /analyses/{id}`` or ``GET /analyses/{id}/events``."""
+    Follow it with ``GET /analyses/{id}`` or ``GET /analyses/{id}/events``.
+
+    ``device: "cuda"`` is refused with 409 when no worker consumes the gpu queue (``TASKGAUGE_GPU_WORKERS``)."""
+    if body.device == "cuda" and not gpu_queue_consumed(state.settings):
+        raise Conflict("device 'cuda' needs a worker on the gpu queue, and none is running; use device 'auto' or "
+                       "'cpu', or start `taskgauge worker --queues gpu,default` on a CUDA host (or set "
+                       "TASKGAUGE_GPU_WORKERS=yes if one is only briefly down)", title="No GPU worker",
+                       kind="no-gpu-worker")
     row = services.create_analysis(state, owner.owner_id, dataset_id=body.dataset_id, estimators=body.estimators,
                                    model_spec_id=body.model_spec_id, device=body.device)
     response.headers["Location"] = str(request.url_for("analyses-read", analysis_id=row.id))
