@@ -45,6 +45,11 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def guard_responses() -> dict[int | str, dict[str, Any]]:
+    """What any route may answer before it runs (app.security): 400 untrusted Host, 413 body too large."""
+    return {c: PROBLEM_RESPONSES[c] for c in (400, 413)}
+
+
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: the common problems plus ``codes``."""
     docs = {
