@@ -313,3 +313,21 @@ def test_signin_url_command(clean_env, tmp_path):
     assert token not in (data / "signin_token").read_text()  # only its hash is stored
     assert redeem_signin_token(data, token, 60) and not redeem_signin_token(data, token, 60)
     assert os.listdir(data) == []
+
+
+# ------------------------------------------------------------------------------------------------ 4xx, not 500
+@pytest.mark.parametrize("path", ["/api/v1/datasets", "/api/v1/analyses"])
+def test_an_overflowing_offset_is_a_client_error(live, path):
+    r = live.client.get(path, params={"offset": "99999999999999999999"}, headers=live.auth)
+    is_problem(r, 422, "invalid-request")
+    assert live.client.get(path, params={"offset": "1000000000"}, headers=live.auth).status_code == 200
+
+
+def test_a_malformed_multipart_body_is_a_client_error(live):
+    boundary = "7eaffdc9b597eacd2e934f36aa69c759"
+    body = f"--{boundary}\r\n9!--{boundary}--\r\n".encode()
+    r = live.client.post("/api/v1/datasets", content=body,
+                         headers={**live.auth, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    is_problem(r, 400, "bad-upload")
+    assert count(live, db.Dataset) == 0
+    assert not [p for p in (live.data_dir / "tmp").rglob("*") if p.is_file()]  # no temp file left
