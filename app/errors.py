@@ -63,8 +63,8 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    from taskgauge.datasets.ingest import IngestError
     from estimators.base import EstimatorError
+    from taskgauge.datasets.ingest import IngestError
 
     @app.exception_handler(TaskgaugeError)
     async def _taskgauge(request: Request, exc: TaskgaugeError) -> JSONResponse:
@@ -104,7 +104,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {clip(request.url.path, 200)}; the API lives under /api/v1 (see /docs)"
         elif exc.status_code == 405:
-            detail = f"{clip(request.method)} is not allowed on {clip(request.url.path, 200)}; see /docs for the methods"
+            path = clip(request.url.path, 200)
+            detail = f"{clip(request.method)} is not allowed on {path}; see /docs for the methods"
         return problem_response(problem(_reason(exc.status_code), detail, exc.status_code, instance=request.url.path),
                                 getattr(exc, "headers", None))
 

@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from taskgauge.errors import PROBLEM_MEDIA_TYPE, problem
 from taskgauge.settings import Settings
@@ -119,8 +120,8 @@ class SecurityMiddleware:
 async def _problem(send: Send, body: dict[str, Any]) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": body["status"],
-                "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(data)).encode()),
-                            (b"connection", b"close")]})
+                "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                            (b"content-length", str(len(data)).encode()), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": data})
 
 

@@ -24,7 +24,6 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from taskgauge.errors import NotFound, Unauthorized
-
 from taskgauge.version import taskgauge_version
 
 HERE = Path(__file__).resolve().parent
