@@ -127,10 +127,14 @@ def private_data_dir(data_dir) -> None:
     from taskgauge.auth import LOCAL_KEY_FILENAME, SIGNIN_TOKEN_FILENAME
 
     data_dir = Path(data_dir)
-    os.chmod(data_dir, 0o700)
-    for path in [*data_dir.glob("taskgauge.db*"), data_dir / LOCAL_KEY_FILENAME, data_dir / SIGNIN_TOKEN_FILENAME]:
-        if path.is_file() and not path.is_symlink():
-            os.chmod(path, 0o600)
+    try:
+        os.chmod(data_dir, 0o700)
+        for path in [*data_dir.glob("taskgauge.db*"), data_dir / LOCAL_KEY_FILENAME, data_dir / SIGNIN_TOKEN_FILENAME]:
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o600)
+    except OSError as exc:  # not ours to change (another owner, a read-only mount): say so, and go on
+        typer.echo(f"taskgauge: warning: cannot make {data_dir} private ({exc}); other local users may read it",
+                   err=True)
 
 
 def signin_url(host: str, port: int, token: str) -> str:
