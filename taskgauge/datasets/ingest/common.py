@@ -14,6 +14,8 @@ from taskgauge.datasets.canonical import CanonicalDataset, canonical_dtype
 MIN_SAMPLES = 3
 #: longest class or column name kept (they are stored in the dataset row and returned by its read endpoint)
 MAX_NAME_CHARS = 1000
+#: most characters of all class and column names together (the dataset row's size)
+MAX_NAMES_TOTAL_CHARS = 4_000_000
 _NUMERIC_KINDS = "biuf"
 
 
@@ -214,6 +216,15 @@ def make_dataset(
     label_column: str | None = None,
     **extra_meta: Any,
 ) -> CanonicalDataset:
+    names = (classes or []) + list(extra_meta.get("feature_columns") or [])
+    total = sum(len(str(n)) for n in names)
+    if total > MAX_NAMES_TOTAL_CHARS:
+        raise ctx.error(
+            "Names too long",
+            f"the class and column names take {total:,} characters together, more than the limit of "
+            f"{MAX_NAMES_TOTAL_CHARS:,}; use shorter names or fewer columns",
+            status=413,
+        )
     meta: dict[str, Any] = {
         "source_format": source_format,
         "filename": ctx.filename,

@@ -25,7 +25,7 @@ from taskgauge.datasets.ingest.common import check_features, make_dataset
 from taskgauge.datasets.ingest.errors import Ctx, IngestError
 from taskgauge.datasets.canonical import CanonicalDataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+from taskgauge.datasets.ingest import IMAGE_EXTENSIONS
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 _GRAY_MODES = {"L", "LA"}
 _CHUNK = 1024 * 1024
