@@ -94,9 +94,8 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
         filename = upload.filename or "upload"
         name = (upload.fields.get("name") or "").strip() or filename
         async with ingest_slot(request, settings.MAX_CONCURRENT_INGESTS, settings.INGEST_QUEUE_S):
-            row = await run_in_threadpool(services.ingest_and_store, state, owner.owner_id, upload.path, filename,
-                                          options, name=name[:300], filename=filename[:300], sha256=upload.sha256,
-                                          size=upload.size)
+            row = await run_in_threadpool(services.ingest_and_store, state, owner.owner_id, upload.path, options,
+                                          name=name[:300], filename=filename, sha256=upload.sha256, size=upload.size)
         return DatasetPublic.model_validate(row)
     finally:
         upload.cleanup()

@@ -32,8 +32,8 @@ def list_datasets(session: Session, owner_id: str, *, limit: int, offset: int) -
                 limit=limit, offset=offset)
 
 
-def ingest_and_store(ctx: Context, owner_id: str, upload_path: Path, filename: str, options: IngestOptions, *,
-                     name: str, sha256: str, size: int) -> db.Dataset:
+def ingest_and_store(ctx: Context, owner_id: str, upload_path: Path, options: IngestOptions, *, name: str,
+                     filename: str, sha256: str, size: int) -> db.Dataset:
     """Parse an uploaded file in a memory-limited subprocess (:mod:`taskgauge.datasets.ingest.isolated`) that
     streams the canonical ``.npz`` into a temp file of the blob store, then publish it with the dataset row
     (:func:`store_staged`). This process holds only the summary, never the data. Raises ``IngestError``."""
@@ -51,7 +51,7 @@ def ingest_and_store(ctx: Context, owner_id: str, upload_path: Path, filename: s
         raise
     log.info("ingested %s: shape %s %s, child peak RSS %.0f MB", filename, summary.shape, summary.dtype,
              summary.child_peak_rss / 2**20)
-    return store_staged(ctx, owner_id, staged, name=name, filename=filename, sha256=sha256, size=size,
+    return store_staged(ctx, owner_id, staged, name=name, filename=filename[:300], sha256=sha256, size=size,
                         n_samples=summary.n_samples, shape=summary.shape, n_classes=summary.n_classes,
                         classes=summary.classes, meta=summary.meta)
 

@@ -123,8 +123,12 @@ def read_npy(ctx: Ctx, fh: IO[bytes], what: str, budget: ByteBudget, *, kinds: s
     if max_count is not None and count > max_count:
         raise max_count_error(count)
     if count_for is not None:
-        # What the canonical form will hold on top of this array (a float32/float64 copy), counted up front.
-        budget.check(count * canonical_dtype(dtype).itemsize + nbytes, f"array {what}")
+        # The canonical copy check_features will make (another dtype, Fortran order or channels-last images),
+        # counted up front: the raw array and its copy live together.
+        canonical = canonical_dtype(dtype)
+        channels_last = len(shape) == 4 and shape[1] not in (1, 3, 4) and shape[3] in (1, 3, 4)
+        if dtype != canonical or fortran or channels_last:
+            budget.take(count * canonical.itemsize, f"array {what}")
     out = np.empty(count, dtype=dtype)
     view = memoryview(out.view(np.uint8).reshape(-1)) if nbytes else memoryview(b"")
     pos = 0

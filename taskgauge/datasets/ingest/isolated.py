@@ -93,12 +93,20 @@ def ingest_isolated(path: Path, filename: str, options: IngestOptions, out_path:
 # ------------------------------------------------------------------------------------------------ the child
 
 
-def _vm_size() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
+def _status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` memory figure (``VmSize``, ``VmHWM``) in bytes; 0 where there is none."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
+
+
+def _vm_size() -> int:
+    return _status_bytes("VmSize")
 
 
 def _limit_address_space(extra: int) -> None:
@@ -134,7 +142,8 @@ def _child() -> int:
         out = {"ok": {
             "n_samples": ds.n_samples, "shape": [int(s) for s in ds.X.shape], "dtype": str(ds.X.dtype),
             "n_classes": ds.n_classes, "classes": ds.classes, "meta": ds.meta, "canonical_size": size,
-            "child_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            # VmHWM, not getrusage: ru_maxrss survives exec, so it would report the parent's peak at fork time
+            "child_peak_rss": _status_bytes("VmHWM"),
         }}
     except IngestError as exc:
         out = {"error": {"title": exc.title, "detail": exc.detail, "status": exc.status}}
