@@ -162,6 +162,7 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": lambda: state.update(ended=True),
         },
     )
     try:
@@ -186,6 +187,9 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
         finally:
             if fh is not None:
                 fh.close()
+        if failure is None and not over and not state.get("ended"):
+            fail(BadRequest("the multipart body ended before its closing boundary (a truncated upload); send the "
+                            "whole request again", title="Malformed multipart body"))
         if failure is not None:
             raise failure
         if over:
