@@ -52,7 +52,7 @@ async def ingest_slot(request: Request, limit: int, wait_s: float) -> AsyncItera
         sem = request.app.state.ingest_slots = asyncio.Semaphore(limit)
     try:
         await asyncio.wait_for(sem.acquire(), timeout=max(wait_s, 0.01))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise HTTPException(
             503,
             f"{limit} upload{'s are' if limit != 1 else ' is'} being read already (TASKGAUGE_MAX_CONCURRENT_INGESTS); "
@@ -63,6 +63,11 @@ async def ingest_slot(request: Request, limit: int, wait_s: float) -> AsyncItera
         yield
     finally:
         sem.release()
+
+
+def _printable(text: str) -> str:
+    """Control characters (NUL above all: PostgreSQL cannot store it) replaced by U+FFFD in names stored on rows."""
+    return "".join(c if c >= " " and c != "\x7f" else "\ufffd" for c in text)
 
 
 def _bool(v: str | None) -> bool:
@@ -91,8 +96,8 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
         except ValidationError as exc:
             raise InvalidInput("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()),
                                title="Invalid ingest options") from None
-        filename = upload.filename or "upload"
-        name = (upload.fields.get("name") or "").strip() or filename
+        filename = _printable(upload.filename or "") or "upload"
+        name = _printable(upload.fields.get("name") or "").strip() or filename
         async with ingest_slot(request, settings.MAX_CONCURRENT_INGESTS, settings.INGEST_QUEUE_S):
             row = await run_in_threadpool(services.ingest_and_store, state, owner.owner_id, upload.path, options,
                                           name=name[:300], filename=filename, sha256=upload.sha256, size=upload.size)
@@ -103,7 +108,7 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
 
 @router.get("", response_model=DatasetsPublic, operation_id="datasets-list", responses=responses())
 def list_datasets(session: SessionDep, owner: OwnerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> DatasetsPublic:
+                  offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0) -> DatasetsPublic:
     """Your datasets, newest first, as summaries (no class or column names: ``GET /datasets/{id}`` has them)."""
     rows, count = services.list_datasets(session, owner.owner_id, limit=limit, offset=offset)
     return DatasetsPublic(items=[DatasetSummary.model_validate(r) for r in rows], count=count,

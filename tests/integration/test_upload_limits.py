@@ -21,7 +21,6 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -257,7 +256,7 @@ def test_each_input_kind_stays_within_twice_its_materialised_size(stack, client,
 def test_four_concurrent_uploads_at_the_size_limit_stay_under_the_memory_setting(stack, client):
     rng = np.random.default_rng(1)
     payloads = []
-    for i in range(4):  # just under 8 MB each, 200 MB materialised each, all different
+    for _ in range(4):  # just under 8 MB each, 200 MB materialised each, all different
         X = np.zeros((1600, 32768), np.float32)
         X[:56] = rng.normal(size=(56, 32768))  # 7.3 MB of noise that does not compress
         b = io.BytesIO()
@@ -373,6 +372,17 @@ def test_same_data_under_two_names_is_stored_once_and_lists_are_summaries(stack,
     assert {first["id"], second["id"]} <= {d["id"] for d in items}
     for d in (first, second):
         assert client.delete(f"/datasets/{d['id']}").status_code == 204
+
+
+def test_control_characters_in_names_and_huge_offsets(stack, client):
+    b = io.BytesIO()
+    np.savez(b, X=np.random.default_rng(12).normal(size=(10, 2)))
+    r = _post(client, "nul\x00name.npz", b.getvalue(), name="a\x00b")  # PostgreSQL cannot store NUL
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "a\ufffdb" and "\x00" not in r.json()["filename"]
+    assert client.delete(f"/datasets/{r.json()['id']}").status_code == 204
+    r = client.get("/datasets", params={"offset": "99999999999999999999"})
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
 
 
 # ------------------------------------------------------------------------------------ crash sweep

@@ -124,6 +124,11 @@ def too_many_classes(ctx: Ctx, n: int, what: str) -> Any:
 def check_names(ctx: Ctx, names: Sequence[str], what: str) -> None:
     """Class and column names are stored and shown: each at most :data:`MAX_NAME_CHARS` characters."""
     for name in names:
+        if "\x00" in name:
+            raise ctx.error(
+                "NUL in a name",
+                f"{what} {name[:40]!r} contains a NUL character, which cannot be stored; remove it from the data",
+            )
         if len(name) > MAX_NAME_CHARS:
             raise ctx.error(
                 "Name too long",
@@ -216,6 +221,11 @@ def make_dataset(
     label_column: str | None = None,
     **extra_meta: Any,
 ) -> CanonicalDataset:
+    if classes is not None:
+        if len(classes) > ctx.options.max_classes:
+            raise too_many_classes(ctx, len(classes), "the data")
+        check_names(ctx, classes, "class name")
+    check_names(ctx, list(extra_meta.get("feature_columns") or []), "column name")
     names = (classes or []) + list(extra_meta.get("feature_columns") or [])
     total = sum(len(str(n)) for n in names)
     if total > MAX_NAMES_TOTAL_CHARS:

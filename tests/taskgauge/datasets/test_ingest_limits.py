@@ -438,3 +438,23 @@ def test_ingest_slots_answer_503_with_retry_after_when_busy():
             pass
 
     asyncio.run(scenario())
+
+
+def test_nul_in_class_names_is_refused(tmp_path):
+    # PostgreSQL cannot store NUL in text or JSON: refused at ingest, the same on both backends
+    p = tmp_path / "nul.npz"
+    np.savez(p, X=np.zeros((4, 2)), y=np.array(["a\x00b", "c", "a\x00b", "c"]))
+    assert refused(p, 422).title == "NUL in a name"
+
+
+def test_image_folders_count_against_the_class_cap(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "folders.zip"
+    buf = io.BytesIO()
+    Image.new("L", (4, 4)).save(buf, "PNG")
+    with zipfile.ZipFile(p, "w") as zf:
+        for i in range(30):
+            zf.writestr(f"class{i:02d}/a.png", buf.getvalue())
+    assert "30 classes" in refused(p, 413, max_classes=10).detail
+    assert ingest(p, max_classes=30).n_classes == 30
