@@ -36,8 +36,8 @@
     return n;
   }
   const fmt = v => { const x = P().num(v); return v === null || v === undefined ? "—" : (isFinite(x) ? P().fmt(x) : String(v)); };
-  // Counts (samples, classes) are integers: printed exactly, with thousands separators (1797, not "1800").
-  const count = v => v === null || v === undefined ? "—" : (Number.isInteger(Number(v)) ? Number(v).toLocaleString("en-US") : String(v));
+  // Counts (samples, classes) are integers: printed exactly (1797, not "1800" as fmt's 3 significant digits).
+  const count = v => v === null || v === undefined ? "—" : String(v);
   const fmtCI = ci => Array.isArray(ci) && ci.length === 2 ? `[${fmt(ci[0])}, ${fmt(ci[1])}]` : "—";
   const when = s => s ? new Date(s).toLocaleString() : "";
   const items = page => Array.isArray(page) ? page : (page && page.items) || [];
