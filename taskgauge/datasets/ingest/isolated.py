@@ -16,6 +16,7 @@ pages), so ``MAX_CONCURRENT_INGESTS`` children bound what ingestion can take on 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import signal
@@ -28,6 +29,7 @@ from typing import Any
 from taskgauge.datasets.ingest.errors import IngestError, IngestOptions
 
 _MODULE = "taskgauge.datasets.ingest.isolated"
+log = logging.getLogger("taskgauge.ingest")
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,19 @@ def ingest_isolated(path: Path, filename: str, options: IngestOptions, out_path:
     if reply is not None and "error" in reply:
         e = reply["error"]
         raise IngestError(str(e["title"]), str(e["detail"]), int(e["status"]))
-    if reply is None or proc.returncode != 0:
-        how = (f"killed by signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
-               else f"exit status {proc.returncode}")
+    if reply is not None and "ok" in reply and proc.returncode == 0:
+        return IngestSummary(**reply["ok"])
+    stderr = proc.stderr.decode("utf-8", "replace")[-4000:]
+    if proc.returncode < 0 or (reply is not None and "killed" in reply):
+        # killed (the OOM killer, a C library aborting on a failed allocation under the address-space limit)
+        how = f"killed by signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else "out of memory"
+        log.warning("ingest of %s: the reader was %s; stderr: %s", filename, how, stderr)
         raise _too_large(filename, f"reading it needed more memory than an ingest may use "
                          f"({memory_bytes / 2**20:,.0f} MB; the reader was {how})")
-    return IngestSummary(**reply["ok"])
+    # A Python exception in the reader that is not an IngestError is a bug, as it would be in-process.
+    log.error("ingest subprocess for %s failed (exit status %s):\n%s", filename, proc.returncode, stderr)
+    last = next((ln for ln in reversed(stderr.splitlines()) if ln.strip()), "no output")
+    raise RuntimeError(f"the ingest subprocess failed: {last}")
 
 
 # ------------------------------------------------------------------------------------------------ the child
