@@ -119,13 +119,20 @@ def _vm_size() -> int:
 
 
 def _limit_address_space(extra: int) -> None:
-    if extra <= 0:
+    """RLIMIT_AS = the address space the imports took + ``extra``. Where the current size is unknown (no /proc)
+    or the limit cannot be set (macOS does not enforce RLIMIT_AS), the child runs unlimited: it still keeps the
+    data out of the API process."""
+    now = _vm_size()
+    if extra <= 0 or now <= 0:
         return
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    want = _vm_size() + extra
-    if hard != resource.RLIM_INFINITY:
-        want = min(want, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        want = now + extra
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+    except (ValueError, OSError):
+        pass
 
 
 def _child() -> int:
