@@ -289,6 +289,8 @@ def test_four_concurrent_uploads_at_the_size_limit_stay_under_the_memory_setting
     assert [r.status_code for r in rs] == [201] * 4, [r.text for r in rs if r.status_code != 201]
     peak_total = max(s[0] for s in samples)
     stated = idle + SLACK + CONCURRENT * INGEST_MEMORY_MB * MB
+    print(f"\nfour uploads at the limit ({stack.kind}): API + ingest children peaked at {peak_total / MB:.0f} MB "
+          f"(API idle {idle / MB:.0f} MB; stated {stated / MB:.0f} MB; {len(samples)} samples)")
     assert peak_total <= stated, (peak_total / MB, stated / MB)
     assert max(s[1] for s in samples) <= CONCURRENT  # never more ingest children than slots
     for r in rs:
