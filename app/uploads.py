@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskgauge.blobs import TempLock, sweep_stale
-from taskgauge.errors import PROBLEM_MEDIA_TYPE, BadRequest, PayloadTooLarge, problem
+from taskgauge.errors import PROBLEM_MEDIA_TYPE, BadRequest, PayloadTooLarge, echo, problem
 
 FIELD_LIMIT = 64 * 1024
 MAX_PARTS = 16  # file, name, label_column, resize, grayscale — and room for a client's extras
@@ -144,7 +144,7 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
         else:
             state["buf"] += chunk
             if len(state["buf"]) > FIELD_LIMIT:
-                fail(BadRequest(f"form field '{state['name'][:100]}' is over {FIELD_LIMIT} bytes; send short text "
+                fail(BadRequest(f"form field '{echo(state['name'])}' is over {FIELD_LIMIT} bytes; send short text "
                                 "fields", title="Form field too large"))
 
     def on_part_end() -> None:
@@ -194,7 +194,8 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
             raise failure
         if over:
             raise PayloadTooLarge(
-                f"'{out.filename}' is larger than the limit of {max_bytes // (1024 * 1024)} MB "
+                f"'{echo(out.filename or 'upload', 200)}' is larger than the limit of "
+                f"{max_bytes // (1024 * 1024)} MB "
                 "(TASKGAUGE_MAX_UPLOAD_MB); upload a subset, or raise the limit on the server"
             )
         if out.path is None:
