@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         description="Uploads parsed at the same time by one API process; more wait (INGEST_QUEUE_S) for a slot.",
     )
     INGEST_QUEUE_S: float = Field(
-        default=30.0, ge=0,
+        default=120.0, ge=0,
         description="How long an upload waits for an ingest slot before 503 + Retry-After (seconds).",
     )
     INGEST_MEMORY_MB: int = Field(
