@@ -50,7 +50,7 @@ class IngestOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    label_column: str | None = None
+    label_column: str | None = Field(default=None, max_length=1000)
     resize: tuple[int, int] | None = None
     grayscale: bool = False
     max_files: int = Field(default=100_000, ge=1)
