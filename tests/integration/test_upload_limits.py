@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -93,8 +94,8 @@ class ApiPeak:
         try:
             with open(f"/proc/{self.pid}/clear_refs", "w") as fh:
                 fh.write("5")  # resets VmHWM to the current RSS
-        except OSError as exc:  # a kernel or sandbox without clear_refs: no peak to measure
-            pytest.skip(f"cannot reset the API's peak RSS ({exc})")
+        except OSError as exc:  # a sandbox without clear_refs: the peak since start is an upper bound
+            warnings.warn(f"cannot reset the API's peak RSS ({exc}); using its peak since start", stacklevel=2)
         self.idle = _status(self.pid, "VmRSS")
         return self
 
