@@ -81,14 +81,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(problem("Invalid estimator request", str(exc), 422, "bad-estimator-request",
                                         instance=request.url.path))
 
-    from python_multipart.exceptions import FormParserError
-
-    @app.exception_handler(FormParserError)
-    async def _multipart(request: Request, exc: FormParserError) -> JSONResponse:
-        return problem_response(problem("Malformed multipart body", f"the multipart/form-data body cannot be parsed "
-                                        f"({clip(exc, 200)}); send the file as a standard multipart upload, e.g. "
-                                        "curl -F file=@data.npz", 400, "bad-upload", instance=request.url.path))
-
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": [clip(p) if isinstance(p, str) else p for p in e.get("loc", ())][:20],

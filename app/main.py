@@ -38,6 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_context(resolved)
+        from app.uploads import sweep_uploads
+
+        sweep_uploads(state.upload_tmp)  # temp files of uploads whose process died (the blob store sweeps its own)
         from estimators import registry
 
         registry.all_estimators()  # import the estimators (and torch) now, not inside the first POST /analyses

@@ -26,13 +26,14 @@ ECHO_LIMIT = 80  # characters of a client-supplied value (an id, a name) that a 
 
 
 def clip(value: object, limit: int = ECHO_LIMIT) -> str:
-    """``value`` as text, cut to ``limit`` characters (marked with "…"): what a problem document may echo.
+    """``value`` as text, cut to ``limit`` characters (marked with "…" and the full length): what a problem
+    document may echo (a 20 MB id must not come back in a 20 MB problem document).
 
-    >>> clip("x" * 100)[-3:], len(clip("x" * 100)), clip("abc")
-    ('xx…', 81, 'abc')
+    >>> clip("x" * 100), clip("abc")
+    ('xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx… (100 characters)', 'abc')
     """
     text = str(value)
-    return text if len(text) <= limit else text[:limit] + "…"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def problem(title: str, detail: str, status: int, kind: str | None = None, *, instance: str | None = None,
