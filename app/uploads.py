@@ -180,13 +180,13 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
                     parser.finalize()
         except ParseError as exc:
             fail(BadRequest(f"the multipart body cannot be parsed ({exc}); send a well-formed multipart/form-data "
-                            "request (curl -F file=@data.npz …)", title="Malformed multipart body"))
+                            "request (curl -F file=@data.npz …)", title="Malformed multipart body", kind="bad-upload"))
         finally:
             if fh is not None:
                 fh.close()
         if failure is None and not over and not state.get("ended"):
             fail(BadRequest("the multipart body ended before its closing boundary (a truncated upload); send the "
-                            "whole request again", title="Malformed multipart body"))
+                            "whole request again", title="Malformed multipart body", kind="bad-upload"))
         if failure is not None:
             raise failure
         if over:
