@@ -36,6 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_context(settings or get_settings())
+        from app.uploads import sweep_uploads
+
+        sweep_uploads(state.upload_tmp)  # temp files of uploads whose process died (the blob store sweeps its own)
         from estimators import registry
 
         registry.all_estimators()  # import the estimators (and torch) now, not inside the first POST /analyses
@@ -62,6 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    from app.uploads import BodyLimitMiddleware
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=(settings or get_settings()).MAX_JSON_KB * 1024,
+                       exempt={("POST", f"{API_PREFIX}/datasets")})
 
     from app.dashboard import routes as dashboard
     from app.routers import analyses, datasets, health, history, model_specs, reports, schedules

@@ -14,7 +14,9 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class DatasetPublic(_Out):
+class DatasetSummary(_Out):
+    """A dataset in a list: bounded size (no class names, no column names; read the dataset for those)."""
+
     id: str
     name: str
     filename: str
@@ -24,13 +26,18 @@ class DatasetPublic(_Out):
     n_samples: int
     shape: list[int]
     n_classes: int | None
-    classes: list[str] | None
-    meta: dict[str, Any]
     created_at: datetime
 
 
+class DatasetPublic(DatasetSummary):
+    """One dataset with its details: class names and ``meta`` (source format, preprocessing, feature columns)."""
+
+    classes: list[str] | None
+    meta: dict[str, Any]
+
+
 class DatasetsPublic(BaseModel):
-    items: list[DatasetPublic]
+    items: list[DatasetSummary]
     count: int = Field(description="total number of datasets of this key's owner")
     limit: int
     offset: int

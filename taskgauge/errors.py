@@ -28,7 +28,7 @@ def problem(title: str, detail: str, status: int, kind: str | None = None, *, in
     body: dict[str, Any] = {"type": PROBLEM_BASE + kind if kind else "about:blank", "title": title,
                             "status": status, "detail": detail}
     if instance is not None:
-        body["instance"] = instance
+        body["instance"] = echo(instance, 300)
     body.update(extra)
     return body
 
@@ -96,5 +96,12 @@ class ServiceUnavailable(TaskgaugeError):
     status, title, kind = 503, "Service unavailable", "unavailable"
 
 
+def echo(value: object, limit: int = 80) -> str:
+    """``value`` as text for a message, cut to ``limit`` characters: what a client sent is never echoed whole
+    (a 20 MB id must not come back in a 20 MB problem document)."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 def not_found(what: str, ident: str, hint: str) -> NotFound:
-    return NotFound(f"{what} {ident!s} does not exist (or belongs to another API key); {hint}")
+    return NotFound(f"{what} {echo(ident)} does not exist (or belongs to another API key); {hint}")

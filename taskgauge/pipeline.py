@@ -138,6 +138,7 @@ def dataset_summary(dataset: CanonicalDataset, info: DatasetInfo) -> dict[str, A
         "sha256": info.sha256,
         "n_samples": dataset.n_samples,
         "shape": list(dataset.X.shape),
+        "dtype": str(dataset.X.dtype),
         "n_classes": dataset.n_classes,
         "classes": dataset.classes,
         "duplicates": {"exact": dup.n_removed, "conflicting_labels": conflicting},

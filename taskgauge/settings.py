@@ -133,6 +133,40 @@ class Settings(BaseSettings):
     def max_upload_bytes(self) -> int:
         return self.MAX_UPLOAD_MB * 1024 * 1024
 
+    # ---- uploads and stored data (issue 15)
+    MAX_CONCURRENT_INGESTS: int = Field(
+        default=2, ge=1,
+        description="Uploads parsed at the same time by one API process; more wait (INGEST_QUEUE_S) for a slot.",
+    )
+    INGEST_QUEUE_S: float = Field(
+        default=30.0, ge=0,
+        description="How long an upload waits for an ingest slot before 503 + Retry-After (seconds).",
+    )
+    INGEST_MEMORY_MB: int = Field(
+        default=0, ge=0,
+        description="Memory (address space) one ingest subprocess may use on top of its imports, in MB. "
+        "0: 2 × the expansion limit + 512. Ingestion takes at most MAX_CONCURRENT_INGESTS × this.",
+    )
+    INGEST_TIMEOUT_S: float = Field(
+        default=600.0, gt=0, description="An ingest subprocess running longer is stopped (413)."
+    )
+    MAX_CLASSES: int = Field(default=10_000, ge=1, description="Most classes a dataset may have (413 above).")
+    MAX_COLUMNS: int = Field(default=100_000, ge=1, description="Most columns of a .csv/.parquet table (413 above).")
+    MAX_JSON_KB: int = Field(
+        default=1024, ge=1, description="Largest request body other than an upload (JSON), in KB (413 above)."
+    )
+
+    @property
+    def expansion_limit_mb(self) -> int:
+        """How far an upload may expand once read (zip contents, arrays, tables): 64× the upload limit, at most
+        2 GB."""
+        return min(2048, 64 * self.MAX_UPLOAD_MB)
+
+    @property
+    def ingest_memory_bytes(self) -> int:
+        mb = self.INGEST_MEMORY_MB or 2 * self.expansion_limit_mb + 512
+        return mb * 1024 * 1024
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from taskgauge import db
-from taskgauge.blobs import BlobStore, deterministic_npz
+from taskgauge.blobs import BlobStore, StagedBlob
 from taskgauge.context import Context
-from taskgauge.datasets.canonical import CanonicalDataset
+from taskgauge.datasets.canonical import CanonicalDataset, read_sample, write_canonical
 from taskgauge.errors import InvalidInput, NotFound
 from taskgauge.services import get_owned, page
+
+if TYPE_CHECKING:
+    from taskgauge.datasets.ingest import IngestOptions
 
 log = logging.getLogger("taskgauge.services")
 
@@ -28,17 +32,56 @@ def list_datasets(session: Session, owner_id: str, *, limit: int, offset: int) -
                 limit=limit, offset=offset)
 
 
+def ingest_and_store(ctx: Context, owner_id: str, upload_path: Path, options: IngestOptions, *, name: str,
+                     filename: str, sha256: str, size: int) -> db.Dataset:
+    """Parse an uploaded file in a memory-limited subprocess (:mod:`taskgauge.datasets.ingest.isolated`) that
+    streams the canonical ``.npz`` into a temp file of the blob store, then publish it with the dataset row
+    (:func:`store_staged`). This process holds only the summary, never the data. Raises ``IngestError``."""
+    from taskgauge.datasets.ingest.isolated import ingest_isolated
+
+    part = ctx.blobs.new_part()
+    try:
+        summary = ingest_isolated(upload_path, filename, options, part.path,
+                                  memory_bytes=ctx.settings.ingest_memory_bytes,
+                                  timeout_s=ctx.settings.INGEST_TIMEOUT_S)
+        staged = ctx.blobs.stage_file(part)
+    except BaseException:
+        part.path.unlink(missing_ok=True)
+        part.release()
+        raise
+    log.info("ingested %s: shape %s %s, child peak RSS %.0f MB", filename, summary.shape, summary.dtype,
+             summary.child_peak_rss / 2**20)
+    return store_staged(ctx, owner_id, staged, name=name, filename=filename[:300], sha256=sha256, size=size,
+                        n_samples=summary.n_samples, shape=summary.shape, n_classes=summary.n_classes,
+                        classes=summary.classes, meta=summary.meta)
+
+
 def store_dataset(ctx: Context, owner_id: str, data: CanonicalDataset, *, name: str, filename: str,
                   sha256: str, size: int) -> db.Dataset:
-    """Publish the canonical blob and write the dataset row in one transaction: both exist or neither.
+    """Store a dataset already in memory (tests, tools): its canonical file is streamed to a staged temp file."""
+    part = ctx.blobs.new_part()
+    try:
+        write_canonical(part.path, data)
+        staged = ctx.blobs.stage_file(part)
+    except BaseException:
+        part.path.unlink(missing_ok=True)
+        part.release()
+        raise
+    return store_staged(ctx, owner_id, staged, name=name, filename=filename, sha256=sha256, size=size,
+                        n_samples=data.n_samples, shape=list(data.X.shape), n_classes=data.n_classes,
+                        classes=data.classes, meta=data.meta)
+
+
+def store_staged(ctx: Context, owner_id: str, staged: StagedBlob, *, name: str, filename: str, sha256: str,
+                 size: int, n_samples: int, shape: list[int], n_classes: int | None, classes: list[str] | None,
+                 meta: dict[str, Any]) -> db.Dataset:
+    """Publish the staged canonical blob and write the dataset row in one transaction: both exist or neither.
 
     The blob row is upserted first (``ON CONFLICT DO UPDATE`` row-locks it, so a concurrent delete of the last
     dataset using the same blob waits); the file is then renamed into place if missing; the dataset row is
     inserted; commit. If anything fails after the file was created by this call and no blob row survives, the
     file is removed again.
     """
-    payload = deterministic_npz(data.to_bytes())
-    staged = ctx.blobs.stage(payload)
     created_file = False
     try:
         with ctx.sessions() as s, s.begin():
@@ -48,8 +91,8 @@ def store_dataset(ctx: Context, owner_id: str, data: CanonicalDataset, *, name: 
             created_file = ctx.blobs.publish(staged)
             row = db.Dataset(
                 id=db.new_id(), owner_id=owner_id, name=name, filename=filename, sha256=sha256,
-                size_bytes=size, blob_sha256=staged.sha256, n_samples=data.n_samples, shape=list(data.X.shape),
-                n_classes=data.n_classes, classes=data.classes, meta=data.meta, created_at=db.utcnow(),
+                size_bytes=size, blob_sha256=staged.sha256, n_samples=n_samples, shape=list(shape),
+                n_classes=n_classes, classes=classes, meta=meta, created_at=db.utcnow(),
             )
             s.add(row)
         return row
@@ -86,7 +129,12 @@ def delete_dataset(ctx: Context, owner_id: str, dataset_id: str) -> None:
 
 
 def load_dataset(blobs: BlobStore, dataset: db.Dataset) -> CanonicalDataset:
-    return CanonicalDataset.from_bytes(blobs.read(dataset.blob_sha256))
+    """The stored dataset, read from its blob file (no extra bytes copy); its ``meta`` is the row's (the blob,
+    shared by every upload of the same data, does not hold the file name)."""
+    data = CanonicalDataset.load(blobs.path(dataset.blob_sha256))
+    if dataset.meta:
+        data.meta = dict(dataset.meta)
+    return data
 
 
 def sample_png(session: Session, blobs: BlobStore, owner_id: str, dataset_id: str, index: int, *,
@@ -104,11 +152,11 @@ def sample_png(session: Session, blobs: BlobStore, owner_id: str, dataset_id: st
     ds = get_dataset(session, owner_id, dataset_id)
     shape = list(ds.shape or [])
     if len(shape) != 4 or shape[1] not in (1, 3):
-        raise InvalidInput(f"dataset {dataset_id} is not an image dataset (shape {shape}); no thumbnails")
+        raise InvalidInput(f"dataset {ds.id} is not an image dataset (shape {shape}); no thumbnails")
     if not 0 <= index < shape[0]:
         raise NotFound(f"sample {index} does not exist; indices run from 0 to {shape[0] - 1}")
-    data = load_dataset(blobs, ds)
-    x = np.asarray(data.X[index], dtype=np.float64)
+    row, _ = read_sample(blobs.path(ds.blob_sha256), index)  # this row's bytes only, never the whole dataset
+    x = np.asarray(row, dtype=np.float64)
     lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
     x = np.zeros_like(x) if hi <= lo else (x - lo) / (hi - lo)
     img = (np.nan_to_num(x) * 255).round().astype(np.uint8)

@@ -36,6 +36,8 @@
     return n;
   }
   const fmt = v => { const x = P().num(v); return v === null || v === undefined ? "—" : (isFinite(x) ? P().fmt(x) : String(v)); };
+  // Counts (samples, classes) are integers: printed exactly (1797, not "1800" as fmt's 3 significant digits).
+  const count = v => v === null || v === undefined ? "—" : String(v);
   const fmtCI = ci => Array.isArray(ci) && ci.length === 2 ? `[${fmt(ci[0])}, ${fmt(ci[1])}]` : "—";
   const when = s => s ? new Date(s).toLocaleString() : "";
   const items = page => Array.isArray(page) ? page : (page && page.items) || [];
@@ -97,8 +99,8 @@
       ds.forEach(d => tbody.append(el("tr", {},
         el("td", {}, el("input", { type: "checkbox", class: "pick", value: d.id, "aria-label": "compare " + d.name })),
         el("td", {}, el("a", { href: `/datasets/${d.id}` }, d.name)),
-        el("td", { class: "num" }, fmt(d.n_samples)), el("td", {}, (d.shape || []).join("×")),
-        el("td", { class: "num" }, fmt(d.n_classes)), el("td", {}, when(d.created_at)))));
+        el("td", { class: "num" }, count(d.n_samples)), el("td", {}, (d.shape || []).join("×")),
+        el("td", { class: "num" }, count(d.n_classes)), el("td", {}, when(d.created_at)))));
     }
     $("#upload-form").addEventListener("submit", async ev => {
       ev.preventDefault(); const f = ev.target, st = $("#up-status"), btn = $("#up-submit");
@@ -108,7 +110,7 @@
       try {
         const d = await api("/datasets", { method: "POST", body: fd });
         f.reset(); await load();  // refresh the list first, so the confirmation never precedes its row
-        st.innerHTML = ""; st.append("Uploaded ", el("a", { href: `/datasets/${d.id}`, id: "uploaded-link" }, d.name), ` (${fmt(d.n_samples)} samples).`);
+        st.innerHTML = ""; st.append("Uploaded ", el("a", { href: `/datasets/${d.id}`, id: "uploaded-link" }, d.name), ` (${count(d.n_samples)} samples).`);
       } catch (e) { st.textContent = ""; flash("Upload failed: " + e.message); }
       finally { btn.disabled = false; }
     });
@@ -125,7 +127,7 @@
     const id = body.dataset.id;
     const d = await api(`/datasets/${id}`);
     $("#ds-name").textContent = d.name; document.title = d.name + " · taskgauge";
-    $("#ds-meta").textContent = `${fmt(d.n_samples)} samples · shape ${(d.shape || []).join("×")} · ${d.n_classes ? d.n_classes + " classes" : "no labels"} · sha256 ${String(d.sha256 || "").slice(0, 12)}`;
+    $("#ds-meta").textContent = `${count(d.n_samples)} samples · shape ${(d.shape || []).join("×")} · ${d.n_classes ? d.n_classes + " classes" : "no labels"} · sha256 ${String(d.sha256 || "").slice(0, 12)}`;
     const choices = $("#est-choices");
     KNOWN.forEach(([n, on]) => { const cb = el("input", { type: "checkbox", name: "estimator", value: n, id: "est-" + n });
       cb.checked = on && (n !== "label_sharpness" || !!d.n_classes); choices.append(el("label", { for: "est-" + n }, cb, n)); });
@@ -267,7 +269,7 @@
   async function report() {
     const id = body.dataset.id, rep = await api(`/reports/${id}`), res = rep.results || {}, ds = rep.dataset || {};
     $("#rp-title").textContent = `Report — ${ds.name || "dataset"}`;
-    $("#rp-meta").textContent = `${when(rep.created_at)} · ${fmt(ds.n_samples)} samples · shape ${(ds.shape || []).join("×")} · ${(rep.environment || {}).device || ""} · taskgauge ${rep.taskgauge_version || ""}`;
+    $("#rp-meta").textContent = `${when(rep.created_at)} · ${count(ds.n_samples)} samples · shape ${(ds.shape || []).join("×")} · ${(rep.environment || {}).device || ""} · taskgauge ${rep.taskgauge_version || ""}`;
     if (ds.id) $("#rp-dataset").href = `/datasets/${ds.id}`;
     const tbody = $("#results tbody");
     Object.entries(res).forEach(([n, r]) => tbody.append(el("tr", {}, el("th", { scope: "row" }, n), el("td", { class: "num" }, fmt(r.value)),
