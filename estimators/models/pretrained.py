@@ -248,7 +248,10 @@ def check_hf_directory(directory: str | Path) -> dict[str, Any]:
 def _load_hf(directory: Path, *, name: str, version: str, sha: str) -> PretrainedModel:
     from transformers import AutoModel, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     check_hf_directory(directory)
+    hf_logging.disable_progress_bar()  # a worker's log is no terminal
     model = AutoModel.from_pretrained(
         str(directory), local_files_only=True, trust_remote_code=False, use_safetensors=True
     )

@@ -72,21 +72,8 @@ def test_spec_shape_mismatch_is_named(tmp_path):
         load_spec_weights({"arch": "mlp"}, (4,), 2, tmp_path / "junk.safetensors")
 
 
-def _tiny_bert_dir(path, **overrides):
-    from transformers import BertConfig, BertModel
-
-    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=32, **overrides)
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(path, safe_serialization=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(45)]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
-    return path
-
-
-def test_hf_directory_loads_offline_and_is_cached(tmp_path):
-    d = _tiny_bert_dir(tmp_path / "tiny")
+def test_hf_directory_loads_offline_and_is_cached(tiny_bert_dir):
+    d = tiny_bert_dir
     clear_cache()
     a = get_pretrained(d)
     b = get_pretrained(d)
@@ -101,8 +88,8 @@ def test_hf_directory_loads_offline_and_is_cached(tmp_path):
         assert torch.equal(a.model(input_ids=ids).last_hidden_state, ref(input_ids=ids).last_hidden_state)
 
 
-def test_hf_directory_refusals(tmp_path):
-    d = _tiny_bert_dir(tmp_path / "tiny")
+def test_hf_directory_refusals(tiny_bert_dir):
+    d = tiny_bert_dir
     cfg = json.loads((d / "config.json").read_text())
     # a config whose hidden size disagrees with the weights
     (d / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 40}))

@@ -1,0 +1,112 @@
+"""A pretrained encoder plus a new classification head: the θ₀ of fine-tuning d90 (METHODS §4.5; issue 16).
+
+:func:`build_text_classifier` turns a ``{"arch": "pretrained", ...}`` spec into a :class:`TextClassifier` — a
+private copy of the process-wide pretrained encoder (:func:`estimators.models.pretrained.get_pretrained`) and a
+``Linear(hidden, n_classes)`` head drawn from ``seed``. Its input is the (B, L) token-id matrix of
+:func:`estimators.text.tokenize_texts` (int64, or floats holding integers: the subspace estimator casts X to
+float32, which is exact for ids below 2^24); the attention mask is ``ids != pad_id``.
+
+The trainable subset (``spec.train_blocks``) is expressed as ``requires_grad``: frozen weights have it off, and
+:mod:`estimators.subspace.wrapper` flattens and projects into only the parameters that have it on. Dropout is
+off for good (the encoder stays in eval mode even under ``.train()``), so the network is a deterministic function
+of θ — which is what DID/SAID train and what makes θ_d = 0 reproduce the pretrained outputs exactly.
+
+    >>> net = build_text_classifier({"arch": "pretrained", "train_blocks": 1}, 3, seed=0)   # doctest: +SKIP
+    >>> [n for n, p in net.named_parameters() if p.requires_grad][:2]                     # doctest: +SKIP
+    ['encoder.encoder.layer.5.attention.self.query.weight', 'encoder.encoder.layer.5.attention.self.query.bias']
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from estimators.base import EstimatorError
+from estimators.models.pretrained import MINILM, get_pretrained
+from estimators.models.spec import PretrainedSpec, parse_model_spec
+from estimators.text.embed import pool
+
+_BLOCK = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+def block_index(name: str) -> int | None:
+    """The transformer block a parameter belongs to (``encoder.layer.3.…`` → 3), or None (embeddings, head)."""
+    m = _BLOCK.search(name)
+    return int(m.group(1)) if m else None
+
+
+class TextClassifier(nn.Module):
+    """encoder(ids) → pooled last hidden state → Linear head. ``forward(x)`` takes (B, L) token ids."""
+
+    #: transformers' attention-mask helpers branch on tensor values, which torch.func.vmap cannot trace
+    vmap_safe = False
+
+    def __init__(self, encoder: nn.Module, n_classes: int, *, pad_id: int, pooling: str = "mean") -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(int(encoder.config.hidden_size), int(n_classes))
+        self.pad_id = int(pad_id)
+        self.pooling = pooling
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "TextClassifier":
+        super().train(mode)
+        self.encoder.eval()  # no dropout: θ alone determines the outputs
+        return self
+
+    def features(self, x: Tensor) -> Tensor:
+        ids = x if not x.is_floating_point() else torch.round(x)
+        ids = ids.to(torch.long)
+        mask = (ids != self.pad_id).to(torch.long)
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return pool(hidden, mask, self.pooling)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def set_trainable_blocks(model: TextClassifier, train_blocks: int | None) -> None:
+    """``None``: every parameter trainable. L: only the last L transformer blocks and the head."""
+    n_layers = int(getattr(model.encoder.config, "num_hidden_layers", 0))
+    if train_blocks is not None and train_blocks > n_layers:
+        raise EstimatorError(f"train_blocks={train_blocks} exceeds the model's {n_layers} transformer blocks")
+    for name, p in model.named_parameters():
+        if train_blocks is None or name.startswith("head."):
+            p.requires_grad_(True)
+            continue
+        b = block_index(name)
+        p.requires_grad_(b is not None and b >= n_layers - train_blocks)
+
+
+def build_text_classifier(
+    spec: Any, n_classes: int, *, seed: int = 0, input_shape: Sequence[int] | None = None
+) -> TextClassifier:
+    """θ₀ for fine-tuning: a private copy of the pretrained encoder of ``spec`` and a head drawn from ``seed``
+    (PyTorch's default Linear init; the global RNG is left untouched)."""
+    spec = parse_model_spec(spec)
+    if not isinstance(spec, PretrainedSpec):
+        raise EstimatorError(f"build_text_classifier needs an arch 'pretrained' spec, got {spec.arch!r}")
+    if n_classes < 1:
+        raise EstimatorError(f"n_classes must be ≥ 1, got {n_classes}")
+    pm = get_pretrained(MINILM if spec.source == "minilm" else spec.path)
+    if input_shape is not None:
+        if len(input_shape) != 1:
+            raise EstimatorError(
+                f"a pretrained text model takes (N, L) token ids (estimators.text.tokenize_texts), got per-sample shape "
+                f"{tuple(input_shape)}"
+            )
+        limit = int(getattr(pm.config, "max_position_embeddings", 512))
+        if int(input_shape[0]) > limit:
+            raise EstimatorError(f"{input_shape[0]} tokens per text exceed the model's {limit} positions; "
+                                 "tokenize with a smaller max_length")
+    pad_id = pm.tokenizer.pad_token_id if pm.tokenizer.pad_token_id is not None else 0
+    encoder = copy.deepcopy(pm.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = TextClassifier(encoder, n_classes, pad_id=pad_id, pooling=spec.pooling)
+    set_trainable_blocks(model, spec.train_blocks)
+    return model
