@@ -129,6 +129,9 @@ class PretrainedSpec(_Strict):
     train_blocks: int | None = Field(None, ge=0, le=1024, description="None: all weights; L: last L blocks + head")
     max_length: int = Field(128, ge=2, le=4096, description="tokens per text (longer texts are truncated)")
     pooling: Literal["mean", "cls"] = "mean"
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="'random': the same architecture freshly initialised (fixed seed 2021), the control of Aghajanyan et al."
+    )
     train: TrainSpec = Field(default_factory=TrainSpec)
 
     @field_validator("path")

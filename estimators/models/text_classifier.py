@@ -52,16 +52,74 @@ class TextClassifier(nn.Module):
         self.pad_id = int(pad_id)
         self.pooling = pooling
         self.encoder.eval()
+        #: blocks below this index (and the embeddings) are frozen: their output is computed once per text
+        self.frozen_blocks = 0
+        self._prefix_cache: dict[bytes, Tensor] = {}
+        self._prefix_bytes = 0
 
     def train(self, mode: bool = True) -> "TextClassifier":
         super().train(mode)
         self.encoder.eval()  # no dropout: θ alone determines the outputs
         return self
 
+    def freeze_prefix(self, n_blocks: int) -> None:
+        """Declare the embeddings and the first ``n_blocks`` blocks frozen (their parameters must have
+        ``requires_grad`` off and must never change): their output per text is then cached and only the blocks
+        above run on every call — the same function, at the cost of the trained blocks alone."""
+        self.frozen_blocks = int(n_blocks)
+        self._prefix_cache = {}
+        self._prefix_bytes = 0
+
+    def _blocks(self) -> nn.ModuleList | None:
+        inner = getattr(self.encoder, "encoder", None)
+        layers = getattr(inner, "layer", None)
+        return layers if isinstance(layers, nn.ModuleList) else None
+
+    def _mask4d(self, h: Tensor, mask: Tensor) -> Tensor | None:
+        try:
+            from transformers.masking_utils import create_bidirectional_mask
+        except ImportError:  # transformers 4.x: the classic additive mask
+            return (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+        return create_bidirectional_mask(config=self.encoder.config, inputs_embeds=h, attention_mask=mask)
+
+    @torch.no_grad()
+    def _prefix(self, ids: Tensor, lengths: Tensor, L: int) -> Tensor:
+        """Hidden states after the frozen blocks, (B, L, H). Each text is computed alone on its own tokens (no
+        padding, so the result does not depend on which texts share a batch) and cached."""
+        H = int(self.encoder.config.hidden_size)
+        out = torch.zeros(ids.shape[0], L, H, dtype=self.head.weight.dtype, device=ids.device)
+        blocks = self._blocks()
+        for i in range(ids.shape[0]):
+            n = int(lengths[i])
+            key = ids[i, :n].cpu().numpy().tobytes()
+            h = self._prefix_cache.get(key)
+            if h is None:
+                h = self.encoder.embeddings(input_ids=ids[i : i + 1, :n])
+                for layer in blocks[: self.frozen_blocks]:
+                    h = layer(h, None)
+                    h = h[0] if isinstance(h, tuple) else h
+                h = h[0]
+                if self._prefix_bytes < 2**31:  # at most 2 GiB of cached states
+                    self._prefix_cache[key] = h.detach().clone().cpu()
+                    self._prefix_bytes += 4 * n * H
+            out[i, :n] = h.to(out.device)
+        return out
+
     def features(self, x: Tensor) -> Tensor:
         ids = x if not x.is_floating_point() else torch.round(x)
         ids = ids.to(torch.long)
         mask = (ids != self.pad_id).to(torch.long)
+        blocks = self._blocks()
+        if self.frozen_blocks and blocks is not None:
+            lengths = mask.sum(1)
+            L = max(1, int(lengths.max()))
+            mask = mask[:, :L]
+            h = self._prefix(ids[:, :L], lengths, L)
+            mask4 = self._mask4d(h, mask)
+            for layer in blocks[self.frozen_blocks :]:
+                h = layer(h, mask4)
+                h = h[0] if isinstance(h, tuple) else h
+            return pool(h, mask, self.pooling)
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return pool(hidden, mask, self.pooling)
 
@@ -80,6 +138,13 @@ def set_trainable_blocks(model: TextClassifier, train_blocks: int | None) -> Non
             continue
         b = block_index(name)
         p.requires_grad_(b is not None and b >= n_layers - train_blocks)
+    frozen = 0 if train_blocks is None else n_layers - train_blocks
+    # the cache is safe only if nothing below the trained blocks (embeddings included) has a trainable weight
+    lower_trainable = any(
+        p.requires_grad for n, p in model.named_parameters()
+        if not n.startswith("head.") and (block_index(n) is None or block_index(n) < frozen)
+    )
+    model.freeze_prefix(0 if lower_trainable or model._blocks() is None else frozen)
 
 
 def build_text_classifier(
@@ -104,7 +169,16 @@ def build_text_classifier(
             raise EstimatorError(f"{input_shape[0]} tokens per text exceed the model's {limit} positions; "
                                  "tokenize with a smaller max_length")
     pad_id = pm.tokenizer.pad_token_id if pm.tokenizer.pad_token_id is not None else 0
-    encoder = copy.deepcopy(pm.model)
+    if spec.init == "random":
+        from transformers import AutoModel
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(2021)  # one random encoder shared by every seed, as the pretrained one is
+            encoder = AutoModel.from_config(copy.deepcopy(pm.config)).eval()
+    else:
+        encoder = copy.deepcopy(pm.model)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # the head reads the pooled hidden states; BERT's [CLS] pooler would be dead weight
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = TextClassifier(encoder, n_classes, pad_id=pad_id, pooling=spec.pooling)

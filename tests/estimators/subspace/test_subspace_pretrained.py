@@ -113,3 +113,28 @@ def test_registered_subspace_runs_on_token_ids(tiny_bert_dir):
     assert r.details["D"] == count_params(build_model(_spec(tiny_bert_dir), (6,), 2))
     assert r.details["baseline"]["direct_mean"] > 0.8  # chance is about 0.5
     assert r.value is not None and 8 <= r.value <= 512
+
+
+def test_frozen_prefix_cache_is_the_same_function(tiny_bert_dir):
+    """With the lower blocks frozen the classifier caches their output per text; it must equal the full forward."""
+    net = build_model(_spec(tiny_bert_dir, train_blocks=1), (9,), 3, seed=2)
+    assert net.frozen_blocks == 1
+    ids = _ids(n=8)
+    with torch.no_grad():
+        cached = net(ids)
+        assert len(net._prefix_cache) == len({tuple(r[r != 0].tolist()) for r in ids})
+        again = net(ids[[3, 1]])  # cache hits, other batch
+        net.freeze_prefix(0)
+        full = net(ids)
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, full[[3, 1]], rtol=0, atol=1e-5)
+    assert build_model(_spec(tiny_bert_dir), (9,), 3).frozen_blocks == 0  # all weights trained: no cache
+
+
+def test_random_init_control(tiny_bert_dir):
+    pre = build_model(_spec(tiny_bert_dir, train_blocks=1), (9,), 3, seed=0)
+    rnd = [build_model(_spec(tiny_bert_dir, train_blocks=1, init="random"), (9,), 3, seed=s) for s in (0, 1)]
+    w = "encoder.embeddings.word_embeddings.weight"
+    assert not torch.equal(dict(pre.named_parameters())[w], dict(rnd[0].named_parameters())[w])
+    assert torch.equal(dict(rnd[0].named_parameters())[w], dict(rnd[1].named_parameters())[w])  # shared encoder
+    assert torch.equal(pre.head.weight, rnd[0].head.weight)  # the head depends on the seed only
