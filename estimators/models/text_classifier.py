@@ -6,13 +6,13 @@ private copy of the process-wide pretrained encoder (:func:`estimators.models.pr
 :func:`estimators.text.tokenize_texts` (int64, or floats holding integers: the subspace estimator casts X to
 float32, which is exact for ids below 2^24); the attention mask is ``ids != pad_id``.
 
-The trainable subset (``spec.train_blocks``) is expressed as ``requires_grad``: frozen weights have it off, and
-:mod:`estimators.subspace.wrapper` flattens and projects into only the parameters that have it on. Dropout is
+The trainable subset (``spec.train_blocks``): frozen weights become buffers, so the model's parameters are
+exactly what direct training and the subspace wrappers (:mod:`estimators.subspace.wrapper`) train and D counts. Dropout is
 off for good (the encoder stays in eval mode even under ``.train()``), so the network is a deterministic function
 of θ — which is what DID/SAID train and what makes θ_d = 0 reproduce the pretrained outputs exactly.
 
     >>> net = build_text_classifier({"arch": "pretrained", "train_blocks": 1}, 3, seed=0)   # doctest: +SKIP
-    >>> [n for n, p in net.named_parameters() if p.requires_grad][:2]                     # doctest: +SKIP
+    >>> [n for n, _ in net.named_parameters()][:2]                                       # doctest: +SKIP
     ['encoder.encoder.layer.5.attention.self.query.weight', 'encoder.encoder.layer.5.attention.self.query.bias']
 """
 
@@ -128,23 +128,30 @@ class TextClassifier(nn.Module):
 
 
 def set_trainable_blocks(model: TextClassifier, train_blocks: int | None) -> None:
-    """``None``: every parameter trainable. L: only the last L transformer blocks and the head."""
+    """``None``: every weight is a trainable parameter. L: only the last L transformer blocks and the head stay
+    parameters; every other weight becomes a buffer (same tensor, same name), so ``parameters()``,
+    ``count_params`` and the subspace wrappers see exactly the trained subset while ``forward`` is unchanged, and
+    the frozen embeddings and lower blocks are computed once per text (:meth:`TextClassifier.freeze_prefix`)."""
     n_layers = int(getattr(model.encoder.config, "num_hidden_layers", 0))
-    if train_blocks is not None and train_blocks > n_layers:
+    if train_blocks is None:
+        model.freeze_prefix(0)
+        return
+    if train_blocks > n_layers:
         raise EstimatorError(f"train_blocks={train_blocks} exceeds the model's {n_layers} transformer blocks")
-    for name, p in model.named_parameters():
-        if train_blocks is None or name.startswith("head."):
-            p.requires_grad_(True)
+    if model._blocks() is None:
+        raise EstimatorError("train_blocks needs an encoder with numbered blocks (encoder.layer.N); use train_blocks=None")
+    frozen = n_layers - train_blocks
+    for name, p in list(model.named_parameters()):
+        if name.startswith("head."):
             continue
         b = block_index(name)
-        p.requires_grad_(b is not None and b >= n_layers - train_blocks)
-    frozen = 0 if train_blocks is None else n_layers - train_blocks
-    # the cache is safe only if nothing below the trained blocks (embeddings included) has a trainable weight
-    lower_trainable = any(
-        p.requires_grad for n, p in model.named_parameters()
-        if not n.startswith("head.") and (block_index(n) is None or block_index(n) < frozen)
-    )
-    model.freeze_prefix(0 if lower_trainable or model._blocks() is None else frozen)
+        if b is not None and b >= frozen:
+            continue
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        del parent._parameters[leaf]
+        parent.register_buffer(leaf, p.detach().requires_grad_(False))
+    model.freeze_prefix(frozen)
 
 
 def build_text_classifier(
@@ -177,6 +184,7 @@ def build_text_classifier(
             encoder = AutoModel.from_config(copy.deepcopy(pm.config)).eval()
     else:
         encoder = copy.deepcopy(pm.model)
+        encoder.requires_grad_(True)  # the shared copy is frozen; this private one is θ₀
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # the head reads the pooled hidden states; BERT's [CLS] pooler would be dead weight
     with torch.random.fork_rng(devices=[]):

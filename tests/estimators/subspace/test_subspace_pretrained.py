@@ -55,25 +55,33 @@ def test_theta_d_zero_reproduces_pretrained_outputs(tiny_bert_dir, said, train_b
 
 
 def test_trainable_subset_last_block_and_head(tiny_bert_dir):
+    full = build_model(_spec(tiny_bert_dir), (9,), 3, seed=0)
     net = build_model(_spec(tiny_bert_dir, train_blocks=1), (9,), 3, seed=0)
     names = trainable_names(net)
+    assert names == [n for n, _ in net.named_parameters()]
     assert names and all(n.startswith(("encoder.encoder.layer.1.", "head.")) for n in names)
     assert any(n.startswith("head.") for n in names)
     D, m = subspace_size(net)
-    assert D == sum(p.numel() for n, p in net.named_parameters() if n.startswith(("encoder.encoder.layer.1.", "head.")))
-    assert D < count_params(net) and m == len(names)
-    # a nonzero θ_d moves only the trainable tensors; the frozen ones keep their pretrained values
+    # D counts the last block and the head only, and so does count_params (what the subspace estimator uses)
+    assert D == count_params(net) == sum(
+        p.numel() for n, p in full.named_parameters() if n.startswith(("encoder.encoder.layer.1.", "head."))
+    )
+    assert D < count_params(full) and m == len(names)
+    # the frozen weights are still there, as buffers with their pretrained values
+    pre = get_pretrained(tiny_bert_dir).model
+    frozen = dict(net.named_buffers())
+    assert torch.equal(frozen["encoder.embeddings.word_embeddings.weight"], pre.embeddings.word_embeddings.weight)
+    assert "encoder.encoder.layer.0.attention.self.query.weight" in frozen
+    # a nonzero θ_d moves every trainable tensor and nothing else
     P = make_projection("dense", D, 12, seeds=[1])
     sub = SubspaceModel([net], P)
     with torch.no_grad():
         sub.theta_d.normal_()
     theta = sub.parameters_of_seed(0)
     assert set(theta) == set(names)
-    frozen = dict(sub.net.named_parameters())
-    pre = get_pretrained(tiny_bert_dir).model
-    assert torch.equal(frozen["encoder.embeddings.word_embeddings.weight"], pre.embeddings.word_embeddings.weight)
-    moved = [n for n in names if not torch.equal(theta[n], dict(net.named_parameters())[n])]
-    assert len(moved) == len(names)
+    assert all(not torch.equal(theta[n], dict(net.named_parameters())[n]) for n in names)
+    assert torch.equal(dict(sub.net.named_buffers())["encoder.embeddings.word_embeddings.weight"],
+                       pre.embeddings.word_embeddings.weight)
     with pytest.raises(EstimatorError, match="train_blocks=3 exceeds the model's 2"):
         build_model(_spec(tiny_bert_dir, train_blocks=3), (9,), 3)
 
@@ -135,6 +143,26 @@ def test_random_init_control(tiny_bert_dir):
     pre = build_model(_spec(tiny_bert_dir, train_blocks=1), (9,), 3, seed=0)
     rnd = [build_model(_spec(tiny_bert_dir, train_blocks=1, init="random"), (9,), 3, seed=s) for s in (0, 1)]
     w = "encoder.embeddings.word_embeddings.weight"
-    assert not torch.equal(dict(pre.named_parameters())[w], dict(rnd[0].named_parameters())[w])
-    assert torch.equal(dict(rnd[0].named_parameters())[w], dict(rnd[1].named_parameters())[w])  # shared encoder
+    assert not torch.equal(dict(pre.named_buffers())[w], dict(rnd[0].named_buffers())[w])
+    assert torch.equal(dict(rnd[0].named_buffers())[w], dict(rnd[1].named_buffers())[w])  # shared encoder
     assert torch.equal(pre.head.weight, rnd[0].head.weight)  # the head depends on the seed only
+
+
+def test_registered_subspace_last_block_only(tiny_bert_dir):
+    """train_blocks=1 through the registered estimator: D is the last block + head."""
+    from estimators import registry
+
+    g = torch.Generator().manual_seed(1)
+    n = 100
+    y = torch.randint(0, 2, (n,), generator=g)
+    ids = torch.randint(7, 50, (n, 6), generator=g)
+    ids[:, 2] = torch.where(y == 1, 5, 6)
+    ids[:, 0], ids[:, -1] = 2, 3
+    est = registry.get("subspace")
+    spec = {**_spec(tiny_bert_dir, train_blocks=1), "train": {"epochs": 2, "lr": 0.01, "batch_size": 25}}
+    p = est.parse_params({"model": spec, "seeds": 2, "d_min": 16, "grid_factor": 4, "max_d": 256, "bisect_steps": 0,
+                          "n_bootstrap": 20, "said": True})
+    r = est.fn(ids.float(), y, p, device=torch.device("cpu"), progress=no_progress)
+    net = build_model(spec, (6,), 2)
+    assert r.details["D"] == count_params(net) == subspace_size(net)[0] < 6147
+    assert r.details["n_tensors"] == subspace_size(net)[1]
