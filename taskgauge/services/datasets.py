@@ -234,3 +234,23 @@ def embedded(ctx: Context, dataset: db.Dataset, data: CanonicalDataset, *, devic
 def derived_blobs(dataset: db.Dataset) -> list[str]:
     """The cached embeddings of a dataset (blobs that belong to it alone)."""
     return list(((dataset.meta or {}).get("embeddings") or {}).values())
+
+
+#: most texts one request returns, and the most characters of each (the dashboard shows examples and pairs)
+MAX_TEXTS, MAX_TEXT_CHARS = 50, 2000
+
+
+def read_texts(session: Session, blobs: BlobStore, owner_id: str, dataset_id: str,
+               indices: list[int]) -> list[dict[str, Any]]:
+    """Some texts of a text dataset, by index (each cut at ``MAX_TEXT_CHARS``), e.g. the two sides of a K_F pair."""
+    ds = get_dataset(session, owner_id, dataset_id)
+    if (ds.meta or {}).get("kind") != "text":
+        raise InvalidInput(f"dataset {dataset_id} is not a text dataset; it has no texts")
+    if not indices or len(indices) > MAX_TEXTS:
+        raise InvalidInput(f"ask for between 1 and {MAX_TEXTS} indices, e.g. ?indices=0,1,2")
+    bad = [i for i in indices if not 0 <= i < ds.n_samples]
+    if bad:
+        raise NotFound(f"sample {bad[0]} does not exist; indices run from 0 to {ds.n_samples - 1}")
+    texts = load_dataset(blobs, ds).texts or []
+    return [{"index": i, "text": texts[i][:MAX_TEXT_CHARS], "truncated": len(texts[i]) > MAX_TEXT_CHARS}
+            for i in indices]
