@@ -73,6 +73,14 @@ def test_text_upload_analyse_cache_and_delete(svc, alice):
     assert wait_for(alice, second["id"], timeout=180)["status"] == "succeeded"
     assert _blobs(svc) == blobs_after_first and _meta(svc, ds["id"])["embeddings"] == cached  # the cache is reused
 
+    import json
+
+    lines = [json.loads(x)["text"] for x in FIXTURE.read_text(encoding="utf-8").splitlines() if x.strip()]
+    got = alice.get(f"/datasets/{ds['id']}/texts", params={"indices": "0,19"}).json()["items"]
+    assert [(t["index"], t["text"]) for t in got] == [(0, lines[0]), (19, lines[19])]
+    assert alice.get(f"/datasets/{ds['id']}/texts", params={"indices": "20"}).status_code == 404
+    assert alice.get(f"/datasets/{ds['id']}/texts", params={"indices": "x"}).status_code == 422
+
     assert alice.delete(f"/datasets/{ds['id']}").status_code == 204
     assert _blobs(svc) == before  # the texts' blob and the cached embedding are both gone
 
