@@ -128,7 +128,8 @@
     const id = body.dataset.id;
     const d = await api(`/datasets/${id}`);
     $("#ds-name").textContent = d.name; document.title = d.name + " · taskgauge";
-    $("#ds-meta").textContent = `${count(d.n_samples)} samples · shape ${(d.shape || []).join("×")} · ${d.n_classes ? d.n_classes + " classes" : "no labels"} · sha256 ${String(d.sha256 || "").slice(0, 12)}`;
+    const form = (d.meta || {}).kind === "text" ? "texts (a worker embeds them with MiniLM, 384-d, when analysed)" : `shape ${(d.shape || []).join("×")}`;
+    $("#ds-meta").textContent = `${count(d.n_samples)} samples · ${form} · ${d.n_classes ? d.n_classes + " classes" : "no labels"} · sha256 ${String(d.sha256 || "").slice(0, 12)}`;
     if ((d.meta || {}).kind === "text") {   // a text dataset: a few of its texts
       const box = $("#ds-texts"); box.hidden = false;
       const n = Math.min(5, d.n_samples || 0), idx = Array.from({ length: n }, (_, k) => k);
