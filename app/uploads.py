@@ -2,7 +2,7 @@
 arrives; past ``max_bytes`` nothing more is written and the request ends in 413. (FastAPI's ``UploadFile``
 would spool the whole body before the route runs, so the limit could not be enforced while streaming.)
 
-Other form fields (``name``, ``label_column``, ``resize``, ``grayscale``) are small text parts. Everything the
+Other form fields (``name``, ``label_column``, ``text_column``, ``resize``, ``grayscale``) are small text parts. Everything the
 parser keeps is capped: at most :data:`MAX_PARTS` parts, :data:`HEADER_LIMIT` bytes of headers per part and
 :data:`FIELD_LIMIT` bytes per text field, so the memory an upload takes does not depend on what the client sends.
 A violation, or a body the multipart parser cannot parse, is a 400 problem (the rest of the body is drained up to
@@ -30,7 +30,7 @@ from taskgauge.blobs import TempLock, sweep_stale
 from taskgauge.errors import BadRequest, PayloadTooLarge, clip
 
 FIELD_LIMIT = 64 * 1024
-MAX_PARTS = 16  # file, name, label_column, resize, grayscale — and room for a client's extras
+MAX_PARTS = 16  # file, name, label_column, text_column, resize, grayscale — and room for a client's extras
 HEADER_LIMIT = 8 * 1024  # header bytes of one part
 DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) at most this much past the limit so clients see the 413
 UPLOAD_PREFIX = "upload-"
@@ -86,7 +86,7 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
         state["parts"] += 1
         if state["parts"] > MAX_PARTS:
             fail(BadRequest(f"the form has more than {MAX_PARTS} parts; send the 'file' part and the few option "
-                            "fields (name, label_column, resize, grayscale) only", title="Too many form parts"))
+                            "fields (name, label_column, text_column, resize, grayscale) only", title="Too many form parts"))
 
     def header_bytes(n: int) -> bool:
         state["hbytes"] += n

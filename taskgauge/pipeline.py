@@ -143,7 +143,9 @@ def dataset_summary(dataset: CanonicalDataset, info: DatasetInfo) -> dict[str, A
         "classes": dataset.classes,
         "duplicates": {"exact": dup.n_removed, "conflicting_labels": conflicting},
         "preprocessing": dataset.meta.get("preprocessing", {}),
-        "source": {k: v for k, v in dataset.meta.items() if k != "preprocessing"},
+        "source": {k: v for k, v in dataset.meta.items() if k not in ("preprocessing", "embedding", "embeddings")},
+        # a text dataset: the model that turned its texts into X (name, version, weights sha256, pooling)
+        "embedding": dataset.meta.get("embedding"),
     }
 
 
@@ -205,6 +207,10 @@ def run_pipeline(
     t0 = time.perf_counter()
     planned = plan(requests, dataset, model_spec=model_spec, memory_budget_mb=memory_budget_mb)
     dev = resolve_device(device)
+    if dataset.needs_embedding:  # a text dataset analysed in this process (the CLI's local mode)
+        from taskgauge.datasets.texts import embed_dataset
+
+        dataset = embed_dataset(dataset, progress=scaled_progress(progress, 0.0, 0.1))
     progress(0.0, "checking data")
     summary = dataset_summary(dataset, info)
     results = run_estimators(dataset, planned, device=dev, progress=progress, on_result=on_result, done=done)

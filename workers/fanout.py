@@ -43,7 +43,7 @@ from taskgauge.context import Context
 from taskgauge.errors import problem
 from taskgauge.pipeline import DatasetInfo, plan, run_estimators, run_pipeline
 from taskgauge.services.analyses import store_result, stored_results
-from taskgauge.services.datasets import load_dataset
+from taskgauge.services.datasets import embedded, load_dataset
 from workers.celery_app import celery_app
 from workers.leases import Cancelled, Lease
 
@@ -176,7 +176,7 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
             if analysis is None or dataset is None:
                 return "missing"
             if name not in done:
-                data = load_dataset(ctx.blobs, dataset)
+                data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
                 requests = analysis.estimators or {n: {} for n in DEFAULT_ESTIMATORS}
                 planned = plan({name: requests.get(name)}, data, model_spec=spec.spec if spec else None,
                                memory_budget_mb=ctx.settings.memory_budget_override)
@@ -253,7 +253,7 @@ def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
                    "attempts": r.attempts}
                   for r in s.scalars(select(S).where(S.analysis_id == analysis_id).order_by(S.key))]
     report = run_pipeline(
-        load_dataset(ctx.blobs, dataset), analysis.estimators or None,
+        embedded(ctx, dataset, load_dataset(ctx.blobs, dataset)), analysis.estimators or None,
         info=DatasetInfo(name=dataset.name, id=dataset.id, sha256=dataset.sha256),
         device=ctx.settings.DEVICE if analysis.device == "auto" else analysis.device,
         model_spec=spec.spec if spec else None, memory_budget_mb=ctx.settings.memory_budget_override,

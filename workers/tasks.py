@@ -29,7 +29,7 @@ from taskgauge import db
 from taskgauge.context import Context
 from taskgauge.errors import problem
 from taskgauge.services.analyses import store_result, stored_results
-from taskgauge.services.datasets import load_dataset
+from taskgauge.services.datasets import embedded, load_dataset
 from taskgauge.services.schedules import run_due
 from workers.celery_app import TASK_RUN_ANALYSIS, TASK_SCHEDULES, celery_app, enqueue_analysis, get_settings
 from workers.leases import Cancelled, Lease, claim, sweep_stale
@@ -91,7 +91,7 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
 
                 if fanout.start(ctx, analysis, token, done):
                     return "fanned out"
-            data = load_dataset(ctx.blobs, dataset)
+            data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
 
             def on_result(name: str, entry: dict[str, Any]) -> None:
                 with factory() as s2, s2.begin():

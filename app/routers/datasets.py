@@ -30,9 +30,11 @@ UPLOAD_BODY = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary",
-                                 "description": ".npz, .npy, .csv, .parquet or .zip of image folders"},
+                                 "description": ".npz, .npy, .csv, .parquet, .zip of image folders, or .jsonl texts"},
                         "name": {"type": "string", "description": "display name (default: the file name)"},
                         "label_column": {"type": "string", "description": "label column of a table / array of a .npz"},
+                        "text_column": {"type": "string",
+                                        "description": "texts: the column of a .csv/.parquet holding the texts"},
                         "resize": {"type": "string", "description": "images: HEIGHTxWIDTH, e.g. 32x32"},
                         "grayscale": {"type": "boolean", "description": "images: convert to one channel"},
                     },
@@ -89,6 +91,7 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
     try:
         try:
             options = IngestOptions(label_column=upload.fields.get("label_column") or None,
+                                    text_column=upload.fields.get("text_column") or None,
                                     resize=upload.fields.get("resize") or None,
                                     grayscale=_bool(upload.fields.get("grayscale")),
                                     max_expanded_mb=settings.expansion_limit_mb,

@@ -146,6 +146,10 @@ def build_model(spec: Any, input_shape: Sequence[int], n_classes: int, *, seed: 
     """Build the network of ``spec`` for per-sample ``input_shape`` and ``n_classes`` outputs, initialised from
     ``seed`` (the global RNG is left untouched)."""
     spec = parse_model_spec(spec)
+    if spec.arch == "pretrained":  # a pretrained encoder + new head (estimators/models/text_classifier.py)
+        from estimators.models.text_classifier import build_text_classifier
+
+        return build_text_classifier(spec, n_classes, seed=seed, input_shape=input_shape)
     if n_classes < 1:
         raise EstimatorError(f"n_classes must be ≥ 1, got {n_classes}")
     if not input_shape or any(int(s) < 1 for s in input_shape):

@@ -1,5 +1,6 @@
 """The canonical dataset form (docs/deployment.md): X float32 or float64 (N×D or N×C×H×W), optional y int64 with
-class names, and a JSON ``meta``. Stored as an uncompressed ``.npz`` and always read with ``allow_pickle=False``.
+class names, a JSON ``meta`` and, for a text dataset, its texts (UTF-8 bytes + offsets; X is then N×0 until a
+worker embeds them). Stored as an uncompressed ``.npz`` and always read with ``allow_pickle=False``.
 
 X is float64 when the upload was float64 (tables with a float64 column, ``.npy``/``.npz`` float64 arrays), so that
 nothing is rounded away; everything else (integers, bools, float16/32, images) is float32.
@@ -51,6 +52,13 @@ class CanonicalDataset:
     y: np.ndarray | None = None  # int64 (N,) class indices
     classes: list[str] | None = None  # class names, len = number of classes
     meta: dict[str, Any] = field(default_factory=dict)  # source format, preprocessing, …
+    #: a text dataset's texts, one per sample (X is then N×0 until a worker embeds them; docs/deployment.md)
+    texts: list[str] | None = None
+
+    @property
+    def needs_embedding(self) -> bool:
+        """A text dataset whose X has not been computed from its texts yet."""
+        return self.texts is not None and self.X.ndim == 2 and self.X.shape[1] == 0
 
     @property
     def n_samples(self) -> int:
@@ -95,9 +103,27 @@ class CanonicalDataset:
                 y = z["y"] if "y" in z.files else None
                 classes = [str(c) for c in z["classes"].tolist()] if "classes" in z.files else None
                 meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+                texts = _decode_texts(z["texts_utf8"], z["texts_offsets"]) if "texts_offsets" in z.files else None
         except (OSError, ValueError) as exc:
             raise CanonicalFormatError(f"not a canonical taskgauge dataset: {exc}") from exc
-        return cls(X=X, y=y, classes=classes, meta=meta)
+        return cls(X=X, y=y, classes=classes, meta=meta, texts=texts)
+
+
+def _encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Texts as one UTF-8 byte array and N+1 offsets: compact (a fixed-width unicode array would pad every text to
+    the longest at 4 bytes a character) and never pickled."""
+    blobs = [t.encode("utf-8") for t in texts]
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    return np.frombuffer(b"".join(blobs), dtype=np.uint8).copy(), offsets
+
+
+def _decode_texts(utf8: np.ndarray, offsets: np.ndarray) -> list[str]:
+    raw = utf8.tobytes()
+    if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != len(raw) or (
+            np.diff(offsets) < 0).any():
+        raise CanonicalFormatError("texts_offsets do not describe texts_utf8")
+    return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
 def _npy_header(arr: np.ndarray) -> bytes:
@@ -122,6 +148,9 @@ def _entries(ds: CanonicalDataset) -> list[tuple[str, np.ndarray]]:
         out.append(("y", np.ascontiguousarray(ds.y, dtype=np.int64)))
     if ds.classes is not None and ds.y is not None:
         out.append(("classes", np.array([str(c) for c in ds.classes], dtype=np.str_)))
+    if ds.texts is not None:
+        utf8, offsets = _encode_texts(ds.texts)
+        out += [("texts_utf8", utf8), ("texts_offsets", offsets)]
     meta = {k: v for k, v in ds.meta.items() if k not in BLOB_META_EXCLUDED}
     out.append(("meta", np.array(json.dumps(meta, sort_keys=True))))
     return out

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from estimators.base import ProgressFn, no_progress
+
 from taskgauge import db
 from taskgauge.blobs import BlobStore, StagedBlob
 from taskgauge.context import Context
@@ -122,10 +124,11 @@ def _gc_blob(ctx: Context, sha256: str) -> None:
 def delete_dataset(ctx: Context, owner_id: str, dataset_id: str) -> None:
     with ctx.sessions() as s, s.begin():
         row = get_dataset(s, owner_id, dataset_id)
-        sha = row.blob_sha256
+        sha, derived = row.blob_sha256, derived_blobs(row)
         s.execute(select(db.Blob).where(db.Blob.sha256 == sha).with_for_update())
         s.execute(delete(db.Dataset).where(db.Dataset.id == row.id))
-    _gc_blob(ctx, sha)
+    for blob in (sha, *derived):  # a cache another dataset of the same texts listed is simply recomputed
+        _gc_blob(ctx, blob)
 
 
 def load_dataset(blobs: BlobStore, dataset: db.Dataset) -> CanonicalDataset:
@@ -194,3 +197,60 @@ def get_model_spec(session: Session, owner_id: str, spec_id: str) -> db.ModelSpe
 def list_model_specs(session: Session, owner_id: str) -> list[db.ModelSpec]:
     M = db.ModelSpec
     return list(session.scalars(select(M).where(M.owner_id == owner_id).order_by(M.created_at.desc())))
+
+
+def embedded(ctx: Context, dataset: db.Dataset, data: CanonicalDataset, *, device: str = "cpu",
+             progress: ProgressFn = no_progress) -> CanonicalDataset:
+    """A text dataset's embedded form, computed once per (dataset, model) and cached as a derived blob: the
+    dataset row's ``meta["embeddings"][model]`` names it, and it is deleted with the dataset. Any other dataset is
+    returned as it is."""
+    from taskgauge.datasets.texts import DEFAULT_MODEL, embed_dataset, model_key
+
+    if not data.needs_embedding:
+        return data
+    key = model_key(DEFAULT_MODEL)
+    sha = ((dataset.meta or {}).get("embeddings") or {}).get(key)
+    if sha and ctx.blobs.exists(sha):
+        return CanonicalDataset.from_bytes(ctx.blobs.read(sha))
+    out = embed_dataset(data, DEFAULT_MODEL, device=device, progress=progress)
+    staged = ctx.blobs.stage(out.to_bytes())
+    try:
+        with ctx.sessions() as s, s.begin():
+            s.execute(db.upsert_touch(db.Blob.__table__, s.get_bind().dialect.name,
+                                      {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
+                                      ["sha256"], "size"))
+            ctx.blobs.publish(staged)
+            row = s.get(db.Dataset, dataset.id, with_for_update=True)
+            if row is not None:
+                meta = dict(row.meta or {})
+                meta["embeddings"] = {**(meta.get("embeddings") or {}), key: staged.sha256}
+                row.meta = meta
+    except BaseException:
+        ctx.blobs.discard(staged)
+        raise
+    return out
+
+
+def derived_blobs(dataset: db.Dataset) -> list[str]:
+    """The cached embeddings of a dataset (blobs that belong to it alone)."""
+    return list(((dataset.meta or {}).get("embeddings") or {}).values())
+
+
+#: most texts one request returns, and the most characters of each (the dashboard shows examples and pairs)
+MAX_TEXTS, MAX_TEXT_CHARS = 50, 2000
+
+
+def read_texts(session: Session, blobs: BlobStore, owner_id: str, dataset_id: str,
+               indices: list[int]) -> list[dict[str, Any]]:
+    """Some texts of a text dataset, by index (each cut at ``MAX_TEXT_CHARS``), e.g. the two sides of a K_F pair."""
+    ds = get_dataset(session, owner_id, dataset_id)
+    if (ds.meta or {}).get("kind") != "text":
+        raise InvalidInput(f"dataset {dataset_id} is not a text dataset; it has no texts")
+    if not indices or len(indices) > MAX_TEXTS:
+        raise InvalidInput(f"ask for between 1 and {MAX_TEXTS} indices, e.g. ?indices=0,1,2")
+    bad = [i for i in indices if not 0 <= i < ds.n_samples]
+    if bad:
+        raise NotFound(f"sample {bad[0]} does not exist; indices run from 0 to {ds.n_samples - 1}")
+    texts = load_dataset(blobs, ds).texts or []
+    return [{"index": i, "text": texts[i][:MAX_TEXT_CHARS], "truncated": len(texts[i]) > MAX_TEXT_CHARS}
+            for i in indices]

@@ -130,6 +130,7 @@
       ev.preventDefault(); const f = ev.target, st = $("#up-status"), btn = $("#up-submit");
       const fd = new FormData(f); if (!fd.get("name")) fd.set("name", (f.file.files[0] || {}).name || "dataset");
       if (!fd.get("label_column")) fd.delete("label_column");
+      if (!fd.get("text_column")) fd.delete("text_column");
       btn.disabled = true; st.textContent = "Uploading…";
       try {
         const d = await api("/datasets", { method: "POST", body: fd });
@@ -151,7 +152,14 @@
     const id = body.dataset.id;
     const d = await api(`/datasets/${id}`);
     $("#ds-name").textContent = d.name; document.title = d.name + " · taskgauge";
-    $("#ds-meta").textContent = `${count(d.n_samples)} samples · shape ${(d.shape || []).join("×")} · ${d.n_classes ? d.n_classes + " classes" : "no labels"} · sha256 ${String(d.sha256 || "").slice(0, 12)}`;
+    const form = (d.meta || {}).kind === "text" ? "texts (a worker embeds them with MiniLM, 384-d, when analysed)" : `shape ${(d.shape || []).join("×")}`;
+    $("#ds-meta").textContent = `${count(d.n_samples)} samples · ${form} · ${d.n_classes ? d.n_classes + " classes" : "no labels"} · sha256 ${String(d.sha256 || "").slice(0, 12)}`;
+    if ((d.meta || {}).kind === "text") {   // a text dataset: a few of its texts
+      const box = $("#ds-texts"); box.hidden = false;
+      const n = Math.min(5, d.n_samples || 0), idx = Array.from({ length: n }, (_, k) => k);
+      if (n) api(`/datasets/${id}/texts?indices=${idx.join(",")}`).then(r => (r.items || []).forEach(t =>
+        box.append(el("blockquote", { class: "sample-text", "data-index": t.index }, t.text + (t.truncated ? " …" : ""))))).catch(() => {});
+    }
     const choices = $("#est-choices");
     KNOWN.forEach(([n, on]) => { const cb = el("input", { type: "checkbox", name: "estimator", value: n, id: "est-" + n });
       cb.checked = on && (n !== "label_sharpness" || !!d.n_classes); choices.append(el("label", { for: "est-" + n }, cb, n)); });
@@ -271,18 +279,25 @@
     const pairs = (pick(r.details, ["pairs", "offending_pairs", "closest_pairs"]) || []).slice(0, 12);
     if (!pairs.length) return P().notComputed(c, "not computed (no offending pairs in the report)");
     c.innerHTML = ""; const wrap = el("div", { class: "pairs" }); c.append(wrap);
-    const image = shape.length === 4 && ds.id;
+    const image = shape.length === 4 && ds.id, text = !!ds.embedding && ds.id;
     pairs.forEach(p => {
       const i = Array.isArray(p) ? p[0] : pick(p, ["i", "a", "index_a", "first"]), j = Array.isArray(p) ? p[1] : pick(p, ["j", "b", "index_b", "second"]);
       const dist = Array.isArray(p) ? p[2] : pick(p, ["distance", "dist", "d"]);
       const li = Array.isArray(p) ? undefined : pick(p, ["label_i", "y_i", "class_i"]), lj = Array.isArray(p) ? undefined : pick(p, ["label_j", "y_j", "class_j"]);
       const box = el("div", { class: "pair" });
       if (image) [i, j].forEach(k => { const img = el("img", { alt: `sample ${k}`, class: "thumb", "data-index": k }); box.append(img); thumb(img, ds.id, k); });
+      if (text) { const sides = el("div", { class: "text-pair" }); box.append(sides); pairTexts(sides, ds.id, [i, j]); }
       box.append(el("div", {}, `#${i}${li !== undefined ? " (" + li + ")" : ""} ↔ #${j}${lj !== undefined ? " (" + lj + ")" : ""}`), el("div", {}, "distance " + fmt(dist)));
       wrap.append(box);
     });
-    if (!image) wrap.append(el("p", { class: "meta" }, "Thumbnails are shown for image datasets only."));
+    if (!image && !text) wrap.append(el("p", { class: "meta" }, "Thumbnails are shown for image datasets, texts for text datasets."));
     return wrap;
+  }
+  async function pairTexts(box, datasetId, indices) {   // the two texts of a K_F pair, side by side
+    try {
+      const r = await api(`/datasets/${datasetId}/texts?indices=${indices.join(",")}`);
+      (r.items || []).forEach(t => box.append(el("blockquote", { class: "sample-text", "data-index": t.index }, t.text + (t.truncated ? " …" : ""))));
+    } catch (e) { box.append(el("p", { class: "meta" }, "texts could not be loaded")); }
   }
   async function thumb(img, datasetId, index) {
     try {

@@ -35,6 +35,7 @@ _READERS: dict[str, tuple[str, str]] = {
     ".csv": ("tables", "read_csv_file"),
     ".parquet": ("tables", "read_parquet_file"),
     ".zip": ("images", "read_image_zip"),
+    ".jsonl": ("texts", "read_jsonl_file"),
 }
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_READERS)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -60,6 +61,12 @@ def ingest_file(path: Path, filename: str, options: IngestOptions | None = None)
             "Unsupported file type",
             f"'{ext or '(no extension)'}' is not a supported format; upload one of "
             f"{', '.join(SUPPORTED_EXTENSIONS)} (a .zip holds image folders: class_name/image.png)",
+        )
+    if options.text_column is not None and ext not in (".csv", ".parquet"):
+        raise ctx.error(
+            "Text column on a non-table file",
+            f"text_column names a column of a .csv or .parquet table; a {ext} file has no columns "
+            "(a .jsonl file's texts are its \"text\" fields)",
         )
     if ext != ".zip" and (options.resize is not None or options.grayscale):
         raise ctx.error(

@@ -46,11 +46,14 @@ class IngestOptions(BaseModel):
     * ``max_image_pixels``: most pixels one image may have before resizing (decompression-bomb guard).
     * ``max_classes``: most distinct classes (or names in a ``.npz``'s ``classes`` array) (413 above).
     * ``max_columns``: most columns a ``.csv``/``.parquet`` table may have (413 above; checked from the header).
+    * ``text_column``: a ``.csv``/``.parquet`` column of texts: the table is then a text dataset (its texts and
+      labels; other columns are ignored), embedded on a worker. ``.jsonl`` files are text datasets always.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     label_column: str | None = Field(default=None, max_length=1000)
+    text_column: str | None = Field(default=None, max_length=1000)
     resize: tuple[int, int] | None = None
     grayscale: bool = False
     max_files: int = Field(default=100_000, ge=1)
@@ -59,7 +62,7 @@ class IngestOptions(BaseModel):
     max_classes: int = Field(default=10_000, ge=1)
     max_columns: int = Field(default=100_000, ge=1)
 
-    @field_validator("label_column", mode="before")
+    @field_validator("label_column", "text_column", mode="before")
     @classmethod
     def _blank_label_is_none(cls, v: Any) -> Any:
         if isinstance(v, str) and not v.strip():

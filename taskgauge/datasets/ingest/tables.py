@@ -177,6 +177,16 @@ def _from_frame(ctx: Ctx, df: pd.DataFrame, fmt: str, **extra: Any) -> Canonical
             "Empty data", f"the table has {len(df)} rows and {len(columns)} columns; upload at least 3 data rows"
         )
     label = _pick_label(ctx, columns)
+    text_column = ctx.options.text_column
+    if text_column is not None:
+        if text_column not in columns:
+            raise ctx.error("Text column not found",
+                            f"text_column '{text_column}' is not a column; available columns: {_list(columns)}")
+        if label == text_column:
+            raise ctx.error("Text column is the label", f"'{text_column}' cannot be both the texts and the labels")
+        from taskgauge.datasets.ingest.texts import text_table
+
+        return text_table(ctx, df, fmt, text_column, label, **extra)
     features = [c for c in columns if c != label]
     if not features:
         raise ctx.error("No feature columns", f"the only column is the label '{label}'; add numeric feature columns")
