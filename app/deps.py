@@ -1,6 +1,7 @@
 """The ``Annotated`` dependencies routes declare.
 
-``SessionDep`` (a SQLAlchemy session; the route or service owns the one commit), ``OwnerDep`` (the API key's
+``SessionDep`` (a SQLAlchemy session for reads; the route or service owns the one commit), ``WriteSessionDep`` (the
+same for routes that write), ``OwnerDep`` (the API key's
 owner, from ``Authorization: Bearer …``), ``StateDep`` (the service :class:`~taskgauge.context.Context`: settings, engine, blob store, enqueue).
 """
 
@@ -29,6 +30,17 @@ def get_session(state: StateDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_write_session(state: StateDep) -> Iterator[Session]:
+    """A session for a route that writes (it commits): its transaction is begun as a writing one (``BEGIN
+    IMMEDIATE`` on SQLite, :class:`taskgauge.db.WriteSession`), so it never fails on a read→write upgrade."""
+    with state.sessions() as session:
+        session.begin()
+        yield session
+
+
+WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 
 
 def current_owner(request: Request, state: StateDep) -> Principal:

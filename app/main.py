@@ -10,6 +10,7 @@ Run it with ``taskgauge serve`` (or ``uvicorn --factory app.main:create_app``).
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -30,6 +31,26 @@ def build_context(settings: Settings) -> Context:
     return Context.build(settings, enqueue_analysis)
 
 
+def start_sweeper(state: Context) -> threading.Event:
+    """The stale-analysis sweeper (``workers.leases.sweep_stale``) also runs in the API process, so an analysis
+    left ``running`` by a worker that died with its sweeper (the embedded worker, or the last worker) is re-queued
+    or, out of attempts, failed. Returns the event that stops it."""
+    from workers.leases import sweep_stale
+
+    stop = threading.Event()
+    interval = max(1.0, state.settings.LEASE_S / 3)
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                sweep_stale(state.sessions, state.settings, state.enqueue)
+            except Exception:  # noqa: BLE001 - the database or broker may be briefly away; next round
+                log.warning("stale-analysis sweep failed", exc_info=True)
+
+    threading.Thread(target=loop, name="taskgauge-api-sweeper", daemon=True).start()
+    return stop
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API. ``settings`` defaults to :func:`taskgauge.settings.get_settings` (read at startup)."""
 
@@ -40,9 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         registry.all_estimators()  # import the estimators (and torch) now, not inside the first POST /analyses
         app.state.taskgauge = state
+        stop_sweeper = start_sweeper(state)
         try:
             yield
         finally:
+            stop_sweeper.set()
             state.engine.dispose()
 
     from taskgauge.version import taskgauge_version

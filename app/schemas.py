@@ -154,3 +154,4 @@ class Readiness(BaseModel):
     status: Literal["ok"]
     database: str
     broker: str
+    worker: str | None = Field(default=None, description="the embedded worker of `taskgauge serve`, when it has one")

@@ -21,6 +21,7 @@ import traceback
 from typing import Any
 
 from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
@@ -30,7 +31,8 @@ from taskgauge.context import Context
 from taskgauge.errors import problem
 from taskgauge.services.datasets import load_dataset
 from taskgauge.services.schedules import run_due
-from workers.celery_app import TASK_RUN_ANALYSIS, TASK_SCHEDULES, celery_app, enqueue_analysis, get_settings
+from workers.celery_app import (TASK_RUN_ANALYSIS, TASK_SCHEDULES, celery_app, enqueue_analysis, get_settings,
+                                ready_marker)
 from workers.leases import Cancelled, Lease, claim, sweep_stale
 
 log = logging.getLogger("taskgauge.worker")
@@ -127,6 +129,9 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
     except EstimatorError as exc:
         _end(factory, analysis_id, token, problem("Estimator rejected the input", str(exc), 422, "estimator-input"))
         return "failed (estimator input)"
+    except SoftTimeLimitExceeded:
+        _end(factory, analysis_id, token, time_limit_problem(settings.TASK_SOFT_TIME_LIMIT_S))
+        return "failed (time limit)"
     except Exception as exc:  # noqa: BLE001 - any estimator bug fails this analysis, never the worker
         log.exception("analysis %s failed", analysis_id)
         detail = f"{type(exc).__name__}: {exc}".strip()
@@ -145,6 +150,16 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
             ),
         )
         return "failed"
+
+
+def time_limit_problem(seconds: float) -> dict[str, Any]:
+    return problem(
+        "Time limit exceeded",
+        f"the analysis ran longer than the time limit of {seconds:g} s (TASKGAUGE_TASK_SOFT_TIME_LIMIT_S) and was "
+        "stopped; ask for less (fewer epochs or trials, a subsample with max_samples, fewer estimators) or ask the "
+        "operator to raise the limit",
+        422, "time-limit", limit_s=seconds,
+    )
 
 
 def _finish(factory: sessionmaker, analysis: db.Analysis, token: str, report: dict[str, Any]) -> str:
@@ -216,6 +231,11 @@ def _start_sweeper(**_: Any) -> None:
     """Every worker runs the stale-analysis sweeper in its main process (cheap: one indexed query)."""
     settings = get_settings()
     interval = max(1.0, settings.LEASE_S / 3)
+    if os.environ.get("TASKGAUGE_EMBEDDED_WORKER"):  # `taskgauge serve`'s supervisor waits for this (/readyz)
+        try:
+            ready_marker(settings.broker_dir, os.getpid()).touch()
+        except OSError:
+            log.warning("could not write the worker's ready marker", exc_info=True)
 
     def loop() -> None:
         while not _sweeper_stop.wait(interval):
@@ -226,6 +246,23 @@ def _start_sweeper(**_: Any) -> None:
                 log.warning("stale-analysis sweep failed", exc_info=True)
 
     threading.Thread(target=loop, name="taskgauge-sweeper", daemon=True).start()
+
+
+@signals.task_failure.connect
+def _hard_time_limit(sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any) -> None:
+    """The worker's main process: the hard time limit killed the child running an analysis; fail it now (its
+    lease token died with the child, so any ``running`` row of this analysis is the killed run's)."""
+    if getattr(sender, "name", None) != TASK_RUN_ANALYSIS or not isinstance(exception, TimeLimitExceeded):
+        return
+    try:
+        analysis_id = str((args or [None])[0])
+        settings, A = get_settings(), db.Analysis
+        with context().sessions() as s, s.begin():
+            s.execute(update(A).where(A.id == analysis_id).where(A.status == db.RUNNING).values(
+                status=db.FAILED, finished_at=db.utcnow(), lease_token=None, stage="failed",
+                error=time_limit_problem(settings.TASK_SOFT_TIME_LIMIT_S)))
+    except Exception:  # noqa: BLE001 - the sweeper and max_attempts still end it
+        log.warning("could not fail analysis %s after its hard time limit", args, exc_info=True)
 
 
 @signals.worker_shutdown.connect
