@@ -17,6 +17,9 @@ from taskgauge.context import Context
 from taskgauge.errors import Unauthorized
 
 
+MAX_OFFSET = 1_000_000_000  # list offsets above this are refused (422); SQLite cannot bind integers past 2**63
+
+
 def get_state(request: Request) -> Context:
     return request.app.state.taskgauge
 

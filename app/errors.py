@@ -112,6 +112,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(problem("Database busy" if busy else "Database unavailable", detail, 503,
                                         "unavailable", instance=request.url.path), {"Retry-After": str(RETRY_AFTER_S)})
 
+    from sqlalchemy.exc import DataError
+
+    @app.exception_handler(DataError)
+    async def _bad_value(request: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refused a value the API let through (a NUL character, a string over its column's width, a
+        # number out of range): the client's input, not a bug; nothing was stored.
+        log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc.orig)
+        return problem_response(problem("Invalid value", "a value in the request cannot be stored (a NUL "
+                                        "character, a text too long or a number out of range); fix it and retry",
+                                        422, "invalid-request", instance=request.url.path))
+
     @app.exception_handler(PoolTimeout)
     async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
         log.warning("database connection pool exhausted on %s %s", request.method, request.url.path)

@@ -85,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    from app.ratelimit import install_rate_limit
+
+    install_rate_limit(app, (settings or get_settings()).RATE_LIMIT_POST)
 
     from app.dashboard import routes as dashboard
     from app.routers import analyses, datasets, health, history, model_specs, reports, schedules

@@ -314,7 +314,7 @@ def make_engine(url: str, *, busy_timeout_s: float = 10.0, **kwargs: Any) -> Eng
                     _release(conn.info)
 
         @event.listens_for(engine.pool, "reset")
-        def _sqlite_reset(_dbapi_conn: Any, record: Any, *_: Any) -> None:
+        def _sqlite_reset(_dbapi_conn: Any, record: Any, _reset_state: Any) -> None:
             _release(record.info)
 
         @event.listens_for(engine.pool, "checkin")

@@ -165,7 +165,7 @@ class Settings(BaseSettings):
         description="Schedules that would fire more often than this are refused (422).",
     )
     RATE_LIMIT_POST: str = Field(
-        default="60/minute",
+        default="300/minute",
         description="Rate limit of each API key (or client address) on POST routes, in slowapi's syntax "
         "('60/minute', '10/second;200/hour'). Empty: no limit.",
     )

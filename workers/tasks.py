@@ -68,7 +68,7 @@ def run_due_schedules() -> list[str]:
 
 def execute_analysis(analysis_id: str, ctx: Context) -> str:
     """Claim, run and persist one analysis. Never raises for a bad analysis; returns the outcome."""
-    from taskgauge.pipeline import DatasetInfo, run_pipeline
+    from taskgauge.pipeline import DatasetInfo, Limits, run_pipeline
 
     factory, settings = ctx.sessions, ctx.settings
     token = claim(factory, analysis_id, settings)
@@ -121,6 +121,7 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
                 progress=lease.progress,
                 on_result=on_result,
                 done=done,
+                limits=Limits.from_settings(settings),
             )
             return _finish(factory, analysis, token, report)
     except Cancelled:

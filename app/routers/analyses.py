@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from taskgauge.services import analyses as services
-from app.deps import OwnerDep, SessionDep, StateDep
+from app.deps import MAX_OFFSET, OwnerDep, SessionDep, StateDep
 from app.errors import responses
 from app.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
 from taskgauge import db
@@ -23,7 +23,7 @@ SSE_KEEPALIVE_S = 15.0
 
 
 @router.post("", status_code=202, response_model=AnalysisPublic, operation_id="analyses-create",
-             responses=responses(503))
+             responses=responses(429, 503))
 def create_analysis(body: AnalysisCreate, request: Request, response: Response, state: StateDep,
                     owner: OwnerDep) -> AnalysisPublic:
     """Validate the estimators and params, store the analysis (``queued``) and enqueue it for a worker.
@@ -37,7 +37,7 @@ def create_analysis(body: AnalysisCreate, request: Request, response: Response, 
 @router.get("", response_model=AnalysesPublic, operation_id="analyses-list", responses=responses())
 def list_analyses(session: SessionDep, owner: OwnerDep, dataset_id: str | None = None,
                   status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> AnalysesPublic:
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> AnalysesPublic:
     """Your analyses, newest first; filter by ``dataset_id`` and ``status``."""
     rows, count = services.list_analyses(session, owner.owner_id, dataset_id=dataset_id, status=status, limit=limit,
                                          offset=offset)

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from taskgauge.services import datasets as services
-from app.deps import OwnerDep, SessionDep, StateDep
+from app.deps import MAX_OFFSET, OwnerDep, SessionDep, StateDep
 from app.errors import responses
 from taskgauge.errors import InvalidInput
 from app.schemas import DatasetPublic, DatasetsPublic
@@ -50,7 +50,7 @@ def _bool(v: str | None) -> bool:
 
 
 @router.post("", status_code=201, response_model=DatasetPublic, operation_id="datasets-upload",
-             openapi_extra=UPLOAD_BODY, responses=responses(400, 413))
+             openapi_extra=UPLOAD_BODY, responses=responses(400, 413, 429))
 async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> DatasetPublic:
     """Upload a dataset file (multipart field ``file``). It is streamed to disk with the size limit enforced as it
     arrives, hashed, parsed into the canonical form and stored content-addressed; the dataset row and the blob
@@ -68,8 +68,12 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
             raise InvalidInput("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()),
                                title="Invalid ingest options") from None
         filename = upload.filename or "upload"
+        await run_in_threadpool(_check_storage, state, owner.owner_id, upload.size)  # before parsing it
         data = await run_in_threadpool(ingest_file, upload.path, filename, options)
         name = (upload.fields.get("name") or "").strip() or filename
+        if "\x00" in name or "\x00" in filename:  # PostgreSQL cannot store NUL; refuse it on both backends
+            raise InvalidInput("the dataset name or file name contains a NUL character; rename it",
+                               title="Invalid name")
         row = await run_in_threadpool(services.store_dataset, state, owner.owner_id, data, name=name[:300],
                                       filename=filename[:300], sha256=upload.sha256, size=upload.size)
         return DatasetPublic.model_validate(row)
@@ -77,9 +81,16 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
         upload.cleanup()
 
 
+def _check_storage(state, owner_id: str, incoming: int) -> None:
+    from taskgauge.services.quotas import check_storage
+
+    with state.sessions() as s:
+        check_storage(s, owner_id, state.settings, incoming)
+
+
 @router.get("", response_model=DatasetsPublic, operation_id="datasets-list", responses=responses())
 def list_datasets(session: SessionDep, owner: OwnerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> DatasetsPublic:
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> DatasetsPublic:
     """Your datasets, newest first."""
     rows, count = services.list_datasets(session, owner.owner_id, limit=limit, offset=offset)
     return DatasetsPublic(items=[DatasetPublic.model_validate(r) for r in rows], count=count,

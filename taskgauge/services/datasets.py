@@ -42,6 +42,9 @@ def store_dataset(ctx: Context, owner_id: str, data: CanonicalDataset, *, name: 
     created_file = False
     try:
         with ctx.sessions() as s, s.begin():
+            from taskgauge.services.quotas import check_storage
+
+            check_storage(s, owner_id, ctx.settings, size)
             s.execute(db.upsert_touch(db.Blob.__table__, s.get_bind().dialect.name,
                                       {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
                                       ["sha256"], "size"))
