@@ -264,7 +264,7 @@ def make_engine(url: str, *, busy_timeout_s: float = 10.0, **kwargs: Any) -> Eng
             for k in ("pool_size", "max_overflow", "pool_timeout"):
                 kwargs.pop(k, None)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s}, **kwargs)
-        write_lock = _WriteLock.of(url)
+        write_lock = threading.Lock() if memory else _WriteLock.of(url)  # in-memory databases are per engine
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:

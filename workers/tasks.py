@@ -46,7 +46,10 @@ def context() -> Context:
     key = (os.getpid(), settings.DATABASE_URL)
     if key not in _contexts:
         _contexts.clear()
-        pool = {} if settings.is_sqlite else {"pool_size": 2, "max_overflow": 2}
+        # SQLite: a worker waits longer for the write lock than an API request (nobody is waiting on a socket,
+        # and a failed result write would fail the analysis)
+        pool = {"busy_timeout_s": max(60.0, settings.SQLITE_BUSY_TIMEOUT_S)} if settings.is_sqlite else {
+            "pool_size": 2, "max_overflow": 2}
         _contexts[key] = Context.build(settings, enqueue_analysis, **pool)
     return _contexts[key]
 
