@@ -23,6 +23,7 @@ from workers.celery_app import configure, enqueue_analysis
 
 log = logging.getLogger("taskgauge.api")
 API_PREFIX = "/api/v1"
+API_THREADS = 128  # threads for sync routes (taskgauge.db sizes the SQLite pool to match)
 
 
 def build_context(settings: Settings) -> Context:
@@ -56,6 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        # Sync routes run in anyio's thread pool (default 40 threads): writers waiting for SQLite's write lock
+        # must not leave readers (and SSE polls) without a thread.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = API_THREADS
         state = build_context(settings or get_settings())
         from estimators import registry
 

@@ -256,8 +256,8 @@ def make_engine(url: str, *, busy_timeout_s: float = 10.0, **kwargs: Any) -> Eng
     locked"), which the API answers with 503 + Retry-After.
     """
     if url.startswith("sqlite"):
-        kwargs.setdefault("pool_size", 20)
-        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_size", 32)  # cheap: every API thread (app.main.API_THREADS) may hold one
+        kwargs.setdefault("max_overflow", 96)
         kwargs.setdefault("pool_timeout", busy_timeout_s)
         memory = ":memory:" in url or url in ("sqlite://", "sqlite:///")
         if memory:
@@ -276,14 +276,20 @@ def make_engine(url: str, *, busy_timeout_s: float = 10.0, **kwargs: Any) -> Eng
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        engine.taskgauge_write_lock = write_lock  # type: ignore[attr-defined]  (WriteSession takes it first)
+        engine.taskgauge_busy_timeout_s = busy_timeout_s  # type: ignore[attr-defined]
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            if not conn.get_execution_options().get(_SQLITE_WRITE):
+            options = conn.get_execution_options()
+            if not options.get(_SQLITE_WRITE):
                 conn.exec_driver_sql("BEGIN")  # deferred: a read snapshot, never waits
                 return
-            if not write_lock.acquire(timeout=busy_timeout_s):
-                raise OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError(
-                    "database is locked (waited for this process's other writers)"))
+            handed = options.get(_LOCK_HANDOVER)
+            if handed is not None and handed["held"]:
+                handed["held"] = False  # the lock WriteSession.begin() took now belongs to this connection
+            elif not write_lock.acquire(timeout=busy_timeout_s):
+                raise _locked()
             conn.info[_WRITE_LOCK_HELD] = True
             try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -326,6 +332,14 @@ def make_engine(url: str, *, busy_timeout_s: float = 10.0, **kwargs: Any) -> Eng
     return create_engine(url, **kwargs)
 
 
+def _locked() -> OperationalError:
+    return OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError(
+        "database is locked (waited for this process's other writers)"))
+
+
+_LOCK_HANDOVER = "taskgauge_lock_handover"
+
+
 class WriteSession(Session):
     """A session whose explicit ``begin()`` (``with factory() as s, s.begin():``, every writer in taskgauge) marks its
     transaction as a writing one: on SQLite it starts with ``BEGIN IMMEDIATE`` (:func:`make_engine`); sessions
@@ -335,7 +349,19 @@ class WriteSession(Session):
         tx = super().begin(nested=nested)
         bind = self.bind
         if not nested and bind is not None and bind.dialect.name == "sqlite":
-            self.connection(execution_options={_SQLITE_WRITE: True})
+            # Take the process's write lock *before* a pooled connection: writers waiting for their turn must not
+            # hold connections that readers need (with 60 waiting writers the pool would run dry).
+            lock = getattr(bind, "taskgauge_write_lock", None)
+            handed = {"held": False}
+            if lock is not None:
+                if not lock.acquire(timeout=getattr(bind, "taskgauge_busy_timeout_s", 10.0)):
+                    raise _locked()
+                handed["held"] = True
+            try:
+                self.connection(execution_options={_SQLITE_WRITE: True, _LOCK_HANDOVER: handed})
+            finally:
+                if handed["held"]:  # no connection took it over (pool timeout, or BEGIN failed before the handover)
+                    lock.release()
         return tx
 
 

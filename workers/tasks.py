@@ -269,6 +269,20 @@ def _hard_time_limit(sender: Any = None, exception: BaseException | None = None,
         log.warning("could not fail analysis %s after its hard time limit", args, exc_info=True)
 
 
+@signals.beat_embedded_init.connect
+def _beat_dies_with_its_worker(**_: Any) -> None:
+    """The beat process embedded in a worker (``--beat``, the embedded default) is killed by the kernel when the
+    worker's main process dies, even by SIGKILL: no orphaned beat keeps filling the queue (Linux; elsewhere
+    ``taskgauge serve``'s supervisor kills the worker's process group)."""
+    try:
+        import ctypes
+        import signal as _signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(_signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @signals.worker_shutdown.connect
 def _stop_sweeper(**_: Any) -> None:
     _sweeper_stop.set()
