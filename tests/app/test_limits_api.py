@@ -21,8 +21,31 @@ from taskgauge.settings import Settings
 PROBLEM = "application/problem+json"
 
 
+PG_ADMIN = "host=127.0.0.1 user=postgres dbname=postgres"
+
+
+def postgres_up() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(PG_ADMIN, connect_timeout=2).close()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
 class Api:
-    def __init__(self, tmp_path, **env):
+    def __init__(self, tmp_path, backend: str = "sqlite", **env):
+        self.pg_name = None
+        if backend == "postgres":
+            import uuid
+
+            import psycopg
+
+            self.pg_name = f"taskgauge_test_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+                c.execute(f'CREATE DATABASE "{self.pg_name}"')
+            env["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.pg_name}"
         self.settings = Settings(DATA_DIR=tmp_path / "data", DEVICE="cpu", **env)
         self.settings.DATA_DIR.mkdir(parents=True)
         upgrade(self.settings.DATABASE_URL)
@@ -52,14 +75,26 @@ class Api:
     def close(self):
         self.client.__exit__(None, None, None)
         self.engine.dispose()
+        if self.pg_name:
+            import psycopg
+
+            with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request):
+    if request.param == "postgres" and not postgres_up():
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 is needed")
+    return request.param
 
 
 @pytest.fixture
 def api(tmp_path):
     made = []
 
-    def make(**env):
-        a = Api(tmp_path / f"api{len(made)}", **env)
+    def make(backend: str = "sqlite", **env):
+        a = Api(tmp_path / f"api{len(made)}", backend, **env)
         made.append(a)
         return a
 
@@ -107,8 +142,8 @@ def test_subspace_epochs_and_sizes_are_bounded(api):
     assert a.count(db.Analysis) == 0
 
 
-def test_huge_model_spec_is_refused_at_post_time_from_its_parameter_count(api):
-    a = api()
+def test_huge_model_spec_is_refused_at_post_time_from_its_parameter_count(api, backend):
+    a = api(backend)
     # 64 layers of width 65,536: every field is within the spec's bounds, but it has ~2.7e11 parameters.
     spec = a.client.post("/api/v1/model-specs", json={"name": "huge", "spec": {"arch": "mlp",
                                                                                 "hidden": [65536] * 64}})
@@ -152,8 +187,8 @@ def test_memory_budget_is_clamped_to_the_operators_limit(api, env, asked, stored
     assert resp.json()["estimators"]["mle"]["memory_budget_mb"] == stored
 
 
-def test_per_owner_active_analyses_quota_429(api):
-    a = api(MAX_ACTIVE_ANALYSES_PER_OWNER=2)
+def test_per_owner_active_analyses_quota_429(api, backend):
+    a = api(backend, MAX_ACTIVE_ANALYSES_PER_OWNER=2)
     body = {"dataset_id": a.dataset["id"], "estimators": {"mle": {}}}
     assert [a.client.post("/api/v1/analyses", json=body).status_code for _ in range(2)] == [202, 202]
     resp = a.client.post("/api/v1/analyses", json=body)
@@ -190,8 +225,8 @@ def test_per_owner_storage_quota_429(api, tmp_path):
     ("0 0 31 4 *", ["never fires"]),
     ("0 " * 60 + "*", ["too long"]),
 ])
-def test_bad_schedules_are_422_not_500(api, cron, words):
-    a = api(MIN_SCHEDULE_INTERVAL_S=120)
+def test_bad_schedules_are_422_not_500(api, backend, cron, words):
+    a = api(backend, MIN_SCHEDULE_INTERVAL_S=120)
     resp = a.client.post("/api/v1/schedules", json={"dataset_id": a.dataset["id"], "cron": cron})
     assert_problem(resp, 422, *words)
     assert a.count(db.Schedule) == 0
@@ -203,8 +238,8 @@ def test_a_schedule_at_the_minimum_interval_is_accepted(api):
     assert resp.status_code == 201, resp.text
 
 
-def test_nul_characters_are_422_on_every_backend(api, tmp_path):
-    a = api()
+def test_nul_characters_are_422_on_every_backend(api, backend, tmp_path):
+    a = api(backend)
     resp = a.client.post("/api/v1/model-specs", json={"name": "a\x00b", "spec": {"arch": "mlp"}})
     assert_problem(resp, 422, "NUL")
     resp = a.client.post("/api/v1/analyses", json={"dataset_id": a.dataset["id"],
@@ -217,8 +252,8 @@ def test_nul_characters_are_422_on_every_backend(api, tmp_path):
 
 
 @pytest.mark.parametrize("route", ["/api/v1/datasets", "/api/v1/analyses"])
-def test_huge_offset_is_422_not_500(api, route):
-    a = api()
+def test_huge_offset_is_422_not_500(api, backend, route):
+    a = api(backend)
     resp = a.client.get(route, params={"offset": "99999999999999999999"})
     assert_problem(resp, 422, "offset")
     assert a.client.get(route, params={"offset": 10**9}).json()["items"] == []
@@ -253,3 +288,10 @@ def test_sqlite_write_lock_timeout_is_503_with_retry_after_and_reads_go_on(api):
         other.close()
     assert a.count(db.ModelSpec) == 0
     assert a.client.post("/api/v1/model-specs", json={"name": "m", "spec": {"arch": "mlp"}}).status_code == 201
+
+
+def test_nul_in_a_path_id_is_not_a_500(api, backend):
+    a = api(backend)
+    resp = a.client.get("/api/v1/datasets/a%00b")
+    assert resp.status_code in (404, 422), resp.text
+    assert resp.headers["content-type"].startswith(PROBLEM)
