@@ -113,3 +113,35 @@ def test_killed_embedded_worker_is_restarted_and_readyz_says_so(tmp_path, tmp_pa
         assert "restart 1" in server.log.read_text()
     finally:
         embedded_server.stop(server)
+
+
+def test_embedded_beat_dies_with_its_worker_even_without_serve(tmp_path):
+    """`taskgauge worker --beat` (the embedded worker's command) SIGKILLed on its own: its beat process is killed
+    by the kernel (PR_SET_PDEATHSIG) and its pool child exits, so nothing keeps sending scans to the queue."""
+    import subprocess
+
+    from taskgauge.migrate import upgrade
+
+    data = tmp_path / "data"
+    data.mkdir()
+    upgrade(f"sqlite:///{data / 'taskgauge.db'}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGAUGE_")}
+    env.update({"TASKGAUGE_DATA_DIR": str(data), "TASKGAUGE_DEVICE": "cpu",
+                "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), env.get("PYTHONPATH", "")])})
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen([sys.executable, "-m", "app", "worker", "--beat", "--concurrency", "1"], env=env,
+                            cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert _wait(lambda: b" ready." in log.read_bytes(), 120), log.read_text()[-3000:]
+        kids = _wait(lambda: len(psutil.Process(proc.pid).children()) >= 2 and psutil.Process(proc.pid).children(),
+                     30)
+        assert kids, log.read_text()[-3000:]  # the pool child and the embedded beat
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        _gone, alive = psutil.wait_procs(kids, timeout=10)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
