@@ -46,7 +46,8 @@ class PostRateLimit:
         self.limiter = Limiter(key_func=lambda: "", storage_uri="memory://")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").startswith(self.prefix):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope.get("method") != "POST" or not path.startswith(self.prefix):
             await self.app(scope, receive, send)
             return
         key = caller_key(scope)

@@ -23,14 +23,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from workers.celery_app import ready_marker
 
 log = logging.getLogger("taskgauge.serve")
 
-_current: "WorkerSupervisor | None" = None
+_current: WorkerSupervisor | None = None
 
 
 def worker_state() -> tuple[bool, str]:

@@ -89,13 +89,17 @@ class MLEParams(Params):
     k: int = Field(20, le=MAX_NEIGHBOURS, description="neighbours per point (skdim default 20)")
     normalizer: Normalizer = Field("k-1", description="'k-1' (skdim, Levina–Bickel) or 'k-2' (Pope/Konz)")
     pooling: Pooling = Field("mg", description="'mg' = MacKay–Ghahramani (1/mean of inverses), 'mean', 'median'")
-    k1: int | None = Field(None, le=MAX_NEIGHBOURS, description="with k2: average the estimate over k = k1..k2 (Levina–Bickel)")
-    k2: int | None = Field(None, le=MAX_NEIGHBOURS, description="with k1: average the estimate over k = k1..k2 (Levina–Bickel)")
+    k1: int | None = Field(None, le=MAX_NEIGHBOURS,
+        description="with k2: average the estimate over k = k1..k2 (Levina–Bickel)")
+    k2: int | None = Field(None, le=MAX_NEIGHBOURS,
+        description="with k1: average the estimate over k = k1..k2 (Levina–Bickel)")
     anchors: int | float | None = Field(
-        None, le=MAX_SUBSAMPLE, description="query only a seeded subset against all points: a count (int) or a fraction (float)"
+        None, le=MAX_SUBSAMPLE,
+        description="query only a seeded subset against all points: a count (int) or a fraction (float)"
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the anchor subsample")
-    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB, description="memory the neighbour search may use")
+    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB,
+        description="memory the neighbour search may use")
 
     @model_validator(mode="after")
     def _cross_check(self) -> "MLEParams":

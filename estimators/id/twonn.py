@@ -93,7 +93,8 @@ class TwoNNParams(Params):
     prior_alpha: float = Field(2.0, description="Gamma prior shape (bayes; DADApy 2)")
     prior_beta: float = Field(5.0, description="Gamma prior rate (bayes; DADApy 5)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the decimation subsets")
-    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB, description="memory the neighbour search may use")
+    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB,
+        description="memory the neighbour search may use")
 
     @model_validator(mode="after")
     def _cross_check(self) -> "TwoNNParams":

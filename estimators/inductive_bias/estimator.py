@@ -67,11 +67,13 @@ class InductiveBiasParams(Params):
     n_classes: int | None = Field(None, ge=2, description="override: number of classes C")
     # how the inputs are derived
     id_k: int = Field(5, ge=3, le=MAX_NEIGHBOURS, description="k of the MLE intrinsic dimension (the authors use 5)")
-    id_anchors: int = Field(10000, ge=1, le=MAX_SUBSAMPLE, description="anchor points of the MLE (the authors use 10,000)")
+    id_anchors: int = Field(10000, ge=1, le=MAX_SUBSAMPLE,
+        description="anchor points of the MLE (the authors use 10,000)")
     delta_method: Literal["exact", "sample", "evt"] = Field("exact", description="how δ is estimated")
     delta_sample_size: int = Field(30000, ge=2, le=1_000_000, description="delta_method='sample': subsample size")
     delta_min_distance: float = Field(1.0, ge=0.0, description="delta_method='sample': ignore distances below this")
-    evt_pairs: int = Field(4_000_000, ge=100, le=MAX_SUBSAMPLE, description="delta_method='evt': random different-label pairs")
+    evt_pairs: int = Field(4_000_000, ge=100, le=MAX_SUBSAMPLE,
+        description="delta_method='evt': random different-label pairs")
     evt_k: int = Field(2000, ge=2, le=1_000_000, description="delta_method='evt': order statistics used")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of every subsample, split and sample")
     # sampled mode

@@ -68,7 +68,8 @@ def test_killed_embedded_worker_is_restarted_and_readyz_says_so(tmp_path, tmp_pa
     import numpy as np
 
     env = {"TASKGAUGE_LEASE_S": "3", "TASKGAUGE_HEARTBEAT_S": "0.5",
-           "PYTHONPATH": os.pathsep.join([str(HERE / "plugins"), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(HERE / "plugins"), str(HERE.parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
     server = embedded_server.start(tmp_path, extra_env=env)
     try:
         url, headers = server.url, {"Authorization": f"Bearer {server.key}"}
@@ -106,8 +107,8 @@ def test_killed_embedded_worker_is_restarted_and_readyz_says_so(tmp_path, tmp_pa
         assert time.monotonic() - t0 < 120
         # nothing stuck: the interrupted one is re-queued (API sweeper) and both succeed
         for aid in (running, queued):
-            done = _wait(lambda: _state(url, headers, aid)["status"] in ("succeeded", "failed", "cancelled") and
-                         _state(url, headers, aid), 120)
+            done = _wait(lambda aid=aid: _state(url, headers, aid)["status"] in ("succeeded", "failed", "cancelled")
+                         and _state(url, headers, aid), 120)
             assert done and done["status"] == "succeeded", (done, server.log.read_text()[-4000:])
         assert _state(url, headers, running)["attempts"] >= 2
         assert "restart 1" in server.log.read_text()

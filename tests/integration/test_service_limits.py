@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-
 import service_stack
 from service_stack import upload, wait_for
 
