@@ -117,8 +117,10 @@ def plan(
 ) -> dict[str, PlannedEstimator]:
     """Validate estimator names and params (and, given the dataset, labels, sample counts and model sizes).
 
-    ``limits`` (default: :meth:`Limits.from_settings`) bounds what may be asked for: a model spec larger than
-    ``max_model_params`` is refused, and ``memory_budget_mb`` is clamped (see :class:`Limits`).
+    ``limits`` bounds what may be asked for: a model spec larger than ``max_model_params`` is refused, and
+    ``memory_budget_mb`` is clamped (see :class:`Limits`). The service (API, schedules, workers) always passes the
+    operator's (:meth:`Limits.from_settings`); None (the CLI's local mode, the library) applies none beyond the
+    params' own bounds: there the user is the operator.
     ``memory_budget_mb`` (the TASKGAUGE_MEMORY_BUDGET_MB setting, when set) becomes the default
     ``memory_budget_mb`` of every estimator that has that param.
 
@@ -127,8 +129,7 @@ def plan(
     """
     if not requests:
         requests = {name: {} for name in DEFAULT_ESTIMATORS}
-    limits = limits or Limits.from_settings()
-    cap = limits.memory_budget_mb if limits.memory_budget_mb is not None else memory_budget_mb
+    cap = limits.memory_budget_mb if limits is not None and limits.memory_budget_mb is not None else memory_budget_mb
     planned: dict[str, PlannedEstimator] = {}
     for name, raw in requests.items():
         est = registry.get(name)
@@ -141,9 +142,9 @@ def plan(
                 )
             raw.setdefault("model", dict(model_spec) if model_spec is not None else None)
         field = est.params_model.model_fields.get("memory_budget_mb")
-        if field is not None:
-            if memory_budget_mb is not None:
-                raw.setdefault("memory_budget_mb", memory_budget_mb)
+        if field is not None and memory_budget_mb is not None:
+            raw.setdefault("memory_budget_mb", memory_budget_mb)
+        if field is not None and limits is not None:
             limit = cap if cap is not None else field.default
             asked = raw.get("memory_budget_mb")
             if isinstance(asked, (int, float)) and not isinstance(asked, bool) and isinstance(limit, int) \
@@ -163,7 +164,7 @@ def plan(
                     f"{facts.n_samples}; upload more data"
                 )
             model = getattr(params, "model", None)
-            if est.needs_model and model is not None and facts.input_shape:
+            if est.needs_model and model is not None and facts.input_shape and limits is not None:
                 _check_model_size(name, model, facts, limits.max_model_params)
         planned[name] = PlannedEstimator(est, params)
     return planned

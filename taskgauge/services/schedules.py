@@ -106,10 +106,12 @@ def create_schedule(
     validated: now, not at 3 am) and add the schedule. Flushes only; the caller commits."""
     expr = check_cron(cron)
     check_timezone(timezone)
-    if min_interval_s is None:
+    if min_interval_s is None or limits is None:
+        from taskgauge.pipeline import Limits
         from taskgauge.settings import get_settings
 
-        min_interval_s = get_settings().MIN_SCHEDULE_INTERVAL_S
+        min_interval_s = get_settings().MIN_SCHEDULE_INTERVAL_S if min_interval_s is None else min_interval_s
+        limits = Limits.from_settings() if limits is None else limits
     check_interval(expr, timezone, now or db.utcnow(), min_interval_s)
     dataset = get_owned(session, db.Dataset, owner_id, dataset_id)
     spec = get_owned(session, db.ModelSpec, owner_id, model_spec_id).spec if model_spec_id else None
