@@ -80,3 +80,16 @@ def test_the_api_process_sweeps_stale_analyses(world):
     with ctx.sessions() as s:
         row = s.get(db.Analysis, aid)
     assert row.status == db.QUEUED and row.lease_token is None
+
+
+def test_configure_sets_the_celery_limits(tmp_path):
+    from workers.celery_app import celery_app, configure
+
+    configure(Settings(DATA_DIR=tmp_path, TASK_SOFT_TIME_LIMIT_S=100, TASK_HARD_TIME_LIMIT_S=110,
+                       WORKER_MAX_MEMORY_PER_CHILD_MB=512))
+    conf = celery_app.conf
+    assert conf.task_soft_time_limit == 100
+    assert conf.task_time_limit == 160  # at least a minute past the soft limit, so the soft one can act first
+    assert conf.worker_max_memory_per_child == 512 * 1024  # Celery counts KiB
+    configure(Settings(DATA_DIR=tmp_path, WORKER_MAX_MEMORY_PER_CHILD_MB=0))
+    assert celery_app.conf.worker_max_memory_per_child is None
