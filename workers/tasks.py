@@ -74,6 +74,7 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
     from taskgauge.pipeline import DatasetInfo, Limits, run_pipeline
 
     factory, settings = ctx.sessions, ctx.settings
+    started = time.monotonic()
     token = claim(factory, analysis_id, settings)
     if token is None:
         with factory() as s:
@@ -137,6 +138,10 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
         _end(factory, analysis_id, token, time_limit_problem(settings.TASK_SOFT_TIME_LIMIT_S))
         return "failed (time limit)"
     except Exception as exc:  # noqa: BLE001 - any estimator bug fails this analysis, never the worker
+        if _soft_time_limit(exc, time.monotonic() - started, settings.TASK_SOFT_TIME_LIMIT_S):
+            log.warning("analysis %s stopped at its soft time limit (%s)", analysis_id, type(exc).__name__)
+            _end(factory, analysis_id, token, time_limit_problem(settings.TASK_SOFT_TIME_LIMIT_S))
+            return "failed (time limit)"
         log.exception("analysis %s failed", analysis_id)
         detail = f"{type(exc).__name__}: {exc}".strip()
         tb = traceback.extract_tb(exc.__traceback__)
@@ -154,6 +159,20 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
             ),
         )
         return "failed"
+
+
+def _soft_time_limit(exc: BaseException, elapsed: float, limit: float) -> bool:
+    """Whether ``exc`` is the soft time limit in disguise: Celery raises SoftTimeLimitExceeded from a signal handler
+    wherever the analysis is, and a library it interrupts (e.g. psycopg inside a progress write) may re-raise it
+    as its own error. Its chain names it, or, failing that, the run has reached the limit."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        if seen is None:
+            break
+        if isinstance(seen, SoftTimeLimitExceeded):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return elapsed >= limit - 1.0  # the task started a moment before the claim
 
 
 def time_limit_problem(seconds: float) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def test_soft_time_limit_fails_the_analysis_not_the_worker(stack, files):
         assert state["status"] == "failed", (state, stack.tail())
         assert time.monotonic() - t0 < 60
         err = state["error"]
-        assert err["type"].endswith("/time-limit") and err["status"] == 422
+        assert err["type"].endswith("/time-limit") and err["status"] == 422, (err, stack.tail())
         assert "TASKGAUGE_TASK_SOFT_TIME_LIMIT_S" in err["detail"] and err["limit_s"] == SOFT_LIMIT_S
         assert state["attempts"] == 1  # not retried
         ok = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": {"mle": {"k": 5}}}).json()["id"]

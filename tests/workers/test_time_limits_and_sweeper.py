@@ -93,3 +93,22 @@ def test_configure_sets_the_celery_limits(tmp_path):
     assert conf.worker_max_memory_per_child == 512 * 1024  # Celery counts KiB
     configure(Settings(DATA_DIR=tmp_path, WORKER_MAX_MEMORY_PER_CHILD_MB=0))
     assert celery_app.conf.worker_max_memory_per_child is None
+
+
+def test_soft_time_limit_is_recognised_when_a_library_rewraps_it():
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from workers.tasks import _soft_time_limit
+
+    def rewrapped() -> BaseException:
+        try:
+            try:
+                raise SoftTimeLimitExceeded()
+            except SoftTimeLimitExceeded as inner:
+                raise RuntimeError("query interrupted") from inner
+        except RuntimeError as outer:
+            return outer
+
+    assert _soft_time_limit(rewrapped(), elapsed=1.0, limit=100.0)  # named in the chain
+    assert _soft_time_limit(OSError("interrupted"), elapsed=100.0, limit=100.0)  # at the limit
+    assert not _soft_time_limit(ValueError("a real bug"), elapsed=5.0, limit=100.0)
