@@ -67,10 +67,14 @@ class TaskgaugeError(Exception):
     title: str = "Internal error"
     kind: str = "internal"
 
+    retry_after: int | None = None  # seconds; the API sends it as a Retry-After header (429, 503)
+
     def __init__(self, detail: str, *, title: str | None = None, status: int | None = None,
-                 kind: str | None = None, **extra: Any) -> None:
+                 kind: str | None = None, retry_after: int | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        if retry_after is not None:
+            self.retry_after = int(retry_after)
         if title is not None:
             self.title = title
         if status is not None:
@@ -105,6 +109,13 @@ class PayloadTooLarge(TaskgaugeError):
 
 class InvalidInput(TaskgaugeError):
     status, title, kind = 422, "Invalid input", "invalid-input"
+
+
+class TooManyRequests(TaskgaugeError):
+    """A per-owner quota or a rate limit; ``retry_after`` says when to try again."""
+
+    status, title, kind = 429, "Too many requests", "too-many-requests"
+    retry_after = 60
 
 
 class ServiceUnavailable(TaskgaugeError):

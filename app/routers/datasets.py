@@ -77,7 +77,7 @@ def _bool(v: str | None) -> bool:
 
 
 @router.post("", status_code=201, response_model=DatasetPublic, operation_id="datasets-upload",
-             openapi_extra=UPLOAD_BODY, responses=responses(400, 413, 503))
+             openapi_extra=UPLOAD_BODY, responses=responses(400, 413, 429, 503))
 async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> DatasetPublic:
     """Upload a dataset file (multipart field ``file``). It is streamed to disk with the size limit enforced as it
     arrives, hashed, parsed into the canonical form in a memory-limited subprocess (at most
@@ -99,14 +99,26 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
         except ValidationError as exc:
             raise InvalidInput("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()),
                                title="Invalid ingest options") from None
+        raw_name = upload.fields.get("name") or ""
+        if "\x00" in raw_name or "\x00" in (upload.filename or ""):  # PostgreSQL cannot store NUL: refused on both
+            raise InvalidInput("the dataset name or file name contains a NUL character; rename it",
+                               title="Invalid name")
         filename = _printable(upload.filename or "") or "upload"
-        name = _printable(upload.fields.get("name") or "").strip() or filename
+        name = _printable(raw_name).strip() or filename
+        await run_in_threadpool(_check_storage, state, owner.owner_id, upload.size)  # before parsing it
         async with ingest_slot(request, settings.MAX_CONCURRENT_INGESTS, settings.INGEST_QUEUE_S):
             row = await run_in_threadpool(services.ingest_and_store, state, owner.owner_id, upload.path, options,
                                           name=name[:300], filename=filename, sha256=upload.sha256, size=upload.size)
         return DatasetPublic.model_validate(row)
     finally:
         upload.cleanup()
+
+
+def _check_storage(state, owner_id: str, incoming: int) -> None:
+    from taskgauge.services.quotas import check_storage
+
+    with state.sessions() as s:
+        check_storage(s, owner_id, state.settings, incoming)
 
 
 @router.get("", response_model=DatasetsPublic, operation_id="datasets-list", responses=responses())

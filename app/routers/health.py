@@ -1,4 +1,5 @@
-"""``/healthz`` (liveness: the process answers) and ``/readyz`` (readiness: the database and the broker answer)."""
+"""``/healthz`` (liveness: the process answers) and ``/readyz`` (readiness: the database and the broker answer, and
+under ``taskgauge serve`` its embedded worker is running and ready: ``app.supervisor``)."""
 
 from __future__ import annotations
 
@@ -48,4 +49,10 @@ async def readyz(state: StateDep) -> Readiness:
             raise ServiceUnavailable(f"{name} is not reachable: {type(exc).__name__}: {exc}. Check TASKGAUGE_"
                                      f"{'DATABASE_URL' if name == 'database' else 'BROKER_URL'} and that the "
                                      "service is up", title=f"{name.capitalize()} unavailable") from None
-    return Readiness(status="ok", **results)
+    from app.supervisor import worker_state
+
+    ok, detail = worker_state()
+    if not ok:
+        raise ServiceUnavailable(f"{detail}; analyses wait in the queue until it is back. Retry shortly",
+                                 title="Worker unavailable", retry_after=5)
+    return Readiness(status="ok", worker=detail, **results)

@@ -1,6 +1,6 @@
 """Model specs (docs/methods.md §4) and the builders that turn them into ``nn.Module``s."""
 
-from estimators.models.builders import build_model, count_params
+from estimators.models.builders import build_model, count_params, spec_param_count
 from estimators.models.spec import (
     ARCHITECTURES,
     CNNSpec,
@@ -25,4 +25,5 @@ __all__ = [
     "build_model",
     "count_params",
     "parse_model_spec",
+    "spec_param_count",
 ]

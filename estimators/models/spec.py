@@ -28,7 +28,7 @@ Activation = Literal["relu", "tanh", "gelu", "sigmoid", "elu", "leaky_relu"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TrainSpec(_Strict):

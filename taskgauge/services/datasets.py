@@ -87,6 +87,9 @@ def store_staged(ctx: Context, owner_id: str, staged: StagedBlob, *, name: str, 
     created_file = False
     try:
         with ctx.sessions() as s, s.begin():
+            from taskgauge.services.quotas import check_storage
+
+            check_storage(s, owner_id, ctx.settings, size)
             s.execute(db.upsert_touch(db.Blob.__table__, s.get_bind().dialect.name,
                                       {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
                                       ["sha256"], "size"))

@@ -383,9 +383,11 @@ def test_same_data_under_two_names_is_stored_once_and_lists_are_summaries(stack,
 def test_control_characters_in_names_and_huge_offsets(stack, client):
     b = io.BytesIO()
     np.savez(b, X=np.random.default_rng(12).normal(size=(10, 2)))
-    r = _post(client, "nul\x00name.npz", b.getvalue(), name="a\x00b")  # PostgreSQL cannot store NUL
+    r = _post(client, "nul\x00name.npz", b.getvalue(), name="a\x00b")  # PostgreSQL cannot store NUL: refused
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM and "NUL" in r.json()["detail"]
+    r = _post(client, "tab\tname.npz", b.getvalue(), name="a\x07b")  # other control characters are replaced
     assert r.status_code == 201, r.text
-    assert r.json()["name"] == "a\ufffdb" and "\x00" not in r.json()["filename"]
+    assert r.json()["name"] == "a\ufffdb" and "\t" not in r.json()["filename"]
     assert client.delete(f"/datasets/{r.json()['id']}").status_code == 204
     r = client.get("/datasets", params={"offset": "99999999999999999999"})
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
