@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from estimators import _native
+from estimators.knn.memory import release_freed_memory
 from estimators.validation import as_matrix
 from estimators.base import EstimatorError, ProgressFn, no_progress
 
@@ -124,89 +125,6 @@ class KNNResult:
     indices: torch.Tensor
     query_index: torch.Tensor | None
     stats: dict = field(default_factory=dict)
-
-
-@dataclass
-class Duplicates:
-    """Exact duplicate rows. ``unique_index``: first occurrence of each distinct row (ascending);
-    ``inverse``: (N,) position in ``unique_index`` of every row; ``groups``: rows of each group of size > 1
-    (members ascending, groups ordered by first occurrence)."""
-
-    unique_index: np.ndarray
-    inverse: np.ndarray
-    groups: list[list[int]]
-
-    @property
-    def n_removed(self) -> int:
-        return int(self.inverse.shape[0] - self.unique_index.shape[0])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# exact duplicates
-
-
-def exact_duplicates(X: torch.Tensor | np.ndarray) -> Duplicates:
-    """Find rows that are exactly equal (bitwise after mapping -0.0 to 0.0).
-
-    Rows are hashed (their bytes as 64-bit words, multiplied by fixed random odd constants and summed modulo
-    2^64); rows sharing a hash are then compared exactly, so a hash collision can never merge distinct rows.
-    Cost O(N·D), versus the O(N·D·log N) lexicographic sort of ``np.unique(axis=0)``.
-
-    >>> d = exact_duplicates(np.array([[1.0, 2.0], [0.0, 1.0], [1.0, 2.0], [-0.0, 1.0]]))
-    >>> d.unique_index.tolist(), d.inverse.tolist(), d.groups, d.n_removed
-    ([0, 1], [0, 1, 0, 1], [[0, 2], [1, 3]], 2)
-    """
-    a = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
-    n = int(a.shape[0])
-    a = np.ascontiguousarray(a.reshape(n, int(np.prod(a.shape[1:], dtype=np.int64))))
-    if a.dtype.kind not in "fiub":
-        a = a.astype(np.float64)
-    if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return Duplicates(unique_index=empty, inverse=empty, groups=[])
-
-    def words(rows) -> np.ndarray:
-        """Canonical 64-bit words of some rows (-0.0 -> 0.0, bytes zero-padded to a multiple of 8)."""
-        c = a[rows]
-        if c.dtype.kind == "f":
-            c = c + c.dtype.type(0.0)  # -0.0 -> 0.0 (NaN payloads are kept bitwise)
-        raw = np.ascontiguousarray(c).view(np.uint8).reshape(c.shape[0], -1)
-        pad = (-raw.shape[1]) % 8
-        if pad:
-            raw = np.concatenate([raw, np.zeros((raw.shape[0], pad), np.uint8)], axis=1)
-        return np.ascontiguousarray(raw).view(np.uint64)
-
-    n_words = (a.shape[1] * a.dtype.itemsize + 7) // 8
-    mult = np.random.default_rng(0x7A5C6A).integers(1, 2**62, size=n_words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    h = np.zeros(n, dtype=np.uint64)
-    step = max(1, (1 << 17) // max(n_words, 1))  # ~1 MB chunks: cache-resident, no large fresh allocations
-    with np.errstate(over="ignore"):
-        for s in range(0, n, step):
-            w = words(slice(s, s + step))
-            # mix each word before the weighted sum so that structured inputs spread over 64 bits
-            h[s : s + step] = ((w ^ (w >> np.uint64(29))) * mult).sum(axis=1, dtype=np.uint64)
-    order = np.argsort(h, kind="stable")
-    hs = h[order]
-    rep = np.arange(n, dtype=np.int64)  # smallest row index of each exact group
-    same = np.flatnonzero(hs[1:] == hs[:-1])
-    if same.size:
-        starts = np.flatnonzero(np.diff(np.concatenate([[-2], same])) > 1)
-        run_start = same[starts]
-        run_stop = np.concatenate([same[starts[1:] - 1], same[-1:]]) + 2
-        for s, e in zip(run_start, run_stop):
-            rows = np.sort(order[s:e])
-            _, first, inv = np.unique(words(rows), axis=0, return_index=True, return_inverse=True)
-            rep[rows] = rows[first[inv.reshape(-1)]]
-    unique_index = np.flatnonzero(rep == np.arange(n))
-    inverse = np.searchsorted(unique_index, rep).astype(np.int64)
-    counts = np.bincount(inverse, minlength=unique_index.size)
-    groups: list[list[int]] = []
-    if (counts > 1).any():
-        members = np.argsort(inverse, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        for g in np.flatnonzero(counts > 1):
-            groups.append(members[bounds[g] : bounds[g + 1]].tolist())
-    return Duplicates(unique_index=unique_index.astype(np.int64), inverse=inverse, groups=groups)
 
 
 class _Clock:
@@ -1151,32 +1069,6 @@ def kneighbors(
         release_freed_memory(dev)
     return KNNResult(distances=out_d.cpu(), indices=out_i.cpu().long(), query_index=None if qi is None else qi.cpu(),
                      stats=stats)
-
-
-def release_freed_memory(dev: torch.device | str = "cpu") -> None:
-    """Hand the heap pages that the search freed back to the OS (glibc ``malloc_trim``).
-
-    The search allocates and frees many medium-sized temporaries; glibc keeps freed heap pages mapped, so without
-    this the resident set of a process that runs several analyses grows from call to call. The estimators call it
-    once more at their end, after their own post-processing. Linux/glibc CPU only; a no-op elsewhere."""
-    global _malloc_trim
-    if torch.device(dev).type != "cpu":
-        return
-    if _malloc_trim is None:
-        _malloc_trim = False
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6")
-            _malloc_trim = libc.malloc_trim
-            _malloc_trim.argtypes, _malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-        except (OSError, AttributeError):
-            pass
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
 
 
 def _as_matrix(X, name: str) -> torch.Tensor:
