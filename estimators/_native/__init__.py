@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-_ABI = 4
+_ABI = 5
 #: pairs below which one thread does the work (thread hand-off costs more than it saves)
 _THREAD_MIN_PAIRS = 4096
 
@@ -48,6 +48,12 @@ def _load():
         fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64])
+        for name in ("tg_block_candidates_ref_f32", "tg_block_candidates_ref_f64"):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int64
+            fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64])
         for name in ("tg_topk_merge", "tg_topk_merge_i32"):
             fn = getattr(lib, name)
             fn.restype = None
@@ -93,6 +99,21 @@ class BlockCandidates:
                 return self.rows[:m].clone(), self.cols[:m].clone(), self.d[:m].clone()
             self._alloc(max(m, 2 * self.cap))
         raise RuntimeError("tg_block_candidates: the output did not fit after growing")  # cannot happen
+
+    def run_ref(self, sq, thr_row, thr_col, nb: int, ref, row_ids, col_ids):
+        """As :meth:`run`, with the exact distances taken from the rows ``row_ids``/``col_ids`` of ``ref`` (the
+        original (n, D) float32 or float64 data, ``tg_block_candidates_ref_*`` in exact.c)."""
+        fn = {torch.float32: _lib.tg_block_candidates_ref_f32, torch.float64: _lib.tg_block_candidates_ref_f64}[ref.dtype]
+        sq, thr_row, thr_col, row_ids, col_ids = (t.contiguous() for t in (sq, thr_row, thr_col, row_ids, col_ids))
+        R, C = sq.shape
+        for _ in range(2):
+            m = fn(sq.data_ptr(), R, C, thr_row.data_ptr(), thr_col.data_ptr(), int(nb), ref.data_ptr(),
+                   int(ref.shape[1]), row_ids.data_ptr(), col_ids.data_ptr(), self.rows.data_ptr(),
+                   self.cols.data_ptr(), self.d.data_ptr(), self.cap)
+            if m <= self.cap:
+                return self.rows[:m].clone(), self.cols[:m].clone(), self.d[:m].clone()
+            self._alloc(max(m, 2 * self.cap))
+        raise RuntimeError("tg_block_candidates_ref: the output did not fit after growing")  # cannot happen
 
 
 def topk_merge(rows: torch.Tensor, cols: torch.Tensor, d: torch.Tensor, out_d: torch.Tensor,

@@ -96,6 +96,48 @@ TG_CLONES int64_t tg_block_candidates(const float *sq, int64_t R, int64_t C, con
     return m;
 }
 
+/* The same block pass, with each candidate's exact distance taken from the original rows of the data set (float32
+ * or float64, row-major (n, D)) by id: ref + row_ids[i] * D and ref + col_ids[j] * D. Used when the GEMM frame is
+ * not the data itself (float64 input, or a centred float32 copy): the candidates' distances are still the exact
+ * float64 distances of the user's values, computed inside the block loop (no queue, no later exact phase). */
+#define TG_BLOCK_REF(NAME, T, DIST)                                                                          \
+    TG_CLONES int64_t NAME(const float *sq, int64_t R, int64_t C, const float *thr_row, const float *thr_col, \
+                           int64_t nb, const T *ref, int64_t D, const int64_t *row_ids, const int64_t *col_ids, \
+                           int64_t *out_rows, int64_t *out_cols, double *out_d, int64_t cap) {               \
+        int64_t m = 0;                                                                                       \
+        for (int64_t i = 0; i < R; ++i) {                                                                    \
+            const float *srow = sq + i * C;                                                                  \
+            const float tr = thr_row[i];                                                                     \
+            const T *qi = ref + row_ids[i] * D;                                                              \
+            for (int64_t j = 0; j < C; ++j) {                                                                \
+                const float v = srow[j];                                                                     \
+                const int mine = v <= tr;                                                                    \
+                const int theirs = j >= nb && v <= thr_col[j];                                               \
+                if (!(mine | theirs))                                                                        \
+                    continue;                                                                                \
+                if (m + mine + theirs > cap) {                                                               \
+                    m += mine + theirs;                                                                      \
+                    continue;                                                                                \
+                }                                                                                            \
+                const double dd = DIST(qi, ref + col_ids[j] * D, D);                                         \
+                if (mine) {                                                                                  \
+                    out_rows[m] = row_ids[i];                                                                \
+                    out_cols[m] = col_ids[j];                                                                \
+                    out_d[m++] = dd;                                                                         \
+                }                                                                                            \
+                if (theirs) {                                                                                \
+                    out_rows[m] = col_ids[j];                                                                \
+                    out_cols[m] = row_ids[i];                                                                \
+                    out_d[m++] = dd;                                                                         \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        return m;                                                                                            \
+    }
+
+TG_BLOCK_REF(tg_block_candidates_ref_f32, float, tg_dist_f32)
+TG_BLOCK_REF(tg_block_candidates_ref_f64, double, tg_dist_f64)
+
 /* Merge exact pairs into every row's k best (estimators.knn._Engine._merge_rows).
  *
  * out_d/out_i: (Q, k) row-major, each row ascending by (distance, index), empty slots (index -1, distance +inf)
@@ -138,4 +180,4 @@ TG_MERGE(tg_topk_merge, int64_t)
 TG_MERGE(tg_topk_merge_i32, int32_t)
 
 /* ABI version of this file, checked by the loader (estimators/_native/__init__.py). */
-int tg_native_abi(void) { return 4; }
+int tg_native_abi(void) { return 5; }

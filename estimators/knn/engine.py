@@ -58,6 +58,7 @@ pruning bound in taskgauge comes from this module.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -99,6 +100,17 @@ _HOME_NEED = 384
 #: the pruning gives way to the brute force once this many queries are done and this fraction of pairs survived
 _FALLBACK_AFTER = 2048
 _FALLBACK_SURVIVORS = 0.6
+#: rows of one brute-force task of the symmetric search (small consecutive clusters taken together)
+_BRUTE_ROWS = 256
+#: columns per GEMM piece of a brute-force task (its block of distances stays cache-sized)
+_BRUTE_COLS = 1024
+#: while the brute force is chosen, every this-many-th task still runs pruned (keeps the comparison current)
+_PROBE_EVERY = 16
+#: weight kept by the past at each block in the running cost comparison of pruned and brute-force blocks
+_DECAY = 0.9
+#: ``kneighbors(method=...)``: "auto" chooses per block from measured costs; "pruned"/"brute" force one form (the
+#: answer is the same; for tests and benchmarks)
+_METHODS = ("auto", "pruned", "brute")
 #: pairs per chunk of the float64 recomputation
 _EXACT_CHUNK = 1 << 17
 #: exact pairs of the symmetric search's block loop that trigger a merge (cheap: no sort with the native kernel)
@@ -772,14 +784,235 @@ def _up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.nextafter(y, torch.full_like(y, math.inf))
 
 
-def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
-    """Step 2 for the full self-query, each unordered pair considered once.
+class _Worker:
+    """One thread's state in :class:`_Workers`: its own best lists (merged at the end), buffers and queue."""
+
+    def __init__(self, n: int, k: int, device, id_dtype, out_d=None, out_i=None):
+        if out_d is None:
+            out_d = torch.empty((n, k), dtype=torch.float64, device=device)
+            out_i = torch.empty((n, k), dtype=id_dtype, device=device)
+        _no_neighbours_yet(out_d, out_i)
+        self.out_d, self.out_i = out_d, out_i
+        self.device = device
+        self.block = _native.BlockCandidates() if _native.available() else None
+        self.gbuf: torch.Tensor | None = None
+        self.pbuf: torch.Tensor | None = None
+        self.ready: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.n_ready = 0
+        self.examined = 0
+        self.seconds: dict[str, float] = {}
+
+    def clock(self, name: str, sec: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + sec
+
+    def gather(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Rows ``cols`` of ``x`` in this worker's reused buffer (fresh large blocks per call fragment the heap)."""
+        size = cols.numel() * x.shape[1]
+        if self.gbuf is None or self.gbuf.numel() < size or self.gbuf.dtype != x.dtype:
+            grow = 0 if self.gbuf is None else self.gbuf.numel() * 3 // 2
+            self.gbuf = None
+            self.gbuf = torch.empty(max(size, grow), dtype=x.dtype, device=self.device)
+        return torch.index_select(x, 0, cols, out=self.gbuf[:size].view(cols.numel(), x.shape[1]))
+
+    def proj_buffer(self, size: int, dtype: torch.dtype) -> torch.Tensor:
+        if self.pbuf is None or self.pbuf.numel() < size or self.pbuf.dtype != dtype:
+            self.pbuf = None
+            self.pbuf = torch.empty(size, dtype=dtype, device=self.device)
+        return self.pbuf
+
+    def sq_dists(self, q, qn2, x, n2, cols) -> torch.Tensor:
+        """``fl(|q|² + |x_j|² - 2 q·x_j)`` for the rows of ``x`` (or its rows ``cols``): the certified GEMM of
+        step 1, as :meth:`_Engine.sq_dists` computes it."""
+        if cols is not None:
+            x, n2 = self.gather(x, cols), n2.index_select(0, cols)
+        s = torch.addmm(n2.unsqueeze(0), q, x.T, beta=1, alpha=-2)
+        s += qn2.unsqueeze(1)
+        return s
+
+    def add_exact(self, rows, cols, d) -> None:
+        self.ready.append((rows, cols, d))
+        self.n_ready += rows.numel()
+        self.examined += rows.numel()
+
+    def maybe_flush(self, force: bool = False) -> None:
+        if self.ready and (force or self.n_ready > _FLUSH_READY):
+            rows = torch.cat([p[0] for p in self.ready])
+            cols = torch.cat([p[1] for p in self.ready])
+            d = torch.cat([p[2] for p in self.ready])
+            self.ready, self.n_ready = [], 0
+            t = time.perf_counter()
+            _native.topk_merge(rows, cols, d, self.out_d, self.out_i)
+            self.clock("select", time.perf_counter() - t)
+
+
+class _Workers:
+    """Coarse parallelism: whole tasks (blocks of rows) go to ``threads`` threads, each running torch with one
+    intra-op thread, taking the next task when it is done with one (no barrier per small piece: a thread slowed
+    by another process on its core only does fewer tasks). The calling thread is worker 0 (it reports
+    progress); the workers' best lists are merged at the end into ``out_d``/``out_i``."""
+
+    def __init__(self, threads: int, eng, n: int, k: int, out_d, out_i, native: bool):
+        self.threads = threads
+        self.native = native
+        self.out_d, self.out_i = out_d, out_i
+        self.workers = [_Worker(n, k, eng.device, out_i.dtype, out_d, out_i)]
+        self.workers += [_Worker(n, k, eng.device, out_i.dtype) for _ in range(threads - 1)]
+        self.examined = 0
+        self.seconds: dict[str, float] = {}
+        self._saved = None
+
+    @staticmethod
+    def count(dev) -> int:
+        """Worker threads for a search on ``dev``: torch's intra-op thread count on the CPU (the process's share
+        of the cores, set by its owner), 1 elsewhere."""
+        return max(1, torch.get_num_threads()) if torch.device(dev).type == "cpu" else 1
+
+    def __enter__(self):
+        if self.threads > 1:
+            self._saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if exc[0] is None:
+                for w in self.workers:
+                    w.maybe_flush(force=True)
+                for w in self.workers[1:]:
+                    have = w.out_i >= 0
+                    rows = torch.nonzero(have)[:, 0]
+                    _native.topk_merge(rows, w.out_i[have], w.out_d[have], self.out_d, self.out_i)
+                for w in self.workers:
+                    self.examined += w.examined
+                    for name, sec in w.seconds.items():
+                        self.seconds[name] = self.seconds.get(name, 0.0) + sec
+            self.workers = []
+        finally:
+            if self._saved is not None:
+                torch.set_num_threads(self._saved)
+        return False
+
+    def run(self, tasks, fn, progress=None) -> None:
+        """``fn(worker, task)`` for every task of the iterator ``tasks`` (its ``__next__`` must be thread-safe or
+        the iterator is wrapped under a lock here)."""
+        lock = threading.Lock()
+        failed: list[BaseException] = []
+
+        def take():
+            with lock:
+                if failed:
+                    return None
+                return next(tasks, None)
+
+        def loop(w: _Worker, main: bool) -> None:
+            if not main and self.threads > 1:
+                torch.set_num_threads(1)  # this thread's OpenMP setting (torch's is per thread for OpenMP)
+            try:
+                while (task := take()) is not None:
+                    fn(w, task)
+                    if main and progress is not None:
+                        progress()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                with lock:
+                    failed.append(e)
+
+        others = [threading.Thread(target=loop, args=(w, False), daemon=True) for w in self.workers[1:]]
+        for t in others:
+            t.start()
+        loop(self.workers[0], True)
+        for t in others:
+            t.join()
+        if failed:
+            raise failed[0]
+
+
+class _Chooser:
+    """The tasks of the symmetric search, and for each the form it runs in (:func:`_pruned_symmetric`).
+
+    A pruned block measures its projected test, its GEMM on the surviving columns and its candidate pass. The
+    same block by brute force would cost its GEMM on *all* its columns (at the GEMM rate measured on the blocks
+    so far, per (row, column) pair) plus the same candidate pass. Both are measured at the same moment on the same
+    machine, so their ratio does not depend on the load. Recent blocks weigh more (decay ``_DECAY`` per block);
+    once the pruned blocks cost more than their brute-force estimate, blocks run by brute force (several small
+    consecutive clusters together, up to ``_BRUTE_ROWS`` rows), and every ``_PROBE_EVERY``-th task still runs
+    pruned, so the choice can go back when pruning starts to pay again (denser regions of the data)."""
+
+    def __init__(self, units, n: int, force: str | None):
+        self.units, self.n, self.force = units, n, force
+        # a brute-force task: up to _BRUTE_ROWS rows, and at most 1/64 of the rows (tasks stay many enough for the
+        # threads to share the work evenly to the end, and for progress reports)
+        self.brute_rows = min(_BRUTE_ROWS, max(32, n // 64))
+        self.pos = 0
+        self.lock = threading.Lock()
+        self.mode = force or "pruned"
+        self.tasks = 0
+        self.pr_s = self.br_s = 0.0
+        self.g_s = self.g_p = 0.0
+        self.seen = self.survivors = 0
+        self.counts = {"pruned": 0, "brute": 0}
+        self.switches: list[int] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self.lock:
+            if self.pos >= len(self.units):
+                raise StopIteration
+            self.tasks += 1
+            mode = self.mode
+            if self.force is None and mode == "brute" and self.tasks % _PROBE_EVERY == 0:
+                mode = "pruned"
+            group = [self.units[self.pos]]
+            self.pos += 1
+            rows = group[0][2] - group[0][1]
+            while mode == "brute" and self.pos < len(self.units):
+                u = self.units[self.pos]
+                if rows + u[2] - u[1] > self.brute_rows:
+                    break
+                group.append(u)
+                rows += u[2] - u[1]
+                self.pos += 1
+            self.counts[mode] += 1
+            return mode, group
+
+    def report(self, mode, group, rows, cols_all, ncols, t_proj, t_gemm, t_kernel, t_total) -> None:  # noqa: ARG002
+        with self.lock:
+            self.seen += sum((e - s) * (self.n - s) for _, s, e in group)
+            self.survivors += rows * ncols
+            if ncols:
+                self.g_s = self.g_s * _DECAY + t_gemm
+                self.g_p = self.g_p * _DECAY + rows * ncols
+            if mode != "pruned" or not self.g_p:
+                return
+            self.pr_s = self.pr_s * _DECAY + t_total
+            self.br_s = self.br_s * _DECAY + self.g_s / self.g_p * rows * cols_all + t_kernel
+            if self.force is None:
+                new = "brute" if self.pr_s > self.br_s else "pruned"
+                if new != self.mode:
+                    self.switches.append(self.pos)
+                    self.mode = new
+
+    def summary(self) -> dict:
+        pairs = sum((e - s) * (self.n - s) for _, s, e in self.units)
+        return {"pruned_fraction": round(max(0.0, 1.0 - self.survivors / max(1, pairs)), 4),
+                "blocks_pruned": self.counts["pruned"], "blocks_brute": self.counts["brute"],
+                "switches": len(self.switches), "chosen": self.mode}
+
+
+def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = None) -> None:
+    """Step 2 for the full self-query, each unordered pair considered once, in coarse parallel tasks.
 
     Reference rows are ordered by k-means cluster; every row's ``U_i`` comes first (home clusters). A block
     of rows [s, e) is then compared with the columns [s, n) only: a column j survives when the projected
     bound cannot exclude it for some row i of the block (``d_ij <= U_i``) *or* for j itself (``d_ij <= U_j``);
     the block's certified distances emit candidates in both directions. Pairs with j < s were met when j's
-    block was processed. Candidate thresholds are fixed by U, so no per-row top-k is needed.
+    block was processed. Candidate thresholds are fixed by U, so no per-row top-k is needed, and the blocks are
+    independent: whole blocks go to worker threads (:class:`_Workers`), no barrier inside a block.
+
+    Each block runs *pruned* (the projected test first, then the GEMM on the surviving columns) or as *brute force*
+    (the GEMM on all its columns): the same candidates either way. :class:`_Chooser` picks, block by block, the form
+    that costs less as measured on the blocks already done (``force``: always that form).
     """
     n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
     pj = _projection(eng, None, None)
@@ -793,6 +1026,11 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     home_need = _home_need(k)
     homes = _home_clusters(pj.cent, counts.tolist(), home_need)
     del pj
+    # the GEMM frame in permuted order: a block's rows and a brute-force block's columns are contiguous slices. A
+    # centred copy is replaced by its permuted form (no extra memory); float32 input gets a permuted copy.
+    x_p = eng.x.index_select(0, perm)
+    if eng.centered:
+        eng.x = None
     release_freed_memory(dev)  # k-means' temporaries and the unpermuted projection, before the search's own
     rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
     cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
@@ -802,94 +1040,123 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     for c in range(m):
         for s in range(starts[c], starts[c + 1], rows_max):
             units.append((c, s, min(starts[c + 1], s + rows_max)))
-    # U for every row from its home clusters (own first, then the nearest centroids)
-    U = torch.empty(n, dtype=torch.float64, device=dev)
-    for c, s, e in units:
-        home_cols = torch.cat([torch.arange(starts[c_], starts[c_ + 1], device=dev) for c_ in homes[c]])
-        sh = eng.sq_dists(eng.x.index_select(0, perm[s:e]), n2_p[s:e], perm.index_select(0, home_cols))
-        sh.masked_fill_(home_cols.unsqueeze(0) == torch.arange(s, e, device=dev).unsqueeze(1), math.inf)
-        kth = torch.topk(sh, k, dim=1, largest=False, sorted=False).values.amax(1).to(torch.float64)
-        U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
-    eng.clock.lap("home")
-    thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
-    thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
-    # exact distances inside the block loop when the GEMM frame holds the reference's own values and the native
-    # kernel is there (the CPU case of float32 input); otherwise candidate pairs wait for the exact phase
-    in_cache = (_EXACT_IN_BLOCK and not eng.centered and eng.x.dtype == eng.ref.dtype == torch.float32
-                and dev.type == "cpu" and _native.available())
-    block_out = _native.BlockCandidates() if in_cache else None
-    stats["exact_in_block"] = in_cache
+    # exact distances inside the block loop with the native kernel (CPU): from the block's rows and the gathered
+    # columns while both are in cache when the GEMM frame holds the data's own float32 values, else from the
+    # original rows by id; then blocks run in parallel. Otherwise (CUDA, no native kernel) candidate pairs wait
+    # for the exact phase of the engine, one block at a time.
+    native = _EXACT_IN_BLOCK and dev.type == "cpu" and _native.available() and eng.cdt == torch.float32
+    own_values = not eng.centered and x_p.dtype == eng.ref.dtype == torch.float32
+    stats["exact_in_block"] = native
+    threads = _Workers.count(dev) if native else 1
+    stats["threads"] = threads
     widest = min(rows_max, max(e - s for _, s, e in units))
     if dev.type == "cpu":
         proj_cols = max(256, min(proj_cols, _PROJ_PIECE // widest))
-    proj_buf = torch.empty(min(n, proj_cols) * widest, dtype=eng.cdt, device=dev)
-    _no_neighbours_yet(out_d, out_i)
-    total = sum((e - s) * (n - s) for _, s, e in units)
-    seen = survivors = done = 0
-    brute_mode = False
-    for _, s, e in units:
-        q, qn2 = eng.x.index_select(0, perm[s:e]), n2_p[s:e]
-        if brute_mode:
-            cols = torch.arange(s, n, device=dev)
-        else:
-            # computed projected squared distances G (columns × rows), in pieces of proj_cols columns (a
-            # cache-sized block on the CPU). Column j survives when some row i of the block may have it among
-            # its neighbours (G_ij <= thrz_i) or it may have row i among its own (G_ij <= thrz_j). Both tests
-            # compare G with a threshold rounded up to the GEMM dtype; fl(G - t) <= 0 exactly when G <= t.
-            zu = _query_form(z_p[s:e]).T
-            thr_rows = thrz_up[s:e].unsqueeze(0)
-            keep = torch.empty(n - s, dtype=torch.bool, device=dev)
-            for j0 in range(s, n, proj_cols):
-                j1 = min(n, j0 + proj_cols)
-                G = torch.mm(z_p[j0:j1], zu, out=proj_buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
-                mine = torch.amin(G, 1) <= thrz_up[j0:j1]
-                keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
-            cols = torch.nonzero(keep).flatten() + s
-            eng.clock.lap("projected")
-        seen += (e - s) * (n - s)
-        survivors += (e - s) * cols.numel()
-        for c0 in range(0, cols.numel(), cols_max):
-            cc_ = cols[c0 : c0 + cols_max]
-            sq = eng.sq_dists(q, qn2, perm.index_select(0, cc_))
-            inblock = torch.nonzero(cc_ < e).flatten()
-            sq[cc_.index_select(0, inblock) - s, inblock] = math.inf  # self
-            eng.clock.lap("gemm")
-            # the other direction (column j as the query, row i as its candidate) counts for columns outside the
-            # block only: an in-block pair {i, j} already met both directions as the entries (i, j) and (j, i),
-            # so no pair is ever queued twice (the columns are ascending: the in-block ones are a prefix)
-            nb = inblock.numel()
-            if in_cache:
-                # exact distances now, from the block's rows and the gathered columns while both are in cache (the
-                # reference's own float32 values: no centred copy in this mode); one pass of the native kernel does
-                # the threshold tests of both directions and computes each kept pair's distance once
-                gr, gc, d = block_out.run(sq, thr_c[s:e], thr_c.index_select(0, cc_), nb, q, eng.gathered,
-                                          perm[s:e], perm.index_select(0, cc_))
-                eng.add_exact(gr, gc, d)
-                eng.examined += gr.numel()
+
+    with _Workers(threads, eng, n, k, out_d, out_i, native) as pool:
+        # U for every row from its home clusters (own first, then the nearest centroids)
+        U = torch.empty(n, dtype=torch.float64, device=dev)
+
+        def home(w, unit) -> None:
+            c, s, e = unit
+            home_cols = torch.cat([torch.arange(starts[c_], starts[c_ + 1], device=dev) for c_ in homes[c]])
+            sh = w.sq_dists(x_p[s:e], n2_p[s:e], x_p, n2_p, home_cols)
+            sh.masked_fill_(home_cols.unsqueeze(0) == torch.arange(s, e, device=dev).unsqueeze(1), math.inf)
+            kth = torch.topk(sh, k, dim=1, largest=False, sorted=False).values.amax(1).to(torch.float64)
+            U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
+
+        pool.run(iter(units), home)
+        eng.clock.lap("home")
+        thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
+        thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
+        chooser = _Chooser(units, n, force)
+        total = sum((e - s) * (n - s) for _, s, e in units)
+
+        def block(w, task) -> None:
+            mode, group = task
+            s, e = group[0][1], group[-1][2]
+            q, qn2 = x_p[s:e], n2_p[s:e]
+            t0 = time.perf_counter()
+            if mode == "brute":
+                cols = None
+                ncols = n - s
             else:
-                rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
-                eng.add(perm.index_select(0, rr + s), perm.index_select(0, cc_.index_select(0, cc)), sq[rr, cc])
-                if nb < cc_.numel():
-                    out = sq[:, nb:]
-                    rr, cc = torch.nonzero(out <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
-                    eng.add(perm.index_select(0, cc_.index_select(0, cc + nb)), perm.index_select(0, rr + s),
-                            out[rr, cc])
-            eng.clock.lap("topk")
-        done += e - s
-        if eng.n_pairs > _FLUSH_PAIRS:  # bounded memory: flushes merge with the rows' best so far
-            eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
-        if eng.n_ready > _FLUSH_READY:
-            eng.flush_ready(out_d, out_i)
-        progress(0.95 * seen / total, "knn")
-        if not brute_mode and done >= max(_FALLBACK_AFTER, n // 20) and survivors > _FALLBACK_SURVIVORS * seen:
-            brute_mode = True
-            stats["fallback_after"] = done
-    eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
-    eng.flush_ready(out_d, out_i)
-    stats["pruned_fraction"] = round(1.0 - survivors / max(1, total), 4)
+                # computed projected squared distances G (columns × rows), in pieces of proj_cols columns (a
+                # cache-sized block on the CPU). Column j survives when some row i of the block may have it among
+                # its neighbours (G_ij <= thrz_i) or it may have row i among its own (G_ij <= thrz_j). Both tests
+                # compare G with a threshold rounded up to the GEMM dtype; fl(G - t) <= 0 exactly when G <= t.
+                zu = _query_form(z_p[s:e]).T
+                thr_rows = thrz_up[s:e].unsqueeze(0)
+                keep = torch.empty(n - s, dtype=torch.bool, device=dev)
+                buf = w.proj_buffer(min(n, proj_cols) * (e - s), z_p.dtype)
+                for j0 in range(s, n, proj_cols):
+                    j1 = min(n, j0 + proj_cols)
+                    G = torch.mm(z_p[j0:j1], zu, out=buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
+                    mine = torch.amin(G, 1) <= thrz_up[j0:j1]
+                    keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
+                cols = torch.nonzero(keep).flatten() + s
+                ncols = int(cols.numel())
+            t1 = time.perf_counter()
+            t_gemm = t_kernel = 0.0
+            step = cols_max if mode != "brute" else _BRUTE_COLS
+            for c0 in range(0, ncols, step):
+                ta = time.perf_counter()
+                if cols is None:
+                    c1 = min(ncols, c0 + step)
+                    cc_ = torch.arange(s + c0, s + c1, device=dev)
+                    sq = w.sq_dists(q, qn2, x_p[s + c0 : s + c1], n2_p[s + c0 : s + c1], None)
+                    xg = x_p[s + c0 : s + c1]
+                else:
+                    cc_ = cols[c0 : c0 + step]
+                    xg = w.gather(x_p, cc_)
+                    ta = time.perf_counter()  # the gather is not part of a brute-force block's cost
+                    sq = w.sq_dists(q, qn2, xg, n2_p.index_select(0, cc_), None)
+                inblock = torch.nonzero(cc_ < e).flatten()
+                sq[cc_.index_select(0, inblock) - s, inblock] = math.inf  # self
+                tb = time.perf_counter()
+                t_gemm += tb - ta
+                # the other direction (column j as the query, row i as its candidate) counts for columns outside
+                # the block only: an in-block pair {i, j} already met both directions as the entries (i, j) and
+                # (j, i), so no pair is ever queued twice (the columns are ascending: the in-block ones a prefix)
+                nb = inblock.numel()
+                ids_r, ids_c = perm[s:e], perm.index_select(0, cc_)
+                if native:
+                    # one pass of the native kernel does the threshold tests of both directions and computes each
+                    # kept pair's exact float64 distance once
+                    if own_values:
+                        gr, gc, d = w.block.run(sq, thr_c[s:e], thr_c.index_select(0, cc_), nb, q, xg, ids_r, ids_c)
+                    else:
+                        gr, gc, d = w.block.run_ref(sq, thr_c[s:e], thr_c.index_select(0, cc_), nb, eng.ref, ids_r,
+                                                    ids_c)
+                    w.add_exact(gr, gc, d)
+                else:
+                    rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
+                    eng.add(ids_r.index_select(0, rr), ids_c.index_select(0, cc), sq[rr, cc])
+                    if nb < cc_.numel():
+                        out = sq[:, nb:]
+                        rr, cc = torch.nonzero(out <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
+                        eng.add(ids_c.index_select(0, cc + nb), ids_r.index_select(0, rr), out[rr, cc])
+                t_kernel += time.perf_counter() - tb
+            if not native and eng.n_pairs > _FLUSH_PAIRS:  # bounded memory: flushes merge with the best so far
+                eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
+            w.maybe_flush()
+            t2 = time.perf_counter()
+            chooser.report(mode, group, e - s, n - s, ncols, t1 - t0, t_gemm, t_kernel, t2 - t0)
+            w.clock("projected", t1 - t0)
+            w.clock("gemm", t_gemm)
+            w.clock("topk", t_kernel)
+
+        pool.run(chooser, block, progress=lambda: progress(0.95 * chooser.seen / max(1, total), "knn"))
+    if not native:
+        eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
+    eng.examined += pool.examined
+    for name, sec in pool.seconds.items():
+        eng.clock.acc[name] = round(eng.clock.acc.get(name, 0.0) + sec, 4)
+    eng.clock.t = time.perf_counter()
+    stats.update(chooser.summary())
 
 
-def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, progress) -> None:
+def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, progress, fallback: bool = True) -> None:
     """Step 2 of the module docstring: exact pruning with principal-direction projections (anchors or
     separate queries; the full self-query uses :func:`_pruned_symmetric`). ``q``/``qnorm``: queries in the
     GEMM frame; ``qcnorm``: their norms about the reference mean (the projection's frame)."""
@@ -957,7 +1224,7 @@ def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, prog
             done += g.shape[0]
             progress(done / nq * 0.95, "knn")
             # graceful fallback: when most columns survive, the projection only adds work
-            if not brute_mode and done >= max(_FALLBACK_AFTER, nq // 20) and survivors > _FALLBACK_SURVIVORS * done * n:
+            if fallback and not brute_mode and done >= max(_FALLBACK_AFTER, nq // 20) and survivors > _FALLBACK_SURVIVORS * done * n:
                 brute_mode = True
                 stats["fallback_after"] = done
     eng.flush(q_rows, self_idx, out_d, out_i)
@@ -973,6 +1240,7 @@ def kneighbors(
     device: torch.device | str = "cpu",
     memory_budget_mb: int = 1024,
     progress: ProgressFn = no_progress,
+    method: str = "auto",
 ) -> KNNResult:
     """Exact k nearest neighbours in float64 Euclidean distance (module docstring; METHODS §0, §1.1, §7).
 
@@ -984,13 +1252,18 @@ def kneighbors(
 
     Distances are ``sqrt(sum((x_q - x_j)**2))`` in float64, ascending; equal distances are ordered by the smaller
     reference index. ``memory_budget_mb`` bounds the working buffers (beyond the inputs and a centred float32
-    copy of ``reference``); ``progress(fraction, "knn")`` is called after each chunk of queries.
+    copy of ``reference``); ``progress(fraction, "knn")`` is called after each chunk of queries. ``method``: "auto"
+    (default) lets the engine choose between the pruned search and the brute force from costs it measures during
+    the search; "pruned" or "brute" force one (large inputs only; small ones always use the brute force). The
+    answer never depends on it.
 
     >>> X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
     >>> r = kneighbors(X, 2)
     >>> r.indices.tolist(), r.distances.tolist()
     ([[1, 2], [0, 2], [3, 1], [2, 1]], [[1.0, 3.0], [1.0, 2.0], [1.0, 2.0], [1.0, 3.0]])
     """
+    if method not in _METHODS:
+        raise EstimatorError(f"kneighbors: method must be one of {', '.join(_METHODS)}, got {method!r}")
     reference = _as_matrix(reference, "reference")
     n, D = reference.shape
     if queries is not None and query_index is not None:
@@ -1045,7 +1318,7 @@ def kneighbors(
         prune = nq * n >= _PRUNE_MIN_PAIRS and n >= _PRUNE_MIN_REF and D >= _PRUNE_MIN_DIM
         if prune and self_query and query_index is None:
             stats["method"] = "pruned-symmetric"
-            _pruned_symmetric(eng, out_d, out_i, progress)
+            _pruned_symmetric(eng, out_d, out_i, progress, force=None if method == "auto" else method)
         else:
             if self_query:
                 q, qnorm, qcnorm = eng.x.index_select(0, qi), eng.norm.index_select(0, qi), eng.cnorm.index_select(0, qi)
@@ -1056,9 +1329,9 @@ def kneighbors(
                     for s in range(0, nq, eng.chunk)])
             eng.qnorm = qnorm
             eng.clock.lap("prepare")
-            if prune:
+            if prune and method != "brute":
                 stats["method"] = "pruned"
-                _pruned(eng, q, qnorm, qcnorm, q_rows, qi, out_d, out_i, progress)
+                _pruned(eng, q, qnorm, qcnorm, q_rows, qi, out_d, out_i, progress, fallback=method == "auto")
             else:
                 eng.brute(q, qnorm, q_rows, qi, out_d, out_i, progress)
         stats["candidates_mean"] = round(eng.examined / nq, 3)

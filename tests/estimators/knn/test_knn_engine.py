@@ -98,7 +98,7 @@ def exact_kernel(request, monkeypatch):
 @pytest.mark.parametrize("k", [1, 2, 20])
 def test_symmetric_pruned_path_exact_on_clustered_data(small_thresholds, exact_kernel, dtype, k):
     X = torch.from_numpy(clustered(1500, 64, 6, seed=k)).to(dtype)
-    res = kneighbors(X, k)
+    res = kneighbors(X, k, method="pruned")
     assert res.stats["method"] == "pruned-symmetric"
     assert res.stats["pruned_fraction"] > 0.3  # the pruning actually pruned on this data
     assert res.stats["centered_copy"] == (dtype == torch.float64)  # float32 input is used in place
@@ -140,7 +140,8 @@ def test_separate_queries_no_self_exclusion(small_thresholds):
 def test_isotropic_high_dimensional_data_falls_back_and_stays_exact(small_thresholds):
     X = torch.randn(1200, 256, generator=torch.Generator().manual_seed(7))
     res = kneighbors(X, 10)
-    assert "fallback_after" in res.stats  # the projection could not prune: brute force took over
+    # the projection cannot prune: the measured costs hand the blocks to the brute force
+    assert res.stats["chosen"] == "brute" and res.stats["blocks_brute"] > res.stats["blocks_pruned"]
     check(res, *brute(X.numpy(), 10))
     qi = torch.arange(0, 1200, 2)
     res = kneighbors(X, 10, query_index=qi)
@@ -246,15 +247,16 @@ def test_no_candidate_pair_is_queued_twice_between_exact_phases(small_thresholds
     check(res, *brute(X.numpy(), 10, query_index=qi))
 
 
-def test_symmetric_search_with_exact_distances_in_the_block_loop(small_thresholds):
-    """float32 input with the native kernel: exact distances are computed inside the block loop from the gathered
-    rows; every directed pair arrives at most once, nothing goes through the pending-pair phase, and the answer
-    is the float64 brute force's."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetric_search_with_exact_distances_in_the_block_loop(small_thresholds, dtype):
+    """With the native kernel, exact distances are computed inside the block loop (float32: from the gathered
+    rows; float64: from the original rows by id); every directed pair arrives at most once, nothing goes through
+    the pending-pair phase, and the answer is the float64 brute force's."""
     if not native.available():
         pytest.fail("the native kernel was not built (README 'Set-up')")
-    X = torch.from_numpy(clustered(1500, 48, 5, seed=23)).float()
+    X = torch.from_numpy(clustered(1500, 48, 5, seed=23)).to(dtype)
     seen, repeats = set(), []
-    add_exact = knn._Engine.add_exact
+    add_exact = knn._Worker.add_exact
 
     def spy(self, rows, cols, d):
         for pair in zip(rows.tolist(), cols.tolist()):
@@ -266,13 +268,44 @@ def test_symmetric_search_with_exact_distances_in_the_block_loop(small_threshold
     knn_add = knn._Engine.add
     pending = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(knn._Engine, "add_exact", spy)
+        mp.setattr(knn._Worker, "add_exact", spy)
         mp.setattr(knn._Engine, "add", lambda self, *a: (pending.append(a), knn_add(self, *a)))
         res = kneighbors(X, 12)
     assert res.stats["exact_in_block"] and res.stats["method"] == "pruned-symmetric"
     assert repeats == [] and len(seen) >= res.indices.numel()
     assert pending == []  # no pair waited for the pending-pair exact phase
     check(res, *brute(X.numpy(), 12))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["brute", "mixed"])
+def test_symmetric_blocks_by_brute_force_or_mixed_give_the_exact_answer(small_thresholds, monkeypatch, dtype,
+                                                                         threads, mode):
+    """Blocks run by brute force, or alternately pruned and brute force (as the cost-based choice may do), in one
+    or two worker threads: the same exact answer as a float64 brute force."""
+    X = torch.from_numpy(clustered(1400, 48, 5, seed=31)).to(dtype)
+    if mode == "mixed":
+        nxt = knn._Chooser.__next__
+
+        def alternate(self):
+            self.mode = "brute" if self.pos % 2 else "pruned"
+            return nxt(self)
+
+        monkeypatch.setattr(knn._Chooser, "__next__", alternate)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        res = kneighbors(X, 11, method="brute" if mode == "brute" else "pruned")
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.get_num_threads() == saved
+    assert res.stats["threads"] == threads
+    if mode == "brute":
+        assert res.stats["blocks_pruned"] == 0 and res.stats["pruned_fraction"] == 0.0
+    else:
+        assert res.stats["blocks_pruned"] > 0 and res.stats["blocks_brute"] > 0
+    check(res, *brute(X.numpy(), 11))
 
 
 def test_three_sort_ordering_fallback_gives_the_same_answer(small_thresholds, monkeypatch):
