@@ -111,6 +111,9 @@ _DECAY = 0.9
 #: ``kneighbors(method=...)``: "auto" chooses per block from measured costs; "pruned"/"brute" force one form (the
 #: answer is the same; for tests and benchmarks)
 _METHODS = ("auto", "pruned", "brute")
+#: candidates queued by one worker of the symmetric search before they are settled (exact distances of those
+#: that still pass the thresholds; 12 bytes each)
+_STORE_MAX = 1 << 22
 #: pairs per chunk of the float64 recomputation
 _EXACT_CHUNK = 1 << 17
 #: exact pairs of the symmetric search's block loop that trigger a merge (cheap: no sort with the native kernel)
@@ -788,6 +791,12 @@ class _Worker:
     """One thread's state in :class:`_Workers`: its own best lists (merged at the end), buffers and queue."""
 
     def __init__(self, n: int, k: int, device, id_dtype, out_d=None, out_i=None):
+        self.k = k
+        self.scanner = _native.BlockScan() if _native.available() else None
+        self.klist: torch.Tensor | None = None
+        self.thr: torch.Tensor | None = None
+        self.store: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.n_store = 0
         if out_d is None:
             out_d = torch.empty((n, k), dtype=torch.float64, device=device)
             out_i = torch.empty((n, k), dtype=id_dtype, device=device)
@@ -829,6 +838,34 @@ class _Worker:
         s += qn2.unsqueeze(1)
         return s
 
+    def scan(self, sq, nb, rpos, cpos) -> None:
+        """The fused top-k scan of one block (``tg_block_scan``): candidates queued as (row, column, sq) positions."""
+        r, c, v = self.scanner.run(sq, nb, rpos, cpos, self.klist, self.thr, self.Nrow, self.E, self.eta)
+        self.store.append((r, c, v))
+        self.n_store += r.numel()
+        if self.n_store > _STORE_MAX:  # bounded memory: the candidates so far, against this worker's thresholds
+            self.settle(self.thr)
+
+    def settle(self, thr: torch.Tensor, into=None) -> None:
+        """Exact distances of the queued candidates that pass ``thr`` (per row position), merged into this worker's
+        best lists (or ``into`` = (out_d, out_i)); the queue is emptied."""
+        if not self.store:
+            return
+        t = time.perf_counter()
+        r = torch.cat([p[0] for p in self.store]).long()
+        c = torch.cat([p[1] for p in self.store]).long()
+        v = torch.cat([p[2] for p in self.store])
+        self.store, self.n_store = [], 0
+        keep = v <= thr.index_select(0, r)
+        r, c = r[keep], c[keep]
+        o = torch.argsort(r)  # a row's candidates together: its own values stay in cache
+        ri, ci = self.perm.index_select(0, r.index_select(0, o)), self.perm.index_select(0, c.index_select(0, o))
+        d = exact_distances(self.ref, ri, self.ref, ci)
+        out_d, out_i = into if into is not None else (self.out_d, self.out_i)
+        _native.topk_merge(ri, ci, d, out_d, out_i)
+        self.examined += ri.numel()
+        self.clock("exact", time.perf_counter() - t)
+
     def add_exact(self, rows, cols, d) -> None:
         self.ready.append((rows, cols, d))
         self.n_ready += rows.numel()
@@ -851,8 +888,9 @@ class _Workers:
     by another process on its core only does fewer tasks). The calling thread is worker 0 (it reports
     progress); the workers' best lists are merged at the end into ``out_d``/``out_i``."""
 
-    def __init__(self, threads: int, eng, n: int, k: int, out_d, out_i, native: bool):
+    def __init__(self, threads: int, eng, n: int, k: int, out_d, out_i, native: bool, perm=None):
         self.threads = threads
+        self.n, self.k, self.perm, self.ref = n, k, perm, eng.ref
         self.native = native
         self.out_d, self.out_i = out_d, out_i
         self.workers = [_Worker(n, k, eng.device, out_i.dtype, out_d, out_i)]
@@ -873,9 +911,37 @@ class _Workers:
             torch.set_num_threads(1)
         return self
 
+    def start_scan(self, thr: torch.Tensor, Nrow: torch.Tensor, bounds: _Bounds) -> None:
+        """Per-worker state of the fused top-k scan: row lists empty, thresholds ``thr`` (float32, per row
+        position), ``Nrow`` the per-row N of the bounds (float64)."""
+        self.Nrow, self.bounds = Nrow.contiguous(), bounds
+        for w in self.workers:
+            w.klist = torch.full((self.n, self.k), math.inf, dtype=torch.float32)
+            w.thr = thr.clone()
+            w.Nrow, w.E, w.eta, w.perm, w.ref = self.Nrow, bounds.E, bounds.eta, self.perm, self.ref
+
+    def _final_threshold(self) -> torch.Tensor:
+        """Per row, the threshold from the k smallest values of all workers' lists together (every pair met by the
+        search once, so these are the row's k smallest certified values: the brute force's own threshold), and
+        never above any worker's."""
+        kl = torch.cat([w.klist for w in self.workers], dim=1)
+        sk = torch.topk(kl, self.k, dim=1, largest=False, sorted=True).values[:, -1].to(torch.float64)
+        N = self.Nrow
+        thr = _up(self.bounds.candidate_threshold(self.bounds.upper(sk, N), N), torch.float32)
+        thr = torch.where(torch.isfinite(sk), thr, torch.full_like(thr, math.inf))
+        for w in self.workers:
+            thr = torch.minimum(thr, w.thr)
+        return thr
+
     def __exit__(self, *exc):
         try:
             if exc[0] is None:
+                if self._saved is not None:  # the exact phase below runs threaded
+                    torch.set_num_threads(self._saved)
+                if self.workers[0].klist is not None:
+                    thr = self._final_threshold()
+                    for w in self.workers:
+                        w.settle(thr, into=(self.out_d, self.out_i))
                 for w in self.workers:
                     w.maybe_flush(force=True)
                 for w in self.workers[1:]:
@@ -1045,7 +1111,6 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     # original rows by id; then blocks run in parallel. Otherwise (CUDA, no native kernel) candidate pairs wait
     # for the exact phase of the engine, one block at a time.
     native = _EXACT_IN_BLOCK and dev.type == "cpu" and _native.available() and eng.cdt == torch.float32
-    own_values = not eng.centered and x_p.dtype == eng.ref.dtype == torch.float32
     stats["exact_in_block"] = native
     threads = _Workers.count(dev) if native else 1
     stats["threads"] = threads
@@ -1053,7 +1118,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     if dev.type == "cpu":
         proj_cols = max(256, min(proj_cols, _PROJ_PIECE // widest))
 
-    with _Workers(threads, eng, n, k, out_d, out_i, native) as pool:
+    with _Workers(threads, eng, n, k, out_d, out_i, native, perm) as pool:
         # U for every row from its home clusters (own first, then the nearest centroids)
         U = torch.empty(n, dtype=torch.float64, device=dev)
 
@@ -1069,6 +1134,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
         eng.clock.lap("home")
         thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
         thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
+        pool.start_scan(thr_c, norm_p + eng.max_norm, eng.bounds)
         chooser = _Chooser(units, n, force)
         total = sum((e - s) * (n - s) for _, s, e in units)
 
@@ -1121,14 +1187,9 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
                 nb = inblock.numel()
                 ids_r, ids_c = perm[s:e], perm.index_select(0, cc_)
                 if native:
-                    # one pass of the native kernel does the threshold tests of both directions and computes each
-                    # kept pair's exact float64 distance once
-                    if own_values:
-                        gr, gc, d = w.block.run(sq, thr_c[s:e], thr_c.index_select(0, cc_), nb, q, xg, ids_r, ids_c)
-                    else:
-                        gr, gc, d = w.block.run_ref(sq, thr_c[s:e], thr_c.index_select(0, cc_), nb, eng.ref, ids_r,
-                                                    ids_c)
-                    w.add_exact(gr, gc, d)
+                    # one pass of the native kernel does the threshold tests of both directions, keeps each row's
+                    # k smallest values seen (tightening its threshold) and queues the candidates
+                    w.scan(sq, nb, torch.arange(s, e, device=dev), cc_)
                 else:
                     rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
                     eng.add(ids_r.index_select(0, rr), ids_c.index_select(0, cc), sq[rr, cc])

@@ -248,32 +248,34 @@ def test_no_candidate_pair_is_queued_twice_between_exact_phases(small_thresholds
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_symmetric_search_with_exact_distances_in_the_block_loop(small_thresholds, dtype):
-    """With the native kernel, exact distances are computed inside the block loop (float32: from the gathered
-    rows; float64: from the original rows by id); every directed pair arrives at most once, nothing goes through
-    the pending-pair phase, and the answer is the float64 brute force's."""
+def test_symmetric_search_fused_scan_queues_each_directed_pair_once(small_thresholds, dtype):
+    """With the native kernel, each block's certified distances go through the fused top-k scan: every directed
+    pair is queued at most once, nothing goes through the engine's pending-pair phase, the thresholds tighten to
+    about k candidates per row, and the answer is the float64 brute force's."""
     if not native.available():
         pytest.fail("the native kernel was not built (README 'Set-up')")
     X = torch.from_numpy(clustered(1500, 48, 5, seed=23)).to(dtype)
     seen, repeats = set(), []
-    add_exact = knn._Worker.add_exact
+    run = native.BlockScan.run
 
-    def spy(self, rows, cols, d):
-        for pair in zip(rows.tolist(), cols.tolist()):
+    def spy(self, *args):
+        r, c, v = run(self, *args)
+        for pair in zip(r.tolist(), c.tolist()):
             if pair in seen:
                 repeats.append(pair)
             seen.add(pair)
-        add_exact(self, rows, cols, d)
+        return r, c, v
 
     knn_add = knn._Engine.add
     pending = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(knn._Worker, "add_exact", spy)
+        mp.setattr(native.BlockScan, "run", spy)
         mp.setattr(knn._Engine, "add", lambda self, *a: (pending.append(a), knn_add(self, *a)))
         res = kneighbors(X, 12)
     assert res.stats["exact_in_block"] and res.stats["method"] == "pruned-symmetric"
     assert repeats == [] and len(seen) >= res.indices.numel()
     assert pending == []  # no pair waited for the pending-pair exact phase
+    assert res.stats["candidates_mean"] < 2 * 12  # the settled candidates: close to k per row
     check(res, *brute(X.numpy(), 12))
 
 
@@ -530,3 +532,15 @@ def test_native_block_candidates_match_the_threshold_tests_and_grow_their_buffer
                 want[(500 + j, 100 + i)] = dist
     got = {(a, b): v for a, b, v in zip(gr.tolist(), gc.tolist(), d.tolist())}
     assert len(got) == gr.numel() and got == want and out.cap >= len(want) > 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetric_search_settling_the_queue_often_gives_the_same_answer(small_thresholds, monkeypatch, dtype):
+    """Queued candidates settled against each worker's thresholds many times during the search (bounded memory):
+    the same exact answer as settling once at the end, and as a float64 brute force."""
+    X = torch.from_numpy(clustered(1300, 40, 5, seed=41)).to(dtype)
+    a = kneighbors(X, 8)
+    monkeypatch.setattr(knn, "_STORE_MAX", 200)
+    b = kneighbors(X, 8)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
+    check(b, *brute(X.numpy(), 8))
