@@ -899,15 +899,10 @@ class _Workers:
         self.seconds: dict[str, float] = {}
         self._saved = None
 
-    @staticmethod
-    def count(dev) -> int:
-        """Worker threads for a search on ``dev``: torch's intra-op thread count on the CPU (the process's share
-        of the cores, set by its owner), 1 elsewhere."""
-        return max(1, torch.get_num_threads()) if torch.device(dev).type == "cpu" else 1
 
     def __enter__(self):
-        if self.threads > 1:
-            self._saved = torch.get_num_threads()
+        self._saved = torch.get_num_threads()
+        if self.threads > 1 or self._saved > 1:
             torch.set_num_threads(1)
         return self
 
@@ -936,8 +931,8 @@ class _Workers:
     def __exit__(self, *exc):
         try:
             if exc[0] is None:
-                if self._saved is not None:  # the exact phase below runs threaded
-                    torch.set_num_threads(self._saved)
+                if self.threads > 1:  # the exact phase below runs threaded
+                    torch.set_num_threads(self.threads)
                 if self.workers[0].klist is not None:
                     thr = self._final_threshold()
                     for w in self.workers:
@@ -954,7 +949,7 @@ class _Workers:
                         self.seconds[name] = self.seconds.get(name, 0.0) + sec
             self.workers = []
         finally:
-            if self._saved is not None:
+            if self._saved is not None and torch.get_num_threads() != self._saved:
                 torch.set_num_threads(self._saved)
         return False
 
@@ -1112,7 +1107,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     # for the exact phase of the engine, one block at a time.
     native = _EXACT_IN_BLOCK and dev.type == "cpu" and _native.available() and eng.cdt == torch.float32
     stats["exact_in_block"] = native
-    threads = _Workers.count(dev) if native else 1
+    threads = eng.threads if native else 1
     stats["threads"] = threads
     widest = min(rows_max, max(e - s for _, s, e in units))
     if dev.type == "cpu":
@@ -1373,36 +1368,58 @@ def kneighbors(
     out_i = torch.empty((nq, k), dtype=_id_dtype(n), device=dev)  # int64 in the result
     stats: dict = {"method": "brute", "pruned_fraction": 0.0}
     if nq:
-        eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats)
-        stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
-        stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
         prune = nq * n >= _PRUNE_MIN_PAIRS and n >= _PRUNE_MIN_REF and D >= _PRUNE_MIN_DIM
-        if prune and self_query and query_index is None:
-            stats["method"] = "pruned-symmetric"
-            _pruned_symmetric(eng, out_d, out_i, progress, force=None if method == "auto" else method)
-        else:
-            if self_query:
-                q, qnorm, qcnorm = eng.x.index_select(0, qi), eng.norm.index_select(0, qi), eng.cnorm.index_select(0, qi)
-            else:
-                q, qnorm = eng.frame(q_rows)
-                qcnorm = qnorm if eng.centered else torch.cat([
-                    torch.linalg.vector_norm(q_rows[s : s + eng.chunk].to(torch.float64) - eng.mu, dim=1)
-                    for s in range(0, nq, eng.chunk)])
-            eng.qnorm = qnorm
-            eng.clock.lap("prepare")
-            if prune and method != "brute":
-                stats["method"] = "pruned"
-                _pruned(eng, q, qnorm, qcnorm, q_rows, qi, out_d, out_i, progress, fallback=method == "auto")
-            else:
-                eng.brute(q, qnorm, q_rows, qi, out_d, out_i, progress)
-        stats["candidates_mean"] = round(eng.examined / nq, 3)
-        if bool((out_i < 0).any()):  # cannot happen if the bounds hold; never return a partial answer
-            raise RuntimeError("kneighbors: internal error, a query ended with fewer than k exact neighbours")
-        progress(1.0, "knn")
-        del eng
+        symmetric = prune and self_query and query_index is None
+        threads = torch.get_num_threads()
+        # the symmetric search runs every step in one thread per worker: its preparation (norms, projection,
+        # k-means) with one intra-op thread (small pieces, which a competing process would otherwise stall at
+        # every barrier), its blocks in `threads` workers (_Workers)
+        single = symmetric and dev.type == "cpu" and threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            _search(ref, k, dev, memory_budget_mb, stats, prune, symmetric, method, threads, qi, q_rows,
+                    self_query, out_d, out_i, progress)
+        finally:
+            if single:
+                torch.set_num_threads(threads)
         release_freed_memory(dev)
     return KNNResult(distances=out_d.cpu(), indices=out_i.cpu().long(), query_index=None if qi is None else qi.cpu(),
                      stats=stats)
+
+
+def _search(ref, k, dev, memory_budget_mb, stats, prune, symmetric, method, threads, qi, q_rows, self_query, out_d,
+            out_i, progress) -> None:
+    """The body of :func:`kneighbors` once its arguments are checked."""
+    n, D = ref.shape
+    nq = q_rows.shape[0]
+    eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats)
+    eng.threads = threads
+    stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
+    stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
+    if symmetric:
+        stats["method"] = "pruned-symmetric"
+        _pruned_symmetric(eng, out_d, out_i, progress, force=None if method == "auto" else method)
+    else:
+        if self_query:
+            q, qnorm, qcnorm = eng.x.index_select(0, qi), eng.norm.index_select(0, qi), eng.cnorm.index_select(0, qi)
+        else:
+            q, qnorm = eng.frame(q_rows)
+            qcnorm = qnorm if eng.centered else torch.cat([
+                torch.linalg.vector_norm(q_rows[s : s + eng.chunk].to(torch.float64) - eng.mu, dim=1)
+                for s in range(0, nq, eng.chunk)])
+        eng.qnorm = qnorm
+        eng.clock.lap("prepare")
+        if prune and method != "brute":
+            stats["method"] = "pruned"
+            _pruned(eng, q, qnorm, qcnorm, q_rows, qi, out_d, out_i, progress, fallback=method == "auto")
+        else:
+            eng.brute(q, qnorm, q_rows, qi, out_d, out_i, progress)
+    stats["candidates_mean"] = round(eng.examined / nq, 3)
+    if bool((out_i < 0).any()):  # cannot happen if the bounds hold; never return a partial answer
+        raise RuntimeError("kneighbors: internal error, a query ended with fewer than k exact neighbours")
+    progress(1.0, "knn")
+    del eng
 
 
 def _as_matrix(X, name: str) -> torch.Tensor:
