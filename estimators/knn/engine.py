@@ -81,8 +81,13 @@ _PRUNE_MIN_REF = 4096
 _CLUSTER_SIZE = 64
 #: extra columns asked from ``topk`` beyond k before the candidate threshold is checked
 _TOPK_MARGIN = 8
-#: most principal directions used for the projected lower bounds
+#: most principal directions used for the projected lower bounds (anchors, separate queries)
 _RANK_MAX = 64
+#: the symmetric search's candidate projection ranks (capped at D), one chosen by measurement on sample blocks
+_RANKS = (16, 32, 64, 128)
+_RANK_SAMPLES = 4
+#: the rank whose embedding k-means groups (the grouping only affects the speed)
+_KMEANS_RANK = 32
 #: most reference columns per certified-distance GEMM (bounds the gathered block)
 _COLS_MAX = 512
 #: columns per piece of the projected test (its block of products stays cache-sized)
@@ -721,19 +726,72 @@ def _embed(eng: _Engine, r: int, q_rows: torch.Tensor | None, self_idx: torch.Te
         zq = z.index_select(0, self_idx)
     else:
         zq = project(q_rows) if q_rows is not None else None
+    eng.bounds.E_proj, eng.bounds.kappa_proj = _proj_constants(r, D, eng.u, p_err)
+    eng.clock.lap("project")
+    return r, z, zq
+
+
+def _proj_constants(r: int, D: int, u: float, p_err: float) -> tuple[float, float]:
+    """``(E_proj, kappa_proj)`` of an embedding with ``r`` directions of Gram error ``p_err`` (:func:`_embed`)."""
     # computed projected squared distance minus the row threshold, from one GEMM of length r + 2 whose
     # terms sum to at most ~2.2·N² (the threshold is below ~1.1·N²), plus the roundings of the augmented
     # norm and threshold entries: 2.2·gamma_{r+5}; bounded by 4·gamma_{r+12}
-    eng.bounds.E_proj = 4.0 * (_gamma(r + 13, eng.u) * (1 + 4 * eng.u + 2 * p_err) + 16 * _U64)
+    E_proj = 4.0 * (_gamma(r + 13, u) * (1 + 4 * u + 2 * p_err) + 16 * _U64)
     # |w̃_i - w̃_j| <= |(P(a_i - a_j), rho_i - rho_j)| + u·N (rounding of w) + float64 product error, and
     # |(P v, rho_i - rho_j)| <= (1 + p_err)|v|; the computed rho differs from the exact residual norm of the
     # orthogonal projector onto span(P) by at most sqrt(c)·|a| with |rhõ² - rho²| <= c·|a|²,
     # c = p_err + 2·gamma_{D+4}·(sqrt(r) + 1) + O(u64) (cancellation in |a|² - |z|²), counted twice (both ends)
     c_rho = p_err + 2.0 * _gamma(D + 4, _U64) * (math.sqrt(r) + 1) + 16 * _U64
-    eng.bounds.kappa_proj = 2.0 * (eng.u + p_err + _gamma(D + 4, _U64) * math.sqrt(r) + 8 * _U64
+    kappa_proj = 2.0 * (u + p_err + _gamma(D + 4, _U64) * math.sqrt(r) + 8 * _U64
                                    + 2.0 * math.sqrt(4.0 * c_rho))
-    eng.clock.lap("project")
-    return r, z, zq
+    return E_proj, kappa_proj
+
+
+class _Prefixes:
+    """The embedding of step 2 at several ranks from one projection: ``w_r = [(x - mu) P[:, :r], rho_r]`` with
+    ``rho_r = sqrt(|x - mu|² - |(x - mu) P[:, :r]|²)``, as :func:`_embed` computes it at rank r (the leading r
+    columns of an orthonormal P are orthonormal, with at most P's Gram error)."""
+
+    def __init__(self, eng: _Engine, ranks: tuple[int, ...], seed: int = 0):
+        dev = eng.device
+        P, self.p_err = _orthonormal_projection(eng, max(ranks), seed)
+        release_freed_memory(dev)
+        rmax = int(P.shape[1])
+        self.ranks = tuple(sorted({min(r, rmax) for r in ranks}))
+        self.D, self.u, self.cdt, self.dev = eng.D, eng.u, eng.cdt, dev
+        eng.clock.lap("pca")
+        n = eng.n
+        self.zz = torch.empty(n, rmax, dtype=eng.cdt, device=dev)
+        self.a2 = torch.empty(n, dtype=torch.float64, device=dev)
+        self.z2 = torch.empty(n, len(self.ranks), dtype=torch.float64, device=dev)
+        buf = eng.scratch64()
+        for s, a in eng.chunks64(eng.ref, buf):
+            e = s + a.shape[0]
+            zz = a.sub_(eng.mu) @ P
+            self.zz[s:e] = zz
+            sq = zz * zz
+            for j, r in enumerate(self.ranks):
+                self.z2[s:e, j] = sq[:, :r].sum(1)
+            self.a2[s:e] = a.square_().sum(1)
+        eng.clock.lap("project")
+
+    def at(self, r: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Augmented ``[w_r, 1, |w_r|²]`` (GEMM dtype) of all rows, or of ``rows`` in that order."""
+        j = self.ranks.index(r)
+        zz, a2, z2 = self.zz, self.a2, self.z2[:, j]
+        if rows is not None:
+            zz, a2, z2 = zz.index_select(0, rows), a2.index_select(0, rows), z2.index_select(0, rows)
+        rho = (a2 - z2).clamp_min(0).sqrt()
+        out = torch.empty(zz.shape[0], r + 3, dtype=self.cdt, device=self.dev)
+        out[:, :r] = zz[:, :r]
+        out[:, r] = rho
+        out[:, r + 1] = 1
+        out[:, r + 2] = z2 + rho * rho
+        return out
+
+    def constants(self, r: int) -> tuple[float, float]:
+        """``(E_proj, kappa_proj)`` at rank r."""
+        return _proj_constants(r, self.D, self.u, self.p_err)
 
 
 @dataclass
@@ -796,7 +854,7 @@ class _Worker:
         self.klist: torch.Tensor | None = None
         self.thr: torch.Tensor | None = None
         self.store: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.n_store = 0
+        self.n_store = self.queued = 0
         if out_d is None:
             out_d = torch.empty((n, k), dtype=torch.float64, device=device)
             out_i = torch.empty((n, k), dtype=id_dtype, device=device)
@@ -843,6 +901,7 @@ class _Worker:
         r, c, v = self.scanner.run(sq, nb, rpos, cpos, self.klist, self.thr, self.Nrow, self.E, self.eta)
         self.store.append((r, c, v))
         self.n_store += r.numel()
+        self.queued += r.numel()
         if self.n_store > _STORE_MAX:  # bounded memory: the candidates so far, against this worker's thresholds
             self.settle(self.thr)
 
@@ -895,7 +954,7 @@ class _Workers:
         self.out_d, self.out_i = out_d, out_i
         self.workers = [_Worker(n, k, eng.device, out_i.dtype, out_d, out_i)]
         self.workers += [_Worker(n, k, eng.device, out_i.dtype) for _ in range(threads - 1)]
-        self.examined = 0
+        self.examined = self.queued = 0
         self.seconds: dict[str, float] = {}
         self._saved = None
 
@@ -945,6 +1004,7 @@ class _Workers:
                     _native.topk_merge(rows, w.out_i[have], w.out_d[have], self.out_d, self.out_i)
                 for w in self.workers:
                     self.examined += w.examined
+                    self.queued += w.queued
                     for name, sec in w.seconds.items():
                         self.seconds[name] = self.seconds.get(name, 0.0) + sec
             self.workers = []
@@ -1061,6 +1121,61 @@ class _Chooser:
                 "switches": len(self.switches), "chosen": self.mode}
 
 
+class _ClusterBounds:
+    """Whole-cluster pruning for the symmetric search, exact in float64 on the stored embedding.
+
+    With ``w̃`` the embedded rows as stored (GEMM dtype), ``c_a`` the float64 mean of cluster a's rows and ``r_a``
+    the largest ``|w̃_i - c_a|`` over its rows, the triangle inequality gives ``|w̃_i - w̃_j| >= |c_a - c_b| - r_a -
+    r_b`` for every i in a and j in b. A pair can only be a candidate when ``|w̃_i - w̃_j| <= T_i`` (or ``T_j``), with
+    ``T = U + (eta + kappa_proj)·N`` (the projected test's bound before the GEMM's own rounding, step 2 of the module
+    docstring). So a block of cluster a skips every cluster b with ``|c_a - c_b| - r_a - r_b`` above both the
+    block's largest T and b's largest T: a few hundred float64 operations per block instead of a projected
+    product per column. The float64 evaluation of these norms errs by far less than the relative slack applied."""
+
+    _SLACK = 1e-9
+
+    def __init__(self, w: torch.Tensor, counts: torch.Tensor, T: torch.Tensor):
+        n, m = w.shape[0], counts.numel()
+        dev = w.device
+        self.lab = torch.repeat_interleave(torch.arange(m, device=dev), counts)  # cluster of each position
+        cent = torch.zeros(m, w.shape[1], dtype=torch.float64, device=dev)
+        step = 1 << 14
+        for s in range(0, n, step):
+            cent.index_add_(0, self.lab[s : s + step], w[s : s + step].to(torch.float64))
+        self.cent = cent / counts.clamp_min(1).to(torch.float64).unsqueeze(1)
+        self.rad = torch.zeros(m, dtype=torch.float64, device=dev)
+        for s in range(0, n, step):
+            lab = self.lab[s : s + step]
+            d = torch.linalg.vector_norm(w[s : s + step].to(torch.float64) - self.cent.index_select(0, lab), dim=1)
+            self.rad.scatter_reduce_(0, lab, d, "amax")
+        self.T = T
+        self.seen = self.kept = 0
+        self.Tc = torch.full((m,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(0, self.lab, T, "amax")
+
+    def candidates(self, c: int, s: int, e: int) -> torch.Tensor | None:
+        """Positions >= s of the clusters a block [s, e) of cluster c cannot skip (ascending), or None when it
+        skips almost nothing (then the contiguous test is cheaper)."""
+        lb = (torch.linalg.vector_norm(self.cent[c:] - self.cent[c], dim=1) * (1 - self._SLACK)
+              - (self.rad[c] + self.rad[c:]) * (1 + self._SLACK))
+        reach = torch.clamp(self.Tc[c:], min=float(self.T[s:e].max()))
+        keep = torch.zeros(self.cent.shape[0], dtype=torch.bool, device=self.cent.device)
+        keep[c:] = lb <= reach
+        mask = keep.index_select(0, self.lab[s:])
+        nk = int(mask.sum())
+        self.seen += (e - s) * mask.numel()  # informative (stats): races between workers only blur it
+        self.kept += (e - s) * nk
+        if nk > 0.9 * mask.numel():
+            return None
+        return torch.nonzero(mask).flatten() + s
+
+
+def _cluster_bounds(w: torch.Tensor, counts: torch.Tensor, T: torch.Tensor) -> _ClusterBounds | None:
+    """:class:`_ClusterBounds` of the permuted embedding ``w`` (rows grouped by cluster, ``counts`` per cluster)."""
+    if not bool(torch.isfinite(T).all()):
+        return None
+    return _ClusterBounds(w, counts, T)
+
+
 def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = None) -> None:
     """Step 2 for the full self-query, each unordered pair considered once, in coarse parallel tasks.
 
@@ -1076,17 +1191,21 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     that costs less as measured on the blocks already done (``force``: always that form).
     """
     n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
-    pj = _projection(eng, None, None)
-    m = pj.cent.shape[0]
-    counts = torch.bincount(pj.labels, minlength=m)
-    perm = torch.argsort(pj.labels, stable=True)  # permuted position -> reference row
+    # the embedding at the candidate ranks (one projection); k-means groups the rows in the rank-32 embedding
+    pre = _Prefixes(eng, tuple(sorted({min(r, eng.D) for r in _RANKS})))
+    r0 = min(pre.ranks, key=lambda r: abs(r - _KMEANS_RANK))
+    m = max(1, round(n / _CLUSTER_SIZE))
+    labels, cent = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m)
+    release_freed_memory(dev)
+    eng.clock.lap("kmeans")
+    counts = torch.bincount(labels, minlength=m)
+    perm = torch.argsort(labels, stable=True)  # permuted position -> reference row
     starts = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.cumsum(counts, 0)]).tolist()
-    z_p = pj.z.index_select(0, perm)
     norm_p, n2_p = eng.norm.index_select(0, perm), eng.n2c.index_select(0, perm)
     cn_p = eng.cnorm.index_select(0, perm)
     home_need = _home_need(k)
-    homes = _home_clusters(pj.cent, counts.tolist(), home_need)
-    del pj
+    homes = _home_clusters(cent, counts.tolist(), home_need)
+    del labels, cent
     # the GEMM frame in permuted order: a block's rows and a brute-force block's columns are contiguous slices. A
     # centred copy is replaced by its permuted form (no extra memory); float32 input gets a permuted copy.
     x_p = eng.x.index_select(0, perm)
@@ -1127,9 +1246,69 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
 
         pool.run(iter(units), home)
         eng.clock.lap("home")
+
+        def projected(w, zp, thrz, s, e, cand=None) -> torch.Tensor:
+            """Columns (positions >= s, ascending) the projected test keeps for the block [s, e): computed projected
+            squared distances G (columns × rows), in pieces of proj_cols columns (a cache-sized block on the CPU).
+            Column j survives when some row i of the block may have it among its neighbours (G_ij <= thrz_i) or
+            it may have row i among its own (G_ij <= thrz_j). Both tests compare G with a threshold rounded up to
+            the GEMM dtype; fl(G - t) <= 0 exactly when G <= t. ``cand``: test only these columns."""
+            zu = _query_form(zp[s:e]).T
+            thr_rows = thrz[s:e].unsqueeze(0)
+            buf = w.proj_buffer(min(n, proj_cols) * (e - s), zp.dtype)
+            if cand is None:
+                keep = torch.empty(n - s, dtype=torch.bool, device=dev)
+                for j0 in range(s, n, proj_cols):
+                    j1 = min(n, j0 + proj_cols)
+                    G = torch.mm(zp[j0:j1], zu, out=buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
+                    mine = torch.amin(G, 1) <= thrz[j0:j1]
+                    keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
+                return torch.nonzero(keep).flatten() + s
+            keep = torch.empty(cand.numel(), dtype=torch.bool, device=dev)
+            for p0 in range(0, cand.numel(), proj_cols):
+                idx = cand[p0 : p0 + proj_cols]
+                G = torch.mm(w.gather(zp, idx), zu, out=buf[: idx.numel() * (e - s)].view(idx.numel(), e - s))
+                mine = torch.amin(G, 1) <= thrz.index_select(0, idx)
+                keep[p0 : p0 + idx.numel()] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
+            return cand[keep]
+
+        # the projection rank, from the data: on a few sample blocks, the projected test at each candidate rank
+        # (timed) plus the GEMM its survivors would need (at the GEMM rate measured on the same blocks); the
+        # rank of least total cost wins (more directions prune more columns, but cost more per column)
+        w0 = pool.workers[0]
+        big = [u for u in units if u[2] - u[1] >= 8] or units
+        sample = [big[int(i)] for i in np.linspace(0, len(big) - 1, min(_RANK_SAMPLES, len(big)))] \
+            if len(pre.ranks) > 1 and force != "brute" else []
+        rate_s = rate_p = 0.0
+        for _, s, e in sample:
+            c1 = min(n, s + 2048)
+            t = time.perf_counter()
+            w0.sq_dists(x_p[s:e], n2_p[s:e], x_p[s:c1], n2_p[s:c1], None)
+            rate_s += time.perf_counter() - t
+            rate_p += (e - s) * (c1 - s)
+        costs = {}
+        for r in pre.ranks if sample else ():
+            zr = pre.at(r, perm)
+            E_r, kappa_r = pre.constants(r)
+            b = _Bounds(E=eng.bounds.E, E_proj=E_r, eta=eng.bounds.eta, kappa_proj=kappa_r)
+            thrz_r = _up(b.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
+            t = time.perf_counter()
+            surv = sum((e - s) * projected(w0, zr, thrz_r, s, e).numel() for _, s, e in sample)
+            costs[r] = time.perf_counter() - t + surv * rate_s / max(rate_p, 1)
+            del zr
+        rank = min(costs, key=costs.get) if costs else pre.ranks[0 if force == "brute" else -1]
+        stats["rank"] = rank
+        stats["rank_costs"] = {r: round(c, 4) for r, c in costs.items()}
+        eng.bounds.E_proj, eng.bounds.kappa_proj = pre.constants(rank)
+        z_p = pre.at(rank, perm)
+        rw = rank + 1  # columns of w = [(x - mu) P, rho] in z
+        del pre
+        eng.clock.lap("rank")
         thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
         thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
         pool.start_scan(thr_c, norm_p + eng.max_norm, eng.bounds)
+        cl = _cluster_bounds(z_p[:, :rw], counts, U + (eng.bounds.eta + eng.bounds.kappa_proj) * (cn_p + eng.max_cnorm))
+        stats["cluster_test"] = cl is not None
         chooser = _Chooser(units, n, force)
         total = sum((e - s) * (n - s) for _, s, e in units)
 
@@ -1146,16 +1325,10 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
                 # cache-sized block on the CPU). Column j survives when some row i of the block may have it among
                 # its neighbours (G_ij <= thrz_i) or it may have row i among its own (G_ij <= thrz_j). Both tests
                 # compare G with a threshold rounded up to the GEMM dtype; fl(G - t) <= 0 exactly when G <= t.
-                zu = _query_form(z_p[s:e]).T
-                thr_rows = thrz_up[s:e].unsqueeze(0)
-                keep = torch.empty(n - s, dtype=torch.bool, device=dev)
-                buf = w.proj_buffer(min(n, proj_cols) * (e - s), z_p.dtype)
-                for j0 in range(s, n, proj_cols):
-                    j1 = min(n, j0 + proj_cols)
-                    G = torch.mm(z_p[j0:j1], zu, out=buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
-                    mine = torch.amin(G, 1) <= thrz_up[j0:j1]
-                    keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
-                cols = torch.nonzero(keep).flatten() + s
+                # first whole clusters (exact float64 triangle inequality on the same embedding, see
+                # _cluster_bounds), then the projected test on the members of the clusters left
+                cand = None if cl is None else cl.candidates(group[0][0], s, e)
+                cols = projected(w, z_p, thrz_up, s, e, cand)
                 ncols = int(cols.numel())
             t1 = time.perf_counter()
             t_gemm = t_kernel = 0.0
@@ -1206,10 +1379,13 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     if not native:
         eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
     eng.examined += pool.examined
+    stats["queued_mean"] = round(pool.queued / max(1, n), 3)
     for name, sec in pool.seconds.items():
         eng.clock.acc[name] = round(eng.clock.acc.get(name, 0.0) + sec, 4)
     eng.clock.t = time.perf_counter()
     stats.update(chooser.summary())
+    if cl is not None:
+        stats["cluster_kept"] = round(cl.kept / max(1, cl.seen), 4)
 
 
 def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, progress, fallback: bool = True) -> None:
