@@ -118,7 +118,7 @@ _DECAY = 0.9
 _METHODS = ("auto", "pruned", "brute")
 #: candidates queued by one worker of the symmetric search before they are settled (exact distances of those
 #: that still pass the thresholds; 12 bytes each)
-_STORE_MAX = 1 << 22
+_STORE_MAX = 1 << 20
 #: pairs per chunk of the float64 recomputation
 _EXACT_CHUNK = 1 << 17
 #: exact pairs of the symmetric search's block loop that trigger a merge (cheap: no sort with the native kernel)
@@ -245,7 +245,7 @@ class _Engine:
     """
 
     def __init__(self, ref: torch.Tensor, k: int, device: torch.device, budget_bytes: int, stats: dict,
-                 frame: bool = True):
+                 frame: bool = True, defer_frame: bool = False):
         self.ref = ref  # (n, D) original values, float32 or float64, on device
         self.n, self.D = ref.shape
         self.k = k
@@ -271,9 +271,11 @@ class _Engine:
         self.centered = frame and not (ref.dtype == self.cdt and float(raw.max()) <= 2 * self.max_cnorm)
         stats["centered_copy"] = self.centered
         if self.centered:
-            self.x = torch.empty(self.n, self.D, dtype=self.cdt, device=device)
-            for s, c in self.chunks64(ref, buf):
-                self.x[s : s + c.shape[0]] = c.sub_(self.mu)
+            self.x = None  # built by permuted_frame (the symmetric search wants it in its own row order)
+            if not defer_frame:
+                self.x = torch.empty(self.n, self.D, dtype=self.cdt, device=device)
+                for s, c in self.chunks64(ref, buf):
+                    self.x[s : s + c.shape[0]] = c.sub_(self.mu)
             self.norm = cen
         else:
             self.x = ref
@@ -291,6 +293,16 @@ class _Engine:
         self.examined = 0
         self.qnorm = self.norm
         self.clock.lap("prepare")
+
+    def permuted_frame(self, perm: torch.Tensor) -> torch.Tensor:
+        """The GEMM frame's rows in the order ``perm``: a centred copy built straight in that order (never two
+        copies at once), or the reference's own rows gathered (float32 input used in place)."""
+        if self.x is not None:
+            return self.x.index_select(0, perm)
+        out = torch.empty(self.n, self.D, dtype=self.cdt, device=self.device)
+        for s, c in self.chunks64(self.ref, self.scratch64(), perm):
+            out[s : s + c.shape[0]] = c.sub_(self.mu)
+        return out
 
     def scratch64(self) -> torch.Tensor:
         """A (chunk, D) float64 buffer for the streaming passes (:meth:`chunks64`)."""
@@ -911,12 +923,14 @@ class _Worker:
         if not self.store:
             return
         t = time.perf_counter()
-        r = torch.cat([p[0] for p in self.store]).long()
-        c = torch.cat([p[1] for p in self.store]).long()
+        r = torch.cat([p[0] for p in self.store])
+        c = torch.cat([p[1] for p in self.store])
         v = torch.cat([p[2] for p in self.store])
         self.store, self.n_store = [], 0
         keep = v <= thr.index_select(0, r)
-        r, c = r[keep], c[keep]
+        del v
+        r, c = r[keep].long(), c[keep].long()
+        del keep
         o = torch.argsort(r)  # a row's candidates together: its own values stay in cache
         ri, ci = self.perm.index_select(0, r.index_select(0, o)), self.perm.index_select(0, c.index_select(0, o))
         d = exact_distances(self.ref, ri, self.ref, ci)
@@ -1208,9 +1222,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     del labels, cent
     # the GEMM frame in permuted order: a block's rows and a brute-force block's columns are contiguous slices. A
     # centred copy is replaced by its permuted form (no extra memory); float32 input gets a permuted copy.
-    x_p = eng.x.index_select(0, perm)
-    if eng.centered:
-        eng.x = None
+    x_p = eng.permuted_frame(perm)
     release_freed_memory(dev)  # k-means' temporaries and the unpermuted projection, before the search's own
     rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
     cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
@@ -1569,7 +1581,7 @@ def _search(ref, k, dev, memory_budget_mb, stats, prune, symmetric, method, thre
     """The body of :func:`kneighbors` once its arguments are checked."""
     n, D = ref.shape
     nq = q_rows.shape[0]
-    eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats)
+    eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats, defer_frame=symmetric)
     eng.threads = threads
     stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
     stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
