@@ -36,6 +36,14 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    of a block row *or* a block row may be one of its neighbours, candidates emitted in both directions);
    anchors and separate queries use :func:`_pruned`. The pruning is exact, never heuristic; when it does not
    pay (isotropic high-dimensional data) the engine notices and falls back to the brute force of step 1.
+   In the symmetric search (CPU, native kernel): whole blocks go to worker threads (``torch.get_num_threads()``
+   of them, each running torch with one intra-op thread: no barrier per small piece, so a process competing for
+   a core slows one worker instead of every step); each block runs pruned or by brute force (the GEMM on all its
+   columns), whichever the costs measured on the blocks already done say is cheaper (:class:`_Chooser`); the
+   projection rank is chosen among 16/32/64/128 by timing the projected test and pricing its survivors on
+   sample blocks; each block's certified values go through a fused top-k scan (``tg_block_scan``): a row's
+   threshold tightens as its k smallest values so far improve, candidates are queued and settled at the end
+   against the final thresholds (about k per row), then their float64 distances are computed.
 3. **Exact phase.** Pending candidate pairs (each queued once) are tightened (a row's k-th smallest certified value
    gives a new ``U``), recomputed in float64 once per unordered pair, merged with the row's best so far and
    cut to k by (distance, index). On the CPU the float64 distances come from a fused native kernel
