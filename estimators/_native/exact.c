@@ -96,6 +96,123 @@ TG_CLONES int64_t tg_block_candidates(const float *sq, int64_t R, int64_t C, con
     return m;
 }
 
+/* The same block pass, with each candidate's exact distance taken from the original rows of the data set (float32
+ * or float64, row-major (n, D)) by id: ref + row_ids[i] * D and ref + col_ids[j] * D. Used when the GEMM frame is
+ * not the data itself (float64 input, or a centred float32 copy): the candidates' distances are still the exact
+ * float64 distances of the user's values, computed inside the block loop (no queue, no later exact phase). */
+#define TG_BLOCK_REF(NAME, T, DIST)                                                                          \
+    TG_CLONES int64_t NAME(const float *sq, int64_t R, int64_t C, const float *thr_row, const float *thr_col, \
+                           int64_t nb, const T *ref, int64_t D, const int64_t *row_ids, const int64_t *col_ids, \
+                           int64_t *out_rows, int64_t *out_cols, double *out_d, int64_t cap) {               \
+        int64_t m = 0;                                                                                       \
+        for (int64_t i = 0; i < R; ++i) {                                                                    \
+            const float *srow = sq + i * C;                                                                  \
+            const float tr = thr_row[i];                                                                     \
+            const T *qi = ref + row_ids[i] * D;                                                              \
+            for (int64_t j = 0; j < C; ++j) {                                                                \
+                const float v = srow[j];                                                                     \
+                const int mine = v <= tr;                                                                    \
+                const int theirs = j >= nb && v <= thr_col[j];                                               \
+                if (!(mine | theirs))                                                                        \
+                    continue;                                                                                \
+                if (m + mine + theirs > cap) {                                                               \
+                    m += mine + theirs;                                                                      \
+                    continue;                                                                                \
+                }                                                                                            \
+                const double dd = DIST(qi, ref + col_ids[j] * D, D);                                         \
+                if (mine) {                                                                                  \
+                    out_rows[m] = row_ids[i];                                                                \
+                    out_cols[m] = col_ids[j];                                                                \
+                    out_d[m++] = dd;                                                                         \
+                }                                                                                            \
+                if (theirs) {                                                                                \
+                    out_rows[m] = col_ids[j];                                                                \
+                    out_cols[m] = row_ids[i];                                                                \
+                    out_d[m++] = dd;                                                                         \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        return m;                                                                                            \
+    }
+
+TG_BLOCK_REF(tg_block_candidates_ref_f32, float, tg_dist_f32)
+TG_BLOCK_REF(tg_block_candidates_ref_f64, double, tg_dist_f64)
+
+/* Fused top-k scan of one block of the symmetric search (estimators.knn.engine._pruned_symmetric).
+ *
+ * sq: (R, C) computed squared distances of the block's rows to its columns (+inf on self entries); rpos/cpos:
+ * their positions in the per-row arrays below. Entry (i, j) is a candidate of row i when sq <= thr[rpos[i]], and
+ * row i a candidate of column j when j >= nb and sq <= thr[cpos[j]]. Every candidate is written as (row, column,
+ * sq) (positions, int32) and its value is inserted into the row's list of its k smallest values seen (klist,
+ * (n, k) ascending, +inf when empty). Once a row's list is full, its k-th value s_k gives an upper bound
+ * U = sqrt(s_k + E N^2) + eta N of its k-th neighbour distance (N = Nrow[row]), and so a tighter threshold
+ * (U + eta N)^2 + E N^2 (rounded up to float32; the same bounds as _Bounds.upper/candidate_threshold), which
+ * replaces thr[row] when smaller. Thresholds only decrease and each is always valid, so every true neighbour
+ * pair is written. Returns the number of entries; past cap they are only counted (the caller grows, repeats). */
+static inline float tg_up_f32(double x) {
+    float f = (float)x;
+    if ((double)f < x)
+        f = nextafterf(f, INFINITY);
+    return f;
+}
+
+static inline void tg_klist_insert(float *kl, int64_t k, float v, float *thr, double N, double E, double eta) {
+    if (!(v < kl[k - 1]))
+        return;
+    int64_t pos = k - 1;
+    while (pos > 0 && kl[pos - 1] > v) {
+        kl[pos] = kl[pos - 1];
+        --pos;
+    }
+    kl[pos] = v;
+    const float sk = kl[k - 1];
+    if (sk < INFINITY) {
+        const double s = sk > 0 ? (double)sk : 0.0;
+        const double U = sqrt(s + E * N * N) + eta * N;
+        const double t = (U + eta * N) * (U + eta * N) + E * N * N;
+        const float tf = tg_up_f32(t);
+        if (tf < *thr)
+            *thr = tf;
+    }
+}
+
+TG_CLONES int64_t tg_block_scan(const float *sq, int64_t R, int64_t C, int64_t nb, const int64_t *rpos,
+                                const int64_t *cpos, float *klist, float *thr, const double *Nrow, int64_t k,
+                                double E, double eta, int32_t *out_r, int32_t *out_c, float *out_s, int64_t cap) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < R; ++i) {
+        const float *srow = sq + i * C;
+        const int64_t ri = rpos[i];
+        for (int64_t j = 0; j < C; ++j) {
+            const float v = srow[j];
+            const int64_t cj = cpos[j];
+            const int mine = v <= thr[ri];
+            const int theirs = j >= nb && v <= thr[cj];
+            if (!(mine | theirs))
+                continue;
+            if (mine) {
+                if (m < cap) {
+                    out_r[m] = (int32_t)ri;
+                    out_c[m] = (int32_t)cj;
+                    out_s[m] = v;
+                }
+                ++m;
+                tg_klist_insert(klist + ri * k, k, v, thr + ri, Nrow[ri], E, eta);
+            }
+            if (theirs) {
+                if (m < cap) {
+                    out_r[m] = (int32_t)cj;
+                    out_c[m] = (int32_t)ri;
+                    out_s[m] = v;
+                }
+                ++m;
+                tg_klist_insert(klist + cj * k, k, v, thr + cj, Nrow[cj], E, eta);
+            }
+        }
+    }
+    return m;
+}
+
 /* Merge exact pairs into every row's k best (estimators.knn._Engine._merge_rows).
  *
  * out_d/out_i: (Q, k) row-major, each row ascending by (distance, index), empty slots (index -1, distance +inf)
@@ -138,4 +255,4 @@ TG_MERGE(tg_topk_merge, int64_t)
 TG_MERGE(tg_topk_merge_i32, int32_t)
 
 /* ABI version of this file, checked by the loader (estimators/_native/__init__.py). */
-int tg_native_abi(void) { return 4; }
+int tg_native_abi(void) { return 6; }

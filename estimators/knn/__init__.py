@@ -2,19 +2,20 @@
 
 - :mod:`estimators.knn.engine`: :func:`kneighbors`, exact float64 neighbours with a float32 GEMM for speed;
 - :mod:`estimators.knn.pairs`: the exact inter-class closest pairs behind ``label_sharpness`` and δ;
-- :func:`exact_duplicates`: duplicate rows, found once.
+- :mod:`estimators.knn.duplicates`: :func:`exact_duplicates`, duplicate rows, found once (:func:`known_duplicates`
+  hands a known answer to the estimators);
+- :mod:`estimators.knn.memory`: :func:`release_freed_memory`.
 """
 
+from estimators.knn.duplicates import Duplicates, exact_duplicates, known_duplicates
 from estimators.knn.engine import (
-    Duplicates,
     KNNResult,
     LowerBoundEmbedding,
     exact_distances,
-    exact_duplicates,
     kneighbors,
     lower_bound_embedding,
-    release_freed_memory,
 )
+from estimators.knn.memory import release_freed_memory
 
 __all__ = [
     "Duplicates",
@@ -23,6 +24,7 @@ __all__ = [
     "exact_distances",
     "exact_duplicates",
     "kneighbors",
+    "known_duplicates",
     "lower_bound_embedding",
     "release_freed_memory",
 ]

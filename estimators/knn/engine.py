@@ -36,6 +36,14 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    of a block row *or* a block row may be one of its neighbours, candidates emitted in both directions);
    anchors and separate queries use :func:`_pruned`. The pruning is exact, never heuristic; when it does not
    pay (isotropic high-dimensional data) the engine notices and falls back to the brute force of step 1.
+   In the symmetric search (CPU, native kernel): whole blocks go to worker threads (``torch.get_num_threads()``
+   of them, each running torch with one intra-op thread: no barrier per small piece, so a process competing for
+   a core slows one worker instead of every step); each block runs pruned or by brute force (the GEMM on all its
+   columns), whichever the costs measured on the blocks already done say is cheaper (:class:`_Chooser`); the
+   projection rank is chosen among 16/32/64/128 by timing the projected test and pricing its survivors on
+   sample blocks; each block's certified values go through a fused top-k scan (``tg_block_scan``): a row's
+   threshold tightens as its k smallest values so far improve, candidates are queued and settled at the end
+   against the final thresholds (about k per row), then their float64 distances are computed.
 3. **Exact phase.** Pending candidate pairs (each queued once) are tightened (a row's k-th smallest certified value
    gives a new ``U``), recomputed in float64 once per unordered pair, merged with the row's best so far and
    cut to k by (distance, index). On the CPU the float64 distances come from a fused native kernel
@@ -58,6 +66,7 @@ pruning bound in taskgauge comes from this module.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -65,6 +74,7 @@ import numpy as np
 import torch
 
 from estimators import _native
+from estimators.knn.memory import release_freed_memory
 from estimators.validation import as_matrix
 from estimators.base import EstimatorError, ProgressFn, no_progress
 
@@ -79,8 +89,13 @@ _PRUNE_MIN_REF = 4096
 _CLUSTER_SIZE = 64
 #: extra columns asked from ``topk`` beyond k before the candidate threshold is checked
 _TOPK_MARGIN = 8
-#: most principal directions used for the projected lower bounds
+#: most principal directions used for the projected lower bounds (anchors, separate queries)
 _RANK_MAX = 64
+#: the symmetric search's candidate projection ranks (capped at D), one chosen by measurement on sample blocks
+_RANKS = (16, 32, 64, 128)
+_RANK_SAMPLES = 4
+#: the rank whose embedding k-means groups (the grouping only affects the speed)
+_KMEANS_RANK = 32
 #: most reference columns per certified-distance GEMM (bounds the gathered block)
 _COLS_MAX = 512
 #: columns per piece of the projected test (its block of products stays cache-sized)
@@ -98,6 +113,20 @@ _HOME_NEED = 384
 #: the pruning gives way to the brute force once this many queries are done and this fraction of pairs survived
 _FALLBACK_AFTER = 2048
 _FALLBACK_SURVIVORS = 0.6
+#: rows of one brute-force task of the symmetric search (small consecutive clusters taken together)
+_BRUTE_ROWS = 256
+#: columns per GEMM piece of a brute-force task (its block of distances stays cache-sized)
+_BRUTE_COLS = 1024
+#: while the brute force is chosen, every this-many-th task still runs pruned (keeps the comparison current)
+_PROBE_EVERY = 16
+#: weight kept by the past at each block in the running cost comparison of pruned and brute-force blocks
+_DECAY = 0.9
+#: ``kneighbors(method=...)``: "auto" chooses per block from measured costs; "pruned"/"brute" force one form (the
+#: answer is the same; for tests and benchmarks)
+_METHODS = ("auto", "pruned", "brute")
+#: candidates queued by one worker of the symmetric search before they are settled (exact distances of those
+#: that still pass the thresholds; 12 bytes each)
+_STORE_MAX = 1 << 20
 #: pairs per chunk of the float64 recomputation
 _EXACT_CHUNK = 1 << 17
 #: exact pairs of the symmetric search's block loop that trigger a merge (cheap: no sort with the native kernel)
@@ -124,89 +153,6 @@ class KNNResult:
     indices: torch.Tensor
     query_index: torch.Tensor | None
     stats: dict = field(default_factory=dict)
-
-
-@dataclass
-class Duplicates:
-    """Exact duplicate rows. ``unique_index``: first occurrence of each distinct row (ascending);
-    ``inverse``: (N,) position in ``unique_index`` of every row; ``groups``: rows of each group of size > 1
-    (members ascending, groups ordered by first occurrence)."""
-
-    unique_index: np.ndarray
-    inverse: np.ndarray
-    groups: list[list[int]]
-
-    @property
-    def n_removed(self) -> int:
-        return int(self.inverse.shape[0] - self.unique_index.shape[0])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# exact duplicates
-
-
-def exact_duplicates(X: torch.Tensor | np.ndarray) -> Duplicates:
-    """Find rows that are exactly equal (bitwise after mapping -0.0 to 0.0).
-
-    Rows are hashed (their bytes as 64-bit words, multiplied by fixed random odd constants and summed modulo
-    2^64); rows sharing a hash are then compared exactly, so a hash collision can never merge distinct rows.
-    Cost O(N·D), versus the O(N·D·log N) lexicographic sort of ``np.unique(axis=0)``.
-
-    >>> d = exact_duplicates(np.array([[1.0, 2.0], [0.0, 1.0], [1.0, 2.0], [-0.0, 1.0]]))
-    >>> d.unique_index.tolist(), d.inverse.tolist(), d.groups, d.n_removed
-    ([0, 1], [0, 1, 0, 1], [[0, 2], [1, 3]], 2)
-    """
-    a = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
-    n = int(a.shape[0])
-    a = np.ascontiguousarray(a.reshape(n, int(np.prod(a.shape[1:], dtype=np.int64))))
-    if a.dtype.kind not in "fiub":
-        a = a.astype(np.float64)
-    if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return Duplicates(unique_index=empty, inverse=empty, groups=[])
-
-    def words(rows) -> np.ndarray:
-        """Canonical 64-bit words of some rows (-0.0 -> 0.0, bytes zero-padded to a multiple of 8)."""
-        c = a[rows]
-        if c.dtype.kind == "f":
-            c = c + c.dtype.type(0.0)  # -0.0 -> 0.0 (NaN payloads are kept bitwise)
-        raw = np.ascontiguousarray(c).view(np.uint8).reshape(c.shape[0], -1)
-        pad = (-raw.shape[1]) % 8
-        if pad:
-            raw = np.concatenate([raw, np.zeros((raw.shape[0], pad), np.uint8)], axis=1)
-        return np.ascontiguousarray(raw).view(np.uint64)
-
-    n_words = (a.shape[1] * a.dtype.itemsize + 7) // 8
-    mult = np.random.default_rng(0x7A5C6A).integers(1, 2**62, size=n_words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    h = np.zeros(n, dtype=np.uint64)
-    step = max(1, (1 << 17) // max(n_words, 1))  # ~1 MB chunks: cache-resident, no large fresh allocations
-    with np.errstate(over="ignore"):
-        for s in range(0, n, step):
-            w = words(slice(s, s + step))
-            # mix each word before the weighted sum so that structured inputs spread over 64 bits
-            h[s : s + step] = ((w ^ (w >> np.uint64(29))) * mult).sum(axis=1, dtype=np.uint64)
-    order = np.argsort(h, kind="stable")
-    hs = h[order]
-    rep = np.arange(n, dtype=np.int64)  # smallest row index of each exact group
-    same = np.flatnonzero(hs[1:] == hs[:-1])
-    if same.size:
-        starts = np.flatnonzero(np.diff(np.concatenate([[-2], same])) > 1)
-        run_start = same[starts]
-        run_stop = np.concatenate([same[starts[1:] - 1], same[-1:]]) + 2
-        for s, e in zip(run_start, run_stop):
-            rows = np.sort(order[s:e])
-            _, first, inv = np.unique(words(rows), axis=0, return_index=True, return_inverse=True)
-            rep[rows] = rows[first[inv.reshape(-1)]]
-    unique_index = np.flatnonzero(rep == np.arange(n))
-    inverse = np.searchsorted(unique_index, rep).astype(np.int64)
-    counts = np.bincount(inverse, minlength=unique_index.size)
-    groups: list[list[int]] = []
-    if (counts > 1).any():
-        members = np.argsort(inverse, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        for g in np.flatnonzero(counts > 1):
-            groups.append(members[bounds[g] : bounds[g + 1]].tolist())
-    return Duplicates(unique_index=unique_index.astype(np.int64), inverse=inverse, groups=groups)
 
 
 class _Clock:
@@ -307,7 +253,7 @@ class _Engine:
     """
 
     def __init__(self, ref: torch.Tensor, k: int, device: torch.device, budget_bytes: int, stats: dict,
-                 frame: bool = True):
+                 frame: bool = True, defer_frame: bool = False):
         self.ref = ref  # (n, D) original values, float32 or float64, on device
         self.n, self.D = ref.shape
         self.k = k
@@ -333,9 +279,11 @@ class _Engine:
         self.centered = frame and not (ref.dtype == self.cdt and float(raw.max()) <= 2 * self.max_cnorm)
         stats["centered_copy"] = self.centered
         if self.centered:
-            self.x = torch.empty(self.n, self.D, dtype=self.cdt, device=device)
-            for s, c in self.chunks64(ref, buf):
-                self.x[s : s + c.shape[0]] = c.sub_(self.mu)
+            self.x = None  # built by permuted_frame (the symmetric search wants it in its own row order)
+            if not defer_frame:
+                self.x = torch.empty(self.n, self.D, dtype=self.cdt, device=device)
+                for s, c in self.chunks64(ref, buf):
+                    self.x[s : s + c.shape[0]] = c.sub_(self.mu)
             self.norm = cen
         else:
             self.x = ref
@@ -353,6 +301,16 @@ class _Engine:
         self.examined = 0
         self.qnorm = self.norm
         self.clock.lap("prepare")
+
+    def permuted_frame(self, perm: torch.Tensor) -> torch.Tensor:
+        """The GEMM frame's rows in the order ``perm``: a centred copy built straight in that order (never two
+        copies at once), or the reference's own rows gathered (float32 input used in place)."""
+        if self.x is not None:
+            return self.x.index_select(0, perm)
+        out = torch.empty(self.n, self.D, dtype=self.cdt, device=self.device)
+        for s, c in self.chunks64(self.ref, self.scratch64(), perm):
+            out[s : s + c.shape[0]] = c.sub_(self.mu)
+        return out
 
     def scratch64(self) -> torch.Tensor:
         """A (chunk, D) float64 buffer for the streaming passes (:meth:`chunks64`)."""
@@ -788,19 +746,72 @@ def _embed(eng: _Engine, r: int, q_rows: torch.Tensor | None, self_idx: torch.Te
         zq = z.index_select(0, self_idx)
     else:
         zq = project(q_rows) if q_rows is not None else None
+    eng.bounds.E_proj, eng.bounds.kappa_proj = _proj_constants(r, D, eng.u, p_err)
+    eng.clock.lap("project")
+    return r, z, zq
+
+
+def _proj_constants(r: int, D: int, u: float, p_err: float) -> tuple[float, float]:
+    """``(E_proj, kappa_proj)`` of an embedding with ``r`` directions of Gram error ``p_err`` (:func:`_embed`)."""
     # computed projected squared distance minus the row threshold, from one GEMM of length r + 2 whose
     # terms sum to at most ~2.2·N² (the threshold is below ~1.1·N²), plus the roundings of the augmented
     # norm and threshold entries: 2.2·gamma_{r+5}; bounded by 4·gamma_{r+12}
-    eng.bounds.E_proj = 4.0 * (_gamma(r + 13, eng.u) * (1 + 4 * eng.u + 2 * p_err) + 16 * _U64)
+    E_proj = 4.0 * (_gamma(r + 13, u) * (1 + 4 * u + 2 * p_err) + 16 * _U64)
     # |w̃_i - w̃_j| <= |(P(a_i - a_j), rho_i - rho_j)| + u·N (rounding of w) + float64 product error, and
     # |(P v, rho_i - rho_j)| <= (1 + p_err)|v|; the computed rho differs from the exact residual norm of the
     # orthogonal projector onto span(P) by at most sqrt(c)·|a| with |rhõ² - rho²| <= c·|a|²,
     # c = p_err + 2·gamma_{D+4}·(sqrt(r) + 1) + O(u64) (cancellation in |a|² - |z|²), counted twice (both ends)
     c_rho = p_err + 2.0 * _gamma(D + 4, _U64) * (math.sqrt(r) + 1) + 16 * _U64
-    eng.bounds.kappa_proj = 2.0 * (eng.u + p_err + _gamma(D + 4, _U64) * math.sqrt(r) + 8 * _U64
+    kappa_proj = 2.0 * (u + p_err + _gamma(D + 4, _U64) * math.sqrt(r) + 8 * _U64
                                    + 2.0 * math.sqrt(4.0 * c_rho))
-    eng.clock.lap("project")
-    return r, z, zq
+    return E_proj, kappa_proj
+
+
+class _Prefixes:
+    """The embedding of step 2 at several ranks from one projection: ``w_r = [(x - mu) P[:, :r], rho_r]`` with
+    ``rho_r = sqrt(|x - mu|² - |(x - mu) P[:, :r]|²)``, as :func:`_embed` computes it at rank r (the leading r
+    columns of an orthonormal P are orthonormal, with at most P's Gram error)."""
+
+    def __init__(self, eng: _Engine, ranks: tuple[int, ...], seed: int = 0):
+        dev = eng.device
+        P, self.p_err = _orthonormal_projection(eng, max(ranks), seed)
+        release_freed_memory(dev)
+        rmax = int(P.shape[1])
+        self.ranks = tuple(sorted({min(r, rmax) for r in ranks}))
+        self.D, self.u, self.cdt, self.dev = eng.D, eng.u, eng.cdt, dev
+        eng.clock.lap("pca")
+        n = eng.n
+        self.zz = torch.empty(n, rmax, dtype=eng.cdt, device=dev)
+        self.a2 = torch.empty(n, dtype=torch.float64, device=dev)
+        self.z2 = torch.empty(n, len(self.ranks), dtype=torch.float64, device=dev)
+        buf = eng.scratch64()
+        for s, a in eng.chunks64(eng.ref, buf):
+            e = s + a.shape[0]
+            zz = a.sub_(eng.mu) @ P
+            self.zz[s:e] = zz
+            sq = zz * zz
+            for j, r in enumerate(self.ranks):
+                self.z2[s:e, j] = sq[:, :r].sum(1)
+            self.a2[s:e] = a.square_().sum(1)
+        eng.clock.lap("project")
+
+    def at(self, r: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Augmented ``[w_r, 1, |w_r|²]`` (GEMM dtype) of all rows, or of ``rows`` in that order."""
+        j = self.ranks.index(r)
+        zz, a2, z2 = self.zz, self.a2, self.z2[:, j]
+        if rows is not None:
+            zz, a2, z2 = zz.index_select(0, rows), a2.index_select(0, rows), z2.index_select(0, rows)
+        rho = (a2 - z2).clamp_min(0).sqrt()
+        out = torch.empty(zz.shape[0], r + 3, dtype=self.cdt, device=self.dev)
+        out[:, :r] = zz[:, :r]
+        out[:, r] = rho
+        out[:, r + 1] = 1
+        out[:, r + 2] = z2 + rho * rho
+        return out
+
+    def constants(self, r: int) -> tuple[float, float]:
+        """``(E_proj, kappa_proj)`` at rank r."""
+        return _proj_constants(r, self.D, self.u, self.p_err)
 
 
 @dataclass
@@ -854,27 +865,372 @@ def _up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.nextafter(y, torch.full_like(y, math.inf))
 
 
-def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
-    """Step 2 for the full self-query, each unordered pair considered once.
+class _Worker:
+    """One thread's state in :class:`_Workers`: its own best lists (merged at the end), buffers and queue."""
+
+    def __init__(self, n: int, k: int, device, id_dtype, out_d=None, out_i=None):
+        self.k = k
+        self.scanner = _native.BlockScan() if _native.available() else None
+        self.klist: torch.Tensor | None = None
+        self.thr: torch.Tensor | None = None
+        self.store: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.n_store = self.queued = 0
+        if out_d is None:
+            out_d = torch.empty((n, k), dtype=torch.float64, device=device)
+            out_i = torch.empty((n, k), dtype=id_dtype, device=device)
+        _no_neighbours_yet(out_d, out_i)
+        self.out_d, self.out_i = out_d, out_i
+        self.device = device
+        self.block = _native.BlockCandidates() if _native.available() else None
+        self.gbuf: torch.Tensor | None = None
+        self.pbuf: torch.Tensor | None = None
+        self.ready: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.n_ready = 0
+        self.examined = 0
+        self.seconds: dict[str, float] = {}
+
+    def clock(self, name: str, sec: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + sec
+
+    def gather(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Rows ``cols`` of ``x`` in this worker's reused buffer (fresh large blocks per call fragment the heap)."""
+        size = cols.numel() * x.shape[1]
+        if self.gbuf is None or self.gbuf.numel() < size or self.gbuf.dtype != x.dtype:
+            grow = 0 if self.gbuf is None else self.gbuf.numel() * 3 // 2
+            self.gbuf = None
+            self.gbuf = torch.empty(max(size, grow), dtype=x.dtype, device=self.device)
+        return torch.index_select(x, 0, cols, out=self.gbuf[:size].view(cols.numel(), x.shape[1]))
+
+    def proj_buffer(self, size: int, dtype: torch.dtype) -> torch.Tensor:
+        if self.pbuf is None or self.pbuf.numel() < size or self.pbuf.dtype != dtype:
+            self.pbuf = None
+            self.pbuf = torch.empty(size, dtype=dtype, device=self.device)
+        return self.pbuf
+
+    def sq_dists(self, q, qn2, x, n2, cols) -> torch.Tensor:
+        """``fl(|q|² + |x_j|² - 2 q·x_j)`` for the rows of ``x`` (or its rows ``cols``): the certified GEMM of
+        step 1, as :meth:`_Engine.sq_dists` computes it."""
+        if cols is not None:
+            x, n2 = self.gather(x, cols), n2.index_select(0, cols)
+        s = torch.addmm(n2.unsqueeze(0), q, x.T, beta=1, alpha=-2)
+        s += qn2.unsqueeze(1)
+        return s
+
+    def scan(self, sq, nb, rpos, cpos) -> None:
+        """The fused top-k scan of one block (``tg_block_scan``): candidates queued as (row, column, sq) positions."""
+        r, c, v = self.scanner.run(sq, nb, rpos, cpos, self.klist, self.thr, self.Nrow, self.E, self.eta)
+        self.store.append((r, c, v))
+        self.n_store += r.numel()
+        self.queued += r.numel()
+        if self.n_store > _STORE_MAX:  # bounded memory: the candidates so far, against this worker's thresholds
+            self.settle(self.thr)
+
+    def settle(self, thr: torch.Tensor, into=None) -> None:
+        """Exact distances of the queued candidates that pass ``thr`` (per row position), merged into this worker's
+        best lists (or ``into`` = (out_d, out_i)); the queue is emptied."""
+        if not self.store:
+            return
+        t = time.perf_counter()
+        r = torch.cat([p[0] for p in self.store])
+        c = torch.cat([p[1] for p in self.store])
+        v = torch.cat([p[2] for p in self.store])
+        self.store, self.n_store = [], 0
+        keep = v <= thr.index_select(0, r)
+        del v
+        r, c = r[keep].long(), c[keep].long()
+        del keep
+        o = torch.argsort(r)  # a row's candidates together: its own values stay in cache
+        ri, ci = self.perm.index_select(0, r.index_select(0, o)), self.perm.index_select(0, c.index_select(0, o))
+        d = exact_distances(self.ref, ri, self.ref, ci)
+        out_d, out_i = into if into is not None else (self.out_d, self.out_i)
+        _native.topk_merge(ri, ci, d, out_d, out_i)
+        self.examined += ri.numel()
+        self.clock("exact", time.perf_counter() - t)
+
+    def add_exact(self, rows, cols, d) -> None:
+        self.ready.append((rows, cols, d))
+        self.n_ready += rows.numel()
+        self.examined += rows.numel()
+
+    def maybe_flush(self, force: bool = False) -> None:
+        if self.ready and (force or self.n_ready > _FLUSH_READY):
+            rows = torch.cat([p[0] for p in self.ready])
+            cols = torch.cat([p[1] for p in self.ready])
+            d = torch.cat([p[2] for p in self.ready])
+            self.ready, self.n_ready = [], 0
+            t = time.perf_counter()
+            _native.topk_merge(rows, cols, d, self.out_d, self.out_i)
+            self.clock("select", time.perf_counter() - t)
+
+
+class _Workers:
+    """Coarse parallelism: whole tasks (blocks of rows) go to ``threads`` threads, each running torch with one
+    intra-op thread, taking the next task when it is done with one (no barrier per small piece: a thread slowed
+    by another process on its core only does fewer tasks). The calling thread is worker 0 (it reports
+    progress); the workers' best lists are merged at the end into ``out_d``/``out_i``."""
+
+    def __init__(self, threads: int, eng, n: int, k: int, out_d, out_i, native: bool, perm=None):
+        self.threads = threads
+        self.n, self.k, self.perm, self.ref = n, k, perm, eng.ref
+        self.native = native
+        self.out_d, self.out_i = out_d, out_i
+        self.workers = [_Worker(n, k, eng.device, out_i.dtype, out_d, out_i)]
+        self.workers += [_Worker(n, k, eng.device, out_i.dtype) for _ in range(threads - 1)]
+        self.examined = self.queued = 0
+        self.seconds: dict[str, float] = {}
+        self._saved = None
+
+
+    def __enter__(self):
+        self._saved = torch.get_num_threads()
+        if self.threads > 1 or self._saved > 1:
+            torch.set_num_threads(1)
+        return self
+
+    def start_scan(self, thr: torch.Tensor, Nrow: torch.Tensor, bounds: _Bounds) -> None:
+        """Per-worker state of the fused top-k scan: row lists empty, thresholds ``thr`` (float32, per row
+        position), ``Nrow`` the per-row N of the bounds (float64)."""
+        self.Nrow, self.bounds = Nrow.contiguous(), bounds
+        for w in self.workers:
+            w.klist = torch.full((self.n, self.k), math.inf, dtype=torch.float32)
+            w.thr = thr.clone()
+            w.Nrow, w.E, w.eta, w.perm, w.ref = self.Nrow, bounds.E, bounds.eta, self.perm, self.ref
+
+    def _final_threshold(self) -> torch.Tensor:
+        """Per row, the threshold from the k smallest values of all workers' lists together (every pair met by the
+        search once, so these are the row's k smallest certified values: the brute force's own threshold), and
+        never above any worker's."""
+        kl = torch.cat([w.klist for w in self.workers], dim=1)
+        sk = torch.topk(kl, self.k, dim=1, largest=False, sorted=True).values[:, -1].to(torch.float64)
+        N = self.Nrow
+        thr = _up(self.bounds.candidate_threshold(self.bounds.upper(sk, N), N), torch.float32)
+        thr = torch.where(torch.isfinite(sk), thr, torch.full_like(thr, math.inf))
+        for w in self.workers:
+            thr = torch.minimum(thr, w.thr)
+        return thr
+
+    def __exit__(self, *exc):
+        try:
+            if exc[0] is None:
+                if self.threads > 1:  # the exact phase below runs threaded
+                    torch.set_num_threads(self.threads)
+                if self.workers[0].klist is not None:
+                    thr = self._final_threshold()
+                    for w in self.workers:
+                        w.settle(thr, into=(self.out_d, self.out_i))
+                for w in self.workers:
+                    w.maybe_flush(force=True)
+                for w in self.workers[1:]:
+                    have = w.out_i >= 0
+                    rows = torch.nonzero(have)[:, 0]
+                    _native.topk_merge(rows, w.out_i[have], w.out_d[have], self.out_d, self.out_i)
+                for w in self.workers:
+                    self.examined += w.examined
+                    self.queued += w.queued
+                    for name, sec in w.seconds.items():
+                        self.seconds[name] = self.seconds.get(name, 0.0) + sec
+            self.workers = []
+        finally:
+            if self._saved is not None and torch.get_num_threads() != self._saved:
+                torch.set_num_threads(self._saved)
+        return False
+
+    def run(self, tasks, fn, progress=None) -> None:
+        """``fn(worker, task)`` for every task of the iterator ``tasks`` (its ``__next__`` must be thread-safe or
+        the iterator is wrapped under a lock here)."""
+        lock = threading.Lock()
+        failed: list[BaseException] = []
+
+        def take():
+            with lock:
+                if failed:
+                    return None
+                return next(tasks, None)
+
+        def loop(w: _Worker, main: bool) -> None:
+            if not main and self.threads > 1:
+                torch.set_num_threads(1)  # this thread's OpenMP setting (torch's is per thread for OpenMP)
+            try:
+                while (task := take()) is not None:
+                    fn(w, task)
+                    if main and progress is not None:
+                        progress()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                with lock:
+                    failed.append(e)
+
+        others = [threading.Thread(target=loop, args=(w, False), daemon=True) for w in self.workers[1:]]
+        for t in others:
+            t.start()
+        loop(self.workers[0], True)
+        for t in others:
+            t.join()
+        if failed:
+            raise failed[0]
+
+
+class _Chooser:
+    """The tasks of the symmetric search, and for each the form it runs in (:func:`_pruned_symmetric`).
+
+    A pruned block measures its projected test, its GEMM on the surviving columns and its candidate pass. The
+    same block by brute force would cost its GEMM on *all* its columns (at the GEMM rate measured on the blocks
+    so far, per (row, column) pair) plus the same candidate pass. Both are measured at the same moment on the same
+    machine, so their ratio does not depend on the load. Recent blocks weigh more (decay ``_DECAY`` per block);
+    once the pruned blocks cost more than their brute-force estimate, blocks run by brute force (several small
+    consecutive clusters together, up to ``_BRUTE_ROWS`` rows), and every ``_PROBE_EVERY``-th task still runs
+    pruned, so the choice can go back when pruning starts to pay again (denser regions of the data)."""
+
+    def __init__(self, units, n: int, force: str | None):
+        self.units, self.n, self.force = units, n, force
+        # a brute-force task: up to _BRUTE_ROWS rows, and at most 1/64 of the rows (tasks stay many enough for the
+        # threads to share the work evenly to the end, and for progress reports)
+        self.brute_rows = min(_BRUTE_ROWS, max(32, n // 64))
+        self.pos = 0
+        self.lock = threading.Lock()
+        self.mode = force or "pruned"
+        self.tasks = 0
+        self.pr_s = self.br_s = 0.0
+        self.g_s = self.g_p = 0.0
+        self.seen = self.survivors = 0
+        self.counts = {"pruned": 0, "brute": 0}
+        self.switches: list[int] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self.lock:
+            if self.pos >= len(self.units):
+                raise StopIteration
+            self.tasks += 1
+            mode = self.mode
+            if self.force is None and mode == "brute" and self.tasks % _PROBE_EVERY == 0:
+                mode = "pruned"
+            group = [self.units[self.pos]]
+            self.pos += 1
+            rows = group[0][2] - group[0][1]
+            while mode == "brute" and self.pos < len(self.units):
+                u = self.units[self.pos]
+                if rows + u[2] - u[1] > self.brute_rows:
+                    break
+                group.append(u)
+                rows += u[2] - u[1]
+                self.pos += 1
+            self.counts[mode] += 1
+            return mode, group
+
+    def report(self, mode, group, rows, cols_all, ncols, t_proj, t_gemm, t_kernel, t_total) -> None:  # noqa: ARG002
+        with self.lock:
+            self.seen += sum((e - s) * (self.n - s) for _, s, e in group)
+            self.survivors += rows * ncols
+            if ncols:
+                self.g_s = self.g_s * _DECAY + t_gemm
+                self.g_p = self.g_p * _DECAY + rows * ncols
+            if mode != "pruned" or not self.g_p:
+                return
+            self.pr_s = self.pr_s * _DECAY + t_total
+            self.br_s = self.br_s * _DECAY + self.g_s / self.g_p * rows * cols_all + t_kernel
+            if self.force is None:
+                new = "brute" if self.pr_s > self.br_s else "pruned"
+                if new != self.mode:
+                    self.switches.append(self.pos)
+                    self.mode = new
+
+    def summary(self) -> dict:
+        pairs = sum((e - s) * (self.n - s) for _, s, e in self.units)
+        return {"pruned_fraction": round(max(0.0, 1.0 - self.survivors / max(1, pairs)), 4),
+                "blocks_pruned": self.counts["pruned"], "blocks_brute": self.counts["brute"],
+                "switches": len(self.switches), "chosen": self.mode}
+
+
+class _ClusterBounds:
+    """Whole-cluster pruning for the symmetric search, exact in float64 on the stored embedding.
+
+    With ``w̃`` the embedded rows as stored (GEMM dtype), ``c_a`` the float64 mean of cluster a's rows and ``r_a``
+    the largest ``|w̃_i - c_a|`` over its rows, the triangle inequality gives ``|w̃_i - w̃_j| >= |c_a - c_b| - r_a -
+    r_b`` for every i in a and j in b. A pair can only be a candidate when ``|w̃_i - w̃_j| <= T_i`` (or ``T_j``), with
+    ``T = U + (eta + kappa_proj)·N`` (the projected test's bound before the GEMM's own rounding, step 2 of the module
+    docstring). So a block of cluster a skips every cluster b with ``|c_a - c_b| - r_a - r_b`` above both the
+    block's largest T and b's largest T: a few hundred float64 operations per block instead of a projected
+    product per column. The float64 evaluation of these norms errs by far less than the relative slack applied."""
+
+    _SLACK = 1e-9
+
+    def __init__(self, w: torch.Tensor, counts: torch.Tensor, T: torch.Tensor):
+        n, m = w.shape[0], counts.numel()
+        dev = w.device
+        self.lab = torch.repeat_interleave(torch.arange(m, device=dev), counts)  # cluster of each position
+        cent = torch.zeros(m, w.shape[1], dtype=torch.float64, device=dev)
+        step = 1 << 14
+        for s in range(0, n, step):
+            cent.index_add_(0, self.lab[s : s + step], w[s : s + step].to(torch.float64))
+        self.cent = cent / counts.clamp_min(1).to(torch.float64).unsqueeze(1)
+        self.rad = torch.zeros(m, dtype=torch.float64, device=dev)
+        for s in range(0, n, step):
+            lab = self.lab[s : s + step]
+            d = torch.linalg.vector_norm(w[s : s + step].to(torch.float64) - self.cent.index_select(0, lab), dim=1)
+            self.rad.scatter_reduce_(0, lab, d, "amax")
+        self.T = T
+        self.seen = self.kept = 0
+        self.Tc = torch.full((m,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(0, self.lab, T, "amax")
+
+    def candidates(self, c: int, s: int, e: int) -> torch.Tensor | None:
+        """Positions >= s of the clusters a block [s, e) of cluster c cannot skip (ascending), or None when it
+        skips almost nothing (then the contiguous test is cheaper)."""
+        lb = (torch.linalg.vector_norm(self.cent[c:] - self.cent[c], dim=1) * (1 - self._SLACK)
+              - (self.rad[c] + self.rad[c:]) * (1 + self._SLACK))
+        reach = torch.clamp(self.Tc[c:], min=float(self.T[s:e].max()))
+        keep = torch.zeros(self.cent.shape[0], dtype=torch.bool, device=self.cent.device)
+        keep[c:] = lb <= reach
+        mask = keep.index_select(0, self.lab[s:])
+        nk = int(mask.sum())
+        self.seen += (e - s) * mask.numel()  # informative (stats): races between workers only blur it
+        self.kept += (e - s) * nk
+        if nk > 0.9 * mask.numel():
+            return None
+        return torch.nonzero(mask).flatten() + s
+
+
+def _cluster_bounds(w: torch.Tensor, counts: torch.Tensor, T: torch.Tensor) -> _ClusterBounds | None:
+    """:class:`_ClusterBounds` of the permuted embedding ``w`` (rows grouped by cluster, ``counts`` per cluster)."""
+    if not bool(torch.isfinite(T).all()):
+        return None
+    return _ClusterBounds(w, counts, T)
+
+
+def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = None) -> None:
+    """Step 2 for the full self-query, each unordered pair considered once, in coarse parallel tasks.
 
     Reference rows are ordered by k-means cluster; every row's ``U_i`` comes first (home clusters). A block
     of rows [s, e) is then compared with the columns [s, n) only: a column j survives when the projected
     bound cannot exclude it for some row i of the block (``d_ij <= U_i``) *or* for j itself (``d_ij <= U_j``);
     the block's certified distances emit candidates in both directions. Pairs with j < s were met when j's
-    block was processed. Candidate thresholds are fixed by U, so no per-row top-k is needed.
+    block was processed. Candidate thresholds are fixed by U, so no per-row top-k is needed, and the blocks are
+    independent: whole blocks go to worker threads (:class:`_Workers`), no barrier inside a block.
+
+    Each block runs *pruned* (the projected test first, then the GEMM on the surviving columns) or as *brute force*
+    (the GEMM on all its columns): the same candidates either way. :class:`_Chooser` picks, block by block, the form
+    that costs less as measured on the blocks already done (``force``: always that form).
     """
     n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
-    pj = _projection(eng, None, None)
-    m = pj.cent.shape[0]
-    counts = torch.bincount(pj.labels, minlength=m)
-    perm = torch.argsort(pj.labels, stable=True)  # permuted position -> reference row
+    # the embedding at the candidate ranks (one projection); k-means groups the rows in the rank-32 embedding
+    pre = _Prefixes(eng, tuple(sorted({min(r, eng.D) for r in _RANKS})))
+    r0 = min(pre.ranks, key=lambda r: abs(r - _KMEANS_RANK))
+    m = max(1, round(n / _CLUSTER_SIZE))
+    labels, cent = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m)
+    release_freed_memory(dev)
+    eng.clock.lap("kmeans")
+    counts = torch.bincount(labels, minlength=m)
+    perm = torch.argsort(labels, stable=True)  # permuted position -> reference row
     starts = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.cumsum(counts, 0)]).tolist()
-    z_p = pj.z.index_select(0, perm)
     norm_p, n2_p = eng.norm.index_select(0, perm), eng.n2c.index_select(0, perm)
     cn_p = eng.cnorm.index_select(0, perm)
     home_need = _home_need(k)
-    homes = _home_clusters(pj.cent, counts.tolist(), home_need)
-    del pj
+    homes = _home_clusters(cent, counts.tolist(), home_need)
+    del labels, cent
+    # the GEMM frame in permuted order: a block's rows and a brute-force block's columns are contiguous slices. A
+    # centred copy is replaced by its permuted form (no extra memory); float32 input gets a permuted copy.
+    x_p = eng.permuted_frame(perm)
     release_freed_memory(dev)  # k-means' temporaries and the unpermuted projection, before the search's own
     rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
     cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
@@ -884,94 +1240,175 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress) -> None:
     for c in range(m):
         for s in range(starts[c], starts[c + 1], rows_max):
             units.append((c, s, min(starts[c + 1], s + rows_max)))
-    # U for every row from its home clusters (own first, then the nearest centroids)
-    U = torch.empty(n, dtype=torch.float64, device=dev)
-    for c, s, e in units:
-        home_cols = torch.cat([torch.arange(starts[c_], starts[c_ + 1], device=dev) for c_ in homes[c]])
-        sh = eng.sq_dists(eng.x.index_select(0, perm[s:e]), n2_p[s:e], perm.index_select(0, home_cols))
-        sh.masked_fill_(home_cols.unsqueeze(0) == torch.arange(s, e, device=dev).unsqueeze(1), math.inf)
-        kth = torch.topk(sh, k, dim=1, largest=False, sorted=False).values.amax(1).to(torch.float64)
-        U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
-    eng.clock.lap("home")
-    thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
-    thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
-    # exact distances inside the block loop when the GEMM frame holds the reference's own values and the native
-    # kernel is there (the CPU case of float32 input); otherwise candidate pairs wait for the exact phase
-    in_cache = (_EXACT_IN_BLOCK and not eng.centered and eng.x.dtype == eng.ref.dtype == torch.float32
-                and dev.type == "cpu" and _native.available())
-    block_out = _native.BlockCandidates() if in_cache else None
-    stats["exact_in_block"] = in_cache
+    # exact distances inside the block loop with the native kernel (CPU): from the block's rows and the gathered
+    # columns while both are in cache when the GEMM frame holds the data's own float32 values, else from the
+    # original rows by id; then blocks run in parallel. Otherwise (CUDA, no native kernel) candidate pairs wait
+    # for the exact phase of the engine, one block at a time.
+    native = _EXACT_IN_BLOCK and dev.type == "cpu" and _native.available() and eng.cdt == torch.float32
+    stats["exact_in_block"] = native
+    threads = eng.threads if native else 1
+    stats["threads"] = threads
     widest = min(rows_max, max(e - s for _, s, e in units))
     if dev.type == "cpu":
         proj_cols = max(256, min(proj_cols, _PROJ_PIECE // widest))
-    proj_buf = torch.empty(min(n, proj_cols) * widest, dtype=eng.cdt, device=dev)
-    _no_neighbours_yet(out_d, out_i)
-    total = sum((e - s) * (n - s) for _, s, e in units)
-    seen = survivors = done = 0
-    brute_mode = False
-    for _, s, e in units:
-        q, qn2 = eng.x.index_select(0, perm[s:e]), n2_p[s:e]
-        if brute_mode:
-            cols = torch.arange(s, n, device=dev)
-        else:
-            # computed projected squared distances G (columns × rows), in pieces of proj_cols columns (a
-            # cache-sized block on the CPU). Column j survives when some row i of the block may have it among
-            # its neighbours (G_ij <= thrz_i) or it may have row i among its own (G_ij <= thrz_j). Both tests
-            # compare G with a threshold rounded up to the GEMM dtype; fl(G - t) <= 0 exactly when G <= t.
-            zu = _query_form(z_p[s:e]).T
-            thr_rows = thrz_up[s:e].unsqueeze(0)
-            keep = torch.empty(n - s, dtype=torch.bool, device=dev)
-            for j0 in range(s, n, proj_cols):
-                j1 = min(n, j0 + proj_cols)
-                G = torch.mm(z_p[j0:j1], zu, out=proj_buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
-                mine = torch.amin(G, 1) <= thrz_up[j0:j1]
-                keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
-            cols = torch.nonzero(keep).flatten() + s
-            eng.clock.lap("projected")
-        seen += (e - s) * (n - s)
-        survivors += (e - s) * cols.numel()
-        for c0 in range(0, cols.numel(), cols_max):
-            cc_ = cols[c0 : c0 + cols_max]
-            sq = eng.sq_dists(q, qn2, perm.index_select(0, cc_))
-            inblock = torch.nonzero(cc_ < e).flatten()
-            sq[cc_.index_select(0, inblock) - s, inblock] = math.inf  # self
-            eng.clock.lap("gemm")
-            # the other direction (column j as the query, row i as its candidate) counts for columns outside the
-            # block only: an in-block pair {i, j} already met both directions as the entries (i, j) and (j, i),
-            # so no pair is ever queued twice (the columns are ascending: the in-block ones are a prefix)
-            nb = inblock.numel()
-            if in_cache:
-                # exact distances now, from the block's rows and the gathered columns while both are in cache (the
-                # reference's own float32 values: no centred copy in this mode); one pass of the native kernel does
-                # the threshold tests of both directions and computes each kept pair's distance once
-                gr, gc, d = block_out.run(sq, thr_c[s:e], thr_c.index_select(0, cc_), nb, q, eng.gathered,
-                                          perm[s:e], perm.index_select(0, cc_))
-                eng.add_exact(gr, gc, d)
-                eng.examined += gr.numel()
+
+    with _Workers(threads, eng, n, k, out_d, out_i, native, perm) as pool:
+        # U for every row from its home clusters (own first, then the nearest centroids)
+        U = torch.empty(n, dtype=torch.float64, device=dev)
+
+        def home(w, unit) -> None:
+            c, s, e = unit
+            home_cols = torch.cat([torch.arange(starts[c_], starts[c_ + 1], device=dev) for c_ in homes[c]])
+            sh = w.sq_dists(x_p[s:e], n2_p[s:e], x_p, n2_p, home_cols)
+            sh.masked_fill_(home_cols.unsqueeze(0) == torch.arange(s, e, device=dev).unsqueeze(1), math.inf)
+            kth = torch.topk(sh, k, dim=1, largest=False, sorted=False).values.amax(1).to(torch.float64)
+            U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
+
+        pool.run(iter(units), home)
+        eng.clock.lap("home")
+
+        def projected(w, zp, thrz, s, e, cand=None) -> torch.Tensor:
+            """Columns (positions >= s, ascending) the projected test keeps for the block [s, e): computed projected
+            squared distances G (columns × rows), in pieces of proj_cols columns (a cache-sized block on the CPU).
+            Column j survives when some row i of the block may have it among its neighbours (G_ij <= thrz_i) or
+            it may have row i among its own (G_ij <= thrz_j). Both tests compare G with a threshold rounded up to
+            the GEMM dtype; fl(G - t) <= 0 exactly when G <= t. ``cand``: test only these columns."""
+            zu = _query_form(zp[s:e]).T
+            thr_rows = thrz[s:e].unsqueeze(0)
+            buf = w.proj_buffer(min(n, proj_cols) * (e - s), zp.dtype)
+            if cand is None:
+                keep = torch.empty(n - s, dtype=torch.bool, device=dev)
+                for j0 in range(s, n, proj_cols):
+                    j1 = min(n, j0 + proj_cols)
+                    G = torch.mm(zp[j0:j1], zu, out=buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
+                    mine = torch.amin(G, 1) <= thrz[j0:j1]
+                    keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
+                return torch.nonzero(keep).flatten() + s
+            keep = torch.empty(cand.numel(), dtype=torch.bool, device=dev)
+            for p0 in range(0, cand.numel(), proj_cols):
+                idx = cand[p0 : p0 + proj_cols]
+                G = torch.mm(w.gather(zp, idx), zu, out=buf[: idx.numel() * (e - s)].view(idx.numel(), e - s))
+                mine = torch.amin(G, 1) <= thrz.index_select(0, idx)
+                keep[p0 : p0 + idx.numel()] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
+            return cand[keep]
+
+        # the projection rank, from the data: on a few sample blocks, the projected test at each candidate rank
+        # (timed) plus the GEMM its survivors would need (at the GEMM rate measured on the same blocks); the
+        # rank of least total cost wins (more directions prune more columns, but cost more per column)
+        w0 = pool.workers[0]
+        big = [u for u in units if u[2] - u[1] >= 8] or units
+        sample = [big[int(i)] for i in np.linspace(0, len(big) - 1, min(_RANK_SAMPLES, len(big)))] \
+            if len(pre.ranks) > 1 and force != "brute" else []
+        rate_s = rate_p = 0.0
+        for _, s, e in sample:
+            c1 = min(n, s + 2048)
+            t = time.perf_counter()
+            w0.sq_dists(x_p[s:e], n2_p[s:e], x_p[s:c1], n2_p[s:c1], None)
+            rate_s += time.perf_counter() - t
+            rate_p += (e - s) * (c1 - s)
+        costs = {}
+        for r in pre.ranks if sample else ():
+            zr = pre.at(r, perm)
+            E_r, kappa_r = pre.constants(r)
+            b = _Bounds(E=eng.bounds.E, E_proj=E_r, eta=eng.bounds.eta, kappa_proj=kappa_r)
+            thrz_r = _up(b.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
+            t = time.perf_counter()
+            surv = sum((e - s) * projected(w0, zr, thrz_r, s, e).numel() for _, s, e in sample)
+            costs[r] = time.perf_counter() - t + surv * rate_s / max(rate_p, 1)
+            del zr
+        rank = min(costs, key=costs.get) if costs else pre.ranks[0 if force == "brute" else -1]
+        stats["rank"] = rank
+        stats["rank_costs"] = {r: round(c, 4) for r, c in costs.items()}
+        eng.bounds.E_proj, eng.bounds.kappa_proj = pre.constants(rank)
+        z_p = pre.at(rank, perm)
+        rw = rank + 1  # columns of w = [(x - mu) P, rho] in z
+        del pre
+        eng.clock.lap("rank")
+        thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
+        thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
+        pool.start_scan(thr_c, norm_p + eng.max_norm, eng.bounds)
+        cl = _cluster_bounds(z_p[:, :rw], counts, U + (eng.bounds.eta + eng.bounds.kappa_proj) * (cn_p + eng.max_cnorm))
+        stats["cluster_test"] = cl is not None
+        chooser = _Chooser(units, n, force)
+        total = sum((e - s) * (n - s) for _, s, e in units)
+
+        def block(w, task) -> None:
+            mode, group = task
+            s, e = group[0][1], group[-1][2]
+            q, qn2 = x_p[s:e], n2_p[s:e]
+            t0 = time.perf_counter()
+            if mode == "brute":
+                cols = None
+                ncols = n - s
             else:
-                rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
-                eng.add(perm.index_select(0, rr + s), perm.index_select(0, cc_.index_select(0, cc)), sq[rr, cc])
-                if nb < cc_.numel():
-                    out = sq[:, nb:]
-                    rr, cc = torch.nonzero(out <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
-                    eng.add(perm.index_select(0, cc_.index_select(0, cc + nb)), perm.index_select(0, rr + s),
-                            out[rr, cc])
-            eng.clock.lap("topk")
-        done += e - s
-        if eng.n_pairs > _FLUSH_PAIRS:  # bounded memory: flushes merge with the rows' best so far
-            eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
-        if eng.n_ready > _FLUSH_READY:
-            eng.flush_ready(out_d, out_i)
-        progress(0.95 * seen / total, "knn")
-        if not brute_mode and done >= max(_FALLBACK_AFTER, n // 20) and survivors > _FALLBACK_SURVIVORS * seen:
-            brute_mode = True
-            stats["fallback_after"] = done
-    eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
-    eng.flush_ready(out_d, out_i)
-    stats["pruned_fraction"] = round(1.0 - survivors / max(1, total), 4)
+                # computed projected squared distances G (columns × rows), in pieces of proj_cols columns (a
+                # cache-sized block on the CPU). Column j survives when some row i of the block may have it among
+                # its neighbours (G_ij <= thrz_i) or it may have row i among its own (G_ij <= thrz_j). Both tests
+                # compare G with a threshold rounded up to the GEMM dtype; fl(G - t) <= 0 exactly when G <= t.
+                # first whole clusters (exact float64 triangle inequality on the same embedding, see
+                # _cluster_bounds), then the projected test on the members of the clusters left
+                cand = None if cl is None else cl.candidates(group[0][0], s, e)
+                cols = projected(w, z_p, thrz_up, s, e, cand)
+                ncols = int(cols.numel())
+            t1 = time.perf_counter()
+            t_gemm = t_kernel = 0.0
+            step = cols_max if mode != "brute" else _BRUTE_COLS
+            for c0 in range(0, ncols, step):
+                ta = time.perf_counter()
+                if cols is None:
+                    c1 = min(ncols, c0 + step)
+                    cc_ = torch.arange(s + c0, s + c1, device=dev)
+                    sq = w.sq_dists(q, qn2, x_p[s + c0 : s + c1], n2_p[s + c0 : s + c1], None)
+                    xg = x_p[s + c0 : s + c1]
+                else:
+                    cc_ = cols[c0 : c0 + step]
+                    xg = w.gather(x_p, cc_)
+                    ta = time.perf_counter()  # the gather is not part of a brute-force block's cost
+                    sq = w.sq_dists(q, qn2, xg, n2_p.index_select(0, cc_), None)
+                inblock = torch.nonzero(cc_ < e).flatten()
+                sq[cc_.index_select(0, inblock) - s, inblock] = math.inf  # self
+                tb = time.perf_counter()
+                t_gemm += tb - ta
+                # the other direction (column j as the query, row i as its candidate) counts for columns outside
+                # the block only: an in-block pair {i, j} already met both directions as the entries (i, j) and
+                # (j, i), so no pair is ever queued twice (the columns are ascending: the in-block ones a prefix)
+                nb = inblock.numel()
+                ids_r, ids_c = perm[s:e], perm.index_select(0, cc_)
+                if native:
+                    # one pass of the native kernel does the threshold tests of both directions, keeps each row's
+                    # k smallest values seen (tightening its threshold) and queues the candidates
+                    w.scan(sq, nb, torch.arange(s, e, device=dev), cc_)
+                else:
+                    rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
+                    eng.add(ids_r.index_select(0, rr), ids_c.index_select(0, cc), sq[rr, cc])
+                    if nb < cc_.numel():
+                        out = sq[:, nb:]
+                        rr, cc = torch.nonzero(out <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
+                        eng.add(ids_c.index_select(0, cc + nb), ids_r.index_select(0, rr), out[rr, cc])
+                t_kernel += time.perf_counter() - tb
+            if not native and eng.n_pairs > _FLUSH_PAIRS:  # bounded memory: flushes merge with the best so far
+                eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
+            w.maybe_flush()
+            t2 = time.perf_counter()
+            chooser.report(mode, group, e - s, n - s, ncols, t1 - t0, t_gemm, t_kernel, t2 - t0)
+            w.clock("projected", t1 - t0)
+            w.clock("gemm", t_gemm)
+            w.clock("topk", t_kernel)
+
+        pool.run(chooser, block, progress=lambda: progress(0.95 * chooser.seen / max(1, total), "knn"))
+    if not native:
+        eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
+    eng.examined += pool.examined
+    stats["queued_mean"] = round(pool.queued / max(1, n), 3)
+    for name, sec in pool.seconds.items():
+        eng.clock.acc[name] = round(eng.clock.acc.get(name, 0.0) + sec, 4)
+    eng.clock.t = time.perf_counter()
+    stats.update(chooser.summary())
+    if cl is not None:
+        stats["cluster_kept"] = round(cl.kept / max(1, cl.seen), 4)
 
 
-def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, progress) -> None:
+def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, progress, fallback: bool = True) -> None:
     """Step 2 of the module docstring: exact pruning with principal-direction projections (anchors or
     separate queries; the full self-query uses :func:`_pruned_symmetric`). ``q``/``qnorm``: queries in the
     GEMM frame; ``qcnorm``: their norms about the reference mean (the projection's frame)."""
@@ -1039,7 +1476,7 @@ def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, prog
             done += g.shape[0]
             progress(done / nq * 0.95, "knn")
             # graceful fallback: when most columns survive, the projection only adds work
-            if not brute_mode and done >= max(_FALLBACK_AFTER, nq // 20) and survivors > _FALLBACK_SURVIVORS * done * n:
+            if fallback and not brute_mode and done >= max(_FALLBACK_AFTER, nq // 20) and survivors > _FALLBACK_SURVIVORS * done * n:
                 brute_mode = True
                 stats["fallback_after"] = done
     eng.flush(q_rows, self_idx, out_d, out_i)
@@ -1055,6 +1492,7 @@ def kneighbors(
     device: torch.device | str = "cpu",
     memory_budget_mb: int = 1024,
     progress: ProgressFn = no_progress,
+    method: str = "auto",
 ) -> KNNResult:
     """Exact k nearest neighbours in float64 Euclidean distance (module docstring; docs/methods.md §0, §1.1, §7).
 
@@ -1066,13 +1504,18 @@ def kneighbors(
 
     Distances are ``sqrt(sum((x_q - x_j)**2))`` in float64, ascending; equal distances are ordered by the smaller
     reference index. ``memory_budget_mb`` bounds the working buffers (beyond the inputs and a centred float32
-    copy of ``reference``); ``progress(fraction, "knn")`` is called after each chunk of queries.
+    copy of ``reference``); ``progress(fraction, "knn")`` is called after each chunk of queries. ``method``: "auto"
+    (default) lets the engine choose between the pruned search and the brute force from costs it measures during
+    the search; "pruned" or "brute" force one (large inputs only; small ones always use the brute force). The
+    answer never depends on it.
 
     >>> X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
     >>> r = kneighbors(X, 2)
     >>> r.indices.tolist(), r.distances.tolist()
     ([[1, 2], [0, 2], [3, 1], [2, 1]], [[1.0, 3.0], [1.0, 2.0], [1.0, 2.0], [1.0, 3.0]])
     """
+    if method not in _METHODS:
+        raise EstimatorError(f"kneighbors: method must be one of {', '.join(_METHODS)}, got {method!r}")
     reference = _as_matrix(reference, "reference")
     n, D = reference.shape
     if queries is not None and query_index is not None:
@@ -1121,62 +1564,58 @@ def kneighbors(
     out_i = torch.empty((nq, k), dtype=_id_dtype(n), device=dev)  # int64 in the result
     stats: dict = {"method": "brute", "pruned_fraction": 0.0}
     if nq:
-        eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats)
-        stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
-        stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
         prune = nq * n >= _PRUNE_MIN_PAIRS and n >= _PRUNE_MIN_REF and D >= _PRUNE_MIN_DIM
-        if prune and self_query and query_index is None:
-            stats["method"] = "pruned-symmetric"
-            _pruned_symmetric(eng, out_d, out_i, progress)
-        else:
-            if self_query:
-                q, qnorm, qcnorm = eng.x.index_select(0, qi), eng.norm.index_select(0, qi), eng.cnorm.index_select(0, qi)
-            else:
-                q, qnorm = eng.frame(q_rows)
-                qcnorm = qnorm if eng.centered else torch.cat([
-                    torch.linalg.vector_norm(q_rows[s : s + eng.chunk].to(torch.float64) - eng.mu, dim=1)
-                    for s in range(0, nq, eng.chunk)])
-            eng.qnorm = qnorm
-            eng.clock.lap("prepare")
-            if prune:
-                stats["method"] = "pruned"
-                _pruned(eng, q, qnorm, qcnorm, q_rows, qi, out_d, out_i, progress)
-            else:
-                eng.brute(q, qnorm, q_rows, qi, out_d, out_i, progress)
-        stats["candidates_mean"] = round(eng.examined / nq, 3)
-        if bool((out_i < 0).any()):  # cannot happen if the bounds hold; never return a partial answer
-            raise RuntimeError("kneighbors: internal error, a query ended with fewer than k exact neighbours")
-        progress(1.0, "knn")
-        del eng
+        symmetric = prune and self_query and query_index is None
+        threads = torch.get_num_threads()
+        # the symmetric search runs every step in one thread per worker: its preparation (norms, projection,
+        # k-means) with one intra-op thread (small pieces, which a competing process would otherwise stall at
+        # every barrier), its blocks in `threads` workers (_Workers)
+        single = symmetric and dev.type == "cpu" and threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            _search(ref, k, dev, memory_budget_mb, stats, prune, symmetric, method, threads, qi, q_rows,
+                    self_query, out_d, out_i, progress)
+        finally:
+            if single:
+                torch.set_num_threads(threads)
         release_freed_memory(dev)
     return KNNResult(distances=out_d.cpu(), indices=out_i.cpu().long(), query_index=None if qi is None else qi.cpu(),
                      stats=stats)
 
 
-def release_freed_memory(dev: torch.device | str = "cpu") -> None:
-    """Hand the heap pages that the search freed back to the OS (glibc ``malloc_trim``).
-
-    The search allocates and frees many medium-sized temporaries; glibc keeps freed heap pages mapped, so without
-    this the resident set of a process that runs several analyses grows from call to call. The estimators call it
-    once more at their end, after their own post-processing. Linux/glibc CPU only; a no-op elsewhere."""
-    global _malloc_trim
-    if torch.device(dev).type != "cpu":
-        return
-    if _malloc_trim is None:
-        _malloc_trim = False
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6")
-            _malloc_trim = libc.malloc_trim
-            _malloc_trim.argtypes, _malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-        except (OSError, AttributeError):
-            pass
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
+def _search(ref, k, dev, memory_budget_mb, stats, prune, symmetric, method, threads, qi, q_rows, self_query, out_d,
+            out_i, progress) -> None:
+    """The body of :func:`kneighbors` once its arguments are checked."""
+    n, D = ref.shape
+    nq = q_rows.shape[0]
+    eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats, defer_frame=symmetric)
+    eng.threads = threads
+    stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
+    stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
+    if symmetric:
+        stats["method"] = "pruned-symmetric"
+        _pruned_symmetric(eng, out_d, out_i, progress, force=None if method == "auto" else method)
+    else:
+        if self_query:
+            q, qnorm, qcnorm = eng.x.index_select(0, qi), eng.norm.index_select(0, qi), eng.cnorm.index_select(0, qi)
+        else:
+            q, qnorm = eng.frame(q_rows)
+            qcnorm = qnorm if eng.centered else torch.cat([
+                torch.linalg.vector_norm(q_rows[s : s + eng.chunk].to(torch.float64) - eng.mu, dim=1)
+                for s in range(0, nq, eng.chunk)])
+        eng.qnorm = qnorm
+        eng.clock.lap("prepare")
+        if prune and method != "brute":
+            stats["method"] = "pruned"
+            _pruned(eng, q, qnorm, qcnorm, q_rows, qi, out_d, out_i, progress, fallback=method == "auto")
+        else:
+            eng.brute(q, qnorm, q_rows, qi, out_d, out_i, progress)
+    stats["candidates_mean"] = round(eng.examined / nq, 3)
+    if bool((out_i < 0).any()):  # cannot happen if the bounds hold; never return a partial answer
+        raise RuntimeError("kneighbors: internal error, a query ended with fewer than k exact neighbours")
+    progress(1.0, "knn")
+    del eng
 
 
 def _as_matrix(X, name: str) -> torch.Tensor:

@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from estimators.base import EstimatorError, ProgressFn, no_progress, scaled_progress
-from estimators.knn.engine import exact_distances, exact_duplicates, lower_bound_embedding
+from estimators.knn.duplicates import exact_duplicates
+from estimators.knn.engine import exact_distances, lower_bound_embedding
 
 Backend = Literal["auto", "faiss", "torch"]
 

@@ -98,7 +98,7 @@ def exact_kernel(request, monkeypatch):
 @pytest.mark.parametrize("k", [1, 2, 20])
 def test_symmetric_pruned_path_exact_on_clustered_data(small_thresholds, exact_kernel, dtype, k):
     X = torch.from_numpy(clustered(1500, 64, 6, seed=k)).to(dtype)
-    res = kneighbors(X, k)
+    res = kneighbors(X, k, method="pruned")
     assert res.stats["method"] == "pruned-symmetric"
     assert res.stats["pruned_fraction"] > 0.3  # the pruning actually pruned on this data
     assert res.stats["centered_copy"] == (dtype == torch.float64)  # float32 input is used in place
@@ -140,7 +140,8 @@ def test_separate_queries_no_self_exclusion(small_thresholds):
 def test_isotropic_high_dimensional_data_falls_back_and_stays_exact(small_thresholds):
     X = torch.randn(1200, 256, generator=torch.Generator().manual_seed(7))
     res = kneighbors(X, 10)
-    assert "fallback_after" in res.stats  # the projection could not prune: brute force took over
+    # the projection cannot prune: the measured costs hand the blocks to the brute force
+    assert res.stats["chosen"] == "brute" and res.stats["blocks_brute"] > res.stats["blocks_pruned"]
     check(res, *brute(X.numpy(), 10))
     qi = torch.arange(0, 1200, 2)
     res = kneighbors(X, 10, query_index=qi)
@@ -246,33 +247,67 @@ def test_no_candidate_pair_is_queued_twice_between_exact_phases(small_thresholds
     check(res, *brute(X.numpy(), 10, query_index=qi))
 
 
-def test_symmetric_search_with_exact_distances_in_the_block_loop(small_thresholds):
-    """float32 input with the native kernel: exact distances are computed inside the block loop from the gathered
-    rows; every directed pair arrives at most once, nothing goes through the pending-pair phase, and the answer
-    is the float64 brute force's."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetric_search_fused_scan_queues_each_directed_pair_once(small_thresholds, dtype):
+    """With the native kernel, each block's certified distances go through the fused top-k scan: every directed
+    pair is queued at most once, nothing goes through the engine's pending-pair phase, the thresholds tighten to
+    about k candidates per row, and the answer is the float64 brute force's."""
     if not native.available():
         pytest.fail("the native kernel was not built (README 'Set-up')")
-    X = torch.from_numpy(clustered(1500, 48, 5, seed=23)).float()
+    X = torch.from_numpy(clustered(1500, 48, 5, seed=23)).to(dtype)
     seen, repeats = set(), []
-    add_exact = knn._Engine.add_exact
+    run = native.BlockScan.run
 
-    def spy(self, rows, cols, d):
-        for pair in zip(rows.tolist(), cols.tolist()):
+    def spy(self, *args):
+        r, c, v = run(self, *args)
+        for pair in zip(r.tolist(), c.tolist()):
             if pair in seen:
                 repeats.append(pair)
             seen.add(pair)
-        add_exact(self, rows, cols, d)
+        return r, c, v
 
     knn_add = knn._Engine.add
     pending = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(knn._Engine, "add_exact", spy)
+        mp.setattr(native.BlockScan, "run", spy)
         mp.setattr(knn._Engine, "add", lambda self, *a: (pending.append(a), knn_add(self, *a)))
         res = kneighbors(X, 12)
     assert res.stats["exact_in_block"] and res.stats["method"] == "pruned-symmetric"
     assert repeats == [] and len(seen) >= res.indices.numel()
     assert pending == []  # no pair waited for the pending-pair exact phase
+    assert res.stats["candidates_mean"] < 2 * 12  # the settled candidates: close to k per row
     check(res, *brute(X.numpy(), 12))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["brute", "mixed"])
+def test_symmetric_blocks_by_brute_force_or_mixed_give_the_exact_answer(small_thresholds, monkeypatch, dtype,
+                                                                         threads, mode):
+    """Blocks run by brute force, or alternately pruned and brute force (as the cost-based choice may do), in one
+    or two worker threads: the same exact answer as a float64 brute force."""
+    X = torch.from_numpy(clustered(1400, 48, 5, seed=31)).to(dtype)
+    if mode == "mixed":
+        nxt = knn._Chooser.__next__
+
+        def alternate(self):
+            self.mode = "brute" if self.pos % 2 else "pruned"
+            return nxt(self)
+
+        monkeypatch.setattr(knn._Chooser, "__next__", alternate)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        res = kneighbors(X, 11, method="brute" if mode == "brute" else "pruned")
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.get_num_threads() == saved
+    assert res.stats["threads"] == threads
+    if mode == "brute":
+        assert res.stats["blocks_pruned"] == 0 and res.stats["pruned_fraction"] == 0.0
+    else:
+        assert res.stats["blocks_pruned"] > 0 and res.stats["blocks_brute"] > 0
+    check(res, *brute(X.numpy(), 11))
 
 
 def test_three_sort_ordering_fallback_gives_the_same_answer(small_thresholds, monkeypatch):
@@ -497,3 +532,15 @@ def test_native_block_candidates_match_the_threshold_tests_and_grow_their_buffer
                 want[(500 + j, 100 + i)] = dist
     got = {(a, b): v for a, b, v in zip(gr.tolist(), gc.tolist(), d.tolist())}
     assert len(got) == gr.numel() and got == want and out.cap >= len(want) > 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetric_search_settling_the_queue_often_gives_the_same_answer(small_thresholds, monkeypatch, dtype):
+    """Queued candidates settled against each worker's thresholds many times during the search (bounded memory):
+    the same exact answer as settling once at the end, and as a float64 brute force."""
+    X = torch.from_numpy(clustered(1300, 40, 5, seed=41)).to(dtype)
+    a = kneighbors(X, 8)
+    monkeypatch.setattr(knn, "_STORE_MAX", 200)
+    b = kneighbors(X, 8)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
+    check(b, *brute(X.numpy(), 8))
