@@ -23,7 +23,7 @@ from estimators import registry
 from estimators.registry import DEFAULT_ESTIMATORS
 from estimators.base import EstimatorError, Params, ProgressFn, no_progress, scaled_progress
 from estimators.device import describe_device, resolve_device
-from estimators.knn import exact_duplicates
+from estimators.knn import Duplicates, exact_duplicates, known_duplicates
 from taskgauge.datasets.canonical import CanonicalDataset
 
 if TYPE_CHECKING:
@@ -183,9 +183,10 @@ def _check_model_size(name: str, spec: Any, facts: DataFacts, limit: int) -> Non
         )
 
 
-def dataset_summary(dataset: CanonicalDataset, info: DatasetInfo) -> dict[str, Any]:
-    flat = dataset.flat()
-    dup = exact_duplicates(flat)
+def dataset_summary(dataset: CanonicalDataset, info: DatasetInfo, dup: Duplicates | None = None) -> dict[str, Any]:
+    """The report's dataset section; ``dup`` is ``exact_duplicates`` of the flat X when already computed."""
+    if dup is None:
+        dup = exact_duplicates(dataset.flat())
     conflicting = 0
     if dataset.y is not None:
         for group in dup.groups:
@@ -216,11 +217,14 @@ def run_estimators(
     progress: ProgressFn = no_progress,
     on_result: Callable[[str, dict[str, Any]], None] | None = None,
     done: Mapping[str, dict[str, Any]] | None = None,
+    X_flat: torch.Tensor | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run each planned estimator not in ``done`` on ``dataset``; returns every result entry by name (``done``'s
     included). ``on_result(name, entry)`` is called as each one finishes. A worker runs one estimator this way in
-    each shard of a fanned-out analysis."""
-    X_flat = torch.from_numpy(np.ascontiguousarray(dataset.flat()))
+    each shard of a fanned-out analysis. ``X_flat``: the flat X tensor when the caller already made it (its
+    duplicates registered with :func:`estimators.knn.known_duplicates`)."""
+    if X_flat is None:
+        X_flat = torch.from_numpy(np.ascontiguousarray(dataset.flat()))
     X_full = torch.from_numpy(np.ascontiguousarray(dataset.X))
     y = torch.from_numpy(np.ascontiguousarray(dataset.y)) if dataset.y is not None else None
 
@@ -272,8 +276,13 @@ def run_pipeline(
 
         dataset = embed_dataset(dataset, progress=scaled_progress(progress, 0.0, 0.1))
     progress(0.0, "checking data")
-    summary = dataset_summary(dataset, info)
-    results = run_estimators(dataset, planned, device=dev, progress=progress, on_result=on_result, done=done)
+    # Duplicates are found once: the report's count, and every estimator through known_duplicates.
+    X_flat = torch.from_numpy(np.ascontiguousarray(dataset.flat()))
+    dup = exact_duplicates(X_flat)
+    summary = dataset_summary(dataset, info, dup)
+    with known_duplicates(X_flat, dup):
+        results = run_estimators(dataset, planned, device=dev, progress=progress, on_result=on_result, done=done,
+                                 X_flat=X_flat)
 
     return to_jsonable(
         {

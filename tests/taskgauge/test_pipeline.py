@@ -29,3 +29,31 @@ def test_default_estimators_and_label_check():
     assert tuple(plan(None, _data())) == DEFAULT_ESTIMATORS
     with pytest.raises(EstimatorError, match="needs class labels"):
         plan({"label_sharpness": {}}, _data(labels=False))
+
+
+def test_duplicates_are_found_once_per_analysis(monkeypatch):
+    """The pipeline hashes the rows once; mle, twonn, gride and label_sharpness reuse that answer
+    (estimators.knn.known_duplicates) instead of hashing the same data four more times."""
+    import numpy as np
+    import torch
+
+    from estimators.knn import duplicates
+    from taskgauge.datasets.canonical import CanonicalDataset
+    from taskgauge.pipeline import DatasetInfo, run_pipeline
+
+    hashed: list[int] = []
+    real = duplicates.Duplicates
+
+    def counting(*args, **kw):  # built only at the end of an actual hashing pass (a known answer is returned as is)
+        hashed.append(1)
+        return real(*args, **kw)
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6))
+    X[10] = X[3]  # one duplicate row
+    data = CanonicalDataset(X=X, y=(X[:, 0] > 0).astype(np.int64), classes=["a", "b"], meta={})
+    monkeypatch.setattr(duplicates, "Duplicates", counting)
+    report = run_pipeline(data, {"mle": {}, "twonn": {}, "gride": {}, "label_sharpness": {}}, info=DatasetInfo("d"),
+                          device=torch.device("cpu"))
+    assert report["dataset"]["duplicates"]["exact"] == 1
+    assert len(hashed) == 1, f"rows hashed {len(hashed)} times"
