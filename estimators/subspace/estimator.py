@@ -136,11 +136,14 @@ def _groups(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
 
 
-def _trial(d: int | None, seed: int, row: RowOutcome, train_m: float, train_l: float, lr_source: str) -> dict:
+def _trial(
+    d: int | None, seed: int, row: RowOutcome, train_m: float, train_l: float, lr_source: str, seconds: float
+) -> dict:
     return {
         "d": d, "seed": seed, "lr": row.lr, "lr_final": row.lr_final, "lr_source": lr_source, "steps": row.steps,
         "best_step": row.best_step, "stop_reason": row.stop_reason, "converged": row.converged,
         "metric": row.metric, "eval_loss": row.loss, "train_accuracy": train_m, "train_loss": train_l,
+        "seconds": seconds,  # the group's wall time split evenly over the seeds trained with it
     }
 
 
@@ -233,7 +236,7 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
         done["models"] += k
         report(0.0, f"{label}: {done['models']} models trained")
         for i, row, tm, tl in zip(seeds_idx, out.rows, out.train_metric, out.train_loss):
-            trials.append(_trial(d, i, row, tm, tl, lr_source))
+            trials.append(_trial(d, i, row, tm, tl, lr_source, out.seconds / k))
         return out
 
     # -- baseline -----------------------------------------------------------------------------------------
@@ -365,6 +368,7 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
             "std": float(np.std(sweep.curve[d], ddof=1)) if len(sweep.curve[d]) > 1 else 0.0,
             "lr": lr_by_d[d],
             "converged": all(tr["converged"] is not False for tr in rows),
+            "seeds_converged": [tr["converged"] for tr in sorted(rows, key=lambda tr: tr["seed"])],
             "n_unconverged": sum(tr["converged"] is False for tr in rows),
             "train_accuracy_mean": float(np.mean([tr["train_accuracy"] for tr in rows])),
             "steps_mean": float(np.mean([tr["steps"] for tr in rows])),
