@@ -107,15 +107,15 @@ def run_one(name: str, args) -> dict:
             last[0] = time.perf_counter()
             print(f"  [{name}] {f:5.1%} {stage}", file=sys.stderr, flush=True)
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     res = est.fn(X, y, p, device=torch.device("cpu"), progress=progress)
-    sec = time.perf_counter() - t
+    sec, cpu = time.perf_counter() - t, time.process_time() - c
     det = res.details
     print(f"{name}: d_int90 {det['d_int90_display']} CI {res.ci} bound {det['bound']} ({sec:.0f} s) {res.warnings}",
           file=sys.stderr, flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     out = {"name": name, "data": data, "value": res.value, "ci": res.ci, "details": det, "warnings": res.warnings,
-           "seconds": sec, "params": p.model_dump(mode="json"), "threads": torch.get_num_threads(),
+           "seconds": sec, "cpu_seconds": cpu, "params": p.model_dump(mode="json"), "threads": torch.get_num_threads(),
            "load_before": load0, "load_after": load_avg(), "commit": commit,
            "version": registry.get("subspace").version}
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def write_report() -> None:
         "converged direct accuracy. CPU, this shared 2-core machine; load average (1/5/15 min) logged per run.",
         "",
         "| run | D | baseline (mean ± sd) | d_int90 | 95% CI | bound | trials unconverged | median steps / cap "
-        "| s per trial (median, max) | lr chosen | min train acc at d ≥ d_int90 | curve monotone | wall | load before→after |",
+        "| s per trial (median, max) | lr chosen | min train acc at d ≥ d_int90 | curve monotone | wall (CPU) | load before→after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():
@@ -191,7 +191,7 @@ def write_report() -> None:
             f"| {name} | {det['D']:,} | {b['direct_mean']:.3f} ± {b['direct_std']:.3f} | {det['d_int90_display']} | "
             f"{_fmt_ci(r['ci'])} | {det['bound']} | {st['unconverged']}/{st['n'] + len(st['base_steps'])} | "
             f"{st['median_steps']:.0f} / {st['cap']} | {st['sec_median']:.1f}, {st['sec_max']:.1f} | {lrs} | "
-            f"{_chance_check(det, r['value'])} | {_monotone(det)} | {r['seconds'] / 60:.1f} min | "
+            f"{_chance_check(det, r['value'])} | {_monotone(det)} | {r['seconds'] / 60:.1f} min ({r.get('cpu_seconds', float('nan')) / 60:.1f}) | "
             f"{r['load_before']} → {r['load_after']} |"
         )
     L += ["", "Steps actually trained against the cap (what a fixed budget of `epochs` would have cost), and time:", "",

@@ -414,6 +414,11 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
             "baseline_lr": train.lr,
         },
         "lr_range_tests": range_tests,
+        # d whose range test chose the largest / smallest candidate (the best lr may lie beyond the grid)
+        "lr_at_grid_edge": {
+            "top": [int(d) for d, tb in range_tests.items() if lr_by_d[int(d)] == max(params.lr_candidates)],
+            "bottom": [int(d) for d, tb in range_tests.items() if lr_by_d[int(d)] == min(params.lr_candidates)],
+        },
         "n_unconverged": n_unconv,
         "D": D,
         "n_tensors": m,

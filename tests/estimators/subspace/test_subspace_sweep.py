@@ -133,7 +133,7 @@ def test_digits_mlp_dint90_with_seeds_and_ci():
     est = registry.get("subspace")
     assert est.needs_model and est.needs_labels
     params = est.parse_params({
-        "model": {"arch": "mlp", "hidden": [32], "train": {"lr": 0.01}}, "max_samples": 1000,
+        "model": {"arch": "mlp", "hidden": [32], "train": {"lr": 0.01, "eval_every": 25}}, "max_samples": 1000,
         "d_min": 8, "grid_factor": 4, "bisect_steps": 2, "seeds": 3, "n_bootstrap": 300,
         "lr_candidates": [0.01, 0.0316, 0.1, 0.316, 1.0],
     })
