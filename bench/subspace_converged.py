@@ -198,6 +198,8 @@ def write_report() -> None:
         b = det["baseline"]
         st = _trial_stats(det)
         lrs = ", ".join(f"{v:g}" for v in st["lrs"])
+        if det.get("censored") == "below" and not det["d_int90_display"].startswith("≤"):  # runs before the fix
+            det["d_int90_display"] = f"≤ {r['value']:.0f}"
         L.append(
             f"| {name} | {det['D']:,} | {b['direct_mean']:.3f} ± {b['direct_std']:.3f} | {det['d_int90_display']} | "
             f"{_fmt_ci(r['ci'])} | {det['bound']} | "

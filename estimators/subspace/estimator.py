@@ -378,7 +378,8 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
         "d_int90": value,
         "bound": bound,
         "d_int90_display": (
-            f"≤ {value:.0f}" if bound == "upper" else f"≥ {value:.0f}" if bound == "lower" else f"{value:.0f}"
+            f"≤ {value:.0f}" if bound == "upper" or cross.censored == "below"
+            else f"≥ {value:.0f}" if bound == "lower" else f"{value:.0f}"
         ) if value is not None else f"> {max_d}",
         "unconverged_d": rests_on,
         "d_int90_grid": cross.d_grid,
