@@ -49,13 +49,22 @@ True
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
-from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_NEIGHBOURS  # parameter bounds
+from estimators.base import (  # parameter bounds
+    MAX_MEMORY_BUDGET_MB,
+    MAX_NEIGHBOURS,
+    EstimatorError,
+    Params,
+    ProgressFn,
+    Result,
+    no_progress,
+    scaled_progress,
+)
 from estimators.id._common import prepare, to_numpy64
 from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
@@ -140,7 +149,7 @@ def _step(D: np.ndarray, n1: int, n2: int) -> dict:
     zero = r1 <= 0.0
     ties = (~zero) & (r2 <= r1)
     keep = ~(zero | ties)
-    row = {
+    row: dict[str, Any] = {
         "n1": n1, "n2": n2, "scale": None, "r_n2": None, "id": None, "err": None,
         "n_used": 0, "n_filtered": 0, "ties_dropped": int(ties.sum()), "zero_distance_dropped": int(zero.sum()),
     }

@@ -69,7 +69,7 @@ def _check_args(k: int, normalizer: str, pooling: str, k1: int | None, k2: int |
         for name, v in (("k1", k1), ("k2", k2)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < K_MIN:
                 raise ValueError(f"{name} must be an integer >= {K_MIN} (got {v!r}); Levina–Bickel use k1=10, k2=20")
-        if k1 > k2:
+        if k2 is not None and k1 > k2:
             raise ValueError(f"k1={k1} must not exceed k2={k2}")
     if anchors is not None:
         if isinstance(anchors, bool) or not isinstance(anchors, (int, float, np.integer, np.floating)):
@@ -202,7 +202,7 @@ def mle_id(
     del knn  # the neighbour indices are not needed here
     progress(0.9, "mle: pooling")
 
-    ks = list(range(k1, k2 + 1)) if k1 is not None else [k]
+    ks = list(range(k1, k2 + 1)) if k1 is not None and k2 is not None else [k]
     per_k = []
     by_k: dict[int, tuple] = {}
     buf = np.empty_like(D)

@@ -21,6 +21,7 @@ Three estimators, selected by the ``delta_method`` param of ``inductive_bias``:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def evt_delta(
     order_k = top[0]
     extreme = top[1:]
     sampled_min = 1.0 / extreme[-1]
-    info = {"n_pairs": int(s.size), "k": int(k), "sampled_min_distance": float(sampled_min)}
+    info: dict[str, Any] = {"n_pairs": int(s.size), "k": int(k), "sampled_min_distance": float(sampled_min)}
     if not np.isfinite(extreme[-1]):
         info.update({"gamma": None, "extrapolated": 0.0})
         return 0.0, info

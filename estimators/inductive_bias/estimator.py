@@ -38,7 +38,7 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -112,7 +112,7 @@ def _delta(X, y, p: InductiveBiasParams, device, progress: ProgressFn) -> tuple[
     if p.delta_method == "exact":
         res, reps, _, conflicts = exact_interclass(X, y, top_k=1, device=device, memory_budget_mb=p.memory_budget_mb,
                                                    progress=progress)
-        info = {"method": "exact minimum over all pairs (= 1/K_F)"}
+        info: dict[str, Any] = {"method": "exact minimum over all pairs (= 1/K_F)"}
         if res.top_pairs:
             i, j, d = res.top_pairs[0]
             info["pair"] = [int(reps[i]), int(reps[j])]

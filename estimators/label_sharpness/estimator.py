@@ -39,7 +39,7 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -193,7 +193,7 @@ def _paper(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, pr
         boot.append(_k_from_delta(subsample_delta(X64, yd, bidx)[0]))
         progress(0.3 + 0.7 * (b + 1) / p.n_bootstrap, "bootstrap")
     ci = None
-    details_boot = {"n": p.n_bootstrap}
+    details_boot: dict[str, Any] = {"n": p.n_bootstrap}
     if boot:
         arr = np.asarray(boot)
         alpha = (1.0 - p.ci_level) / 2.0

@@ -35,15 +35,27 @@ class TrainSpec(_Strict):
     """How a model is trained: the same block drives direct (baseline) and subspace training.
 
     ``weight_decay`` is the optimizer's L2 term on the *trained* parameters (θ for direct training, θ_d for
-    subspace training). Li et al. used Adam, lr 1e−3, batch 128 (docs/methods.md §4.2).
+    subspace training). Li et al. used Adam, lr 1e−3, batch 128 (METHODS §4.2).
+
+    Training runs to convergence (``stop="plateau"``): every ``eval_every`` steps (default one epoch, 50–1000
+    steps) the validation metric and loss are scored; after ``patience`` scores with neither the metric up by
+    more than ``min_delta`` nor the loss down by more than ``loss_tol`` the lr drops ×0.1 (``lr_drops`` times),
+    then training stops. ``epochs`` is only the cap; a run that reaches it is marked unconverged.
+    ``stop="fixed"`` trains exactly ``epochs`` (the protocol of subspace 1.x).
     """
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0, le=10)
-    epochs: int = Field(10, ge=1, le=10_000)
+    epochs: int = Field(500, ge=1, le=10_000, description="maximum epochs (a cap unless stop='fixed')")
     batch_size: int = Field(128, ge=1, le=1_000_000)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    stop: Literal["plateau", "fixed"] = "plateau"
+    patience: int = Field(5, ge=1, le=1000, description="scores without improvement before an lr drop / the stop")
+    min_delta: float = Field(0.002, ge=0, le=1, description="metric gain that counts as improvement")
+    loss_tol: float = Field(0.01, ge=0, description="loss decrease (nats) that counts as improvement")
+    eval_every: int | None = Field(None, ge=1, description="steps between scores; default one epoch, 50–1000")
+    lr_drops: int = Field(1, ge=0, le=10, description="lr ×0.1 on a plateau this many times before stopping")
 
 
 class MLPSpec(_Strict):

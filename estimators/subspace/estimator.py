@@ -4,12 +4,21 @@ Protocol (docs/methods.md §4.2, "service recommendation"):
 
 1. Split the data (seeded) into train/validation (metric ``val_accuracy``), or train on everything and score the
    training set (``train_accuracy``, for memorisation studies such as shuffled labels).
-2. Baseline: the same network trained directly in all D parameters, ``seeds`` seeds. The threshold is
-   τ = ``threshold`` × baseline, with baseline = the mean direct accuracy ("individual", default) or a fixed
-   ``baseline_value`` ("global", e.g. 1.0 for MNIST as in Li's Table 1 FC entry).
+2. Baseline: the same network trained directly in all D parameters, ``seeds`` seeds, with the spec's lr. The
+   threshold is τ = ``threshold`` × baseline, with baseline = the mean direct accuracy ("individual", default)
+   or a fixed ``baseline_value`` ("global", e.g. 1.0 for MNIST as in Li's Table 1 FC entry).
 3. Subspace training θ = θ₀ + Pθ_d (projection ``fastfood`` by default; ``said=true`` for SAID) on a coarse log
    grid d_min·f^k until the mean over seeds reaches τ, then ``bisect_steps`` geometric bisections.
 4. value = interpolated d_int90 (integer), CI = percentile bootstrap over seeds at every d.
+
+Convergence (issue 14; :mod:`estimators.subspace.training`): every trial (d, seed) and every baseline seed trains
+until its validation metric and loss plateau (the spec's ``epochs`` is only a cap). A trial that hits the cap is
+*unconverged*; when the crossing rests on such trials, ``details.bound`` says which way the value is a bound
+("upper": d_int90 ≤ value; "lower"; "unknown") and a warning says so. The lr of θ_d (whose scale differs from
+the weights' and changes with d) comes from a short lr range test at each d (``subspace_lr="range_test"``): the
+candidate with the lowest training loss after ``lr_range_steps`` steps; a bisection midpoint whose two
+neighbours chose the same lr reuses it. Per trial the details record steps, stop reason, lr, and the final
+train/validation metrics.
 
 The S seeds of one d (and of the baseline) train at once as one vmapped model, in groups that fit
 ``memory_budget_mb``. Seed i uses init seed ``seed+i`` at every d (and in the baseline), so curves are paired.
@@ -25,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -36,12 +45,26 @@ from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_SEED, MAX_SUBSAMPLE  # par
 from estimators.models.builders import build_model, count_params
 from estimators.models.spec import ModelSpec, TrainSpec, _Strict, parse_model_spec
 from estimators.registry import register
-from estimators.validation import as_labelled
-from estimators.subspace.projections import PROJECTIONS, make_projection, projection_bytes
-from estimators.subspace.sweep import bootstrap_ci, coarse_grid, crossing, run_sweep, train_models
+from estimators.subspace.projections import (
+    PROJECTIONS,
+    make_projection,
+    projection_bytes,
+)
+from estimators.subspace.sweep import (
+    assess_bound,
+    bootstrap_ci,
+    coarse_grid,
+    crossing,
+    resolve_protocol,
+    run_sweep,
+)
+from estimators.subspace.training import RowOutcome, lr_range_test, train_classifier
 from estimators.subspace.wrapper import DirectModel, SubspaceModel
+from estimators.validation import as_labelled
 
-VERSION = "1.0.0"
+VERSION = "2.0.0"  # 2.0: trials train to a plateau (epochs = cap), lr range test per d, bounds for unconverged
+
+LR_CANDIDATES = (1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1, 0.316, 1.0)
 
 
 class TrainOverrides(_Strict):
@@ -53,6 +76,12 @@ class TrainOverrides(_Strict):
     batch_size: int | None = Field(None, ge=1, le=1_000_000)
     weight_decay: float | None = Field(None, ge=0)
     momentum: float | None = Field(None, ge=0, lt=1)
+    stop: Literal["plateau", "fixed"] | None = None
+    patience: int | None = Field(None, ge=1, le=1000)
+    min_delta: float | None = Field(None, ge=0, le=1)
+    loss_tol: float | None = Field(None, ge=0)
+    eval_every: int | None = Field(None, ge=1)
+    lr_drops: int | None = Field(None, ge=0, le=10)
 
 
 class SubspaceParams(Params):
@@ -76,6 +105,13 @@ class SubspaceParams(Params):
     max_samples: int | None = Field(None, ge=10, le=MAX_SUBSAMPLE,
         description="seeded subsample of the data before the split")
     train: TrainOverrides = Field(default_factory=TrainOverrides)
+    subspace_lr: Literal["range_test", "spec"] | Annotated[float, Field(gt=0, le=100)] = Field(
+        "range_test", description="lr of θ_d: a range test per d (default), the spec's lr, or a fixed value"
+    )
+    lr_candidates: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+        default_factory=lambda: list(LR_CANDIDATES), min_length=1, max_length=32
+    )
+    lr_range_steps: int | None = Field(None, ge=1, description="steps per range-test candidate; default 2 scores")
     n_bootstrap: int = Field(1000, ge=10, le=100_000)
     memory_budget_mb: int = Field(2048, ge=16, le=MAX_MEMORY_BUDGET_MB)
 
@@ -101,6 +137,17 @@ def _check_inputs(X: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _groups(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+
+
+def _trial(
+    d: int | None, seed: int, row: RowOutcome, train_m: float, train_l: float, lr_source: str, seconds: float
+) -> dict:
+    return {
+        "d": d, "seed": seed, "lr": row.lr, "lr_final": row.lr_final, "lr_source": lr_source, "steps": row.steps,
+        "best_step": row.best_step, "stop_reason": row.stop_reason, "converged": row.converged,
+        "metric": row.metric, "eval_loss": row.loss, "train_accuracy": train_m, "train_loss": train_l,
+        "seconds": seconds,  # the group's wall time split evenly over the seeds trained with it
+    }
 
 
 @register(
@@ -139,7 +186,11 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
     else:
         X_tr, y_tr, X_ev, y_ev = X, y, X, y
     X_tr, y_tr, X_ev, y_ev = (t.to(device) for t in (X_tr, y_tr, X_ev, y_ev))
+    if params.metric == "train_accuracy":
+        X_ev, y_ev = X_tr, y_tr  # the same tensors: train scores are the eval scores
     input_shape = tuple(X.shape[1:])
+    protocol = resolve_protocol(train, int(X_tr.shape[0]), int(X_ev.shape[0]))
+    range_steps = min(protocol.max_steps, params.lr_range_steps or 2 * protocol.eval_every)
 
     def net(i: int) -> torch.nn.Module:
         return build_model(spec, input_shape, n_classes, seed=params.seed + i).to(device)
@@ -158,14 +209,14 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
     budget = params.memory_budget_mb * 2**20
     sample_bytes = 4 * int(math.prod(input_shape))
 
-    def group_size(proj_bytes_one: int) -> int:
-        per_seed = proj_bytes_one + 32 * D + 64 * train.batch_size * sample_bytes
-        if per_seed > budget:
+    def rows_per_group(proj_bytes_one: int, want: int) -> int:
+        per_row = proj_bytes_one + 32 * D + 64 * train.batch_size * sample_bytes
+        if per_row > budget:
             raise EstimatorError(
-                f"one model needs about {per_seed / 2**20:.0f} MiB but memory_budget_mb={params.memory_budget_mb}; "
+                f"one model needs about {per_row / 2**20:.0f} MiB but memory_budget_mb={params.memory_budget_mb}; "
                 "raise memory_budget_mb, lower max_d, or use projection='fastfood' (O(D) memory)"
             )
-        return max(1, min(S, budget // per_seed))
+        return max(1, min(want, budget // per_row))
 
     n_grid = len(coarse_grid(d_min, max_d, params.grid_factor))
     expected = S * (1 + n_grid + params.bisect_steps)
@@ -174,17 +225,22 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
     def report(extra: float, stage: str) -> None:
         progress(min(0.99, (done["models"] + extra) / expected), stage)
 
-    def train_group(make, seeds_idx: Sequence[int], d: int | None, label: str) -> tuple[list[float], float, int]:
+    trials: list[dict] = []
+
+    def train_group(make, seeds_idx: Sequence[int], d: int | None, label: str, lr: float, lr_source: str):
         model, trainable = make(seeds_idx)
         k = len(seeds_idx)
         order = [(params.seed + i) * 7_919 + (d or 0) for i in seeds_idx]
-        out = train_models(
-            model, trainable, X_tr, y_tr, X_ev, y_ev, train, order_seeds=order,
-            progress=lambda f: report(k * f, f"{label}: seeds {seeds_idx[0]}–{seeds_idx[-1]} epoch {round(f * train.epochs)}/{train.epochs}"),
+        out = train_classifier(
+            model, trainable, X_tr, y_tr, X_ev, y_ev, protocol, [lr] * k, batch_size=train.batch_size,
+            order_seeds=order,
+            progress=lambda f: report(k * f, f"{label}: seeds {seeds_idx[0]}–{seeds_idx[-1]} step {round(f * protocol.max_steps)} (cap {protocol.max_steps})"),
         )
         done["models"] += k
         report(0.0, f"{label}: {done['models']} models trained")
-        return out.metric, out.seconds, out.steps
+        for i, row, tm, tl in zip(seeds_idx, out.rows, out.train_metric, out.train_loss):
+            trials.append(_trial(d, i, row, tm, tl, lr_source, out.seconds / k))
+        return out
 
     # -- baseline -----------------------------------------------------------------------------------------
     def make_direct(idx: Sequence[int]):
@@ -194,12 +250,13 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
     t = time.perf_counter()
     direct: list[float] = []
     steps_direct, sec_direct = 0, 0.0
-    for grp in _groups(S, group_size(0)):
-        metric, sec, steps = train_group(make_direct, grp, None, "baseline (direct training)")
-        direct += metric
-        sec_direct += sec
-        steps_direct += steps
+    for grp in _groups(S, rows_per_group(0, S)):
+        out = train_group(make_direct, grp, None, "baseline (direct training)", train.lr, "spec")
+        direct += out.metric
+        sec_direct += out.seconds
+        steps_direct += out.steps
     baseline_seconds = time.perf_counter() - t
+    direct_conv = [tr["converged"] for tr in trials if tr["d"] is None]
     direct_mean = float(np.mean(direct))
     base = direct_mean if params.baseline == "individual" else params.baseline_value
     level = params.threshold * base
@@ -212,9 +269,40 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
 
     # -- sweep --------------------------------------------------------------------------------------------
     steps_by_d: dict[int, tuple[float, int]] = {}
+    lr_by_d: dict[int, float] = {}
+    range_tests: dict[str, list[dict[str, float]]] = {}
+    range_seconds = {"total": 0.0}
+
+    def choose_lr(d: int, d_proj: int) -> tuple[float, str]:
+        if params.subspace_lr == "spec":
+            return train.lr, "spec"
+        if not isinstance(params.subspace_lr, str):
+            return float(params.subspace_lr), "fixed"
+        below = [e for e in lr_by_d if e < d]
+        above = [e for e in lr_by_d if e > d]
+        if below and above and lr_by_d[max(below)] == lr_by_d[min(above)]:
+            return lr_by_d[max(below)], f"neighbours d={max(below)} and d={min(above)} chose it"
+
+        def make_rows(k: int):
+            P = make_projection(params.projection, D, d_proj, seeds=[params.seed * 1_000_003 + d] * k, device=device)
+            model = SubspaceModel([net(0)] * k, P, said=params.said).to(device)
+            return model, model.trainable()
+
+        t0 = time.perf_counter()
+        report(0.0, f"d={d}: lr range test ({len(params.lr_candidates)} candidates × {range_steps} steps)")
+        lr, table = lr_range_test(
+            make_rows, X_tr, y_tr, params.lr_candidates, steps=range_steps, protocol=protocol,
+            batch_size=train.batch_size, order_seed=params.seed * 7_919 + d + 1,
+            max_rows=rows_per_group(projection_bytes(params.projection, D, d_proj, 1), len(params.lr_candidates)),
+        )
+        range_seconds["total"] += time.perf_counter() - t0
+        range_tests[str(d)] = table
+        return lr, "range_test"
 
     def evaluate(d: int) -> list[float]:
         d_proj = d - m if params.said else d
+        lr, source = choose_lr(d, d_proj)
+        lr_by_d[d] = lr
 
         def make(idx: Sequence[int]):
             seeds = [(params.seed + i) * 1_000_003 + d for i in idx]
@@ -224,11 +312,11 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
 
         vals: list[float] = []
         sec_total, steps_total = 0.0, 0
-        for grp in _groups(S, group_size(projection_bytes(params.projection, D, d_proj, 1))):
-            metric, sec, steps = train_group(make, grp, d, f"d={d}")
-            vals += metric
-            sec_total += sec
-            steps_total += steps
+        for grp in _groups(S, rows_per_group(projection_bytes(params.projection, D, d_proj, 1), S)):
+            out = train_group(make, grp, d, f"d={d}", lr, source)
+            vals += out.metric
+            sec_total += out.seconds
+            steps_total += out.steps
         steps_by_d[d] = (sec_total, steps_total)
         return vals
 
@@ -240,30 +328,69 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
     ci = bootstrap_ci(sweep.curve, level, n_boot=params.n_bootstrap, seed=params.seed)
     d100 = crossing(sweep.curve, base)
 
+    conv_by_d: dict[int, list[bool | None]] = {}
+    for tr in trials:
+        if tr["d"] is not None:
+            conv_by_d.setdefault(tr["d"], []).append(tr["converged"])
+    # a global baseline fixes the level whatever the direct training did: its convergence does not matter
+    bound, rests_on = assess_bound(cross, conv_by_d, direct_conv if params.baseline == "individual" else [])
+    value = cross.value
+    n_unconv = sum(1 for tr in trials if tr["converged"] is False)
     if cross.censored == "above":
         warnings.append(
             f"no d up to max_d={max_d} reached {params.threshold:g} × baseline = {level:.4f}; d_int90 > {max_d}. "
-            "Raise max_d (up to D) or train longer"
+            "Raise max_d (up to D) or the epochs cap"
+            + (" (some trials hit the cap unconverged, so even this is not a bound)" if bound in ("upper", "unknown") else "")
         )
     elif cross.censored == "below":
         warnings.append(
             f"already the smallest d tried ({d_min}) reached the threshold; d_int90 ≤ {d_min}. Lower d_min"
         )
-    if params.bisect_steps > 0 and cross.d_below is not None and cross.d_grid is not None and cross.d_grid - cross.d_below > 1:
-        pass  # the bracket width is reported in details; the CI covers the seed noise only
+    if bound == "upper" and value is not None:
+        warnings.append(
+            f"d_int90 ≤ {value:.0f} is an upper bound, not an exact value: trials at d = {rests_on} reached the cap "
+            f"of {train.epochs} epochs ({protocol.max_steps} steps) without converging; more training could lower "
+            "it. Raise train.epochs"
+        )
+    elif bound == "lower":
+        warnings.append(
+            f"d_int90 ≥ {value:.0f} is a lower bound: the direct baseline did not converge within {train.epochs} epochs "
+            f"({protocol.max_steps} steps), so the level {level:.4f} may be too low. Raise train.epochs"
+        )
+    elif bound == "unknown" and value is not None:
+        warnings.append(
+            f"d_int90 = {value:.0f} is neither exact nor a bound: the baseline and trials at d = {rests_on} reached "
+            f"the cap of {train.epochs} epochs unconverged. Raise train.epochs"
+        )
 
-    curve = [
-        {"d": d, "seeds": sweep.curve[d], "mean": float(np.mean(sweep.curve[d])), "std": float(np.std(sweep.curve[d], ddof=1)) if len(sweep.curve[d]) > 1 else 0.0}
-        for d in sorted(sweep.curve)
-    ]
-    value = cross.value
+    curve = []
+    for d in sorted(sweep.curve):
+        rows = [tr for tr in trials if tr["d"] == d]
+        curve.append({
+            "d": d, "seeds": sweep.curve[d], "mean": float(np.mean(sweep.curve[d])),
+            "std": float(np.std(sweep.curve[d], ddof=1)) if len(sweep.curve[d]) > 1 else 0.0,
+            "lr": lr_by_d[d],
+            "converged": all(tr["converged"] is not False for tr in rows),
+            "seeds_converged": [tr["converged"] for tr in sorted(rows, key=lambda tr: tr["seed"])],
+            "n_unconverged": sum(tr["converged"] is False for tr in rows),
+            "train_accuracy_mean": float(np.mean([tr["train_accuracy"] for tr in rows])),
+            "steps_mean": float(np.mean([tr["steps"] for tr in rows])),
+        })
+    steps_used = sum(tr["steps"] for tr in trials)
     details = {
         "d_int90": value,
+        "bound": bound,
+        "d_int90_display": (
+            f"≤ {value:.0f}" if bound == "upper" or cross.censored == "below"
+            else f"≥ {value:.0f}" if bound == "lower" else f"{value:.0f}"
+        ) if value is not None else f"> {max_d}",
+        "unconverged_d": rests_on,
         "d_int90_grid": cross.d_grid,
         "bracket": [cross.d_below, cross.d_grid],
         "censored": cross.censored,
         "d_int100_grid": d100.d_grid,
         "curve": curve,
+        "trials": trials,
         "evaluation_order": sweep.order,
         "baseline": {
             "type": params.baseline,
@@ -271,9 +398,32 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
             "direct_seeds": direct,
             "direct_mean": direct_mean,
             "direct_std": float(np.std(direct, ddof=1)) if len(direct) > 1 else 0.0,
+            "converged": all(c is not False for c in direct_conv),
             "threshold": params.threshold,
             "level": level,
         },
+        "protocol": {
+            "stop": protocol.stop,
+            "max_steps": protocol.max_steps,
+            "eval_every": protocol.eval_every,
+            "patience": protocol.patience,
+            "min_delta": protocol.min_delta,
+            "loss_tol": protocol.loss_tol,
+            "lr_drops": protocol.lr_drops,
+            "lr_drop_factor": protocol.lr_drop_factor,
+            "checkpoint": "best score" if protocol.stop == "plateau" else "last step",
+            "subspace_lr": params.subspace_lr,
+            "lr_candidates": params.lr_candidates if params.subspace_lr == "range_test" else None,
+            "lr_range_steps": range_steps if params.subspace_lr == "range_test" else None,
+            "baseline_lr": train.lr,
+        },
+        "lr_range_tests": range_tests,
+        # d whose range test chose the largest / smallest candidate (the best lr may lie beyond the grid)
+        "lr_at_grid_edge": {
+            "top": [int(d) for d, tb in range_tests.items() if lr_by_d[int(d)] == max(params.lr_candidates)],
+            "bottom": [int(d) for d, tb in range_tests.items() if lr_by_d[int(d)] == min(params.lr_candidates)],
+        },
+        "n_unconverged": n_unconv,
         "D": D,
         "n_tensors": m,
         "compression": (D / value) if value else None,
@@ -291,9 +441,12 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
         "timings": {
             "total_s": time.perf_counter() - t_start,
             "baseline_s": baseline_seconds,
+            "lr_range_test_s": range_seconds["total"],
             "baseline_step_ms": 1e3 * sec_direct / max(1, steps_direct),
             "per_d_s": {str(d): s for d, s in sweep.seconds.items()},
             "per_d_step_ms": {str(d): 1e3 * s / max(1, n) for d, (s, n) in steps_by_d.items()},
+            "steps_used": steps_used,
+            "steps_if_fixed": len(trials) * protocol.max_steps,
         },
     }
     return Result(

@@ -1,6 +1,7 @@
 """The d_int90 sweep (Li et al. 2018 §2–3; docs/methods.md §4.2).
 
-* :func:`train_models` trains S seeds of one model (direct or subspace) at once and returns each seed's metric.
+* :func:`train_models` trains S seeds of one model (direct or subspace) at once, each to its own plateau (see
+  :mod:`estimators.subspace.training`), and returns each seed's outcome.
 * :func:`run_sweep` walks d: a coarse log grid d_min·f^k until the mean over seeds reaches the threshold, then
   bisection (geometric midpoints, integer d) inside the bracketing pair.
 * :func:`crossing` turns a curve {d: per-seed metrics} into the interpolated d_int90; :func:`bootstrap_ci`
@@ -24,44 +25,37 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from estimators.base import EstimatorError
 from estimators.models.spec import TrainSpec
-
+from estimators.subspace.training import (
+    Protocol,
+    TrainOutcome,
+    evaluate_classifier,
+    train_classifier,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
-# Training
+# Training protocol (the loop itself lives in :mod:`estimators.subspace.training`)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TrainOutcome:
-    metric: list[float]  # one per seed
-    seconds: float
-    steps: int
+def resolve_protocol(spec: TrainSpec, n_train: int, n_eval: int | None = None) -> Protocol:
+    """Turn a TrainSpec (epochs, patience in scores) into a step-based :class:`Protocol` for ``n_train`` samples.
 
-
-def _optimizer(params: Sequence[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
-    if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    if spec.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, X: Tensor, y: Tensor, *, chunk: int = 2048) -> list[float]:
-    """Per-seed classification accuracy of a batched model (``model(x, shared_input=True)`` → (S, B, C))."""
-    if X.shape[0] == 0:
-        raise EstimatorError("no samples to evaluate the accuracy on; lower val_fraction or add data")
-    correct = torch.zeros(0)
-    for start in range(0, X.shape[0], chunk):
-        logits = model(X[start : start + chunk], shared_input=True)
-        hit = (logits.argmax(-1) == y[start : start + chunk]).sum(dim=1)
-        correct = hit if start == 0 else correct + hit
-    return (correct.double() / X.shape[0]).tolist()
+    ``max_steps`` = epochs × batches per epoch; ``eval_every`` defaults to one epoch clamped to 50–1000 steps (and
+    never beyond the cap); ``min_delta`` is raised to 1/n_eval so that one more correct sample is not progress.
+    """
+    per_epoch = math.ceil(n_train / min(spec.batch_size, n_train))
+    cap = spec.epochs * per_epoch
+    every = spec.eval_every or min(max(per_epoch, 50), 1000)
+    min_delta = max(spec.min_delta, 1.0 / n_eval) if n_eval else spec.min_delta
+    return Protocol(
+        optimizer=spec.optimizer, weight_decay=spec.weight_decay, momentum=spec.momentum, max_steps=cap,
+        eval_every=min(every, cap), stop=spec.stop, patience=spec.patience, min_delta=min_delta,
+        loss_tol=spec.loss_tol, lr_drops=spec.lr_drops,
+    )
 
 
 def train_models(
@@ -74,41 +68,28 @@ def train_models(
     spec: TrainSpec,
     *,
     order_seeds: Sequence[int],
+    lr: float | Sequence[float] | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> TrainOutcome:
-    """Train S seeds of a batched model with cross-entropy and report per-seed accuracy on (X_eval, y_eval).
+    """Train S seeds of a batched model with cross-entropy under ``spec`` (plateau stop or fixed epochs) and
+    report per-seed accuracy on (X_eval, y_eval). ``lr`` (one value or one per seed) overrides ``spec.lr``.
 
     Each seed draws its own minibatch order (``order_seeds``); the loss is the sum over seeds of each seed's
-    mean batch loss, so every seed's gradient (and, as Adam/SGD act element-wise, its update) is exactly what it
-    would get if trained alone.
+    mean batch loss, so every seed's gradient (and, as the optimizers act element-wise, its update) is exactly
+    what it would get if trained alone.
     """
     S = len(order_seeds)
-    N = X_train.shape[0]
-    B = min(spec.batch_size, N)
-    opt = _optimizer(trainable, spec)
-    gens = [torch.Generator().manual_seed(int(s)) for s in order_seeds]
-    t0 = time.perf_counter()
-    steps = 0
-    model.train()
-    n_batches = math.ceil(N / B)
-    for epoch in range(spec.epochs):
-        perms = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(X_train.device)
-        for b in range(n_batches):
-            idx = perms[:, b * B : (b + 1) * B]
-            xb, yb = X_train[idx], y_train[idx]
-            logits = model(xb)
-            loss = nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="sum"
-            ) / idx.shape[1]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
-        if progress is not None:
-            progress((epoch + 1) / spec.epochs)
-    model.eval()
-    metric = accuracy(model, X_eval, y_eval)
-    return TrainOutcome(metric=metric, seconds=time.perf_counter() - t0, steps=steps)
+    rates = [spec.lr] * S if lr is None else ([float(lr)] * S if isinstance(lr, (int, float)) else [float(v) for v in lr])
+    protocol = resolve_protocol(spec, X_train.shape[0], X_eval.shape[0])
+    return train_classifier(
+        model, trainable, X_train, y_train, X_eval, y_eval, protocol, rates,
+        batch_size=spec.batch_size, order_seeds=order_seeds, progress=progress,
+    )
+
+
+def accuracy(model: nn.Module, X: Tensor, y: Tensor, *, chunk: int = 2048) -> list[float]:
+    """Per-seed classification accuracy of a batched model (``model(x, shared_input=True)`` → (S, B, C))."""
+    return evaluate_classifier(model, X, y, chunk=chunk)[0].tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,3 +222,41 @@ def run_sweep(
                 lo = mid
     out.crossing = crossing(out.curve, level)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Convergence of the crossing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def assess_bound(
+    cross: Crossing, converged: Mapping[int, Sequence[bool | None]], baseline_converged: Sequence[bool | None]
+) -> tuple[str, list[int]]:
+    """Is the d_int90 of ``cross`` exact, or only a bound because trials it rests on stopped unconverged?
+
+    More training only raises a trial's metric (its kept state is its best score), so:
+
+    * an unconverged trial at some d ≤ d_grid could pass the level with more budget: the crossing could move
+      down, and the value is an **upper** bound (d_int90 ≤ value). With no d passing (censored above) every
+      unconverged trial matters, and the ">" statement is no bound at all;
+    * an unconverged baseline could rise, and the level with it: the crossing could move up, a **lower** bound;
+    * both at once: **unknown**. ``None`` entries (a fixed budget, convergence not assessed) give "unassessed".
+
+    Returns (kind, the d whose unconverged trials the crossing rests on).
+    """
+    flags = [c for v in converged.values() for c in v] + list(baseline_converged)
+    if any(c is None for c in flags):
+        return "unassessed", []
+    rests_on = sorted(
+        d for d, v in converged.items() if (cross.d_grid is None or d <= cross.d_grid) and not all(v)
+    )
+    sub_ok, base_ok = not rests_on, all(baseline_converged)
+    if cross.censored == "below":  # "≤ d_min" holds whatever the small trials did
+        sub_ok = True
+    if sub_ok and base_ok:
+        return "exact", rests_on
+    if not sub_ok and base_ok and cross.d_grid is not None:
+        return "upper", rests_on
+    if sub_ok and not base_ok:
+        return "lower", rests_on
+    return "unknown", rests_on

@@ -64,7 +64,8 @@ def test_train_block_defaults_and_overrides():
     spec = parse_model_spec({"arch": "mlp"})
     assert spec.hidden == [200, 200]
     assert (spec.train.optimizer, spec.train.lr, spec.train.epochs, spec.train.batch_size, spec.train.weight_decay) == (
-        "adam", 1e-3, 10, 128, 0.0)
+        "adam", 1e-3, 500, 128, 0.0)
+    assert (spec.train.stop, spec.train.patience, spec.train.lr_drops) == ("plateau", 5, 1)  # epochs is a cap
     spec = parse_model_spec({"arch": "lenet", "train": {"optimizer": "sgd", "lr": 0.1, "epochs": 3}})
     assert spec.train.optimizer == "sgd" and spec.train.lr == 0.1 and spec.train.epochs == 3
 

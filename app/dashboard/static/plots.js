@@ -1,5 +1,6 @@
 /* taskgauge — tiny SVG plotting (no dependencies, works offline).
- * TGPlot.line(el, {series:[{name, points:[{x, y, lo?, hi?}], dots?}], xlabel, ylabel, logx, hlines:[{y,label}], vlines})
+ * TGPlot.line(el, {series:[{name, points:[{x, y, lo?, hi?, open?, note?}], dots?}], xlabel, ylabel, logx, hlines:[{y,label}], vlines,
+ *              openLabel})   — open: a hollow marker (its meaning, openLabel, is noted in the plot; note: per-point tooltip)
  * TGPlot.heatmap(el, {matrix, labels, title})
  * TGPlot.bars(el, {groups:[name], series:[{name, values:[v|null], lo?:[], hi?:[]}], ylabel})
  */
@@ -48,7 +49,7 @@
 
   function line(el, opt) {
     const series = (opt.series || []).map(s => ({ ...s, points: (s.points || []).map(p => ({
-      x: num(p.x), y: num(p.y), lo: num(p.lo), hi: num(p.hi) })).filter(p => isFinite(p.x) && isFinite(p.y) && (!opt.logx || p.x > 0)) }))
+      x: num(p.x), y: num(p.y), lo: num(p.lo), hi: num(p.hi), open: !!p.open, note: p.note })).filter(p => isFinite(p.x) && isFinite(p.y) && (!opt.logx || p.x > 0)) }))
       .filter(s => s.points.length);
     if (!series.length) return notComputed(el, opt.empty);
     const W = 460, H = 280, m = { l: 52, r: 14, t: 12, b: 42 };
@@ -97,9 +98,14 @@
         node("line", { x1: X(p.x) - 3, x2: X(p.x) + 3, y1: Y(p.lo), y2: Y(p.lo), stroke: c }, g);
         node("line", { x1: X(p.x) - 3, x2: X(p.x) + 3, y1: Y(p.hi), y2: Y(p.hi), stroke: c }, g); } });
       if (!s.dotsOnly) node("polyline", { points: s.points.map(p => `${X(p.x)},${Y(p.y)}`).join(" "), fill: "none", stroke: c, "stroke-width": 2 }, g);
-      s.points.forEach(p => { const d = node("circle", { cx: X(p.x), cy: Y(p.y), r: s.r || 3, fill: c, "fill-opacity": s.alpha || 1 }, g);
-        node("title", {}, d).textContent = `${s.name ? s.name + ": " : ""}${opt.timex ? new Date(p.x).toISOString() : fmt(p.x)} → ${fmt(p.y)}`; });
+      s.points.forEach(p => { const d = node("circle", p.open  // open (hollow) marker: e.g. an unconverged trial
+          ? { cx: X(p.x), cy: Y(p.y), r: (s.r || 3) + 0.5, fill: "#fff", stroke: c, "stroke-width": 1.5, class: "open" }
+          : { cx: X(p.x), cy: Y(p.y), r: s.r || 3, fill: c, "fill-opacity": s.alpha || 1 }, g);
+        node("title", {}, d).textContent = `${s.name ? s.name + ": " : ""}${opt.timex ? new Date(p.x).toISOString() : fmt(p.x)} → ${fmt(p.y)}`
+          + (p.open ? ` (${p.note || opt.openLabel || "open marker"})` : ""); });
     });
+    if (series.some(s => s.points.some(p => p.open)))  // say what a hollow marker means
+      text(svg, W - m.r - 4, H - m.b - 6, "○ " + (opt.openLabel || "open marker"), { "text-anchor": "end", class: "open-note" });
     const named = series.filter(s => s.name && !s.nolegend);
     named.forEach((s, i) => { const y = m.t + 12 + i * 14, c = s.color || COLORS[series.indexOf(s) % COLORS.length];
       node("rect", { x: m.l + 8, y: y - 8, width: 10, height: 10, fill: c }, svg); text(svg, m.l + 22, y + 1, s.name); });

@@ -133,13 +133,14 @@ def test_digits_mlp_dint90_with_seeds_and_ci():
     est = registry.get("subspace")
     assert est.needs_model and est.needs_labels
     params = est.parse_params({
-        "model": {"arch": "mlp", "hidden": [64], "train": {"epochs": 10, "batch_size": 64, "lr": 0.01}},
+        "model": {"arch": "mlp", "hidden": [32], "train": {"lr": 0.01, "eval_every": 25}}, "max_samples": 1000,
         "d_min": 8, "grid_factor": 4, "bisect_steps": 2, "seeds": 3, "n_bootstrap": 300,
+        "lr_candidates": [0.01, 0.0316, 0.1, 0.316, 1.0],
     })
     stages = []
     res = est.fn(X, y, params, device=torch.device("cpu"), progress=lambda f, s: stages.append((f, s)))
     det = res.details
-    assert det["D"] == 64 * 64 + 64 + 64 * 10 + 10
+    assert det["D"] == 64 * 32 + 32 + 32 * 10 + 10
     base = det["baseline"]
     assert base["type"] == "individual" and len(base["direct_seeds"]) == 3 and base["direct_mean"] > 0.9
     assert base["level"] == pytest.approx(0.9 * base["direct_mean"])
@@ -152,8 +153,25 @@ def test_digits_mlp_dint90_with_seeds_and_ci():
     assert lo < res.value <= hi and res.value < det["D"]
     assert res.ci[0] <= res.value <= res.ci[1]
     assert det["compression"] == pytest.approx(det["D"] / res.value)
-    # accuracy grows with d over the coarse grid (8 → 128 → 512)
-    assert curve[8]["mean"] < curve[128]["mean"] < curve[512]["mean"]
+    # converged protocol: every trial stopped on a plateau, so the value is exact and carries no warning
+    assert det["bound"] == "exact" and det["d_int90_display"] == f"{res.value:.0f}" and not res.warnings
+    trials = det["trials"]
+    assert len(trials) == 3 * (1 + len(curve))
+    assert {t["stop_reason"] for t in trials} == {"plateau"} and det["n_unconverged"] == 0
+    for t in trials:
+        assert 0 < t["steps"] < det["protocol"]["max_steps"] and 0 <= t["best_step"] <= t["steps"]
+        assert 0 <= t["train_accuracy"] <= 1 and math.isfinite(t["train_loss"]) and math.isfinite(t["eval_loss"])
+        if t["d"] is None:
+            assert t["lr"] == 0.01 and t["lr_source"] == "spec"
+        else:
+            assert t["lr"] == curve[t["d"]]["lr"] and t["lr"] in params.lr_candidates
+    assert set(det["lr_range_tests"]) <= {str(d) for d in curve}
+    # no trial at d ≥ d_int90 sits at chance in training accuracy; accuracy grows over the coarse grid
+    assert all(t["train_accuracy"] > 0.5 for t in trials if t["d"] is not None and t["d"] >= res.value)
+    coarse = [d for d in (8, 32, 128, 512) if d in curve]
+    assert len(coarse) >= 2 and all(curve[a]["mean"] < curve[b]["mean"] for a, b in zip(coarse, coarse[1:]))
+    # early stopping used fewer steps than the cap would have
+    assert det["timings"]["steps_used"] < det["timings"]["steps_if_fixed"]
     # progress: one report per trained model group, monotone, inside [0, 1)
     fr = [f for f, _ in stages]
     assert fr == sorted(fr) and 0 <= fr[0] and fr[-1] < 1
@@ -166,7 +184,7 @@ def test_said_global_baseline_and_train_accuracy_metric_run():
     est = registry.get("subspace")
     params = est.parse_params({
         "model": {"arch": "mlp", "hidden": [16]},
-        "train": {"epochs": 3, "lr": 0.02},  # overrides of the spec's train block
+        "train": {"epochs": 3, "lr": 0.02, "stop": "fixed"},  # overrides of the spec's train block
         "said": True, "projection": "sparse", "baseline": "global", "baseline_value": 1.0,
         "metric": "train_accuracy", "seeds": 2, "d_min": 4, "grid_factor": 8, "bisect_steps": 1,
         "max_samples": 400, "n_bootstrap": 50,
@@ -174,6 +192,8 @@ def test_said_global_baseline_and_train_accuracy_metric_run():
     res = est.fn(X, y, params, device=torch.device("cpu"), progress=no_progress)
     det = res.details
     assert det["train"]["epochs"] == 3 and det["train"]["lr"] == 0.02 and det["train"]["batch_size"] == 128
+    assert {t["stop_reason"] for t in det["trials"]} == {"fixed"} and det["bound"] == "unassessed"
+    assert all(t["steps"] == 3 * math.ceil(400 / 128) for t in det["trials"])
     assert det["n_samples"] == 400 and det["n_train"] == det["n_eval"] == 400
     assert det["baseline"]["value"] == 1.0 and det["baseline"]["level"] == pytest.approx(0.9)
     assert min(c["d"] for c in det["curve"]) == det["n_tensors"] + 1 == 5  # SAID needs d > m = 4

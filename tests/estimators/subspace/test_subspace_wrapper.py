@@ -102,7 +102,7 @@ def test_seeds_trained_together_equal_seeds_trained_alone():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(80, 12, generator=g)
     y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
-    spec = TrainSpec(epochs=2, batch_size=16, lr=0.05)
+    spec = TrainSpec(epochs=2, batch_size=16, lr=0.05, stop="fixed")
     nets = [build_model({"arch": "mlp", "hidden": [8]}, (12,), 3, seed=s) for s in (0, 1)]
     D = count_params(nets[0])
 
