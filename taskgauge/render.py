@@ -53,7 +53,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         seconds = r.get("seconds")
         table.add_row(
             f"{name} [dim]{r.get('version', '')}[/dim]",
-            fmt_number(r.get("value")),
+            (r.get("details") or {}).get("d_int90_display") or fmt_number(r.get("value")),
             ci_text,
             f"{seconds:.2f}" if isinstance(seconds, (int, float)) else "—",
             f"[yellow]{' '.join(marks)}[/yellow]" if marks else "",

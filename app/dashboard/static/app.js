@@ -252,18 +252,19 @@
     const curve = pick(r.details, ["curve"]) || [];
     const mean = [], seeds = [];
     (Array.isArray(curve) ? curve : []).forEach(p => {
-      const m = P().num(p.mean), s = P().num(p.std);
-      mean.push({ x: p.d, y: p.mean, lo: isFinite(s) ? m - s : undefined, hi: isFinite(s) ? m + s : undefined });
-      (p.seeds || []).forEach(v => seeds.push({ x: p.d, y: v })); });
+      const m = P().num(p.mean), s = P().num(p.std), un = p.converged === false;   // hollow: hit the epochs cap
+      mean.push({ x: p.d, y: p.mean, lo: isFinite(s) ? m - s : undefined, hi: isFinite(s) ? m + s : undefined,
+        open: un, note: un ? `${p.n_unconverged || "some"} seed(s) hit the epochs cap` : undefined });
+      (p.seeds || []).forEach((v, i) => seeds.push({ x: p.d, y: v, open: (p.seeds_converged || [])[i] === false })); });
     const b = pick(r.details, ["baseline"]); let line90;
     if (b !== undefined) {   // details.baseline: {value, threshold (the fraction, 0.9), level = threshold × value}
       const obj = typeof b === "object", lv = obj ? P().num(pick(b, ["level"])) : NaN;
       const frac = obj && isFinite(P().num(pick(b, ["threshold"]))) ? P().num(pick(b, ["threshold"])) : 0.9;
       line90 = isFinite(lv) ? lv : frac * P().num(obj ? pick(b, ["value", "mean", "accuracy", "performance"]) : b); }
     return P().line(c, { series: [{ name: "mean ± std", points: mean }, { name: "seeds", points: seeds, dotsOnly: true, r: 2, alpha: 0.5 }],
-      logx: true, xlabel: "subspace dimension d", ylabel: "performance",
+      logx: true, xlabel: "subspace dimension d", ylabel: "performance", openLabel: "unconverged (hit the epochs cap)",
       hlines: isFinite(line90) ? [{ y: line90, label: "90% of baseline" }] : [],
-      vlines: isFinite(P().num(r.value)) ? [{ x: r.value, label: "d_int90" }] : [], empty: "not computed (no subspace curve in the report)" });
+      vlines: isFinite(P().num(r.value)) ? [{ x: r.value, label: "d_int90 " + (pick(r.details, ["d_int90_display"]) || "") }] : [], empty: "not computed (no subspace curve in the report)" });
   }
   function plotSharpness(res, report) {
     const c = $("#plot-sharpness .canvas"), r = res.label_sharpness;
