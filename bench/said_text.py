@@ -18,16 +18,15 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fortunes import TOPICS, load_fortunes  # noqa: E402
+from fortunes import TOPICS, load_fortunes
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,7 +59,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results_said_text.md"))
     a = ap.parse_args()
     torch.set_num_threads(2)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     load_start = load()
     t_all = time.perf_counter()
 

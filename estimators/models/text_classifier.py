@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ class TextClassifier(nn.Module):
         self._prefix_cache: dict[bytes, Tensor] = {}
         self._prefix_bytes = 0
 
-    def train(self, mode: bool = True) -> "TextClassifier":
+    def train(self, mode: bool = True) -> TextClassifier:
         super().train(mode)
         self.encoder.eval()  # no dropout: θ alone determines the outputs
         return self
