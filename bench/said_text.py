@@ -83,9 +83,14 @@ def main() -> None:
             "bisect_steps": a.bisect_steps, "max_d": a.max_d, "n_bootstrap": 1000, "projection": "fastfood",
         })
         t = time.perf_counter()
-        log = []
-        r = est.fn(X, Y, p, device=torch.device("cpu"),
-                   progress=lambda f, s: log.append(s) if (not log or log[-1] != s) else None)
+        last = {"stage": ""}
+
+        def show(fraction: float, stage: str, last=last, label=f"{init} {method}") -> None:
+            if stage != last["stage"] and "models trained" in stage:  # one line per finished group of seeds
+                print(f"[{time.strftime('%H:%M:%S')}] {label} {fraction:.0%} {stage}", file=sys.stderr, flush=True)
+            last["stage"] = stage
+
+        r = est.fn(X, Y, p, device=torch.device("cpu"), progress=show)
         sec = time.perf_counter() - t
         det = r.details
         row = {
