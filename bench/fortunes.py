@@ -9,8 +9,8 @@ sequences (``c\\bc``, old terminal bold) are removed and whitespace is collapsed
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -13,16 +13,16 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fortunes import TOPICS, load_fortunes  # noqa: E402
+from fortunes import TOPICS, load_fortunes
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,7 +41,7 @@ def main() -> None:
     load_start = load()
     t_all = time.perf_counter()
 
-    texts, y, _ = load_fortunes(TOPICS, seed=0)
+    texts, _, _ = load_fortunes(TOPICS, seed=0)
     pick = np.random.default_rng(0).choice(len(texts), size=a.n, replace=False)
     texts = [texts[i] for i in pick]
 
@@ -83,11 +83,11 @@ def main() -> None:
         print(rows[-4:], flush=True)
 
     lengths = (ids != 0).sum(1).numpy()
-    cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True).stdout
+    cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True, check=False).stdout
     lines = [
         "## MiniLM per-layer ID profile on 1000 real sentences (repr_id, issue 16)",
         "",
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; command: `PYTHONPATH=. .venv/bin/python bench/repr_text.py "
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; command: `PYTHONPATH=. .venv/bin/python bench/repr_text.py "
         f"--n {a.n} --rounds {a.rounds}`; total wall time {time.perf_counter() - t_all:.0f} s",
         f"- machine: {cpu.split(':')[-1].strip() or platform.processor()}, {os.cpu_count()} logical CPUs, torch "
         f"{torch.__version__}, 2 threads; load average (1/5/15 min) at start {load_start}, at end {load()} (shared machine)",

@@ -27,9 +27,10 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,7 +83,7 @@ def _safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except (SafetensorError, OSError, ValueError) as exc:
         raise EstimatorError(f"{Path(path).name} is not a readable safetensors file ({exc}); "
                              "write it with safetensors.torch.save_file") from None
@@ -247,7 +248,6 @@ def check_hf_directory(directory: str | Path) -> dict[str, Any]:
 
 def _load_hf(directory: Path, *, name: str, version: str, sha: str) -> PretrainedModel:
     from transformers import AutoModel, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     check_hf_directory(directory)
@@ -277,7 +277,7 @@ def _load_hf(directory: Path, *, name: str, version: str, sha: str) -> Pretraine
                            tokenizer=tokenizer, weights_sha256=sha, pooling=pooling)
 
 
-_CACHE: "OrderedDict[tuple[str, str], PretrainedModel]" = OrderedDict()
+_CACHE: OrderedDict[tuple[str, str], PretrainedModel] = OrderedDict()
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 _LOCK = threading.Lock()
 

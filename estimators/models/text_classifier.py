@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ class TextClassifier(nn.Module):
         self._prefix_cache: dict[bytes, Tensor] = {}
         self._prefix_bytes = 0
 
-    def train(self, mode: bool = True) -> "TextClassifier":
+    def train(self, mode: bool = True) -> TextClassifier:
         super().train(mode)
         self.encoder.eval()  # no dropout: θ alone determines the outputs
         return self
@@ -84,25 +85,34 @@ class TextClassifier(nn.Module):
 
     @torch.no_grad()
     def _prefix(self, ids: Tensor, lengths: Tensor, L: int) -> Tensor:
-        """Hidden states after the frozen blocks, (B, L, H). Each text is computed alone on its own tokens (no
-        padding, so the result does not depend on which texts share a batch) and cached."""
+        """Hidden states after the frozen blocks, (B, L, H): the texts not cached yet go through the frozen part
+        in one padded batch (the mask makes the padding inert, so a text's states do not depend on its batch
+        beyond float rounding), and are cached on their own length."""
         H = int(self.encoder.config.hidden_size)
         out = torch.zeros(ids.shape[0], L, H, dtype=self.head.weight.dtype, device=ids.device)
-        blocks = self._blocks()
+        todo: list[tuple[int, bytes]] = []
         for i in range(ids.shape[0]):
-            n = int(lengths[i])
-            key = ids[i, :n].cpu().numpy().tobytes()
-            h = self._prefix_cache.get(key)
-            if h is None:
-                h = self.encoder.embeddings(input_ids=ids[i : i + 1, :n])
-                for layer in blocks[: self.frozen_blocks]:
-                    h = layer(h, None)
+            key = ids[i, : int(lengths[i])].cpu().numpy().tobytes()
+            hit = self._prefix_cache.get(key)
+            if hit is None:
+                todo.append((i, key))
+            else:
+                out[i, : hit.shape[0]] = hit.to(out.device)
+        if todo:
+            rows = ids[[i for i, _ in todo]]
+            m = (rows != self.pad_id).to(torch.long)
+            h = self.encoder.embeddings(input_ids=rows)
+            if self.frozen_blocks:
+                mask4 = self._mask4d(h, m)
+                for layer in self._blocks()[: self.frozen_blocks]:
+                    h = layer(h, mask4)
                     h = h[0] if isinstance(h, tuple) else h
-                h = h[0]
+            for j, (i, key) in enumerate(todo):
+                n = int(lengths[i])
+                out[i, :n] = h[j, :n]
                 if self._prefix_bytes < 2**31:  # at most 2 GiB of cached states
-                    self._prefix_cache[key] = h.detach().clone().cpu()
+                    self._prefix_cache[key] = h[j, :n].detach().clone().cpu()
                     self._prefix_bytes += 4 * n * H
-            out[i, :n] = h.to(out.device)
         return out
 
     def features(self, x: Tensor) -> Tensor:

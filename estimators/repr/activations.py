@@ -15,7 +15,7 @@ once: the layers are split into groups that fit, one forward pass per group.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -74,11 +74,12 @@ def spec_activations(
     layers: Sequence[str],
     *,
     batch_size: int = 256,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     memory_budget_mb: int = 1024,
     progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Tensor]:
     """{layer: (N, F) float32 CPU activations} of ``model`` on ``X`` via forward hooks."""
+    device = device or torch.device("cpu")
     modules = dict(model.named_modules())
     model = model.to(device).eval()
     N = X.shape[0]
@@ -136,11 +137,12 @@ def text_activations(
     *,
     pad_id: int = 0,
     batch_size: int = 64,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Tensor]:
     """{layer: (N, H)} mean-pooled hidden states of a Hugging Face encoder on (N, L) token ids. Batches are
     formed longest first and cut to their own longest text (the attention mask makes the padding inert)."""
+    device = device or torch.device("cpu")
     n_layers = int(encoder.config.num_hidden_layers)
     names = text_layer_names(n_layers)
     index = {n: i for i, n in enumerate(names)}

@@ -22,15 +22,21 @@ Example::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from estimators.base import EstimatorError, ProgressFn, no_progress
-from estimators.models.pretrained import MINILM, PretrainedModel, get_pretrained, resolve_source
+from estimators.models.pretrained import (
+    MINILM,
+    PretrainedModel,
+    get_pretrained,
+    resolve_source,
+)
 
 #: sentence-transformers module types this implementation reproduces
 _ST_MODULES = {

@@ -8,9 +8,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from estimators.base import EstimatorError  # noqa: E402
-from estimators.models import build_model  # noqa: E402
-from estimators.models.pretrained import (  # noqa: E402
+from estimators.base import EstimatorError
+from estimators.models import build_model
+from estimators.models.pretrained import (
     check_hf_directory,
     clear_cache,
     get_pretrained,

