@@ -101,6 +101,13 @@ def validate_requests(
     normalised = {name: dict(params or {}) for name, params in (requests or {}).items()}
     normalised = normalised or {name: {} for name in DEFAULT_ESTIMATORS}
     planned = plan(normalised, dataset, model_spec=model_spec, limits=limits)
+    for name, item in planned.items():
+        if normalised[name].get("weights") is not None:
+            raise EstimatorError(f"{name}: 'weights' names a file on the server and cannot be set in a request")
+        spec = _pretrained_spec(item.params)
+        if spec is not None and (spec.source != "minilm" or spec.path is not None):
+            raise EstimatorError(f"{name}: a pretrained spec may name the packaged model only (\"source\": "
+                                 "\"minilm\"); a model directory on the server cannot be named in a request")
     for name, item in planned.items():  # a clamped memory_budget_mb is stored as clamped (the request shows it)
         if "memory_budget_mb" in normalised[name]:
             normalised[name]["memory_budget_mb"] = item.params.memory_budget_mb
@@ -209,6 +216,22 @@ def dataset_summary(dataset: CanonicalDataset, info: DatasetInfo, dup: Duplicate
     }
 
 
+def _pretrained_spec(params: Params) -> Any | None:
+    """The ``{"arch": "pretrained"}`` model spec of an estimator's params (subspace, repr_id), if any."""
+    spec = getattr(params, "model", None)
+    return spec if getattr(spec, "arch", None) == "pretrained" else None
+
+
+def _token_ids(texts: list[str], spec: Any) -> torch.Tensor:
+    """A text dataset as a pretrained text model takes it: (N, L) token ids, as float32 (exact for the ids of any
+    real vocabulary; the estimators cast them back)."""
+    from estimators.models.pretrained import MINILM
+    from estimators.text import tokenize_texts
+
+    source = MINILM if spec.source == "minilm" else spec.path
+    return tokenize_texts(texts, source, max_length=spec.max_length).to(torch.float32)
+
+
 def run_estimators(
     dataset: CanonicalDataset,
     planned: Mapping[str, PlannedEstimator],
@@ -237,6 +260,8 @@ def run_estimators(
         sub = scaled_progress(progress, i / n, (i + 1) / n)
         sub(0.0, name)
         X = X_full if item.estimator.needs_model else X_flat
+        if dataset.texts is not None and _pretrained_spec(item.params) is not None:
+            X = _token_ids(dataset.texts, _pretrained_spec(item.params))  # a text model reads tokens, not vectors
         t = time.perf_counter()
         result = item.estimator.fn(X, y, item.params, device=device,
                                    progress=lambda f, s, _n=name, _sub=sub: _sub(f, f"{_n}: {s}"))

@@ -182,6 +182,9 @@ def validate_model_spec(spec: dict[str, Any]) -> dict[str, Any]:
     from estimators.models.spec import parse_model_spec
 
     parsed = parse_model_spec(spec)  # EstimatorError -> 422 problem
+    if getattr(parsed, "arch", None) == "pretrained" and (parsed.source != "minilm" or parsed.path is not None):
+        raise InvalidInput("a pretrained spec may name the packaged model only (\"source\": \"minilm\"); a "
+                           "model directory on the server cannot be named by a client", title="Invalid model spec")
     return parsed.model_dump(mode="json")
 
 

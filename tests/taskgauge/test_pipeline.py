@@ -57,3 +57,19 @@ def test_duplicates_are_found_once_per_analysis(monkeypatch):
                           device=torch.device("cpu"))
     assert report["dataset"]["duplicates"]["exact"] == 1
     assert len(hashed) == 1, f"rows hashed {len(hashed)} times"
+
+
+def test_service_requests_cannot_name_files_on_the_server():
+    """A request may use the packaged MiniLM, never a model directory or weights file of its own choosing."""
+    import pytest
+
+    from estimators.base import EstimatorError
+    from taskgauge.pipeline import DataFacts, validate_requests
+
+    facts = DataFacts(has_labels=True, n_samples=100)
+    ok = validate_requests({"subspace": {"model": {"arch": "pretrained", "source": "minilm"}}}, facts)
+    assert ok["subspace"]["model"]["source"] == "minilm"
+    with pytest.raises(EstimatorError, match="packaged model only"):
+        validate_requests({"subspace": {"model": {"arch": "pretrained", "source": "local", "path": "/etc"}}}, facts)
+    with pytest.raises(EstimatorError, match="cannot be set in a request"):
+        validate_requests({"repr_id": {"model": {"arch": "mlp", "hidden": [8]}, "weights": "/etc/passwd"}}, facts)

