@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from taskgauge import db
-from taskgauge.blobs import BlobStore
+from taskgauge.blobs import BlobStore, blob_store_for
 from taskgauge.settings import Settings
 
 #: ``enqueue(analysis_id, queue)``: send the analysis to a worker; called only after its row is committed.
@@ -34,7 +34,7 @@ class Context:
     def build(cls, settings: Settings, enqueue: Enqueue, **engine_kw: int) -> "Context":
         engine = db.make_engine(settings.DATABASE_URL, **engine_kw)
         return cls(settings=settings, engine=engine, sessions=db.make_session_factory(engine),
-                   blobs=BlobStore(settings.blob_dir).ensure(), enqueue=enqueue)
+                   blobs=blob_store_for(settings), enqueue=enqueue)
 
     @property
     def upload_tmp(self) -> Path:
