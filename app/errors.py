@@ -46,7 +46,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: the common problems plus ``codes``."""
     docs = {
-        400: "Bad request", 409: "Conflict with the resource's state", 413: "Upload over TASKGAUGE_MAX_UPLOAD_MB",
+        400: "Bad request", 403: "Only admins may do this", 409: "Conflict with the resource's state", 413: "Upload over TASKGAUGE_MAX_UPLOAD_MB",
         503: "Database or broker unavailable",
     }
     out = dict(PROBLEM_RESPONSES)

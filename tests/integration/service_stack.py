@@ -206,6 +206,7 @@ def build(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None) -> S
         "TASKGAUGE_LEASE_S": "6",
         "TASKGAUGE_HEARTBEAT_S": "1",
         "TASKGAUGE_VISIBILITY_TIMEOUT_S": "30",
+        "TASKGAUGE_ADMIN_OWNERS": "root",  # `keys create root` makes an admin key (GET /workers)
         # the test-only estimators come in as a plugin (entry point), from this folder on the path
         "PYTHONPATH": os.pathsep.join([str(HERE / "plugins"), str(HERE), str(ROOT), env.get("PYTHONPATH", "")]
                                       ).rstrip(os.pathsep),
