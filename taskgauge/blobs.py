@@ -81,7 +81,7 @@ class BlobStore(ABC):
 
     url: str
 
-    def ensure(self) -> "BlobStore":
+    def ensure(self) -> BlobStore:
         """Prepare the store for use (create folders); returns self. Connects to nothing."""
         return self
 
@@ -120,7 +120,7 @@ class FileBlobStore(BlobStore):
         self.tmp = self.root / ".tmp"
         self.url = self.root.resolve().as_uri()
 
-    def ensure(self) -> "FileBlobStore":
+    def ensure(self) -> FileBlobStore:
         self.tmp.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -181,20 +181,32 @@ class S3BlobStore(BlobStore):
     Staging keeps the bytes in memory (the service already holds them), so nothing reaches the bucket before
     :meth:`publish`, which PUTs the object (boto3's managed transfer: multipart for large blobs, aborted on
     failure) unless it exists. Each PUT carries the SHA-256 as an S3 checksum (stores that check it, such as AWS S3
-    and MinIO, refuse bytes that arrived damaged), and :meth:`read` hashes what it got back. The client is made on first use, once per process (engines and clients must not cross a fork).
+    and MinIO, refuse bytes that arrived damaged), and :meth:`read` hashes what it got back. The client is made on
+    first use, once per process (clients must not cross a fork).
     """
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, region: str | None = None,
-                 access_key_id: str | None = None, secret_access_key: str | None = None,
-                 client: Any = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        client: Any = None,
+    ) -> None:
         if not bucket:
             raise ValueError("an s3:// blob URL needs a bucket: s3://BUCKET[/PREFIX]")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self._client_kw = {"endpoint_url": endpoint_url or None, "region_name": region or None,
-                           "aws_access_key_id": access_key_id or None,
-                           "aws_secret_access_key": secret_access_key or None}
+        self._client_kw = {
+            "endpoint_url": endpoint_url or None,
+            "region_name": region or None,
+            "aws_access_key_id": access_key_id or None,
+            "aws_secret_access_key": secret_access_key or None,
+        }
         self._client = client
         self._client_pid = os.getpid() if client is not None else None
         self._lock = threading.Lock()
@@ -208,8 +220,12 @@ class S3BlobStore(BlobStore):
                     from botocore.config import Config
 
                     style = "path" if self._client_kw["endpoint_url"] else "auto"  # MinIO & co. serve path style
-                    config = Config(s3={"addressing_style": style}, retries={"max_attempts": 5, "mode": "standard"},
-                                    connect_timeout=10, read_timeout=120)
+                    config = Config(
+                        s3={"addressing_style": style},
+                        retries={"max_attempts": 5, "mode": "standard"},
+                        connect_timeout=10,
+                        read_timeout=120,
+                    )
                     self._client = boto3.session.Session().client("s3", config=config, **self._client_kw)
                     self._client_pid = os.getpid()
         return self._client
@@ -259,8 +275,13 @@ class S3BlobStore(BlobStore):
         import base64
 
         checksum = base64.b64encode(bytes.fromhex(staged.sha256)).decode()
-        self.client.put_object(Bucket=self.bucket, Key=self.key(staged.sha256), Body=staged.data,
-                               ContentType="application/octet-stream", ChecksumSHA256=checksum)
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=self.key(staged.sha256),
+            Body=staged.data,
+            ContentType="application/octet-stream",
+            ChecksumSHA256=checksum,
+        )
         return True
 
     def discard(self, staged: StagedBlob) -> None:
@@ -274,15 +295,21 @@ class S3BlobStore(BlobStore):
         start = f"{self.prefix}/" if self.prefix else ""
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
             for obj in page.get("Contents", []):
-                rest = obj["Key"][len(start):]
+                rest = obj["Key"][len(start) :]
                 head, _, name = rest.partition("/")
                 if len(head) == 2 and name.startswith(head) and len(name) == 64 and set(name) <= _HEX:
                     out.append(name)
         return sorted(out)
 
 
-def open_blob_store(url: str, *, endpoint_url: str | None = None, region: str | None = None,
-                    access_key_id: str | None = None, secret_access_key: str | None = None) -> BlobStore:
+def open_blob_store(
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+) -> BlobStore:
     """The store for ``url``: ``file:///abs/dir`` (or a plain path) or ``s3://bucket[/prefix]``.
 
     >>> open_blob_store("file:///tmp/tg-doc-blobs").root
@@ -292,8 +319,14 @@ def open_blob_store(url: str, *, endpoint_url: str | None = None, region: str | 
     """
     parsed = urlparse(url)
     if parsed.scheme == "s3":
-        return S3BlobStore(parsed.netloc, parsed.path, endpoint_url=endpoint_url, region=region,
-                           access_key_id=access_key_id, secret_access_key=secret_access_key)
+        return S3BlobStore(
+            parsed.netloc,
+            parsed.path,
+            endpoint_url=endpoint_url,
+            region=region,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+        )
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(f"a file:// blob URL names a local folder (file:///abs/dir), not a host: {url!r}")
@@ -303,9 +336,12 @@ def open_blob_store(url: str, *, endpoint_url: str | None = None, region: str | 
     raise ValueError(f"unsupported blob URL {url!r}: use file:///DIR or s3://BUCKET/PREFIX")
 
 
-def blob_store_for(settings: "Settings") -> BlobStore:
+def blob_store_for(settings: Settings) -> BlobStore:
     """The blob store the settings name (``BLOB_URL`` + the ``S3_*`` settings), folders created."""
     return open_blob_store(
-        settings.blob_url, endpoint_url=settings.S3_ENDPOINT_URL, region=settings.S3_REGION,
-        access_key_id=settings.S3_ACCESS_KEY_ID, secret_access_key=settings.S3_SECRET_ACCESS_KEY.get_secret_value(),
+        settings.blob_url,
+        endpoint_url=settings.S3_ENDPOINT_URL,
+        region=settings.S3_REGION,
+        access_key_id=settings.S3_ACCESS_KEY_ID,
+        secret_access_key=settings.S3_SECRET_ACCESS_KEY.get_secret_value(),
     ).ensure()

@@ -50,9 +50,12 @@ def _endpoint() -> str | None:
     except ImportError:
         return None
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
     def stop() -> None:
         if proc.poll() is None:
@@ -83,8 +86,13 @@ def endpoint() -> str:
 def client(url: str | None = None):
     import boto3
 
-    return boto3.session.Session().client("s3", endpoint_url=url or endpoint(), region_name=REGION,
-                                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=url or endpoint(),
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    )
 
 
 def new_bucket(url: str | None = None) -> str:

@@ -53,8 +53,9 @@ def active_tasks() -> list[dict[str, Any]]:
     for req in list(state.active_requests):
         args, kwargs = list(getattr(req, "args", None) or []), dict(getattr(req, "kwargs", None) or {})
         analysis = kwargs.get("analysis_id") or (args[0] if args and isinstance(args[0], str) else None)
-        out.append({"task": req.name, "id": req.id, "analysis_id": analysis,
-                    "started_at": getattr(req, "time_start", None)})
+        out.append(
+            {"task": req.name, "id": req.id, "analysis_id": analysis, "started_at": getattr(req, "time_start", None)}
+        )
     return sorted(out, key=lambda t: (t["started_at"] or 0, t["id"]))
 
 
@@ -83,9 +84,13 @@ def _announce(sender: Any = None, **_: Any) -> None:
     _me.clear()
     _me.update(
         name=str(getattr(sender, "hostname", None) or f"worker@{socket.gethostname()}"),
-        hostname=socket.gethostname(), pid=os.getpid(), queues=sorted(consumed),
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        queues=sorted(consumed),
         concurrency=int(getattr(getattr(sender, "controller", None), "concurrency", None) or 1),
-        device=worker_device(settings.DEVICE), version=taskgauge_version()[:50], started_at=db.utcnow(),
+        device=worker_device(settings.DEVICE),
+        version=taskgauge_version()[:50],
+        started_at=db.utcnow(),
     )
 
     def loop() -> None:
@@ -96,8 +101,9 @@ def _announce(sender: Any = None, **_: Any) -> None:
                 factory = context().sessions
                 beat_once(factory)
                 with factory() as s, s.begin():
-                    s.execute(delete(db.WorkerHeartbeat).where(db.WorkerHeartbeat.heartbeat_at
-                                                               < db.utcnow() - PRUNE_AFTER))
+                    s.execute(
+                        delete(db.WorkerHeartbeat).where(db.WorkerHeartbeat.heartbeat_at < db.utcnow() - PRUNE_AFTER)
+                    )
             except Exception:  # noqa: BLE001 - the database may be briefly away; try again next beat
                 log.warning("worker heartbeat failed", exc_info=True)
 

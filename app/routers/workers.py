@@ -15,9 +15,12 @@ router = APIRouter(prefix="/workers", tags=["workers"])
 
 
 @router.get("", response_model=WorkersPublic, operation_id="workers-list", responses=responses(403))
-def list_workers(session: SessionDep, owner: OwnerDep, state: StateDep,
-                 all: bool = Query(False, description="Also workers whose heartbeat stopped (gone).")
-                 ) -> WorkersPublic:
+def list_workers(
+    session: SessionDep,
+    owner: OwnerDep,
+    state: StateDep,
+    all: bool = Query(False, description="Also workers whose heartbeat stopped (gone)."),
+) -> WorkersPublic:
     """Live workers: ``{"items": [{"name", "hostname", "queues", "device", "active": [{"analysis_id", "stage",
     …}], …}], "count"}``. 403 unless the API key's owner is an admin."""
     workers.require_admin(session, owner.owner_id, state.settings)

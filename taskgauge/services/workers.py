@@ -18,8 +18,10 @@ def require_admin(session: Session, owner_id: str, settings: Settings) -> None:
     """Forbidden unless the owner's name is one of ``settings.admin_owners``."""
     name = session.scalar(select(db.Owner.name).where(db.Owner.id == owner_id))
     if name is None or name not in settings.admin_owners:
-        raise Forbidden("only admins may list the workers; an admin is an owner named in TASKGAUGE_ADMIN_OWNERS "
-                        "(comma-separated owner names) on the API server")
+        raise Forbidden(
+            "only admins may list the workers; an admin is an owner named in TASKGAUGE_ADMIN_OWNERS "
+            "(comma-separated owner names) on the API server"
+        )
 
 
 def list_workers(session: Session, settings: Settings, *, include_gone: bool = False) -> list[dict[str, Any]]:
@@ -39,11 +41,27 @@ def list_workers(session: Session, settings: Settings, *, include_gone: bool = F
         tasks = []
         for t in r.active or []:
             a = analyses.get(t.get("analysis_id"))
-            tasks.append({**t, "status": a.status if a else None, "stage": a.stage if a else None,
-                          "progress": a.progress if a else None})
-        out.append({
-            "name": r.name, "hostname": r.hostname, "pid": r.pid, "queues": list(r.queues or []),
-            "concurrency": r.concurrency, "device": r.device, "version": r.version, "started_at": r.started_at,
-            "heartbeat_at": r.heartbeat_at, "live": r.heartbeat_at >= cutoff, "active": tasks,
-        })
+            tasks.append(
+                {
+                    **t,
+                    "status": a.status if a else None,
+                    "stage": a.stage if a else None,
+                    "progress": a.progress if a else None,
+                }
+            )
+        out.append(
+            {
+                "name": r.name,
+                "hostname": r.hostname,
+                "pid": r.pid,
+                "queues": list(r.queues or []),
+                "concurrency": r.concurrency,
+                "device": r.device,
+                "version": r.version,
+                "started_at": r.started_at,
+                "heartbeat_at": r.heartbeat_at,
+                "live": r.heartbeat_at >= cutoff,
+                "active": tasks,
+            }
+        )
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from service_stack import upload, wait_for
 
 pytestmark = pytest.mark.integration

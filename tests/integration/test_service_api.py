@@ -224,7 +224,8 @@ def test_same_file_is_stored_once_and_blob_removed_with_last_dataset(svc, alice,
     sha = first["blob_sha256"]
     assert {r["blob_sha256"] for r in rest} == {sha}
     assert blobs.keys().count(sha) == 1
-    assert [k for k in svc.blob_storage_contents() if sha in k] == [f"{'blobs/' if svc.s3_bucket else ''}{sha[:2]}/{sha}"]
+    prefix = "blobs/" if svc.s3_bucket else ""
+    assert [k for k in svc.blob_storage_contents() if sha in k] == [f"{prefix}{sha[:2]}/{sha}"]
     assert _count(svc, db.Blob, db.Blob.sha256 == sha) == 1
     for i in ids[:-1]:
         assert alice.delete(f"/datasets/{i}").status_code == 204

@@ -5,14 +5,12 @@ processes of the stack, with their queues, device and the analysis each runs, as
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import time
 
 import pytest
-
 from service_stack import upload, wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,8 +20,14 @@ pytestmark = pytest.mark.integration
 def root_key(svc):
     if svc.kind == "pg-redis-s3":
         pytest.skip("the blob store plays no part here; the pg-redis and embedded stacks cover it")
-    out = subprocess.run([sys.executable, "-m", "app", "keys", "create", "root"], env=svc.env,
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "keys", "create", "root"],
+        env=svc.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -81,16 +85,27 @@ def test_live_worker_with_its_queues_device_and_current_analysis(svc, root_key, 
 
     # the CLI shows the same
     env = {**svc.env, "TASKGAUGE_API_URL": svc.api_url, "TASKGAUGE_API_KEY": root_key}
-    out = subprocess.run([sys.executable, "-m", "app", "workers", "--json"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "workers", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert [x["name"] for x in doc["items"]] == [w["name"]] and doc["items"][0]["queues"] == ["default"]
-    out = subprocess.run([sys.executable, "-m", "app", "workers"], env={**env, "COLUMNS": "250"},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "workers"],
+        env={**env, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and w["name"] in out.stdout and "idle" in out.stdout, out.stdout + out.stderr
-    out = subprocess.run([sys.executable, "-m", "app", "workers"], env={**env, "TASKGAUGE_API_KEY": svc.alice_key},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "workers"],
+        env={**env, "TASKGAUGE_API_KEY": svc.alice_key},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1 and "403" in out.stderr and "TASKGAUGE_ADMIN_OWNERS" in out.stderr, out.stderr
 
 
@@ -99,8 +114,11 @@ def test_killed_worker_is_gone_after_the_lease_and_a_stopped_one_at_once(svc, ro
     old = _until(lambda: [w for w in _workers(svc, root_key) if w["pid"] == svc.worker.pid], what="the worker")[0]
     svc.kill_worker()  # SIGKILL: no chance to say goodbye
     t0 = time.monotonic()
-    _until(lambda: old["name"] not in [w["name"] for w in _workers(svc, root_key)], timeout=lease + 10,
-           what="the killed worker to drop out of the live list")
+    _until(
+        lambda: old["name"] not in [w["name"] for w in _workers(svc, root_key)],
+        timeout=lease + 10,
+        what="the killed worker to drop out of the live list",
+    )
     assert time.monotonic() - t0 > lease - 2 * float(svc.env["TASKGAUGE_HEARTBEAT_S"])  # not before its lease ran out
     (gone,) = [w for w in _workers(svc, root_key, all="true") if w["name"] == old["name"]]
     assert gone["live"] is False

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import pytest
-
 import s3_server
+
 from taskgauge.blobs import FileBlobStore, S3BlobStore, blob_store_for, deterministic_npz, open_blob_store
 from taskgauge.settings import Settings
 
@@ -25,11 +25,17 @@ def store(request, tmp_path):
     else:
         url = s3_server.endpoint()
         bucket = s3_server.new_bucket(url)
-        st = open_blob_store(f"s3://{bucket}/some/prefix", endpoint_url=url, region=s3_server.REGION,
-                             access_key_id=s3_server.ACCESS_KEY, secret_access_key=s3_server.SECRET_KEY)
+        st = open_blob_store(
+            f"s3://{bucket}/some/prefix",
+            endpoint_url=url,
+            region=s3_server.REGION,
+            access_key_id=s3_server.ACCESS_KEY,
+            secret_access_key=s3_server.SECRET_KEY,
+        )
 
         def everything() -> list[str]:
             return sorted(s3_server.objects(bucket, url))
+
     st.everything = everything  # type: ignore[attr-defined]
     return st
 
@@ -98,8 +104,13 @@ def test_factory_from_settings(tmp_path, monkeypatch):
     st = blob_store_for(s)  # the embedded default: the filesystem under DATA_DIR
     assert isinstance(st, FileBlobStore) and st.root == tmp_path / "d" / "blobs" and st.tmp.is_dir()
     assert s.blob_url == (tmp_path / "d" / "blobs").as_uri()
-    s = Settings(DATA_DIR=tmp_path / "d", BLOB_URL="s3://bucket-x/a/b/", S3_ENDPOINT_URL="http://127.0.0.1:9",
-                 S3_ACCESS_KEY_ID="k", S3_SECRET_ACCESS_KEY="secret")
+    s = Settings(
+        DATA_DIR=tmp_path / "d",
+        BLOB_URL="s3://bucket-x/a/b/",
+        S3_ENDPOINT_URL="http://127.0.0.1:9",
+        S3_ACCESS_KEY_ID="k",
+        S3_SECRET_ACCESS_KEY="secret",
+    )
     st = blob_store_for(s)  # connects to nothing until used
     assert isinstance(st, S3BlobStore) and (st.bucket, st.prefix) == ("bucket-x", "a/b")
     assert st.key("ab" + "c" * 62) == "a/b/ab/ab" + "c" * 62

@@ -8,9 +8,9 @@ import uuid
 
 import numpy as np
 import pytest
+import s3_server
 from sqlalchemy import func, select
 
-import s3_server
 from taskgauge import db, migrate
 from taskgauge.blobs import FileBlobStore, open_blob_store
 from taskgauge.context import Context
@@ -57,15 +57,26 @@ def ctx(request, tmp_path):
     else:
         endpoint = s3_server.endpoint()
         bucket = s3_server.new_bucket(endpoint)
-        store = open_blob_store(f"s3://{bucket}/blobs", endpoint_url=endpoint, region=s3_server.REGION,
-                                access_key_id=s3_server.ACCESS_KEY, secret_access_key=s3_server.SECRET_KEY)
+        store = open_blob_store(
+            f"s3://{bucket}/blobs",
+            endpoint_url=endpoint,
+            region=s3_server.REGION,
+            access_key_id=s3_server.ACCESS_KEY,
+            secret_access_key=s3_server.SECRET_KEY,
+        )
 
         def contents():
             return sorted(s3_server.objects(bucket, endpoint))
+
     migrate.upgrade(url)
     engine = db.make_engine(url)
-    c = Context(settings=Settings(DATA_DIR=tmp_path, DATABASE_URL=url, _env_file=None), engine=engine,
-                sessions=db.make_session_factory(engine), blobs=store, enqueue=lambda *_: None)
+    c = Context(
+        settings=Settings(DATA_DIR=tmp_path, DATABASE_URL=url, _env_file=None),
+        engine=engine,
+        sessions=db.make_session_factory(engine),
+        blobs=store,
+        enqueue=lambda *_: None,
+    )
     c.contents = contents  # type: ignore[attr-defined]
     with c.sessions() as s, s.begin():
         s.add(db.Owner(id="owner-1", name="o"))
@@ -77,8 +88,9 @@ def ctx(request, tmp_path):
 
 def _data(seed: int) -> CanonicalDataset:
     rng = np.random.default_rng(seed)
-    return CanonicalDataset(X=rng.normal(size=(40, 6)).astype(np.float32), y=rng.integers(0, 2, 40),
-                            classes=["a", "b"], meta={})
+    return CanonicalDataset(
+        X=rng.normal(size=(40, 6)).astype(np.float32), y=rng.integers(0, 2, 40), classes=["a", "b"], meta={}
+    )
 
 
 def _store(ctx, data, owner="owner-1"):
