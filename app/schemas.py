@@ -154,6 +154,7 @@ class Readiness(BaseModel):
     status: Literal["ok"]
     database: str
     broker: str
+    blobs: str = Field(description="The blob store: ok (its URL)")
 
 
 class WorkerTask(BaseModel):

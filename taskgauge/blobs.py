@@ -111,6 +111,10 @@ class BlobStore(ABC):
     def keys(self) -> list[str]:
         """The SHA-256 of every published blob, sorted (tests check that nothing was left behind)."""
 
+    @abstractmethod
+    def check(self) -> None:
+        """Raise when the store cannot be used now (``/readyz``): folder missing or not writable, bucket unreachable."""
+
 
 class FileBlobStore(BlobStore):
     """Blobs as files ``root/ab/abcdef…``; staged in ``root/.tmp`` (same filesystem, so publishing is a rename)."""
@@ -173,6 +177,10 @@ class FileBlobStore(BlobStore):
 
     def keys(self) -> list[str]:
         return [p.name for p in self.files()]
+
+    def check(self) -> None:
+        if not os.access(self.tmp, os.W_OK):
+            raise OSError(f"blob folder {self.tmp} is missing or not writable")
 
 
 class S3BlobStore(BlobStore):
@@ -289,6 +297,9 @@ class S3BlobStore(BlobStore):
 
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+
+    def check(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
 
     def keys(self) -> list[str]:
         out: list[str] = []

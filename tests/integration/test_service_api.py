@@ -60,6 +60,7 @@ def test_health_docs_and_auth(svc):
     assert httpx.get(svc.api_url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(svc.api_url + "/readyz").json()
     assert ready["database"] == "ok" and ready["broker"].startswith("ok")
+    assert ready["blobs"] == f"ok ({svc.blob_store().url})"
     assert httpx.get(svc.api_url + "/docs").status_code == 200
     spec = httpx.get(svc.api_url + "/openapi.json").json()
     assert "/api/v1/analyses/{analysis_id}/events" in spec["paths"]

@@ -120,3 +120,20 @@ def test_factory_from_settings(tmp_path, monkeypatch):
     for bad in ("s3://", "gs://bucket/x", "file://host/dir", "relative/dir"):
         with pytest.raises(ValueError):
             Settings(DATA_DIR=tmp_path / "d", BLOB_URL=bad)
+
+
+def test_check_says_whether_the_store_can_be_used(store, tmp_path):
+    store.check()  # a usable store
+    if isinstance(store, S3BlobStore):
+        missing = open_blob_store(
+            "s3://no-such-bucket-tg/x",
+            endpoint_url=store._client_kw["endpoint_url"],
+            region=s3_server.REGION,
+            access_key_id=s3_server.ACCESS_KEY,
+            secret_access_key=s3_server.SECRET_KEY,
+        )
+        with pytest.raises(Exception, match="(?i)404|not found|NoSuchBucket"):
+            missing.check()
+    else:
+        with pytest.raises(OSError, match="missing or not writable"):
+            FileBlobStore(tmp_path / "never-made").check()
