@@ -160,6 +160,7 @@ class Readiness(BaseModel):
 class WorkerTask(BaseModel):
     task: str = Field(description="Celery task name, e.g. taskgauge.run_analysis")
     id: str = Field(description="Celery task id")
+    args: list[str] = Field(default_factory=list, description="Its arguments (analysis id, a shard's key)")
     analysis_id: str | None = Field(default=None, description="The analysis this task works on")
     started_at: float | None = Field(default=None, description="When the task started (Unix time)")
     status: str | None = Field(default=None, description="The analysis' status")

@@ -45,8 +45,9 @@ def worker_device(setting: str) -> str:
 
 
 def active_tasks() -> list[dict[str, Any]]:
-    """The tasks this worker runs now: name, task id, the analysis id (a task's first argument, or its
-    ``analysis_id`` keyword) and when it started (Unix time)."""
+    """The tasks this worker runs now: name, task id, its arguments (short strings: the analysis id, a shard's
+    key), the analysis id (a task's first argument, or its ``analysis_id`` keyword) and when it started (Unix
+    time)."""
     from celery.worker import state
 
     out = []
@@ -54,7 +55,13 @@ def active_tasks() -> list[dict[str, Any]]:
         args, kwargs = list(getattr(req, "args", None) or []), dict(getattr(req, "kwargs", None) or {})
         analysis = kwargs.get("analysis_id") or (args[0] if args and isinstance(args[0], str) else None)
         out.append(
-            {"task": req.name, "id": req.id, "analysis_id": analysis, "started_at": getattr(req, "time_start", None)}
+            {
+                "task": req.name,
+                "id": req.id,
+                "args": [str(a)[:200] for a in args[:4]],
+                "analysis_id": analysis,
+                "started_at": getattr(req, "time_start", None),
+            }
         )
     return sorted(out, key=lambda t: (t["started_at"] or 0, t["id"]))
 

@@ -376,10 +376,12 @@ def _error_text(state: dict[str, Any]) -> str:
 
 
 def _task_line(task: dict[str, Any]) -> str:
-    """One running task of ``taskgauge workers``: analysis id, stage, progress."""
+    """One running task of ``taskgauge workers``: analysis id (and a shard's key), stage, progress."""
     progress = task.get("progress")
     pct = "" if progress is None else f"{100 * progress:.0f}%"
-    return " ".join(str(p) for p in (task.get("analysis_id") or task.get("id"), task.get("stage") or "", pct) if p)
+    extra = " ".join(str(a) for a in (task.get("args") or [])[1:])
+    parts = (task.get("analysis_id") or task.get("id"), extra, task.get("stage") or "", pct)
+    return " ".join(str(p) for p in parts if p)
 
 
 def register(cli: typer.Typer) -> None:

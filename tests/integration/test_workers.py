@@ -79,7 +79,7 @@ def test_live_worker_with_its_queues_device_and_current_analysis(svc, root_key, 
         return [t for t in w["active"] if t["analysis_id"] == aid and t["status"] == "running"]
 
     (task,) = _until(running, what="the analysis among the worker's active tasks")
-    assert task["task"] == "taskgauge.run_analysis" and task["started_at"] <= time.time()
+    assert task["task"] == "taskgauge.run_analysis" and task["started_at"] <= time.time() and task["args"] == [aid]
     assert wait_for(alice, aid)["status"] == "succeeded"
     _until(lambda: _workers(svc, root_key)[0]["active"] == [], what="the worker idle again")
 
