@@ -32,6 +32,7 @@ RUN mkdir -p app workers estimators \
 # The source, including migrations/ and alembic.ini (`taskgauge db upgrade` reads them from here).
 COPY app ./app
 COPY workers ./workers
+COPY taskgauge ./taskgauge
 COPY estimators ./estimators
 COPY migrations ./migrations
 COPY alembic.ini ./

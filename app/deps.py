@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Iterator
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from taskgauge.auth import Principal, authenticate
@@ -47,3 +47,8 @@ def current_owner(request: Request, state: StateDep) -> Principal:
 
 
 OwnerDep = Annotated[Principal, Depends(current_owner)]
+
+
+MAX_OFFSET = 10**9
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip (0 to 10^9).")]
+"""``?offset=`` of the list routes: bounded, so that no value overflows the database's 64-bit integers (422)."""

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from taskgauge.errors import PROBLEM_MEDIA_TYPE, Problem, TaskgaugeError, problem
+from taskgauge.errors import PROBLEM_MEDIA_TYPE, Problem, TaskgaugeError, clip, problem
 
 log = logging.getLogger("taskgauge.api")
 
@@ -37,16 +37,24 @@ def _problem_doc(description: str) -> dict[str, Any]:
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _problem_doc("Bad request, e.g. a Host header this server does not answer to (problem+json)"),
     401: _problem_doc("Missing or invalid API key (problem+json)"),
     404: _problem_doc("No such resource for this API key (problem+json)"),
+    413: _problem_doc("Request body over TASKGAUGE_MAX_JSON_BODY_KB (uploads: TASKGAUGE_MAX_UPLOAD_MB) (problem+json)"),
     422: _problem_doc("Invalid input; `detail` names the problem and the fix (problem+json)"),
 }
+
+
+def guard_responses() -> dict[int | str, dict[str, Any]]:
+    """What any route may answer before it runs (app.security): 400 untrusted Host, 413 body too large."""
+    return {c: PROBLEM_RESPONSES[c] for c in (400, 413)}
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: the common problems plus ``codes``."""
     docs = {
-        400: "Bad request", 403: "Only admins may do this", 409: "Conflict with the resource's state", 413: "Upload over TASKGAUGE_MAX_UPLOAD_MB",
+        400: "Bad request", 403: "Only admins may do this", 409: "Conflict with the resource's state",
+        413: "Upload over TASKGAUGE_MAX_UPLOAD_MB", 429: "Too many requests; retry after the Retry-After header's seconds",
         503: "Database or broker unavailable",
     }
     out = dict(PROBLEM_RESPONSES)
@@ -56,8 +64,8 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    from taskgauge.datasets.ingest import IngestError
     from estimators.base import EstimatorError
+    from taskgauge.datasets.ingest import IngestError
 
     @app.exception_handler(TaskgaugeError)
     async def _taskgauge(request: Request, exc: TaskgaugeError) -> JSONResponse:
@@ -74,10 +82,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(problem("Invalid estimator request", str(exc), 422, "bad-estimator-request",
                                         instance=request.url.path))
 
+    from python_multipart.exceptions import FormParserError
+
+    @app.exception_handler(FormParserError)
+    async def _multipart(request: Request, exc: FormParserError) -> JSONResponse:
+        return problem_response(problem("Malformed multipart body", f"the multipart/form-data body cannot be parsed "
+                                        f"({clip(exc, 200)}); send the file as a standard multipart upload, e.g. "
+                                        "curl -F file=@data.npz", 400, "bad-upload", instance=request.url.path))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()]
+        errors = [{"loc": [clip(p) if isinstance(p, str) else p for p in e.get("loc", ())][:20],
+                   "msg": clip(e.get("msg", ""), 300), "type": e.get("type", "")} for e in exc.errors()[:50]]
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
         return problem_response(problem("Invalid request", f"{summary}. Fix these fields and send the request again "
                                         "(schema: /docs).", 422, "invalid-request", instance=request.url.path,
@@ -87,9 +103,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no route {request.url.path}; the API lives under /api/v1 (see /docs)"
+            detail = f"no route {clip(request.url.path, 200)}; the API lives under /api/v1 (see /docs)"
         elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}; see /docs for the methods"
+            path = clip(request.url.path, 200)
+            detail = f"{clip(request.method)} is not allowed on {path}; see /docs for the methods"
         return problem_response(problem(_reason(exc.status_code), detail, exc.status_code, instance=request.url.path),
                                 getattr(exc, "headers", None))
 

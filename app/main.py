@@ -33,9 +33,11 @@ def build_context(settings: Settings) -> Context:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API. ``settings`` defaults to :func:`taskgauge.settings.get_settings` (read at startup)."""
 
+    resolved = settings or get_settings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_context(settings or get_settings())
+        state = build_context(resolved)
         from estimators import registry
 
         registry.all_estimators()  # import the estimators (and torch) now, not inside the first POST /analyses
@@ -56,12 +58,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Upload a dataset (`POST /api/v1/datasets`), start an analysis (`POST /api/v1/analyses`), follow it "
             "(`GET /api/v1/analyses/{id}` or its `/events` stream) and read the report (`GET /api/v1/reports/{id}`).\n\n"
             "Authenticate with `Authorization: Bearer <API key>` (`taskgauge keys create NAME`; the embedded "
-            "server writes one to `DATA_DIR/local_api_key`). Every error is an RFC 9457 `application/problem+json` "
-            "document whose `detail` names the problem and the fix."
+            "server writes one to `DATA_DIR/local_api_key`; `taskgauge keys list|revoke`). Every error is an RFC 9457 "
+            "`application/problem+json` document whose `detail` names the problem and the fix."
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs is served by app.dashboard.routes from local Swagger UI files (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(app)
+    from app.security import SecurityMiddleware
+
+    # Trusted hosts, body size, security headers: outside Starlette's own stack, so that its 500s get the headers too.
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: SecurityMiddleware(build_stack(), settings=resolved)  # type: ignore[method-assign]
 
     from app.dashboard import routes as dashboard
     from app.routers import analyses, datasets, health, history, model_specs, reports, schedules, workers

@@ -33,7 +33,12 @@ def describe_device(device: torch.device) -> str:
 def set_threads(n: int) -> int:
     """Use ``n`` threads for torch's CPU kernels, the BLAS behind NumPy (threadpoolctl) and faiss, so that several
     worker processes on one machine share its cores instead of oversubscribing them. Returns ``n``."""
+    import os
+
     n = max(1, int(n))
+    # libraries loaded later (SciPy's OpenBLAS, faiss's OpenMP) read these when they load
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
     torch.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits

@@ -117,4 +117,4 @@ def get(name: str) -> Estimator:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise EstimatorError(f"unknown estimator {name!r}; known estimators: {known}") from None
+        raise EstimatorError(f"unknown estimator {str(name)[:80]!r}; known estimators: {known}") from None

@@ -6,8 +6,11 @@ to brute-force). Each key belongs to an owner; every resource belongs to an owne
 answers 404 as if it did not exist.
 
 Embedded default: on first start ``taskgauge serve`` creates the owner ``local`` and a key, written to
-``DATA_DIR/local_api_key`` (mode 600). The CLI client and the dashboard read that file, so a newcomer never
-types a key.
+``DATA_DIR/local_api_key`` (mode 600). The CLI client reads that file, so a newcomer never types a key. The
+dashboard never receives that key: ``serve`` prints a one-time sign-in link (Jupyter's model) whose token only the
+console that started the server sees; the sign-in page trades it, once, for a new key of the ``local`` owner
+(:func:`issue_signin_token`, :func:`redeem_signin_token`). Keys are listed and revoked with ``taskgauge keys
+list|revoke``; a revoked key gets 401.
 
 >>> key = generate_key()
 >>> prefix, secret = split_key(key)
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,8 @@ from taskgauge import db
 
 LOCAL_KEY_FILENAME = "local_api_key"
 LOCAL_OWNER = "local"
+SIGNIN_TOKEN_FILENAME = "signin_token"
+DASHBOARD_KEY_NAME = "dashboard sign-in"
 
 
 def generate_key() -> str:
@@ -103,10 +110,105 @@ def ensure_local_key(session_factory, data_dir: Path) -> Path:
         if path.is_file() and authenticate(s, path.read_text().strip()) is not None:
             return path
         _row, key = create_key(s, "local key", owner_name=LOCAL_OWNER)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    os.replace(tmp, path)
+    _write_private(path, key + "\n")
     return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by this user only (0600 whatever the umask or a stale temp)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- sign-in tokens
+def signin_token_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / SIGNIN_TOKEN_FILENAME
+
+
+def issue_signin_token(data_dir: str | Path) -> str:
+    """A new one-time dashboard sign-in token (it replaces any earlier one). Only its SHA-256 and issue time are
+    stored, in ``DATA_DIR/signin_token`` (0600); the token itself goes to the console that asked for it."""
+    token = secrets.token_urlsafe(32)
+    _write_private(signin_token_path(data_dir),
+                   json.dumps({"sha256": hash_secret(token), "issued_at": time.time()}) + "\n")
+    return token
+
+
+def redeem_signin_token(data_dir: str | Path, token: str, ttl_s: float) -> bool:
+    """True exactly once for the current token while it is younger than ``ttl_s``: the token file is claimed by
+    an atomic rename, so of two concurrent redemptions one wins, and a second use finds nothing. A wrong token
+    leaves the current one valid."""
+    path = signin_token_path(data_dir)
+    try:
+        stored = json.loads(path.read_text())
+        digest, issued = str(stored["sha256"]), float(stored["issued_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not token or len(token) > 200 or not hmac.compare_digest(digest, hash_secret(token)):
+        return False
+    claimed = path.with_name(f".{path.name}.{secrets.token_hex(8)}.claimed")
+    try:
+        os.rename(path, claimed)  # atomic: exactly one caller gets the file
+    except FileNotFoundError:
+        return False
+    try:
+        # the file we claimed may be a newer token issued since we read it: redeem only the one we checked
+        again = json.loads(claimed.read_text())
+        if not hmac.compare_digest(str(again.get("sha256", "")), digest):
+            os.rename(claimed, path)
+            return False
+    except (OSError, ValueError):
+        return False
+    finally:
+        claimed.unlink(missing_ok=True)
+    return 0 <= time.time() - issued <= ttl_s
+
+
+# ---------------------------------------------------------------------------------------------- key lifecycle
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    prefix: str
+    name: str
+    owner: str
+    created_at: str
+    revoked: bool
+
+
+def list_keys(session: Session) -> list[KeyInfo]:
+    """Every key (never a secret): id, public prefix, name, owner name, creation time, revoked."""
+    rows = session.execute(select(db.ApiKey, db.Owner.name).join(db.Owner, db.Owner.id == db.ApiKey.owner_id)
+                           .order_by(db.ApiKey.created_at, db.ApiKey.id)).all()
+    return [KeyInfo(id=k.id, prefix=k.prefix, name=k.name, owner=owner, revoked=bool(k.revoked),
+                    created_at=k.created_at.isoformat(timespec="seconds") if k.created_at else "")
+            for k, owner in rows]
+
+
+def find_key(session: Session, ident: str) -> db.ApiKey | None:
+    """A key by its id, its public prefix, or the whole key (``tg_<prefix>_…``)."""
+    ident = ident.strip()
+    if ident.startswith("tg_"):
+        try:
+            ident = split_key(ident)[0]
+        except ValueError:
+            ident = ident[3:15]
+    return session.scalar(select(db.ApiKey).where((db.ApiKey.id == ident) | (db.ApiKey.prefix == ident)))
+
+
+def revoke_key(session: Session, ident: str) -> db.ApiKey | None:
+    """Revoke a key (by id, prefix or the whole key); None when there is no such key. Flushes; the caller commits.
+    From then on the key gets 401. Revoking is final (make a new key with ``keys create``)."""
+    row = find_key(session, ident)
+    if row is not None:
+        row.revoked = True
+        session.flush()
+    return row

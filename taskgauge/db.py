@@ -190,6 +190,28 @@ class AnalysisResult(IdMixin, CreatedMixin, Base):
     entry: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
 
 
+class AnalysisShard(IdMixin, CreatedMixin, Base):
+    """One task of a fanned-out analysis (docs/deployment.md, "Fan-out"), keyed by ``(analysis_id, key)``:
+    ``est:NAME`` runs one estimator. Claimed and heart-beaten like an analysis (``lease_token``/``heartbeat_at``);
+    its result goes to ``analysis_results``; ``worker``/``device``/``seconds`` are listed in the report."""
+
+    __tablename__ = "analysis_shards"
+    __table_args__ = (UniqueConstraint("analysis_id", "key"), Index("ix_analysis_shards_status_heartbeat", "status",
+                                                                    "heartbeat_at"))
+    analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False)
+    key: Mapped[str] = mapped_column(String(200), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=QUEUED)
+    progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    device: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class Report(CreatedMixin, Base):
     """The finished report document (docs/methods.md §0); ``id`` is the document's ``report_id``."""
 

@@ -22,13 +22,27 @@ PROBLEM_BASE = "https://taskgauge.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
+ECHO_LIMIT = 80  # characters of a client-supplied value (an id, a name) that a problem document repeats
+
+
+def clip(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as text, cut to ``limit`` characters (marked with "…"): what a problem document may echo.
+
+    >>> clip("x" * 100)[-3:], len(clip("x" * 100)), clip("abc")
+    ('xx…', 81, 'abc')
+    """
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def problem(title: str, detail: str, status: int, kind: str | None = None, *, instance: str | None = None,
             **extra: Any) -> dict[str, Any]:
-    """The one problem document builder: ``kind`` names the ``type`` URI (``about:blank`` when None)."""
+    """The one problem document builder: ``kind`` names the ``type`` URI (``about:blank`` when None). ``instance``
+    (a request path, which carries client-supplied ids) is cut to 200 characters."""
     body: dict[str, Any] = {"type": PROBLEM_BASE + kind if kind else "about:blank", "title": title,
                             "status": status, "detail": detail}
     if instance is not None:
-        body["instance"] = instance
+        body["instance"] = clip(instance, 200)
     body.update(extra)
     return body
 
@@ -101,4 +115,4 @@ class ServiceUnavailable(TaskgaugeError):
 
 
 def not_found(what: str, ident: str, hint: str) -> NotFound:
-    return NotFound(f"{what} {ident!s} does not exist (or belongs to another API key); {hint}")
+    return NotFound(f"{what} {clip(ident)} does not exist (or belongs to another API key); {hint}")

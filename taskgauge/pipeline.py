@@ -146,26 +146,18 @@ def dataset_summary(dataset: CanonicalDataset, info: DatasetInfo) -> dict[str, A
     }
 
 
-def run_pipeline(
+def run_estimators(
     dataset: CanonicalDataset,
-    requests: Mapping[str, Mapping[str, Any] | None] | None = None,
+    planned: Mapping[str, PlannedEstimator],
     *,
-    info: DatasetInfo,
-    device: str | torch.device = "auto",
-    model_spec: Mapping[str, Any] | None = None,
-    memory_budget_mb: int | None = None,
-    analysis_id: str | None = None,
+    device: torch.device,
     progress: ProgressFn = no_progress,
     on_result: Callable[[str, dict[str, Any]], None] | None = None,
     done: Mapping[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Run the requested estimators (default: mle, twonn, gride) and return the report (docs/methods.md §0)."""
-    t0 = time.perf_counter()
-    planned = plan(requests, dataset, model_spec=model_spec, memory_budget_mb=memory_budget_mb)
-    dev = resolve_device(device)
-    progress(0.0, "checking data")
-    summary = dataset_summary(dataset, info)
-
+) -> dict[str, dict[str, Any]]:
+    """Run each planned estimator not in ``done`` on ``dataset``; returns every result entry by name (``done``'s
+    included). ``on_result(name, entry)`` is called as each one finishes. A worker runs one estimator this way in
+    each shard of a fanned-out analysis."""
     X_flat = torch.from_numpy(np.ascontiguousarray(dataset.flat()))
     X_full = torch.from_numpy(np.ascontiguousarray(dataset.X))
     y = torch.from_numpy(np.ascontiguousarray(dataset.y)) if dataset.y is not None else None
@@ -180,13 +172,41 @@ def run_pipeline(
         sub(0.0, name)
         X = X_full if item.estimator.needs_model else X_flat
         t = time.perf_counter()
-        result = item.estimator.fn(X, y, item.params, device=dev, progress=lambda f, s, _n=name: sub(f, f"{_n}: {s}"))
+        result = item.estimator.fn(X, y, item.params, device=device,
+                                   progress=lambda f, s, _n=name, _sub=sub: _sub(f, f"{_n}: {s}"))
         entry = result_to_json(item.estimator, item.params, result, seconds=time.perf_counter() - t)
         results[name] = entry
         if on_result is not None:
             on_result(name, entry)
         sub(1.0, name)
     progress(1.0, "done")
+    return results
+
+
+def run_pipeline(
+    dataset: CanonicalDataset,
+    requests: Mapping[str, Mapping[str, Any] | None] | None = None,
+    *,
+    info: DatasetInfo,
+    device: str | torch.device = "auto",
+    model_spec: Mapping[str, Any] | None = None,
+    memory_budget_mb: int | None = None,
+    analysis_id: str | None = None,
+    progress: ProgressFn = no_progress,
+    on_result: Callable[[str, dict[str, Any]], None] | None = None,
+    done: Mapping[str, dict[str, Any]] | None = None,
+    environment: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the requested estimators (default: mle, twonn, gride) and return the report (docs/methods.md §0).
+
+    ``done``: results already computed (a re-run, or the shards of a fanned-out analysis), not run again;
+    ``environment``: extra members of the report's ``environment`` (the shards of a fanned-out analysis)."""
+    t0 = time.perf_counter()
+    planned = plan(requests, dataset, model_spec=model_spec, memory_budget_mb=memory_budget_mb)
+    dev = resolve_device(device)
+    progress(0.0, "checking data")
+    summary = dataset_summary(dataset, info)
+    results = run_estimators(dataset, planned, device=dev, progress=progress, on_result=on_result, done=done)
 
     return to_jsonable(
         {
@@ -200,6 +220,7 @@ def run_pipeline(
                 "device": describe_device(dev),
                 "torch": torch.__version__,
                 "seconds_total": time.perf_counter() - t0,
+                **(environment or {}),
             },
             "results": results,
             "interpretation": interpretation_notes(results, summary),

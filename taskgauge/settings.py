@@ -95,6 +95,36 @@ class Settings(BaseSettings):
         "With the embedded broker, the owner 'local' (the local key) is an admin too.",
     )
 
+    FANOUT: bool = Field(
+        default=False,
+        description="Run the estimators of one analysis as parallel tasks (one shard each), so that one analysis "
+        "uses as many workers as are free. Off: one task per analysis.",
+    )
+
+    # -- web surface hardening (issue 15)
+    ALLOWED_HOSTS: str = Field(
+        default="",
+        description="Comma-separated host names (no port) the API answers to; any other Host header gets 400 "
+        "(DNS rebinding). '*' accepts any. Empty: loopback names (localhost, 127.0.0.1, ::1) in the embedded "
+        "default, any host otherwise.",
+    )
+    MAX_JSON_BODY_KB: int = Field(
+        default=1024, ge=1,
+        description="Largest request body that is not multipart/form-data (JSON bodies), in KiB (413 above). "
+        "Uploads are multipart and limited by MAX_UPLOAD_MB.",
+    )
+    GPU_WORKERS: Literal["auto", "yes", "no"] = Field(
+        default="auto",
+        description="Whether a worker consumes the gpu queue (device=cuda analyses are refused with 409 when not). "
+        "auto: in the embedded default, whether CUDA is available here (the embedded worker takes the gpu queue "
+        "then); with a broker, whether a live worker answers a Celery inspect with the gpu queue (1 s timeout, "
+        "cached for 30 s).",
+    )
+    SIGNIN_TOKEN_TTL_S: float = Field(
+        default=3600.0, gt=0,
+        description="How long the one-time dashboard sign-in link that `taskgauge serve` prints stays valid.",
+    )
+
     @field_validator("DEVICE", mode="before")
     @classmethod
     def _device_lower(cls, v: object) -> object:
@@ -160,6 +190,25 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.MAX_UPLOAD_MB * 1024 * 1024
+
+    @property
+    def embedded(self) -> bool:
+        """The embedded default: SQLite and no broker configured."""
+        return self.is_sqlite and self.embedded_broker
+
+    @property
+    def allowed_hosts(self) -> frozenset[str] | None:
+        """The accepted ``Host`` names (lower case, no port), or None for any host."""
+        names = {h.strip().lower().strip("[]") for h in self.ALLOWED_HOSTS.split(",") if h.strip()}
+        if "*" in names:
+            return None
+        if names:
+            return frozenset(names)
+        return frozenset({"localhost", "127.0.0.1", "::1"}) if self.embedded else None
+
+    @property
+    def max_json_body_bytes(self) -> int:
+        return self.MAX_JSON_BODY_KB * 1024
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,7 @@ Shared by the browser tests and the CLI end-to-end tests (tests/browser/, tests/
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +42,13 @@ class Server:
         if p.is_file():
             return p.read_text().strip()
         raise RuntimeError(f"no local key file under {self.data_dir}: {sorted(os.listdir(self.data_dir))}")
+
+    def signin_url(self) -> str:
+        """The last one-time dashboard sign-in link `taskgauge serve` printed on its console."""
+        links = re.findall(r"http://\S+/signin#token=\S+", self.log.read_text(errors="replace"))
+        if not links:
+            raise RuntimeError(f"no sign-in link in the server's output:\n{self.log.read_text()[-2000:]}")
+        return links[-1]
 
 
 def start(tmp: Path, *, extra_env: dict[str, str] | None = None, timeout: float = 90.0) -> Server:

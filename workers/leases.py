@@ -23,7 +23,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
 from taskgauge import db
@@ -110,8 +110,12 @@ def sweep_stale(factory: sessionmaker, settings: Settings, enqueue: Enqueue) -> 
     A = db.Analysis
     stale = db.utcnow() - timedelta(seconds=settings.LEASE_S)
     requeued: list[tuple[str, str]] = []
+    S = db.AnalysisShard
+    unfinished_shards = exists().where(S.analysis_id == A.id, S.status.in_([db.QUEUED, db.RUNNING]))
     with factory() as s:
-        candidates = s.execute(select(A.id, A.queue).where(A.status == db.RUNNING).where(A.heartbeat_at < stale)).all()
+        # a fanned-out analysis with unfinished shards is the shards' to recover (workers.fanout.sweep_shards)
+        candidates = s.execute(select(A.id, A.queue).where(A.status == db.RUNNING).where(A.heartbeat_at < stale)
+                               .where(~unfinished_shards)).all()
     for aid, queue in candidates:
         with factory() as s, s.begin():
             res = s.execute(

@@ -28,6 +28,7 @@ from estimators.base import EstimatorError
 from taskgauge import db
 from taskgauge.context import Context
 from taskgauge.errors import problem
+from taskgauge.services.analyses import store_result, stored_results
 from taskgauge.services.datasets import load_dataset
 from taskgauge.services.schedules import run_due
 from workers.celery_app import TASK_RUN_ANALYSIS, TASK_SCHEDULES, celery_app, enqueue_analysis, get_settings
@@ -82,31 +83,19 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
                 analysis = s.get(db.Analysis, analysis_id)
                 dataset = s.get(db.Dataset, analysis.dataset_id) if analysis else None
                 spec_row = s.get(db.ModelSpec, analysis.model_spec_id) if analysis and analysis.model_spec_id else None
-                done = {
-                    r.estimator: r.entry
-                    for r in s.scalars(select(db.AnalysisResult).where(db.AnalysisResult.analysis_id == analysis_id))
-                }
+                done = stored_results(s, analysis_id)
             if analysis is None or dataset is None:
                 return "missing"
+            if settings.FANOUT:
+                from workers import fanout
+
+                if fanout.start(ctx, analysis, token, done):
+                    return "fanned out"
             data = load_dataset(ctx.blobs, dataset)
 
             def on_result(name: str, entry: dict[str, Any]) -> None:
                 with factory() as s2, s2.begin():
-                    s2.execute(
-                        db.insert_ignore(
-                            db.AnalysisResult.__table__,
-                            s2.get_bind().dialect.name,
-                            {
-                                "id": db.new_id(),
-                                "analysis_id": analysis_id,
-                                "estimator": name,
-                                "version": str(entry.get("version", "")),
-                                "entry": entry,
-                                "created_at": db.utcnow(),
-                            },
-                            ["analysis_id", "estimator"],
-                        )
-                    )
+                    store_result(s2, analysis_id, name, entry)
 
             report = run_pipeline(
                 data,
@@ -222,6 +211,9 @@ def _start_sweeper(**_: Any) -> None:
             try:
                 ctx = context()
                 sweep_stale(ctx.sessions, settings, ctx.enqueue)
+                from workers import fanout
+
+                fanout.sweep_shards(ctx)
             except Exception:  # noqa: BLE001 - the DB or broker may be briefly away; try again next round
                 log.warning("stale-analysis sweep failed", exc_info=True)
 

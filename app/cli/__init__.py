@@ -16,7 +16,8 @@ from typing import Annotated
 import typer
 
 from app.cli import local, remote, service
-from app.cli.common import BadInput, build_requests, fail, parse_param, render_report
+from app.cli.common import BadInput, build_requests, fail, parse_param
+from taskgauge.render import render_report
 
 __all__ = ["BadInput", "build_requests", "cli", "fail", "main", "parse_param", "render_report"]
 

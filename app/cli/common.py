@@ -12,8 +12,6 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 from rich.console import Console
 
-from taskgauge.render import fmt_number, render_report
-
 EXIT_BAD_INPUT = 2
 
 ESTIMATOR_HELP = "Estimator to run (repeatable, or comma-separated). Default: mle, twonn, gride."

@@ -31,8 +31,8 @@ from app.cli.common import (
     fail,
     load_model_spec,
     progress_bar,
-    render_report,
 )
+from taskgauge.render import render_report
 
 def _write_json(dest: str, report: dict[str, Any]) -> None:
     text = json.dumps(report, indent=2, allow_nan=False)

@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,11 +45,10 @@ from app.cli.common import (
     ParamOpt,
     ResizeOpt,
     fail,
-    fmt_number,
     ingest_fields,
     parse_requests,
-    render_report,
 )
+from taskgauge.render import fmt_number, render_report
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -180,22 +178,14 @@ class APIClient(httpx.Client):
 
 
 def local_key_file() -> Path | None:
-    """The embedded default's local key file, as the service writes it (None if the settings cannot be read)."""
+    """The embedded default's local key file under ``TASKGAUGE_DATA_DIR`` (None if the settings are unreadable)."""
+    from taskgauge.auth import local_key_path
+    from taskgauge.settings import get_settings
+
     try:
-        from taskgauge.auth import local_key_path  # type: ignore[attr-defined]
-
-        return Path(local_key_path())
-    except Exception:  # noqa: BLE001 - older/other layouts: fall back to the documented location
-        pass
-    data_dir = os.environ.get("TASKGAUGE_DATA_DIR")
-    if data_dir is None:
-        try:
-            from taskgauge.settings import get_settings  # type: ignore[attr-defined]
-
-            data_dir = str(get_settings().data_dir)
-        except Exception:  # noqa: BLE001
-            data_dir = ".taskgauge"
-    return Path(data_dir) / "local_api_key"
+        return local_key_path(get_settings().DATA_DIR)
+    except ValueError:  # a bad TASKGAUGE_* value: no local key to offer; the request will say 401
+        return None
 
 
 def resolve_key(api_key: str | None) -> str | None:

@@ -1,9 +1,9 @@
 """Service commands of the ``taskgauge`` CLI: ``serve``, ``worker``, ``beat``, ``db upgrade|check``,
-``keys create``. Registered into ``app.cli`` by :func:`register`.
+``keys create|list|revoke|signin-url``. Registered into ``app.cli`` by :func:`register`.
 
 Embedded default (no ``TASKGAUGE_BROKER_URL``): ``taskgauge serve`` migrates the SQLite database under
 ``DATA_DIR`` (default ``./.taskgauge``), writes the local API key to ``DATA_DIR/local_api_key`` on first start,
-starts one Celery worker child process (with embedded beat) over the serverless filesystem transport
+makes DATA_DIR 0700 and its database and key files 0600, prints a one-time dashboard sign-in link, starts one Celery worker child process (with embedded beat) over the serverless filesystem transport
 (``DATA_DIR/broker``) and serves the API with uvicorn. Production: ``taskgauge db upgrade`` once, then
 ``taskgauge serve``, any number of ``taskgauge worker`` and one ``taskgauge beat``, all with
 ``TASKGAUGE_DATABASE_URL`` (PostgreSQL) and ``TASKGAUGE_BROKER_URL`` (Redis).
@@ -19,9 +19,6 @@ import uuid
 from typing import Annotated, Optional
 
 import typer
-
-EMBEDDED_WORKER_ENV = "TASKGAUGE_EMBEDDED_WORKER"
-
 
 def _settings():
     from pydantic import ValidationError
@@ -79,6 +76,8 @@ def serve(
     from taskgauge import db
 
     settings = _settings()
+    if settings.embedded:
+        os.umask(0o077)  # everything serve and its worker create under DATA_DIR: this user only
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
     if migrate if migrate is not None else settings.is_sqlite:
         migrations.upgrade(settings.DATABASE_URL)
@@ -89,7 +88,10 @@ def serve(
             key_path = ensure_local_key(db.make_session_factory(engine), settings.DATA_DIR)
         finally:
             engine.dispose()
-        typer.echo(f"taskgauge: local API key in {key_path} (the CLI and dashboard use it)", err=True)
+        typer.echo(f"taskgauge: local API key in {key_path} (the CLI uses it)", err=True)
+    if settings.embedded:
+        private_data_dir(settings.DATA_DIR)
+        _print_signin_url(settings, host, port)
     child = None
     if start_worker:
         cmd = [sys.executable, "-m", "app", "worker", "--concurrency", "1"]
@@ -97,19 +99,56 @@ def serve(
             cmd.append("--beat")
         # Own process group: a Ctrl-C or a group SIGTERM reaches `serve` alone, which then stops the worker and
         # everything it forked (pool process, embedded beat) in order, so no child outlives `serve`.
-        child = subprocess.Popen(cmd, env={**os.environ, EMBEDDED_WORKER_ENV: "1"}, preexec_fn=_pdeathsig,
+        child = subprocess.Popen(cmd, preexec_fn=_pdeathsig,
                                  start_new_session=True)
         typer.echo(f"taskgauge: worker process {child.pid} started", err=True)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it with the handler that was installed before
     # it started; this one turns it into SystemExit so that the `finally` below stops the worker.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        # Embedded: no proxy header (X-Forwarded-For, Forwarded) rewrites who the client is.
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="info",
-                    timeout_graceful_shutdown=5)
+                    timeout_graceful_shutdown=5, proxy_headers=not settings.embedded)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if child is not None:
             _stop_worker_group(child)
+
+
+def private_data_dir(data_dir) -> None:
+    """The embedded default's files are this user's alone: DATA_DIR 0700; the SQLite files (``taskgauge.db``,
+    ``-wal``, ``-shm``, ``-journal``), the local key and the sign-in token 0600. (SQLite gives the ``-wal``/``-shm``
+    files it creates later the database file's mode.)"""
+    from pathlib import Path
+
+    from taskgauge.auth import LOCAL_KEY_FILENAME, SIGNIN_TOKEN_FILENAME
+
+    data_dir = Path(data_dir)
+    try:
+        os.chmod(data_dir, 0o700)
+        for path in [*data_dir.glob("taskgauge.db*"), data_dir / LOCAL_KEY_FILENAME, data_dir / SIGNIN_TOKEN_FILENAME]:
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o600)
+    except OSError as exc:  # not ours to change (another owner, a read-only mount): say so, and go on
+        typer.echo(f"taskgauge: warning: cannot make {data_dir} private ({exc}); other local users may read it",
+                   err=True)
+
+
+def signin_url(host: str, port: int, token: str) -> str:
+    """The one-time dashboard sign-in link; the token sits in the fragment (never sent to the server's log)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/signin#token={token}"
+
+
+def _print_signin_url(settings, host: str, port: int) -> None:
+    from taskgauge.auth import issue_signin_token
+
+    token = issue_signin_token(settings.DATA_DIR)
+    minutes = round(settings.SIGNIN_TOKEN_TTL_S / 60)
+    typer.echo(f"taskgauge: open the dashboard with this one-time link (valid once, for {minutes} min):\n"
+               f"    {signin_url(host, port, token)}", err=True)
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -254,6 +293,84 @@ def keys_create(
         engine.dispose()
     typer.echo(key)
     typer.echo(f"created key {row.prefix} '{name}'; store it now, it is not shown again", err=True)
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List the API keys (id, public prefix, name, owner, created, revoked); never a secret.
+
+    Example:
+
+      taskgauge keys list
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from taskgauge import db
+    from taskgauge.auth import list_keys
+
+    settings = _settings()
+    engine = db.make_engine(settings.DATABASE_URL)
+    try:
+        with db.make_session_factory(engine)() as s:
+            keys = list_keys(s)
+    finally:
+        engine.dispose()
+    table = Table("id", "prefix", "name", "owner", "created", "status", box=None, pad_edge=False)
+    for k in keys:
+        table.add_row(k.id, k.prefix, k.name, k.owner, k.created_at, "revoked" if k.revoked else "active")
+    Console(width=200).print(table)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(metavar="KEY_ID|PREFIX", help="The key's id or its prefix (`keys list`), "
+                                       "or the whole key.")],
+) -> None:
+    """Revoke an API key: from now on it gets 401. Final; make a new key with `keys create`.
+
+    Example:
+
+      taskgauge keys revoke 0123456789ab
+    """
+    from app.cli.common import fail
+    from taskgauge import db
+    from taskgauge.auth import revoke_key
+
+    settings = _settings()
+    engine = db.make_engine(settings.DATABASE_URL)
+    try:
+        with db.make_session_factory(engine)() as s, s.begin():
+            row = revoke_key(s, key)
+            found = None if row is None else (row.prefix, row.name)
+    finally:
+        engine.dispose()
+    if found is None:
+        fail(f"no API key with id or prefix {key[:80]!r}; see `taskgauge keys list`")
+    typer.echo(f"revoked key {found[0]} '{found[1]}'", err=True)
+
+
+@keys_cli.command("signin-url")
+def keys_signin_url(
+    host: Annotated[str, typer.Option(help="Host the server is reached at.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Its port.")] = 8000,
+) -> None:
+    """Print a new one-time dashboard sign-in link for the embedded server using this DATA_DIR (the previous link
+    stops working). Open it in the browser; it signs that browser in once.
+
+    Example:
+
+      taskgauge keys signin-url --port 8765
+    """
+    from app.cli.common import fail
+    from taskgauge.auth import issue_signin_token
+
+    settings = _settings()
+    if not settings.embedded:
+        fail("sign-in links exist only in the embedded default (SQLite, no broker); paste an API key "
+             "(`taskgauge keys create NAME`) into the sign-in page instead")
+    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    typer.echo(signin_url(host, port, issue_signin_token(settings.DATA_DIR)))
 
 
 def _redact(url: str) -> str:

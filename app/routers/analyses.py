@@ -11,10 +11,12 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from taskgauge.services import analyses as services
-from app.deps import OwnerDep, SessionDep, StateDep
+from app.deps import Offset, OwnerDep, SessionDep, StateDep
 from app.errors import responses
 from app.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
 from taskgauge import db
+from taskgauge.errors import Conflict
+from workers.gpu import gpu_queue_consumed
 
 router = APIRouter(prefix="/analyses", tags=["analyses"])
 
@@ -23,11 +25,18 @@ SSE_KEEPALIVE_S = 15.0
 
 
 @router.post("", status_code=202, response_model=AnalysisPublic, operation_id="analyses-create",
-             responses=responses(503))
+             responses=responses(409, 503))
 def create_analysis(body: AnalysisCreate, request: Request, response: Response, state: StateDep,
                     owner: OwnerDep) -> AnalysisPublic:
     """Validate the estimators and params, store the analysis (``queued``) and enqueue it for a worker.
-    Follow it with ``GET /analyses/{id}`` or ``GET /analyses/{id}/events``."""
+    Follow it with ``GET /analyses/{id}`` or ``GET /analyses/{id}/events``.
+
+    ``device: "cuda"`` is refused with 409 when no worker consumes the gpu queue (``TASKGAUGE_GPU_WORKERS``)."""
+    if body.device == "cuda" and not gpu_queue_consumed(state.settings):
+        raise Conflict("device 'cuda' needs a worker on the gpu queue, and none is running; use device 'auto' or "
+                       "'cpu', or start `taskgauge worker --queues gpu,default` on a CUDA host (or set "
+                       "TASKGAUGE_GPU_WORKERS=yes if one is only briefly down)", title="No GPU worker",
+                       kind="no-gpu-worker")
     row = services.create_analysis(state, owner.owner_id, dataset_id=body.dataset_id, estimators=body.estimators,
                                    model_spec_id=body.model_spec_id, device=body.device)
     response.headers["Location"] = str(request.url_for("analyses-read", analysis_id=row.id))
@@ -37,7 +46,7 @@ def create_analysis(body: AnalysisCreate, request: Request, response: Response, 
 @router.get("", response_model=AnalysesPublic, operation_id="analyses-list", responses=responses())
 def list_analyses(session: SessionDep, owner: OwnerDep, dataset_id: str | None = None,
                   status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> AnalysesPublic:
+                  offset: Offset = 0) -> AnalysesPublic:
     """Your analyses, newest first; filter by ``dataset_id`` and ``status``."""
     rows, count = services.list_analyses(session, owner.owner_id, dataset_id=dataset_id, status=status, limit=limit,
                                          offset=offset)

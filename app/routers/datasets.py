@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from taskgauge.services import datasets as services
-from app.deps import OwnerDep, SessionDep, StateDep
+from app.deps import Offset, OwnerDep, SessionDep, StateDep
 from app.errors import responses
 from taskgauge.errors import InvalidInput
 from app.schemas import DatasetPublic, DatasetsPublic
@@ -79,7 +79,7 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
 
 @router.get("", response_model=DatasetsPublic, operation_id="datasets-list", responses=responses())
 def list_datasets(session: SessionDep, owner: OwnerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> DatasetsPublic:
+                  offset: Offset = 0) -> DatasetsPublic:
     """Your datasets, newest first."""
     rows, count = services.list_datasets(session, owner.owner_id, limit=limit, offset=offset)
     return DatasetsPublic(items=[DatasetPublic.model_validate(r) for r in rows], count=count,

@@ -8,14 +8,14 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import StateDep
-from app.errors import responses
+from app.errors import guard_responses, responses
 from taskgauge.errors import ServiceUnavailable
 from app.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, operation_id="health-live")
+@router.get("/healthz", response_model=Health, operation_id="health-live", responses=guard_responses())
 def healthz() -> Health:
     return Health(status="ok")
 

@@ -1,7 +1,7 @@
 """worker heartbeats: live Celery workers as they report themselves (GET /api/v1/workers, `taskgauge workers`)
 
 Revision ID: 0002_s3_worker_heartbeats
-Revises: 0001
+Revises: 0002_fanout
 Create Date: 2026-11-30 12:00:00
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = '0002_s3_worker_heartbeats'
-down_revision: str | None = '0001'
+down_revision: str | None = '0002_fanout'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -104,3 +104,18 @@ def cancel_analysis(ctx: Context, owner_id: str, analysis_id: str) -> db.Analysi
                            "be cancelled", title="Analysis already finished")
     with ctx.sessions() as s:
         return get_analysis(s, owner_id, analysis_id)
+
+
+def store_result(session: Session, analysis_id: str, name: str, entry: dict[str, Any]) -> None:
+    """One estimator's result entry of an analysis (insert-or-ignore: a re-run or a second shard adds nothing)."""
+    session.execute(db.insert_ignore(
+        db.AnalysisResult.__table__, session.get_bind().dialect.name,
+        {"id": db.new_id(), "analysis_id": analysis_id, "estimator": name, "version": str(entry.get("version", "")),
+         "entry": entry, "created_at": db.utcnow()},
+        ["analysis_id", "estimator"],
+    ))
+
+
+def stored_results(session: Session, analysis_id: str) -> dict[str, dict[str, Any]]:
+    R = db.AnalysisResult
+    return {r.estimator: r.entry for r in session.scalars(select(R).where(R.analysis_id == analysis_id))}

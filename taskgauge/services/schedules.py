@@ -45,7 +45,7 @@ def check_timezone(tz: str) -> ZoneInfo:
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"unknown time zone {tz!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
+        raise ScheduleError(f"unknown time zone {str(tz)[:80]!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
 
 
 def check_cron(expr: str) -> str:

@@ -82,6 +82,17 @@ def test_get_settings_is_cached_until_cleared(monkeypatch):
     assert get_settings().MAX_UPLOAD_MB == 3
 
 
+def test_worker_threads_default_is_the_childs_share_of_the_cores(monkeypatch):
+    import os
+
+    from taskgauge.settings import Settings
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    s = Settings()
+    assert (s.worker_threads(1), s.worker_threads(4), s.worker_threads(32)) == (16, 4, 1)
+    assert Settings(WORKER_THREADS=3).worker_threads(4) == 3  # an explicit setting wins
+
+
 def test_admin_owners(monkeypatch):
     assert Settings().admin_owners == {"local"}  # the embedded broker: the local key's owner is the admin
     monkeypatch.setenv("TASKGAUGE_BROKER_URL", "redis://127.0.0.1:6379/0")

@@ -76,16 +76,40 @@
   }
 
   // ------------------------------------------------------------------ pages
+  // Where to go after signing in: the server already cut ?next= to a path on this origin (data-next); this checks
+  // again, so that no value can leave the origin (//host, /\host, scheme:...).
+  function sameOrigin(path) {
+    try {
+      if (typeof path !== "string" || !path.startsWith("/") || path.startsWith("//") || path.includes("\\")) return "/";
+      const u = new URL(path, location.origin);
+      return u.origin === location.origin ? u.pathname + u.search + u.hash : "/";
+    } catch (e) { return "/"; }
+  }
   async function signin() {
-    const form = $("#signin-form"), input = $("#api-key");
-    const next = new URLSearchParams(location.search).get("next") || "/";
+    const form = $("#signin-form"), input = $("#api-key"), status = $("#signin-status");
+    const next = sameOrigin(body.dataset.next || "/");
     const use = async k => {
       localStorage.setItem(KEY, k.trim());
-      try { await api("/datasets?limit=1"); location.href = next.startsWith("/") ? next : "/"; }
+      try { await api("/datasets?limit=1"); location.replace(next); }
       catch (e) { localStorage.removeItem(KEY); flash("That key was not accepted: " + e.message); }
     };
     form.addEventListener("submit", ev => { ev.preventDefault(); use(input.value); });
-    const local = $("#use-local"); if (local) local.addEventListener("click", () => use(local.dataset.key));
+    // The one-time link printed by `taskgauge serve`: /signin#token=... (the fragment never reaches the server's
+    // log). Drop it from the address bar first, then trade it, once, for a key of this browser's own.
+    const token = new URLSearchParams(location.hash.slice(1)).get("token");
+    if (token) {
+      history.replaceState(null, "", location.pathname + location.search);
+      status.textContent = "Signing in with the one-time link…";
+      let r;
+      try {
+        r = await fetch("/signin/token", { method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" },
+          body: JSON.stringify({ token }), credentials: "same-origin", cache: "no-store" });
+      } catch (e) { status.textContent = ""; flash("cannot reach the taskgauge server: " + e.message); return; }
+      if (!r.ok) { let p = {}; try { p = await r.json(); } catch (e) { /* not json */ }
+        status.textContent = ""; flash((p.title || "Sign-in link not valid") + ": " + (p.detail || "HTTP " + r.status)); return; }
+      const got = await r.json();
+      await use(got.key);
+    }
   }
 
   async function index() {

@@ -1,0 +1,290 @@
+"""Fan-out of one analysis over many workers (``TASKGAUGE_FANOUT``): each requested estimator is its own task.
+
+The delivery of ``run_analysis`` that claims the analysis (``workers.leases``) writes one row per pending
+estimator to ``analysis_shards`` (unique on ``(analysis_id, key)``, key ``est:NAME``), sends a Celery ``group`` of
+``run_shard(analysis_id, key)`` tasks to the analysis' queue, and returns: it holds no worker while the shards run.
+No result backend and no scheduler of our own: the chord is our rows.
+
+* A shard is claimed like an analysis (one conditional UPDATE: ``queued``, or ``running`` with a stale heartbeat,
+  and only while its analysis is ``running``), heart-beaten, and writes its estimator's result row
+  (insert-or-ignore) — a re-delivered or re-queued shard adds nothing.
+* Its heartbeat also keeps the analysis alive and notices cancellation: a cancelled analysis stops every running
+  shard at its next progress report, and a queued shard of it never starts.
+* The analysis' progress is the mean of its shards' progress; its stage names the shard that reported last.
+* The shard that finishes last (decided under the analysis row's lock) assembles the report from the stored
+  results with :func:`taskgauge.pipeline.run_pipeline` (``done=`` all of them: nothing is recomputed) and marks the
+  analysis succeeded with the analysis' own lease token. The report's ``environment.shards`` lists each shard's
+  worker, device and seconds.
+* Recovery (:func:`sweep_shards`, in every worker's sweeper thread): a ``running`` shard whose heartbeat is older
+  than ``LEASE_S`` (its worker died) is re-queued; a ``queued`` shard whose message may have been lost (a broker
+  restarted without persistence) is sent again after ``2 × LEASE_S``. An analysis with unfinished shards is left
+  to these (``workers.leases.sweep_stale`` skips it); one whose shards all finished but whose assembly died is
+  re-queued as a whole and then assembled from the stored results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from celery import group
+from sqlalchemy import exists, func, or_, select, update
+
+from estimators.base import EstimatorError
+from estimators.device import describe_device, resolve_device
+from estimators.registry import DEFAULT_ESTIMATORS
+from taskgauge import db
+from taskgauge.context import Context
+from taskgauge.errors import problem
+from taskgauge.pipeline import DatasetInfo, plan, run_estimators, run_pipeline
+from taskgauge.services.analyses import store_result, stored_results
+from taskgauge.services.datasets import load_dataset
+from workers.celery_app import celery_app
+from workers.leases import Cancelled, Lease
+
+log = logging.getLogger("taskgauge.worker")
+
+TASK_RUN_SHARD = "taskgauge.run_shard"
+ASSEMBLING = "assembling the report"
+
+
+def _key(name: str) -> str:
+    return f"est:{name}"
+
+
+def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any]) -> bool:
+    """Fan ``analysis`` out when two or more of its estimators are still to run; returns False otherwise (the
+    caller then runs it in one task). Idempotent: a second call re-sends only the shards that are still queued."""
+    names = list(analysis.estimators or {}) or list(DEFAULT_ESTIMATORS)
+    pending = [n for n in names if n not in done]
+    if len(pending) < 2:
+        return False
+    S, A = db.AnalysisShard, db.Analysis
+    now = db.utcnow()
+    with ctx.sessions() as s, s.begin():
+        dialect = s.get_bind().dialect.name
+        for name in pending:
+            s.execute(db.insert_ignore(S.__table__, dialect, {
+                "id": db.new_id(), "analysis_id": analysis.id, "key": _key(name), "status": db.QUEUED,
+                "progress": 0.0, "attempts": 0, "enqueued_at": now, "created_at": now,
+            }, ["analysis_id", "key"]))
+        s.execute(update(A).where(A.id == analysis.id, A.lease_token == token, A.status == db.RUNNING).values(
+            stage=f"fan-out: {len(pending)} shards", heartbeat_at=now))
+        keys = list(s.scalars(select(S.key).where(S.analysis_id == analysis.id, S.status == db.QUEUED)))
+    _send(ctx, analysis.id, analysis.queue, keys)
+    return True
+
+
+def _send(ctx: Context, analysis_id: str, queue: str | None, keys: list[str]) -> None:
+    if keys:
+        group(run_shard.si(analysis_id, key).set(queue=queue or "default") for key in keys).apply_async()
+
+
+@celery_app.task(name=TASK_RUN_SHARD, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_shard(analysis_id: str, key: str) -> str:
+    from workers.tasks import context
+
+    t0 = time.perf_counter()
+    outcome = execute_shard(analysis_id, key, context())
+    log.info("run_shard %s %s: %s in %.2fs", analysis_id, key, outcome, time.perf_counter() - t0)
+    return outcome
+
+
+def _claim(ctx: Context, analysis_id: str, key: str) -> str | None:
+    S, A = db.AnalysisShard, db.Analysis
+    token = str(uuid.uuid4())
+    now = db.utcnow()
+    stale = now - timedelta(seconds=ctx.settings.LEASE_S)
+    parent_running = exists().where(A.id == analysis_id, A.status == db.RUNNING)
+    with ctx.sessions() as s, s.begin():
+        res = s.execute(update(S).where(S.analysis_id == analysis_id, S.key == key)
+                        .where(or_(S.status == db.QUEUED, (S.status == db.RUNNING) & (S.heartbeat_at < stale)))
+                        .where(parent_running)
+                        .values(status=db.RUNNING, lease_token=token, heartbeat_at=now, attempts=S.attempts + 1,
+                                worker=f"{socket.gethostname()}:{os.getpid()}", progress=0.0))
+        return token if res.rowcount == 1 else None
+
+
+class ShardLease(Lease):
+    """The lease of one shard: its heartbeat also refreshes the analysis' and stops when the analysis is no longer
+    running (cancelled or failed); its progress moves the analysis' progress (the mean over its shards)."""
+
+    def __init__(self, ctx: Context, analysis_id: str, key: str, token: str) -> None:
+        super().__init__(ctx.sessions, analysis_id, token, ctx.settings)
+        self.key = key
+
+    def mine(self):
+        S, A = db.AnalysisShard, db.Analysis
+        return (update(S).where(S.analysis_id == self.analysis_id, S.key == self.key, S.lease_token == self.token,
+                                S.status == db.RUNNING)
+                .where(exists().where(A.id == self.analysis_id, A.status == db.RUNNING)))
+
+    def _parent(self):
+        A = db.Analysis
+        return update(A).where(A.id == self.analysis_id, A.status == db.RUNNING)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.settings.HEARTBEAT_S):
+            try:
+                with self.factory() as s, s.begin():
+                    now = db.utcnow()
+                    res = s.execute(self.mine().values(heartbeat_at=now))
+                    s.execute(self._parent().values(heartbeat_at=now))
+                if res.rowcount != 1:
+                    self.cancelled.set()
+            except Exception:  # noqa: BLE001 - a missed heartbeat is not fatal
+                log.warning("heartbeat for shard %s/%s failed", self.analysis_id, self.key, exc_info=True)
+
+    def progress(self, fraction: float, stage: str) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+        now = time.monotonic()
+        if now - self._last_write < self.settings.PROGRESS_INTERVAL_S:
+            return
+        self._last_write = now
+        S = db.AnalysisShard
+        mean = select(func.avg(S.progress)).where(S.analysis_id == self.analysis_id).scalar_subquery()
+        with self.factory() as s, s.begin():
+            res = s.execute(self.mine().values(progress=min(max(float(fraction), 0.0), 0.999)))
+            s.execute(self._parent().values(progress=mean, stage=stage[:500]))
+        if res.rowcount != 1:
+            self.cancelled.set()
+            raise Cancelled()
+
+
+def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
+    """Claim and run one shard; the last one assembles the report. Never raises for a bad input."""
+    token = _claim(ctx, analysis_id, key)
+    if token is None:
+        return "skipped"
+    name = key.removeprefix("est:")
+    lease = ShardLease(ctx, analysis_id, key, token)
+    t0 = time.perf_counter()
+    device_name: str | None = None
+    try:
+        with lease:
+            with ctx.sessions() as s:
+                analysis = s.get(db.Analysis, analysis_id)
+                dataset = s.get(db.Dataset, analysis.dataset_id) if analysis else None
+                spec = s.get(db.ModelSpec, analysis.model_spec_id) if analysis and analysis.model_spec_id else None
+                done = stored_results(s, analysis_id)
+            if analysis is None or dataset is None:
+                return "missing"
+            if name not in done:
+                data = load_dataset(ctx.blobs, dataset)
+                requests = analysis.estimators or {n: {} for n in DEFAULT_ESTIMATORS}
+                planned = plan({name: requests.get(name)}, data, model_spec=spec.spec if spec else None,
+                               memory_budget_mb=ctx.settings.memory_budget_override)
+                device = resolve_device(ctx.settings.DEVICE if analysis.device == "auto" else analysis.device)
+
+                def on_result(n: str, entry: dict[str, Any]) -> None:
+                    with ctx.sessions() as s2, s2.begin():
+                        store_result(s2, analysis_id, n, entry)
+
+                device_name = describe_device(device)
+                run_estimators(data, planned, device=device, progress=lease.progress, on_result=on_result)
+    except Cancelled:
+        _close(ctx, analysis_id, key, token, db.CANCELLED)
+        return "cancelled"
+    except Exception as exc:  # noqa: BLE001 - a failing estimator fails its analysis, never the worker
+        if not isinstance(exc, EstimatorError):
+            log.exception("shard %s/%s failed", analysis_id, key)
+        _close(ctx, analysis_id, key, token, db.FAILED)
+        _fail_analysis(ctx, analysis_id, exc)
+        return "failed"
+    return _succeed(ctx, analysis_id, key, token, time.perf_counter() - t0, device_name)
+
+
+def _close(ctx: Context, analysis_id: str, key: str, token: str, status: str) -> None:
+    S = db.AnalysisShard
+    with ctx.sessions() as s, s.begin():
+        s.execute(update(S).where(S.analysis_id == analysis_id, S.key == key, S.lease_token == token)
+                  .values(status=status, lease_token=None, finished_at=db.utcnow()))
+
+
+def _fail_analysis(ctx: Context, analysis_id: str, exc: Exception) -> None:
+    A = db.Analysis
+    if isinstance(exc, EstimatorError):
+        error = problem("Estimator rejected the input", str(exc), 422, "estimator-input")
+    else:
+        error = problem("Analysis failed", f"{type(exc).__name__}: {exc}. This is a bug or an unsupported input; "
+                        "re-run with fewer estimators to find the one that fails, and report it with the dataset "
+                        "shape.", 500, "analysis-failed")
+    with ctx.sessions() as s, s.begin():
+        s.execute(update(A).where(A.id == analysis_id, A.status == db.RUNNING).values(
+            status=db.FAILED, error=error, finished_at=db.utcnow(), lease_token=None, stage="failed"))
+
+
+def _succeed(ctx: Context, analysis_id: str, key: str, token: str, seconds: float, device: str | None) -> str:
+    """Mark the shard done; the one that finds no unfinished sibling (under the analysis row's lock) assembles."""
+    S, A = db.AnalysisShard, db.Analysis
+    with ctx.sessions() as s, s.begin():
+        parent = s.execute(select(A.status, A.stage, A.lease_token).where(A.id == analysis_id).with_for_update()
+                           ).one_or_none()
+        res = s.execute(update(S).where(S.analysis_id == analysis_id, S.key == key, S.lease_token == token)
+                        .values(status=db.SUCCEEDED, lease_token=None, progress=1.0, seconds=seconds,
+                                device=device, finished_at=db.utcnow()))
+        if res.rowcount != 1 or parent is None or parent.status != db.RUNNING:
+            return "done (lease lost or analysis finished)"
+        left = s.scalar(select(func.count()).select_from(S).where(S.analysis_id == analysis_id,
+                                                                   S.status != db.SUCCEEDED))
+        if left or parent.stage == ASSEMBLING:
+            return "done"
+        s.execute(update(A).where(A.id == analysis_id).values(stage=ASSEMBLING, heartbeat_at=db.utcnow()))
+        parent_token = parent.lease_token
+    return _assemble(ctx, analysis_id, parent_token)
+
+
+def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
+    from workers.tasks import _finish
+
+    S = db.AnalysisShard
+    with ctx.sessions() as s:
+        analysis = s.get(db.Analysis, analysis_id)
+        dataset = s.get(db.Dataset, analysis.dataset_id)
+        spec = s.get(db.ModelSpec, analysis.model_spec_id) if analysis.model_spec_id else None
+        done = stored_results(s, analysis_id)
+        shards = [{"key": r.key, "worker": r.worker, "device": r.device, "seconds": r.seconds,
+                   "attempts": r.attempts}
+                  for r in s.scalars(select(S).where(S.analysis_id == analysis_id).order_by(S.key))]
+    report = run_pipeline(
+        load_dataset(ctx.blobs, dataset), analysis.estimators or None,
+        info=DatasetInfo(name=dataset.name, id=dataset.id, sha256=dataset.sha256),
+        device=ctx.settings.DEVICE if analysis.device == "auto" else analysis.device,
+        model_spec=spec.spec if spec else None, memory_budget_mb=ctx.settings.memory_budget_override,
+        analysis_id=analysis_id, done=done, environment={"shards": shards},
+    )
+    return "assembled: " + _finish(ctx.sessions, analysis, parent_token, report)
+
+
+def sweep_shards(ctx: Context) -> list[str]:
+    """Re-queue shards whose worker died, and re-send queued shards whose message may have been lost."""
+    S, A = db.AnalysisShard, db.Analysis
+    now = db.utcnow()
+    stale = now - timedelta(seconds=ctx.settings.LEASE_S)
+    lost = now - timedelta(seconds=2 * ctx.settings.LEASE_S)
+    parent_running = exists().where(A.id == S.analysis_id, A.status == db.RUNNING)
+    resend: list[tuple[str, str, str | None]] = []
+    with ctx.sessions() as s, s.begin():
+        rows = s.execute(
+            select(S.id, S.analysis_id, S.key, A.queue).join(A, A.id == S.analysis_id)
+            .where(A.status == db.RUNNING)
+            .where(or_((S.status == db.RUNNING) & (S.heartbeat_at < stale),
+                       (S.status == db.QUEUED) & (S.enqueued_at < lost)))
+        ).all()
+        for sid, aid, key, queue in rows:
+            res = s.execute(update(S).where(S.id == sid).where(parent_running)
+                            .where(or_((S.status == db.RUNNING) & (S.heartbeat_at < stale),
+                                       (S.status == db.QUEUED) & (S.enqueued_at < lost)))
+                            .values(status=db.QUEUED, lease_token=None, enqueued_at=now))
+            if res.rowcount == 1:
+                resend.append((aid, key, queue))
+    for aid, key, queue in resend:
+        log.warning("re-sending shard %s of analysis %s (worker stopped, or message lost)", key, aid)
+        _send(ctx, aid, queue, [key])
+    return [f"{aid}/{key}" for aid, key, _ in resend]
