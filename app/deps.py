@@ -1,6 +1,7 @@
 """The ``Annotated`` dependencies routes declare.
 
-``SessionDep`` (a SQLAlchemy session; the route or service owns the one commit), ``OwnerDep`` (the API key's
+``SessionDep`` (a SQLAlchemy session for reads; the route or service owns the one commit), ``WriteSessionDep`` (the
+same for routes that write), ``OwnerDep`` (the API key's
 owner, from ``Authorization: Bearer …``), ``StateDep`` (the service :class:`~taskgauge.context.Context`: settings, engine, blob store, enqueue).
 """
 
@@ -16,6 +17,9 @@ from taskgauge.context import Context
 from taskgauge.errors import Unauthorized
 
 
+MAX_OFFSET = 1_000_000_000  # list offsets above this are refused (422); SQLite cannot bind integers past 2**63
+
+
 def get_state(request: Request) -> Context:
     return request.app.state.taskgauge
 
@@ -29,6 +33,17 @@ def get_session(state: StateDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_write_session(state: StateDep) -> Iterator[Session]:
+    """A session for a route that writes (it commits): its transaction is begun as a writing one (``BEGIN
+    IMMEDIATE`` on SQLite, :class:`taskgauge.db.WriteSession`), so it never fails on a read→write upgrade."""
+    with state.sessions() as session:
+        session.begin()
+        yield session
+
+
+WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 
 
 def current_owner(request: Request, state: StateDep) -> Principal:

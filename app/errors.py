@@ -26,6 +26,8 @@ from taskgauge.errors import PROBLEM_MEDIA_TYPE, Problem, TaskgaugeError, clip, 
 
 log = logging.getLogger("taskgauge.api")
 
+RETRY_AFTER_S = 2  # Retry-After of a 503 for a busy database
+
 
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     body = {k: v for k, v in body.items() if v is not None}
@@ -54,8 +56,9 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: the common problems plus ``codes``."""
     docs = {
         400: "Bad request", 403: "Only admins may do this", 409: "Conflict with the resource's state",
-        413: "Upload over TASKGAUGE_MAX_UPLOAD_MB", 429: "Too many requests; retry after the Retry-After header's seconds",
-        503: "Database or broker unavailable",
+        413: "Upload over TASKGAUGE_MAX_UPLOAD_MB",
+        429: "Over a per-owner quota or a rate limit; retry after `Retry-After` seconds",
+        503: "Database busy, or database, broker or worker unavailable; retry after `Retry-After` seconds",
     }
     out = dict(PROBLEM_RESPONSES)
     for c in codes:
@@ -69,8 +72,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TaskgaugeError)
     async def _taskgauge(request: Request, exc: TaskgaugeError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return problem_response(exc.to_problem(request.url.path), headers)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        return problem_response(exc.to_problem(request.url.path), headers or None)
 
     @app.exception_handler(IngestError)
     async def _ingest(request: Request, exc: IngestError) -> JSONResponse:
@@ -81,14 +86,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _estimator(request: Request, exc: EstimatorError) -> JSONResponse:
         return problem_response(problem("Invalid estimator request", str(exc), 422, "bad-estimator-request",
                                         instance=request.url.path))
-
-    from python_multipart.exceptions import FormParserError
-
-    @app.exception_handler(FormParserError)
-    async def _multipart(request: Request, exc: FormParserError) -> JSONResponse:
-        return problem_response(problem("Malformed multipart body", f"the multipart/form-data body cannot be parsed "
-                                        f"({clip(exc, 200)}); send the file as a standard multipart upload, e.g. "
-                                        "curl -F file=@data.npz", 400, "bad-upload", instance=request.url.path))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -109,6 +106,37 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"{clip(request.method)} is not allowed on {path}; see /docs for the methods"
         return problem_response(problem(_reason(exc.status_code), detail, exc.status_code, instance=request.url.path),
                                 getattr(exc, "headers", None))
+
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    @app.exception_handler(OperationalError)
+    async def _db_busy(request: Request, exc: OperationalError) -> JSONResponse:
+        # SQLite's "database is locked" after its busy timeout, or the database briefly unreachable: the request
+        # did nothing (its transaction was rolled back), so the client may simply retry.
+        log.warning("database busy or unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        busy = "locked" in str(exc.orig).lower() or "busy" in str(exc.orig).lower()
+        detail = ("the database is busy with other writes (" + str(exc.orig) + ")" if busy else
+                  f"the database is unavailable ({type(exc.orig).__name__})") + "; nothing was changed, retry shortly"
+        return problem_response(problem("Database busy" if busy else "Database unavailable", detail, 503,
+                                        "unavailable", instance=request.url.path), {"Retry-After": str(RETRY_AFTER_S)})
+
+    from sqlalchemy.exc import DataError
+
+    @app.exception_handler(DataError)
+    async def _bad_value(request: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refused a value the API let through (a NUL character, a string over its column's width, a
+        # number out of range): the client's input, not a bug; nothing was stored.
+        log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc.orig)
+        return problem_response(problem("Invalid value", "a value in the request cannot be stored (a NUL "
+                                        "character, a text too long or a number out of range); fix it and retry",
+                                        422, "invalid-request", instance=request.url.path))
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("database connection pool exhausted on %s %s", request.method, request.url.path)
+        return problem_response(problem("Server busy", "every database connection is in use; retry shortly", 503,
+                                        "unavailable", instance=request.url.path), {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

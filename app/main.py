@@ -10,6 +10,7 @@ Run it with ``taskgauge serve`` (or ``uvicorn --factory app.main:create_app``).
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -22,12 +23,33 @@ from workers.celery_app import configure, enqueue_analysis
 
 log = logging.getLogger("taskgauge.api")
 API_PREFIX = "/api/v1"
+API_THREADS = 128  # threads for sync routes (taskgauge.db sizes the SQLite pool to match)
 
 
 def build_context(settings: Settings) -> Context:
     """The API's service context: its engine and blob store, and Celery configured as a producer."""
     configure(settings)
     return Context.build(settings, enqueue_analysis)
+
+
+def start_sweeper(state: Context) -> threading.Event:
+    """The stale-analysis sweeper (``workers.leases.sweep_stale``) also runs in the API process, so an analysis
+    left ``running`` by a worker that died with its sweeper (the embedded worker, or the last worker) is re-queued
+    or, out of attempts, failed. Returns the event that stops it."""
+    from workers.leases import sweep_stale
+
+    stop = threading.Event()
+    interval = max(1.0, state.settings.LEASE_S / 3)
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                sweep_stale(state.sessions, state.settings, state.enqueue)
+            except Exception:  # noqa: BLE001 - the database or broker may be briefly away; next round
+                log.warning("stale-analysis sweep failed", exc_info=True)
+
+    threading.Thread(target=loop, name="taskgauge-api-sweeper", daemon=True).start()
+    return stop
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,14 +59,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        # Sync routes run in anyio's thread pool (default 40 threads): writers waiting for SQLite's write lock
+        # must not leave readers (and SSE polls) without a thread.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = API_THREADS
         state = build_context(resolved)
+        from app.uploads import sweep_uploads
+
+        sweep_uploads(state.upload_tmp)  # temp files of uploads whose process died (the blob store sweeps its own)
         from estimators import registry
 
         registry.all_estimators()  # import the estimators (and torch) now, not inside the first POST /analyses
         app.state.taskgauge = state
+        stop_sweeper = start_sweeper(state)
         try:
             yield
         finally:
+            stop_sweeper.set()
             state.engine.dispose()
 
     from taskgauge.version import taskgauge_version
@@ -71,6 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Trusted hosts, body size, security headers: outside Starlette's own stack, so that its 500s get the headers too.
     build_stack = app.build_middleware_stack
     app.build_middleware_stack = lambda: SecurityMiddleware(build_stack(), settings=resolved)  # type: ignore[method-assign]
+    from app.ratelimit import install_rate_limit
+
+    install_rate_limit(app, resolved.RATE_LIMIT_POST)
 
     from app.dashboard import routes as dashboard
     from app.routers import analyses, datasets, health, history, model_specs, reports, schedules, workers

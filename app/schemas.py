@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 
@@ -14,7 +14,9 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class DatasetPublic(_Out):
+class DatasetSummary(_Out):
+    """A dataset in a list: bounded size (no class names, no column names; read the dataset for those)."""
+
     id: str
     name: str
     filename: str
@@ -24,20 +26,50 @@ class DatasetPublic(_Out):
     n_samples: int
     shape: list[int]
     n_classes: int | None
-    classes: list[str] | None
-    meta: dict[str, Any]
     created_at: datetime
 
 
+class DatasetPublic(DatasetSummary):
+    """One dataset with its details: class names and ``meta`` (source format, preprocessing, feature columns)."""
+
+    classes: list[str] | None
+    meta: dict[str, Any]
+
+
 class DatasetsPublic(BaseModel):
-    items: list[DatasetPublic]
+    items: list[DatasetSummary]
     count: int = Field(description="total number of datasets of this key's owner")
     limit: int
     offset: int
 
 
-class ModelSpecCreate(BaseModel):
+def _no_nul(value: Any, where: str = "") -> None:
+    """PostgreSQL cannot store NUL in text or jsonb; refuse it in every request body on both backends (422)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where or 'a string'} contains a NUL character (\\u0000), which cannot be stored")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(k, f"{where}.{k}".lstrip(".") if isinstance(k, str) else where)
+            _no_nul(v, f"{where}.{k}".lstrip("."))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _no_nul(v, f"{where}[{i}]")
+
+
+class _In(BaseModel):
+    """Base of the JSON request bodies: unknown fields and NUL characters are refused."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        _no_nul(data)
+        return data
+
+
+class ModelSpecCreate(_In):
     name: str = Field(default="model", max_length=300)
     spec: dict[str, Any] = Field(
         description='docs/methods.md §4, e.g. {"arch": "mlp", "hidden": [200, 200], "train": {"epochs": 10}}',
@@ -60,8 +92,7 @@ class ModelSpecsPublic(BaseModel):
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class AnalysisCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AnalysisCreate(_In):
     dataset_id: str
     estimators: dict[str, dict[str, Any] | None] | None = Field(
         default=None,
@@ -119,8 +150,7 @@ class ComparePublic(BaseModel):
     rows: list[CompareRow]
 
 
-class ScheduleCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ScheduleCreate(_In):
     dataset_id: str
     cron: str = Field(examples=["0 3 * * *"], description="5 fields (minute hour day month weekday), or 6 with seconds")
     timezone: str = Field(default="UTC", examples=["Europe/Berlin"])
@@ -155,6 +185,7 @@ class Readiness(BaseModel):
     database: str
     broker: str
     blobs: str = Field(description="The blob store: ok (its URL)")
+    worker: str | None = Field(default=None, description="the embedded worker of `taskgauge serve`, when it has one")
 
 
 class WorkerTask(BaseModel):

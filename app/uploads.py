@@ -2,7 +2,16 @@
 arrives; past ``max_bytes`` nothing more is written and the request ends in 413. (FastAPI's ``UploadFile``
 would spool the whole body before the route runs, so the limit could not be enforced while streaming.)
 
-Other form fields (``name``, ``label_column``, ``resize``, ``grayscale``) are small text parts (64 KiB cap).
+Other form fields (``name``, ``label_column``, ``text_column``, ``resize``, ``grayscale``) are small text parts. Everything the
+parser keeps is capped: at most :data:`MAX_PARTS` parts, :data:`HEADER_LIMIT` bytes of headers per part and
+:data:`FIELD_LIMIT` bytes per text field, so the memory an upload takes does not depend on what the client sends.
+A violation, or a body the multipart parser cannot parse, is a 400 problem (the rest of the body is drained up to
+:data:`DRAIN_LIMIT` so that the client reads the answer).
+
+Every other request body (JSON) is capped by ``app.security`` (``TASKGAUGE_MAX_JSON_BODY_KB``).
+
+The temp file of an upload is locked (:class:`taskgauge.blobs.TempLock`) while its request lives;
+:func:`sweep_uploads` (at API startup) removes those whose process died.
 """
 
 from __future__ import annotations
@@ -14,12 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
+from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from taskgauge.errors import BadRequest, PayloadTooLarge
+from taskgauge.blobs import TempLock, sweep_stale
+from taskgauge.errors import BadRequest, PayloadTooLarge, clip
 
 FIELD_LIMIT = 64 * 1024
+MAX_PARTS = 16  # file, name, label_column, text_column, resize, grayscale — and room for a client's extras
+HEADER_LIMIT = 8 * 1024  # header bytes of one part
 DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) at most this much past the limit so clients see the 413
+UPLOAD_PREFIX = "upload-"
+
+
+def sweep_uploads(tmp_dir: Path) -> int:
+    """Remove the upload temp files whose request's process died (run at API startup)."""
+    return sweep_stale(tmp_dir, UPLOAD_PREFIX + "*")
 
 
 @dataclass
@@ -29,10 +48,13 @@ class ReceivedUpload:
     size: int = 0
     sha256: str = ""
     fields: dict[str, str] = field(default_factory=dict)
+    lock: TempLock | None = None
 
     def cleanup(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+        if self.lock is not None:
+            self.lock.release()
 
 
 async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, file_field: str = "file") -> ReceivedUpload:
@@ -45,58 +67,87 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
         )
     tmp_dir.mkdir(parents=True, exist_ok=True)
     out = ReceivedUpload()
-    state: dict = {"headers": {}, "hname": b"", "hval": b"", "name": None, "is_file": False, "buf": bytearray()}
+    state: dict = {"headers": {}, "hname": b"", "hval": b"", "hbytes": 0, "name": None, "is_file": False,
+                   "buf": bytearray(), "parts": 0}
     hasher = hashlib.sha256()
     fh = None
     over = False
+    failure: BadRequest | None = None  # the first violation; the rest of the body is drained, then it is raised
+
+    def fail(err: BadRequest) -> None:
+        nonlocal failure
+        if failure is None:
+            failure = err
+        state["is_file"] = False
+        state["buf"] = bytearray()
 
     def on_part_begin() -> None:
-        state.update(headers={}, hname=b"", hval=b"", name=None, is_file=False, buf=bytearray())
+        state.update(headers={}, hname=b"", hval=b"", hbytes=0, name=None, is_file=False, buf=bytearray())
+        state["parts"] += 1
+        if state["parts"] > MAX_PARTS:
+            fail(BadRequest(f"the form has more than {MAX_PARTS} parts; send the 'file' part and the few option "
+                            "fields (name, label_column, text_column, resize, grayscale) only", title="Too many form parts"))
+
+    def header_bytes(n: int) -> bool:
+        state["hbytes"] += n
+        if state["hbytes"] > HEADER_LIMIT:
+            fail(BadRequest(f"a form part has more than {HEADER_LIMIT} bytes of headers; send plain form parts",
+                            title="Form part headers too large"))
+        return failure is None
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["hname"] += data[start:end]
+        if header_bytes(end - start):
+            state["hname"] += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["hval"] += data[start:end]
+        if header_bytes(end - start):
+            state["hval"] += data[start:end]
 
     def on_header_end() -> None:
-        state["headers"][state["hname"].decode("latin-1").lower()] = state["hval"]
+        if failure is None:
+            state["headers"][state["hname"].decode("latin-1").lower()] = state["hval"]
         state["hname"], state["hval"] = b"", b""
 
     def on_headers_finished() -> None:
         nonlocal fh
+        if failure is not None:
+            return
         _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
         name = disp.get(b"name", b"").decode("utf-8", "replace")
         state["name"] = name
         if b"filename" in disp and name == file_field:
             if out.path is not None:
-                raise BadRequest("send exactly one 'file' part", title="More than one file")
-            fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
+                fail(BadRequest("send exactly one 'file' part", title="More than one file"))
+                return
+            fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=UPLOAD_PREFIX)
             fh = os.fdopen(fd, "wb")
             out.path = Path(tmp)
+            out.lock = TempLock(out.path)
             out.filename = disp[b"filename"].decode("utf-8", "replace")
             state["is_file"] = True
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         nonlocal over
+        if failure is not None:
+            return
         chunk = data[start:end]
         if state["is_file"]:
             out.size += len(chunk)
             if out.size > max_bytes:
                 over = True
-                if out.size > max_bytes + DRAIN_LIMIT:
-                    raise _TooLarge()
                 return
             hasher.update(chunk)
             fh.write(chunk)
         else:
             state["buf"] += chunk
             if len(state["buf"]) > FIELD_LIMIT:
-                raise BadRequest(f"form field '{state['name']}' is over {FIELD_LIMIT} bytes; send short text fields")
+                fail(BadRequest(f"form field '{clip(state['name'])}' is over {FIELD_LIMIT} bytes; send short text "
+                                "fields", title="Form field too large"))
 
     def on_part_end() -> None:
-        if not state["is_file"] and state["name"]:
+        if failure is None and not state["is_file"] and state["name"]:
             out.fields[state["name"]] = state["buf"].decode("utf-8", "replace")
+        state["buf"] = bytearray()
 
     parser = MultipartParser(
         params[b"boundary"],
@@ -108,21 +159,40 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": lambda: state.update(ended=True),
         },
     )
     try:
+        received = 0
+        stop_at: int | None = None  # once over a limit: drain this far, then answer
         try:
             async for chunk in request.stream():
+                received += len(chunk)
+                if (over or failure is not None) and stop_at is None:
+                    stop_at = received + DRAIN_LIMIT
+                if stop_at is not None:
+                    if received > stop_at:
+                        break
+                    continue
                 parser.write(chunk)
-            parser.finalize()
-        except _TooLarge:
-            over = True
+            else:
+                if stop_at is None:
+                    parser.finalize()
+        except ParseError as exc:
+            fail(BadRequest(f"the multipart body cannot be parsed ({exc}); send a well-formed multipart/form-data "
+                            "request (curl -F file=@data.npz …)", title="Malformed multipart body", kind="bad-upload"))
         finally:
             if fh is not None:
                 fh.close()
+        if failure is None and not over and not state.get("ended"):
+            fail(BadRequest("the multipart body ended before its closing boundary (a truncated upload); send the "
+                            "whole request again", title="Malformed multipart body", kind="bad-upload"))
+        if failure is not None:
+            raise failure
         if over:
             raise PayloadTooLarge(
-                f"'{out.filename}' is larger than the limit of {max_bytes // (1024 * 1024)} MB "
+                f"'{clip(out.filename or 'upload', 200)}' is larger than the limit of "
+                f"{max_bytes // (1024 * 1024)} MB "
                 "(TASKGAUGE_MAX_UPLOAD_MB); upload a subset, or raise the limit on the server"
             )
         if out.path is None:
@@ -135,7 +205,3 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
     except BaseException:
         out.cleanup()
         raise
-
-
-class _TooLarge(Exception):
-    pass

@@ -41,9 +41,17 @@ class EstimatorError(ValueError):
 
 
 class Params(BaseModel):
-    """Base class of every estimator's params model: unknown keys are errors."""
+    """Base class of every estimator's params model: unknown keys are errors, and so are NaN and ±inf (no
+    size, count or threshold is infinite). Every size, count and epoch field has an upper bound (issue 15), so a
+    request cannot ask for unbounded memory or time; the bounds shared by several estimators are below."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both accept 0..2**32-1
+MAX_NEIGHBOURS = 10_000  # k, ranks and neighbour ladders
+MAX_MEMORY_BUDGET_MB = 1 << 20  # 1 TiB; the operator's TASKGAUGE_MEMORY_BUDGET_MB caps it further (taskgauge.pipeline)
+MAX_SUBSAMPLE = 100_000_000  # anchor and subsample counts
 
 
 @dataclass

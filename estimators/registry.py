@@ -27,6 +27,7 @@ _MODULES = (
     "estimators.label_sharpness.estimator",
     "estimators.inductive_bias.estimator",
     "estimators.subspace.estimator",
+    "estimators.repr.estimator",
 )
 
 

@@ -1,34 +1,43 @@
 """Content-addressed blob store: one interface, two implementations (docs/deployment.md).
 
-A blob's name is the SHA-256 of its bytes (``ab/abcdef…``). Blobs are the canonical ``.npz`` files;
-:func:`deterministic_npz` rewrites the zip entries with a fixed timestamp so that the same canonical dataset
-always gives the same bytes (``numpy.savez`` stamps the current time into the zip), which is what makes
-"the same file uploaded twice is stored once" hold.
+A blob's name is the SHA-256 of its bytes (``ab/abcdef…``). Blobs are the canonical ``.npz`` files, written
+deterministically (:func:`taskgauge.datasets.canonical.write_canonical`: fixed timestamps, no file name inside), so
+the same data always gives the same bytes, which is what makes "the same data uploaded twice is stored once" hold.
+:func:`deterministic_npz` turns any ``.npz`` into that form (older callers).
 
-Where blobs live is ``TASKGAUGE_BLOB_URL`` (:func:`open_blob_store`):
+Where blobs live is ``TASKGAUGE_BLOB_URL`` (:func:`blob_store_for`):
 
 * ``file://DIR`` (default ``DATA_DIR/blobs``): :class:`FileBlobStore`, files ``DIR/ab/abcdef…``;
 * ``s3://BUCKET/PREFIX``: :class:`S3BlobStore`, objects ``PREFIX/ab/abcdef…`` in any S3-compatible store (AWS S3,
-  MinIO, …; ``TASKGAUGE_S3_ENDPOINT_URL`` and credentials), so workers on any host read the same blobs.
+  MinIO, …; ``TASKGAUGE_S3_ENDPOINT_URL`` and credentials), so workers on any host read the same blobs. Readers
+  get a local file (:meth:`BlobStore.path`): a verified copy kept in ``DATA_DIR/blob-cache``.
 
-Writing is two-phase so the service can make the dataset row and the blob appear together
-(:func:`taskgauge.services.datasets.store_dataset`): :meth:`BlobStore.stage` prepares the bytes without making
-them visible (a temp file next to the store; for S3 the bytes stay in memory, so a crash leaves nothing in the
-bucket), :meth:`BlobStore.publish` makes the blob visible under its name inside the transaction (a rename, or a
-PUT; a no-op when it exists), :meth:`BlobStore.discard` drops a staged blob, and the caller deletes the blob again
-if its transaction fails and no row references it.
+Writing is two-phase so the API can make the dataset row and the blob appear together: :meth:`BlobStore.new_part`
+gives a temp file in the store's local staging folder that a writer (the ingest subprocess) fills,
+:meth:`BlobStore.stage_file` hashes it (fsync'd), :meth:`BlobStore.publish` makes it visible under its name (a
+rename, or an upload to the bucket; a no-op when the blob exists) inside the transaction, and the caller deletes
+the blob again if its transaction fails and no row references it. :meth:`BlobStore.stage` does the same for bytes
+already in memory. Nothing reaches a bucket before :meth:`BlobStore.publish`.
+
+Temp files are held under an exclusive ``flock`` while their writer lives; :func:`sweep_stale` (run by
+:meth:`BlobStore.ensure` at startup, and by the API for its upload folder) removes the ones whose writer died — a
+SIGKILLed upload leaves nothing behind after the next start.
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import hashlib
 import io
+import logging
 import os
 import tempfile
 import threading
+import time
 import zipfile
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -37,7 +46,56 @@ if TYPE_CHECKING:
     from taskgauge.settings import Settings
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-_HEX = frozenset("0123456789abcdef")
+#: a temp file younger than this is never swept (its writer may not have taken its lock yet)
+STALE_AFTER_S = 60.0
+log = logging.getLogger("taskgauge.blobs")
+
+
+class TempLock:
+    """An exclusive ``flock`` on a temp file, held while its writer lives (:func:`sweep_stale` skips it).
+    :meth:`release` is idempotent."""
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def sweep_stale(folder: Path, pattern: str, *, min_age_s: float = STALE_AFTER_S) -> int:
+    """Delete the temp files ``folder/pattern`` that no live process holds locked (their writer died) and that
+    are older than ``min_age_s``; returns how many were removed."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    now = time.time()
+    for path in folder.glob(pattern):
+        try:
+            if not path.is_file() or now - path.stat().st_mtime < min_age_s:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            path.unlink(missing_ok=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d stale temp file(s) from %s", removed, folder)
+    return removed
 
 
 def deterministic_npz(data: bytes) -> bytes:
@@ -59,6 +117,35 @@ def deterministic_npz(data: bytes) -> bytes:
     return out.getvalue()
 
 
+@dataclass(frozen=True)
+class StagedBlob:
+    """A hashed temp file in the store's local staging folder, ready to publish."""
+
+    sha256: str
+    size: int
+    temp_path: Path
+    lock: TempLock | None = None  # keeps sweep_stale off the temp file; released on publish/discard
+
+
+@dataclass(frozen=True)
+class PartFile:
+    """A locked, empty temp file inside the store for a writer to fill (then :meth:`BlobStore.stage_file`)."""
+
+    path: Path
+    lock: TempLock
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+def _release(lock: TempLock | None) -> None:
+    if lock is not None:
+        lock.release()
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
 def check_sha256(sha256: str) -> str:
     """``sha256`` if it is a lower-case SHA-256 hex digest; ValueError otherwise (no path or key injection)."""
     if len(sha256) != 64 or not set(sha256) <= _HEX:
@@ -66,36 +153,86 @@ def check_sha256(sha256: str) -> str:
     return sha256
 
 
-@dataclass(frozen=True)
-class StagedBlob:
-    """Bytes ready to publish: a temp file (filesystem) or the bytes themselves (S3)."""
-
-    sha256: str
-    size: int
-    temp_path: Path | None = None
-    data: bytes | None = field(default=None, repr=False)
+def _hash_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
 
 
 class BlobStore(ABC):
-    """The interface the services and workers use; :func:`open_blob_store` picks the implementation."""
+    """The interface the services and workers use. Staging is local and shared (``self.tmp``); what publishing,
+    reading and deleting do is each store's own."""
 
     url: str
+    #: the local staging folder: parts being written, staged blobs
+    tmp: Path
+
+    def __init__(self) -> None:
+        self._swept = False
 
     def ensure(self) -> BlobStore:
-        """Prepare the store for use (create folders); returns self. Connects to nothing."""
+        """Create the local folders; the first call also sweeps the temp files of writers that died. Connects to
+        nothing."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            self._swept = True
+            sweep_stale(self.tmp, "*.part")
         return self
 
-    @abstractmethod
+    def new_part(self) -> PartFile:
+        """An empty temp file in the staging folder, locked against the sweep while this process lives."""
+        self.ensure()
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="ingest-", suffix=".part")
+        os.close(fd)
+        try:
+            return PartFile(Path(name), TempLock(Path(name)))
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+
+    def stage_file(self, part: PartFile) -> StagedBlob:
+        """Hash (streaming) and fsync a filled part; it becomes the staged blob (still locked)."""
+        h = hashlib.sha256()
+        size = 0
+        with open(part.path, "rb+") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+                size += len(block)
+            os.fsync(fh.fileno())
+        return StagedBlob(h.hexdigest(), size, part.path, part.lock)
+
     def stage(self, data: bytes) -> StagedBlob:
-        """Prepare ``data`` for :meth:`publish` without making it visible under its name."""
+        """Write ``data`` to a staged temp file."""
+        part = self.new_part()
+        try:
+            with open(part.path, "wb") as fh:
+                fh.write(data)
+        except BaseException:
+            part.path.unlink(missing_ok=True)
+            part.release()
+            raise
+        return self.stage_file(part)
+
+    def discard(self, staged: StagedBlob) -> None:
+        """Drop a staged blob (harmless after :meth:`publish`)."""
+        staged.temp_path.unlink(missing_ok=True)
+        _release(staged.lock)
+
+    def temp_files(self) -> list[Path]:
+        """Temp files in the staging folder (tests check that none is left behind)."""
+        return sorted(self.tmp.glob("*")) if self.tmp.is_dir() else []
 
     @abstractmethod
     def publish(self, staged: StagedBlob) -> bool:
         """Make a staged blob visible under its SHA-256; True when this call created it (False: it existed)."""
 
     @abstractmethod
-    def discard(self, staged: StagedBlob) -> None:
-        """Drop what :meth:`stage` prepared (harmless after :meth:`publish`)."""
+    def path(self, sha256: str) -> Path:
+        """A local file with the blob's bytes (for S3 a verified copy in the local cache, fetched if missing)."""
 
     @abstractmethod
     def read(self, sha256: str) -> bytes: ...
@@ -120,12 +257,13 @@ class FileBlobStore(BlobStore):
     """Blobs as files ``root/ab/abcdef…``; staged in ``root/.tmp`` (same filesystem, so publishing is a rename)."""
 
     def __init__(self, root: str | Path) -> None:
+        super().__init__()
         self.root = Path(root)
         self.tmp = self.root / ".tmp"
         self.url = self.root.resolve().as_uri()
 
     def ensure(self) -> FileBlobStore:
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        super().ensure()
         return self
 
     def path(self, sha256: str) -> Path:
@@ -138,33 +276,18 @@ class FileBlobStore(BlobStore):
     def read(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
 
-    def stage(self, data: bytes) -> StagedBlob:
-        self.ensure()
-        digest = hashlib.sha256(data).hexdigest()
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=digest[:8] + "-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
-        return StagedBlob(digest, len(data), temp_path=Path(name))
-
     def publish(self, staged: StagedBlob) -> bool:
-        assert staged.temp_path is not None, "not staged by a FileBlobStore"
+        """Move a staged blob into place; returns True when this call created the blob file."""
         final = self.path(staged.sha256)
-        if final.is_file():
-            staged.temp_path.unlink(missing_ok=True)
-            return False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.temp_path, final)
-        return True
-
-    def discard(self, staged: StagedBlob) -> None:
-        if staged.temp_path is not None:
-            staged.temp_path.unlink(missing_ok=True)
+        try:
+            if final.is_file():
+                staged.temp_path.unlink(missing_ok=True)
+                return False
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.temp_path, final)
+            return True
+        finally:
+            _release(staged.lock)
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
@@ -184,13 +307,15 @@ class FileBlobStore(BlobStore):
 
 
 class S3BlobStore(BlobStore):
-    """Blobs as objects ``prefix/ab/abcdef…`` in an S3-compatible bucket (boto3).
+    """Blobs as objects ``prefix/ab/abcdef…`` in an S3-compatible bucket (boto3), read through a local cache.
 
-    Staging keeps the bytes in memory (the service already holds them), so nothing reaches the bucket before
-    :meth:`publish`, which PUTs the object (boto3's managed transfer: multipart for large blobs, aborted on
-    failure) unless it exists. Each PUT carries the SHA-256 as an S3 checksum (stores that check it, such as AWS S3
-    and MinIO, refuse bytes that arrived damaged), and :meth:`read` hashes what it got back. The client is made on
-    first use, once per process (clients must not cross a fork).
+    Parts are written and staged in ``cache_dir/.tmp`` on this host, so nothing reaches the bucket before
+    :meth:`publish`, which uploads the staged file (boto3's managed transfer: multipart for large blobs, aborted on
+    failure) unless the object exists, with the SHA-256 as its S3 checksum (stores that check it, such as AWS S3
+    and MinIO, refuse bytes that arrived damaged). :meth:`path` gives a local copy: ``cache_dir/ab/abcdef…``,
+    downloaded once per host and checked against its name (content addressed, so a cached copy is never stale);
+    :meth:`delete` removes the object and this host's copy. The client is made on first use, once per process
+    (clients must not cross a fork).
     """
 
     def __init__(
@@ -198,26 +323,33 @@ class S3BlobStore(BlobStore):
         bucket: str,
         prefix: str = "",
         *,
+        cache_dir: str | Path,
         endpoint_url: str | None = None,
         region: str | None = None,
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
-        client: Any = None,
     ) -> None:
+        super().__init__()
         if not bucket:
             raise ValueError("an s3:// blob URL needs a bucket: s3://BUCKET[/PREFIX]")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.cache = Path(cache_dir)
+        self.tmp = self.cache / ".tmp"
         self._client_kw = {
             "endpoint_url": endpoint_url or None,
             "region_name": region or None,
             "aws_access_key_id": access_key_id or None,
             "aws_secret_access_key": secret_access_key or None,
         }
-        self._client = client
-        self._client_pid = os.getpid() if client is not None else None
+        self._client: Any = None
+        self._client_pid: int | None = None
         self._lock = threading.Lock()
+
+    def ensure(self) -> S3BlobStore:
+        super().ensure()
+        return self
 
     @property
     def client(self) -> Any:
@@ -243,6 +375,11 @@ class S3BlobStore(BlobStore):
         name = f"{sha256[:2]}/{sha256}"
         return f"{self.prefix}/{name}" if self.prefix else name
 
+    def cached(self, sha256: str) -> Path:
+        """Where this host keeps its copy of the blob (whether or not it has one)."""
+        check_sha256(sha256)
+        return self.cache / sha256[:2] / sha256
+
     @staticmethod
     def _missing(exc: Exception) -> bool:
         err = getattr(exc, "response", {}).get("Error", {})
@@ -259,44 +396,54 @@ class S3BlobStore(BlobStore):
                 return False
             raise
 
-    def read(self, sha256: str) -> bytes:
+    def path(self, sha256: str) -> Path:
         from botocore.exceptions import ClientError
 
+        final = self.cached(sha256)
+        if final.is_file():
+            return final
+        part = self.new_part()
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))
-        except ClientError as exc:
-            if self._missing(exc):
-                raise FileNotFoundError(f"blob {sha256} is not in {self.url}") from None
-            raise
-        data = resp["Body"].read()
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise OSError(f"blob {sha256} in {self.url} is corrupt (its bytes hash differently)")
-        return data
+            try:
+                self.client.download_file(self.bucket, self.key(sha256), str(part.path))
+            except ClientError as exc:
+                if self._missing(exc):
+                    raise FileNotFoundError(f"blob {sha256} is not in {self.url}") from None
+                raise
+            if _hash_file(part.path)[0] != sha256:
+                raise OSError(f"blob {sha256} in {self.url} is corrupt (its bytes hash differently)")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part.path, final)
+            return final
+        finally:
+            part.path.unlink(missing_ok=True)
+            part.release()
 
-    def stage(self, data: bytes) -> StagedBlob:
-        return StagedBlob(hashlib.sha256(data).hexdigest(), len(data), data=data)
+    def read(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
 
     def publish(self, staged: StagedBlob) -> bool:
-        assert staged.data is not None, "not staged by an S3BlobStore"
-        if self.exists(staged.sha256):
-            return False
-        import base64
-
-        checksum = base64.b64encode(bytes.fromhex(staged.sha256)).decode()
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=self.key(staged.sha256),
-            Body=staged.data,
-            ContentType="application/octet-stream",
-            ChecksumSHA256=checksum,
-        )
-        return True
-
-    def discard(self, staged: StagedBlob) -> None:
-        """Nothing reached the bucket before :meth:`publish`; the bytes are freed with the staged object."""
+        try:
+            if self.exists(staged.sha256):
+                staged.temp_path.unlink(missing_ok=True)
+                return False
+            checksum = base64.b64encode(bytes.fromhex(staged.sha256)).decode()
+            self.client.upload_file(
+                str(staged.temp_path),
+                self.bucket,
+                self.key(staged.sha256),
+                ExtraArgs={"ContentType": "application/octet-stream", "ChecksumSHA256": checksum},
+            )
+            final = self.cached(staged.sha256)  # this host now has a verified copy: keep it
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.temp_path, final)
+            return True
+        finally:
+            _release(staged.lock)
 
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+        self.cached(sha256).unlink(missing_ok=True)
 
     def check(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
@@ -316,12 +463,14 @@ class S3BlobStore(BlobStore):
 def open_blob_store(
     url: str,
     *,
+    cache_dir: str | Path | None = None,
     endpoint_url: str | None = None,
     region: str | None = None,
     access_key_id: str | None = None,
     secret_access_key: str | None = None,
 ) -> BlobStore:
-    """The store for ``url``: ``file:///abs/dir`` (or a plain path) or ``s3://bucket[/prefix]``.
+    """The store for ``url``: ``file:///abs/dir`` (or a plain path) or ``s3://bucket[/prefix]`` (with a local
+    ``cache_dir``, default ``./.taskgauge/blob-cache``).
 
     >>> open_blob_store("file:///tmp/tg-doc-blobs").root
     PosixPath('/tmp/tg-doc-blobs')
@@ -333,6 +482,7 @@ def open_blob_store(
         return S3BlobStore(
             parsed.netloc,
             parsed.path,
+            cache_dir=cache_dir or Path(".taskgauge") / "blob-cache",
             endpoint_url=endpoint_url,
             region=region,
             access_key_id=access_key_id,
@@ -348,9 +498,11 @@ def open_blob_store(
 
 
 def blob_store_for(settings: Settings) -> BlobStore:
-    """The blob store the settings name (``BLOB_URL`` + the ``S3_*`` settings), folders created."""
+    """The blob store the settings name (``BLOB_URL`` + the ``S3_*`` settings; S3's local cache in
+    ``DATA_DIR/blob-cache``), folders created."""
     return open_blob_store(
         settings.blob_url,
+        cache_dir=settings.DATA_DIR / "blob-cache",
         endpoint_url=settings.S3_ENDPOINT_URL,
         region=settings.S3_REGION,
         access_key_id=settings.S3_ACCESS_KEY_ID,

@@ -31,7 +31,9 @@ class Context:
     enqueue: Enqueue
 
     @classmethod
-    def build(cls, settings: Settings, enqueue: Enqueue, **engine_kw: int) -> "Context":
+    def build(cls, settings: Settings, enqueue: Enqueue, **engine_kw: float) -> "Context":
+        if settings.is_sqlite:
+            engine_kw.setdefault("busy_timeout_s", settings.SQLITE_BUSY_TIMEOUT_S)
         engine = db.make_engine(settings.DATABASE_URL, **engine_kw)
         return cls(settings=settings, engine=engine, sessions=db.make_session_factory(engine),
                    blobs=blob_store_for(settings), enqueue=enqueue)

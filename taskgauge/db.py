@@ -20,6 +20,8 @@ statements; helpers only flush, the request or task owns the one commit.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -42,7 +44,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -265,33 +268,145 @@ Index("ix_schedules_due", Schedule.enabled, Schedule.next_run_at)
 # ------------------------------------------------------------------------------------------ engines
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``. SQLite gets WAL, a busy timeout, foreign keys and ``BEGIN IMMEDIATE``
-    transactions (so concurrent writers queue instead of failing with "database is locked")."""
+_SQLITE_WRITE = "taskgauge_sqlite_write"  # execution option: this connection's transaction will write
+_WRITE_LOCK_HELD = "taskgauge_write_lock_held"  # connection-record info: it holds the process-level write lock
+
+
+class _WriteLock:
+    """One process-level lock per SQLite database file: writers of this process queue on it (FIFO-ish, in Python)
+    instead of spinning in SQLite's busy handler; other processes still serialise on SQLite's own write lock."""
+
+    _locks: dict[str, threading.Lock] = {}
+    _guard = threading.Lock()
+
+    @classmethod
+    def of(cls, url: str) -> threading.Lock:
+        with cls._guard:
+            return cls._locks.setdefault(url, threading.Lock())
+
+
+def make_engine(url: str, *, busy_timeout_s: float = 10.0, **kwargs: Any) -> Engine:
+    """An engine for ``url``.
+
+    SQLite gets WAL, a busy timeout, foreign keys and this transaction discipline: a session that only reads
+    (autobegin) runs in a *deferred* transaction, so reads never wait for writers (WAL snapshots); a session opened
+    with ``session.begin()`` (every writer in taskgauge, see :class:`WriteSession`) takes ``BEGIN IMMEDIATE`` at
+    once, after the process-level write lock, so writers queue instead of failing with "database is locked" on a
+    read→write upgrade. A writer that waits longer than ``busy_timeout_s`` gets ``OperationalError`` ("database is
+    locked"), which the API answers with 503 + Retry-After.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+        kwargs.setdefault("pool_size", 32)  # cheap: every API thread (app.main.API_THREADS) may hold one
+        kwargs.setdefault("max_overflow", 96)
+        kwargs.setdefault("pool_timeout", busy_timeout_s)
+        memory = ":memory:" in url or url in ("sqlite://", "sqlite:///")
+        if memory:
+            for k in ("pool_size", "max_overflow", "pool_timeout"):
+                kwargs.pop(k, None)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s}, **kwargs)
+        write_lock = threading.Lock() if memory else _WriteLock.of(url)  # in-memory databases are per engine
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (pysqlite's implicit BEGIN is deferred)
             cur = dbapi_conn.cursor()
-            if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
+            if not memory:
                 cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        engine.taskgauge_write_lock = write_lock  # type: ignore[attr-defined]  (WriteSession takes it first)
+        engine.taskgauge_busy_timeout_s = busy_timeout_s  # type: ignore[attr-defined]
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            options = conn.get_execution_options()
+            if not options.get(_SQLITE_WRITE):
+                conn.exec_driver_sql("BEGIN")  # deferred: a read snapshot, never waits
+                return
+            handed = options.get(_LOCK_HANDOVER)
+            if handed is not None and handed["held"]:
+                handed["held"] = False  # the lock WriteSession.begin() took now belongs to this connection
+            elif not write_lock.acquire(timeout=busy_timeout_s):
+                raise _locked()
+            conn.info[_WRITE_LOCK_HELD] = True
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                _release(conn.info)
+                raise
+
+        def _release(info: dict) -> None:
+            if info.pop(_WRITE_LOCK_HELD, False):
+                write_lock.release()
+
+        # The events fire before the DBAPI's commit/rollback; a writer ends its transaction here itself, so the
+        # lock is released after the write is durable (pysqlite's commit()/rollback() are then no-ops).
+        @event.listens_for(engine, "commit")
+        def _sqlite_commit(conn: Any) -> None:
+            if conn.info.get(_WRITE_LOCK_HELD):
+                try:
+                    conn.connection.dbapi_connection.commit()
+                finally:
+                    _release(conn.info)
+
+        @event.listens_for(engine, "rollback")
+        def _sqlite_rollback(conn: Any) -> None:
+            if conn.info.get(_WRITE_LOCK_HELD):
+                try:
+                    conn.connection.dbapi_connection.rollback()
+                finally:
+                    _release(conn.info)
+
+        @event.listens_for(engine.pool, "reset")
+        def _sqlite_reset(_dbapi_conn: Any, record: Any, _reset_state: Any) -> None:
+            _release(record.info)
+
+        @event.listens_for(engine.pool, "checkin")
+        def _sqlite_checkin(_dbapi_conn: Any, record: Any) -> None:
+            _release(record.info)
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
 
 
+def _locked() -> OperationalError:
+    return OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError(
+        "database is locked (waited for this process's other writers)"))
+
+
+_LOCK_HANDOVER = "taskgauge_lock_handover"
+
+
+class WriteSession(Session):
+    """A session whose explicit ``begin()`` (``with factory() as s, s.begin():``, every writer in taskgauge) marks its
+    transaction as a writing one: on SQLite it starts with ``BEGIN IMMEDIATE`` (:func:`make_engine`); sessions
+    that autobegin (reads) stay deferred. Elsewhere it is a plain :class:`~sqlalchemy.orm.Session`."""
+
+    def begin(self, nested: bool = False) -> Any:
+        tx = super().begin(nested=nested)
+        bind = self.bind
+        if not nested and bind is not None and bind.dialect.name == "sqlite":
+            # Take the process's write lock *before* a pooled connection: writers waiting for their turn must not
+            # hold connections that readers need (with 60 waiting writers the pool would run dry).
+            lock = getattr(bind, "taskgauge_write_lock", None)
+            handed = {"held": False}
+            if lock is not None:
+                if not lock.acquire(timeout=getattr(bind, "taskgauge_busy_timeout_s", 10.0)):
+                    raise _locked()
+                handed["held"] = True
+            try:
+                self.connection(execution_options={_SQLITE_WRITE: True, _LOCK_HANDOVER: handed})
+            finally:
+                if handed["held"]:  # no connection took it over (pool timeout, or BEGIN failed before the handover)
+                    lock.release()
+        return tx
+
+
 def make_session_factory(engine: Engine) -> sessionmaker:
-    return sessionmaker(engine, expire_on_commit=False)
+    return sessionmaker(engine, class_=WriteSession, expire_on_commit=False)
 
 
 def insert_ignore(table: Any, dialect_name: str, values: dict[str, Any], conflict: list[str]) -> Any:

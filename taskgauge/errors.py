@@ -26,13 +26,14 @@ ECHO_LIMIT = 80  # characters of a client-supplied value (an id, a name) that a 
 
 
 def clip(value: object, limit: int = ECHO_LIMIT) -> str:
-    """``value`` as text, cut to ``limit`` characters (marked with "…"): what a problem document may echo.
+    """``value`` as text, cut to ``limit`` characters (marked with "…" and the full length): what a problem
+    document may echo (a 20 MB id must not come back in a 20 MB problem document).
 
-    >>> clip("x" * 100)[-3:], len(clip("x" * 100)), clip("abc")
-    ('xx…', 81, 'abc')
+    >>> clip("x" * 100), clip("abc")
+    ('xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx… (100 characters)', 'abc')
     """
     text = str(value)
-    return text if len(text) <= limit else text[:limit] + "…"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def problem(title: str, detail: str, status: int, kind: str | None = None, *, instance: str | None = None,
@@ -66,10 +67,14 @@ class TaskgaugeError(Exception):
     title: str = "Internal error"
     kind: str = "internal"
 
+    retry_after: int | None = None  # seconds; the API sends it as a Retry-After header (429, 503)
+
     def __init__(self, detail: str, *, title: str | None = None, status: int | None = None,
-                 kind: str | None = None, **extra: Any) -> None:
+                 kind: str | None = None, retry_after: int | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        if retry_after is not None:
+            self.retry_after = int(retry_after)
         if title is not None:
             self.title = title
         if status is not None:
@@ -108,6 +113,13 @@ class PayloadTooLarge(TaskgaugeError):
 
 class InvalidInput(TaskgaugeError):
     status, title, kind = 422, "Invalid input", "invalid-input"
+
+
+class TooManyRequests(TaskgaugeError):
+    """A per-owner quota or a rate limit; ``retry_after`` says when to try again."""
+
+    status, title, kind = 429, "Too many requests", "too-many-requests"
+    retry_after = 60
 
 
 class ServiceUnavailable(TaskgaugeError):

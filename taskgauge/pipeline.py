@@ -54,12 +54,38 @@ class DataFacts:
 
     has_labels: bool
     n_samples: int
+    input_shape: tuple[int, ...] | None = None  # per-sample shape (X.shape[1:]); sizes the models before building
+    n_classes: int | None = None
 
     @classmethod
     def of(cls, dataset: "CanonicalDataset | DataFacts") -> "DataFacts":
         if isinstance(dataset, DataFacts):
             return dataset
-        return cls(has_labels=dataset.y is not None, n_samples=dataset.n_samples)
+        return cls(has_labels=dataset.y is not None, n_samples=dataset.n_samples,
+                   input_shape=tuple(int(s) for s in dataset.X.shape[1:]), n_classes=dataset.n_classes)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The operator's limits on what a request may ask for (issue 15), from the settings:
+
+    * ``max_model_params``: the largest model (parameters counted from the spec and the dataset's shape,
+      :func:`estimators.models.spec_param_count`, before anything is built);
+    * ``memory_budget_mb``: ``TASKGAUGE_MEMORY_BUDGET_MB`` when set. It is every estimator's default
+      ``memory_budget_mb``, and a request's value is clamped to it; when unset, a request's value is clamped to
+      the estimator's own default (a request may lower its memory, never raise it past what the operator allows).
+    """
+
+    max_model_params: int = 50_000_000
+    memory_budget_mb: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any = None) -> "Limits":
+        if settings is None:
+            from taskgauge.settings import get_settings
+
+            settings = get_settings()
+        return cls(max_model_params=settings.MAX_MODEL_PARAMS, memory_budget_mb=settings.memory_budget_cap())
 
 
 def validate_requests(
@@ -67,13 +93,17 @@ def validate_requests(
     dataset: "CanonicalDataset | DataFacts",
     *,
     model_spec: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The one request validation (API analyses, schedules, CLI): names and params checked against the registry
     and the dataset; returns the normalised request ``{name: params}`` (the defaults when none were asked for).
     Raises :class:`EstimatorError` (a 422 problem in the API)."""
     normalised = {name: dict(params or {}) for name, params in (requests or {}).items()}
     normalised = normalised or {name: {} for name in DEFAULT_ESTIMATORS}
-    plan(normalised, dataset, model_spec=model_spec)
+    planned = plan(normalised, dataset, model_spec=model_spec, limits=limits)
+    for name, item in planned.items():  # a clamped memory_budget_mb is stored as clamped (the request shows it)
+        if "memory_budget_mb" in normalised[name]:
+            normalised[name]["memory_budget_mb"] = item.params.memory_budget_mb
     return normalised
 
 
@@ -83,17 +113,23 @@ def plan(
     *,
     model_spec: Mapping[str, Any] | None = None,
     memory_budget_mb: int | None = None,
+    limits: Limits | None = None,
 ) -> dict[str, PlannedEstimator]:
-    """Validate estimator names and params (and, given the dataset, labels and sample counts).
+    """Validate estimator names and params (and, given the dataset, labels, sample counts and model sizes).
 
+    ``limits`` bounds what may be asked for: a model spec larger than ``max_model_params`` is refused, and
+    ``memory_budget_mb`` is clamped (see :class:`Limits`). The service (API, schedules, workers) always passes the
+    operator's (:meth:`Limits.from_settings`); None (the CLI's local mode, the library) applies none beyond the
+    params' own bounds: there the user is the operator.
     ``memory_budget_mb`` (the TASKGAUGE_MEMORY_BUDGET_MB setting, when set) becomes the default
-    ``memory_budget_mb`` of every estimator that has that param; a value in the request wins.
+    ``memory_budget_mb`` of every estimator that has that param.
 
     Raises :class:`EstimatorError` with a message that names the problem and the fix; nothing runs until
     every request is valid.
     """
     if not requests:
         requests = {name: {} for name in DEFAULT_ESTIMATORS}
+    cap = limits.memory_budget_mb if limits is not None and limits.memory_budget_mb is not None else memory_budget_mb
     planned: dict[str, PlannedEstimator] = {}
     for name, raw in requests.items():
         est = registry.get(name)
@@ -105,8 +141,15 @@ def plan(
                     "(CLI) or model_spec_id (API), e.g. {\"arch\": \"mlp\", \"hidden\": [200, 200]}"
                 )
             raw.setdefault("model", dict(model_spec) if model_spec is not None else None)
-        if memory_budget_mb is not None and "memory_budget_mb" in est.params_model.model_fields:
+        field = est.params_model.model_fields.get("memory_budget_mb")
+        if field is not None and memory_budget_mb is not None:
             raw.setdefault("memory_budget_mb", memory_budget_mb)
+        if field is not None and limits is not None:
+            limit = cap if cap is not None else field.default
+            asked = raw.get("memory_budget_mb")
+            if isinstance(asked, (int, float)) and not isinstance(asked, bool) and isinstance(limit, int) \
+                    and asked > limit:
+                raw["memory_budget_mb"] = limit  # the operator's limit, not the request, bounds memory
         params = est.parse_params(raw)
         if dataset is not None:
             facts = DataFacts.of(dataset)
@@ -120,8 +163,24 @@ def plan(
                     f"estimator '{name}' needs at least {est.min_samples} samples but the dataset has "
                     f"{facts.n_samples}; upload more data"
                 )
+            model = getattr(params, "model", None)
+            if est.needs_model and model is not None and facts.input_shape and limits is not None:
+                _check_model_size(name, model, facts, limits.max_model_params)
         planned[name] = PlannedEstimator(est, params)
     return planned
+
+
+def _check_model_size(name: str, spec: Any, facts: DataFacts, limit: int) -> None:
+    """Refuse a model larger than ``limit`` parameters, counted from the spec (nothing is built)."""
+    from estimators.models import spec_param_count
+
+    n_params = spec_param_count(spec, facts.input_shape or (), max(1, facts.n_classes or 2))
+    if n_params > limit:
+        raise EstimatorError(
+            f"estimator '{name}': the model spec has {n_params:,} parameters on this dataset (per-sample shape "
+            f"{list(facts.input_shape or ())}), over the limit of {limit:,} (TASKGAUGE_MAX_MODEL_PARAMS); use "
+            "fewer or narrower layers"
+        )
 
 
 def dataset_summary(dataset: CanonicalDataset, info: DatasetInfo) -> dict[str, Any]:
@@ -138,11 +197,14 @@ def dataset_summary(dataset: CanonicalDataset, info: DatasetInfo) -> dict[str, A
         "sha256": info.sha256,
         "n_samples": dataset.n_samples,
         "shape": list(dataset.X.shape),
+        "dtype": str(dataset.X.dtype),
         "n_classes": dataset.n_classes,
         "classes": dataset.classes,
         "duplicates": {"exact": dup.n_removed, "conflicting_labels": conflicting},
         "preprocessing": dataset.meta.get("preprocessing", {}),
-        "source": {k: v for k, v in dataset.meta.items() if k != "preprocessing"},
+        "source": {k: v for k, v in dataset.meta.items() if k not in ("preprocessing", "embedding", "embeddings")},
+        # a text dataset: the model that turned its texts into X (name, version, weights sha256, pooling)
+        "embedding": dataset.meta.get("embedding"),
     }
 
 
@@ -196,14 +258,19 @@ def run_pipeline(
     on_result: Callable[[str, dict[str, Any]], None] | None = None,
     done: Mapping[str, dict[str, Any]] | None = None,
     environment: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
     """Run the requested estimators (default: mle, twonn, gride) and return the report (docs/methods.md §0).
 
     ``done``: results already computed (a re-run, or the shards of a fanned-out analysis), not run again;
     ``environment``: extra members of the report's ``environment`` (the shards of a fanned-out analysis)."""
     t0 = time.perf_counter()
-    planned = plan(requests, dataset, model_spec=model_spec, memory_budget_mb=memory_budget_mb)
+    planned = plan(requests, dataset, model_spec=model_spec, memory_budget_mb=memory_budget_mb, limits=limits)
     dev = resolve_device(device)
+    if dataset.needs_embedding:  # a text dataset analysed in this process (the CLI's local mode)
+        from taskgauge.datasets.texts import embed_dataset
+
+        dataset = embed_dataset(dataset, progress=scaled_progress(progress, 0.0, 0.1))
     progress(0.0, "checking data")
     summary = dataset_summary(dataset, info)
     results = run_estimators(dataset, planned, device=dev, progress=progress, on_result=on_result, done=done)

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         description="How long the one-time dashboard sign-in link that `taskgauge serve` prints stays valid.",
     )
 
+    EMBEDDED_WORKER: bool = Field(
+        default=False,
+        description="Internal: set by `taskgauge serve` on its own worker child, which then writes the ready marker "
+        "the supervisor (and /readyz) waits for.",
+    )
+
     @field_validator("DEVICE", mode="before")
     @classmethod
     def _device_lower(cls, v: object) -> object:
@@ -209,6 +215,100 @@ class Settings(BaseSettings):
     @property
     def max_json_body_bytes(self) -> int:
         return self.MAX_JSON_BODY_KB * 1024
+
+    # ---- uploads and stored data (issue 15)
+    MAX_CONCURRENT_INGESTS: int = Field(
+        default=2, ge=1,
+        description="Uploads parsed at the same time by one API process; more wait (INGEST_QUEUE_S) for a slot.",
+    )
+    INGEST_QUEUE_S: float = Field(
+        default=120.0, ge=0,
+        description="How long an upload waits for an ingest slot before 503 + Retry-After (seconds).",
+    )
+    INGEST_MEMORY_MB: int = Field(
+        default=0, ge=0,
+        description="Memory (address space) one ingest subprocess may use on top of its imports, in MB. "
+        "0: 2 × the expansion limit + 512. Ingestion takes at most MAX_CONCURRENT_INGESTS × this.",
+    )
+    INGEST_TIMEOUT_S: float = Field(
+        default=600.0, gt=0, description="An ingest subprocess running longer is stopped (413)."
+    )
+    MAX_CLASSES: int = Field(default=10_000, ge=1, description="Most classes a dataset may have (413 above).")
+    MAX_COLUMNS: int = Field(default=100_000, ge=1, description="Most columns of a .csv/.parquet table (413 above).")
+
+    @property
+    def expansion_limit_mb(self) -> int:
+        """How far an upload may expand once read (zip contents, arrays, tables): 64× the upload limit, at most
+        2 GB."""
+        return min(2048, 64 * self.MAX_UPLOAD_MB)
+
+    @property
+    def ingest_memory_bytes(self) -> int:
+        mb = self.INGEST_MEMORY_MB or 2 * self.expansion_limit_mb + 512
+        return mb * 1024 * 1024
+
+    # ---- limits on what an analysis may ask for, crash loops, fairness (issue 15; helper "limits") ----
+    MAX_ATTEMPTS: int = Field(
+        default=3, ge=1,
+        description="An analysis whose worker died this many times (killed, e.g. out of memory) ends failed "
+        "instead of being re-queued again.",
+    )
+    TASK_SOFT_TIME_LIMIT_S: float = Field(
+        default=5 * 3600.0, gt=0,
+        description="An analysis running longer than this is stopped and ends failed (Celery soft time limit).",
+    )
+    TASK_HARD_TIME_LIMIT_S: float = Field(
+        default=5 * 3600.0 + 120.0, gt=0,
+        description="Its worker child is killed this long after it started (Celery hard time limit; above the soft "
+        "one, so the soft limit can end the analysis cleanly first).",
+    )
+    WORKER_MAX_MEMORY_PER_CHILD_MB: int = Field(
+        default=8192, ge=0,
+        description="A worker child whose resident memory is above this after a task is replaced by a fresh one "
+        "(Celery worker_max_memory_per_child). 0: never.",
+    )
+    MAX_MODEL_PARAMS: int = Field(
+        default=50_000_000, ge=1,
+        description="Largest model (parameters, counted from the spec and the dataset's shape before anything is "
+        "built) an analysis may train; larger specs are refused with 422.",
+    )
+    MAX_ACTIVE_ANALYSES_PER_OWNER: int = Field(
+        default=20, ge=0,
+        description="Queued + running analyses one owner may have at once (429 above). 0: no limit.",
+    )
+    MAX_STORAGE_MB_PER_OWNER: int = Field(
+        default=20_480, ge=0,
+        description="Total size of one owner's uploaded datasets, in MB (429 above). 0: no limit.",
+    )
+    MIN_SCHEDULE_INTERVAL_S: float = Field(
+        default=60.0, ge=0,
+        description="Schedules that would fire more often than this are refused (422).",
+    )
+    RATE_LIMIT_POST: str = Field(
+        default="300/minute",
+        description="Rate limit of each API key (or client address) on POST routes, in slowapi's syntax "
+        "('60/minute', '10/second;200/hour'). Empty: no limit.",
+    )
+    EMBEDDED_CONCURRENCY: int = Field(
+        default=2, ge=1,
+        description="Analyses the embedded worker of `taskgauge serve` runs in parallel (one owner's long "
+        "analysis does not block another's short one).",
+    )
+    SQLITE_BUSY_TIMEOUT_S: float = Field(
+        default=10.0, gt=0,
+        description="SQLite: how long a writer waits for the write lock before the request is answered 503 "
+        "(Retry-After).",
+    )
+
+    @property
+    def hard_time_limit_s(self) -> float:
+        """The hard limit, at least a minute past the soft one."""
+        return max(self.TASK_HARD_TIME_LIMIT_S, self.TASK_SOFT_TIME_LIMIT_S + 60.0)
+
+    def memory_budget_cap(self) -> int | None:
+        """The operator's cap on a request's ``memory_budget_mb``: ``MEMORY_BUDGET_MB`` when it was set explicitly
+        (None: each estimator's own default is the cap)."""
+        return self.memory_budget_override
 
 
 @lru_cache(maxsize=1)

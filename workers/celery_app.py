@@ -10,6 +10,15 @@ Brokers:
 * embedded default (``BROKER_URL`` empty): kombu's serverless *filesystem* transport with atomic puts
   (``workers.fs_transport``), messages as files under ``DATA_DIR/broker`` — the same code path, no server.
 
+Limits: ``task_soft_time_limit``/``task_time_limit`` (``TASKGAUGE_TASK_SOFT_TIME_LIMIT_S``/``_HARD_``) and
+``worker_max_memory_per_child`` (``TASKGAUGE_WORKER_MAX_MEMORY_PER_CHILD_MB``).
+
+Fairness: ``worker_prefetch_multiplier=1`` with ``acks_late`` means a worker process reserves one message beyond
+the ones it runs at most, so with ``-c 2`` (the embedded default, ``TASKGAUGE_EMBEDDED_CONCURRENCY``) one owner's
+long analysis holds one process while the next queued analysis, whoever's it is, runs on the other. Queues are FIFO;
+per-owner caps on queued + running analyses (``TASKGAUGE_MAX_ACTIVE_ANALYSES_PER_OWNER``, 429 at POST) keep one
+owner from filling them.
+
 Reliability settings: ``task_acks_late`` + ``task_reject_on_worker_lost`` (a killed worker's task is delivered
 again), ``worker_prefetch_multiplier=1``, no result backend (the lifecycle lives in the ``analyses`` table).
 Because the filesystem transport cannot redeliver a message whose worker was SIGKILLed, ``workers.leases`` adds a
@@ -21,6 +30,7 @@ for with ``device="cuda"`` is routed to ``gpu``. The one beat schedule is :func:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -67,6 +77,14 @@ def configure(settings: Settings) -> Celery:
     _settings = settings
     celery_app.conf.beat_schedule = beat_schedule(settings.SCHEDULE_SCAN_SECONDS)
     celery_app.conf.beat_max_loop_interval = min(settings.SCHEDULE_SCAN_SECONDS, 60.0)
+    # Limits per task (issue 15): the soft limit raises SoftTimeLimitExceeded inside the analysis, which ends it
+    # failed (workers.tasks); the hard limit kills the child a while later, and a task_failure handler in the
+    # worker's main process fails the analysis. A child that grew past the memory setting is replaced after its task.
+    celery_app.conf.update(
+        task_soft_time_limit=settings.TASK_SOFT_TIME_LIMIT_S,
+        task_time_limit=settings.hard_time_limit_s,
+        worker_max_memory_per_child=(settings.WORKER_MAX_MEMORY_PER_CHILD_MB * 1024) or None,
+    )
     if settings.embedded_broker:
         from workers import fs_transport
 
@@ -93,6 +111,11 @@ def configure(settings: Settings) -> Celery:
             broker_transport_options={"visibility_timeout": int(settings.VISIBILITY_TIMEOUT_S)},
         )
     return celery_app
+
+
+def ready_marker(broker_dir: Path, pid: int) -> Path:
+    """The file an embedded worker's main process touches when it is ready (``app.supervisor`` reads it)."""
+    return broker_dir / f"worker-{pid}.ready"
 
 
 def get_settings() -> Settings:

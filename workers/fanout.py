@@ -41,9 +41,9 @@ from estimators.registry import DEFAULT_ESTIMATORS
 from taskgauge import db
 from taskgauge.context import Context
 from taskgauge.errors import problem
-from taskgauge.pipeline import DatasetInfo, plan, run_estimators, run_pipeline
+from taskgauge.pipeline import DatasetInfo, Limits, plan, run_estimators, run_pipeline
 from taskgauge.services.analyses import store_result, stored_results
-from taskgauge.services.datasets import load_dataset
+from taskgauge.services.datasets import embedded, load_dataset
 from workers.celery_app import celery_app
 from workers.leases import Cancelled, Lease
 
@@ -176,10 +176,11 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
             if analysis is None or dataset is None:
                 return "missing"
             if name not in done:
-                data = load_dataset(ctx.blobs, dataset)
+                data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
                 requests = analysis.estimators or {n: {} for n in DEFAULT_ESTIMATORS}
                 planned = plan({name: requests.get(name)}, data, model_spec=spec.spec if spec else None,
-                               memory_budget_mb=ctx.settings.memory_budget_override)
+                               memory_budget_mb=ctx.settings.memory_budget_override,
+                               limits=Limits.from_settings(ctx.settings))
                 device = resolve_device(ctx.settings.DEVICE if analysis.device == "auto" else analysis.device)
 
                 def on_result(n: str, entry: dict[str, Any]) -> None:
@@ -253,11 +254,11 @@ def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
                    "attempts": r.attempts}
                   for r in s.scalars(select(S).where(S.analysis_id == analysis_id).order_by(S.key))]
     report = run_pipeline(
-        load_dataset(ctx.blobs, dataset), analysis.estimators or None,
+        embedded(ctx, dataset, load_dataset(ctx.blobs, dataset)), analysis.estimators or None,
         info=DatasetInfo(name=dataset.name, id=dataset.id, sha256=dataset.sha256),
         device=ctx.settings.DEVICE if analysis.device == "auto" else analysis.device,
         model_spec=spec.spec if spec else None, memory_budget_mb=ctx.settings.memory_budget_override,
-        analysis_id=analysis_id, done=done, environment={"shards": shards},
+        analysis_id=analysis_id, done=done, environment={"shards": shards}, limits=Limits.from_settings(ctx.settings),
     )
     return "assembled: " + _finish(ctx.sessions, analysis, parent_token, report)
 

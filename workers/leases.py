@@ -12,6 +12,10 @@ A worker killed mid-run: with Redis, ``acks_late`` leaves the message unacked an
 visibility timeout; with any transport (the embedded filesystem one cannot redeliver), every worker runs
 :func:`sweep_stale` in a thread, which re-queues analyses left ``running`` with a heartbeat older than
 ``LEASE_S``. Either way the claim makes the extra delivery harmless.
+
+Poison analyses: ``attempts`` counts claims. An analysis whose worker died ``MAX_ATTEMPTS`` times (every claim
+ended with a stale lease, e.g. the pool child was killed for memory) is not claimed or re-queued again: the claim
+and the sweeper both end it ``failed`` with the problem :func:`worker_died_problem`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from sqlalchemy.orm import sessionmaker
 
 from taskgauge import db
 from taskgauge.context import Enqueue
+from taskgauge.errors import problem
 from taskgauge.settings import Settings
 
 log = logging.getLogger("taskgauge.worker")
@@ -37,8 +42,37 @@ class Cancelled(Exception):
     """Raised from the progress callback when the analysis was cancelled (or its lease was lost)."""
 
 
+def worker_died_problem(attempts: int) -> dict[str, Any]:
+    return problem(
+        "Worker died",
+        f"worker died (probably out of memory): the process running this analysis was killed on each of its "
+        f"{attempts} attempts, so it is not retried again. Ask for less (fewer or smaller estimators, a smaller "
+        "model, a subsample with max_samples, a lower memory_budget_mb) or ask the operator for more memory",
+        500, "worker-died", attempts=attempts,
+    )
+
+
+def _give_up(s: Any, analysis_id: str, stale_before: Any, max_attempts: int) -> bool:
+    """Fail the analysis when it is claimable (queued, or running with a stale lease) but out of attempts."""
+    A = db.Analysis
+    row = s.execute(select(A.attempts).where(A.id == analysis_id)).one_or_none()
+    if row is None:
+        return False
+    now = db.utcnow()
+    res = s.execute(
+        update(A)
+        .where(A.id == analysis_id)
+        .where(A.attempts >= max_attempts)
+        .where(or_(A.status == db.QUEUED, (A.status == db.RUNNING) & (A.heartbeat_at < stale_before)))
+        .values(status=db.FAILED, lease_token=None, stage="failed", finished_at=now, updated_at=now,
+                error=worker_died_problem(int(row.attempts)))
+    )
+    return res.rowcount == 1
+
+
 def claim(factory: sessionmaker, analysis_id: str, settings: Settings) -> str | None:
-    """Take the analysis' lease; returns the token, or None when this delivery must not run it."""
+    """Take the analysis' lease; returns the token, or None when this delivery must not run it (finished,
+    cancelled, gone, held by a live worker, or out of attempts: then it is marked failed here)."""
     token = str(uuid.uuid4())
     now = db.utcnow()
     stale = now - timedelta(seconds=settings.LEASE_S)
@@ -48,10 +82,15 @@ def claim(factory: sessionmaker, analysis_id: str, settings: Settings) -> str | 
             update(A)
             .where(A.id == analysis_id)
             .where(or_(A.status == db.QUEUED, (A.status == db.RUNNING) & (A.heartbeat_at < stale)))
+            .where(A.attempts < settings.MAX_ATTEMPTS)
             .values(status=db.RUNNING, lease_token=token, heartbeat_at=now, attempts=A.attempts + 1,
                     started_at=now, stage="starting", updated_at=now)
         )
-        return token if res.rowcount == 1 else None
+        if res.rowcount == 1:
+            return token
+        if _give_up(s, analysis_id, stale, settings.MAX_ATTEMPTS):
+            log.error("analysis %s failed: its worker died on each of its attempts", analysis_id)
+        return None
 
 
 class Lease:
@@ -106,7 +145,9 @@ class Lease:
 
 
 def sweep_stale(factory: sessionmaker, settings: Settings, enqueue: Enqueue) -> list[str]:
-    """Re-queue analyses left ``running`` by a dead worker (heartbeat older than ``LEASE_S``)."""
+    """Re-queue analyses left ``running`` by a dead worker (heartbeat older than ``LEASE_S``); those that have
+    used their ``MAX_ATTEMPTS`` end ``failed`` ("worker died") instead. Safe to run in any number of processes
+    (workers and the API): every change is one conditional UPDATE."""
     A = db.Analysis
     stale = db.utcnow() - timedelta(seconds=settings.LEASE_S)
     requeued: list[tuple[str, str]] = []
@@ -118,6 +159,9 @@ def sweep_stale(factory: sessionmaker, settings: Settings, enqueue: Enqueue) -> 
                                .where(~unfinished_shards)).all()
     for aid, queue in candidates:
         with factory() as s, s.begin():
+            if _give_up(s, aid, stale, settings.MAX_ATTEMPTS):
+                log.error("analysis %s failed: its worker died on each of its attempts", aid)
+                continue
             res = s.execute(
                 update(A).where(A.id == aid).where(A.status == db.RUNNING).where(A.heartbeat_at < stale)
                 .values(status=db.QUEUED, lease_token=None, stage="re-queued after its worker stopped")
@@ -128,3 +172,17 @@ def sweep_stale(factory: sessionmaker, settings: Settings, enqueue: Enqueue) -> 
         enqueue(aid, queue)
         log.warning("re-queued analysis %s (its worker stopped heartbeating)", aid)
     return [aid for aid, _ in requeued]
+
+
+def requeue_queued(factory: sessionmaker, enqueue: Enqueue, queues: tuple[str, ...] | None = None) -> list[str]:
+    """Send every ``queued`` analysis again (after an embedded worker restart: the filesystem transport loses the
+    messages a killed worker had reserved). Extra deliveries are harmless: the claim lets one of them run."""
+    A = db.Analysis
+    q = select(A.id, A.queue).where(A.status == db.QUEUED)
+    if queues:
+        q = q.where(A.queue.in_(queues))
+    with factory() as s:
+        rows = s.execute(q.order_by(A.created_at)).all()
+    for aid, queue in rows:
+        enqueue(aid, queue)
+    return [aid for aid, _ in rows]

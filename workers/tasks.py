@@ -21,6 +21,7 @@ import traceback
 from typing import Any
 
 from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
@@ -29,9 +30,10 @@ from taskgauge import db
 from taskgauge.context import Context
 from taskgauge.errors import problem
 from taskgauge.services.analyses import store_result, stored_results
-from taskgauge.services.datasets import load_dataset
+from taskgauge.services.datasets import embedded, load_dataset
 from taskgauge.services.schedules import run_due
-from workers.celery_app import TASK_RUN_ANALYSIS, TASK_SCHEDULES, celery_app, enqueue_analysis, get_settings
+from workers.celery_app import (TASK_RUN_ANALYSIS, TASK_SCHEDULES, celery_app, enqueue_analysis, get_settings,
+                                ready_marker)
 from workers.leases import Cancelled, Lease, claim, sweep_stale
 
 log = logging.getLogger("taskgauge.worker")
@@ -45,7 +47,10 @@ def context() -> Context:
     key = (os.getpid(), settings.DATABASE_URL)
     if key not in _contexts:
         _contexts.clear()
-        pool = {} if settings.is_sqlite else {"pool_size": 2, "max_overflow": 2}
+        # SQLite: a worker waits longer for the write lock than an API request (nobody is waiting on a socket,
+        # and a failed result write would fail the analysis)
+        pool = {"busy_timeout_s": max(60.0, settings.SQLITE_BUSY_TIMEOUT_S)} if settings.is_sqlite else {
+            "pool_size": 2, "max_overflow": 2}
         _contexts[key] = Context.build(settings, enqueue_analysis, **pool)
     return _contexts[key]
 
@@ -67,9 +72,10 @@ def run_due_schedules() -> list[str]:
 
 def execute_analysis(analysis_id: str, ctx: Context) -> str:
     """Claim, run and persist one analysis. Never raises for a bad analysis; returns the outcome."""
-    from taskgauge.pipeline import DatasetInfo, run_pipeline
+    from taskgauge.pipeline import DatasetInfo, Limits, run_pipeline
 
     factory, settings = ctx.sessions, ctx.settings
+    started = time.monotonic()
     token = claim(factory, analysis_id, settings)
     if token is None:
         with factory() as s:
@@ -91,7 +97,7 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
 
                 if fanout.start(ctx, analysis, token, done):
                     return "fanned out"
-            data = load_dataset(ctx.blobs, dataset)
+            data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
 
             def on_result(name: str, entry: dict[str, Any]) -> None:
                 with factory() as s2, s2.begin():
@@ -108,6 +114,7 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
                 progress=lease.progress,
                 on_result=on_result,
                 done=done,
+                limits=Limits.from_settings(settings),
             )
             return _finish(factory, analysis, token, report)
     except Cancelled:
@@ -116,7 +123,14 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
     except EstimatorError as exc:
         _end(factory, analysis_id, token, problem("Estimator rejected the input", str(exc), 422, "estimator-input"))
         return "failed (estimator input)"
+    except SoftTimeLimitExceeded:
+        _end(factory, analysis_id, token, time_limit_problem(settings.TASK_SOFT_TIME_LIMIT_S))
+        return "failed (time limit)"
     except Exception as exc:  # noqa: BLE001 - any estimator bug fails this analysis, never the worker
+        if _soft_time_limit(exc, time.monotonic() - started, settings.TASK_SOFT_TIME_LIMIT_S):
+            log.warning("analysis %s stopped at its soft time limit (%s)", analysis_id, type(exc).__name__)
+            _end(factory, analysis_id, token, time_limit_problem(settings.TASK_SOFT_TIME_LIMIT_S))
+            return "failed (time limit)"
         log.exception("analysis %s failed", analysis_id)
         detail = f"{type(exc).__name__}: {exc}".strip()
         tb = traceback.extract_tb(exc.__traceback__)
@@ -134,6 +148,30 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
             ),
         )
         return "failed"
+
+
+def _soft_time_limit(exc: BaseException, elapsed: float, limit: float) -> bool:
+    """Whether ``exc`` is the soft time limit in disguise: Celery raises SoftTimeLimitExceeded from a signal handler
+    wherever the analysis is, and a library it interrupts (e.g. psycopg inside a progress write) may re-raise it
+    as its own error. Its chain names it, or, failing that, the run has reached the limit."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        if seen is None:
+            break
+        if isinstance(seen, SoftTimeLimitExceeded):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return elapsed >= limit - 1.0  # the task started a moment before the claim
+
+
+def time_limit_problem(seconds: float) -> dict[str, Any]:
+    return problem(
+        "Time limit exceeded",
+        f"the analysis ran longer than the time limit of {seconds:g} s (TASKGAUGE_TASK_SOFT_TIME_LIMIT_S) and was "
+        "stopped; ask for less (fewer epochs or trials, a subsample with max_samples, fewer estimators) or ask the "
+        "operator to raise the limit",
+        422, "time-limit", limit_s=seconds,
+    )
 
 
 def _finish(factory: sessionmaker, analysis: db.Analysis, token: str, report: dict[str, Any]) -> str:
@@ -205,6 +243,11 @@ def _start_sweeper(**_: Any) -> None:
     """Every worker runs the stale-analysis sweeper in its main process (cheap: one indexed query)."""
     settings = get_settings()
     interval = max(1.0, settings.LEASE_S / 3)
+    if get_settings().EMBEDDED_WORKER:  # `taskgauge serve`'s supervisor waits for this (/readyz)
+        try:
+            ready_marker(settings.broker_dir, os.getpid()).touch()
+        except OSError:
+            log.warning("could not write the worker's ready marker", exc_info=True)
 
     def loop() -> None:
         while not _sweeper_stop.wait(interval):
@@ -218,6 +261,37 @@ def _start_sweeper(**_: Any) -> None:
                 log.warning("stale-analysis sweep failed", exc_info=True)
 
     threading.Thread(target=loop, name="taskgauge-sweeper", daemon=True).start()
+
+
+@signals.task_failure.connect
+def _hard_time_limit(sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any) -> None:
+    """The worker's main process: the hard time limit killed the child running an analysis; fail it now (its
+    lease token died with the child, so any ``running`` row of this analysis is the killed run's)."""
+    if getattr(sender, "name", None) != TASK_RUN_ANALYSIS or not isinstance(exception, TimeLimitExceeded):
+        return
+    try:
+        analysis_id = str((args or [None])[0])
+        settings, A = get_settings(), db.Analysis
+        with context().sessions() as s, s.begin():
+            s.execute(update(A).where(A.id == analysis_id).where(A.status == db.RUNNING).values(
+                status=db.FAILED, finished_at=db.utcnow(), lease_token=None, stage="failed",
+                error=time_limit_problem(settings.TASK_SOFT_TIME_LIMIT_S)))
+    except Exception:  # noqa: BLE001 - the sweeper and max_attempts still end it
+        log.warning("could not fail analysis %s after its hard time limit", args, exc_info=True)
+
+
+@signals.beat_embedded_init.connect
+def _beat_dies_with_its_worker(**_: Any) -> None:
+    """The beat process embedded in a worker (``--beat``, the embedded default) is killed by the kernel when the
+    worker's main process dies, even by SIGKILL: no orphaned beat keeps filling the queue (Linux; elsewhere
+    ``taskgauge serve``'s supervisor kills the worker's process group)."""
+    try:
+        import ctypes
+        import signal as _signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(_signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 @signals.worker_shutdown.connect

@@ -28,6 +28,11 @@ LabelColumnOpt = Annotated[
 ResizeOpt = Annotated[
     Optional[str], typer.Option("--resize", metavar="HxW", help="Resize every image of a .zip to height×width, e.g. 32x32.")
 ]
+TextColumnOpt = Annotated[
+    Optional[str],
+    typer.Option("--text-column", metavar="NAME",
+                 help="Column of a .csv/.parquet holding texts: a text dataset (a .jsonl file always is one)."),
+]
 GrayscaleOpt = Annotated[bool, typer.Option("--grayscale", help="Convert the images of a .zip to one channel.")]
 ModelSpecOpt = Annotated[
     Optional[Path],
@@ -35,9 +40,11 @@ ModelSpecOpt = Annotated[
 ]
 
 
-def ingest_fields(label_column: str | None, resize: str | None, grayscale: bool) -> dict[str, str]:
+def ingest_fields(label_column: str | None, resize: str | None, grayscale: bool,
+                  text_column: str | None = None) -> dict[str, str]:
     """The ingest options as the upload form fields (the same names the API documents)."""
-    fields = {"label_column": label_column, "resize": resize, "grayscale": "true" if grayscale else None}
+    fields = {"label_column": label_column, "text_column": text_column, "resize": resize,
+              "grayscale": "true" if grayscale else None}
     return {k: v for k, v in fields.items() if v}
 
 

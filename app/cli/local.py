@@ -27,6 +27,7 @@ from app.cli.common import (
     ModelSpecOpt,
     ParamOpt,
     ResizeOpt,
+    TextColumnOpt,
     build_requests,
     fail,
     load_model_spec,
@@ -49,7 +50,7 @@ def analyse(
         typer.Argument(
             metavar="PATH",
             help="Dataset file: .npz (arrays X, y), .npy, .csv, .parquet, or .zip of image folders "
-            "(class_name/image.png).",
+            "(class_name/image.png), or .jsonl texts ({\"text\": …, \"label\": …} per line).",
             show_default=False,
         ),
     ],
@@ -67,6 +68,7 @@ def analyse(
         ),
     ] = None,
     label_column: LabelColumnOpt = None,
+    text_column: TextColumnOpt = None,
     resize: ResizeOpt = None,
     grayscale: GrayscaleOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -91,6 +93,8 @@ def analyse(
 
       taskgauge analyse pets.zip --resize 32x32 --grayscale --json - > report.json
 
+      taskgauge analyse reviews.jsonl -e mle -e label_sharpness   (texts: embedded with MiniLM first)
+
       taskgauge analyse mnist.npz -e subspace --model-spec mlp.json --device cuda
 
       taskgauge analyse 3f2c9a… -e mle   (remote: a dataset id uploaded with `taskgauge upload`)
@@ -112,7 +116,8 @@ def analyse(
     try:
         requests = build_requests(estimator, param)
         spec = load_model_spec(model_spec)
-        options = IngestOptions(label_column=label_column, resize=resize, grayscale=grayscale)
+        options = IngestOptions(label_column=label_column, text_column=text_column, resize=resize,
+                                grayscale=grayscale)
     except BadInput as exc:
         fail(str(exc))
     except ValidationError as exc:

@@ -44,6 +44,7 @@ from app.cli.common import (
     LabelColumnOpt,
     ParamOpt,
     ResizeOpt,
+    TextColumnOpt,
     fail,
     ingest_fields,
     parse_requests,
@@ -384,6 +385,7 @@ def register(cli: typer.Typer) -> None:
                                              help="File to upload (.npz .npy .csv .parquet .zip .jsonl).")],
         name: Annotated[str | None, typer.Option(help="Dataset name (default: the file name).")] = None,
         label_column: LabelColumnOpt = None,
+        text_column: TextColumnOpt = None,
         resize: ResizeOpt = None,
         grayscale: GrayscaleOpt = False,
         json_out: JsonFlag = False,
@@ -393,7 +395,7 @@ def register(cli: typer.Typer) -> None:
         """Upload a dataset to the server and print its id."""
         def go() -> None:
             with make_client(api_url, api_key) as api:
-                ds = upload_file(api, path, name=name, fields=ingest_fields(label_column, resize, grayscale))
+                ds = upload_file(api, path, name=name, fields=ingest_fields(label_column, resize, grayscale, text_column))
             if json_out:
                 print_json(ds)
             else:

@@ -3,8 +3,9 @@
 
 Embedded default (no ``TASKGAUGE_BROKER_URL``): ``taskgauge serve`` migrates the SQLite database under
 ``DATA_DIR`` (default ``./.taskgauge``), writes the local API key to ``DATA_DIR/local_api_key`` on first start,
-makes DATA_DIR 0700 and its database and key files 0600, prints a one-time dashboard sign-in link, starts one Celery worker child process (with embedded beat) over the serverless filesystem transport
-(``DATA_DIR/broker``) and serves the API with uvicorn. Production: ``taskgauge db upgrade`` once, then
+makes DATA_DIR 0700 and its database and key files 0600, prints a one-time dashboard sign-in link, starts one
+Celery worker child process (with embedded beat; restarted by ``app.supervisor`` if it dies) over the serverless
+filesystem transport (``DATA_DIR/broker``) and serves the API with uvicorn. Production: ``taskgauge db upgrade`` once, then
 ``taskgauge serve``, any number of ``taskgauge worker`` and one ``taskgauge beat``, all with
 ``TASKGAUGE_DATABASE_URL`` (PostgreSQL) and ``TASKGAUGE_BROKER_URL`` (Redis).
 """
@@ -92,16 +93,25 @@ def serve(
     if settings.embedded:
         private_data_dir(settings.DATA_DIR)
         _print_signin_url(settings, host, port)
-    child = None
+    supervisor = None
     if start_worker:
-        cmd = [sys.executable, "-m", "app", "worker", "--concurrency", "1"]
+        from app.supervisor import WorkerSupervisor
+
+        concurrency = settings.EMBEDDED_CONCURRENCY if settings.embedded_broker else 1
+        cmd = [sys.executable, "-m", "app", "worker", "--concurrency", str(concurrency)]
         if settings.embedded_broker:
             cmd.append("--beat")
-        # Own process group: a Ctrl-C or a group SIGTERM reaches `serve` alone, which then stops the worker and
-        # everything it forked (pool process, embedded beat) in order, so no child outlives `serve`.
-        child = subprocess.Popen(cmd, preexec_fn=_pdeathsig,
-                                 start_new_session=True)
-        typer.echo(f"taskgauge: worker process {child.pid} started", err=True)
+
+        def spawn() -> subprocess.Popen:
+            # Own process group: a Ctrl-C or a group SIGTERM reaches `serve` alone, which then stops the worker and
+            # everything it forked (pool processes, embedded beat) in order, so no child outlives `serve`.
+            return subprocess.Popen(cmd, env={**os.environ, "TASKGAUGE_EMBEDDED_WORKER": "1"}, preexec_fn=_pdeathsig,
+                                    start_new_session=True)
+
+        settings.broker_dir.mkdir(parents=True, exist_ok=True)
+        supervisor = WorkerSupervisor(spawn, settings.broker_dir, on_restart=lambda: _resend_queued(settings))
+        child = supervisor.start()
+        typer.echo(f"taskgauge: worker process {child.pid} started (restarted if it dies)", err=True)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it with the handler that was installed before
     # it started; this one turns it into SystemExit so that the `finally` below stops the worker.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -111,8 +121,24 @@ def serve(
                     timeout_graceful_shutdown=5, proxy_headers=not settings.embedded)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if child is not None:
-            _stop_worker_group(child)
+        if supervisor is not None:
+            supervisor.stop()
+
+
+def _resend_queued(settings) -> None:
+    """After an embedded worker restart: send every queued analysis again (workers.leases.requeue_queued)."""
+    from taskgauge import db
+    from workers.celery_app import configure, enqueue_analysis
+    from workers.leases import requeue_queued
+
+    configure(settings)
+    engine = db.make_engine(settings.DATABASE_URL)
+    try:
+        sent = requeue_queued(db.make_session_factory(engine), enqueue_analysis)
+    finally:
+        engine.dispose()
+    if sent:
+        typer.echo(f"taskgauge: re-sent {len(sent)} queued analyses to the restarted worker", err=True)
 
 
 def private_data_dir(data_dir) -> None:
@@ -153,22 +179,6 @@ def _print_signin_url(settings, host: str, port: int) -> None:
 
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
-
-
-def _stop_worker_group(child: subprocess.Popen, grace: float = 10.0) -> None:
-    """Warm-stop the embedded worker (it finishes a running task for up to ``grace`` s; an interrupted analysis is
-    requeued by the stale sweep), then kill whatever is left of its process group."""
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(child.pid, signal.SIGKILL)  # stragglers: the pool process, the embedded beat process
-    except (ProcessLookupError, PermissionError):
-        pass
-    child.wait(timeout=10)
 
 
 def worker(

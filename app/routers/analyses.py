@@ -8,6 +8,8 @@ from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 from taskgauge.services import analyses as services
@@ -25,7 +27,7 @@ SSE_KEEPALIVE_S = 15.0
 
 
 @router.post("", status_code=202, response_model=AnalysisPublic, operation_id="analyses-create",
-             responses=responses(409, 503))
+             responses=responses(409, 429, 503))
 def create_analysis(body: AnalysisCreate, request: Request, response: Response, state: StateDep,
                     owner: OwnerDep) -> AnalysisPublic:
     """Validate the estimators and params, store the analysis (``queued``) and enqueue it for a worker.
@@ -96,7 +98,10 @@ async def analysis_events(analysis_id: str, state: StateDep, owner: OwnerDep) ->
             if idle >= SSE_KEEPALIVE_S:
                 yield b": keep-alive\n\n"
                 idle = 0.0
-            current = await run_in_threadpool(load)
+            try:
+                current = await run_in_threadpool(load)
+            except (OperationalError, PoolTimeout):  # the database is busy: keep the stream, try at the next poll
+                await asyncio.sleep(SSE_POLL_S)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

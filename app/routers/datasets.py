@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from contextlib import asynccontextmanager
+from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from taskgauge.services import datasets as services
 from app.deps import Offset, OwnerDep, SessionDep, StateDep
 from app.errors import responses
 from taskgauge.errors import InvalidInput
-from app.schemas import DatasetPublic, DatasetsPublic
+from app.schemas import DatasetPublic, DatasetsPublic, DatasetSummary
 from app.uploads import receive_upload
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -27,9 +30,11 @@ UPLOAD_BODY = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary",
-                                 "description": ".npz, .npy, .csv, .parquet or .zip of image folders"},
+                                 "description": ".npz, .npy, .csv, .parquet, .zip of image folders, or .jsonl texts"},
                         "name": {"type": "string", "description": "display name (default: the file name)"},
                         "label_column": {"type": "string", "description": "label column of a table / array of a .npz"},
+                        "text_column": {"type": "string",
+                                        "description": "texts: the column of a .csv/.parquet holding the texts"},
                         "resize": {"type": "string", "description": "images: HEIGHTxWIDTH, e.g. 32x32"},
                         "grayscale": {"type": "boolean", "description": "images: convert to one channel"},
                     },
@@ -40,9 +45,31 @@ UPLOAD_BODY = {
 }
 
 
-def expansion_limit_mb(max_upload_mb: int) -> int:
-    """How far an upload may expand (zip contents, declared array sizes): 64× the upload limit, at most 2 GB."""
-    return min(2048, 64 * max_upload_mb)
+@asynccontextmanager
+async def ingest_slot(request: Request, limit: int, wait_s: float) -> AsyncIterator[None]:
+    """One of ``limit`` ingest slots of this API process (``TASKGAUGE_MAX_CONCURRENT_INGESTS``): an upload waits
+    up to ``wait_s`` for one, then gets 503 with ``Retry-After``."""
+    sem = getattr(request.app.state, "ingest_slots", None)
+    if sem is None:
+        sem = request.app.state.ingest_slots = asyncio.Semaphore(limit)
+    try:
+        await asyncio.wait_for(sem.acquire(), timeout=max(wait_s, 0.01))
+    except TimeoutError:
+        raise HTTPException(
+            503,
+            f"{limit} upload{'s are' if limit != 1 else ' is'} being read already (TASKGAUGE_MAX_CONCURRENT_INGESTS); "
+            "send this one again in a few seconds",
+            headers={"Retry-After": "10"},
+        ) from None
+    try:
+        yield
+    finally:
+        sem.release()
+
+
+def _printable(text: str) -> str:
+    """Control characters (NUL above all: PostgreSQL cannot store it) replaced by U+FFFD in names stored on rows."""
+    return "".join(c if c >= " " and c != "\x7f" else "\ufffd" for c in text)
 
 
 def _bool(v: str | None) -> bool:
@@ -50,39 +77,56 @@ def _bool(v: str | None) -> bool:
 
 
 @router.post("", status_code=201, response_model=DatasetPublic, operation_id="datasets-upload",
-             openapi_extra=UPLOAD_BODY, responses=responses(400, 413))
+             openapi_extra=UPLOAD_BODY, responses=responses(400, 413, 429, 503))
 async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> DatasetPublic:
     """Upload a dataset file (multipart field ``file``). It is streamed to disk with the size limit enforced as it
-    arrives, hashed, parsed into the canonical form and stored content-addressed; the dataset row and the blob
-    appear together or not at all. Bad data answers 413/422 with a problem document naming the fix."""
-    from taskgauge.datasets.ingest import IngestOptions, ingest_file
+    arrives, hashed, parsed into the canonical form in a memory-limited subprocess (at most
+    ``TASKGAUGE_MAX_CONCURRENT_INGESTS`` at once; 503 + Retry-After when they stay busy) and stored
+    content-addressed; the dataset row and the blob appear together or not at all. Bad data answers 413/422 with a
+    problem document naming the fix."""
+    from taskgauge.datasets.ingest import IngestOptions
 
-    upload = await receive_upload(request, max_bytes=state.settings.max_upload_bytes, tmp_dir=state.upload_tmp)
+    settings = state.settings
+    upload = await receive_upload(request, max_bytes=settings.max_upload_bytes, tmp_dir=state.upload_tmp)
     try:
         try:
             options = IngestOptions(label_column=upload.fields.get("label_column") or None,
+                                    text_column=upload.fields.get("text_column") or None,
                                     resize=upload.fields.get("resize") or None,
                                     grayscale=_bool(upload.fields.get("grayscale")),
-                                    max_expanded_mb=expansion_limit_mb(state.settings.MAX_UPLOAD_MB))
+                                    max_expanded_mb=settings.expansion_limit_mb,
+                                    max_classes=settings.MAX_CLASSES, max_columns=settings.MAX_COLUMNS)
         except ValidationError as exc:
             raise InvalidInput("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()),
                                title="Invalid ingest options") from None
-        filename = upload.filename or "upload"
-        data = await run_in_threadpool(ingest_file, upload.path, filename, options)
-        name = (upload.fields.get("name") or "").strip() or filename
-        row = await run_in_threadpool(services.store_dataset, state, owner.owner_id, data, name=name[:300],
-                                      filename=filename[:300], sha256=upload.sha256, size=upload.size)
+        raw_name = upload.fields.get("name") or ""
+        if "\x00" in raw_name or "\x00" in (upload.filename or ""):  # PostgreSQL cannot store NUL: refused on both
+            raise InvalidInput("the dataset name or file name contains a NUL character; rename it",
+                               title="Invalid name")
+        filename = _printable(upload.filename or "") or "upload"
+        name = _printable(raw_name).strip() or filename
+        await run_in_threadpool(_check_storage, state, owner.owner_id, upload.size)  # before parsing it
+        async with ingest_slot(request, settings.MAX_CONCURRENT_INGESTS, settings.INGEST_QUEUE_S):
+            row = await run_in_threadpool(services.ingest_and_store, state, owner.owner_id, upload.path, options,
+                                          name=name[:300], filename=filename, sha256=upload.sha256, size=upload.size)
         return DatasetPublic.model_validate(row)
     finally:
         upload.cleanup()
 
 
+def _check_storage(state, owner_id: str, incoming: int) -> None:
+    from taskgauge.services.quotas import check_storage
+
+    with state.sessions() as s:
+        check_storage(s, owner_id, state.settings, incoming)
+
+
 @router.get("", response_model=DatasetsPublic, operation_id="datasets-list", responses=responses())
 def list_datasets(session: SessionDep, owner: OwnerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                   offset: Offset = 0) -> DatasetsPublic:
-    """Your datasets, newest first."""
+    """Your datasets, newest first, as summaries (no class or column names: ``GET /datasets/{id}`` has them)."""
     rows, count = services.list_datasets(session, owner.owner_id, limit=limit, offset=offset)
-    return DatasetsPublic(items=[DatasetPublic.model_validate(r) for r in rows], count=count,
+    return DatasetsPublic(items=[DatasetSummary.model_validate(r) for r in rows], count=count,
                           limit=limit, offset=offset)
 
 

@@ -1,5 +1,5 @@
 """``/healthz`` (liveness: the process answers) and ``/readyz`` (readiness: the database, the broker and the blob store
-answer)."""
+answer, and under ``taskgauge serve`` its embedded worker is running and ready: ``app.supervisor``)."""
 
 from __future__ import annotations
 
@@ -57,4 +57,10 @@ async def readyz(state: StateDep) -> Readiness:
             raise ServiceUnavailable(f"{name} is not reachable: {type(exc).__name__}: {exc}. Check TASKGAUGE_"
                                      f"{_SETTING[name]} and that the service is up",
                                      title=f"{name.capitalize()} unavailable") from None
-    return Readiness(status="ok", **results)
+    from app.supervisor import worker_state
+
+    ok, detail = worker_state()
+    if not ok:
+        raise ServiceUnavailable(f"{detail}; analyses wait in the queue until it is back. Retry shortly",
+                                 title="Worker unavailable", retry_after=5)
+    return Readiness(status="ok", worker=detail, **results)

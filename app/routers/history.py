@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from app.deps import OwnerDep, SessionDep, StateDep
 from app.errors import responses
+from taskgauge.errors import InvalidInput
 from taskgauge.services import datasets, reports
 
 router = APIRouter(tags=["datasets"])
@@ -55,3 +56,25 @@ def dataset_sample_png(dataset_id: str, index: int, owner: OwnerDep, session: Se
     """One sample of an image dataset as a PNG (min–max scaled, nearest-neighbour upscaled)."""
     png = datasets.sample_png(session, state.blobs, owner.owner_id, dataset_id, index)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+class TextItem(BaseModel):
+    index: int
+    text: str
+    truncated: bool = Field(description="the text was cut at 2000 characters")
+
+
+class TextsPublic(BaseModel):
+    items: list[TextItem]
+
+
+@router.get("/datasets/{dataset_id}/texts", response_model=TextsPublic, operation_id="datasets-texts",
+            tags=["datasets"], responses=responses())
+def dataset_texts(dataset_id: str, owner: OwnerDep, session: SessionDep, state: StateDep,
+                  indices: str = "0,1,2,3,4") -> dict[str, Any]:
+    """Some texts of a text dataset by index (comma-separated, at most 50), e.g. the two sides of a K_F pair."""
+    try:
+        wanted = [int(i) for i in indices.split(",") if i.strip()]
+    except ValueError:
+        raise InvalidInput("indices must be comma-separated whole numbers, e.g. ?indices=0,1,2") from None
+    return {"items": datasets.read_texts(session, state.blobs, owner.owner_id, dataset_id, wanted)}

@@ -55,6 +55,7 @@ import torch
 from pydantic import Field, model_validator
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
+from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_NEIGHBOURS  # parameter bounds
 from estimators.id._common import prepare, to_numpy64
 from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
@@ -84,11 +85,14 @@ def _check_args(range_max, n1, n2, ci_level) -> None:
 class GrideParams(Params):
     """Params of the ``gride`` estimator (defaults = DADApy ``return_id_scaling_gride(range_max=64)``)."""
 
-    range_max: int = Field(64, description="largest neighbour rank of the doubling ladder (1,2), (2,4), …")
-    n1: int | None = Field(None, description="with n2: the (n1, n2) pair of the headline value (default: last ladder step)")
-    n2: int | None = Field(None, description="with n1: the (n1, n2) pair of the headline value")
+    range_max: int = Field(64, le=MAX_NEIGHBOURS,
+        description="largest neighbour rank of the doubling ladder (1,2), (2,4), …")
+    n1: int | None = Field(None, le=MAX_NEIGHBOURS,
+        description="with n2: the (n1, n2) pair of the headline value (default: last ladder step)")
+    n2: int | None = Field(None, le=MAX_NEIGHBOURS, description="with n1: the (n1, n2) pair of the headline value")
     ci_level: float = Field(0.95, description="level of the normal interval value ± z·err")
-    memory_budget_mb: int = Field(1024, ge=16, description="memory the neighbour search may use")
+    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB,
+        description="memory the neighbour search may use")
 
     @model_validator(mode="after")
     def _cross_check(self) -> "GrideParams":

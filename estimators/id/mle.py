@@ -40,6 +40,7 @@ import torch
 from pydantic import Field, model_validator
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
+from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_NEIGHBOURS, MAX_SEED, MAX_SUBSAMPLE  # parameter bounds
 from estimators.id._common import dropped_warning, prepare, quantiles, to_numpy64, too_few_error
 from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
@@ -85,16 +86,20 @@ def _check_args(k: int, normalizer: str, pooling: str, k1: int | None, k2: int |
 class MLEParams(Params):
     """Params of the ``mle`` estimator (defaults = ``skdim.id.MLE()``, docs/methods.md §1.1)."""
 
-    k: int = Field(20, description="neighbours per point (skdim default 20)")
+    k: int = Field(20, le=MAX_NEIGHBOURS, description="neighbours per point (skdim default 20)")
     normalizer: Normalizer = Field("k-1", description="'k-1' (skdim, Levina–Bickel) or 'k-2' (Pope/Konz)")
     pooling: Pooling = Field("mg", description="'mg' = MacKay–Ghahramani (1/mean of inverses), 'mean', 'median'")
-    k1: int | None = Field(None, description="with k2: average the estimate over k = k1..k2 (Levina–Bickel)")
-    k2: int | None = Field(None, description="with k1: average the estimate over k = k1..k2 (Levina–Bickel)")
+    k1: int | None = Field(None, le=MAX_NEIGHBOURS,
+        description="with k2: average the estimate over k = k1..k2 (Levina–Bickel)")
+    k2: int | None = Field(None, le=MAX_NEIGHBOURS,
+        description="with k1: average the estimate over k = k1..k2 (Levina–Bickel)")
     anchors: int | float | None = Field(
-        None, description="query only a seeded subset against all points: a count (int) or a fraction (float)"
+        None, le=MAX_SUBSAMPLE,
+        description="query only a seeded subset against all points: a count (int) or a fraction (float)"
     )
-    seed: int = Field(0, description="seed of the anchor subsample")
-    memory_budget_mb: int = Field(1024, ge=16, description="memory the neighbour search may use")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the anchor subsample")
+    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB,
+        description="memory the neighbour search may use")
 
     @model_validator(mode="after")
     def _cross_check(self) -> "MLEParams":

@@ -46,6 +46,7 @@ import torch
 from pydantic import Field, model_validator
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
+from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_SEED  # parameter bounds
 from estimators.id._common import dropped_warning, prepare, quantiles, to_numpy64, too_few_error
 from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
@@ -87,12 +88,13 @@ class TwoNNParams(Params):
     variant: Variant = Field("ls", description="'ls' (skdim LS fit), 'ml' (censored ML, exact CI) or 'bayes' (Gamma prior)")
     discard_fraction: float = Field(0.1, description="fraction of the largest ratios μ discarded (ls) or censored (ml/bayes)")
     decimation: bool = Field(True, description="also estimate on random N/2, N/4, … subsets (scale plot)")
-    decimation_repeats: int = Field(8, description="subsets per decimation level (at most)")
+    decimation_repeats: int = Field(8, le=1000, description="subsets per decimation level (at most)")
     ci_level: float = Field(0.95, description="level of the ml/bayes interval")
     prior_alpha: float = Field(2.0, description="Gamma prior shape (bayes; DADApy 2)")
     prior_beta: float = Field(5.0, description="Gamma prior rate (bayes; DADApy 5)")
-    seed: int = Field(0, description="seed of the decimation subsets")
-    memory_budget_mb: int = Field(1024, ge=16, description="memory the neighbour search may use")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the decimation subsets")
+    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB,
+        description="memory the neighbour search may use")
 
     @model_validator(mode="after")
     def _cross_check(self) -> "TwoNNParams":

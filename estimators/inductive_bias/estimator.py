@@ -45,6 +45,7 @@ import torch
 from pydantic import Field
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
+from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_NEIGHBOURS, MAX_SEED, MAX_SUBSAMPLE  # parameter bounds
 from estimators.inductive_bias.closed_form import classification_bits
 from estimators.knn.pairs import exact_interclass
 from estimators.validation import as_labelled
@@ -65,27 +66,29 @@ class InductiveBiasParams(Params):
     n: float | None = Field(None, gt=0.0, description="override: number of training samples")
     n_classes: int | None = Field(None, ge=2, description="override: number of classes C")
     # how the inputs are derived
-    id_k: int = Field(5, ge=3, description="k of the MLE intrinsic dimension (the authors use 5)")
-    id_anchors: int = Field(10000, ge=1, description="anchor points of the MLE (the authors use 10,000)")
+    id_k: int = Field(5, ge=3, le=MAX_NEIGHBOURS, description="k of the MLE intrinsic dimension (the authors use 5)")
+    id_anchors: int = Field(10000, ge=1, le=MAX_SUBSAMPLE,
+        description="anchor points of the MLE (the authors use 10,000)")
     delta_method: Literal["exact", "sample", "evt"] = Field("exact", description="how δ is estimated")
-    delta_sample_size: int = Field(30000, ge=2, description="delta_method='sample': subsample size")
+    delta_sample_size: int = Field(30000, ge=2, le=1_000_000, description="delta_method='sample': subsample size")
     delta_min_distance: float = Field(1.0, ge=0.0, description="delta_method='sample': ignore distances below this")
-    evt_pairs: int = Field(4_000_000, ge=100, description="delta_method='evt': random different-label pairs")
-    evt_k: int = Field(2000, ge=2, description="delta_method='evt': order statistics used")
-    seed: int = Field(0, description="seed of every subsample, split and sample")
+    evt_pairs: int = Field(4_000_000, ge=100, le=MAX_SUBSAMPLE,
+        description="delta_method='evt': random different-label pairs")
+    evt_k: int = Field(2000, ge=2, le=1_000_000, description="delta_method='evt': order statistics used")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of every subsample, split and sample")
     # sampled mode
     space: Literal["kernel", "mlp"] = Field("kernel", description="sampled: hypothesis space")
-    n_train: int = Field(500, ge=2, description="sampled: training points")
-    n_test: int = Field(200, ge=1, description="sampled: test points")
+    n_train: int = Field(500, ge=2, le=10_000, description="sampled: training points")
+    n_test: int = Field(200, ge=1, le=10_000, description="sampled: test points")
     kernel_sigma: float = Field(1.0, gt=0.0, description="sampled kernel: RBF length scale σ (the paper: 1)")
     n_samples: int = Field(10000, ge=10, le=1_000_000, description="sampled kernel: GP functions drawn")
     mlp_trials: int = Field(100, ge=10, le=100_000, description="sampled mlp: independently trained nets")
-    mlp_width: int = Field(32, ge=1, description="sampled mlp: hidden width")
+    mlp_width: int = Field(32, ge=1, le=4096, description="sampled mlp: hidden width")
     mlp_depth: int = Field(2, ge=1, le=16, description="sampled mlp: hidden layers")
-    mlp_epochs: int = Field(50, ge=1, description="sampled mlp: training epochs")
-    mlp_batch_size: int = Field(64, ge=1, description="sampled mlp: batch size")
+    mlp_epochs: int = Field(50, ge=1, le=10_000, description="sampled mlp: training epochs")
+    mlp_batch_size: int = Field(64, ge=1, le=1_000_000, description="sampled mlp: batch size")
     mlp_lr: float = Field(1e-3, gt=0.0, description="sampled mlp: Adam learning rate")
-    memory_budget_mb: int = Field(1024, ge=16, description="memory the pair search may use")
+    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB, description="memory the pair search may use")
 
 
 def _mle_m(X: torch.Tensor, p: InductiveBiasParams, device, progress: ProgressFn) -> tuple[float, dict]:

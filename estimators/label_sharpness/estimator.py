@@ -48,6 +48,7 @@ from pydantic import Field
 from estimators.validation import as_labelled
 from estimators.knn.pairs import exact_interclass, interclass_min
 from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
+from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_SEED  # parameter bounds
 from estimators.registry import register
 
 VERSION = "1.0.0"
@@ -64,14 +65,14 @@ class LabelSharpnessParams(Params):
     mode: Literal["exact", "paper"] = Field(
         "exact", description="'exact': all N² pairs; 'paper': Konz & Mazurowski's random subsample of m points"
     )
-    m: int = Field(1000, ge=2, description="paper mode: subsample size (the paper uses 1000)")
-    seed: int = Field(0, description="paper mode: seed of the subsample and the bootstrap")
+    m: int = Field(1000, ge=2, le=100_000, description="paper mode: subsample size (the paper uses 1000)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="paper mode: seed of the subsample and the bootstrap")
     stratify: bool = Field(False, description="paper mode: stratified subsample (the paper's is not stratified)")
     n_bootstrap: int = Field(200, ge=0, le=10000, description="paper mode: bootstrap resamples for the CI (0: none)")
     ci_level: float = Field(0.95, gt=0.0, lt=1.0, description="paper mode: confidence level of the bootstrap CI")
     top_pairs: int = Field(10, ge=1, le=1000, description="how many closest differently labelled pairs to list")
     prune_dims: int = Field(64, ge=1, le=1024, description="exact mode: principal directions of the pruning bound")
-    memory_budget_mb: int = Field(1024, ge=16, description="memory the pair search may use")
+    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB, description="memory the pair search may use")
 
 
 # --- input checks and duplicates -------------------------------------------------------------------------------

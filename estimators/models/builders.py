@@ -146,6 +146,10 @@ def build_model(spec: Any, input_shape: Sequence[int], n_classes: int, *, seed: 
     """Build the network of ``spec`` for per-sample ``input_shape`` and ``n_classes`` outputs, initialised from
     ``seed`` (the global RNG is left untouched)."""
     spec = parse_model_spec(spec)
+    if spec.arch == "pretrained":  # a pretrained encoder + new head (estimators/models/text_classifier.py)
+        from estimators.models.text_classifier import build_text_classifier
+
+        return build_text_classifier(spec, n_classes, seed=seed, input_shape=input_shape)
     if n_classes < 1:
         raise EstimatorError(f"n_classes must be ≥ 1, got {n_classes}")
     if not input_shape or any(int(s) < 1 for s in input_shape):
@@ -153,3 +157,71 @@ def build_model(spec: Any, input_shape: Sequence[int], n_classes: int, *, seed: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return _BUILDERS[spec.arch](spec, tuple(int(s) for s in input_shape), int(n_classes))
+
+
+# ------------------------------------------------------------------------------ size before building
+
+
+def spec_param_count(spec: Any, input_shape: Sequence[int], n_classes: int) -> int:
+    """D of the network :func:`build_model` would build, computed from the spec alone (Python ints: exact at any
+    size, and nothing is allocated), so a too-large spec is refused before a single tensor exists.
+
+    >>> spec_param_count({"arch": "mlp", "hidden": [200, 200]}, (784,), 10)
+    199210
+    >>> spec_param_count({"arch": "mlp", "hidden": [65536] * 64}, (1000,), 10) > 2 * 10**11
+    True
+    """
+    spec = parse_model_spec(spec)
+    n = int(n_classes)
+    if n < 1:
+        raise EstimatorError(f"n_classes must be ≥ 1, got {n_classes}")
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise EstimatorError(f"bad input shape {shape}; expected (D,) or (C, H, W)")
+
+    def linear(i: int, o: int) -> int:
+        return i * o + o
+
+    if isinstance(spec, MLPSpec):
+        width, total = math.prod(shape), 0
+        for h in spec.hidden:
+            total, width = total + linear(width, h), h
+        return total + linear(width, n)
+    if isinstance(spec, LeNetSpec):
+        C, H, W = _image_shape(shape, "lenet")
+        h, w = ((H - 4) // 2 - 4) // 2, ((W - 4) // 2 - 4) // 2
+        if h < 1 or w < 1:
+            raise EstimatorError(f"lenet needs images of at least 16×16, got {H}×{W}; use {{\"arch\": \"cnn\"}}")
+        return (C * 6 * 25 + 6) + (6 * 16 * 25 + 16) + linear(16 * h * w, 120) + linear(120, 84) + linear(84, n)
+    if isinstance(spec, CNNSpec):
+        C, H, W = _image_shape(shape, "cnn")
+        k, total = spec.kernel_size, 0
+        for c in spec.channels:
+            total += C * c * k * k + c
+            if H >= 2 and W >= 2:
+                H, W = H // 2, W // 2
+            C = c
+        width = C * H * W
+        for h in spec.hidden:
+            total, width = total + linear(width, h), h
+        return total + linear(width, n)
+    if isinstance(spec, ResNetSpec):
+        C, _, _ = _image_shape(shape, "resnet")
+        blocks = ([1, 1, 1, 1] if spec.depth == 10 else [2, 2, 2, 2]) if spec.depth in (10, 18) \
+            else [(spec.depth - 2) // 6] * 3
+        widths = [spec.width * 2**i for i in range(len(blocks))]
+        group = spec.norm == "group"
+
+        def conv(i: int, o: int, k: int) -> int:  # bias only without normalisation; GroupNorm adds 2 per channel
+            return i * o * k * k + (2 * o if group else o)
+
+        total, cin = conv(C, widths[0], 3), widths[0]
+        for stage, (nb, w) in enumerate(zip(blocks, widths)):
+            for b in range(nb):
+                stride = 2 if (b == 0 and stage > 0) else 1
+                total += conv(cin, w, 3) + conv(w, w, 3)
+                if stride != 1 or cin != w:
+                    total += conv(cin, w, 1)
+                cin = w
+        return total + linear(cin, n)
+    raise EstimatorError(f"unknown architecture {spec.arch!r}")  # pragma: no cover - the spec union is closed

@@ -6,6 +6,7 @@ Examples::
     {"arch": "lenet"}
     {"arch": "cnn", "channels": [16, 32]}
     {"arch": "resnet", "depth": 8}
+    {"arch": "pretrained", "source": "minilm"}
 
 each optionally with ``"train": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128,
 "weight_decay": 0}``. :func:`parse_model_spec` turns a dict into one of the typed specs below; the ``arch`` key
@@ -27,7 +28,7 @@ Activation = Literal["relu", "tanh", "gelu", "sigmoid", "elu", "leaky_relu"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TrainSpec(_Strict):
@@ -110,14 +111,49 @@ class ResNetSpec(_Strict):
         raise ValueError("resnet depth must be 6n+2 (8, 14, 20, 26, 32, …) or 10/18")
 
 
-ModelSpec = Annotated[Union[MLPSpec, LeNetSpec, CNNSpec, ResNetSpec], Field(discriminator="arch")]
-ARCHITECTURES = ("mlp", "lenet", "cnn", "resnet")
+class PretrainedSpec(_Strict):
+    """A pretrained text encoder plus a new linear classification head (DESIGN §7; METHODS §4.5, issue 16).
+
+    ``source``: ``"minilm"`` (the packaged all-MiniLM-L6-v2) or ``"local"`` with ``path`` the directory of an
+    uploaded Hugging Face-style model (the service sets ``path`` after resolving an upload; a spec submitted by a
+    user must not carry a path of its own). The input X is the (N, L) token-id matrix of
+    :func:`estimators.text.tokenize_texts`. The head reads the ``pooling`` of the last hidden states.
+    ``train_blocks``: ``None`` trains (and projects into) every weight; L trains only the last L transformer
+    blocks and the head, the embeddings and earlier blocks staying at their pretrained values. Dropout is off
+    (the encoder stays in eval mode), so θ₀ + Pθ_d fully determines the network.
+    """
+
+    arch: Literal["pretrained"] = "pretrained"
+    source: Literal["minilm", "local"] = "minilm"
+    path: str | None = Field(None, description="directory of an uploaded model (source='local'); set by the service")
+    train_blocks: int | None = Field(None, ge=0, le=1024, description="None: all weights; L: last L blocks + head")
+    max_length: int = Field(128, ge=2, le=4096, description="tokens per text (longer texts are truncated)")
+    pooling: Literal["mean", "cls"] = "mean"
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="'random': the same architecture freshly initialised (fixed seed 2021), the control of Aghajanyan et al."
+    )
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("path must be a directory")
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        if (self.source == "local") != (self.path is not None):
+            raise ValueError("source='local' needs the model directory in 'path'; source='minilm' takes no path")
+
+
+ModelSpec = Annotated[Union[MLPSpec, LeNetSpec, CNNSpec, ResNetSpec, PretrainedSpec], Field(discriminator="arch")]
+ARCHITECTURES = ("mlp", "lenet", "cnn", "resnet", "pretrained")
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelSpec)
 
 
-def parse_model_spec(raw: Any) -> MLPSpec | LeNetSpec | CNNSpec | ResNetSpec:
+def parse_model_spec(raw: Any) -> MLPSpec | LeNetSpec | CNNSpec | ResNetSpec | PretrainedSpec:
     """Validate a model spec (dict or an already-typed spec); raises EstimatorError naming the bad field."""
-    if isinstance(raw, (MLPSpec, LeNetSpec, CNNSpec, ResNetSpec)):
+    if isinstance(raw, (MLPSpec, LeNetSpec, CNNSpec, ResNetSpec, PretrainedSpec)):
         return raw
     if not isinstance(raw, dict):
         raise EstimatorError(

@@ -32,6 +32,7 @@ import torch
 from pydantic import Field, field_validator
 
 from estimators.base import EstimatorError, Params, ProgressFn, Result
+from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_SEED, MAX_SUBSAMPLE  # parameter bounds
 from estimators.models.builders import build_model, count_params
 from estimators.models.spec import ModelSpec, TrainSpec, _Strict, parse_model_spec
 from estimators.registry import register
@@ -61,20 +62,22 @@ class SubspaceParams(Params):
     projection: Literal["dense", "sparse", "fastfood"] = "fastfood"
     said: bool = Field(False, description="SAID (Aghajanyan et al. 2021): one trained scale λ per parameter tensor")
     seeds: int = Field(3, ge=1, le=64)
-    seed: int = Field(0, ge=0, description="base seed: init, projections, batch order and split all derive from it")
-    d_min: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+        description="base seed: init, projections, batch order and split all derive from it")
+    d_min: int = Field(10, ge=1, le=MAX_SUBSAMPLE)
     grid_factor: float = Field(2.0, gt=1.0, le=100.0)
     bisect_steps: int = Field(3, ge=0, le=30)
-    max_d: int | None = Field(None, ge=1, description="largest d tried; default D")
+    max_d: int | None = Field(None, ge=1, le=MAX_SUBSAMPLE, description="largest d tried; default D")
     threshold: float = Field(0.9, gt=0.0, le=1.0)
     baseline: Literal["individual", "global"] = "individual"
     baseline_value: float = Field(1.0, gt=0.0, le=1.0, description="the baseline when baseline='global'")
     metric: Literal["val_accuracy", "train_accuracy"] = "val_accuracy"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    max_samples: int | None = Field(None, ge=10, description="seeded subsample of the data before the split")
+    max_samples: int | None = Field(None, ge=10, le=MAX_SUBSAMPLE,
+        description="seeded subsample of the data before the split")
     train: TrainOverrides = Field(default_factory=TrainOverrides)
     n_bootstrap: int = Field(1000, ge=10, le=100_000)
-    memory_budget_mb: int = Field(2048, ge=16)
+    memory_budget_mb: int = Field(2048, ge=16, le=MAX_MEMORY_BUDGET_MB)
 
     @field_validator("model", mode="before")
     @classmethod

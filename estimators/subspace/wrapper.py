@@ -7,8 +7,11 @@ SAID:       θ_i = θ₀,i + λ_t(i)·[P·θ_{d−m}]_i,  λ ∈ R^m (one scalar
 
 The module is never mutated: its parameters are replaced at call time with ``torch.func.functional_call``. S
 independent copies (one per seed, each with its own θ₀ and its own projection) are evaluated at once with
-``torch.func.vmap``; with S = 1 the module is called directly, so θ_d = 0 reproduces the module's outputs bit for
-bit. Modules whose buffers change in training (BatchNorm running stats) are not supported with S > 1; the model
+``torch.func.vmap`` (or one call per seed when the module sets ``vmap_safe = False``, as the pretrained text
+classifier does); with S = 1 the module is called directly, so θ_d = 0 reproduces the module's outputs bit for
+bit. Only parameters with ``requires_grad`` on are reparameterised (D counts those); the others stay at the
+module's own values, which every seed must share (a pretrained encoder frozen below its last blocks). Modules whose
+buffers change in training (BatchNorm running stats) are not supported with S > 1; the model
 builders use GroupNorm for that reason.
 
 Example::
@@ -33,6 +36,18 @@ from estimators.base import EstimatorError
 from estimators.subspace.projections import Projection
 
 
+def trainable_names(module: nn.Module) -> list[str]:
+    """Names of the parameters that subspace training reparameterises: those with ``requires_grad`` on (all of
+    them for a spec model; a pretrained classifier with ``train_blocks`` freezes the rest at θ₀)."""
+    return [n for n, p in module.named_parameters() if p.requires_grad]
+
+
+def subspace_size(module: nn.Module) -> tuple[int, int]:
+    """(D, m) of the subspace parameterisation of ``module``: trainable numbers and trainable tensors (SAID's m)."""
+    ps = [p for p in module.parameters() if p.requires_grad]
+    return int(sum(p.numel() for p in ps)), len(ps)
+
+
 class _FlatModel(nn.Module):
     """Common part: S flat parameter vectors (S, D) → per-tensor views → functional_call on one skeleton."""
 
@@ -40,21 +55,30 @@ class _FlatModel(nn.Module):
         super().__init__()
         if not modules:
             raise EstimatorError("need at least one module")
-        names = [n for n, _ in modules[0].named_parameters()]
+        names = trainable_names(modules[0])
+        all_names = [n for n, _ in modules[0].named_parameters()]
+        if not names:
+            raise EstimatorError("the module has no trainable parameters (every requires_grad is off)")
+        frozen0 = {n: p for n, p in modules[0].named_parameters() if not p.requires_grad}
         for m in modules[1:]:
-            if [n for n, _ in m.named_parameters()] != names:
-                raise EstimatorError("all seeds' modules must have the same architecture")
+            if [n for n, _ in m.named_parameters()] != all_names or trainable_names(m) != names:
+                raise EstimatorError("all seeds' modules must have the same architecture and trainable subset")
+            for n, p in m.named_parameters():
+                # frozen weights live once, in the skeleton: every seed must share them (pretrained θ₀)
+                if not p.requires_grad and not torch.equal(p, frozen0[n]):
+                    raise EstimatorError(f"frozen parameter {n} differs between seeds; only trained ones may")
         skeleton = copy.deepcopy(modules[0])
         for p in skeleton.parameters():
             p.requires_grad_(False)
         self.net = skeleton
         self.names = names
-        self.shapes = [tuple(p.shape) for _, p in modules[0].named_parameters()]
-        self.sizes = [int(p.numel()) for _, p in modules[0].named_parameters()]
+        params0 = dict(modules[0].named_parameters())
+        self.shapes = [tuple(params0[n].shape) for n in names]
+        self.sizes = [int(params0[n].numel()) for n in names]
         self.D = int(sum(self.sizes))
         self.n_seeds = len(modules)
         theta0 = torch.stack(
-            [torch.cat([p.detach().reshape(-1) for _, p in m.named_parameters()]) for m in modules]
+            [torch.cat([p.detach().reshape(-1) for n, p in m.named_parameters() if p.requires_grad]) for m in modules]
         )
         self.register_buffer("theta0", theta0)
 
@@ -76,6 +100,13 @@ class _FlatModel(nn.Module):
         if self.n_seeds == 1:
             xb = x if shared_input else x[0]
             return functional_call(self.net, {k: v[0] for k, v in params.items()}, (xb,), strict=False).unsqueeze(0)
+        if not getattr(self.net, "vmap_safe", True):
+            # modules with data-dependent control flow (transformers' mask helpers) cannot be vmapped: one call
+            # per seed, stacked — the same arithmetic as vmap, just not fused
+            return torch.stack([
+                functional_call(self.net, {k: v[s] for k, v in params.items()}, (x if shared_input else x[s],), strict=False)
+                for s in range(self.n_seeds)
+            ])
         fn = lambda p, xb: functional_call(self.net, p, (xb,), strict=False)  # noqa: E731
         return vmap(fn, in_dims=(0, None if shared_input else 0))(params, x)
 
@@ -129,8 +160,8 @@ class SubspaceModel(_FlatModel):
 
     @staticmethod
     def n_scalars(module: nn.Module) -> int:
-        """m for SAID: the number of parameter tensors (each gets one λ)."""
-        return sum(1 for _ in module.parameters())
+        """m for SAID: the number of trainable parameter tensors (each gets one λ)."""
+        return subspace_size(module)[1]
 
     def offset(self) -> Tensor:
         """θ − θ₀, shape (S, D)."""

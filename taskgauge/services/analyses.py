@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from taskgauge import db
 from taskgauge.context import Context
 from taskgauge.errors import Conflict, ServiceUnavailable, problem
-from taskgauge.pipeline import DataFacts, validate_requests
+from taskgauge.pipeline import DataFacts, Limits, validate_requests
 from taskgauge.services import get_owned, page
 from taskgauge.services.datasets import get_dataset, get_model_spec
 
@@ -41,11 +41,14 @@ def list_analyses(session: Session, owner_id: str, *, dataset_id: str | None, st
     return page(session, q, (A.created_at.desc(), A.id), limit=limit, offset=offset)
 
 
-def check_requests(requests: dict[str, Any] | None, dataset: db.Dataset, spec: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate estimator names and params against the registry and the dataset row (labels, sample count)
-    without loading the data; returns the normalised request ``{name: params}``."""
-    facts = DataFacts(has_labels=dataset.n_classes is not None, n_samples=dataset.n_samples)
-    return validate_requests(requests, facts, model_spec=spec)
+def check_requests(requests: dict[str, Any] | None, dataset: db.Dataset, spec: dict[str, Any] | None,
+                   limits: Limits | None = None) -> dict[str, Any]:
+    """Validate estimator names and params against the registry and the dataset row (labels, sample count, the
+    size of the model on its shape) without loading the data; returns the normalised request ``{name: params}``."""
+    shape = list(dataset.shape or [])
+    facts = DataFacts(has_labels=dataset.n_classes is not None, n_samples=dataset.n_samples,
+                      input_shape=tuple(int(s) for s in shape[1:]) or None, n_classes=dataset.n_classes)
+    return validate_requests(requests, facts, model_spec=spec, limits=limits)
 
 
 def new_analysis(*, owner_id: str, dataset_id: str, requests: dict[str, Any], model_spec_id: str | None,
@@ -83,11 +86,15 @@ def enqueue(ctx: Context, rows: Iterable[db.Analysis]) -> None:
 def create_analysis(ctx: Context, owner_id: str, *, dataset_id: str, estimators: dict[str, Any] | None,
                     model_spec_id: str | None, device: str = "auto") -> db.Analysis:
     """Validate, store (``queued``) and enqueue an analysis; enqueued only after the commit."""
+    from taskgauge.services.quotas import check_active_analyses
+
     with ctx.sessions() as s, s.begin():
         dataset = get_dataset(s, owner_id, dataset_id)
+        check_active_analyses(s, owner_id, ctx.settings)
         spec = get_model_spec(s, owner_id, model_spec_id).spec if model_spec_id else None
         row = new_analysis(owner_id=owner_id, dataset_id=dataset.id, model_spec_id=model_spec_id,
-                           requests=check_requests(estimators, dataset, spec), device=device)
+                           requests=check_requests(estimators, dataset, spec, Limits.from_settings(ctx.settings)),
+                           device=device)
         s.add(row)
     enqueue(ctx, [row])
     return row

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from estimators.base import ProgressFn, no_progress
+
 from taskgauge import db
-from taskgauge.blobs import BlobStore, deterministic_npz
+from taskgauge.blobs import BlobStore, StagedBlob
 from taskgauge.context import Context
-from taskgauge.datasets.canonical import CanonicalDataset
+from taskgauge.datasets.canonical import CanonicalDataset, read_sample, write_canonical
 from taskgauge.errors import InvalidInput, NotFound
 from taskgauge.services import get_owned, page
+
+if TYPE_CHECKING:
+    from taskgauge.datasets.ingest import IngestOptions
 
 log = logging.getLogger("taskgauge.services")
 
@@ -28,28 +34,70 @@ def list_datasets(session: Session, owner_id: str, *, limit: int, offset: int) -
                 limit=limit, offset=offset)
 
 
+def ingest_and_store(ctx: Context, owner_id: str, upload_path: Path, options: IngestOptions, *, name: str,
+                     filename: str, sha256: str, size: int) -> db.Dataset:
+    """Parse an uploaded file in a memory-limited subprocess (:mod:`taskgauge.datasets.ingest.isolated`) that
+    streams the canonical ``.npz`` into a temp file of the blob store, then publish it with the dataset row
+    (:func:`store_staged`). This process holds only the summary, never the data. Raises ``IngestError``."""
+    from taskgauge.datasets.ingest.isolated import ingest_isolated
+
+    part = ctx.blobs.new_part()
+    try:
+        summary = ingest_isolated(upload_path, filename, options, part.path,
+                                  memory_bytes=ctx.settings.ingest_memory_bytes,
+                                  timeout_s=ctx.settings.INGEST_TIMEOUT_S)
+        staged = ctx.blobs.stage_file(part)
+    except BaseException:
+        part.path.unlink(missing_ok=True)
+        part.release()
+        raise
+    log.info("ingested %s: shape %s %s, child peak RSS %.0f MB", filename, summary.shape, summary.dtype,
+             summary.child_peak_rss / 2**20)
+    return store_staged(ctx, owner_id, staged, name=name, filename=filename[:300], sha256=sha256, size=size,
+                        n_samples=summary.n_samples, shape=summary.shape, n_classes=summary.n_classes,
+                        classes=summary.classes, meta=summary.meta)
+
+
 def store_dataset(ctx: Context, owner_id: str, data: CanonicalDataset, *, name: str, filename: str,
                   sha256: str, size: int) -> db.Dataset:
-    """Publish the canonical blob and write the dataset row in one transaction: both exist or neither.
+    """Store a dataset already in memory (tests, tools): its canonical file is streamed to a staged temp file."""
+    part = ctx.blobs.new_part()
+    try:
+        write_canonical(part.path, data)
+        staged = ctx.blobs.stage_file(part)
+    except BaseException:
+        part.path.unlink(missing_ok=True)
+        part.release()
+        raise
+    return store_staged(ctx, owner_id, staged, name=name, filename=filename, sha256=sha256, size=size,
+                        n_samples=data.n_samples, shape=list(data.X.shape), n_classes=data.n_classes,
+                        classes=data.classes, meta=data.meta)
+
+
+def store_staged(ctx: Context, owner_id: str, staged: StagedBlob, *, name: str, filename: str, sha256: str,
+                 size: int, n_samples: int, shape: list[int], n_classes: int | None, classes: list[str] | None,
+                 meta: dict[str, Any]) -> db.Dataset:
+    """Publish the staged canonical blob and write the dataset row in one transaction: both exist or neither.
 
     The blob row is upserted first (``ON CONFLICT DO UPDATE`` row-locks it, so a concurrent delete of the last
     dataset using the same blob waits); the file is then renamed into place if missing; the dataset row is
     inserted; commit. If anything fails after the file was created by this call and no blob row survives, the
     file is removed again.
     """
-    payload = deterministic_npz(data.to_bytes())
-    staged = ctx.blobs.stage(payload)
     created_file = False
     try:
         with ctx.sessions() as s, s.begin():
+            from taskgauge.services.quotas import check_storage
+
+            check_storage(s, owner_id, ctx.settings, size)
             s.execute(db.upsert_touch(db.Blob.__table__, s.get_bind().dialect.name,
                                       {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
                                       ["sha256"], "size"))
             created_file = ctx.blobs.publish(staged)
             row = db.Dataset(
                 id=db.new_id(), owner_id=owner_id, name=name, filename=filename, sha256=sha256,
-                size_bytes=size, blob_sha256=staged.sha256, n_samples=data.n_samples, shape=list(data.X.shape),
-                n_classes=data.n_classes, classes=data.classes, meta=data.meta, created_at=db.utcnow(),
+                size_bytes=size, blob_sha256=staged.sha256, n_samples=n_samples, shape=list(shape),
+                n_classes=n_classes, classes=classes, meta=meta, created_at=db.utcnow(),
             )
             s.add(row)
         return row
@@ -79,14 +127,20 @@ def _gc_blob(ctx: Context, sha256: str) -> None:
 def delete_dataset(ctx: Context, owner_id: str, dataset_id: str) -> None:
     with ctx.sessions() as s, s.begin():
         row = get_dataset(s, owner_id, dataset_id)
-        sha = row.blob_sha256
+        sha, derived = row.blob_sha256, derived_blobs(row)
         s.execute(select(db.Blob).where(db.Blob.sha256 == sha).with_for_update())
         s.execute(delete(db.Dataset).where(db.Dataset.id == row.id))
-    _gc_blob(ctx, sha)
+    for blob in (sha, *derived):  # a cache another dataset of the same texts listed is simply recomputed
+        _gc_blob(ctx, blob)
 
 
 def load_dataset(blobs: BlobStore, dataset: db.Dataset) -> CanonicalDataset:
-    return CanonicalDataset.from_bytes(blobs.read(dataset.blob_sha256))
+    """The stored dataset, read from its blob file (no extra bytes copy); its ``meta`` is the row's (the blob,
+    shared by every upload of the same data, does not hold the file name)."""
+    data = CanonicalDataset.load(blobs.path(dataset.blob_sha256))
+    if dataset.meta:
+        data.meta = dict(dataset.meta)
+    return data
 
 
 def sample_png(session: Session, blobs: BlobStore, owner_id: str, dataset_id: str, index: int, *,
@@ -104,11 +158,11 @@ def sample_png(session: Session, blobs: BlobStore, owner_id: str, dataset_id: st
     ds = get_dataset(session, owner_id, dataset_id)
     shape = list(ds.shape or [])
     if len(shape) != 4 or shape[1] not in (1, 3):
-        raise InvalidInput(f"dataset {dataset_id} is not an image dataset (shape {shape}); no thumbnails")
+        raise InvalidInput(f"dataset {ds.id} is not an image dataset (shape {shape}); no thumbnails")
     if not 0 <= index < shape[0]:
         raise NotFound(f"sample {index} does not exist; indices run from 0 to {shape[0] - 1}")
-    data = load_dataset(blobs, ds)
-    x = np.asarray(data.X[index], dtype=np.float64)
+    row, _ = read_sample(blobs.path(ds.blob_sha256), index)  # this row's bytes only, never the whole dataset
+    x = np.asarray(row, dtype=np.float64)
     lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
     x = np.zeros_like(x) if hi <= lo else (x - lo) / (hi - lo)
     img = (np.nan_to_num(x) * 255).round().astype(np.uint8)
@@ -146,3 +200,60 @@ def get_model_spec(session: Session, owner_id: str, spec_id: str) -> db.ModelSpe
 def list_model_specs(session: Session, owner_id: str) -> list[db.ModelSpec]:
     M = db.ModelSpec
     return list(session.scalars(select(M).where(M.owner_id == owner_id).order_by(M.created_at.desc())))
+
+
+def embedded(ctx: Context, dataset: db.Dataset, data: CanonicalDataset, *, device: str = "cpu",
+             progress: ProgressFn = no_progress) -> CanonicalDataset:
+    """A text dataset's embedded form, computed once per (dataset, model) and cached as a derived blob: the
+    dataset row's ``meta["embeddings"][model]`` names it, and it is deleted with the dataset. Any other dataset is
+    returned as it is."""
+    from taskgauge.datasets.texts import DEFAULT_MODEL, embed_dataset, model_key
+
+    if not data.needs_embedding:
+        return data
+    key = model_key(DEFAULT_MODEL)
+    sha = ((dataset.meta or {}).get("embeddings") or {}).get(key)
+    if sha and ctx.blobs.exists(sha):
+        return CanonicalDataset.from_bytes(ctx.blobs.read(sha))
+    out = embed_dataset(data, DEFAULT_MODEL, device=device, progress=progress)
+    staged = ctx.blobs.stage(out.to_bytes())
+    try:
+        with ctx.sessions() as s, s.begin():
+            s.execute(db.upsert_touch(db.Blob.__table__, s.get_bind().dialect.name,
+                                      {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
+                                      ["sha256"], "size"))
+            ctx.blobs.publish(staged)
+            row = s.get(db.Dataset, dataset.id, with_for_update=True)
+            if row is not None:
+                meta = dict(row.meta or {})
+                meta["embeddings"] = {**(meta.get("embeddings") or {}), key: staged.sha256}
+                row.meta = meta
+    except BaseException:
+        ctx.blobs.discard(staged)
+        raise
+    return out
+
+
+def derived_blobs(dataset: db.Dataset) -> list[str]:
+    """The cached embeddings of a dataset (blobs that belong to it alone)."""
+    return list(((dataset.meta or {}).get("embeddings") or {}).values())
+
+
+#: most texts one request returns, and the most characters of each (the dashboard shows examples and pairs)
+MAX_TEXTS, MAX_TEXT_CHARS = 50, 2000
+
+
+def read_texts(session: Session, blobs: BlobStore, owner_id: str, dataset_id: str,
+               indices: list[int]) -> list[dict[str, Any]]:
+    """Some texts of a text dataset, by index (each cut at ``MAX_TEXT_CHARS``), e.g. the two sides of a K_F pair."""
+    ds = get_dataset(session, owner_id, dataset_id)
+    if (ds.meta or {}).get("kind") != "text":
+        raise InvalidInput(f"dataset {dataset_id} is not a text dataset; it has no texts")
+    if not indices or len(indices) > MAX_TEXTS:
+        raise InvalidInput(f"ask for between 1 and {MAX_TEXTS} indices, e.g. ?indices=0,1,2")
+    bad = [i for i in indices if not 0 <= i < ds.n_samples]
+    if bad:
+        raise NotFound(f"sample {bad[0]} does not exist; indices run from 0 to {ds.n_samples - 1}")
+    texts = load_dataset(blobs, ds).texts or []
+    return [{"index": i, "text": texts[i][:MAX_TEXT_CHARS], "truncated": len(texts[i]) > MAX_TEXT_CHARS}
+            for i in indices]

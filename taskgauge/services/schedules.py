@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -48,8 +48,14 @@ def check_timezone(tz: str) -> ZoneInfo:
         raise ScheduleError(f"unknown time zone {str(tz)[:80]!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
 
 
+MAX_CRON_CHARS = 100  # the column's width; both backends refuse longer expressions the same way
+
+
 def check_cron(expr: str) -> str:
     expr = " ".join(str(expr).split())
+    if len(expr) > MAX_CRON_CHARS or "\x00" in expr:
+        raise ScheduleError(f"cron expression too long ({len(expr)} characters, at most {MAX_CRON_CHARS}) or with a "
+                            "NUL character; write 5 fields 'minute hour day month weekday' such as '0 3 * * *'")
     if len(expr.split()) not in (5, 6) or not croniter.is_valid(expr):
         raise ScheduleError(
             f"invalid cron expression {expr!r}; write 5 fields 'minute hour day month weekday' "
@@ -63,22 +69,54 @@ def next_run(expr: str, tz: str, after: datetime) -> datetime:
     zone = check_timezone(tz)
     if after.tzinfo is None:
         after = after.replace(tzinfo=timezone.utc)
-    nxt = croniter(check_cron(expr), after.astimezone(zone)).get_next(datetime)
+    try:
+        nxt = croniter(check_cron(expr), after.astimezone(zone)).get_next(datetime)
+    except (CroniterBadDateError, CroniterBadCronError):
+        raise ScheduleError(f"cron expression {expr!r} never fires (no such date, e.g. 30 February); "
+                            "pick a day that exists in the month, e.g. '0 0 28 2 *'") from None
     return nxt.astimezone(timezone.utc)
+
+
+def check_interval(expr: str, tz: str, after: datetime, min_seconds: float, occurrences: int = 25) -> None:
+    """Refuse a schedule that would fire more often than every ``min_seconds`` (the smallest gap among its next
+    ``occurrences`` due times; also catches '0,1 3 * * *')."""
+    if min_seconds <= 0:
+        return
+    zone = check_timezone(tz)
+    it = croniter(check_cron(expr), after.astimezone(zone))
+    try:
+        times = [it.get_next(datetime) for _ in range(occurrences)]
+    except (CroniterBadDateError, CroniterBadCronError):
+        next_run(expr, tz, after)  # raises the "never fires" error
+        return
+    gap = min((b - a).total_seconds() for a, b in zip(times, times[1:]))
+    if gap < min_seconds:
+        raise ScheduleError(
+            f"cron expression {expr!r} fires every {gap:g} s at times; schedules may fire at most once every "
+            f"{min_seconds:g} s (TASKGAUGE_MIN_SCHEDULE_INTERVAL_S), e.g. '*/5 * * * *' for every 5 minutes"
+        )
 
 
 def create_schedule(
     session: Session, owner_id: str, *, dataset_id: str, cron: str, timezone: str = "UTC",
     estimators: Mapping[str, Any] | None = None, model_spec_id: str | None = None, now: datetime | None = None,
+    min_interval_s: float | None = None, limits: Any = None,
 ) -> db.Schedule:
     """Validate (cron, time zone, and the estimators against the dataset and model spec, as an analysis would be
     validated: now, not at 3 am) and add the schedule. Flushes only; the caller commits."""
     expr = check_cron(cron)
     check_timezone(timezone)
+    if min_interval_s is None or limits is None:
+        from taskgauge.pipeline import Limits
+        from taskgauge.settings import get_settings
+
+        min_interval_s = get_settings().MIN_SCHEDULE_INTERVAL_S if min_interval_s is None else min_interval_s
+        limits = Limits.from_settings() if limits is None else limits
+    check_interval(expr, timezone, now or db.utcnow(), min_interval_s)
     dataset = get_owned(session, db.Dataset, owner_id, dataset_id)
     spec = get_owned(session, db.ModelSpec, owner_id, model_spec_id).spec if model_spec_id else None
     try:
-        requests = check_requests(dict(estimators or {}), dataset, spec)
+        requests = check_requests(dict(estimators or {}), dataset, spec, limits)
     except EstimatorError as exc:
         raise ScheduleError(str(exc)) from None
     now = now or db.utcnow()

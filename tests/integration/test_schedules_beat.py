@@ -106,7 +106,8 @@ def _seed(session, data_dir: Path):
     session.add(ds)
     session.flush()
     sched = service.create_schedule(session, owner_id=owner.id, dataset_id=ds.id, cron=f"* * * * * */{PERIOD}",
-                                    estimators={"twonn": {"variant": "ml", "decimation": False}})
+                                    estimators={"twonn": {"variant": "ml", "decimation": False}},
+                                    min_interval_s=0)  # a seconds-level schedule, allowed in this test
     session.commit()
     return owner.id, ds.id, sched.id
 

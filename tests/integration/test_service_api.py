@@ -183,7 +183,7 @@ def test_bad_upload_is_rejected_and_leaves_nothing(svc, bob, filename, payload, 
     assert _count(svc, db.Dataset) == before_rows
     assert svc.blob_storage_contents() == before_blobs  # on S3: the bucket exactly as before
     assert list((svc.data_dir / "tmp" / "uploads").glob("*")) == []
-    assert list((svc.data_dir / "blobs" / ".tmp").glob("*")) == []
+    assert list((svc.data_dir / "blobs" / ".tmp").glob("*")) == [] and svc.blob_store().temp_files() == []
 
 
 def test_bad_analysis_requests_and_other_owners_ids(svc, alice, bob, files):

@@ -27,6 +27,7 @@ def store(request, tmp_path):
         bucket = s3_server.new_bucket(url)
         st = open_blob_store(
             f"s3://{bucket}/some/prefix",
+            cache_dir=tmp_path / "cache",
             endpoint_url=url,
             region=s3_server.REGION,
             access_key_id=s3_server.ACCESS_KEY,
@@ -75,7 +76,7 @@ def test_publish_is_idempotent_and_content_addressed(store):
     assert store.publish(again) is False  # the same bytes are stored once
     assert store.publish(other) is True
     assert store.keys() == sorted([first.sha256, other.sha256])
-    assert len(store.everything()) == 2  # no temp files or objects left over
+    assert len(store.everything()) == 2 and store.temp_files() == []  # no temp files or objects left over
     assert store.read(first.sha256) == a and store.read(other.sha256) == b
 
 
@@ -84,6 +85,7 @@ def test_discard_leaves_nothing(store):
     staged = store.stage(_payload(4))
     store.discard(staged)
     assert store.everything() == before and store.keys() == [] and not store.exists(staged.sha256)
+    assert store.temp_files() == []
     with pytest.raises(FileNotFoundError):
         store.read(staged.sha256)
 
@@ -127,6 +129,7 @@ def test_check_says_whether_the_store_can_be_used(store, tmp_path):
     if isinstance(store, S3BlobStore):
         missing = open_blob_store(
             "s3://no-such-bucket-tg/x",
+            cache_dir=tmp_path / "cache2",
             endpoint_url=store._client_kw["endpoint_url"],
             region=s3_server.REGION,
             access_key_id=s3_server.ACCESS_KEY,
@@ -137,3 +140,38 @@ def test_check_says_whether_the_store_can_be_used(store, tmp_path):
     else:
         with pytest.raises(OSError, match="missing or not writable"):
             FileBlobStore(tmp_path / "never-made").check()
+
+
+def test_s3_another_host_reads_through_its_own_verified_cache(tmp_path):
+    """Two hosts (two caches) on one bucket: the second fetches the blob once, checks it against its name, and a
+    damaged object is refused rather than read."""
+    url = s3_server.endpoint()
+    bucket = s3_server.new_bucket(url)
+
+    def host(name):
+        return open_blob_store(
+            f"s3://{bucket}/p",
+            cache_dir=tmp_path / name,
+            endpoint_url=url,
+            region=s3_server.REGION,
+            access_key_id=s3_server.ACCESS_KEY,
+            secret_access_key=s3_server.SECRET_KEY,
+        ).ensure()
+
+    a, b = host("a"), host("b")
+    data = _payload(7)
+    staged = a.stage(data)
+    assert a.publish(staged) is True and a.temp_files() == []
+    assert not b.cached(staged.sha256).exists()
+    path = b.path(staged.sha256)
+    assert path == b.cached(staged.sha256) and path.read_bytes() == data and b.read(staged.sha256) == data
+    assert b.temp_files() == []
+    a.delete(staged.sha256)  # gone from the bucket and from a's cache; b's copy is of the same content
+    assert not a.cached(staged.sha256).exists() and not a.exists(staged.sha256)
+    with pytest.raises(FileNotFoundError):
+        a.path(staged.sha256)
+    bad = hashlib.sha256(b"something else").hexdigest()
+    s3_server.client(url).put_object(Bucket=bucket, Key=a.key(bad), Body=data)  # wrong bytes under that name
+    with pytest.raises(OSError, match="corrupt"):
+        b.path(bad)
+    assert not b.cached(bad).exists() and b.temp_files() == []

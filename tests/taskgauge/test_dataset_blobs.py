@@ -59,6 +59,7 @@ def ctx(request, tmp_path):
         bucket = s3_server.new_bucket(endpoint)
         store = open_blob_store(
             f"s3://{bucket}/blobs",
+            cache_dir=tmp_path / "cache",
             endpoint_url=endpoint,
             region=s3_server.REGION,
             access_key_id=s3_server.ACCESS_KEY,

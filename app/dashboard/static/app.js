@@ -36,6 +36,8 @@
     return n;
   }
   const fmt = v => { const x = P().num(v); return v === null || v === undefined ? "—" : (isFinite(x) ? P().fmt(x) : String(v)); };
+  // Counts (samples, classes) are integers: printed exactly (1797, not "1800" as fmt's 3 significant digits).
+  const count = v => v === null || v === undefined ? "—" : String(v);
   const fmtCI = ci => Array.isArray(ci) && ci.length === 2 ? `[${fmt(ci[0])}, ${fmt(ci[1])}]` : "—";
   const when = s => s ? new Date(s).toLocaleString() : "";
   const items = page => Array.isArray(page) ? page : (page && page.items) || [];
@@ -121,18 +123,19 @@
       ds.forEach(d => tbody.append(el("tr", {},
         el("td", {}, el("input", { type: "checkbox", class: "pick", value: d.id, "aria-label": "compare " + d.name })),
         el("td", {}, el("a", { href: `/datasets/${d.id}` }, d.name)),
-        el("td", { class: "num" }, fmt(d.n_samples)), el("td", {}, (d.shape || []).join("×")),
-        el("td", { class: "num" }, fmt(d.n_classes)), el("td", {}, when(d.created_at)))));
+        el("td", { class: "num" }, count(d.n_samples)), el("td", {}, (d.shape || []).join("×")),
+        el("td", { class: "num" }, count(d.n_classes)), el("td", {}, when(d.created_at)))));
     }
     $("#upload-form").addEventListener("submit", async ev => {
       ev.preventDefault(); const f = ev.target, st = $("#up-status"), btn = $("#up-submit");
       const fd = new FormData(f); if (!fd.get("name")) fd.set("name", (f.file.files[0] || {}).name || "dataset");
       if (!fd.get("label_column")) fd.delete("label_column");
+      if (!fd.get("text_column")) fd.delete("text_column");
       btn.disabled = true; st.textContent = "Uploading…";
       try {
         const d = await api("/datasets", { method: "POST", body: fd });
         f.reset(); await load();  // refresh the list first, so the confirmation never precedes its row
-        st.innerHTML = ""; st.append("Uploaded ", el("a", { href: `/datasets/${d.id}`, id: "uploaded-link" }, d.name), ` (${fmt(d.n_samples)} samples).`);
+        st.innerHTML = ""; st.append("Uploaded ", el("a", { href: `/datasets/${d.id}`, id: "uploaded-link" }, d.name), ` (${count(d.n_samples)} samples).`);
       } catch (e) { st.textContent = ""; flash("Upload failed: " + e.message); }
       finally { btn.disabled = false; }
     });
@@ -149,7 +152,14 @@
     const id = body.dataset.id;
     const d = await api(`/datasets/${id}`);
     $("#ds-name").textContent = d.name; document.title = d.name + " · taskgauge";
-    $("#ds-meta").textContent = `${fmt(d.n_samples)} samples · shape ${(d.shape || []).join("×")} · ${d.n_classes ? d.n_classes + " classes" : "no labels"} · sha256 ${String(d.sha256 || "").slice(0, 12)}`;
+    const form = (d.meta || {}).kind === "text" ? "texts (a worker embeds them with MiniLM, 384-d, when analysed)" : `shape ${(d.shape || []).join("×")}`;
+    $("#ds-meta").textContent = `${count(d.n_samples)} samples · ${form} · ${d.n_classes ? d.n_classes + " classes" : "no labels"} · sha256 ${String(d.sha256 || "").slice(0, 12)}`;
+    if ((d.meta || {}).kind === "text") {   // a text dataset: a few of its texts
+      const box = $("#ds-texts"); box.hidden = false;
+      const n = Math.min(5, d.n_samples || 0), idx = Array.from({ length: n }, (_, k) => k);
+      if (n) api(`/datasets/${id}/texts?indices=${idx.join(",")}`).then(r => (r.items || []).forEach(t =>
+        box.append(el("blockquote", { class: "sample-text", "data-index": t.index }, t.text + (t.truncated ? " …" : ""))))).catch(() => {});
+    }
     const choices = $("#est-choices");
     KNOWN.forEach(([n, on]) => { const cb = el("input", { type: "checkbox", name: "estimator", value: n, id: "est-" + n });
       cb.checked = on && (n !== "label_sharpness" || !!d.n_classes); choices.append(el("label", { for: "est-" + n }, cb, n)); });
@@ -269,18 +279,25 @@
     const pairs = (pick(r.details, ["pairs", "offending_pairs", "closest_pairs"]) || []).slice(0, 12);
     if (!pairs.length) return P().notComputed(c, "not computed (no offending pairs in the report)");
     c.innerHTML = ""; const wrap = el("div", { class: "pairs" }); c.append(wrap);
-    const image = shape.length === 4 && ds.id;
+    const image = shape.length === 4 && ds.id, text = !!ds.embedding && ds.id;
     pairs.forEach(p => {
       const i = Array.isArray(p) ? p[0] : pick(p, ["i", "a", "index_a", "first"]), j = Array.isArray(p) ? p[1] : pick(p, ["j", "b", "index_b", "second"]);
       const dist = Array.isArray(p) ? p[2] : pick(p, ["distance", "dist", "d"]);
       const li = Array.isArray(p) ? undefined : pick(p, ["label_i", "y_i", "class_i"]), lj = Array.isArray(p) ? undefined : pick(p, ["label_j", "y_j", "class_j"]);
       const box = el("div", { class: "pair" });
       if (image) [i, j].forEach(k => { const img = el("img", { alt: `sample ${k}`, class: "thumb", "data-index": k }); box.append(img); thumb(img, ds.id, k); });
+      if (text) { const sides = el("div", { class: "text-pair" }); box.append(sides); pairTexts(sides, ds.id, [i, j]); }
       box.append(el("div", {}, `#${i}${li !== undefined ? " (" + li + ")" : ""} ↔ #${j}${lj !== undefined ? " (" + lj + ")" : ""}`), el("div", {}, "distance " + fmt(dist)));
       wrap.append(box);
     });
-    if (!image) wrap.append(el("p", { class: "meta" }, "Thumbnails are shown for image datasets only."));
+    if (!image && !text) wrap.append(el("p", { class: "meta" }, "Thumbnails are shown for image datasets, texts for text datasets."));
     return wrap;
+  }
+  async function pairTexts(box, datasetId, indices) {   // the two texts of a K_F pair, side by side
+    try {
+      const r = await api(`/datasets/${datasetId}/texts?indices=${indices.join(",")}`);
+      (r.items || []).forEach(t => box.append(el("blockquote", { class: "sample-text", "data-index": t.index }, t.text + (t.truncated ? " …" : ""))));
+    } catch (e) { box.append(el("p", { class: "meta" }, "texts could not be loaded")); }
   }
   async function thumb(img, datasetId, index) {
     try {
@@ -291,7 +308,7 @@
   async function report() {
     const id = body.dataset.id, rep = await api(`/reports/${id}`), res = rep.results || {}, ds = rep.dataset || {};
     $("#rp-title").textContent = `Report — ${ds.name || "dataset"}`;
-    $("#rp-meta").textContent = `${when(rep.created_at)} · ${fmt(ds.n_samples)} samples · shape ${(ds.shape || []).join("×")} · ${(rep.environment || {}).device || ""} · taskgauge ${rep.taskgauge_version || ""}`;
+    $("#rp-meta").textContent = `${when(rep.created_at)} · ${count(ds.n_samples)} samples · shape ${(ds.shape || []).join("×")} · ${(rep.environment || {}).device || ""} · taskgauge ${rep.taskgauge_version || ""}`;
     if (ds.id) $("#rp-dataset").href = `/datasets/${ds.id}`;
     const tbody = $("#results tbody");
     Object.entries(res).forEach(([n, r]) => tbody.append(el("tr", {}, el("th", { scope: "row" }, n), el("td", { class: "num" }, fmt(r.value)),

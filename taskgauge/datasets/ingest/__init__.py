@@ -18,25 +18,35 @@ images; ``y`` int64 class indices 0..C-1 with ``classes`` names (sorted distinct
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path, PurePath
 from typing import Callable
 
-from taskgauge.datasets.ingest.arrays import read_npy_file, read_npz_file
 from taskgauge.datasets.ingest.errors import Ctx, IngestError, IngestOptions
-from taskgauge.datasets.ingest.images import IMAGE_EXTENSIONS, read_image_zip
-from taskgauge.datasets.ingest.tables import read_csv_file, read_parquet_file
 from taskgauge.datasets.canonical import CanonicalDataset
 
 __all__ = ["IngestError", "IngestOptions", "SUPPORTED_EXTENSIONS", "IMAGE_EXTENSIONS", "ingest_file"]
 
-_READERS: dict[str, Callable[[Ctx, Path], CanonicalDataset]] = {
-    ".npz": read_npz_file,
-    ".npy": read_npy_file,
-    ".csv": read_csv_file,
-    ".parquet": read_parquet_file,
-    ".zip": read_image_zip,
+#: extension -> (module, reader); a reader's module (and pandas, pyarrow or Pillow) is imported on first use, so the
+#: ingest subprocess of a .npz never pays for pandas.
+_READERS: dict[str, tuple[str, str]] = {
+    ".npz": ("arrays", "read_npz_file"),
+    ".npy": ("arrays", "read_npy_file"),
+    ".csv": ("tables", "read_csv_file"),
+    ".parquet": ("tables", "read_parquet_file"),
+    ".zip": ("images", "read_image_zip"),
+    ".jsonl": ("texts", "read_jsonl_file"),
 }
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_READERS)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+def reader_for(ext: str) -> Callable[[Ctx, Path], CanonicalDataset] | None:
+    """The reader function of a file extension (importing its module), or None when unsupported."""
+    spec = _READERS.get(ext)
+    if spec is None:
+        return None
+    return getattr(importlib.import_module(f"{__name__}.{spec[0]}"), spec[1])
 
 
 def ingest_file(path: Path, filename: str, options: IngestOptions | None = None) -> CanonicalDataset:
@@ -45,12 +55,18 @@ def ingest_file(path: Path, filename: str, options: IngestOptions | None = None)
     name = PurePath(filename.replace("\\", "/")).name or "upload"
     ctx = Ctx(filename=name, options=options)
     ext = PurePath(name).suffix.lower()
-    reader = _READERS.get(ext)
+    reader = reader_for(ext)
     if reader is None:
         raise ctx.error(
             "Unsupported file type",
             f"'{ext or '(no extension)'}' is not a supported format; upload one of "
             f"{', '.join(SUPPORTED_EXTENSIONS)} (a .zip holds image folders: class_name/image.png)",
+        )
+    if options.text_column is not None and ext not in (".csv", ".parquet"):
+        raise ctx.error(
+            "Text column on a non-table file",
+            f"text_column names a column of a .csv or .parquet table; a {ext} file has no columns "
+            "(a .jsonl file's texts are its \"text\" fields)",
         )
     if ext != ".zip" and (options.resize is not None or options.grayscale):
         raise ctx.error(
@@ -62,5 +78,6 @@ def ingest_file(path: Path, filename: str, options: IngestOptions | None = None)
         return reader(ctx, Path(path))
     except MemoryError:
         raise ctx.error(
-            "Data too large", "the data does not fit in memory; upload a smaller subset", status=413
+            "Data too large", "the data does not fit in the memory available to read it; upload a smaller subset",
+            status=413,
         ) from None

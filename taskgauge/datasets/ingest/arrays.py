@@ -7,6 +7,7 @@ alone, and a member of an ``.npz`` is decompressed through a byte budget — not
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -15,9 +16,9 @@ from typing import IO, Any
 import numpy as np
 import numpy.lib.format as npformat
 
-from taskgauge.datasets.ingest.common import check_features, encode_labels, make_dataset
+from taskgauge.datasets.ingest.common import check_features, encode_labels, make_dataset, too_many_classes
 from taskgauge.datasets.ingest.errors import Ctx, IngestError
-from taskgauge.datasets.canonical import CanonicalDataset
+from taskgauge.datasets.canonical import CanonicalDataset, canonical_dtype
 
 _CHUNK = 16 * 1024 * 1024
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
@@ -32,10 +33,28 @@ class ByteBudget:
         self.used = 0
 
     def take(self, nbytes: int, what: str) -> None:
-        if nbytes > self.left:
-            raise self.ctx.too_large(what, self.used + nbytes)
+        self.check(nbytes, what)
         self.left -= nbytes
         self.used += nbytes
+
+    def check(self, nbytes: int, what: str) -> None:
+        """Refuse (413) when ``nbytes`` more would pass the limit, without charging them."""
+        if nbytes > self.left:
+            raise self.ctx.too_large(what, self.used + nbytes)
+
+
+_KIND_NAMES = {"U": "strings", "S": "bytes", "c": "complex numbers", "M": "dates", "m": "time spans", "V": "raw bytes"}
+
+
+def _wrong_kind(ctx: Ctx, what: str, dtype: np.dtype, labels: bool = False) -> IngestError:
+    kind = _KIND_NAMES.get(dtype.kind, f"dtype {dtype}")
+    if labels:
+        return ctx.error("Bad labels", f"{what} has dtype {dtype}; use integers or strings as class labels")
+    return ctx.error(
+        "Non-numeric data",
+        f"{what} holds {kind}; taskgauge needs real numbers. Convert the features to int or float "
+        "(e.g. X.astype('float32')) and upload again",
+    )
 
 
 def _pickled(ctx: Ctx, what: str) -> IngestError:
@@ -55,8 +74,14 @@ def _corrupt(ctx: Ctx, what: str, exc: BaseException | None = None) -> IngestErr
     )
 
 
-def read_npy(ctx: Ctx, fh: IO[bytes], what: str, budget: ByteBudget) -> np.ndarray:
-    """Read one ``.npy`` stream: header first (dtype and size checked), then exactly the declared bytes."""
+def read_npy(ctx: Ctx, fh: IO[bytes], what: str, budget: ByteBudget, *, kinds: str = "biuf",
+             count_for: str | None = None, max_count: int | None = None, max_count_error: Any = None) -> np.ndarray:
+    """Read one ``.npy`` stream: header first (dtype, shape and size checked), then exactly the declared bytes.
+
+    ``kinds`` are the dtype kinds accepted (numeric for features; labels and class names also take strings).
+    The bytes charged to ``budget`` are what will really be materialised: elements × the dtype's itemsize, and for
+    features (``count_for``) the canonical float copy as well. Shapes are multiplied in Python ints.
+    """
     try:
         version = npformat.read_magic(fh)
         if version == (1, 0):
@@ -79,19 +104,44 @@ def read_npy(ctx: Ctx, fh: IO[bytes], what: str, budget: ByteBudget) -> np.ndarr
             "Structured array",
             f"array {what} has a structured dtype {dtype}; save plain numeric arrays (one column per feature)",
         )
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if dtype.kind not in kinds:
+        raise _wrong_kind(ctx, what, dtype, labels="U" in kinds)
+    if dtype.itemsize == 0:
+        raise ctx.error(
+            "Zero-size dtype",
+            f"array {what} has dtype {dtype.str}, whose elements have no bytes; save it with a real element type "
+            "(e.g. float32 features, int64 or string labels)",
+        )
+    if any(not isinstance(s, int) or s < 0 for s in shape):
+        raise ctx.error(
+            "Not a NumPy array",
+            f"{what} declares the impossible shape {list(shape)} (negative dimensions); save it again with np.save",
+        )
+    count = math.prod(shape)  # Python ints: no int64 overflow
     nbytes = count * dtype.itemsize
     budget.take(nbytes, f"array {what}")
+    if max_count is not None and count > max_count:
+        raise max_count_error(count)
+    if count_for is not None:
+        # The canonical copy check_features will make (another dtype, Fortran order or channels-last images),
+        # counted up front: the raw array and its copy live together.
+        canonical = canonical_dtype(dtype)
+        channels_last = len(shape) == 4 and shape[1] not in (1, 3, 4) and shape[3] in (1, 3, 4)
+        if dtype != canonical or fortran or channels_last:
+            budget.take(count * canonical.itemsize, f"array {what}")
     out = np.empty(count, dtype=dtype)
     view = memoryview(out.view(np.uint8).reshape(-1)) if nbytes else memoryview(b"")
     pos = 0
     try:
         while pos < nbytes:
-            chunk = fh.read(min(_CHUNK, nbytes - pos))
-            if not chunk:
+            got = fh.readinto(view[pos : pos + min(_CHUNK, nbytes - pos)]) if hasattr(fh, "readinto") else None
+            if got is None:
+                chunk = fh.read(min(_CHUNK, nbytes - pos))
+                got = len(chunk)
+                view[pos : pos + got] = chunk
+            if not got:
                 raise _corrupt(ctx, what, EOFError(f"{pos} of {nbytes} bytes present"))
-            view[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
+            pos += got
     except _CORRUPT as exc:
         raise _corrupt(ctx, what, exc) from None
     if fortran:
@@ -114,7 +164,7 @@ def _as_samples(ctx: Ctx, X: np.ndarray, what: str, preprocessing: dict[str, Any
     if X.ndim == 4:
         if X.shape[1] not in (1, 3, 4) and X.shape[3] in (1, 3, 4):
             preprocessing["channels_last_to_first"] = True
-            return np.ascontiguousarray(X.transpose(0, 3, 1, 2))
+            return X.transpose(0, 3, 1, 2)  # a view: check_features makes the one contiguous canonical copy
         return X
     if X.ndim > 4:
         raise ctx.error(
@@ -125,8 +175,9 @@ def _as_samples(ctx: Ctx, X: np.ndarray, what: str, preprocessing: dict[str, Any
 
 
 def _dtype_note(X: np.ndarray, preprocessing: dict[str, Any]) -> None:
-    if X.dtype != np.float32:
-        preprocessing["cast"] = f"{X.dtype} -> float32"
+    want = canonical_dtype(X.dtype)
+    if X.dtype != want:
+        preprocessing["cast"] = f"{X.dtype} -> {want}"
 
 
 def read_npy_file(ctx: Ctx, path: Path) -> CanonicalDataset:
@@ -138,7 +189,7 @@ def read_npy_file(ctx: Ctx, path: Path) -> CanonicalDataset:
         )
     budget = ByteBudget(ctx)
     with open(path, "rb") as fh:
-        X = read_npy(ctx, fh, "the array", budget)
+        X = read_npy(ctx, fh, "the array", budget, count_for="X")
     pre: dict[str, Any] = {}
     X = _as_samples(ctx, X, "the array", pre)
     _dtype_note(X, pre)
@@ -195,18 +246,19 @@ def read_npz_file(ctx: Ctx, path: Path) -> CanonicalDataset:
                 )
             x_name = candidates[0]
 
-        def load(name: str) -> np.ndarray:
+        def load(name: str, **kw: Any) -> np.ndarray:
             try:
                 with zf.open(arrays[name]) as fh:
-                    return read_npy(ctx, fh, f"'{name}'", budget)
+                    return read_npy(ctx, fh, f"'{name}'", budget, **kw)
             except _CORRUPT as exc:
                 raise _corrupt(ctx, f"array '{name}'", exc) from None
 
-        X = load(x_name)
-        y_raw = load(y_name) if y_name is not None else None
+        X = load(x_name, count_for="X")
+        y_raw = load(y_name, kinds="biufUS") if y_name is not None else None
         hint = None
         if y_raw is not None and "classes" in arrays:
-            c = load("classes")
+            c = load("classes", kinds="biufUS", max_count=ctx.options.max_classes,
+                     max_count_error=lambda n: too_many_classes(ctx, n, "the 'classes' array"))
             if c.ndim == 1 and c.dtype.kind in "US":
                 hint = [str(v) for v in c.tolist()]
     pre: dict[str, Any] = {}

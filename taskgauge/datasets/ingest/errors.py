@@ -39,22 +39,30 @@ class IngestOptions(BaseModel):
       accepted as the string ``"32x32"``. Needed when the images do not all have the same size.
     * ``grayscale``: convert images to one channel (ITU-R 601-2 luma, Pillow's ``"L"`` mode).
     * ``max_files``: most entries a ``.zip`` may hold (413 above).
-    * ``max_expanded_mb``: most megabytes the data may expand to: the sum of a zip's uncompressed sizes (checked
-      from the headers and again while decompressing), an array's declared size, or a parquet table's
-      rows × columns × 8 bytes (413 above).
+    * ``max_expanded_mb``: most megabytes the data may expand to, counted as what will really be materialised:
+      the sum of a zip's uncompressed sizes (checked from the headers and again while decompressing) plus the
+      decoded float32 images, an array's elements × its itemsize plus the canonical float copy, a table's values
+      (leaf values of every column, not rows × columns) × 8 bytes (413 above).
     * ``max_image_pixels``: most pixels one image may have before resizing (decompression-bomb guard).
+    * ``max_classes``: most distinct classes (or names in a ``.npz``'s ``classes`` array) (413 above).
+    * ``max_columns``: most columns a ``.csv``/``.parquet`` table may have (413 above; checked from the header).
+    * ``text_column``: a ``.csv``/``.parquet`` column of texts: the table is then a text dataset (its texts and
+      labels; other columns are ignored), embedded on a worker. ``.jsonl`` files are text datasets always.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    label_column: str | None = None
+    label_column: str | None = Field(default=None, max_length=1000)
+    text_column: str | None = Field(default=None, max_length=1000)
     resize: tuple[int, int] | None = None
     grayscale: bool = False
     max_files: int = Field(default=100_000, ge=1)
     max_expanded_mb: int = Field(default=2048, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_classes: int = Field(default=10_000, ge=1)
+    max_columns: int = Field(default=100_000, ge=1)
 
-    @field_validator("label_column", mode="before")
+    @field_validator("label_column", "text_column", mode="before")
     @classmethod
     def _blank_label_is_none(cls, v: Any) -> Any:
         if isinstance(v, str) and not v.strip():

@@ -25,7 +25,7 @@ from taskgauge.datasets.ingest.common import check_features, make_dataset
 from taskgauge.datasets.ingest.errors import Ctx, IngestError
 from taskgauge.datasets.canonical import CanonicalDataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+from taskgauge.datasets.ingest import IMAGE_EXTENSIONS
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 _GRAY_MODES = {"L", "LA"}
 _CHUNK = 1024 * 1024
@@ -40,16 +40,63 @@ def _unsafe_name(name: str) -> bool:
     return any(part == ".." for part in norm.split("/"))
 
 
-def read_limited(fh: IO[bytes], budget: ByteBudget, what: str) -> bytes:
+def read_limited(fh: IO[bytes], budget: ByteBudget, what: str, size: int | None = None) -> bytearray:
     """Read a decompressing stream to its end, charging every byte to ``budget`` as it arrives (the zip-bomb
-    check that does not trust the headers)."""
-    parts = []
+    check that does not trust the headers). With the declared ``size`` the buffer is allocated once and filled in
+    place; without it, it grows — never a list of chunks plus a joined copy."""
+    if size is not None:
+        budget.take(size, what)
+        buf = bytearray(size)
+        view = memoryview(buf)
+        pos = 0
+        while pos < size:
+            got = fh.readinto(view[pos : pos + min(_CHUNK, size - pos)])
+            if not got:
+                raise EOFError(f"{pos} of {size} declared bytes present")
+            pos += got
+        view.release()
+        if fh.read(1):  # more than declared (zipfile itself stops at the declared size; other streams may not)
+            raise EOFError("the entry is longer than its header says")
+        return buf
+    buf = bytearray()
     while True:
         chunk = fh.read(_CHUNK)
         if not chunk:
-            return b"".join(parts)
+            return buf
         budget.take(len(chunk), what)
-        parts.append(chunk)
+        buf += chunk
+
+
+class _BufferReader(io.RawIOBase):
+    """A read-only, seekable file over a buffer without copying it (``io.BytesIO(bytearray)`` would)."""
+
+    def __init__(self, buf: bytearray) -> None:
+        self._mv = memoryview(buf)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = max(0, min(len(b), len(self._mv) - self._pos))
+        b[:n] = self._mv[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._mv)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._mv.release()
+        super().close()
 
 
 def _is_ignored(path: PurePosixPath) -> bool:
@@ -97,12 +144,18 @@ def _layout(ctx: Ctx, infos: list[zipfile.ZipInfo]) -> tuple[list[tuple[str, zip
     return out, ignored, "/".join(prefix)
 
 
-def _decode(ctx: Ctx, data: bytes, name: str) -> Image.Image:
+def _max_entry_bytes(opts: Any) -> int:
+    """The largest uncompressed entry an image within ``max_image_pixels`` can need (uncompressed 16-bit RGBA,
+    with headers), so a 2 GB 'a.png' is refused from the zip's directory before a byte is decompressed."""
+    return opts.max_image_pixels * 8 + 1024 * 1024
+
+
+def _decode(ctx: Ctx, data: bytearray, name: str) -> Image.Image:
     opts = ctx.options
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BufferedReader(_BufferReader(data)))
             w, h = im.size
             if w * h > opts.max_image_pixels:
                 raise ctx.error(
@@ -140,21 +193,28 @@ def _normalise_mode(im: Image.Image) -> Image.Image:
 
 
 def _to_array(ctx: Ctx, im: Image.Image, name: str) -> tuple[np.ndarray, bool]:
-    """(H, W) or (H, W, 3) float32 in [0, 1], and whether an alpha channel was dropped."""
+    """The image's values, compact: (H, W) or (H, W, 3), uint8 (to be divided by 255) or uint16 (16-bit grey, by
+    65535), and whether an alpha channel was dropped. The float32 form is made once, in the canonical X."""
     mode = im.mode
     if mode == "F":
         raise ctx.error(
             "Unsupported image mode",
             f"entry '{name}' is a 32-bit float image; save it as an 8- or 16-bit PNG",
         )
-    if mode == "I":  # 16-bit grey
-        a = np.asarray(im, dtype=np.float64)
-        return np.clip(a / 65535.0, 0.0, 1.0).astype(np.float32), False
+    if mode == "I":  # 16-bit grey (Pillow's 32-bit integer mode holds it)
+        return np.clip(np.asarray(im), 0, 65535).astype(np.uint16), False
     if ctx.options.grayscale or mode in _GRAY_MODES:
         g = im.convert("L") if mode != "L" else im
-        return np.asarray(g, dtype=np.float32) / np.float32(255.0), mode in ("LA", "RGBA")
+        return np.asarray(g, dtype=np.uint8), mode in ("LA", "RGBA")
     dropped = mode == "RGBA"
-    return np.asarray(im.convert("RGB"), dtype=np.float32) / np.float32(255.0), dropped
+    return np.asarray(im.convert("RGB"), dtype=np.uint8), dropped
+
+
+def _scaled(a: np.ndarray) -> np.ndarray:
+    """Compact image values to float32 in [0, 1], exactly as before: / 255 in float32, / 65535 in float64."""
+    if a.dtype == np.uint16:
+        return (a / 65535.0).astype(np.float32)
+    return a.astype(np.float32) / np.float32(255.0)
 
 
 def read_image_zip(ctx: Ctx, path: Path) -> CanonicalDataset:
@@ -201,10 +261,18 @@ def read_image_zip(ctx: Ctx, path: Path) -> CanonicalDataset:
         first_size: tuple[str, tuple[int, int]] | None = None
         dropped_alpha = 0
         any_color = False
+        max_entry = _max_entry_bytes(opts)
         for cls, info in entries:
+            if info.file_size > max_entry:
+                raise ctx.error(
+                    "Image file too large",
+                    f"entry '{info.filename}' is {info.file_size / 2**20:,.1f} MB uncompressed, more than any image "
+                    f"within the pixel limit can take ({max_entry / 2**20:,.1f} MB); shrink or re-save it",
+                    status=413,
+                )
             try:
                 with zf.open(info) as fh:
-                    data = read_limited(fh, budget, "the zip")
+                    data = read_limited(fh, budget, "the zip", size=info.file_size)
             except IngestError:
                 raise
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
@@ -231,17 +299,21 @@ def read_image_zip(ctx: Ctx, path: Path) -> CanonicalDataset:
             im.close()
             dropped_alpha += int(dropped)
             any_color |= a.ndim == 3
-            arrays.append(a)
-            # The decoded float32 images count against the same limit as the compressed bytes.
+            # The decoded images count against the same limit as the decompressed bytes.
             budget.take(a.nbytes, "the decoded images")
+            arrays.append(a)
 
-    if any_color:
-        arrays = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]
-        X = np.stack(arrays).transpose(0, 3, 1, 2)
-    else:
-        X = np.stack(arrays)[:, None, :, :]
+    # One float32 array (N, C, H, W), filled image by image: the decoded pixels are held once more at most.
+    h, w = arrays[0].shape[:2]
+    channels = 3 if any_color else 1
+    budget.take(len(arrays) * channels * h * w * 4, "the decoded images")
+    X = np.empty((len(arrays), channels, h, w), dtype=np.float32)
+    for i, a in enumerate(arrays):
+        f = _scaled(a)
+        X[i] = f.transpose(2, 0, 1) if f.ndim == 3 else f[None, :, :]
+        arrays[i] = None  # type: ignore[call-overload]
     del arrays
-    X = check_features(ctx, np.ascontiguousarray(X), what="the images")
+    X = check_features(ctx, X, what="the images")
     y = np.array([class_index[c] for c, _ in entries], dtype=np.int64)
     pre: dict[str, Any] = {
         "scale": "pixel / 255 (8-bit) or / 65535 (16-bit) to [0, 1]",

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taskgauge.datasets.ingest.common import check_features, encode_labels, make_dataset
+from taskgauge.datasets.ingest.common import check_features, check_names, encode_labels, make_dataset
 from taskgauge.datasets.ingest.errors import Ctx, IngestError
-from taskgauge.datasets.canonical import CanonicalDataset
+from taskgauge.datasets.canonical import CanonicalDataset, canonical_dtype
 
 LABEL_NAMES = ("label", "y", "target")
 _DELIMITERS = (",", ";", "\t")
@@ -24,9 +24,20 @@ def _float_or_none(s: str) -> float | None:
         return None
 
 
+def _too_many_columns(ctx: Ctx, n: int) -> IngestError:
+    return ctx.error(
+        "Too many columns",
+        f"the table has {n:,} columns, more than the limit of {ctx.options.max_columns:,} (TASKGAUGE_MAX_COLUMNS); "
+        "select the feature columns you need (or upload the features as a .npy/.npz array)",
+        status=413,
+    )
+
+
 def _scan_csv(ctx: Ctx, path: Path) -> tuple[str, bool]:
-    """One pass with the csv module: delimiter, whether the first row is a header, and ragged rows (with their
-    line numbers, which pandas does not give for short rows — it pads them with NaN)."""
+    """One pass with the csv module: delimiter, whether the first row is a header, ragged rows (with their
+    line numbers, which pandas does not give for short rows — it pads them with NaN), the column count against
+    ``max_columns`` (from the first row, before anything else) and rows × columns × 8 bytes against the
+    expansion limit (what pandas will materialise), before pandas reads anything."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             first = ""
@@ -47,9 +58,13 @@ def _scan_csv(ctx: Ctx, path: Path) -> tuple[str, bool]:
                     continue
                 if width is None:
                     width = len(row)
+                    if width > ctx.options.max_columns:
+                        raise _too_many_columns(ctx, width)
                     header_line = reader.line_num
                     has_header = not all(_float_or_none(c) is not None for c in row)
+                    n_rows = 0 if has_header else 1
                     continue
+                n_rows += 1
                 if len(row) != width:
                     raise ctx.error(
                         "Ragged rows",
@@ -60,6 +75,11 @@ def _scan_csv(ctx: Ctx, path: Path) -> tuple[str, bool]:
         raise ctx.error("Not UTF-8 text", f"the file is not UTF-8 text ({exc}); save the CSV as UTF-8") from None
     except csv.Error as exc:
         raise ctx.error("Malformed CSV", f"{exc}; check quoting around that line") from None
+    if width is not None:
+        # pandas holds every value as 8 bytes (float64/int64): the table's materialised size.
+        expanded = n_rows * width * 8
+        if expanded > ctx.options.max_expanded_bytes:
+            raise ctx.too_large(f"the table ({n_rows:,} rows × {width:,} columns)", expanded)
     return delimiter, has_header
 
 
@@ -73,6 +93,7 @@ def read_csv_file(ctx: Ctx, path: Path) -> CanonicalDataset:
             encoding="utf-8-sig",
             skip_blank_lines=True,
             low_memory=False,
+            float_precision="round_trip",  # float64 values exactly as written (the canonical X keeps float64)
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise ctx.error("Malformed CSV", f"{exc}; check the delimiter and quoting") from None
@@ -83,13 +104,33 @@ def read_csv_file(ctx: Ctx, path: Path) -> CanonicalDataset:
 
 def read_parquet_file(ctx: Ctx, path: Path) -> CanonicalDataset:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        meta = pq.ParquetFile(path).metadata
-        expanded = int(meta.num_rows) * int(meta.num_columns) * 8
+        pf = pq.ParquetFile(path)
+        meta = pf.metadata
+        if meta.num_columns > ctx.options.max_columns:
+            raise _too_many_columns(ctx, meta.num_columns)
+        nested = [f.name for f in pf.schema_arrow if pa.types.is_nested(f.type)]
+        if nested:
+            raise ctx.error(
+                "Nested columns",
+                f"column{'s' if len(nested) != 1 else ''} {_list(nested, 5)} hold{'s' if len(nested) == 1 else ''} "
+                "lists or structs; taskgauge needs one number per cell. Flatten them into one column per feature "
+                "(or upload the arrays as .npz)",
+            )
+        # What will be materialised: every stored value (not rows × columns) at 8 bytes, or the column's
+        # uncompressed bytes when larger (strings).
+        expanded = 0
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            for j in range(rg.num_columns):
+                col = rg.column(j)
+                expanded += max(int(col.num_values) * 8, int(col.total_uncompressed_size))
+        expanded = max(expanded, int(meta.num_rows) * int(meta.num_columns) * 8)
         if expanded > ctx.options.max_expanded_bytes:
-            raise ctx.too_large(f"the table ({meta.num_rows} rows × {meta.num_columns} columns)", expanded)
-        df = pd.read_parquet(path)
+            raise ctx.too_large(f"the table ({meta.num_rows:,} rows × {meta.num_columns:,} columns)", expanded)
+        df = pf.read().to_pandas()
     except IngestError:
         raise
     except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
@@ -120,14 +161,32 @@ def _list(names: list[str], limit: int = 30) -> str:
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+def _numpy_dtype(s: pd.Series) -> np.dtype:
+    """The NumPy dtype a (possibly nullable/extension) column's values have."""
+    dt = s.dtype
+    return np.dtype(getattr(dt, "numpy_dtype", dt)) if not isinstance(dt, np.dtype) else dt
+
+
 def _from_frame(ctx: Ctx, df: pd.DataFrame, fmt: str, **extra: Any) -> CanonicalDataset:
     df.columns = [str(c) for c in df.columns]
+    if df.shape[1] > ctx.options.max_columns:
+        raise _too_many_columns(ctx, df.shape[1])
     columns = list(df.columns)
     if not columns or len(df) == 0:
         raise ctx.error(
             "Empty data", f"the table has {len(df)} rows and {len(columns)} columns; upload at least 3 data rows"
         )
     label = _pick_label(ctx, columns)
+    text_column = ctx.options.text_column
+    if text_column is not None:
+        if text_column not in columns:
+            raise ctx.error("Text column not found",
+                            f"text_column '{text_column}' is not a column; available columns: {_list(columns)}")
+        if label == text_column:
+            raise ctx.error("Text column is the label", f"'{text_column}' cannot be both the texts and the labels")
+        from taskgauge.datasets.ingest.texts import text_table
+
+        return text_table(ctx, df, fmt, text_column, label, **extra)
     features = [c for c in columns if c != label]
     if not features:
         raise ctx.error("No feature columns", f"the only column is the label '{label}'; add numeric feature columns")
@@ -150,7 +209,10 @@ def _from_frame(ctx: Ctx, df: pd.DataFrame, fmt: str, **extra: Any) -> Canonical
             f"{' …' if len(bad) > 20 else ''}. Drop or encode them as numbers (one-hot or ordinal) before "
             f"uploading{hint}",
         )
-    X = df[features].to_numpy(dtype=np.float64, na_value=np.nan)
+    check_names(ctx, features, "column name")
+    # float64 when any feature column is float64 (kept exactly); float32 for float32, integer and bool columns.
+    want = np.float64 if any(canonical_dtype(_numpy_dtype(df[c])) == np.float64 for c in features) else np.float32
+    X = df[features].to_numpy(dtype=want, na_value=np.nan)
     pre: dict[str, Any] = {}
     X = check_features(ctx, X, what="the table", columns=features)
     y = classes = None

@@ -4,6 +4,8 @@ beside this file) by the API and the real worker processes of the integration te
 
 * ``tg_slow``: sleeps ``seconds`` in small steps, reporting progress, then returns the data's dimension D.
 * ``tg_fail``: raises ``RuntimeError`` (a crashing estimator must fail its analysis, not the worker).
+* ``tg_crash``: SIGKILLs its own process, as the kernel's OOM killer would (a poison analysis: it must end
+  ``failed`` after ``TASKGAUGE_MAX_ATTEMPTS``, not be retried forever).
 """
 
 from __future__ import annotations
@@ -37,3 +39,17 @@ class FailParams(Params):
 def tg_fail(X, y, params: FailParams, *, device, progress) -> Result:
     progress(0.5, "about to fail")
     raise RuntimeError("deliberate test failure")
+
+
+class CrashParams(Params):
+    pass
+
+
+@register(name="tg_crash", version="0.0.1", params=CrashParams, summary="test only: SIGKILLs its own process")
+def tg_crash(X, y, params: CrashParams, *, device, progress) -> Result:
+    import os
+    import signal
+
+    progress(0.5, "about to be killed")
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")

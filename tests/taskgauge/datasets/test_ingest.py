@@ -43,15 +43,15 @@ def test_npz_happy_path_keeps_values_and_labels(tmp_path):
     p = tmp_path / "data.npz"
     np.savez(p, X=X, y=y)
     ds = ingest(p)
-    assert ds.X.dtype == np.float32 and ds.X.shape == (20, 5)
-    np.testing.assert_array_equal(ds.X, X.astype(np.float32))
+    assert ds.X.dtype == np.float64 and ds.X.shape == (20, 5)  # float64 input stays float64, bit for bit
+    np.testing.assert_array_equal(ds.X, X)
     assert ds.y.dtype == np.int64
     np.testing.assert_array_equal(ds.y, y)
     assert ds.classes == ["0", "1", "2"]
     assert ds.meta["source_format"] == "npz"
     assert ds.meta["filename"] == "data.npz"
     assert ds.meta["label_column"] == "y"
-    assert ds.meta["preprocessing"] == {"cast": "float64 -> float32"}
+    assert ds.meta["preprocessing"] == {}
 
 
 def test_npz_single_array_is_x_and_compressed_works(tmp_path):
@@ -185,13 +185,23 @@ def test_npz_nan_inf_counted_with_first_row(tmp_path):
     assert "3 NaN and Inf values in 2 rows, first at row 4" in err.detail
 
 
-def test_float64_beyond_float32_range_is_refused(tmp_path):
+def test_float64_beyond_float32_range_is_kept(tmp_path):
     X = np.ones((4, 2))
     X[2, 1] = 1e300
     p = tmp_path / "big.npz"
     np.savez(p, X=X)
+    ds = ingest(p)
+    assert ds.X.dtype == np.float64 and ds.X[2, 1] == 1e300
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max, reason="no extended precision")
+def test_longdouble_beyond_float64_range_is_refused(tmp_path):
+    X = np.ones((4, 2), dtype=np.longdouble)
+    X[2, 1] = np.longdouble(np.finfo(np.float64).max) * 16
+    p = tmp_path / "big.npy"
+    np.save(p, X)
     err = rejected(p)
-    assert "float32" in err.detail and "row 2" in err.detail
+    assert "float64" in err.detail and "row 2" in err.detail
 
 
 @pytest.mark.parametrize(
