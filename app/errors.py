@@ -55,7 +55,8 @@ def guard_responses() -> dict[int | str, dict[str, Any]]:
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: the common problems plus ``codes``."""
     docs = {
-        400: "Bad request", 409: "Conflict with the resource's state", 413: "Upload over TASKGAUGE_MAX_UPLOAD_MB",
+        400: "Bad request", 403: "Only admins may do this", 409: "Conflict with the resource's state",
+        413: "Upload over TASKGAUGE_MAX_UPLOAD_MB",
         429: "Over a per-owner quota or a rate limit; retry after `Retry-After` seconds",
         503: "Database busy, or database, broker or worker unavailable; retry after `Retry-After` seconds",
     }

@@ -108,10 +108,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_rate_limit(app, resolved.RATE_LIMIT_POST)
 
     from app.dashboard import routes as dashboard
-    from app.routers import analyses, datasets, health, history, model_specs, reports, schedules
+    from app.routers import analyses, datasets, health, history, model_specs, reports, schedules, workers
 
     app.include_router(history.router, prefix=API_PREFIX)  # before datasets: /datasets/{id}/reports with flags
-    for mod in (datasets, model_specs, analyses, reports, schedules):
+    for mod in (datasets, model_specs, analyses, reports, schedules, workers):
         app.include_router(mod.router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(dashboard.router)

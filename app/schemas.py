@@ -184,4 +184,35 @@ class Readiness(BaseModel):
     status: Literal["ok"]
     database: str
     broker: str
+    blobs: str = Field(description="The blob store: ok (its URL)")
     worker: str | None = Field(default=None, description="the embedded worker of `taskgauge serve`, when it has one")
+
+
+class WorkerTask(BaseModel):
+    task: str = Field(description="Celery task name, e.g. taskgauge.run_analysis")
+    id: str = Field(description="Celery task id")
+    args: list[str] = Field(default_factory=list, description="Its arguments (analysis id, a shard's key)")
+    analysis_id: str | None = Field(default=None, description="The analysis this task works on")
+    started_at: float | None = Field(default=None, description="When the task started (Unix time)")
+    status: str | None = Field(default=None, description="The analysis' status")
+    stage: str | None = Field(default=None, description="The analysis' current stage")
+    progress: float | None = Field(default=None, description="The analysis' progress, 0..1")
+
+
+class WorkerPublic(BaseModel):
+    name: str = Field(description="Celery node name (taskgauge-…@host)")
+    hostname: str
+    pid: int
+    queues: list[str] = Field(description="Queues it consumes (default, gpu)")
+    concurrency: int = Field(description="Analyses it runs at once")
+    device: str = Field(description="Where its analyses run: cpu or cuda:0 (GPU name)")
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime = Field(description="Its last heartbeat (every TASKGAUGE_HEARTBEAT_S)")
+    live: bool = Field(description="Heartbeat younger than TASKGAUGE_LEASE_S")
+    active: list[WorkerTask] = Field(description="Tasks it runs now")
+
+
+class WorkersPublic(BaseModel):
+    items: list[WorkerPublic]
+    count: int

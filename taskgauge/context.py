@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from taskgauge import db
-from taskgauge.blobs import BlobStore
+from taskgauge.blobs import BlobStore, blob_store_for
 from taskgauge.settings import Settings
 
 #: ``enqueue(analysis_id, queue)``: send the analysis to a worker; called only after its row is committed.
@@ -36,7 +36,7 @@ class Context:
             engine_kw.setdefault("busy_timeout_s", settings.SQLITE_BUSY_TIMEOUT_S)
         engine = db.make_engine(settings.DATABASE_URL, **engine_kw)
         return cls(settings=settings, engine=engine, sessions=db.make_session_factory(engine),
-                   blobs=BlobStore(settings.blob_dir).ensure(), enqueue=enqueue)
+                   blobs=blob_store_for(settings), enqueue=enqueue)
 
     @property
     def upload_tmp(self) -> Path:

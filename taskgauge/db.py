@@ -243,6 +243,24 @@ class Schedule(IdMixin, CreatedMixin, Base):
     last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class WorkerHeartbeat(Base):
+    """A live Celery worker, as it reports itself (``workers.presence``): one row per worker node, refreshed every
+    ``HEARTBEAT_S`` and deleted on a clean shutdown; a row older than ``LEASE_S`` is a worker that is gone.
+    Written by the workers themselves, so it works on every broker (the embedded one has no broadcast)."""
+
+    __tablename__ = "worker_heartbeats"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery node name, taskgauge-…@host
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    queues: Mapped[list[str]] = mapped_column(JSONDoc, nullable=False)
+    concurrency: Mapped[int] = mapped_column(Integer, nullable=False)
+    device: Mapped[str] = mapped_column(String(255), nullable=False)
+    version: Mapped[str] = mapped_column(String(50), nullable=False)
+    active: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc, nullable=False)  # tasks running now
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+
+
 Index("ix_analyses_status_heartbeat", Analysis.status, Analysis.heartbeat_at)
 Index("ix_schedules_due", Schedule.enabled, Schedule.next_run_at)
 

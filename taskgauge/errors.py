@@ -95,6 +95,10 @@ class Unauthorized(TaskgaugeError):
     status, title, kind = 401, "Missing or invalid API key", "unauthorized"
 
 
+class Forbidden(TaskgaugeError):
+    status, title, kind = 403, "Forbidden", "forbidden"
+
+
 class NotFound(TaskgaugeError):
     status, title, kind = 404, "Not found", "not-found"
 

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -76,6 +76,24 @@ class Settings(BaseSettings):
     SCHEDULE_SCAN_SECONDS: float = Field(
         default=30.0, gt=0, description="How often Celery beat asks a worker to scan for due schedules."
     )
+    BLOB_URL: str = Field(
+        default="",
+        description="Where the blob store lives: file:///DIR, or s3://BUCKET/PREFIX for an S3-compatible store "
+        "every host can reach (MinIO, AWS S3). Empty: file://DATA_DIR/blobs.",
+    )
+    S3_ENDPOINT_URL: str = Field(
+        default="", description="S3 endpoint for s3:// blob URLs, e.g. http://minio:9000. Empty: AWS S3."
+    )
+    S3_REGION: str = Field(default="", description="S3 region. Empty: boto3's default (AWS_DEFAULT_REGION, …).")
+    S3_ACCESS_KEY_ID: str = Field(
+        default="", description="S3 access key. Empty: boto3's default chain (AWS_ACCESS_KEY_ID, instance role, …)."
+    )
+    S3_SECRET_ACCESS_KEY: SecretStr = Field(default=SecretStr(""), description="S3 secret key (with S3_ACCESS_KEY_ID).")
+    ADMIN_OWNERS: str = Field(
+        default="",
+        description="Comma-separated owner names whose API keys may use the admin endpoints (GET /api/v1/workers). "
+        "With the embedded broker, the owner 'local' (the local key) is an admin too.",
+    )
 
     FANOUT: bool = Field(
         default=False,
@@ -123,6 +141,9 @@ class Settings(BaseSettings):
         self.DATA_DIR = self.DATA_DIR.expanduser().resolve()
         if not self.DATABASE_URL.strip():
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'taskgauge.db'}"
+        url = self.BLOB_URL.strip()
+        if url and not (url.startswith("file:///") or (url.startswith("s3://") and len(url) > len("s3://"))):
+            raise ValueError(f"BLOB_URL must be file:///DIR or s3://BUCKET[/PREFIX], not {url!r}")
         return self
 
     @property
@@ -141,6 +162,19 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.DATA_DIR / "blobs"
+
+    @property
+    def blob_url(self) -> str:
+        """``BLOB_URL``, or ``file://DATA_DIR/blobs`` when it is empty (the embedded default)."""
+        return self.BLOB_URL.strip() or self.blob_dir.as_uri()
+
+    @property
+    def admin_owners(self) -> frozenset[str]:
+        """Owner names that are admins: ``ADMIN_OWNERS``, plus ``local`` with the embedded broker."""
+        names = {n.strip() for n in self.ADMIN_OWNERS.split(",") if n.strip()}
+        if self.embedded_broker:
+            names.add("local")
+        return frozenset(names)
 
     @property
     def broker_dir(self) -> Path:

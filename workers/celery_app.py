@@ -43,7 +43,7 @@ TASK_RUN_ANALYSIS = "taskgauge.run_analysis"
 TASK_SCHEDULES = "taskgauge.run_due_schedules"
 
 
-celery_app = Celery("taskgauge", include=["workers.tasks", "workers.fanout"])
+celery_app = Celery("taskgauge", include=["workers.tasks", "workers.fanout", "workers.presence"])
 celery_app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,

@@ -2,7 +2,7 @@
 
 * :mod:`app.cli.local`: ``analyse`` (a file locally, or a dataset id on the server);
 * :mod:`app.cli.remote`: the API client commands (``upload``, ``datasets``, ``status``, ``watch``, ``report``,
-  ``compare``, ``schedule``);
+  ``compare``, ``schedule``, ``workers``);
 * :mod:`app.cli.service`: running the service (``serve``, ``worker``, ``beat``, ``db``, ``keys``).
 
 What they share (the ``-e``/``--param`` parser, the ingest options, the renderer, ``fail``) is

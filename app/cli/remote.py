@@ -366,6 +366,15 @@ def _error_text(state: dict[str, Any]) -> str:
     return str(err or "no detail")
 
 
+def _task_line(task: dict[str, Any]) -> str:
+    """One running task of ``taskgauge workers``: analysis id (and a shard's key), stage, progress."""
+    progress = task.get("progress")
+    pct = "" if progress is None else f"{100 * progress:.0f}%"
+    extra = " ".join(str(a) for a in (task.get("args") or [])[1:])
+    parts = (task.get("analysis_id") or task.get("id"), extra, task.get("stage") or "", pct)
+    return " ".join(str(p) for p in parts if p)
+
+
 def register(cli: typer.Typer) -> None:
     """Add the remote commands to the top-level ``taskgauge`` Typer app."""
 
@@ -564,5 +573,34 @@ def register(cli: typer.Typer) -> None:
             with make_client(api_url, api_key) as api:
                 api.delete(f"/schedules/{schedule_id}")
             out_console.print(f"schedule {schedule_id} deleted", highlight=False)
+
+        run(go)
+
+    @cli.command("workers", epilog="Example: taskgauge workers\n\nExample: taskgauge workers --all --json")
+    def workers_cmd(
+        all_: Annotated[bool, typer.Option("--all", help="Also workers whose heartbeat stopped (gone).")] = False,
+        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+    ) -> None:
+        """List the live workers: queues, device and the analysis each runs now (admin keys only).
+
+        An admin is an owner named in the server's TASKGAUGE_ADMIN_OWNERS; with the embedded default the local key
+        is one.
+        """
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                page = api.get_json("/workers", params={"all": "true"} if all_ else None)
+            if json_out:
+                print_json(page)
+                return
+            table = Table(title=f"workers ({page.get('count', 0)})")
+            for col in ("name", "queues", "device", "conc.", "running", "heartbeat"):
+                table.add_column(col)
+            for w in page.get("items", []):
+                running = "\n".join(_task_line(t) for t in w.get("active", [])) or "idle"
+                beat = str(w.get("heartbeat_at") or "")[11:19] + ("" if w.get("live", True) else " (gone)")
+                table.add_row(w["name"], ",".join(w.get("queues", [])), w.get("device", ""),
+                              str(w.get("concurrency", "")), running, beat)
+            out_console.print(table)
 
         run(go)

@@ -1,5 +1,5 @@
-"""``/healthz`` (liveness: the process answers) and ``/readyz`` (readiness: the database and the broker answer, and
-under ``taskgauge serve`` its embedded worker is running and ready: ``app.supervisor``)."""
+"""``/healthz`` (liveness: the process answers) and ``/readyz`` (readiness: the database, the broker and the blob store
+answer, and under ``taskgauge serve`` its embedded worker is running and ready: ``app.supervisor``)."""
 
 from __future__ import annotations
 
@@ -39,16 +39,24 @@ def _check_broker(state) -> str:
     return "ok"
 
 
+def _check_blobs(state) -> str:
+    state.blobs.check()
+    return f"ok ({state.blobs.url})"
+
+
+_SETTING = {"database": "DATABASE_URL", "broker": "BROKER_URL", "blobs": "BLOB_URL (and TASKGAUGE_S3_*)"}
+
+
 @router.get("/readyz", response_model=Readiness, operation_id="health-ready", responses=responses(503))
 async def readyz(state: StateDep) -> Readiness:
     results = {}
-    for name, check in (("database", _check_db), ("broker", _check_broker)):
+    for name, check in (("database", _check_db), ("broker", _check_broker), ("blobs", _check_blobs)):
         try:
             results[name] = await run_in_threadpool(check, state)
         except Exception as exc:  # noqa: BLE001 - report which dependency is down, and why
             raise ServiceUnavailable(f"{name} is not reachable: {type(exc).__name__}: {exc}. Check TASKGAUGE_"
-                                     f"{'DATABASE_URL' if name == 'database' else 'BROKER_URL'} and that the "
-                                     "service is up", title=f"{name.capitalize()} unavailable") from None
+                                     f"{_SETTING[name]} and that the service is up",
+                                     title=f"{name.capitalize()} unavailable") from None
     from app.supervisor import worker_state
 
     ok, detail = worker_state()

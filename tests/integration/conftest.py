@@ -1,5 +1,6 @@
-"""Fixtures of the service integration tests: one running stack per backend (``pg-redis`` and ``embedded``),
-each with a real API process and a real Celery worker process; see ``service_stack.py``."""
+"""Fixtures of the service integration tests: one running stack per backend (``pg-redis``, ``pg-redis-s3`` —
+blobs in a bucket of a local S3 server — and ``embedded``), each with a real API process and a real Celery worker
+process; see ``service_stack.py``."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ import pytest
 import service_stack
 
 
-@pytest.fixture(scope="session", params=["pg-redis", "embedded"])
+@pytest.fixture(scope="session", params=["pg-redis", "pg-redis-s3", "embedded"])
 def svc(request, tmp_path_factory):
     kind = request.param
-    if kind == "pg-redis" and not (service_stack.postgres_up() and service_stack.redis_available()):
-        pytest.skip("PostgreSQL on 127.0.0.1:5432 and redis-server are needed for the pg-redis stack")
+    if kind.startswith("pg-redis") and not (service_stack.postgres_up() and service_stack.redis_available()):
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 and redis-server are needed for the pg-redis stacks")
+    if kind == "pg-redis-s3":
+        import s3_server
+
+        s3_server.endpoint()  # skips when no local S3 server can be had
     stack = service_stack.build(kind, tmp_path_factory.mktemp(f"svc-{kind}"))
     try:
         stack.start_api()

@@ -3,6 +3,8 @@ Celery worker process (``taskgauge worker``), on either
 
 * ``pg-redis``: a fresh PostgreSQL database ``taskgauge_test_<random>`` built by ``alembic upgrade head`` and a
   private ``redis-server`` on a free loopback port (so a test can restart it), or
+* ``pg-redis-s3``: the same, with the blob store in a fresh bucket of a local S3-compatible server (moto on
+  loopback, ``tests/s3_server.py``) instead of ``DATA_DIR/blobs``, or
 * ``embedded``: SQLite + the serverless filesystem transport under a temp ``DATA_DIR`` (the embedded default).
 
 Every process is started in its own session and killed (and the database dropped) on teardown.
@@ -103,10 +105,29 @@ class Stack:
     pg_name: str | None = None
     n_workers: int = 0
     logs: list[Path] = field(default_factory=list)
+    s3_bucket: str | None = None
 
     @property
     def data_dir(self) -> Path:
         return Path(self.env["TASKGAUGE_DATA_DIR"])
+
+    def blob_store(self):
+        """The stack's blob store, built from its settings as the service builds it."""
+        from taskgauge.blobs import blob_store_for
+        from taskgauge.settings import Settings
+
+        settings = {k.removeprefix("TASKGAUGE_"): v for k, v in self.env.items() if k.startswith("TASKGAUGE_")}
+        return blob_store_for(Settings(_env_file=None, **settings))
+
+    def blob_storage_contents(self) -> dict[str, str]:
+        """Everything in the blob storage, read without taskgauge's code: every file under ``DATA_DIR/blobs``
+        (staging folder included) with its size, or every object in the stack's bucket with its ETag."""
+        if self.s3_bucket:
+            import s3_server
+
+            return s3_server.objects(self.s3_bucket, self.env["TASKGAUGE_S3_ENDPOINT_URL"])
+        root = self.data_dir / "blobs"
+        return {str(p.relative_to(root)): str(p.stat().st_size) for p in root.rglob("*") if p.is_file()}
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
         path = self.tmp / log
@@ -185,6 +206,7 @@ def build(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None) -> S
         "TASKGAUGE_LEASE_S": "6",
         "TASKGAUGE_HEARTBEAT_S": "1",
         "TASKGAUGE_VISIBILITY_TIMEOUT_S": "30",
+        "TASKGAUGE_ADMIN_OWNERS": "root",  # `keys create root` makes an admin key (GET /workers)
         # the test-only estimators come in as a plugin (entry point), from this folder on the path
         "PYTHONPATH": os.pathsep.join([str(HERE / "plugins"), str(HERE), str(ROOT), env.get("PYTHONPATH", "")]
                                       ).rstrip(os.pathsep),
@@ -193,7 +215,13 @@ def build(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None) -> S
         **(extra_env or {}),
     })
     stack: Stack
-    if kind == "pg-redis":
+    bucket = None
+    if kind == "pg-redis-s3":
+        import s3_server
+
+        bucket = s3_server.new_bucket()
+        env.update(s3_server.settings_env(bucket))
+    if kind in ("pg-redis", "pg-redis-s3"):
         import psycopg
 
         name = f"taskgauge_test_{uuid.uuid4().hex[:10]}"
@@ -204,7 +232,7 @@ def build(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None) -> S
         redis = Redis(port=free_port(), dir=tmp / "redis")
         env["TASKGAUGE_DATABASE_URL"] = url
         env["TASKGAUGE_BROKER_URL"] = f"redis://127.0.0.1:{redis.port}/0"
-        stack = Stack(kind, tmp, env, url, redis=redis, pg_name=name)
+        stack = Stack(kind, tmp, env, url, redis=redis, pg_name=name, s3_bucket=bucket)
         try:
             redis.start()
             migrate.upgrade(url)

@@ -10,7 +10,6 @@ import skdim
 
 from reference_data import data as reference, rel
 from service_stack import wait_for
-from taskgauge.blobs import BlobStore
 from taskgauge.datasets.canonical import CanonicalDataset
 
 
@@ -21,7 +20,7 @@ def test_float64_upload_is_analysed_in_float64(svc, alice):
     r = alice.post("/datasets", files={"file": ("scurve64.npz", buf.getvalue(), "application/octet-stream")})
     assert r.status_code == 201, r.text
     ds = r.json()
-    stored = CanonicalDataset.load(BlobStore(svc.data_dir / "blobs").path(ds["blob_sha256"]))
+    stored = CanonicalDataset.load(svc.blob_store().path(ds["blob_sha256"]))
     assert stored.X.dtype == np.float64 and stored.X.tobytes() == X.tobytes()
     aid = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": {"mle": {}}}).json()["id"]
     state = wait_for(alice, aid)

@@ -85,14 +85,14 @@ def _seed(session, data_dir: Path):
     """An owner, a small labelled dataset (digits) in the blob store and a 4-second schedule."""
     from taskgauge.services import schedules as service
     from taskgauge import db
-    from taskgauge.blobs import BlobStore
+    from taskgauge.blobs import FileBlobStore
     from taskgauge.datasets.canonical import CanonicalDataset
 
     with np.load(ROOT / "examples" / "digits.npz", allow_pickle=False) as d:
         X, y = d["X"][:200], d["y"][:200]
     data = CanonicalDataset(X=X.astype("float32"), y=y.astype("int64"), classes=[str(i) for i in range(10)], meta={})
     raw = data.to_bytes()
-    store = BlobStore(data_dir / "blobs").ensure()
+    store = FileBlobStore(data_dir / "blobs").ensure()
     staged = store.stage(raw)
     store.publish(staged)
     owner = db.Owner(id=db.new_id(), name="sched-test")

@@ -14,7 +14,7 @@ from alembic.config import Config
 from PIL import Image
 
 from taskgauge import db
-from taskgauge.blobs import BlobStore
+from taskgauge.blobs import FileBlobStore
 from taskgauge.errors import InvalidInput
 from taskgauge.services import datasets, reports
 from taskgauge.services import schedules as service
@@ -47,7 +47,7 @@ def make_owner_dataset(s, tmp_path, *, images: bool = True, name: str = "ds") ->
     if images:
         X[2] = np.arange(16, dtype=np.float32).reshape(1, 4, 4) / 15.0  # a known ramp
     data = CanonicalDataset(X=X, y=np.array([0, 1, 0, 1, 0, 1]), classes=["a", "b"], meta={})
-    store = BlobStore(tmp_path / "blobs").ensure()
+    store = FileBlobStore(tmp_path / "blobs").ensure()
     staged = store.stage(data.to_bytes())
     store.publish(staged)
     s.add(db.Blob(sha256=staged.sha256, size=len(data.to_bytes())))
@@ -130,12 +130,12 @@ def test_history_flags_version_change_and_drift(session, tmp_path):
 
 def test_sample_png_renders_the_stored_image(session, tmp_path):
     owner, ds, blobs = make_owner_dataset(session, tmp_path)
-    png = datasets.sample_png(session, BlobStore(blobs), owner, ds, 2, size=16)
+    png = datasets.sample_png(session, FileBlobStore(blobs), owner, ds, 2, size=16)
     img = np.asarray(Image.open(io.BytesIO(png)))
     assert img.shape == (16, 16)  # 4×4 upscaled ×4, nearest neighbour
     assert img[0, 0] == 0 and img[-1, -1] == 255 and img[0, 4] == 17  # the ramp 0..15 → 0..255
     with pytest.raises(service.NotFound):
-        datasets.sample_png(session, BlobStore(blobs), owner, ds, 6)
+        datasets.sample_png(session, FileBlobStore(blobs), owner, ds, 6)
     owner2, tab, tblobs = make_owner_dataset(session, tmp_path / "t", images=False)
     with pytest.raises(InvalidInput, match="not an image dataset"):
-        datasets.sample_png(session, BlobStore(tblobs), owner2, tab, 0)
+        datasets.sample_png(session, FileBlobStore(tblobs), owner2, tab, 0)

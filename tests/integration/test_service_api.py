@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 
 from service_stack import upload, wait_for
 from taskgauge import db
-from taskgauge.blobs import BlobStore
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +60,7 @@ def test_health_docs_and_auth(svc):
     assert httpx.get(svc.api_url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(svc.api_url + "/readyz").json()
     assert ready["database"] == "ok" and ready["broker"].startswith("ok")
+    assert ready["blobs"] == f"ok ({svc.blob_store().url})"
     assert httpx.get(svc.api_url + "/docs").status_code == 200
     spec = httpx.get(svc.api_url + "/openapi.json").json()
     assert "/api/v1/analyses/{analysis_id}/events" in spec["paths"]
@@ -172,8 +172,7 @@ BAD_CASES = _bad_uploads(_npz_bytes(X=np.random.default_rng(2).normal(size=(200,
 
 @pytest.mark.parametrize("filename, payload, fields, status, word", BAD_CASES)
 def test_bad_upload_is_rejected_and_leaves_nothing(svc, bob, filename, payload, fields, status, word):
-    blobs = BlobStore(svc.data_dir / "blobs")
-    before_blobs = blobs.files()
+    before_blobs = svc.blob_storage_contents()
     before_rows = _count(svc, db.Dataset)
     r = bob.post("/datasets", files={"file": (filename, payload, "application/octet-stream")}, data=fields)
     assert r.status_code == status, r.text
@@ -182,9 +181,9 @@ def test_bad_upload_is_rejected_and_leaves_nothing(svc, bob, filename, payload, 
     assert body["status"] == status and body["title"] and len(body["detail"]) > 20
     assert word.lower() in body["detail"].lower()
     assert _count(svc, db.Dataset) == before_rows
-    assert blobs.files() == before_blobs
+    assert svc.blob_storage_contents() == before_blobs  # on S3: the bucket exactly as before
     assert list((svc.data_dir / "tmp" / "uploads").glob("*")) == []
-    assert list((svc.data_dir / "blobs" / ".tmp").glob("*")) == []
+    assert list((svc.data_dir / "blobs" / ".tmp").glob("*")) == [] and svc.blob_store().temp_files() == []
 
 
 def test_bad_analysis_requests_and_other_owners_ids(svc, alice, bob, files):
@@ -214,7 +213,7 @@ def test_bad_analysis_requests_and_other_owners_ids(svc, alice, bob, files):
 
 
 def test_same_file_is_stored_once_and_blob_removed_with_last_dataset(svc, alice, files, tmp_path):
-    blobs = BlobStore(svc.data_dir / "blobs")
+    blobs = svc.blob_store()
     # A file no other test uploads, so this test owns its blob.
     rng = np.random.default_rng(99)
     path = tmp_path / "dedupe.npz"
@@ -225,7 +224,9 @@ def test_same_file_is_stored_once_and_blob_removed_with_last_dataset(svc, alice,
     assert len(set(ids)) == 7
     sha = first["blob_sha256"]
     assert {r["blob_sha256"] for r in rest} == {sha}
-    assert [p.name for p in blobs.files()].count(sha) == 1
+    assert blobs.keys().count(sha) == 1
+    prefix = "blobs/" if svc.s3_bucket else ""
+    assert [k for k in svc.blob_storage_contents() if sha in k] == [f"{prefix}{sha[:2]}/{sha}"]
     assert _count(svc, db.Blob, db.Blob.sha256 == sha) == 1
     for i in ids[:-1]:
         assert alice.delete(f"/datasets/{i}").status_code == 204

@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, func, select
 
 import service_stack
 from taskgauge import db
-from taskgauge.blobs import BlobStore, TempLock
+from taskgauge.blobs import FileBlobStore, TempLock
 
 PROBLEM = "application/problem+json"
 MB = 1024 * 1024
@@ -113,7 +113,7 @@ def _count_rows(stack, model) -> int:
 
 
 def _leftovers(stack) -> dict:
-    blobs = BlobStore(stack.data_dir / "blobs")
+    blobs = FileBlobStore(stack.data_dir / "blobs")
     return {"rows": _count_rows(stack, db.Dataset), "blob_rows": _count_rows(stack, db.Blob),
             "blobs": [p.name for p in blobs.files()],
             "tmp": sorted(str(p) for p in (stack.data_dir / "tmp" / "uploads").glob("*"))
@@ -245,7 +245,7 @@ def test_each_input_kind_stays_within_twice_its_materialised_size(stack, client,
     assert r.status_code == 201, r.text
     ds = r.json()
     assert peak.above_idle <= 2 * materialised + SLACK, (peak.above_idle / MB, materialised / MB)
-    blob = BlobStore(stack.data_dir / "blobs").path(ds["blob_sha256"])
+    blob = FileBlobStore(stack.data_dir / "blobs").path(ds["blob_sha256"])
     assert blob.stat().st_size >= materialised  # the data really was materialised (by the ingest child)
     if filename.endswith(".zip"):
         # a thumbnail reads one row of the stored file, never the dataset
@@ -370,7 +370,7 @@ def test_same_data_under_two_names_is_stored_once_and_lists_are_summaries(stack,
     second = _post(client, "other-name.npz", b.getvalue()).json()
     assert first["id"] != second["id"] and first["filename"] != second["filename"]
     assert first["blob_sha256"] == second["blob_sha256"]
-    assert [p.name for p in BlobStore(stack.data_dir / "blobs").files()].count(first["blob_sha256"]) == 1
+    assert [p.name for p in FileBlobStore(stack.data_dir / "blobs").files()].count(first["blob_sha256"]) == 1
     assert client.get(f"/datasets/{second['id']}").json()["meta"]["filename"] == "other-name.npz"
     assert first["classes"] == ["0", "1", "2"]
     items = client.get("/datasets", params={"limit": 500}).json()["items"]
@@ -421,7 +421,7 @@ def test_temp_files_of_a_killed_upload_are_swept_at_the_next_start(stack, client
     partial = list(uploads.glob("upload-*"))
     assert partial, "the upload never reached the API"
     service_stack.kill_group(stack.api, signal.SIGKILL)
-    store = BlobStore(stack.data_dir / "blobs").ensure()
+    store = FileBlobStore(stack.data_dir / "blobs").ensure()
     crashed_part = store.tmp / "deadbeef-crashed.part"  # what a SIGKILL between ingest and publish leaves
     crashed_part.write_bytes(b"\0" * MB)
     held = store.tmp / "held-by-a-live-writer.part"

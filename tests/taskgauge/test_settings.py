@@ -91,3 +91,23 @@ def test_worker_threads_default_is_the_childs_share_of_the_cores(monkeypatch):
     s = Settings()
     assert (s.worker_threads(1), s.worker_threads(4), s.worker_threads(32)) == (16, 4, 1)
     assert Settings(WORKER_THREADS=3).worker_threads(4) == 3  # an explicit setting wins
+
+
+def test_admin_owners(monkeypatch):
+    assert Settings().admin_owners == {"local"}  # the embedded broker: the local key's owner is the admin
+    monkeypatch.setenv("TASKGAUGE_BROKER_URL", "redis://127.0.0.1:6379/0")
+    assert Settings().admin_owners == frozenset()  # production: nobody unless named
+    monkeypatch.setenv("TASKGAUGE_ADMIN_OWNERS", " ops, alice ,,")
+    assert Settings().admin_owners == {"ops", "alice"}
+
+
+def test_blob_url_default_and_s3(monkeypatch, tmp_path):
+    assert Settings().blob_url == (tmp_path / ".taskgauge" / "blobs").resolve().as_uri()
+    monkeypatch.setenv("TASKGAUGE_BLOB_URL", "s3://tg/blobs")
+    monkeypatch.setenv("TASKGAUGE_S3_SECRET_ACCESS_KEY", "hush")
+    s = Settings()
+    assert s.blob_url == "s3://tg/blobs" and s.S3_SECRET_ACCESS_KEY.get_secret_value() == "hush"
+    assert "hush" not in repr(s) and "hush" not in str(s.model_dump())
+    monkeypatch.setenv("TASKGAUGE_BLOB_URL", "ftp://x/y")
+    with pytest.raises(ValidationError, match="BLOB_URL"):
+        Settings()

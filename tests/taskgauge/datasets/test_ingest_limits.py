@@ -25,7 +25,7 @@ import skdim
 import torch
 
 from reference_data import data as reference, rel
-from taskgauge.blobs import BlobStore, TempLock, sweep_stale
+from taskgauge.blobs import FileBlobStore, TempLock, sweep_stale
 from taskgauge.datasets.canonical import CanonicalDataset, read_sample, write_canonical
 from taskgauge.datasets.ingest import IngestError, IngestOptions, ingest_file
 from taskgauge.datasets.ingest.arrays import ByteBudget
@@ -406,13 +406,13 @@ def test_sweep_removes_only_temp_files_of_dead_writers(tmp_path):
 
 
 def test_blob_store_sweeps_stale_parts_on_startup(tmp_path):
-    store = BlobStore(tmp_path / "blobs").ensure()
+    store = FileBlobStore(tmp_path / "blobs").ensure()
     part = store.new_part()  # a live one (this process holds its lock)
     stale = store.tmp / "0123abcd-crashed.part"
     stale.write_bytes(b"\0" * 1000)
     _age(stale)
     _age(part.path)
-    BlobStore(tmp_path / "blobs").ensure()  # what a restarted process does
+    FileBlobStore(tmp_path / "blobs").ensure()  # what a restarted process does
     assert not stale.exists() and part.path.exists()
     staged = store.stage_file(part)
     store.discard(staged)
