@@ -1,5 +1,5 @@
 """Issue 16 (slow, never in CI): fine-tuning d90 of the packaged MiniLM on real text, DID vs SAID, pretrained vs
-the same architecture randomly initialised (Aghajanyan et al. 2021; METHODS §4.5).
+the same architecture randomly initialised (Aghajanyan et al. 2021; docs/methods.md §4.5).
 
 Task: topic classification of Debian fortunes (computers / love / science / politics / sports, ``--per-class``
 texts each, seeded), token ids truncated at ``--max-length``. Every configuration runs the registered ``subspace``

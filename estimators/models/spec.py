@@ -35,7 +35,7 @@ class TrainSpec(_Strict):
     """How a model is trained: the same block drives direct (baseline) and subspace training.
 
     ``weight_decay`` is the optimizer's L2 term on the *trained* parameters (θ for direct training, θ_d for
-    subspace training). Li et al. used Adam, lr 1e−3, batch 128 (METHODS §4.2).
+    subspace training). Li et al. used Adam, lr 1e−3, batch 128 (docs/methods.md §4.2).
 
     Training runs to convergence (``stop="plateau"``): every ``eval_every`` steps (default one epoch, 50–1000
     steps) the validation metric and loss are scored; after ``patience`` scores with neither the metric up by
@@ -124,7 +124,7 @@ class ResNetSpec(_Strict):
 
 
 class PretrainedSpec(_Strict):
-    """A pretrained text encoder plus a new linear classification head (DESIGN §7; METHODS §4.5, issue 16).
+    """A pretrained text encoder plus a new linear classification head (docs/methods.md §4, §4.5, issue 16).
 
     ``source``: ``"minilm"`` (the packaged all-MiniLM-L6-v2) or ``"local"`` with ``path`` the directory of an
     uploaded Hugging Face-style model (the service sets ``path`` after resolving an upload; a spec submitted by a

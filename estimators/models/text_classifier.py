@@ -1,4 +1,4 @@
-"""A pretrained encoder plus a new classification head: the θ₀ of fine-tuning d90 (METHODS §4.5; issue 16).
+"""A pretrained encoder plus a new classification head: the θ₀ of fine-tuning d90 (docs/methods.md §4.5; issue 16).
 
 :func:`build_text_classifier` turns a ``{"arch": "pretrained", ...}`` spec into a :class:`TextClassifier` — a
 private copy of the process-wide pretrained encoder (:func:`estimators.models.pretrained.get_pretrained`) and a

@@ -1,1 +1,1 @@
-"""``repr_id``: the intrinsic dimension of a model's representations (METHODS §1.4)."""
+"""``repr_id``: the intrinsic dimension of a model's representations (docs/methods.md §1.4)."""

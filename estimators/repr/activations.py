@@ -1,4 +1,4 @@
-"""Activations of a model at named layers, for ``repr_id`` (METHODS §1.4).
+"""Activations of a model at named layers, for ``repr_id`` (docs/methods.md §1.4).
 
 * Spec models (mlp/lenet/cnn/resnet, ``nn.Sequential``): forward hooks on named modules; each sample's output
   is flattened (Konz: conv maps are flattened as they are, no pooling). :func:`spec_blocks` names the outputs

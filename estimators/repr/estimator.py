@@ -1,4 +1,4 @@
-"""The ``repr_id`` estimator: intrinsic dimension of a model's representations (METHODS §1.4; DESIGN §4).
+"""The ``repr_id`` estimator: intrinsic dimension of a model's representations (docs/methods.md §1.4, §0).
 
 d_repr is the ID (``twonn`` as Konz's experiments and Ansuini use, or ``mle`` k=20 as Konz's helper defaults to)
 of the activations at one named layer, computed by the same functions — and the same exact kNN engine — as the
@@ -47,9 +47,9 @@ PENULTIMATE = "penultimate"
 
 
 class ReprIDParams(Params):
-    """Params of ``repr_id``; defaults follow METHODS §1.4 (TwoNN, 2000 points as in Ansuini's scripts)."""
+    """Params of ``repr_id``; defaults follow docs/methods.md §1.4 (TwoNN, 2000 points as in Ansuini's scripts)."""
 
-    model: ModelSpec = Field(description="model spec (DESIGN §7); the pipeline injects the user's spec here")
+    model: ModelSpec = Field(description="model spec (docs/methods.md §4); the pipeline injects the user's spec here")
     weights: str | None = Field(None, description="path of the spec model's .safetensors weights (set by the service)")
     n_classes: int | None = Field(None, ge=1, description="output size of a spec model; default: read from the weights")
     layer: str = Field(ALL, description="a layer name, 'penultimate', or 'all' for the per-layer profile")
@@ -105,7 +105,7 @@ def _subsample(n: int, params: ReprIDParams) -> torch.Tensor | None:
     min_samples=10,
 )
 def repr_id(X: Any, y: Any, params: ReprIDParams, *, device: torch.device, progress: ProgressFn) -> Result:
-    """Estimate d_repr (METHODS §1.4); see the module docstring."""
+    """Estimate d_repr (docs/methods.md §1.4); see the module docstring."""
     t0 = time.perf_counter()
     spec = parse_model_spec(params.model)
     warnings: list[str] = []

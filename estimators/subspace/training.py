@@ -1,4 +1,4 @@
-"""Training to convergence for the d_int90 sweep (Li et al. 2018; METHODS.md §4.2; issue 14).
+"""Training to convergence for the d_int90 sweep (Li et al. 2018; docs/methods.md §4.2; issue 14).
 
 Li's d_int90 compares a *converged* subspace training with a *converged* direct training. A fixed epoch count
 measures the budget instead: small subspaces start slowly, so fewer epochs push d_int90 up. This module trains

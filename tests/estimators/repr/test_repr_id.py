@@ -1,4 +1,4 @@
-"""repr_id (issue 16; METHODS §1.4): activations at named layers, the per-layer profile, MiniLM hidden states."""
+"""repr_id (issue 16; docs/methods.md §1.4): activations at named layers, the per-layer profile, MiniLM hidden states."""
 
 import numpy as np
 import pytest
@@ -47,7 +47,7 @@ def test_orthogonal_layer_keeps_the_dimension(orthogonal_mlp, estimator):
                                    "estimator": estimator})
     d_data, d_repr = r.details["d_data"], r.value
     assert abs(d_repr - d_data) < 0.3
-    assert 4.0 < d_data < 6.0  # uniform 5-cube: TwoNN/MLE read a little below 5 (METHODS §6)
+    assert 4.0 < d_data < 6.0  # uniform 5-cube: TwoNN/MLE read a little below 5 (docs/methods.md §6)
     # independent reference: skdim on the activations computed by hand
     ref_est = skdim.id.TwoNN() if estimator == "twonn" else skdim.id.MLE()
     ref = ref_est.fit(X.astype(np.float64) @ Q.T).dimension_

@@ -1,4 +1,4 @@
-"""Training to convergence (issue 14; METHODS §4.2): the per-row optimizer, plateau stopping, the lr range test,
+"""Training to convergence (issue 14; docs/methods.md §4.2): the per-row optimizer, plateau stopping, the lr range test,
 bounds when the crossing rests on unconverged trials, and Li's §2 toy problem under the converged protocol."""
 
 import math

@@ -1,4 +1,4 @@
-"""Fine-tuning in a subspace of a pretrained model (issue 16; METHODS §4.5) on a tiny random BertConfig."""
+"""Fine-tuning in a subspace of a pretrained model (issue 16; docs/methods.md §4.5) on a tiny random BertConfig."""
 
 import pytest
 import torch
