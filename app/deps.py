@@ -7,7 +7,8 @@ owner, from ``Authorization: Bearer …``), ``StateDep`` (the service :class:`~t
 
 from __future__ import annotations
 
-from typing import Annotated, Iterator
+from collections.abc import Iterator
+from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
@@ -15,7 +16,6 @@ from sqlalchemy.orm import Session
 from taskgauge.auth import Principal, authenticate
 from taskgauge.context import Context
 from taskgauge.errors import Unauthorized
-
 
 MAX_OFFSET = 1_000_000_000  # list offsets above this are refused (422); SQLite cannot bind integers past 2**63
 

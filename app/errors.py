@@ -55,7 +55,9 @@ def guard_responses() -> dict[int | str, dict[str, Any]]:
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: the common problems plus ``codes``."""
     docs = {
-        400: "Bad request", 403: "Only admins may do this", 409: "Conflict with the resource's state",
+        400: "Bad request",
+        403: "Only admins may do this",
+        409: "Conflict with the resource's state",
         413: "Upload over TASKGAUGE_MAX_UPLOAD_MB",
         429: "Over a per-owner quota or a rate limit; retry after `Retry-After` seconds",
         503: "Database busy, or database, broker or worker unavailable; retry after `Retry-After` seconds",
@@ -84,17 +86,31 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EstimatorError)
     async def _estimator(request: Request, exc: EstimatorError) -> JSONResponse:
-        return problem_response(problem("Invalid estimator request", str(exc), 422, "bad-estimator-request",
-                                        instance=request.url.path))
+        return problem_response(
+            problem("Invalid estimator request", str(exc), 422, "bad-estimator-request", instance=request.url.path)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": [clip(p) if isinstance(p, str) else p for p in e.get("loc", ())][:20],
-                   "msg": clip(e.get("msg", ""), 300), "type": e.get("type", "")} for e in exc.errors()[:50]]
+        errors = [
+            {
+                "loc": [clip(p) if isinstance(p, str) else p for p in e.get("loc", ())][:20],
+                "msg": clip(e.get("msg", ""), 300),
+                "type": e.get("type", ""),
+            }
+            for e in exc.errors()[:50]
+        ]
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-        return problem_response(problem("Invalid request", f"{summary}. Fix these fields and send the request again "
-                                        "(schema: /docs).", 422, "invalid-request", instance=request.url.path,
-                                        errors=errors))
+        return problem_response(
+            problem(
+                "Invalid request",
+                f"{summary}. Fix these fields and send the request again (schema: /docs).",
+                422,
+                "invalid-request",
+                instance=request.url.path,
+                errors=errors,
+            )
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -104,8 +120,10 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             path = clip(request.url.path, 200)
             detail = f"{clip(request.method)} is not allowed on {path}; see /docs for the methods"
-        return problem_response(problem(_reason(exc.status_code), detail, exc.status_code, instance=request.url.path),
-                                getattr(exc, "headers", None))
+        return problem_response(
+            problem(_reason(exc.status_code), detail, exc.status_code, instance=request.url.path),
+            getattr(exc, "headers", None),
+        )
 
     from sqlalchemy.exc import OperationalError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -116,10 +134,21 @@ def install_error_handlers(app: FastAPI) -> None:
         # did nothing (its transaction was rolled back), so the client may simply retry.
         log.warning("database busy or unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
         busy = "locked" in str(exc.orig).lower() or "busy" in str(exc.orig).lower()
-        detail = ("the database is busy with other writes (" + str(exc.orig) + ")" if busy else
-                  f"the database is unavailable ({type(exc.orig).__name__})") + "; nothing was changed, retry shortly"
-        return problem_response(problem("Database busy" if busy else "Database unavailable", detail, 503,
-                                        "unavailable", instance=request.url.path), {"Retry-After": str(RETRY_AFTER_S)})
+        detail = (
+            "the database is busy with other writes (" + str(exc.orig) + ")"
+            if busy
+            else f"the database is unavailable ({type(exc.orig).__name__})"
+        ) + "; nothing was changed, retry shortly"
+        return problem_response(
+            problem(
+                "Database busy" if busy else "Database unavailable",
+                detail,
+                503,
+                "unavailable",
+                instance=request.url.path,
+            ),
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     from sqlalchemy.exc import DataError
 
@@ -128,21 +157,43 @@ def install_error_handlers(app: FastAPI) -> None:
         # PostgreSQL refused a value the API let through (a NUL character, a string over its column's width, a
         # number out of range): the client's input, not a bug; nothing was stored.
         log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc.orig)
-        return problem_response(problem("Invalid value", "a value in the request cannot be stored (a NUL "
-                                        "character, a text too long or a number out of range); fix it and retry",
-                                        422, "invalid-request", instance=request.url.path))
+        return problem_response(
+            problem(
+                "Invalid value",
+                "a value in the request cannot be stored (a NUL "
+                "character, a text too long or a number out of range); fix it and retry",
+                422,
+                "invalid-request",
+                instance=request.url.path,
+            )
+        )
 
     @app.exception_handler(PoolTimeout)
     async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
         log.warning("database connection pool exhausted on %s %s", request.method, request.url.path)
-        return problem_response(problem("Server busy", "every database connection is in use; retry shortly", 503,
-                                        "unavailable", instance=request.url.path), {"Retry-After": str(RETRY_AFTER_S)})
+        return problem_response(
+            problem(
+                "Server busy",
+                "every database connection is in use; retry shortly",
+                503,
+                "unavailable",
+                instance=request.url.path,
+            ),
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(problem("Internal error", f"{type(exc).__name__}; this is a bug, please report it "
-                                        "with the request that caused it", 500, "internal", instance=request.url.path))
+        return problem_response(
+            problem(
+                "Internal error",
+                f"{type(exc).__name__}; this is a bug, please report it with the request that caused it",
+                500,
+                "internal",
+                instance=request.url.path,
+            )
+        )
 
 
 def _reason(code: int) -> str:

@@ -56,11 +56,19 @@ class PostRateLimit:
             if not strategy.hit(item, key, "post"):
                 reset, _ = strategy.get_window_stats(item, key, "post")
                 retry = max(1, math.ceil(reset - time.time()))
-                await _send_problem(send, problem(
-                    "Too many requests",
-                    f"more than {item} POST requests from this API key (or address); slow down and retry after "
-                    f"{retry} s (TASKGAUGE_RATE_LIMIT_POST)", 429, "too-many-requests",
-                    instance=scope.get("path"), limit=str(item)), retry)
+                await _send_problem(
+                    send,
+                    problem(
+                        "Too many requests",
+                        f"more than {item} POST requests from this API key (or address); slow down and retry after "
+                        f"{retry} s (TASKGAUGE_RATE_LIMIT_POST)",
+                        429,
+                        "too-many-requests",
+                        instance=scope.get("path"),
+                        limit=str(item),
+                    ),
+                    retry,
+                )
                 return
         await self.app(scope, receive, send)
 
@@ -71,9 +79,17 @@ async def _send_problem(send: Send, body: dict[str, Any], retry_after: int) -> N
     from taskgauge.errors import PROBLEM_MEDIA_TYPE
 
     raw = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": 429, "headers": [
-        (b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(raw)).encode()),
-        (b"retry-after", str(retry_after).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(raw)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": raw})
 
 

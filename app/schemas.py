@@ -9,7 +9,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

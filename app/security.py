@@ -29,8 +29,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Everything from this origin; no inline script anywhere (the dashboard and /docs load their scripts as files).
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
-       "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 # Swagger UI sets style attributes from its bundle; its own assets are still served from this origin only.
 DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 DOCS_PATHS = ("/docs", "/docs-static/")
@@ -46,7 +48,7 @@ def host_name(host_header: str) -> str:
     """
     h = host_header.strip().lower()
     if h.startswith("["):
-        return h[1:h.find("]")] if "]" in h else h
+        return h[1 : h.find("]")] if "]" in h else h
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
@@ -68,10 +70,17 @@ class SecurityMiddleware:
             name = host_name(headers.get("host", ""))
             if name not in self.allowed:
                 shown = name[:80] if name else "(none)"
-                await _problem(send, problem(
-                    "Untrusted host", f"this server does not answer to the host name {shown!r}; open it as "
-                    f"{' or '.join(sorted(self.allowed))}, or add the name to TASKGAUGE_ALLOWED_HOSTS",
-                    400, "untrusted-host", instance=path[:200]))
+                await _problem(
+                    send,
+                    problem(
+                        "Untrusted host",
+                        f"this server does not answer to the host name {shown!r}; open it as "
+                        f"{' or '.join(sorted(self.allowed))}, or add the name to TASKGAUGE_ALLOWED_HOSTS",
+                        400,
+                        "untrusted-host",
+                        instance=path[:200],
+                    ),
+                )
                 return
 
         ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -92,15 +101,25 @@ class SecurityMiddleware:
 
     def _too_large(self, path: str) -> dict[str, Any]:
         kib = self.max_body // 1024
-        return problem("Request body too large", f"request bodies other than multipart uploads are limited to "
-                       f"{kib} KiB (TASKGAUGE_MAX_JSON_BODY_KB); send less, or upload data as multipart/form-data "
-                       "to POST /api/v1/datasets", 413, "too-large", instance=path[:200])
+        return problem(
+            "Request body too large",
+            f"request bodies other than multipart uploads are limited to "
+            f"{kib} KiB (TASKGAUGE_MAX_JSON_BODY_KB); send less, or upload data as multipart/form-data "
+            "to POST /api/v1/datasets",
+            413,
+            "too-large",
+            instance=path[:200],
+        )
 
     @staticmethod
     def _with_headers(send: Send, path: str) -> Send:
         csp = DOCS_CSP if path == "/docs" or path.startswith(DOCS_PATHS[1]) else CSP
-        extra = [(b"content-security-policy", csp.encode()), (b"x-frame-options", b"DENY"),
-                 (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+        extra = [
+            (b"content-security-policy", csp.encode()),
+            (b"x-frame-options", b"DENY"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
         no_store = path == "/signin" or path.startswith("/signin/")
 
         async def wrapped(message: Message) -> None:
@@ -119,9 +138,17 @@ class SecurityMiddleware:
 
 async def _problem(send: Send, body: dict[str, Any]) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": body["status"],
-                "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                            (b"content-length", str(len(data)).encode()), (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": body["status"],
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(data)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 

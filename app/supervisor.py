@@ -43,8 +43,13 @@ def worker_state() -> tuple[bool, str]:
 
 
 class WorkerSupervisor:
-    def __init__(self, start: Callable[[], subprocess.Popen], broker_dir: Path,
-                 on_restart: Callable[[], None] | None = None, poll_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        start: Callable[[], subprocess.Popen],
+        broker_dir: Path,
+        on_restart: Callable[[], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
         self._start, self.broker_dir, self.on_restart, self.poll_s = start, broker_dir, on_restart, poll_s
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
@@ -95,8 +100,9 @@ class WorkerSupervisor:
                 proc = self.proc
             if proc is None or proc.poll() is None:
                 continue
-            log.error("taskgauge: the embedded worker (pid %s) exited with %s; restarting it", proc.pid,
-                      proc.returncode)
+            log.error(
+                "taskgauge: the embedded worker (pid %s) exited with %s; restarting it", proc.pid, proc.returncode
+            )
             kill_group(proc.pid)  # its pool children and embedded beat must not outlive it
             self._forget(proc.pid)
             lived = time.monotonic() - self._started_at

@@ -57,7 +57,9 @@ class ReceivedUpload:
             self.lock.release()
 
 
-async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, file_field: str = "file") -> ReceivedUpload:
+async def receive_upload(
+    request: Request, *, max_bytes: int, tmp_dir: Path, file_field: str = "file"
+) -> ReceivedUpload:
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise BadRequest(
@@ -67,8 +69,16 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
         )
     tmp_dir.mkdir(parents=True, exist_ok=True)
     out = ReceivedUpload()
-    state: dict = {"headers": {}, "hname": b"", "hval": b"", "hbytes": 0, "name": None, "is_file": False,
-                   "buf": bytearray(), "parts": 0}
+    state: dict = {
+        "headers": {},
+        "hname": b"",
+        "hval": b"",
+        "hbytes": 0,
+        "name": None,
+        "is_file": False,
+        "buf": bytearray(),
+        "parts": 0,
+    }
     hasher = hashlib.sha256()
     fh = None
     over = False
@@ -85,14 +95,23 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
         state.update(headers={}, hname=b"", hval=b"", hbytes=0, name=None, is_file=False, buf=bytearray())
         state["parts"] += 1
         if state["parts"] > MAX_PARTS:
-            fail(BadRequest(f"the form has more than {MAX_PARTS} parts; send the 'file' part and the few option "
-                            "fields (name, label_column, text_column, resize, grayscale) only", title="Too many form parts"))
+            fail(
+                BadRequest(
+                    f"the form has more than {MAX_PARTS} parts; send the 'file' part and the few option "
+                    "fields (name, label_column, text_column, resize, grayscale) only",
+                    title="Too many form parts",
+                )
+            )
 
     def header_bytes(n: int) -> bool:
         state["hbytes"] += n
         if state["hbytes"] > HEADER_LIMIT:
-            fail(BadRequest(f"a form part has more than {HEADER_LIMIT} bytes of headers; send plain form parts",
-                            title="Form part headers too large"))
+            fail(
+                BadRequest(
+                    f"a form part has more than {HEADER_LIMIT} bytes of headers; send plain form parts",
+                    title="Form part headers too large",
+                )
+            )
         return failure is None
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -141,8 +160,12 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
         else:
             state["buf"] += chunk
             if len(state["buf"]) > FIELD_LIMIT:
-                fail(BadRequest(f"form field '{clip(state['name'])}' is over {FIELD_LIMIT} bytes; send short text "
-                                "fields", title="Form field too large"))
+                fail(
+                    BadRequest(
+                        f"form field '{clip(state['name'])}' is over {FIELD_LIMIT} bytes; send short text fields",
+                        title="Form field too large",
+                    )
+                )
 
     def on_part_end() -> None:
         if failure is None and not state["is_file"] and state["name"]:
@@ -179,14 +202,26 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, fil
                 if stop_at is None:
                     parser.finalize()
         except ParseError as exc:
-            fail(BadRequest(f"the multipart body cannot be parsed ({exc}); send a well-formed multipart/form-data "
-                            "request (curl -F file=@data.npz …)", title="Malformed multipart body", kind="bad-upload"))
+            fail(
+                BadRequest(
+                    f"the multipart body cannot be parsed ({exc}); send a well-formed multipart/form-data "
+                    "request (curl -F file=@data.npz …)",
+                    title="Malformed multipart body",
+                    kind="bad-upload",
+                )
+            )
         finally:
             if fh is not None:
                 fh.close()
         if failure is None and not over and not state.get("ended"):
-            fail(BadRequest("the multipart body ended before its closing boundary (a truncated upload); send the "
-                            "whole request again", title="Malformed multipart body", kind="bad-upload"))
+            fail(
+                BadRequest(
+                    "the multipart body ended before its closing boundary (a truncated upload); send the "
+                    "whole request again",
+                    title="Malformed multipart body",
+                    kind="bad-upload",
+                )
+            )
         if failure is not None:
             raise failure
         if over:

@@ -9,7 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["results_id.md", "results_id_rounds.md", "results_label_sharpness.md", "results_subspace.md", "results_load.md"]
+ORDER = [
+    "results_id.md",
+    "results_id_rounds.md",
+    "results_label_sharpness.md",
+    "results_subspace.md",
+    "results_load.md",
+]
 
 
 def main() -> None:

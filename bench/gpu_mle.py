@@ -27,7 +27,7 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from id_bench import mle_from_distances  # noqa: E402  (bench/ is on the path when this script runs)
+
 from estimators.id.mle import mle_id  # noqa: E402
 from estimators.id.twonn import twonn_id  # noqa: E402
 from estimators.knn import kneighbors  # noqa: E402
-from id_bench import mle_from_distances  # noqa: E402  (bench/ is on the path when this script runs)
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -78,8 +79,9 @@ def big_data(n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def brute_check(X: torch.Tensor, rows: torch.Tensor, dist: torch.Tensor, idx: torch.Tensor, k: int,
-                device: torch.device) -> dict:
+def brute_check(
+    X: torch.Tensor, rows: torch.Tensor, dist: torch.Tensor, idx: torch.Tensor, k: int, device: torch.device
+) -> dict:
     """The engine's neighbours of ``rows`` (``dist``/``idx``: its (len(rows), k) output for them) against a float64
     brute force on ``device``: the 64 best float64-GEMM candidates, then difference-based distances."""
     Xd = X.to(device, torch.float64)
@@ -128,7 +130,7 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run on a GPU machine, or pass --device cpu for a dry run at small --n")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     fig: dict = {"device": name, "n": args.n, "D": 784, "torch": torch.__version__}
 
     t = time.perf_counter()
@@ -163,8 +165,10 @@ def main() -> None:
     del knn, X
 
     small = torch.from_numpy(np.random.default_rng(0).standard_normal((20000, 50)).astype(np.float32))
-    for label, fn in (("mle", lambda: mle_id(small, k=20, device=device).value),
-                      ("twonn", lambda: twonn_id(small, decimation=False, device=device).value)):
+    for label, fn in (
+        ("mle", lambda: mle_id(small, k=20, device=device).value),
+        ("twonn", lambda: twonn_id(small, decimation=False, device=device).value),
+    ):
         fn()
         times = []
         for _ in range(args.small_repeats):

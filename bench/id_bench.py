@@ -38,7 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +115,9 @@ def make_call(method: str):
     if method == "skdim_mle":
         import skdim
 
-        return lambda X: float(skdim.id.MLE().fit(X).dimension_), f"skdim {skdim.__version__ if hasattr(skdim, '__version__') else ''}"
+        return lambda X: float(
+            skdim.id.MLE().fit(X).dimension_
+        ), f"skdim {skdim.__version__ if hasattr(skdim, '__version__') else ''}"
     if method == "tg_twonn":
         import torch
 
@@ -194,9 +196,22 @@ def worker(method: str, n: int, D: int, repeats: int) -> None:
         times.append(time.perf_counter() - t)
         values.append(v)
     peak = _peak_mb()
-    print(json.dumps({"method": method, "n": n, "D": D, "times": times, "value": values[0],
-                      "values_equal": len(set(values)) == 1, "base_mb": base, "peak_mb": peak, "peak_reset": reset,
-                      "note": note}))
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "n": n,
+                "D": D,
+                "times": times,
+                "value": values[0],
+                "values_equal": len(set(values)) == 1,
+                "base_mb": base,
+                "peak_mb": peak,
+                "peak_reset": reset,
+                "note": note,
+            }
+        )
+    )
 
 
 def machine() -> str:
@@ -216,7 +231,9 @@ def machine() -> str:
             versions.append(f"{mod} {getattr(m, '__version__', '?')}")
         except ImportError:
             pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, Python {platform.python_version()}; " + ", ".join(versions)
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, Python {platform.python_version()}; " + ", ".join(
+        versions
+    )
 
 
 def main() -> None:
@@ -226,10 +243,18 @@ def main() -> None:
     ap.add_argument("--D", type=int, nargs="*", help="dimensions (default 784 3072)")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     ap.add_argument("--repeats", type=int, default=None, help="runs per cell (median reported; default 3)")
-    ap.add_argument("--out", default=None, help="result file (default bench/results_id.md, with --rounds "
-                    "bench/results_id_rounds.md)")
-    ap.add_argument("--rounds", type=int, default=0, help="instead of the grid: R rounds on one cell (first --n and "
-                    "--D, default 20000 × 784), taskgauge and the reference alternating, each a fresh process")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="result file (default bench/results_id.md, with --rounds bench/results_id_rounds.md)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="instead of the grid: R rounds on one cell (first --n and "
+        "--D, default 20000 × 784), taskgauge and the reference alternating, each a fresh process",
+    )
     ap.add_argument("--worker", nargs=4, metavar=("METHOD", "N", "D", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -243,7 +268,7 @@ def main() -> None:
     ns = args.n or ([2000, 10000] if args.quick else [2000, 10000, 20000])
     Ds = args.D or ([784] if args.quick else [784, 3072])
     repeats = args.repeats or (2 if args.quick else 3)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     load_before = os.getloadavg()
     t0 = time.time()
     rows = []
@@ -254,16 +279,22 @@ def main() -> None:
                 rows.append(r)
                 if "error" in r:
                     continue
-                print(f"D={D} n={n} {m:11s} {r['median']:8.3f} s  value {r['value']:.10g}  peak {r['peak_mb']:.0f} MB",
-                      flush=True)
+                print(
+                    f"D={D} n={n} {m:11s} {r['median']:8.3f} s  value {r['value']:.10g}  peak {r['peak_mb']:.0f} MB",
+                    flush=True,
+                )
     write(args, rows, started, load_before, os.getloadavg(), time.time() - t0, repeats)
 
 
 def _run_worker(method: str, n: int, D: int, repeats: int) -> dict:
     """One cell in a fresh subprocess: its JSON line plus ``median``, or ``{..., "error": last stderr line}``
     (the stderr tail is printed)."""
-    out = subprocess.run([sys.executable, __file__, "--worker", method, str(n), str(D), str(repeats)],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", method, str(n), str(D), str(repeats)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if out.returncode:
         print(out.stderr[-2000:], file=sys.stderr)
         return {"method": method, "n": n, "D": D, "error": out.stderr.strip().splitlines()[-1]}
@@ -279,9 +310,12 @@ def rounds(args) -> None:
     when the absolute times move. Writes ``bench/results_id_rounds.md`` (``--out`` to change)."""
     n, D = (args.n or [20000])[0], (args.D or [784])[0]
     repeats = args.repeats or 3
-    pairs = [(other, mine) for other, mine in RATIOS if other in args.methods and mine in args.methods
-             and other != "faiss_knn"]
-    started, load_before, t0 = datetime.now(timezone.utc), os.getloadavg(), time.time()
+    pairs = [
+        (other, mine)
+        for other, mine in RATIOS
+        if other in args.methods and mine in args.methods and other != "faiss_knn"
+    ]
+    started, load_before, t0 = datetime.now(UTC), os.getloadavg(), time.time()
     res: list[dict] = []
     for i in range(args.rounds):
         got = {}
@@ -291,8 +325,10 @@ def rounds(args) -> None:
                 if "error" in got[m]:
                     sys.exit(f"{m} n={n} D={D} failed: {got[m]['error']}")
         res.append(got)
-        print(f"round {i + 1}: " + "  ".join(f"{m} {r['median']:.2f} s {r['peak_mb']:.1f} MB" for m, r in got.items()),
-              flush=True)
+        print(
+            f"round {i + 1}: " + "  ".join(f"{m} {r['median']:.2f} s {r['peak_mb']:.1f} MB" for m, r in got.items()),
+            flush=True,
+        )
     cmd = "python bench/id_bench.py " + " ".join(sys.argv[1:])
     load_after = os.getloadavg()
     L = [
@@ -316,11 +352,15 @@ def rounds(args) -> None:
             ratios.append(a["median"] / b["median"])
             diffs.append(a["peak_mb"] - b["peak_mb"])
             rel = abs(a["value"] - b["value"]) / abs(b["value"])
-            L.append(f"| {i} | {other} / {mine} | {a['median']:.2f} / {b['median']:.2f} s | {ratios[-1]:.2f}× | "
-                     f"{a['peak_mb']:.1f} / {b['peak_mb']:.1f} | {diffs[-1]:+.1f} | {rel:.1e} |")
-        summary.append(f"- {other} / {mine}: time ratio min {min(ratios):.2f}×, median {statistics.median(ratios):.2f}×, "
-                       f"max {max(ratios):.2f}×; the reference's peak minus ours: min {min(diffs):+.1f} MB, "
-                       f"median {statistics.median(diffs):+.1f} MB (positive: ours lower)")
+            L.append(
+                f"| {i} | {other} / {mine} | {a['median']:.2f} / {b['median']:.2f} s | {ratios[-1]:.2f}× | "
+                f"{a['peak_mb']:.1f} / {b['peak_mb']:.1f} | {diffs[-1]:+.1f} | {rel:.1e} |"
+            )
+        summary.append(
+            f"- {other} / {mine}: time ratio min {min(ratios):.2f}×, median {statistics.median(ratios):.2f}×, "
+            f"max {max(ratios):.2f}×; the reference's peak minus ours: min {min(diffs):+.1f} MB, "
+            f"median {statistics.median(diffs):+.1f} MB (positive: ours lower)"
+        )
     L += ["", "Summary", ""] + summary
     out = Path(args.out or ROOT / "bench" / "results_id_rounds.md")
     out.write_text("\n".join(L) + "\n")
@@ -353,11 +393,18 @@ def write(args, rows, started, load_before, load_after, wall, repeats) -> None:
         if "error" in r:
             L.append(f"| {r['D']} | {r['n']} | {r['method']} | error | {r['error']} | | | |")
             continue
-        L.append(f"| {r['D']} | {r['n']} | {r['method']} | {r['median']:.3f} | "
-                 f"{', '.join(f'{t:.2f}' for t in r['times'])} | {r['value']:.10g} | {r['peak_mb']:.0f} | "
-                 f"{r['peak_mb'] - r['base_mb']:.0f} |")
-    L += ["", "## Ratios (time of the other tool / time of taskgauge; memory Δ of the other tool / taskgauge's)", "",
-          "| D | n | comparison | time ratio | Δ-memory ratio | values (other / taskgauge) |", "|---|---|---|---|---|---|"]
+        L.append(
+            f"| {r['D']} | {r['n']} | {r['method']} | {r['median']:.3f} | "
+            f"{', '.join(f'{t:.2f}' for t in r['times'])} | {r['value']:.10g} | {r['peak_mb']:.0f} | "
+            f"{r['peak_mb'] - r['base_mb']:.0f} |"
+        )
+    L += [
+        "",
+        "## Ratios (time of the other tool / time of taskgauge; memory Δ of the other tool / taskgauge's)",
+        "",
+        "| D | n | comparison | time ratio | Δ-memory ratio | values (other / taskgauge) |",
+        "|---|---|---|---|---|---|",
+    ]
     for D in sorted({r["D"] for r in rows}):
         for n in sorted({r["n"] for r in rows}):
             for other, mine in RATIOS:
@@ -365,8 +412,10 @@ def write(args, rows, started, load_before, load_after, wall, repeats) -> None:
                 if not a or not b or "error" in a or "error" in b:
                     continue
                 dm = (a["peak_mb"] - a["base_mb"]) / max(b["peak_mb"] - b["base_mb"], 1e-9)
-                L.append(f"| {D} | {n} | {other} / {mine} | {a['median'] / b['median']:.2f}× | {dm:.2f} | "
-                         f"{a['value']:.10g} / {b['value']:.10g} |")
+                L.append(
+                    f"| {D} | {n} | {other} / {mine} | {a['median'] / b['median']:.2f}× | {dm:.2f} | "
+                    f"{a['value']:.10g} / {b['value']:.10g} |"
+                )
     Path(args.out).write_text("\n".join(L) + "\n")
     print(f"wrote {args.out}")
 

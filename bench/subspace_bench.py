@@ -67,8 +67,10 @@ def main() -> None:
                 build = time.perf_counter() - t0
                 model = SubspaceModel([net], P)
                 t = step_time(model, model.trainable(), args.steps)
-                print(f"| {name} | {D:,} | {kind} | {d:,} | {t:.2f} | {t_direct:.2f} | {t / t_direct:.2f} | {build:.1f} |",
-                      flush=True)
+                print(
+                    f"| {name} | {D:,} | {kind} | {d:,} | {t:.2f} | {t_direct:.2f} | {t / t_direct:.2f} | {build:.1f} |",
+                    flush=True,
+                )
                 del model, P
 
 

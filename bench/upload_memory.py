@@ -40,8 +40,10 @@ def cases(heavy: bool) -> list[tuple[str, str, bytes, int]]:
     out = [("npy <U0 header, 128 B", "u0.npy", npy_header("<U0", (2_500_000, 10, 10, 3)), 0)]
     gib_zip = CACHE / "a-png-1.81GiB.zip"
     if heavy and not gib_zip.exists():
-        with zipfile.ZipFile(gib_zip, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("cls/a.png", "w",
-                                                                               force_zip64=True) as fh:
+        with (
+            zipfile.ZipFile(gib_zip, "w", zipfile.ZIP_DEFLATED) as zf,
+            zf.open("cls/a.png", "w", force_zip64=True) as fh,
+        ):
             block = bytes(64 * MB)
             for _ in range(29):  # 1.81 GiB of zeros
                 fh.write(block)
@@ -68,8 +70,14 @@ def cases(heavy: bool) -> list[tuple[str, str, bytes, int]]:
     np.save(b, X)
     out.append(("npy, 80 MB float32 (accepted)", "dense.npy", b.getvalue(), X.nbytes))
     n = 2_000_000
-    out.append(("csv, 2M rows × 4 int columns (accepted)", "ints.csv",
-                ("a,b,c,d,label\n" + "0,1,2,3,x\n" * n).encode(), n * 4 * 4))
+    out.append(
+        (
+            "csv, 2M rows × 4 int columns (accepted)",
+            "ints.csv",
+            ("a,b,c,d,label\n" + "0,1,2,3,x\n" * n).encode(),
+            n * 4 * 4,
+        )
+    )
     import pandas as pd
 
     b = io.BytesIO()
@@ -105,21 +113,28 @@ def main() -> None:
     root = args.root.resolve()
     sys.path.insert(0, str(root / "tests" / "integration"))
     sys.path.insert(0, str(root))
+    import tempfile
+
     import httpx
     import service_stack
-
-    import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="upload-bench-"))
     stack = service_stack.build("embedded", tmp, extra_env={"TASKGAUGE_MAX_UPLOAD_MB": "512"})
     rows = []
     try:
         stack.start_api()
-        key = subprocess.run([sys.executable, "-m", "app", "keys", "create", "bench"], env=stack.env,
-                             capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+        key = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "bench"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.strip()
         skip = set(filter(None, args.skip.split(",")))
-        with httpx.Client(base_url=stack.api_url + "/api/v1", headers={"Authorization": f"Bearer {key}"},
-                          timeout=900) as client:
+        with httpx.Client(
+            base_url=stack.api_url + "/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=900
+        ) as client:
             for label, filename, payload, materialised in cases(heavy=not args.light):
                 if filename in skip:
                     continue
@@ -139,12 +154,16 @@ def main() -> None:
     finally:
         stack.stop()
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    lines = [f"source tree: `{root}`; {load}", "",
-             "| upload | size | status | API peak RSS above idle | line (2 × materialised + 256 MB) | seconds |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"source tree: `{root}`; {load}",
+        "",
+        "| upload | size | status | API peak RSS above idle | line (2 × materialised + 256 MB) | seconds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for label, size, code, peak, line, secs in rows:
-        lines.append(f"| {label} | {size / 1024:,.1f} KB | {code} | {peak / MB:,.0f} MB | {line / MB:,.0f} MB | "
-                     f"{secs:.1f} |")
+        lines.append(
+            f"| {label} | {size / 1024:,.1f} KB | {code} | {peak / MB:,.0f} MB | {line / MB:,.0f} MB | {secs:.1f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

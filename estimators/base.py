@@ -15,8 +15,9 @@ Bad input raises :class:`EstimatorError` whose message says what was wrong and h
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 

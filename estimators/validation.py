@@ -29,7 +29,9 @@ def as_matrix(X, name: str, *, images: bool = False, what: str = "X") -> torch.T
     if isinstance(X, np.ndarray):
         X = torch.from_numpy(np.ascontiguousarray(X))
     if not isinstance(X, torch.Tensor):
-        raise EstimatorError(f"{name}: {what} must be a torch.Tensor or numpy array of shape (N, D), got {type(X).__name__}")
+        raise EstimatorError(
+            f"{name}: {what} must be a torch.Tensor or numpy array of shape (N, D), got {type(X).__name__}"
+        )
     if X.dim() < 2:
         raise EstimatorError(
             f"{name}: {what} must have shape (N, D) with one row per sample, got shape {tuple(X.shape)}; "

@@ -73,8 +73,14 @@ def create_key(session: Session, name: str, *, owner_name: str | None = None) ->
         session.flush()
     key = generate_key()
     prefix, secret = split_key(key)
-    row = db.ApiKey(id=db.new_id(), owner_id=owner.id, name=name, prefix=prefix,
-                    secret_sha256=hash_secret(secret), created_at=db.utcnow())
+    row = db.ApiKey(
+        id=db.new_id(),
+        owner_id=owner.id,
+        name=name,
+        prefix=prefix,
+        secret_sha256=hash_secret(secret),
+        created_at=db.utcnow(),
+    )
     session.add(row)
     session.flush()
     return row, key
@@ -138,8 +144,9 @@ def issue_signin_token(data_dir: str | Path) -> str:
     """A new one-time dashboard sign-in token (it replaces any earlier one). Only its SHA-256 and issue time are
     stored, in ``DATA_DIR/signin_token`` (0600); the token itself goes to the console that asked for it."""
     token = secrets.token_urlsafe(32)
-    _write_private(signin_token_path(data_dir),
-                   json.dumps({"sha256": hash_secret(token), "issued_at": time.time()}) + "\n")
+    _write_private(
+        signin_token_path(data_dir), json.dumps({"sha256": hash_secret(token), "issued_at": time.time()}) + "\n"
+    )
     return token
 
 
@@ -186,11 +193,22 @@ class KeyInfo:
 
 def list_keys(session: Session) -> list[KeyInfo]:
     """Every key (never a secret): id, public prefix, name, owner name, creation time, revoked."""
-    rows = session.execute(select(db.ApiKey, db.Owner.name).join(db.Owner, db.Owner.id == db.ApiKey.owner_id)
-                           .order_by(db.ApiKey.created_at, db.ApiKey.id)).all()
-    return [KeyInfo(id=k.id, prefix=k.prefix, name=k.name, owner=owner, revoked=bool(k.revoked),
-                    created_at=k.created_at.isoformat(timespec="seconds") if k.created_at else "")
-            for k, owner in rows]
+    rows = session.execute(
+        select(db.ApiKey, db.Owner.name)
+        .join(db.Owner, db.Owner.id == db.ApiKey.owner_id)
+        .order_by(db.ApiKey.created_at, db.ApiKey.id)
+    ).all()
+    return [
+        KeyInfo(
+            id=k.id,
+            prefix=k.prefix,
+            name=k.name,
+            owner=owner,
+            revoked=bool(k.revoked),
+            created_at=k.created_at.isoformat(timespec="seconds") if k.created_at else "",
+        )
+        for k, owner in rows
+    ]
 
 
 def find_key(session: Session, ident: str) -> db.ApiKey | None:

@@ -7,9 +7,9 @@ domain never imports Celery.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
@@ -31,12 +31,17 @@ class Context:
     enqueue: Enqueue
 
     @classmethod
-    def build(cls, settings: Settings, enqueue: Enqueue, **engine_kw: float) -> "Context":
+    def build(cls, settings: Settings, enqueue: Enqueue, **engine_kw: float) -> Context:
         if settings.is_sqlite:
             engine_kw.setdefault("busy_timeout_s", settings.SQLITE_BUSY_TIMEOUT_S)
         engine = db.make_engine(settings.DATABASE_URL, **engine_kw)
-        return cls(settings=settings, engine=engine, sessions=db.make_session_factory(engine),
-                   blobs=blob_store_for(settings), enqueue=enqueue)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=db.make_session_factory(engine),
+            blobs=blob_store_for(settings),
+            enqueue=enqueue,
+        )
 
     @property
     def upload_tmp(self) -> Path:

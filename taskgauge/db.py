@@ -23,7 +23,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -63,7 +63,7 @@ ANALYSIS_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:
@@ -81,12 +81,12 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime; use an aware UTC datetime (taskgauge.db.utcnow())")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # JSON documents: jsonb on PostgreSQL (reports spell non-finite numbers as strings, so jsonb accepts them).
@@ -199,8 +199,10 @@ class AnalysisShard(IdMixin, CreatedMixin, Base):
     its result goes to ``analysis_results``; ``worker``/``device``/``seconds`` are listed in the report."""
 
     __tablename__ = "analysis_shards"
-    __table_args__ = (UniqueConstraint("analysis_id", "key"), Index("ix_analysis_shards_status_heartbeat", "status",
-                                                                    "heartbeat_at"))
+    __table_args__ = (
+        UniqueConstraint("analysis_id", "key"),
+        Index("ix_analysis_shards_status_heartbeat", "status", "heartbeat_at"),
+    )
     analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False)
     key: Mapped[str] = mapped_column(String(200), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=QUEUED)
@@ -221,9 +223,7 @@ class Report(CreatedMixin, Base):
     __tablename__ = "reports"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), nullable=False, index=True)
-    analysis_id: Mapped[str] = mapped_column(
-        ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False, unique=True
-    )
+    analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False, unique=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True)
     document: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
 
@@ -373,8 +373,9 @@ def make_engine(url: str, *, busy_timeout_s: float = 10.0, **kwargs: Any) -> Eng
 
 
 def _locked() -> OperationalError:
-    return OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError(
-        "database is locked (waited for this process's other writers)"))
+    return OperationalError(
+        "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked (waited for this process's other writers)")
+    )
 
 
 _LOCK_HANDOVER = "taskgauge_lock_handover"

@@ -36,12 +36,17 @@ def clip(value: object, limit: int = ECHO_LIMIT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
-def problem(title: str, detail: str, status: int, kind: str | None = None, *, instance: str | None = None,
-            **extra: Any) -> dict[str, Any]:
+def problem(
+    title: str, detail: str, status: int, kind: str | None = None, *, instance: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """The one problem document builder: ``kind`` names the ``type`` URI (``about:blank`` when None). ``instance``
     (a request path, which carries client-supplied ids) is cut to 200 characters."""
-    body: dict[str, Any] = {"type": PROBLEM_BASE + kind if kind else "about:blank", "title": title,
-                            "status": status, "detail": detail}
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + kind if kind else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     if instance is not None:
         body["instance"] = clip(instance, 200)
     body.update(extra)
@@ -69,8 +74,16 @@ class TaskgaugeError(Exception):
 
     retry_after: int | None = None  # seconds; the API sends it as a Retry-After header (429, 503)
 
-    def __init__(self, detail: str, *, title: str | None = None, status: int | None = None,
-                 kind: str | None = None, retry_after: int | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        title: str | None = None,
+        status: int | None = None,
+        kind: str | None = None,
+        retry_after: int | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         if retry_after is not None:

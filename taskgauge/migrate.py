@@ -18,7 +18,9 @@ MIGRATIONS = ROOT / "migrations"
 
 def alembic_config(database_url: str) -> Config:
     if not (MIGRATIONS / "env.py").is_file():
-        raise RuntimeError(f"the Alembic migrations are missing at {MIGRATIONS}; run from a source checkout or the image")
+        raise RuntimeError(
+            f"the Alembic migrations are missing at {MIGRATIONS}; run from a source checkout or the image"
+        )
     cfg = Config(str(ROOT / "alembic.ini")) if (ROOT / "alembic.ini").is_file() else Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))

@@ -11,26 +11,26 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from estimators import registry
-from estimators.registry import DEFAULT_ESTIMATORS
 from estimators.base import EstimatorError, Params, ProgressFn, no_progress, scaled_progress
 from estimators.device import describe_device, resolve_device
 from estimators.knn import Duplicates, exact_duplicates, known_duplicates
+from estimators.registry import DEFAULT_ESTIMATORS
 from taskgauge.datasets.canonical import CanonicalDataset
 
 if TYPE_CHECKING:
     from taskgauge.datasets.ingest import IngestOptions
-from taskgauge.version import taskgauge_version
 from taskgauge.report import REPORT_SCHEMA_VERSION, interpretation_notes, result_to_json, to_jsonable
-
+from taskgauge.version import taskgauge_version
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,15 @@ class DataFacts:
     n_classes: int | None = None
 
     @classmethod
-    def of(cls, dataset: "CanonicalDataset | DataFacts") -> "DataFacts":
+    def of(cls, dataset: CanonicalDataset | DataFacts) -> DataFacts:
         if isinstance(dataset, DataFacts):
             return dataset
-        return cls(has_labels=dataset.y is not None, n_samples=dataset.n_samples,
-                   input_shape=tuple(int(s) for s in dataset.X.shape[1:]), n_classes=dataset.n_classes)
+        return cls(
+            has_labels=dataset.y is not None,
+            n_samples=dataset.n_samples,
+            input_shape=tuple(int(s) for s in dataset.X.shape[1:]),
+            n_classes=dataset.n_classes,
+        )
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class Limits:
     memory_budget_mb: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any = None) -> "Limits":
+    def from_settings(cls, settings: Any = None) -> Limits:
         if settings is None:
             from taskgauge.settings import get_settings
 
@@ -90,7 +94,7 @@ class Limits:
 
 def validate_requests(
     requests: Mapping[str, Mapping[str, Any] | None] | None,
-    dataset: "CanonicalDataset | DataFacts",
+    dataset: CanonicalDataset | DataFacts,
     *,
     model_spec: Mapping[str, Any] | None = None,
     limits: Limits | None = None,
@@ -106,8 +110,10 @@ def validate_requests(
             raise EstimatorError(f"{name}: 'weights' names a file on the server and cannot be set in a request")
         spec = _pretrained_spec(item.params)
         if spec is not None and (spec.source != "minilm" or spec.path is not None):
-            raise EstimatorError(f"{name}: a pretrained spec may name the packaged model only (\"source\": "
-                                 "\"minilm\"); a model directory on the server cannot be named in a request")
+            raise EstimatorError(
+                f'{name}: a pretrained spec may name the packaged model only ("source": '
+                '"minilm"); a model directory on the server cannot be named in a request'
+            )
     for name, item in planned.items():  # a clamped memory_budget_mb is stored as clamped (the request shows it)
         if "memory_budget_mb" in normalised[name]:
             normalised[name]["memory_budget_mb"] = item.params.memory_budget_mb
@@ -116,7 +122,7 @@ def validate_requests(
 
 def plan(
     requests: Mapping[str, Mapping[str, Any] | None] | None,
-    dataset: "CanonicalDataset | DataFacts | None" = None,
+    dataset: CanonicalDataset | DataFacts | None = None,
     *,
     model_spec: Mapping[str, Any] | None = None,
     memory_budget_mb: int | None = None,
@@ -145,7 +151,7 @@ def plan(
             if model_spec is None and "model" not in raw:
                 raise EstimatorError(
                     f"estimator '{name}' trains a model and needs a model spec; pass --model-spec FILE "
-                    "(CLI) or model_spec_id (API), e.g. {\"arch\": \"mlp\", \"hidden\": [200, 200]}"
+                    '(CLI) or model_spec_id (API), e.g. {"arch": "mlp", "hidden": [200, 200]}'
                 )
             raw.setdefault("model", dict(model_spec) if model_spec is not None else None)
         field = est.params_model.model_fields.get("memory_budget_mb")
@@ -154,8 +160,12 @@ def plan(
         if field is not None and limits is not None:
             limit = cap if cap is not None else field.default
             asked = raw.get("memory_budget_mb")
-            if isinstance(asked, (int, float)) and not isinstance(asked, bool) and isinstance(limit, int) \
-                    and asked > limit:
+            if (
+                isinstance(asked, (int, float))
+                and not isinstance(asked, bool)
+                and isinstance(limit, int)
+                and asked > limit
+            ):
                 raw["memory_budget_mb"] = limit  # the operator's limit, not the request, bounds memory
         params = est.parse_params(raw)
         if dataset is not None:
@@ -263,8 +273,9 @@ def run_estimators(
         if dataset.texts is not None and _pretrained_spec(item.params) is not None:
             X = _token_ids(dataset.texts, _pretrained_spec(item.params))  # a text model reads tokens, not vectors
         t = time.perf_counter()
-        result = item.estimator.fn(X, y, item.params, device=device,
-                                   progress=lambda f, s, _n=name, _sub=sub: _sub(f, f"{_n}: {s}"))
+        result = item.estimator.fn(
+            X, y, item.params, device=device, progress=lambda f, s, _n=name, _sub=sub: _sub(f, f"{_n}: {s}")
+        )
         entry = result_to_json(item.estimator, item.params, result, seconds=time.perf_counter() - t)
         results[name] = entry
         if on_result is not None:
@@ -306,15 +317,16 @@ def run_pipeline(
     dup = exact_duplicates(X_flat)
     summary = dataset_summary(dataset, info, dup)
     with known_duplicates(X_flat, dup):
-        results = run_estimators(dataset, planned, device=dev, progress=progress, on_result=on_result, done=done,
-                                 X_flat=X_flat)
+        results = run_estimators(
+            dataset, planned, device=dev, progress=progress, on_result=on_result, done=done, X_flat=X_flat
+        )
 
     return to_jsonable(
         {
             "schema_version": REPORT_SCHEMA_VERSION,
             "report_id": str(uuid.uuid4()),
             "analysis_id": analysis_id,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "taskgauge_version": taskgauge_version(),
             "dataset": summary,
             "environment": {
@@ -337,16 +349,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-
-
-
 def analyse_file(
     path: Path,
     *,
     requests: dict[str, dict[str, Any]] | None = None,
     model_spec: dict[str, Any] | None = None,
     device: str = "auto",
-    ingest_options: "IngestOptions | None" = None,
+    ingest_options: IngestOptions | None = None,
     memory_budget_mb: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:

@@ -58,12 +58,14 @@ class Settings(BaseSettings):
     )
 
     WORKER_THREADS: int = Field(
-        default=0, ge=0,
+        default=0,
+        ge=0,
         description="torch/BLAS/faiss threads of each worker child. 0: its share of the cores, "
         "max(1, cores // concurrency).",
     )
     LEASE_S: float = Field(
-        default=60.0, gt=0,
+        default=60.0,
+        gt=0,
         description="A running analysis whose worker has not heartbeated for this long is re-queued (seconds).",
     )
     HEARTBEAT_S: float = Field(default=5.0, gt=0, description="How often a running analysis refreshes its heartbeat.")
@@ -109,7 +111,8 @@ class Settings(BaseSettings):
         "default, any host otherwise.",
     )
     MAX_JSON_BODY_KB: int = Field(
-        default=1024, ge=1,
+        default=1024,
+        ge=1,
         description="Largest request body that is not multipart/form-data (JSON bodies), in KiB (413 above). "
         "Uploads are multipart and limited by MAX_UPLOAD_MB.",
     )
@@ -121,7 +124,8 @@ class Settings(BaseSettings):
         "cached for 30 s).",
     )
     SIGNIN_TOKEN_TTL_S: float = Field(
-        default=3600.0, gt=0,
+        default=3600.0,
+        gt=0,
         description="How long the one-time dashboard sign-in link that `taskgauge serve` prints stays valid.",
     )
 
@@ -137,7 +141,7 @@ class Settings(BaseSettings):
         return v.strip().lower() if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _embedded_defaults(self) -> "Settings":
+    def _embedded_defaults(self) -> Settings:
         self.DATA_DIR = self.DATA_DIR.expanduser().resolve()
         if not self.DATABASE_URL.strip():
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'taskgauge.db'}"
@@ -218,15 +222,18 @@ class Settings(BaseSettings):
 
     # ---- uploads and stored data (issue 15)
     MAX_CONCURRENT_INGESTS: int = Field(
-        default=2, ge=1,
+        default=2,
+        ge=1,
         description="Uploads parsed at the same time by one API process; more wait (INGEST_QUEUE_S) for a slot.",
     )
     INGEST_QUEUE_S: float = Field(
-        default=120.0, ge=0,
+        default=120.0,
+        ge=0,
         description="How long an upload waits for an ingest slot before 503 + Retry-After (seconds).",
     )
     INGEST_MEMORY_MB: int = Field(
-        default=0, ge=0,
+        default=0,
+        ge=0,
         description="Memory (address space) one ingest subprocess may use on top of its imports, in MB. "
         "0: 2 × the expansion limit + 512. Ingestion takes at most MAX_CONCURRENT_INGESTS × this.",
     )
@@ -249,39 +256,47 @@ class Settings(BaseSettings):
 
     # ---- limits on what an analysis may ask for, crash loops, fairness (issue 15; helper "limits") ----
     MAX_ATTEMPTS: int = Field(
-        default=3, ge=1,
+        default=3,
+        ge=1,
         description="An analysis whose worker died this many times (killed, e.g. out of memory) ends failed "
         "instead of being re-queued again.",
     )
     TASK_SOFT_TIME_LIMIT_S: float = Field(
-        default=5 * 3600.0, gt=0,
+        default=5 * 3600.0,
+        gt=0,
         description="An analysis running longer than this is stopped and ends failed (Celery soft time limit).",
     )
     TASK_HARD_TIME_LIMIT_S: float = Field(
-        default=5 * 3600.0 + 120.0, gt=0,
+        default=5 * 3600.0 + 120.0,
+        gt=0,
         description="Its worker child is killed this long after it started (Celery hard time limit; above the soft "
         "one, so the soft limit can end the analysis cleanly first).",
     )
     WORKER_MAX_MEMORY_PER_CHILD_MB: int = Field(
-        default=8192, ge=0,
+        default=8192,
+        ge=0,
         description="A worker child whose resident memory is above this after a task is replaced by a fresh one "
         "(Celery worker_max_memory_per_child). 0: never.",
     )
     MAX_MODEL_PARAMS: int = Field(
-        default=50_000_000, ge=1,
+        default=50_000_000,
+        ge=1,
         description="Largest model (parameters, counted from the spec and the dataset's shape before anything is "
         "built) an analysis may train; larger specs are refused with 422.",
     )
     MAX_ACTIVE_ANALYSES_PER_OWNER: int = Field(
-        default=20, ge=0,
+        default=20,
+        ge=0,
         description="Queued + running analyses one owner may have at once (429 above). 0: no limit.",
     )
     MAX_STORAGE_MB_PER_OWNER: int = Field(
-        default=20_480, ge=0,
+        default=20_480,
+        ge=0,
         description="Total size of one owner's uploaded datasets, in MB (429 above). 0: no limit.",
     )
     MIN_SCHEDULE_INTERVAL_S: float = Field(
-        default=60.0, ge=0,
+        default=60.0,
+        ge=0,
         description="Schedules that would fire more often than this are refused (422).",
     )
     RATE_LIMIT_POST: str = Field(
@@ -290,12 +305,14 @@ class Settings(BaseSettings):
         "('60/minute', '10/second;200/hour'). Empty: no limit.",
     )
     EMBEDDED_CONCURRENCY: int = Field(
-        default=2, ge=1,
+        default=2,
+        ge=1,
         description="Analyses the embedded worker of `taskgauge serve` runs in parallel (one owner's long "
         "analysis does not block another's short one).",
     )
     SQLITE_BUSY_TIMEOUT_S: float = Field(
-        default=10.0, gt=0,
+        default=10.0,
+        gt=0,
         description="SQLite: how long a writer waits for the write lock before the request is answered 503 "
         "(Retry-After).",
     )

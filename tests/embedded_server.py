@@ -60,7 +60,11 @@ def start(tmp: Path, *, extra_env: dict[str, str] | None = None, timeout: float 
     log = tmp / "server.log"
     proc = subprocess.Popen(
         [str(TASKGAUGE), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=tmp,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -92,7 +96,7 @@ def digits_images(path: Path, n: int = 300, offset: int = 0) -> Path:
     import numpy as np
 
     with np.load(ROOT / "examples" / "digits.npz", allow_pickle=False) as d:
-        X, y = d["X"][offset:offset + n], d["y"][offset:offset + n]
+        X, y = d["X"][offset : offset + n], d["y"][offset : offset + n]
     X = (X / 16.0).reshape(-1, 1, 8, 8).astype("float32")
     np.savez(path, X=X, y=y.astype("int64"))
     return path

@@ -67,8 +67,13 @@ _settings: Settings | None = None
 def beat_schedule(seconds: float) -> dict[str, Any]:
     """The one beat schedule: a due-schedule scan every ``seconds``. A scan message older than one interval is
     dropped (``expires``): the next scan does the same work."""
-    return {"taskgauge-due-schedules": {"task": TASK_SCHEDULES, "schedule": seconds,
-                                       "options": {"expires": max(1.0, seconds)}}}
+    return {
+        "taskgauge-due-schedules": {
+            "task": TASK_SCHEDULES,
+            "schedule": seconds,
+            "options": {"expires": max(1.0, seconds)},
+        }
+    }
 
 
 def configure(settings: Settings) -> Celery:

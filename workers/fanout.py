@@ -69,12 +69,28 @@ def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any])
     with ctx.sessions() as s, s.begin():
         dialect = s.get_bind().dialect.name
         for name in pending:
-            s.execute(db.insert_ignore(S.__table__, dialect, {
-                "id": db.new_id(), "analysis_id": analysis.id, "key": _key(name), "status": db.QUEUED,
-                "progress": 0.0, "attempts": 0, "enqueued_at": now, "created_at": now,
-            }, ["analysis_id", "key"]))
-        s.execute(update(A).where(A.id == analysis.id, A.lease_token == token, A.status == db.RUNNING).values(
-            stage=f"fan-out: {len(pending)} shards", heartbeat_at=now))
+            s.execute(
+                db.insert_ignore(
+                    S.__table__,
+                    dialect,
+                    {
+                        "id": db.new_id(),
+                        "analysis_id": analysis.id,
+                        "key": _key(name),
+                        "status": db.QUEUED,
+                        "progress": 0.0,
+                        "attempts": 0,
+                        "enqueued_at": now,
+                        "created_at": now,
+                    },
+                    ["analysis_id", "key"],
+                )
+            )
+        s.execute(
+            update(A)
+            .where(A.id == analysis.id, A.lease_token == token, A.status == db.RUNNING)
+            .values(stage=f"fan-out: {len(pending)} shards", heartbeat_at=now)
+        )
         keys = list(s.scalars(select(S.key).where(S.analysis_id == analysis.id, S.status == db.QUEUED)))
     _send(ctx, analysis.id, analysis.queue, keys)
     return True
@@ -102,11 +118,20 @@ def _claim(ctx: Context, analysis_id: str, key: str) -> str | None:
     stale = now - timedelta(seconds=ctx.settings.LEASE_S)
     parent_running = exists().where(A.id == analysis_id, A.status == db.RUNNING)
     with ctx.sessions() as s, s.begin():
-        res = s.execute(update(S).where(S.analysis_id == analysis_id, S.key == key)
-                        .where(or_(S.status == db.QUEUED, (S.status == db.RUNNING) & (S.heartbeat_at < stale)))
-                        .where(parent_running)
-                        .values(status=db.RUNNING, lease_token=token, heartbeat_at=now, attempts=S.attempts + 1,
-                                worker=f"{socket.gethostname()}:{os.getpid()}", progress=0.0))
+        res = s.execute(
+            update(S)
+            .where(S.analysis_id == analysis_id, S.key == key)
+            .where(or_(S.status == db.QUEUED, (S.status == db.RUNNING) & (S.heartbeat_at < stale)))
+            .where(parent_running)
+            .values(
+                status=db.RUNNING,
+                lease_token=token,
+                heartbeat_at=now,
+                attempts=S.attempts + 1,
+                worker=f"{socket.gethostname()}:{os.getpid()}",
+                progress=0.0,
+            )
+        )
         return token if res.rowcount == 1 else None
 
 
@@ -120,9 +145,16 @@ class ShardLease(Lease):
 
     def mine(self):
         S, A = db.AnalysisShard, db.Analysis
-        return (update(S).where(S.analysis_id == self.analysis_id, S.key == self.key, S.lease_token == self.token,
-                                S.status == db.RUNNING)
-                .where(exists().where(A.id == self.analysis_id, A.status == db.RUNNING)))
+        return (
+            update(S)
+            .where(
+                S.analysis_id == self.analysis_id,
+                S.key == self.key,
+                S.lease_token == self.token,
+                S.status == db.RUNNING,
+            )
+            .where(exists().where(A.id == self.analysis_id, A.status == db.RUNNING))
+        )
 
     def _parent(self):
         A = db.Analysis
@@ -178,9 +210,13 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
             if name not in done:
                 data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
                 requests = analysis.estimators or {n: {} for n in DEFAULT_ESTIMATORS}
-                planned = plan({name: requests.get(name)}, data, model_spec=spec.spec if spec else None,
-                               memory_budget_mb=ctx.settings.memory_budget_override,
-                               limits=Limits.from_settings(ctx.settings))
+                planned = plan(
+                    {name: requests.get(name)},
+                    data,
+                    model_spec=spec.spec if spec else None,
+                    memory_budget_mb=ctx.settings.memory_budget_override,
+                    limits=Limits.from_settings(ctx.settings),
+                )
                 device = resolve_device(ctx.settings.DEVICE if analysis.device == "auto" else analysis.device)
 
                 def on_result(n: str, entry: dict[str, Any]) -> None:
@@ -204,8 +240,11 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
 def _close(ctx: Context, analysis_id: str, key: str, token: str, status: str) -> None:
     S = db.AnalysisShard
     with ctx.sessions() as s, s.begin():
-        s.execute(update(S).where(S.analysis_id == analysis_id, S.key == key, S.lease_token == token)
-                  .values(status=status, lease_token=None, finished_at=db.utcnow()))
+        s.execute(
+            update(S)
+            .where(S.analysis_id == analysis_id, S.key == key, S.lease_token == token)
+            .values(status=status, lease_token=None, finished_at=db.utcnow())
+        )
 
 
 def _fail_analysis(ctx: Context, analysis_id: str, exc: Exception) -> None:
@@ -213,27 +252,46 @@ def _fail_analysis(ctx: Context, analysis_id: str, exc: Exception) -> None:
     if isinstance(exc, EstimatorError):
         error = problem("Estimator rejected the input", str(exc), 422, "estimator-input")
     else:
-        error = problem("Analysis failed", f"{type(exc).__name__}: {exc}. This is a bug or an unsupported input; "
-                        "re-run with fewer estimators to find the one that fails, and report it with the dataset "
-                        "shape.", 500, "analysis-failed")
+        error = problem(
+            "Analysis failed",
+            f"{type(exc).__name__}: {exc}. This is a bug or an unsupported input; "
+            "re-run with fewer estimators to find the one that fails, and report it with the dataset "
+            "shape.",
+            500,
+            "analysis-failed",
+        )
     with ctx.sessions() as s, s.begin():
-        s.execute(update(A).where(A.id == analysis_id, A.status == db.RUNNING).values(
-            status=db.FAILED, error=error, finished_at=db.utcnow(), lease_token=None, stage="failed"))
+        s.execute(
+            update(A)
+            .where(A.id == analysis_id, A.status == db.RUNNING)
+            .values(status=db.FAILED, error=error, finished_at=db.utcnow(), lease_token=None, stage="failed")
+        )
 
 
 def _succeed(ctx: Context, analysis_id: str, key: str, token: str, seconds: float, device: str | None) -> str:
     """Mark the shard done; the one that finds no unfinished sibling (under the analysis row's lock) assembles."""
     S, A = db.AnalysisShard, db.Analysis
     with ctx.sessions() as s, s.begin():
-        parent = s.execute(select(A.status, A.stage, A.lease_token).where(A.id == analysis_id).with_for_update()
-                           ).one_or_none()
-        res = s.execute(update(S).where(S.analysis_id == analysis_id, S.key == key, S.lease_token == token)
-                        .values(status=db.SUCCEEDED, lease_token=None, progress=1.0, seconds=seconds,
-                                device=device, finished_at=db.utcnow()))
+        parent = s.execute(
+            select(A.status, A.stage, A.lease_token).where(A.id == analysis_id).with_for_update()
+        ).one_or_none()
+        res = s.execute(
+            update(S)
+            .where(S.analysis_id == analysis_id, S.key == key, S.lease_token == token)
+            .values(
+                status=db.SUCCEEDED,
+                lease_token=None,
+                progress=1.0,
+                seconds=seconds,
+                device=device,
+                finished_at=db.utcnow(),
+            )
+        )
         if res.rowcount != 1 or parent is None or parent.status != db.RUNNING:
             return "done (lease lost or analysis finished)"
-        left = s.scalar(select(func.count()).select_from(S).where(S.analysis_id == analysis_id,
-                                                                   S.status != db.SUCCEEDED))
+        left = s.scalar(
+            select(func.count()).select_from(S).where(S.analysis_id == analysis_id, S.status != db.SUCCEEDED)
+        )
         if left or parent.stage == ASSEMBLING:
             return "done"
         s.execute(update(A).where(A.id == analysis_id).values(stage=ASSEMBLING, heartbeat_at=db.utcnow()))
@@ -250,15 +308,21 @@ def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
         dataset = s.get(db.Dataset, analysis.dataset_id)
         spec = s.get(db.ModelSpec, analysis.model_spec_id) if analysis.model_spec_id else None
         done = stored_results(s, analysis_id)
-        shards = [{"key": r.key, "worker": r.worker, "device": r.device, "seconds": r.seconds,
-                   "attempts": r.attempts}
-                  for r in s.scalars(select(S).where(S.analysis_id == analysis_id).order_by(S.key))]
+        shards = [
+            {"key": r.key, "worker": r.worker, "device": r.device, "seconds": r.seconds, "attempts": r.attempts}
+            for r in s.scalars(select(S).where(S.analysis_id == analysis_id).order_by(S.key))
+        ]
     report = run_pipeline(
-        embedded(ctx, dataset, load_dataset(ctx.blobs, dataset)), analysis.estimators or None,
+        embedded(ctx, dataset, load_dataset(ctx.blobs, dataset)),
+        analysis.estimators or None,
         info=DatasetInfo(name=dataset.name, id=dataset.id, sha256=dataset.sha256),
         device=ctx.settings.DEVICE if analysis.device == "auto" else analysis.device,
-        model_spec=spec.spec if spec else None, memory_budget_mb=ctx.settings.memory_budget_override,
-        analysis_id=analysis_id, done=done, environment={"shards": shards}, limits=Limits.from_settings(ctx.settings),
+        model_spec=spec.spec if spec else None,
+        memory_budget_mb=ctx.settings.memory_budget_override,
+        analysis_id=analysis_id,
+        done=done,
+        environment={"shards": shards},
+        limits=Limits.from_settings(ctx.settings),
     )
     return "assembled: " + _finish(ctx.sessions, analysis, parent_token, report)
 
@@ -273,16 +337,29 @@ def sweep_shards(ctx: Context) -> list[str]:
     resend: list[tuple[str, str, str | None]] = []
     with ctx.sessions() as s, s.begin():
         rows = s.execute(
-            select(S.id, S.analysis_id, S.key, A.queue).join(A, A.id == S.analysis_id)
+            select(S.id, S.analysis_id, S.key, A.queue)
+            .join(A, A.id == S.analysis_id)
             .where(A.status == db.RUNNING)
-            .where(or_((S.status == db.RUNNING) & (S.heartbeat_at < stale),
-                       (S.status == db.QUEUED) & (S.enqueued_at < lost)))
+            .where(
+                or_(
+                    (S.status == db.RUNNING) & (S.heartbeat_at < stale),
+                    (S.status == db.QUEUED) & (S.enqueued_at < lost),
+                )
+            )
         ).all()
         for sid, aid, key, queue in rows:
-            res = s.execute(update(S).where(S.id == sid).where(parent_running)
-                            .where(or_((S.status == db.RUNNING) & (S.heartbeat_at < stale),
-                                       (S.status == db.QUEUED) & (S.enqueued_at < lost)))
-                            .values(status=db.QUEUED, lease_token=None, enqueued_at=now))
+            res = s.execute(
+                update(S)
+                .where(S.id == sid)
+                .where(parent_running)
+                .where(
+                    or_(
+                        (S.status == db.RUNNING) & (S.heartbeat_at < stale),
+                        (S.status == db.QUEUED) & (S.enqueued_at < lost),
+                    )
+                )
+                .values(status=db.QUEUED, lease_token=None, enqueued_at=now)
+            )
             if res.rowcount == 1:
                 resend.append((aid, key, queue))
     for aid, key, queue in resend:

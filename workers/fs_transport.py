@@ -26,8 +26,9 @@ class Channel(filesystem.Channel):
     def _put(self, queue, payload, **kwargs):
         """Put ``payload`` onto ``queue``: write in the staging folder, then rename into the queue folder."""
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
-        staging = self.transport_options.get("staging_folder") or os.path.join(self.data_folder_out, os.pardir,
-                                                                                "staging")
+        staging = self.transport_options.get("staging_folder") or os.path.join(
+            self.data_folder_out, os.pardir, "staging"
+        )
         tmp = os.path.join(staging, name)
         try:
             os.makedirs(staging, exist_ok=True)

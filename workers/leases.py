@@ -48,7 +48,9 @@ def worker_died_problem(attempts: int) -> dict[str, Any]:
         f"worker died (probably out of memory): the process running this analysis was killed on each of its "
         f"{attempts} attempts, so it is not retried again. Ask for less (fewer or smaller estimators, a smaller "
         "model, a subsample with max_samples, a lower memory_budget_mb) or ask the operator for more memory",
-        500, "worker-died", attempts=attempts,
+        500,
+        "worker-died",
+        attempts=attempts,
     )
 
 
@@ -64,8 +66,14 @@ def _give_up(s: Any, analysis_id: str, stale_before: Any, max_attempts: int) -> 
         .where(A.id == analysis_id)
         .where(A.attempts >= max_attempts)
         .where(or_(A.status == db.QUEUED, (A.status == db.RUNNING) & (A.heartbeat_at < stale_before)))
-        .values(status=db.FAILED, lease_token=None, stage="failed", finished_at=now, updated_at=now,
-                error=worker_died_problem(int(row.attempts)))
+        .values(
+            status=db.FAILED,
+            lease_token=None,
+            stage="failed",
+            finished_at=now,
+            updated_at=now,
+            error=worker_died_problem(int(row.attempts)),
+        )
     )
     return res.rowcount == 1
 
@@ -83,8 +91,15 @@ def claim(factory: sessionmaker, analysis_id: str, settings: Settings) -> str | 
             .where(A.id == analysis_id)
             .where(or_(A.status == db.QUEUED, (A.status == db.RUNNING) & (A.heartbeat_at < stale)))
             .where(A.attempts < settings.MAX_ATTEMPTS)
-            .values(status=db.RUNNING, lease_token=token, heartbeat_at=now, attempts=A.attempts + 1,
-                    started_at=now, stage="starting", updated_at=now)
+            .values(
+                status=db.RUNNING,
+                lease_token=token,
+                heartbeat_at=now,
+                attempts=A.attempts + 1,
+                started_at=now,
+                stage="starting",
+                updated_at=now,
+            )
         )
         if res.rowcount == 1:
             return token
@@ -104,7 +119,7 @@ class Lease:
         self._last_stage: str | None = None
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{analysis_id[:8]}", daemon=True)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self._thread.start()
         return self
 
@@ -115,8 +130,8 @@ class Lease:
     def mine(self):
         """An UPDATE of this analysis that applies only while this lease holds it."""
         A = db.Analysis
-        return update(A).where(A.id == self.analysis_id).where(A.lease_token == self.token).where(
-            A.status == db.RUNNING
+        return (
+            update(A).where(A.id == self.analysis_id).where(A.lease_token == self.token).where(A.status == db.RUNNING)
         )
 
     def _beat(self) -> None:
@@ -155,15 +170,19 @@ def sweep_stale(factory: sessionmaker, settings: Settings, enqueue: Enqueue) -> 
     unfinished_shards = exists().where(S.analysis_id == A.id, S.status.in_([db.QUEUED, db.RUNNING]))
     with factory() as s:
         # a fanned-out analysis with unfinished shards is the shards' to recover (workers.fanout.sweep_shards)
-        candidates = s.execute(select(A.id, A.queue).where(A.status == db.RUNNING).where(A.heartbeat_at < stale)
-                               .where(~unfinished_shards)).all()
+        candidates = s.execute(
+            select(A.id, A.queue).where(A.status == db.RUNNING).where(A.heartbeat_at < stale).where(~unfinished_shards)
+        ).all()
     for aid, queue in candidates:
         with factory() as s, s.begin():
             if _give_up(s, aid, stale, settings.MAX_ATTEMPTS):
                 log.error("analysis %s failed: its worker died on each of its attempts", aid)
                 continue
             res = s.execute(
-                update(A).where(A.id == aid).where(A.status == db.RUNNING).where(A.heartbeat_at < stale)
+                update(A)
+                .where(A.id == aid)
+                .where(A.status == db.RUNNING)
+                .where(A.heartbeat_at < stale)
                 .values(status=db.QUEUED, lease_token=None, stage="re-queued after its worker stopped")
             )
         if res.rowcount == 1:

@@ -32,8 +32,14 @@ from taskgauge.errors import problem
 from taskgauge.services.analyses import store_result, stored_results
 from taskgauge.services.datasets import embedded, load_dataset
 from taskgauge.services.schedules import run_due
-from workers.celery_app import (TASK_RUN_ANALYSIS, TASK_SCHEDULES, celery_app, enqueue_analysis, get_settings,
-                                ready_marker)
+from workers.celery_app import (
+    TASK_RUN_ANALYSIS,
+    TASK_SCHEDULES,
+    celery_app,
+    enqueue_analysis,
+    get_settings,
+    ready_marker,
+)
 from workers.leases import Cancelled, Lease, claim, sweep_stale
 
 log = logging.getLogger("taskgauge.worker")
@@ -49,8 +55,11 @@ def context() -> Context:
         _contexts.clear()
         # SQLite: a worker waits longer for the write lock than an API request (nobody is waiting on a socket,
         # and a failed result write would fail the analysis)
-        pool = {"busy_timeout_s": max(60.0, settings.SQLITE_BUSY_TIMEOUT_S)} if settings.is_sqlite else {
-            "pool_size": 2, "max_overflow": 2}
+        pool = (
+            {"busy_timeout_s": max(60.0, settings.SQLITE_BUSY_TIMEOUT_S)}
+            if settings.is_sqlite
+            else {"pool_size": 2, "max_overflow": 2}
+        )
         _contexts[key] = Context.build(settings, enqueue_analysis, **pool)
     return _contexts[key]
 
@@ -170,7 +179,9 @@ def time_limit_problem(seconds: float) -> dict[str, Any]:
         f"the analysis ran longer than the time limit of {seconds:g} s (TASKGAUGE_TASK_SOFT_TIME_LIMIT_S) and was "
         "stopped; ask for less (fewer epochs or trials, a subsample with max_samples, fewer estimators) or ask the "
         "operator to raise the limit",
-        422, "time-limit", limit_s=seconds,
+        422,
+        "time-limit",
+        limit_s=seconds,
     )
 
 
@@ -178,9 +189,7 @@ def _finish(factory: sessionmaker, analysis: db.Analysis, token: str, report: di
     A = db.Analysis
     now = db.utcnow()
     with factory() as s, s.begin():
-        current = s.execute(
-            select(A.status, A.lease_token).where(A.id == analysis.id).with_for_update()
-        ).one_or_none()
+        current = s.execute(select(A.status, A.lease_token).where(A.id == analysis.id).with_for_update()).one_or_none()
         if current is None:
             return "missing"
         if current.status != db.RUNNING or current.lease_token != token:
@@ -202,27 +211,43 @@ def _finish(factory: sessionmaker, analysis: db.Analysis, token: str, report: di
         s.execute(
             update(A)
             .where(A.id == analysis.id)
-            .values(status=db.SUCCEEDED, progress=1.0, stage="done", report_id=report_id, finished_at=now,
-                    lease_token=None, error=None)
+            .values(
+                status=db.SUCCEEDED,
+                progress=1.0,
+                stage="done",
+                report_id=report_id,
+                finished_at=now,
+                lease_token=None,
+                error=None,
+            )
         )
     return "succeeded"
 
 
-def _end(factory: sessionmaker, analysis_id: str, token: str, error: dict[str, Any] | None, *, cancelled: bool = False) -> None:
+def _end(
+    factory: sessionmaker, analysis_id: str, token: str, error: dict[str, Any] | None, *, cancelled: bool = False
+) -> None:
     A = db.Analysis
     now = db.utcnow()
     with factory() as s, s.begin():
         if cancelled:  # the API already wrote 'cancelled'; just close the row if it is still ours
             s.execute(
-                update(A).where(A.id == analysis_id).where(A.status == db.RUNNING).where(A.lease_token == token)
+                update(A)
+                .where(A.id == analysis_id)
+                .where(A.status == db.RUNNING)
+                .where(A.lease_token == token)
                 .values(status=db.CANCELLED, finished_at=now, lease_token=None)
             )
             s.execute(update(A).where(A.id == analysis_id).where(A.status == db.CANCELLED).values(lease_token=None))
             return
         s.execute(
-            update(A).where(A.id == analysis_id).where(A.status == db.RUNNING).where(A.lease_token == token)
+            update(A)
+            .where(A.id == analysis_id)
+            .where(A.status == db.RUNNING)
+            .where(A.lease_token == token)
             .values(status=db.FAILED, error=error, finished_at=now, lease_token=None, stage="failed")
         )
+
 
 # ------------------------------------------------------------------------------------- worker signals
 
@@ -273,9 +298,18 @@ def _hard_time_limit(sender: Any = None, exception: BaseException | None = None,
         analysis_id = str((args or [None])[0])
         settings, A = get_settings(), db.Analysis
         with context().sessions() as s, s.begin():
-            s.execute(update(A).where(A.id == analysis_id).where(A.status == db.RUNNING).values(
-                status=db.FAILED, finished_at=db.utcnow(), lease_token=None, stage="failed",
-                error=time_limit_problem(settings.TASK_SOFT_TIME_LIMIT_S)))
+            s.execute(
+                update(A)
+                .where(A.id == analysis_id)
+                .where(A.status == db.RUNNING)
+                .values(
+                    status=db.FAILED,
+                    finished_at=db.utcnow(),
+                    lease_token=None,
+                    stage="failed",
+                    error=time_limit_problem(settings.TASK_SOFT_TIME_LIMIT_S),
+                )
+            )
     except Exception:  # noqa: BLE001 - the sweeper and max_attempts still end it
         log.warning("could not fail analysis %s after its hard time limit", args, exc_info=True)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,34 +17,41 @@ EXIT_BAD_INPUT = 2
 ESTIMATOR_HELP = "Estimator to run (repeatable, or comma-separated). Default: mle, twonn, gride."
 PARAM_HELP = "Estimator parameter (repeatable); VALUE is JSON when it parses (20, true, [5, 10]), else text."
 
-EstimatorOpt = Annotated[
-    Optional[list[str]], typer.Option("--estimator", "-e", metavar="NAME", help=ESTIMATOR_HELP)
-]
-ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", metavar="NAME.KEY=VALUE", help=PARAM_HELP)]
+EstimatorOpt = Annotated[list[str] | None, typer.Option("--estimator", "-e", metavar="NAME", help=ESTIMATOR_HELP)]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", metavar="NAME.KEY=VALUE", help=PARAM_HELP)]
 LabelColumnOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--label-column", "-l", metavar="NAME", help="Label column of a table (default: label/y/target)."),
 ]
 ResizeOpt = Annotated[
-    Optional[str], typer.Option("--resize", metavar="HxW", help="Resize every image of a .zip to height×width, e.g. 32x32.")
+    str | None,
+    typer.Option("--resize", metavar="HxW", help="Resize every image of a .zip to height×width, e.g. 32x32."),
 ]
 TextColumnOpt = Annotated[
-    Optional[str],
-    typer.Option("--text-column", metavar="NAME",
-                 help="Column of a .csv/.parquet holding texts: a text dataset (a .jsonl file always is one)."),
+    str | None,
+    typer.Option(
+        "--text-column",
+        metavar="NAME",
+        help="Column of a .csv/.parquet holding texts: a text dataset (a .jsonl file always is one).",
+    ),
 ]
 GrayscaleOpt = Annotated[bool, typer.Option("--grayscale", help="Convert the images of a .zip to one channel.")]
 ModelSpecOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--model-spec", metavar="FILE", help='Model spec JSON for subspace, e.g. {"arch": "mlp"}.'),
 ]
 
 
-def ingest_fields(label_column: str | None, resize: str | None, grayscale: bool,
-                  text_column: str | None = None) -> dict[str, str]:
+def ingest_fields(
+    label_column: str | None, resize: str | None, grayscale: bool, text_column: str | None = None
+) -> dict[str, str]:
     """The ingest options as the upload form fields (the same names the API documents)."""
-    fields = {"label_column": label_column, "text_column": text_column, "resize": resize,
-              "grayscale": "true" if grayscale else None}
+    fields = {
+        "label_column": label_column,
+        "text_column": text_column,
+        "resize": resize,
+        "grayscale": "true" if grayscale else None,
+    }
     return {k: v for k, v in fields.items() if v}
 
 
@@ -125,9 +132,7 @@ def load_model_spec(path: Path | None) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"model spec {str(path)!r} is not valid JSON ({exc})") from None
     if not isinstance(spec, dict):
-        raise BadInput(
-            f"model spec {str(path)!r} must be a JSON object, e.g. {{\"arch\": \"mlp\", \"hidden\": [200, 200]}}"
-        )
+        raise BadInput(f'model spec {str(path)!r} must be a JSON object, e.g. {{"arch": "mlp", "hidden": [200, 200]}}')
     return spec
 
 

@@ -14,7 +14,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -35,6 +35,7 @@ from app.cli.common import (
 )
 from taskgauge.render import render_report
 
+
 def _write_json(dest: str, report: dict[str, Any]) -> None:
     text = json.dumps(report, indent=2, allow_nan=False)
     try:
@@ -50,7 +51,7 @@ def analyse(
         typer.Argument(
             metavar="PATH",
             help="Dataset file: .npz (arrays X, y), .npy, .csv, .parquet, or .zip of image folders "
-            "(class_name/image.png), or .jsonl texts ({\"text\": …, \"label\": …} per line).",
+            '(class_name/image.png), or .jsonl texts ({"text": …, "label": …} per line).',
             show_default=False,
         ),
     ],
@@ -58,11 +59,11 @@ def analyse(
     param: ParamOpt = None,
     model_spec: ModelSpecOpt = None,
     device: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--device", metavar="auto|cpu|cuda", help="Where to compute. Default: TASKGAUGE_DEVICE or auto."),
     ] = None,
     json_out: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--json", metavar="FILE|-", help="Write the report JSON to FILE; '-' writes ONLY the JSON to stdout."
         ),
@@ -73,11 +74,11 @@ def analyse(
     grayscale: GrayscaleOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     api_url: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--api-url", envvar="TASKGAUGE_API_URL", help="Server URL (remote mode: PATH is a dataset id)."),
     ] = None,
     api_key: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--api-key", envvar="TASKGAUGE_API_KEY", show_default=False, help="API key (remote mode)."),
     ] = None,
 ) -> None:
@@ -103,10 +104,10 @@ def analyse(
     """
     from pydantic import ValidationError
 
+    from estimators.base import EstimatorError
     from taskgauge.datasets.ingest import IngestError, IngestOptions
     from taskgauge.pipeline import analyse_file
     from taskgauge.settings import get_settings
-    from estimators.base import EstimatorError
 
     try:
         settings = get_settings()
@@ -116,8 +117,7 @@ def analyse(
     try:
         requests = build_requests(estimator, param)
         spec = load_model_spec(model_spec)
-        options = IngestOptions(label_column=label_column, text_column=text_column, resize=resize,
-                                grayscale=grayscale)
+        options = IngestOptions(label_column=label_column, text_column=text_column, resize=resize, grayscale=grayscale)
     except BadInput as exc:
         fail(str(exc))
     except ValidationError as exc:

@@ -26,17 +26,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-DEFAULT_API_URL = "http://127.0.0.1:8000"
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 from app.cli.common import (
     EstimatorOpt,
@@ -50,6 +48,9 @@ from app.cli.common import (
     parse_requests,
 )
 from taskgauge.render import fmt_number, render_report
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+TERMINAL = {"succeeded", "failed", "cancelled"}
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -109,8 +110,7 @@ class APIClient(httpx.Client):
     ...     api.get_json("/datasets")
     """
 
-    def __init__(self, api_url: str, api_key: str | None, *, timeout: float = 60.0, retries: int = 3,
-                 **kwargs: Any):
+    def __init__(self, api_url: str, api_key: str | None, *, timeout: float = 60.0, retries: int = 3, **kwargs: Any):
         self.api_url = api_url.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "taskgauge-cli"}
         if api_key:
@@ -160,8 +160,12 @@ class APIClient(httpx.Client):
 
     def events(self, analysis_id: str) -> Iterator[dict[str, Any]]:
         """Yield the ``data`` payloads (parsed JSON) of the analysis' Server-Sent Events until the stream ends."""
-        with self.stream("GET", f"/analyses/{analysis_id}/events", headers={"Accept": "text/event-stream"},
-                         timeout=httpx.Timeout(self.timeout.connect, read=None)) as resp:
+        with self.stream(
+            "GET",
+            f"/analyses/{analysis_id}/events",
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx.Timeout(self.timeout.connect, read=None),
+        ) as resp:
             if resp.is_error:
                 resp.read()
                 message, problem = _problem_message(resp)
@@ -213,13 +217,15 @@ def run(fn, *args, **kwargs):
 
 # --------------------------------------------------------------------------------------------------- helpers
 
-ApiUrl = Annotated[
-    str, typer.Option("--api-url", envvar="TASKGAUGE_API_URL", help="Server URL.", show_default=True)
-]
+ApiUrl = Annotated[str, typer.Option("--api-url", envvar="TASKGAUGE_API_URL", help="Server URL.", show_default=True)]
 ApiKey = Annotated[
     str | None,
-    typer.Option("--api-key", envvar="TASKGAUGE_API_KEY", show_default=False,
-                 help="API key (default: the embedded server's local key file under TASKGAUGE_DATA_DIR)."),
+    typer.Option(
+        "--api-key",
+        envvar="TASKGAUGE_API_KEY",
+        show_default=False,
+        help="API key (default: the embedded server's local key file under TASKGAUGE_DATA_DIR).",
+    ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the JSON document instead of a table.")]
 
@@ -290,7 +296,9 @@ def report_for(api: APIClient, ident: str) -> dict[str, Any]:
         if not rid:
             raise APIError(
                 f"analysis {ident} has no report yet (status {analysis.get('status')}); "
-                f"wait with `taskgauge watch {ident}`", status=409)
+                f"wait with `taskgauge watch {ident}`",
+                status=409,
+            )
         return api.get_json(f"/reports/{rid}")
     try:
         history = api.get_json(f"/datasets/{ident}/reports")
@@ -308,11 +316,17 @@ def report_for(api: APIClient, ident: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- commands
 
 
-def upload_file(api: APIClient, path: Path, *, name: str | None, fields: dict[str, str] | None = None) -> dict[str, Any]:
+def upload_file(
+    api: APIClient, path: Path, *, name: str | None, fields: dict[str, str] | None = None
+) -> dict[str, Any]:
     data: dict[str, Any] = {"name": name or path.stem, **(fields or {})}
     with path.open("rb") as fh:
-        return api.post("/datasets", data=data, files={"file": (path.name, fh, "application/octet-stream")},
-                        timeout=httpx.Timeout(60.0, read=600.0)).json()
+        return api.post(
+            "/datasets",
+            data=data,
+            files={"file": (path.name, fh, "application/octet-stream")},
+            timeout=httpx.Timeout(60.0, read=600.0),
+        ).json()
 
 
 def analyse_remote(
@@ -378,11 +392,18 @@ def _task_line(task: dict[str, Any]) -> str:
 def register(cli: typer.Typer) -> None:
     """Add the remote commands to the top-level ``taskgauge`` Typer app."""
 
-    @cli.command("upload", epilog="Example: taskgauge upload digits.npz --name digits\n\n"
-                 "Example: taskgauge upload table.csv --label-column species")
+    @cli.command(
+        "upload",
+        epilog="Example: taskgauge upload digits.npz --name digits\n\n"
+        "Example: taskgauge upload table.csv --label-column species",
+    )
     def upload(
-        path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
-                                             help="File to upload (.npz .npy .csv .parquet .zip .jsonl).")],
+        path: Annotated[
+            Path,
+            typer.Argument(
+                exists=True, dir_okay=False, readable=True, help="File to upload (.npz .npy .csv .parquet .zip .jsonl)."
+            ),
+        ],
         name: Annotated[str | None, typer.Option(help="Dataset name (default: the file name).")] = None,
         label_column: LabelColumnOpt = None,
         text_column: TextColumnOpt = None,
@@ -393,9 +414,12 @@ def register(cli: typer.Typer) -> None:
         api_key: ApiKey = None,
     ) -> None:
         """Upload a dataset to the server and print its id."""
+
         def go() -> None:
             with make_client(api_url, api_key) as api:
-                ds = upload_file(api, path, name=name, fields=ingest_fields(label_column, resize, grayscale, text_column))
+                ds = upload_file(
+                    api, path, name=name, fields=ingest_fields(label_column, resize, grayscale, text_column)
+                )
             if json_out:
                 print_json(ds)
             else:
@@ -419,8 +443,13 @@ def register(cli: typer.Typer) -> None:
             for col in ("id", "name", "samples", "shape", "created"):
                 table.add_column(col)
             for d in items:
-                table.add_row(str(d.get("id")), str(d.get("name")), fmt_number(d.get("n_samples")),
-                              "×".join(str(s) for s in d.get("shape") or []), str(d.get("created_at", ""))[:19])
+                table.add_row(
+                    str(d.get("id")),
+                    str(d.get("name")),
+                    fmt_number(d.get("n_samples")),
+                    "×".join(str(s) for s in d.get("shape") or []),
+                    str(d.get("created_at", ""))[:19],
+                )
             out_console.print(table)
 
         run(go)
@@ -428,7 +457,9 @@ def register(cli: typer.Typer) -> None:
     @cli.command("status", epilog="Example: taskgauge status 3f2c9a…")
     def status(
         analysis_id: Annotated[str, typer.Argument(help="Analysis id.")],
-        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+        json_out: JsonFlag = False,
+        api_url: ApiUrl = DEFAULT_API_URL,
+        api_key: ApiKey = None,
     ) -> None:
         """Print an analysis' status, progress and stage once."""
 
@@ -438,8 +469,10 @@ def register(cli: typer.Typer) -> None:
             if json_out:
                 print_json(s)
             else:
-                out_console.print(f"{s.get('status')}  {100 * float(s.get('progress') or 0):.1f}%  {s.get('stage') or ''}"
-                                  + (f"  error: {_error_text(s)}" if s.get("status") == "failed" else ""))
+                out_console.print(
+                    f"{s.get('status')}  {100 * float(s.get('progress') or 0):.1f}%  {s.get('stage') or ''}"
+                    + (f"  error: {_error_text(s)}" if s.get("status") == "failed" else "")
+                )
 
         run(go)
 
@@ -447,7 +480,8 @@ def register(cli: typer.Typer) -> None:
     def watch(
         analysis_id: Annotated[str, typer.Argument(help="Analysis id (printed by `taskgauge analyse`).")],
         json_out: Annotated[bool, typer.Option("--json", help="Print the final report JSON when done.")] = False,
-        api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+        api_url: ApiUrl = DEFAULT_API_URL,
+        api_key: ApiKey = None,
     ) -> None:
         """Show a live progress bar until the analysis finishes; exit 1 if it failed."""
 
@@ -463,11 +497,16 @@ def register(cli: typer.Typer) -> None:
 
         run(go)
 
-    @cli.command("report", epilog="Example: taskgauge report 3f2c9a…\n\nExample: taskgauge report 3f2c9a… --json > r.json")
+    @cli.command(
+        "report", epilog="Example: taskgauge report 3f2c9a…\n\nExample: taskgauge report 3f2c9a… --json > r.json"
+    )
     def report(
-        ident: Annotated[str, typer.Argument(
-            metavar="ID", help="Report id, analysis id, or dataset id (its latest report).")],
-        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+        ident: Annotated[
+            str, typer.Argument(metavar="ID", help="Report id, analysis id, or dataset id (its latest report).")
+        ],
+        json_out: JsonFlag = False,
+        api_url: ApiUrl = DEFAULT_API_URL,
+        api_key: ApiKey = None,
     ) -> None:
         """Show a report as a table (or its JSON, docs/methods.md §0, with --json)."""
 
@@ -481,11 +520,16 @@ def register(cli: typer.Typer) -> None:
 
         run(go)
 
-    @cli.command("compare", epilog="Example: taskgauge compare REPORT_A REPORT_B\n\n"
-                 "Dataset or analysis ids work too (their latest report is used).")
+    @cli.command(
+        "compare",
+        epilog="Example: taskgauge compare REPORT_A REPORT_B\n\n"
+        "Dataset or analysis ids work too (their latest report is used).",
+    )
     def compare(
         ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Two or more report/analysis/dataset ids.")],
-        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+        json_out: JsonFlag = False,
+        api_url: ApiUrl = DEFAULT_API_URL,
+        api_key: ApiKey = None,
     ) -> None:
         """Compare the headline values of several reports side by side."""
         if len(ids) < 2:
@@ -495,11 +539,21 @@ def register(cli: typer.Typer) -> None:
             with make_client(api_url, api_key) as api:
                 reports = [report_for(api, i) for i in ids]
             if json_out:
-                print_json({"reports": [{"report_id": r.get("report_id"), "dataset": r.get("dataset", {}).get("name"),
-                                         "results": {k: {"value": v.get("value"), "ci": v.get("ci"),
-                                                         "version": v.get("version")}
-                                                     for k, v in (r.get("results") or {}).items()}}
-                                        for r in reports]})
+                print_json(
+                    {
+                        "reports": [
+                            {
+                                "report_id": r.get("report_id"),
+                                "dataset": r.get("dataset", {}).get("name"),
+                                "results": {
+                                    k: {"value": v.get("value"), "ci": v.get("ci"), "version": v.get("version")}
+                                    for k, v in (r.get("results") or {}).items()
+                                },
+                            }
+                            for r in reports
+                        ]
+                    }
+                )
                 return
             table = Table(title="comparison")
             table.add_column("estimator")
@@ -514,19 +568,23 @@ def register(cli: typer.Typer) -> None:
 
         run(go)
 
-    schedule = typer.Typer(help="Scheduled re-analysis of a dataset (cron expression + time zone).",
-                           no_args_is_help=True)
+    schedule = typer.Typer(
+        help="Scheduled re-analysis of a dataset (cron expression + time zone).", no_args_is_help=True
+    )
     cli.add_typer(schedule, name="schedule")
 
-    @schedule.command("add", epilog='Example: taskgauge schedule add DATASET_ID --cron "0 3 * * 1" '
-                      "--tz Europe/Berlin -e mle -e twonn")
+    @schedule.command(
+        "add", epilog='Example: taskgauge schedule add DATASET_ID --cron "0 3 * * 1" --tz Europe/Berlin -e mle -e twonn'
+    )
     def schedule_add(
         dataset_id: Annotated[str, typer.Argument(help="Dataset id.")],
         cron: Annotated[str, typer.Option(help='Cron expression, e.g. "0 3 * * *" (03:00 daily).')],
         tz: Annotated[str, typer.Option("--tz", help="IANA time zone of the cron expression.")] = "UTC",
         estimator: EstimatorOpt = None,
         param: ParamOpt = None,
-        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+        json_out: JsonFlag = False,
+        api_url: ApiUrl = DEFAULT_API_URL,
+        api_key: ApiKey = None,
     ) -> None:
         """Re-analyse a dataset on a cron schedule."""
 
@@ -556,8 +614,15 @@ def register(cli: typer.Typer) -> None:
             for col in ("id", "dataset", "cron", "tz", "estimators", "next run", "last run"):
                 table.add_column(col)
             for s in page.get("items", []):
-                table.add_row(s["id"], s["dataset_id"], s["cron"], s["timezone"], ", ".join(s.get("estimators") or {}),
-                              str(s.get("next_run_at") or "")[:19], str(s.get("last_run_at") or "—")[:19])
+                table.add_row(
+                    s["id"],
+                    s["dataset_id"],
+                    s["cron"],
+                    s["timezone"],
+                    ", ".join(s.get("estimators") or {}),
+                    str(s.get("next_run_at") or "")[:19],
+                    str(s.get("last_run_at") or "—")[:19],
+                )
             out_console.print(table)
 
         run(go)
@@ -565,7 +630,8 @@ def register(cli: typer.Typer) -> None:
     @schedule.command("rm", epilog="Example: taskgauge schedule rm SCHEDULE_ID")
     def schedule_rm(
         schedule_id: Annotated[str, typer.Argument(help="Schedule id.")],
-        api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+        api_url: ApiUrl = DEFAULT_API_URL,
+        api_key: ApiKey = None,
     ) -> None:
         """Delete a schedule (its past analyses and reports stay)."""
 
@@ -579,7 +645,9 @@ def register(cli: typer.Typer) -> None:
     @cli.command("workers", epilog="Example: taskgauge workers\n\nExample: taskgauge workers --all --json")
     def workers_cmd(
         all_: Annotated[bool, typer.Option("--all", help="Also workers whose heartbeat stopped (gone).")] = False,
-        json_out: JsonFlag = False, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None,
+        json_out: JsonFlag = False,
+        api_url: ApiUrl = DEFAULT_API_URL,
+        api_key: ApiKey = None,
     ) -> None:
         """List the live workers: queues, device and the analysis each runs now (admin keys only).
 
@@ -599,8 +667,14 @@ def register(cli: typer.Typer) -> None:
             for w in page.get("items", []):
                 running = "\n".join(_task_line(t) for t in w.get("active", [])) or "idle"
                 beat = str(w.get("heartbeat_at") or "")[11:19] + ("" if w.get("live", True) else " (gone)")
-                table.add_row(w["name"], ",".join(w.get("queues", [])), w.get("device", ""),
-                              str(w.get("concurrency", "")), running, beat)
+                table.add_row(
+                    w["name"],
+                    ",".join(w.get("queues", [])),
+                    w.get("device", ""),
+                    str(w.get("concurrency", "")),
+                    running,
+                    beat,
+                )
             out_console.print(table)
 
         run(go)

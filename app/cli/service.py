@@ -17,9 +17,10 @@ import signal
 import subprocess
 import sys
 import uuid
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
 
 def _settings():
     from pydantic import ValidationError
@@ -48,12 +49,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     worker: Annotated[
-        Optional[bool],
-        typer.Option("--worker/--no-worker", help="Start an embedded worker child. Default: only when "
-                     "TASKGAUGE_BROKER_URL is empty (the embedded default)."),
+        bool | None,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Start an embedded worker child. Default: only when "
+            "TASKGAUGE_BROKER_URL is empty (the embedded default).",
+        ),
     ] = None,
     migrate: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--migrate/--no-migrate", help="Run the migrations first. Default: only for SQLite."),
     ] = None,
 ) -> None:
@@ -72,9 +76,9 @@ def serve(
     """
     import uvicorn
 
+    from taskgauge import db
     from taskgauge import migrate as migrations
     from taskgauge.auth import ensure_local_key
-    from taskgauge import db
 
     settings = _settings()
     if settings.embedded:
@@ -105,8 +109,9 @@ def serve(
         def spawn() -> subprocess.Popen:
             # Own process group: a Ctrl-C or a group SIGTERM reaches `serve` alone, which then stops the worker and
             # everything it forked (pool processes, embedded beat) in order, so no child outlives `serve`.
-            return subprocess.Popen(cmd, env={**os.environ, "TASKGAUGE_EMBEDDED_WORKER": "1"}, preexec_fn=_pdeathsig,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                cmd, env={**os.environ, "TASKGAUGE_EMBEDDED_WORKER": "1"}, preexec_fn=_pdeathsig, start_new_session=True
+            )
 
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
         supervisor = WorkerSupervisor(spawn, settings.broker_dir, on_restart=lambda: _resend_queued(settings))
@@ -117,8 +122,15 @@ def serve(
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         # Embedded: no proxy header (X-Forwarded-For, Forwarded) rewrites who the client is.
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="info",
-                    timeout_graceful_shutdown=5, proxy_headers=not settings.embedded)
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_graceful_shutdown=5,
+            proxy_headers=not settings.embedded,
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
         if supervisor is not None:
@@ -156,8 +168,9 @@ def private_data_dir(data_dir) -> None:
             if path.is_file() and not path.is_symlink():
                 os.chmod(path, 0o600)
     except OSError as exc:  # not ours to change (another owner, a read-only mount): say so, and go on
-        typer.echo(f"taskgauge: warning: cannot make {data_dir} private ({exc}); other local users may read it",
-                   err=True)
+        typer.echo(
+            f"taskgauge: warning: cannot make {data_dir} private ({exc}); other local users may read it", err=True
+        )
 
 
 def signin_url(host: str, port: int, token: str) -> str:
@@ -173,8 +186,11 @@ def _print_signin_url(settings, host: str, port: int) -> None:
 
     token = issue_signin_token(settings.DATA_DIR)
     minutes = round(settings.SIGNIN_TOKEN_TTL_S / 60)
-    typer.echo(f"taskgauge: open the dashboard with this one-time link (valid once, for {minutes} min):\n"
-               f"    {signin_url(host, port, token)}", err=True)
+    typer.echo(
+        f"taskgauge: open the dashboard with this one-time link (valid once, for {minutes} min):\n"
+        f"    {signin_url(host, port, token)}",
+        err=True,
+    )
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -183,13 +199,19 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 def worker(
     queues: Annotated[
-        Optional[str],
-        typer.Option("--queues", "-Q", help="Comma-separated queues. Default: 'default', plus 'gpu' when CUDA is "
-                     "available (CUDA workers take the gpu queue, CPU workers the default one)."),
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="Comma-separated queues. Default: 'default', plus 'gpu' when CUDA is "
+            "available (CUDA workers take the gpu queue, CPU workers the default one).",
+        ),
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Analyses run in parallel.")] = 1,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
-    beat: Annotated[bool, typer.Option("--beat", help="Also run the beat scheduler in this worker (one only!).")] = False,
+    beat: Annotated[
+        bool, typer.Option("--beat", help="Also run the beat scheduler in this worker (one only!).")
+    ] = False,
 ) -> None:
     """Run a Celery worker that executes analyses (TASKGAUGE_DATABASE_URL, TASKGAUGE_BROKER_URL, TASKGAUGE_DATA_DIR).
 
@@ -209,9 +231,22 @@ def worker(
     if not queues:
         import torch
 
-        queues = f"{GPU_QUEUE},{DEFAULT_QUEUE}" if torch.cuda.is_available() and settings.DEVICE != "cpu" else DEFAULT_QUEUE
-    argv = ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", loglevel, "--without-gossip",
-            "--without-mingle", "-n", f"taskgauge-{uuid.uuid4().hex[:8]}@%h"]
+        queues = (
+            f"{GPU_QUEUE},{DEFAULT_QUEUE}" if torch.cuda.is_available() and settings.DEVICE != "cpu" else DEFAULT_QUEUE
+        )
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        f"taskgauge-{uuid.uuid4().hex[:8]}@%h",
+    ]
     if settings.embedded_broker:
         argv.append("--without-heartbeat")
     if beat:
@@ -220,8 +255,14 @@ def worker(
 
 
 def beat(
-    every: Annotated[Optional[float], typer.Option("--every", min=0.01,
-                     help="Seconds between scans for due schedules (default: TASKGAUGE_SCHEDULE_SCAN_SECONDS, 30).")] = None,
+    every: Annotated[
+        float | None,
+        typer.Option(
+            "--every",
+            min=0.01,
+            help="Seconds between scans for due schedules (default: TASKGAUGE_SCHEDULE_SCAN_SECONDS, 30).",
+        ),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run Celery beat: it triggers the due-schedule scan that creates scheduled analyses (a worker must run too).
@@ -282,8 +323,12 @@ keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 @keys_cli.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="A name for the key (e.g. who or what uses it).")],
-    owner: Annotated[Optional[str], typer.Option(help="Add the key to this existing owner (default: a new owner "
-                                                 "named NAME, or the one of that name).")] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="Add the key to this existing owner (default: a new owner named NAME, or the one of that name)."
+        ),
+    ] = None,
 ) -> None:
     """Create an API key and print it on stdout — once; only its hash is stored.
 
@@ -291,8 +336,8 @@ def keys_create(
 
       export TASKGAUGE_API_KEY=$(taskgauge keys create alice)
     """
-    from taskgauge.auth import create_key
     from taskgauge import db
+    from taskgauge.auth import create_key
 
     settings = _settings()
     engine = db.make_engine(settings.DATABASE_URL)
@@ -334,8 +379,9 @@ def keys_list() -> None:
 
 @keys_cli.command("revoke")
 def keys_revoke(
-    key: Annotated[str, typer.Argument(metavar="KEY_ID|PREFIX", help="The key's id or its prefix (`keys list`), "
-                                       "or the whole key.")],
+    key: Annotated[
+        str, typer.Argument(metavar="KEY_ID|PREFIX", help="The key's id or its prefix (`keys list`), or the whole key.")
+    ],
 ) -> None:
     """Revoke an API key: from now on it gets 401. Final; make a new key with `keys create`.
 
@@ -377,8 +423,10 @@ def keys_signin_url(
 
     settings = _settings()
     if not settings.embedded:
-        fail("sign-in links exist only in the embedded default (SQLite, no broker); paste an API key "
-             "(`taskgauge keys create NAME`) into the sign-in page instead")
+        fail(
+            "sign-in links exist only in the embedded default (SQLite, no broker); paste an API key "
+            "(`taskgauge keys create NAME`) into the sign-in page instead"
+        )
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
     typer.echo(signin_url(host, port, issue_signin_token(settings.DATA_DIR)))
 

@@ -68,8 +68,7 @@ def index(request: Request) -> HTMLResponse:
 def signin(request: Request, next: str | None = None) -> HTMLResponse:  # noqa: A002 - the query name
     from app.dashboard import hooks
 
-    return _render(request, "signin.html", "signin", next=safe_next(next),
-                   embedded="1" if hooks.is_embedded() else "")
+    return _render(request, "signin.html", "signin", next=safe_next(next), embedded="1" if hooks.is_embedded() else "")
 
 
 class SigninToken(BaseModel):
@@ -83,9 +82,12 @@ def signin_token(body: SigninToken, request: Request) -> JSONResponse:
 
     key = hooks.redeem_signin_token(request.app.state.taskgauge, body.token)
     if key is None:
-        raise Unauthorized("this sign-in link was already used, has expired, or is not the latest one; run "
-                           "`taskgauge keys signin-url` on the server's machine for a new one, or paste an API key",
-                           title="Sign-in link not valid", kind="bad-signin-token")
+        raise Unauthorized(
+            "this sign-in link was already used, has expired, or is not the latest one; run "
+            "`taskgauge keys signin-url` on the server's machine for a new one, or paste an API key",
+            title="Sign-in link not valid",
+            kind="bad-signin-token",
+        )
     return JSONResponse({"key": key, "owner": "local"}, headers={"Cache-Control": "no-store"})
 
 

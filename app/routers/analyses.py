@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -12,12 +13,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from taskgauge.services import analyses as services
 from app.deps import Offset, OwnerDep, SessionDep, StateDep
 from app.errors import responses
 from app.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
 from taskgauge import db
 from taskgauge.errors import Conflict
+from taskgauge.services import analyses as services
 from workers.gpu import gpu_queue_consumed
 
 router = APIRouter(prefix="/analyses", tags=["analyses"])
@@ -26,60 +27,99 @@ SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 
 
-@router.post("", status_code=202, response_model=AnalysisPublic, operation_id="analyses-create",
-             responses=responses(409, 429, 503))
-def create_analysis(body: AnalysisCreate, request: Request, response: Response, state: StateDep,
-                    owner: OwnerDep) -> AnalysisPublic:
+@router.post(
+    "",
+    status_code=202,
+    response_model=AnalysisPublic,
+    operation_id="analyses-create",
+    responses=responses(409, 429, 503),
+)
+def create_analysis(
+    body: AnalysisCreate, request: Request, response: Response, state: StateDep, owner: OwnerDep
+) -> AnalysisPublic:
     """Validate the estimators and params, store the analysis (``queued``) and enqueue it for a worker.
     Follow it with ``GET /analyses/{id}`` or ``GET /analyses/{id}/events``.
 
     ``device: "cuda"`` is refused with 409 when no worker consumes the gpu queue (``TASKGAUGE_GPU_WORKERS``)."""
     if body.device == "cuda" and not gpu_queue_consumed(state.settings):
-        raise Conflict("device 'cuda' needs a worker on the gpu queue, and none is running; use device 'auto' or "
-                       "'cpu', or start `taskgauge worker --queues gpu,default` on a CUDA host (or set "
-                       "TASKGAUGE_GPU_WORKERS=yes if one is only briefly down)", title="No GPU worker",
-                       kind="no-gpu-worker")
-    row = services.create_analysis(state, owner.owner_id, dataset_id=body.dataset_id, estimators=body.estimators,
-                                   model_spec_id=body.model_spec_id, device=body.device)
+        raise Conflict(
+            "device 'cuda' needs a worker on the gpu queue, and none is running; use device 'auto' or "
+            "'cpu', or start `taskgauge worker --queues gpu,default` on a CUDA host (or set "
+            "TASKGAUGE_GPU_WORKERS=yes if one is only briefly down)",
+            title="No GPU worker",
+            kind="no-gpu-worker",
+        )
+    row = services.create_analysis(
+        state,
+        owner.owner_id,
+        dataset_id=body.dataset_id,
+        estimators=body.estimators,
+        model_spec_id=body.model_spec_id,
+        device=body.device,
+    )
     response.headers["Location"] = str(request.url_for("analyses-read", analysis_id=row.id))
     return AnalysisPublic.model_validate(row)
 
 
 @router.get("", response_model=AnalysesPublic, operation_id="analyses-list", responses=responses())
-def list_analyses(session: SessionDep, owner: OwnerDep, dataset_id: str | None = None,
-                  status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Offset = 0) -> AnalysesPublic:
+def list_analyses(
+    session: SessionDep,
+    owner: OwnerDep,
+    dataset_id: str | None = None,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Offset = 0,
+) -> AnalysesPublic:
     """Your analyses, newest first; filter by ``dataset_id`` and ``status``."""
-    rows, count = services.list_analyses(session, owner.owner_id, dataset_id=dataset_id, status=status, limit=limit,
-                                         offset=offset)
-    return AnalysesPublic(items=[AnalysisPublic.model_validate(r) for r in rows], count=count,
-                          limit=limit, offset=offset)
+    rows, count = services.list_analyses(
+        session, owner.owner_id, dataset_id=dataset_id, status=status, limit=limit, offset=offset
+    )
+    return AnalysesPublic(
+        items=[AnalysisPublic.model_validate(r) for r in rows], count=count, limit=limit, offset=offset
+    )
 
 
-@router.get("/{analysis_id}", response_model=AnalysisPublic, operation_id="analyses-read", name="analyses-read",
-            responses=responses())
+@router.get(
+    "/{analysis_id}",
+    response_model=AnalysisPublic,
+    operation_id="analyses-read",
+    name="analyses-read",
+    responses=responses(),
+)
 def read_analysis(analysis_id: str, session: SessionDep, owner: OwnerDep) -> AnalysisPublic:
     """Status ``queued|running|succeeded|failed|cancelled``, ``progress`` (0..1), ``stage``, ``error``, ``report_id``."""
     return AnalysisPublic.model_validate(services.get_analysis(session, owner.owner_id, analysis_id))
 
 
-@router.post("/{analysis_id}/cancel", response_model=AnalysisPublic, operation_id="analyses-cancel",
-             responses=responses(409))
+@router.post(
+    "/{analysis_id}/cancel", response_model=AnalysisPublic, operation_id="analyses-cancel", responses=responses(409)
+)
 def cancel_analysis(analysis_id: str, state: StateDep, owner: OwnerDep) -> AnalysisPublic:
     """Cancel a queued or running analysis. A running one stops at its estimator's next progress report."""
     return AnalysisPublic.model_validate(services.cancel_analysis(state, owner.owner_id, analysis_id))
 
 
-@router.get("/{analysis_id}/events", operation_id="analyses-events", responses={
-    **responses(), 200: {"description": "text/event-stream: `progress` events (the analysis JSON), then one "
-                         "`end` event when it is finished", "content": {"text/event-stream": {}}}})
+@router.get(
+    "/{analysis_id}/events",
+    operation_id="analyses-events",
+    responses={
+        **responses(),
+        200: {
+            "description": "text/event-stream: `progress` events (the analysis JSON), then one "
+            "`end` event when it is finished",
+            "content": {"text/event-stream": {}},
+        },
+    },
+)
 async def analysis_events(analysis_id: str, state: StateDep, owner: OwnerDep) -> StreamingResponse:
     """Server-Sent Events: an ``event: progress`` with the analysis JSON whenever it changes, and a final
     ``event: end`` when it is succeeded, failed or cancelled; comments keep the connection alive."""
 
     def load() -> dict:
         with state.sessions() as s:
-            return AnalysisPublic.model_validate(services.get_analysis(s, owner.owner_id, analysis_id)).model_dump(mode="json")
+            return AnalysisPublic.model_validate(services.get_analysis(s, owner.owner_id, analysis_id)).model_dump(
+                mode="json"
+            )
 
     first = await run_in_threadpool(load)  # 404 before the stream starts
 
@@ -103,5 +143,6 @@ async def analysis_events(analysis_id: str, state: StateDep, owner: OwnerDep) ->
             except (OperationalError, PoolTimeout):  # the database is busy: keep the stream, try at the next poll
                 await asyncio.sleep(SSE_POLL_S)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, AsyncIterator
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from taskgauge.services import datasets as services
 from app.deps import Offset, OwnerDep, SessionDep, StateDep
 from app.errors import responses
-from taskgauge.errors import InvalidInput
 from app.schemas import DatasetPublic, DatasetsPublic, DatasetSummary
 from app.uploads import receive_upload
+from taskgauge.errors import InvalidInput
+from taskgauge.services import datasets as services
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -29,12 +30,17 @@ UPLOAD_BODY = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary",
-                                 "description": ".npz, .npy, .csv, .parquet, .zip of image folders, or .jsonl texts"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npz, .npy, .csv, .parquet, .zip of image folders, or .jsonl texts",
+                        },
                         "name": {"type": "string", "description": "display name (default: the file name)"},
                         "label_column": {"type": "string", "description": "label column of a table / array of a .npz"},
-                        "text_column": {"type": "string",
-                                        "description": "texts: the column of a .csv/.parquet holding the texts"},
+                        "text_column": {
+                            "type": "string",
+                            "description": "texts: the column of a .csv/.parquet holding the texts",
+                        },
                         "resize": {"type": "string", "description": "images: HEIGHTxWIDTH, e.g. 32x32"},
                         "grayscale": {"type": "boolean", "description": "images: convert to one channel"},
                     },
@@ -76,8 +82,14 @@ def _bool(v: str | None) -> bool:
     return (v or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-@router.post("", status_code=201, response_model=DatasetPublic, operation_id="datasets-upload",
-             openapi_extra=UPLOAD_BODY, responses=responses(400, 413, 429, 503))
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    operation_id="datasets-upload",
+    openapi_extra=UPLOAD_BODY,
+    responses=responses(400, 413, 429, 503),
+)
 async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> DatasetPublic:
     """Upload a dataset file (multipart field ``file``). It is streamed to disk with the size limit enforced as it
     arrives, hashed, parsed into the canonical form in a memory-limited subprocess (at most
@@ -90,25 +102,39 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
     upload = await receive_upload(request, max_bytes=settings.max_upload_bytes, tmp_dir=state.upload_tmp)
     try:
         try:
-            options = IngestOptions(label_column=upload.fields.get("label_column") or None,
-                                    text_column=upload.fields.get("text_column") or None,
-                                    resize=upload.fields.get("resize") or None,
-                                    grayscale=_bool(upload.fields.get("grayscale")),
-                                    max_expanded_mb=settings.expansion_limit_mb,
-                                    max_classes=settings.MAX_CLASSES, max_columns=settings.MAX_COLUMNS)
+            options = IngestOptions(
+                label_column=upload.fields.get("label_column") or None,
+                text_column=upload.fields.get("text_column") or None,
+                resize=upload.fields.get("resize") or None,
+                grayscale=_bool(upload.fields.get("grayscale")),
+                max_expanded_mb=settings.expansion_limit_mb,
+                max_classes=settings.MAX_CLASSES,
+                max_columns=settings.MAX_COLUMNS,
+            )
         except ValidationError as exc:
-            raise InvalidInput("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()),
-                               title="Invalid ingest options") from None
+            raise InvalidInput(
+                "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()), title="Invalid ingest options"
+            ) from None
         raw_name = upload.fields.get("name") or ""
         if "\x00" in raw_name or "\x00" in (upload.filename or ""):  # PostgreSQL cannot store NUL: refused on both
-            raise InvalidInput("the dataset name or file name contains a NUL character; rename it",
-                               title="Invalid name")
+            raise InvalidInput(
+                "the dataset name or file name contains a NUL character; rename it", title="Invalid name"
+            )
         filename = _printable(upload.filename or "") or "upload"
         name = _printable(raw_name).strip() or filename
         await run_in_threadpool(_check_storage, state, owner.owner_id, upload.size)  # before parsing it
         async with ingest_slot(request, settings.MAX_CONCURRENT_INGESTS, settings.INGEST_QUEUE_S):
-            row = await run_in_threadpool(services.ingest_and_store, state, owner.owner_id, upload.path, options,
-                                          name=name[:300], filename=filename, sha256=upload.sha256, size=upload.size)
+            row = await run_in_threadpool(
+                services.ingest_and_store,
+                state,
+                owner.owner_id,
+                upload.path,
+                options,
+                name=name[:300],
+                filename=filename,
+                sha256=upload.sha256,
+                size=upload.size,
+            )
         return DatasetPublic.model_validate(row)
     finally:
         upload.cleanup()
@@ -122,12 +148,14 @@ def _check_storage(state, owner_id: str, incoming: int) -> None:
 
 
 @router.get("", response_model=DatasetsPublic, operation_id="datasets-list", responses=responses())
-def list_datasets(session: SessionDep, owner: OwnerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Offset = 0) -> DatasetsPublic:
+def list_datasets(
+    session: SessionDep, owner: OwnerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0
+) -> DatasetsPublic:
     """Your datasets, newest first, as summaries (no class or column names: ``GET /datasets/{id}`` has them)."""
     rows, count = services.list_datasets(session, owner.owner_id, limit=limit, offset=offset)
-    return DatasetsPublic(items=[DatasetSummary.model_validate(r) for r in rows], count=count,
-                          limit=limit, offset=offset)
+    return DatasetsPublic(
+        items=[DatasetSummary.model_validate(r) for r in rows], count=count, limit=limit, offset=offset
+    )
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, operation_id="datasets-read", responses=responses())

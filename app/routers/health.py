@@ -9,8 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import StateDep
 from app.errors import guard_responses, responses
-from taskgauge.errors import ServiceUnavailable
 from app.schemas import Health, Readiness
+from taskgauge.errors import ServiceUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -54,13 +54,18 @@ async def readyz(state: StateDep) -> Readiness:
         try:
             results[name] = await run_in_threadpool(check, state)
         except Exception as exc:  # noqa: BLE001 - report which dependency is down, and why
-            raise ServiceUnavailable(f"{name} is not reachable: {type(exc).__name__}: {exc}. Check TASKGAUGE_"
-                                     f"{_SETTING[name]} and that the service is up",
-                                     title=f"{name.capitalize()} unavailable") from None
+            raise ServiceUnavailable(
+                f"{name} is not reachable: {type(exc).__name__}: {exc}. Check TASKGAUGE_"
+                f"{_SETTING[name]} and that the service is up",
+                title=f"{name.capitalize()} unavailable",
+            ) from None
     from app.supervisor import worker_state
 
     ok, detail = worker_state()
     if not ok:
-        raise ServiceUnavailable(f"{detail}; analyses wait in the queue until it is back. Retry shortly",
-                                 title="Worker unavailable", retry_after=5)
+        raise ServiceUnavailable(
+            f"{detail}; analyses wait in the queue until it is back. Retry shortly",
+            title="Worker unavailable",
+            retry_after=5,
+        )
     return Readiness(status="ok", worker=detail, **results)

@@ -40,8 +40,13 @@ class HistoryPublic(BaseModel):
     count: int
 
 
-@router.get("/datasets/{dataset_id}/reports", response_model=HistoryPublic, operation_id="datasets-history",
-            tags=["datasets"], responses=responses())
+@router.get(
+    "/datasets/{dataset_id}/reports",
+    response_model=HistoryPublic,
+    operation_id="datasets-history",
+    tags=["datasets"],
+    responses=responses(),
+)
 def dataset_reports(dataset_id: str, owner: OwnerDep, session: SessionDep) -> dict[str, Any]:
     """The dataset's report history, newest first: headline values, trigger, and flags relative to the previous
     report — ``version_change`` (an estimator was upgraded) and ``drift`` (a value moved beyond its CI)."""
@@ -49,10 +54,14 @@ def dataset_reports(dataset_id: str, owner: OwnerDep, session: SessionDep) -> di
     return {"items": items, "count": len(items)}
 
 
-@router.get("/datasets/{dataset_id}/samples/{index}.png", operation_id="datasets-sample-png", tags=["datasets"],
-            response_class=Response, responses={**responses(), 200: {"content": {"image/png": {}}}})
-def dataset_sample_png(dataset_id: str, index: int, owner: OwnerDep, session: SessionDep,
-                       state: StateDep) -> Response:
+@router.get(
+    "/datasets/{dataset_id}/samples/{index}.png",
+    operation_id="datasets-sample-png",
+    tags=["datasets"],
+    response_class=Response,
+    responses={**responses(), 200: {"content": {"image/png": {}}}},
+)
+def dataset_sample_png(dataset_id: str, index: int, owner: OwnerDep, session: SessionDep, state: StateDep) -> Response:
     """One sample of an image dataset as a PNG (min–max scaled, nearest-neighbour upscaled)."""
     png = datasets.sample_png(session, state.blobs, owner.owner_id, dataset_id, index)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
@@ -68,10 +77,16 @@ class TextsPublic(BaseModel):
     items: list[TextItem]
 
 
-@router.get("/datasets/{dataset_id}/texts", response_model=TextsPublic, operation_id="datasets-texts",
-            tags=["datasets"], responses=responses())
-def dataset_texts(dataset_id: str, owner: OwnerDep, session: SessionDep, state: StateDep,
-                  indices: str = "0,1,2,3,4") -> dict[str, Any]:
+@router.get(
+    "/datasets/{dataset_id}/texts",
+    response_model=TextsPublic,
+    operation_id="datasets-texts",
+    tags=["datasets"],
+    responses=responses(),
+)
+def dataset_texts(
+    dataset_id: str, owner: OwnerDep, session: SessionDep, state: StateDep, indices: str = "0,1,2,3,4"
+) -> dict[str, Any]:
     """Some texts of a text dataset by index (comma-separated, at most 50), e.g. the two sides of a K_F pair."""
     try:
         wanted = [int(i) for i in indices.split(",") if i.strip()]

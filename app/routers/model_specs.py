@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from taskgauge.services import datasets as services
 from app.deps import OwnerDep, SessionDep, WriteSessionDep
-from app.schemas import ModelSpecCreate, ModelSpecPublic, ModelSpecsPublic
 from app.errors import responses
+from app.schemas import ModelSpecCreate, ModelSpecPublic, ModelSpecsPublic
+from taskgauge.services import datasets as services
 
 router = APIRouter(prefix="/model-specs", tags=["model-specs"])
 
 
-@router.post("", status_code=201, response_model=ModelSpecPublic, operation_id="model-specs-create",
-             responses=responses())
+@router.post(
+    "", status_code=201, response_model=ModelSpecPublic, operation_id="model-specs-create", responses=responses()
+)
 def create_model_spec(body: ModelSpecCreate, session: WriteSessionDep, owner: OwnerDep) -> ModelSpecPublic:
     """Store a validated model spec, e.g. ``{"name": "mlp", "spec": {"arch": "mlp", "hidden": [200, 200]}}``."""
     row = services.create_model_spec(session, owner.owner_id, name=body.name, spec=body.spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+
 from app.deps import OwnerDep, SessionDep
 from app.errors import responses
 from app.schemas import CompareColumn, ComparePublic, CompareRow
@@ -13,17 +14,18 @@ from taskgauge.services import reports as service
 router = APIRouter(tags=["reports"])
 
 
-@router.get("/reports/{report_id}", operation_id="reports-read", responses=responses(),
-            response_model=dict[str, Any])
+@router.get("/reports/{report_id}", operation_id="reports-read", responses=responses(), response_model=dict[str, Any])
 def read_report(report_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
     """The report JSON (docs/methods.md §0) — the same document the CLI's local mode writes with ``--json``."""
     return service.get_report(session, owner.owner_id, report_id).document
 
 
 @router.get("/compare", response_model=ComparePublic, operation_id="reports-compare", responses=responses())
-def compare(session: SessionDep, owner: OwnerDep,
-            report_ids: Annotated[str, Query(description="comma-separated report ids", examples=["a1…,b2…"])]
-            ) -> ComparePublic:
+def compare(
+    session: SessionDep,
+    owner: OwnerDep,
+    report_ids: Annotated[str, Query(description="comma-separated report ids", examples=["a1…,b2…"])],
+) -> ComparePublic:
     """Headline value of every estimator, one column per report."""
     reports = service.get_reports(session, owner.owner_id, [i.strip() for i in report_ids.split(",") if i.strip()])
     names: list[str] = []
@@ -32,9 +34,18 @@ def compare(session: SessionDep, owner: OwnerDep,
     rows = []
     for n in names:
         entries = [(r.document.get("results") or {}).get(n) or {} for r in reports]
-        rows.append(CompareRow(estimator=n, values=[e.get("value") for e in entries],
-                               versions=[e.get("version") for e in entries]))
-    cols = [CompareColumn(report_id=r.id, dataset_id=r.dataset_id,
-                          dataset_name=(r.document.get("dataset") or {}).get("name"), created_at=r.created_at)
-            for r in reports]
+        rows.append(
+            CompareRow(
+                estimator=n, values=[e.get("value") for e in entries], versions=[e.get("version") for e in entries]
+            )
+        )
+    cols = [
+        CompareColumn(
+            report_id=r.id,
+            dataset_id=r.dataset_id,
+            dataset_name=(r.document.get("dataset") or {}).get("name"),
+            created_at=r.created_at,
+        )
+        for r in reports
+    ]
     return ComparePublic(reports=cols, rows=rows)

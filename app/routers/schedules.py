@@ -14,15 +14,20 @@ from taskgauge.services import schedules
 router = APIRouter(prefix="/schedules", tags=["schedules"])
 
 
-@router.post("", status_code=201, response_model=SchedulePublic, operation_id="schedules-create",
-             responses=responses())
+@router.post("", status_code=201, response_model=SchedulePublic, operation_id="schedules-create", responses=responses())
 def create_schedule(body: ScheduleCreate, session: WriteSessionDep, owner: OwnerDep, state: StateDep) -> SchedulePublic:
     """e.g. ``{"dataset_id": "…", "cron": "0 3 * * *", "timezone": "Europe/Berlin", "estimators": {"mle": {}}}``."""
-    row = schedules.create_schedule(session, owner.owner_id, dataset_id=body.dataset_id, cron=body.cron,
-                                    timezone=body.timezone, estimators=body.estimators,
-                                    model_spec_id=body.model_spec_id,
-                                    min_interval_s=state.settings.MIN_SCHEDULE_INTERVAL_S,
-                                    limits=Limits.from_settings(state.settings))
+    row = schedules.create_schedule(
+        session,
+        owner.owner_id,
+        dataset_id=body.dataset_id,
+        cron=body.cron,
+        timezone=body.timezone,
+        estimators=body.estimators,
+        model_spec_id=body.model_spec_id,
+        min_interval_s=state.settings.MIN_SCHEDULE_INTERVAL_S,
+        limits=Limits.from_settings(state.settings),
+    )
     session.commit()
     return SchedulePublic.model_validate(row)
 

@@ -41,30 +41,85 @@ def _load():
         for name in ("tg_pair_dist_f32", "tg_pair_dist_f64"):
             fn = getattr(lib, name)
             fn.restype = None
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                           ctypes.c_int64, ctypes.c_void_p]
+            fn.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+            ]
         fn = lib.tg_block_candidates
         fn.restype = ctypes.c_int64
-        fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64])
+        fn.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+        ]
         for name in ("tg_block_candidates_ref_f32", "tg_block_candidates_ref_f64"):
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int64
-            fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64])
+            fn.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+            ]
         fn = lib.tg_block_scan
         fn.restype = ctypes.c_int64
-        fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                        ctypes.c_double, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                        ctypes.c_int64])
+        fn.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_double,
+            ctypes.c_double,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+        ]
         for name in ("tg_topk_merge", "tg_topk_merge_i32"):
             fn = getattr(lib, name)
             fn.restype = None
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                           ctypes.c_void_p, ctypes.c_int64]
+            fn.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+            ]
         return lib
     return None
 
@@ -97,10 +152,23 @@ class BlockCandidates:
         sq, thr_row, thr_col, q, xg, row_ids, col_ids = args
         R, C = sq.shape
         for _ in range(2):
-            m = _lib.tg_block_candidates(sq.data_ptr(), R, C, thr_row.data_ptr(), thr_col.data_ptr(), int(nb),
-                                         q.data_ptr(), xg.data_ptr(), int(q.shape[1]), row_ids.data_ptr(),
-                                         col_ids.data_ptr(), self.rows.data_ptr(), self.cols.data_ptr(),
-                                         self.d.data_ptr(), self.cap)
+            m = _lib.tg_block_candidates(
+                sq.data_ptr(),
+                R,
+                C,
+                thr_row.data_ptr(),
+                thr_col.data_ptr(),
+                int(nb),
+                q.data_ptr(),
+                xg.data_ptr(),
+                int(q.shape[1]),
+                row_ids.data_ptr(),
+                col_ids.data_ptr(),
+                self.rows.data_ptr(),
+                self.cols.data_ptr(),
+                self.d.data_ptr(),
+                self.cap,
+            )
             if m <= self.cap:
                 return self.rows[:m].clone(), self.cols[:m].clone(), self.d[:m].clone()
             self._alloc(max(m, 2 * self.cap))
@@ -109,13 +177,28 @@ class BlockCandidates:
     def run_ref(self, sq, thr_row, thr_col, nb: int, ref, row_ids, col_ids):
         """As :meth:`run`, with the exact distances taken from the rows ``row_ids``/``col_ids`` of ``ref`` (the
         original (n, D) float32 or float64 data, ``tg_block_candidates_ref_*`` in exact.c)."""
-        fn = {torch.float32: _lib.tg_block_candidates_ref_f32, torch.float64: _lib.tg_block_candidates_ref_f64}[ref.dtype]
+        fn = {torch.float32: _lib.tg_block_candidates_ref_f32, torch.float64: _lib.tg_block_candidates_ref_f64}[
+            ref.dtype
+        ]
         sq, thr_row, thr_col, row_ids, col_ids = (t.contiguous() for t in (sq, thr_row, thr_col, row_ids, col_ids))
         R, C = sq.shape
         for _ in range(2):
-            m = fn(sq.data_ptr(), R, C, thr_row.data_ptr(), thr_col.data_ptr(), int(nb), ref.data_ptr(),
-                   int(ref.shape[1]), row_ids.data_ptr(), col_ids.data_ptr(), self.rows.data_ptr(),
-                   self.cols.data_ptr(), self.d.data_ptr(), self.cap)
+            m = fn(
+                sq.data_ptr(),
+                R,
+                C,
+                thr_row.data_ptr(),
+                thr_col.data_ptr(),
+                int(nb),
+                ref.data_ptr(),
+                int(ref.shape[1]),
+                row_ids.data_ptr(),
+                col_ids.data_ptr(),
+                self.rows.data_ptr(),
+                self.cols.data_ptr(),
+                self.d.data_ptr(),
+                self.cap,
+            )
             if m <= self.cap:
                 return self.rows[:m].clone(), self.cols[:m].clone(), self.d[:m].clone()
             self._alloc(max(m, 2 * self.cap))
@@ -140,30 +223,59 @@ class BlockScan:
             self.rows = torch.empty(self.cap, dtype=torch.int32)
             self.cols = torch.empty(self.cap, dtype=torch.int32)
             self.s = torch.empty(self.cap, dtype=torch.float32)
-        m = _lib.tg_block_scan(sq.data_ptr(), R, C, int(nb), rpos.data_ptr(), cpos.data_ptr(), klist.data_ptr(),
-                               thr.data_ptr(), Nrow.data_ptr(), int(klist.shape[1]), float(E), float(eta),
-                               self.rows.data_ptr(), self.cols.data_ptr(), self.s.data_ptr(), self.cap)
+        m = _lib.tg_block_scan(
+            sq.data_ptr(),
+            R,
+            C,
+            int(nb),
+            rpos.data_ptr(),
+            cpos.data_ptr(),
+            klist.data_ptr(),
+            thr.data_ptr(),
+            Nrow.data_ptr(),
+            int(klist.shape[1]),
+            float(E),
+            float(eta),
+            self.rows.data_ptr(),
+            self.cols.data_ptr(),
+            self.s.data_ptr(),
+            self.cap,
+        )
         if m > self.cap:
             raise RuntimeError("tg_block_scan: more entries than a block can have")  # cannot happen
         return self.rows[:m].clone(), self.cols[:m].clone(), self.s[:m].clone()
 
 
-def topk_merge(rows: torch.Tensor, cols: torch.Tensor, d: torch.Tensor, out_d: torch.Tensor,
-               out_i: torch.Tensor) -> bool:
+def topk_merge(
+    rows: torch.Tensor, cols: torch.Tensor, d: torch.Tensor, out_d: torch.Tensor, out_i: torch.Tensor
+) -> bool:
     """Merge exact pairs into the rows' k best in place (see ``tg_topk_merge`` in exact.c); ``out_i`` int64 or
     int32 (``rows``/``cols`` are converted to its dtype). False when the kernel does not apply (then the caller
     merges with torch)."""
     fn = None
     if _lib is not None:
         fn = {torch.int64: _lib.tg_topk_merge, torch.int32: _lib.tg_topk_merge_i32}.get(out_i.dtype)
-    if (fn is None or out_d.device.type != "cpu" or out_d.dtype != torch.float64 or not out_d.is_contiguous()
-            or not out_i.is_contiguous() or out_d.shape != out_i.shape):
+    if (
+        fn is None
+        or out_d.device.type != "cpu"
+        or out_d.dtype != torch.float64
+        or not out_d.is_contiguous()
+        or not out_i.is_contiguous()
+        or out_d.shape != out_i.shape
+    ):
         return False
     rows = rows.to(out_i.dtype).contiguous()
     cols = cols.to(out_i.dtype).contiguous()
     d = d.to(torch.float64).contiguous()
-    fn(rows.data_ptr(), cols.data_ptr(), d.data_ptr(), int(rows.shape[0]), out_d.data_ptr(), out_i.data_ptr(),
-       int(out_d.shape[1]))
+    fn(
+        rows.data_ptr(),
+        cols.data_ptr(),
+        d.data_ptr(),
+        int(rows.shape[0]),
+        out_d.data_ptr(),
+        out_i.data_ptr(),
+        int(out_d.shape[1]),
+    )
     return True
 
 
@@ -182,9 +294,9 @@ def pair_distances(A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch
     out = torch.empty(P, dtype=torch.float64)
     if P == 0:
         return out
+
     def run(s: int, e: int) -> None:  # pairs [s, e): int64 indices and float64 outputs, 8 bytes each
-        fn(A.data_ptr(), ia.data_ptr() + 8 * s, B.data_ptr(), ib.data_ptr() + 8 * s, e - s, D,
-           out.data_ptr() + 8 * s)
+        fn(A.data_ptr(), ia.data_ptr() + 8 * s, B.data_ptr(), ib.data_ptr() + 8 * s, e - s, D, out.data_ptr() + 8 * s)
 
     threads = max(1, torch.get_num_threads())
     if threads == 1 or P < _THREAD_MIN_PAIRS:

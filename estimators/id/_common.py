@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from estimators.validation import as_matrix
 from estimators.base import EstimatorError
 from estimators.knn import exact_duplicates
+from estimators.validation import as_matrix
 
 #: quantiles reported for per-point estimates
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -97,7 +97,9 @@ def dropped_warning(count: int, total: int, what: str, estimator: str) -> str:
         f"docs/methods.md §1.1 'Ties'); the {estimator} estimate uses the remaining {total - count}"
     )
     if 2 * count > total:
-        text += "; more than half the points are tied, so the estimate rests on an atypical minority: treat it with caution"
+        text += (
+            "; more than half the points are tied, so the estimate rests on an atypical minority: treat it with caution"
+        )
     return text
 
 

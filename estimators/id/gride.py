@@ -94,17 +94,22 @@ def _check_args(range_max, n1, n2, ci_level) -> None:
 class GrideParams(Params):
     """Params of the ``gride`` estimator (defaults = DADApy ``return_id_scaling_gride(range_max=64)``)."""
 
-    range_max: int = Field(64, le=MAX_NEIGHBOURS,
-        description="largest neighbour rank of the doubling ladder (1,2), (2,4), …")
-    n1: int | None = Field(None, le=MAX_NEIGHBOURS,
-        description="with n2: the (n1, n2) pair of the headline value (default: last ladder step)")
+    range_max: int = Field(
+        64, le=MAX_NEIGHBOURS, description="largest neighbour rank of the doubling ladder (1,2), (2,4), …"
+    )
+    n1: int | None = Field(
+        None,
+        le=MAX_NEIGHBOURS,
+        description="with n2: the (n1, n2) pair of the headline value (default: last ladder step)",
+    )
     n2: int | None = Field(None, le=MAX_NEIGHBOURS, description="with n1: the (n1, n2) pair of the headline value")
     ci_level: float = Field(0.95, description="level of the normal interval value ± z·err")
-    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB,
-        description="memory the neighbour search may use")
+    memory_budget_mb: int = Field(
+        1024, ge=16, le=MAX_MEMORY_BUDGET_MB, description="memory the neighbour search may use"
+    )
 
     @model_validator(mode="after")
-    def _cross_check(self) -> "GrideParams":
+    def _cross_check(self) -> GrideParams:
         _check_args(self.range_max, self.n1, self.n2, self.ci_level)
         return self
 
@@ -125,6 +130,7 @@ def _fisher(d: float, log_mu: np.ndarray, n1: int, n2: int, n: int) -> float:
 def _solve(log_mu: np.ndarray, n1: int, n2: int) -> float:
     """The maximiser of ℓ (the root of the decreasing ℓ')."""
     from scipy import optimize  # lazy, as scipy.stats below (import cost paid only by gride's callers)
+
     n = log_mu.size
     s = float(np.sum(log_mu))
     if n2 == n1 + 1:
@@ -150,8 +156,16 @@ def _step(D: np.ndarray, n1: int, n2: int) -> dict:
     ties = (~zero) & (r2 <= r1)
     keep = ~(zero | ties)
     row: dict[str, Any] = {
-        "n1": n1, "n2": n2, "scale": None, "r_n2": None, "id": None, "err": None,
-        "n_used": 0, "n_filtered": 0, "ties_dropped": int(ties.sum()), "zero_distance_dropped": int(zero.sum()),
+        "n1": n1,
+        "n2": n2,
+        "scale": None,
+        "r_n2": None,
+        "id": None,
+        "err": None,
+        "n_used": 0,
+        "n_filtered": 0,
+        "ties_dropped": int(ties.sum()),
+        "zero_distance_dropped": int(zero.sum()),
     }
     if keep.sum() == 0:
         return row
@@ -214,8 +228,9 @@ def gride_id(
             f"({ladder[-1][0]}, {ladder[-1][1]})"
         )
     kmax = max([b for _, b in ladder] + ([n2] if n2 is not None else []))
-    knn = kneighbors(prep.X, kmax, device=device, memory_budget_mb=memory_budget_mb,
-                     progress=scaled_progress(progress, 0.0, 0.9))
+    knn = kneighbors(
+        prep.X, kmax, device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.0, 0.9)
+    )
     D = to_numpy64(knn.distances)
     progress(0.9, "gride: likelihood")
     curve = []

@@ -39,8 +39,18 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
-from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_NEIGHBOURS, MAX_SEED, MAX_SUBSAMPLE  # parameter bounds
+from estimators.base import (  # parameter bounds
+    MAX_MEMORY_BUDGET_MB,
+    MAX_NEIGHBOURS,
+    MAX_SEED,
+    MAX_SUBSAMPLE,
+    EstimatorError,
+    Params,
+    ProgressFn,
+    Result,
+    no_progress,
+    scaled_progress,
+)
 from estimators.id._common import dropped_warning, prepare, quantiles, to_numpy64, too_few_error
 from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
@@ -89,20 +99,24 @@ class MLEParams(Params):
     k: int = Field(20, le=MAX_NEIGHBOURS, description="neighbours per point (skdim default 20)")
     normalizer: Normalizer = Field("k-1", description="'k-1' (skdim, Levina–Bickel) or 'k-2' (Pope/Konz)")
     pooling: Pooling = Field("mg", description="'mg' = MacKay–Ghahramani (1/mean of inverses), 'mean', 'median'")
-    k1: int | None = Field(None, le=MAX_NEIGHBOURS,
-        description="with k2: average the estimate over k = k1..k2 (Levina–Bickel)")
-    k2: int | None = Field(None, le=MAX_NEIGHBOURS,
-        description="with k1: average the estimate over k = k1..k2 (Levina–Bickel)")
+    k1: int | None = Field(
+        None, le=MAX_NEIGHBOURS, description="with k2: average the estimate over k = k1..k2 (Levina–Bickel)"
+    )
+    k2: int | None = Field(
+        None, le=MAX_NEIGHBOURS, description="with k1: average the estimate over k = k1..k2 (Levina–Bickel)"
+    )
     anchors: int | float | None = Field(
-        None, le=MAX_SUBSAMPLE,
-        description="query only a seeded subset against all points: a count (int) or a fraction (float)"
+        None,
+        le=MAX_SUBSAMPLE,
+        description="query only a seeded subset against all points: a count (int) or a fraction (float)",
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the anchor subsample")
-    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB,
-        description="memory the neighbour search may use")
+    memory_budget_mb: int = Field(
+        1024, ge=16, le=MAX_MEMORY_BUDGET_MB, description="memory the neighbour search may use"
+    )
 
     @model_validator(mode="after")
-    def _cross_check(self) -> "MLEParams":
+    def _cross_check(self) -> MLEParams:
         _check_args(self.k, self.normalizer, self.pooling, self.k1, self.k2, self.anchors, self.seed)
         return self
 
@@ -221,7 +235,9 @@ def mle_id(
         raise too_few_error("mle", int(m_lo.size), MIN_USED, q, f"points whose {lo} neighbour distances are all equal")
     value = float(np.mean([by_k[kk][0] for kk in ks])) if len(ks) > 1 else float(val_lo)
     if ties_lo:
-        warnings.append(dropped_warning(ties_lo, q, f"all their {lo} nearest-neighbour distances are equal (u=0)", "MLE"))
+        warnings.append(
+            dropped_warning(ties_lo, q, f"all their {lo} nearest-neighbour distances are equal (u=0)", "MLE")
+        )
     if zero_lo:
         warnings.append(dropped_warning(zero_lo, q, "their nearest-neighbour distance is 0", "MLE"))
 

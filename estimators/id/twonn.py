@@ -45,8 +45,16 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
-from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_SEED  # parameter bounds
+from estimators.base import (  # parameter bounds
+    MAX_MEMORY_BUDGET_MB,
+    MAX_SEED,
+    EstimatorError,
+    Params,
+    ProgressFn,
+    Result,
+    no_progress,
+    scaled_progress,
+)
 from estimators.id._common import dropped_warning, prepare, quantiles, to_numpy64, too_few_error
 from estimators.knn import kneighbors, release_freed_memory
 from estimators.registry import register
@@ -72,7 +80,11 @@ def _check_args(variant, discard_fraction, decimation, decimation_repeats, ci_le
         )
     if not isinstance(decimation, bool):
         raise ValueError(f"decimation must be true or false, got {decimation!r}")
-    if isinstance(decimation_repeats, bool) or not isinstance(decimation_repeats, (int, np.integer)) or decimation_repeats < 1:
+    if (
+        isinstance(decimation_repeats, bool)
+        or not isinstance(decimation_repeats, (int, np.integer))
+        or decimation_repeats < 1
+    ):
         raise ValueError(f"decimation_repeats must be an integer >= 1, got {decimation_repeats!r}")
     if not (0.0 < float(ci_level) < 1.0):
         raise ValueError(f"ci_level must lie in (0, 1), got {ci_level}")
@@ -85,22 +97,33 @@ def _check_args(variant, discard_fraction, decimation, decimation_repeats, ci_le
 class TwoNNParams(Params):
     """Params of the ``twonn`` estimator (defaults = ``skdim.id.TwoNN()``, docs/methods.md §1.2)."""
 
-    variant: Variant = Field("ls", description="'ls' (skdim LS fit), 'ml' (censored ML, exact CI) or 'bayes' (Gamma prior)")
-    discard_fraction: float = Field(0.1, description="fraction of the largest ratios μ discarded (ls) or censored (ml/bayes)")
+    variant: Variant = Field(
+        "ls", description="'ls' (skdim LS fit), 'ml' (censored ML, exact CI) or 'bayes' (Gamma prior)"
+    )
+    discard_fraction: float = Field(
+        0.1, description="fraction of the largest ratios μ discarded (ls) or censored (ml/bayes)"
+    )
     decimation: bool = Field(True, description="also estimate on random N/2, N/4, … subsets (scale plot)")
     decimation_repeats: int = Field(8, le=1000, description="subsets per decimation level (at most)")
     ci_level: float = Field(0.95, description="level of the ml/bayes interval")
     prior_alpha: float = Field(2.0, description="Gamma prior shape (bayes; DADApy 2)")
     prior_beta: float = Field(5.0, description="Gamma prior rate (bayes; DADApy 5)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the decimation subsets")
-    memory_budget_mb: int = Field(1024, ge=16, le=MAX_MEMORY_BUDGET_MB,
-        description="memory the neighbour search may use")
+    memory_budget_mb: int = Field(
+        1024, ge=16, le=MAX_MEMORY_BUDGET_MB, description="memory the neighbour search may use"
+    )
 
     @model_validator(mode="after")
-    def _cross_check(self) -> "TwoNNParams":
+    def _cross_check(self) -> TwoNNParams:
         _check_args(
-            self.variant, self.discard_fraction, self.decimation, self.decimation_repeats,
-            self.ci_level, self.prior_alpha, self.prior_beta, self.seed,
+            self.variant,
+            self.discard_fraction,
+            self.decimation,
+            self.decimation_repeats,
+            self.ci_level,
+            self.prior_alpha,
+            self.prior_beta,
+            self.seed,
         )
         return self
 
@@ -128,6 +151,7 @@ def _fit(mu: np.ndarray, variant: str, discard_fraction: float, ci_level: float,
         out["ci"] = None
         return out
     from scipy import stats  # lazy, and only for the intervals: scipy.stats adds ~40 MB and 0.3 s to its importer
+
     total = float(np.sum(x) + (N - n_keep) * x[-1])  # censored total ~ Gamma(n_keep, rate d)
     lo_q, hi_q = (1 - ci_level) / 2, 1 - (1 - ci_level) / 2
     out["censored_total"] = total
@@ -142,17 +166,46 @@ def _fit(mu: np.ndarray, variant: str, discard_fraction: float, ci_level: float,
     out["value"] = float(a / b)
     out["ci"] = (float(stats.gamma.ppf(lo_q, a, scale=1 / b)), float(stats.gamma.ppf(hi_q, a, scale=1 / b)))
     out["posterior"] = {
-        "prior_alpha": alpha, "prior_beta": beta, "alpha": a, "beta": b,
-        "mean": a / b, "sd": math.sqrt(a) / b, "mode": (a - 1) / b,
+        "prior_alpha": alpha,
+        "prior_beta": beta,
+        "alpha": a,
+        "beta": b,
+        "mean": a / b,
+        "sd": math.sqrt(a) / b,
+        "mode": (a - 1) / b,
     }
     return out
 
 
-def _decimation(X, n_full, full_value, full_scale, variant, discard_fraction, ci_level, alpha, beta, repeats, seed,
-                device, memory_budget_mb, progress):
+def _decimation(
+    X,
+    n_full,
+    full_value,
+    full_scale,
+    variant,
+    discard_fraction,
+    ci_level,
+    alpha,
+    beta,
+    repeats,
+    seed,
+    device,
+    memory_budget_mb,
+    progress,
+):
     """Estimates on seeded disjoint random subsets of N/2, N/4, … points."""
-    levels = [{"n": n_full, "fraction": 1.0, "repeats": 1, "mean": full_value, "sd": None,
-               "values": [full_value], "scale": full_scale, "failed": 0}]
+    levels = [
+        {
+            "n": n_full,
+            "fraction": 1.0,
+            "repeats": 1,
+            "mean": full_value,
+            "sd": None,
+            "values": [full_value],
+            "scale": full_scale,
+            "failed": 0,
+        }
+    ]
     rng = np.random.default_rng(seed)
     plan = []
     size = n_full // 2
@@ -180,16 +233,18 @@ def _decimation(X, n_full, full_value, full_scale, variant, discard_fraction, ci
             scales.append(float(np.mean(D[keep, :2])))
             done += size * size
             progress(done / total_work, f"twonn: decimation N/{2**level}")
-        levels.append({
-            "n": size,
-            "fraction": size / n_full,
-            "repeats": len(values),
-            "mean": float(np.mean(values)) if values else None,
-            "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-            "values": values,
-            "scale": float(np.mean(scales)) if scales else None,
-            "failed": failed,
-        })
+        levels.append(
+            {
+                "n": size,
+                "fraction": size / n_full,
+                "repeats": len(values),
+                "mean": float(np.mean(values)) if values else None,
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "values": values,
+                "scale": float(np.mean(scales)) if scales else None,
+                "failed": failed,
+            }
+        )
     return levels
 
 
@@ -229,23 +284,31 @@ def twonn_id(
     warnings = list(prep.warnings)
     n = prep.n_unique
     knn_share = 0.5 if decimation else 0.95
-    knn = kneighbors(prep.X, 2, device=device, memory_budget_mb=memory_budget_mb,
-                     progress=scaled_progress(progress, 0.0, knn_share))
+    knn = kneighbors(
+        prep.X, 2, device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.0, knn_share)
+    )
     D = to_numpy64(knn.distances)
     mu, zero, ties, keep = _ratios(D)
     try:
         fit = _fit(mu, variant, discard_fraction, ci_level, prior_alpha, prior_beta)
     except ValueError:
         needed = MIN_FIT
-        while int(needed * (1 - discard_fraction)) < MIN_FIT or (variant == "ls" and int(needed * (1 - discard_fraction)) >= needed):
+        while int(needed * (1 - discard_fraction)) < MIN_FIT or (
+            variant == "ls" and int(needed * (1 - discard_fraction)) >= needed
+        ):
             needed += 1
         raise too_few_error(
-            "twonn", int(mu.size), needed, n,
+            "twonn",
+            int(mu.size),
+            needed,
+            n,
             f"{ties} points with r1 = r2 (equal first and second neighbour distances) and discarding the largest "
             f"{discard_fraction:g} of the ratios",
         ) from None
     if ties:
-        warnings.append(dropped_warning(ties, n, "their first and second neighbour distances are equal (r1 = r2)", "TwoNN"))
+        warnings.append(
+            dropped_warning(ties, n, "their first and second neighbour distances are equal (r1 = r2)", "TwoNN")
+        )
     if zero:
         warnings.append(dropped_warning(zero, n, "their nearest-neighbour distance is 0", "TwoNN"))
     scale = float(np.mean(D[keep, :2]))
@@ -270,19 +333,35 @@ def twonn_id(
     }
     ci_method = None
     if variant == "ml":
-        ci_method = (f"exact {ci_level:.0%} interval from the Gamma(n_fit, d) law of the censored total of ln μ "
-                     "(chi-square pivot; assumes independent μ)")
+        ci_method = (
+            f"exact {ci_level:.0%} interval from the Gamma(n_fit, d) law of the censored total of ln μ "
+            "(chi-square pivot; assumes independent μ)"
+        )
         details["censored_total"] = fit["censored_total"]
     elif variant == "bayes":
-        ci_method = (f"{ci_level:.0%} equal-tailed credible interval of the Gamma posterior "
-                     f"(prior Gamma({prior_alpha:g}, {prior_beta:g}); assumes independent μ)")
+        ci_method = (
+            f"{ci_level:.0%} equal-tailed credible interval of the Gamma posterior "
+            f"(prior Gamma({prior_alpha:g}, {prior_beta:g}); assumes independent μ)"
+        )
         details["posterior"] = fit["posterior"]
         details["censored_total"] = fit["censored_total"]
 
     if decimation:
         details["decimation"] = _decimation(
-            prep.X, n, fit["value"], scale, variant, discard_fraction, ci_level, prior_alpha, prior_beta,
-            decimation_repeats, seed, device, memory_budget_mb, scaled_progress(progress, knn_share, 0.99),
+            prep.X,
+            n,
+            fit["value"],
+            scale,
+            variant,
+            discard_fraction,
+            ci_level,
+            prior_alpha,
+            prior_beta,
+            decimation_repeats,
+            seed,
+            device,
+            memory_budget_mb,
+            scaled_progress(progress, knn_share, 0.99),
         )
     else:
         details["decimation"] = None

@@ -106,8 +106,16 @@ def _log_sub(log_a: float, b: float) -> tuple[float, int]:
 
 
 def classification_bits(
-    *, epsilon: float, n: float, m: float, R: float, n_classes: int, delta: float,
-    d_out: float | None = None, P: float | None = None, B: float = 1.0,
+    *,
+    epsilon: float,
+    n: float,
+    m: float,
+    R: float,
+    n_classes: int,
+    delta: float,
+    d_out: float | None = None,
+    P: float | None = None,
+    B: float = 1.0,
 ) -> ClosedForm:
     """Ĩ in bits for a C-class classification task (docs/methods.md §3.1, `difficulty()` of the authors' code).
 
@@ -131,15 +139,22 @@ def classification_bits(
     ln_dim_q, sign_q = _log_sub(ln_dim, n * D)
     Lf = K * math.sqrt(D) / R
     lnW = log_wasserstein(n, m, R, Pv)
-    bracket = (
-        math.log2(B) + 0.5 * math.log2(D) + 0.5 * math.log2(Pv) - math.log2(epsilon) + math.log2(Lf) + lnW / LN2
-    )
+    bracket = math.log2(B) + 0.5 * math.log2(D) + 0.5 * math.log2(Pv) - math.log2(epsilon) + math.log2(Lf) + lnW / LN2
     bits, log10_abs, sign = _combine(ln_dim_q, sign_q, bracket)
     ln10 = math.log(10.0)
     return ClosedForm(
-        bits=bits, log10_abs_bits=log10_abs, sign=sign, max_frequency=M, harmonic_degree=K,
-        log10_num_harmonics=lnE / ln10, log10_dim_theta=ln_dim / ln10, dim_theta_q_sign=sign_q,
-        log10_abs_dim_theta_q=ln_dim_q / ln10, bracket_bits_per_dim=bracket, lipschitz_f=Lf, log_wasserstein=lnW,
+        bits=bits,
+        log10_abs_bits=log10_abs,
+        sign=sign,
+        max_frequency=M,
+        harmonic_degree=K,
+        log10_num_harmonics=lnE / ln10,
+        log10_dim_theta=ln_dim / ln10,
+        dim_theta_q_sign=sign_q,
+        log10_abs_dim_theta_q=ln_dim_q / ln10,
+        bracket_bits_per_dim=bracket,
+        lipschitz_f=Lf,
+        log_wasserstein=lnW,
     )
 
 
@@ -154,8 +169,11 @@ def cartpole_bits(T: int, *, n: float = 1e4, delta: float = 1e-3, epsilon: float
     ln_first = math.log(2.0) + 2 * T * math.log(2 * math.pi / delta) + T * math.log(math.pi) - float(gammaln(T + 1))
     ln_q, s = _log_sub(ln_first, n)
     bracket = (
-        math.log2(4 * math.pi**2 / math.sqrt(3)) + 0.5 * math.log2(T) - math.log2(delta)
-        - math.log2(n) / (2 * T) - math.log2(epsilon)
+        math.log2(4 * math.pi**2 / math.sqrt(3))
+        + 0.5 * math.log2(T)
+        - math.log2(delta)
+        - math.log2(n) / (2 * T)
+        - math.log2(epsilon)
     )
     return _combine(ln_q, s, bracket)[0]
 
@@ -168,10 +186,16 @@ def mujoco_bits(m: int, D: int, *, n: float = 1e6, delta: float = 1e-3, epsilon:
     >>> f"{mujoco_bits(6, 2):.3e}"   # Reacher
     '2.914e+25'
     """
-    ln_first = math.log(2.0) + m * math.log(2 * math.pi / delta) + (m / 2) * math.log(math.pi) - float(gammaln(m / 2 + 1))
+    ln_first = (
+        math.log(2.0) + m * math.log(2 * math.pi / delta) + (m / 2) * math.log(math.pi) - float(gammaln(m / 2 + 1))
+    )
     ln_q, s = _log_sub(ln_first, n)
     bracket = (
-        math.log2(4 * math.pi**2 / math.sqrt(6)) + math.log2(D) + 0.5 * math.log2(m) - math.log2(delta)
-        - math.log2(n) / m - math.log2(epsilon)
+        math.log2(4 * math.pi**2 / math.sqrt(6))
+        + math.log2(D)
+        + 0.5 * math.log2(m)
+        - math.log2(delta)
+        - math.log2(n) / m
+        - math.log2(epsilon)
     )
     return _combine(ln_q + math.log(D), s, bracket)[0]

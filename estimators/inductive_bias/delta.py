@@ -30,8 +30,14 @@ from estimators.base import EstimatorError
 
 
 def sample_delta(
-    X: torch.Tensor, y: torch.Tensor, *, sample_size: int = 30000, min_distance: float = 1.0, seed: int = 0,
-    device: torch.device | str = "cpu", block: int = 2048,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    sample_size: int = 30000,
+    min_distance: float = 1.0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    block: int = 2048,
 ) -> float:
     """The authors' subsample δ: exact minimum distance ≥ ``min_distance`` between differently labelled points
     of a seeded random subset (float64 Gram-matrix candidates, re-measured as ‖x_i − x_j‖). inf if none."""
@@ -61,8 +67,14 @@ def sample_delta(
 
 
 def evt_delta(
-    X: torch.Tensor, y: torch.Tensor, *, n_pairs: int = 4_000_000, k: int = 2000, seed: int = 0,
-    device: torch.device | str = "cpu", batch: int = 32768,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    n_pairs: int = 4_000_000,
+    k: int = 2000,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    batch: int = 32768,
 ) -> tuple[float, dict]:
     """The authors' extreme-value extrapolation of δ (see the module docstring). Returns (δ, details)."""
     n = X.shape[0]

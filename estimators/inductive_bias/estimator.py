@@ -44,12 +44,22 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
-from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_NEIGHBOURS, MAX_SEED, MAX_SUBSAMPLE  # parameter bounds
+from estimators.base import (  # parameter bounds
+    MAX_MEMORY_BUDGET_MB,
+    MAX_NEIGHBOURS,
+    MAX_SEED,
+    MAX_SUBSAMPLE,
+    EstimatorError,
+    Params,
+    ProgressFn,
+    Result,
+    no_progress,
+    scaled_progress,
+)
 from estimators.inductive_bias.closed_form import classification_bits
 from estimators.knn.pairs import exact_interclass
-from estimators.validation import as_labelled
 from estimators.registry import register
+from estimators.validation import as_labelled
 
 VERSION = "1.0.0"
 
@@ -67,13 +77,15 @@ class InductiveBiasParams(Params):
     n_classes: int | None = Field(None, ge=2, description="override: number of classes C")
     # how the inputs are derived
     id_k: int = Field(5, ge=3, le=MAX_NEIGHBOURS, description="k of the MLE intrinsic dimension (the authors use 5)")
-    id_anchors: int = Field(10000, ge=1, le=MAX_SUBSAMPLE,
-        description="anchor points of the MLE (the authors use 10,000)")
+    id_anchors: int = Field(
+        10000, ge=1, le=MAX_SUBSAMPLE, description="anchor points of the MLE (the authors use 10,000)"
+    )
     delta_method: Literal["exact", "sample", "evt"] = Field("exact", description="how δ is estimated")
     delta_sample_size: int = Field(30000, ge=2, le=1_000_000, description="delta_method='sample': subsample size")
     delta_min_distance: float = Field(1.0, ge=0.0, description="delta_method='sample': ignore distances below this")
-    evt_pairs: int = Field(4_000_000, ge=100, le=MAX_SUBSAMPLE,
-        description="delta_method='evt': random different-label pairs")
+    evt_pairs: int = Field(
+        4_000_000, ge=100, le=MAX_SUBSAMPLE, description="delta_method='evt': random different-label pairs"
+    )
     evt_k: int = Field(2000, ge=2, le=1_000_000, description="delta_method='evt': order statistics used")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of every subsample, split and sample")
     # sampled mode
@@ -96,8 +108,9 @@ def _mle_m(X: torch.Tensor, p: InductiveBiasParams, device, progress: ProgressFn
 
     n = X.shape[0]
     anchors = p.id_anchors if p.id_anchors < n else None
-    r = mle_id(X, k=p.id_k, normalizer="k-1", pooling="mg", anchors=anchors, seed=p.seed, device=device,
-               progress=progress)
+    r = mle_id(
+        X, k=p.id_k, normalizer="k-1", pooling="mg", anchors=anchors, seed=p.seed, device=device, progress=progress
+    )
     if r.value is None or not math.isfinite(r.value):
         raise EstimatorError("inductive_bias: the MLE intrinsic dimension is undefined for this data; pass m=...")
     m = float(max(1, round(r.value)))
@@ -110,8 +123,9 @@ def _delta(X, y, p: InductiveBiasParams, device, progress: ProgressFn) -> tuple[
 
     warnings: list[str] = []
     if p.delta_method == "exact":
-        res, reps, _, conflicts = exact_interclass(X, y, top_k=1, device=device, memory_budget_mb=p.memory_budget_mb,
-                                                   progress=progress)
+        res, reps, _, conflicts = exact_interclass(
+            X, y, top_k=1, device=device, memory_budget_mb=p.memory_budget_mb, progress=progress
+        )
         info: dict[str, Any] = {"method": "exact minimum over all pairs (= 1/K_F)"}
         if res.top_pairs:
             i, j, d = res.top_pairs[0]
@@ -124,10 +138,14 @@ def _delta(X, y, p: InductiveBiasParams, device, progress: ProgressFn) -> tuple[
         info["search"] = res.stats
         return res.delta, info, warnings
     if p.delta_method == "sample":
-        d = sample_delta(X, y, sample_size=p.delta_sample_size, min_distance=p.delta_min_distance, seed=p.seed,
-                         device=device)
-        info = {"method": "sample (Boopathy et al.)", "sample_size": min(p.delta_sample_size, X.shape[0]),
-                "min_distance": p.delta_min_distance}
+        d = sample_delta(
+            X, y, sample_size=p.delta_sample_size, min_distance=p.delta_min_distance, seed=p.seed, device=device
+        )
+        info = {
+            "method": "sample (Boopathy et al.)",
+            "sample_size": min(p.delta_sample_size, X.shape[0]),
+            "min_distance": p.delta_min_distance,
+        }
         if math.isinf(d):
             raise EstimatorError(
                 f"delta_method='sample' found no differently labelled pair at distance >= {p.delta_min_distance}; "
@@ -168,8 +186,17 @@ def _closed_form(X, y, p: InductiveBiasParams, device, progress: ProgressFn) -> 
         delta, details["delta_estimate"], w = _delta(X, y, p, device, scaled_progress(progress, 0.6, 1.0))
         warnings += w
         sources["delta"] = f"data: {p.delta_method}"
-    inputs = {"epsilon": p.epsilon, "n": n, "m": m, "R": R, "delta": delta, "n_classes": C,
-              "d_out": C - 1, "P": C, "B": 1.0}
+    inputs = {
+        "epsilon": p.epsilon,
+        "n": n,
+        "m": m,
+        "R": R,
+        "delta": delta,
+        "n_classes": C,
+        "d_out": C - 1,
+        "P": C,
+        "B": 1.0,
+    }
     details["inputs"] = inputs
     details["input_sources"] = sources
     if delta == 0.0:
@@ -210,19 +237,49 @@ def _sampled(X, y, p: InductiveBiasParams, device, progress: ProgressFn) -> Resu
     tr_t, te_t = torch.from_numpy(tr), torch.from_numpy(te)
     Ytr, Yte = one_hot(y_idx[tr_t], C), one_hot(y_idx[te_t], C)
     sub = scaled_progress(progress, 0.0, 0.9)
-    details: dict = {"mode": "sampled", "space": p.space, "n_train": int(tr.size), "n_test": int(te.size),
-                     "n_classes": C, "epsilon": p.epsilon, "units": "bits (nats / ln 2)",
-                     "loss": "test MSE to one-hot targets, mean over test points and classes"}
+    details: dict = {
+        "mode": "sampled",
+        "space": p.space,
+        "n_train": int(tr.size),
+        "n_test": int(te.size),
+        "n_classes": C,
+        "epsilon": p.epsilon,
+        "units": "bits (nats / ln 2)",
+        "loss": "test MSE to one-hot targets, mean over test points and classes",
+    }
     if p.space == "kernel":
-        losses, info = kernel_losses(X[tr_t], Ytr, X[te_t], Yte, sigma=p.kernel_sigma, n_samples=p.n_samples,
-                                     seed=p.seed, progress=sub)
+        losses, info = kernel_losses(
+            X[tr_t], Ytr, X[te_t], Yte, sigma=p.kernel_sigma, n_samples=p.n_samples, seed=p.seed, progress=sub
+        )
         details.update({"kernel": "RBF", "kernel_sigma": p.kernel_sigma, "n_samples": p.n_samples, "gp": info})
     else:
-        losses = mlp_losses(X[tr_t], Ytr, X[te_t], Yte, trials=p.mlp_trials, width=p.mlp_width, depth=p.mlp_depth,
-                            epochs=p.mlp_epochs, batch_size=p.mlp_batch_size, lr=p.mlp_lr, seed=p.seed,
-                            device=device, progress=sub)
-        details.update({"mlp": {"trials": p.mlp_trials, "width": p.mlp_width, "depth": p.mlp_depth,
-                                "epochs": p.mlp_epochs, "batch_size": p.mlp_batch_size, "lr": p.mlp_lr}})
+        losses = mlp_losses(
+            X[tr_t],
+            Ytr,
+            X[te_t],
+            Yte,
+            trials=p.mlp_trials,
+            width=p.mlp_width,
+            depth=p.mlp_depth,
+            epochs=p.mlp_epochs,
+            batch_size=p.mlp_batch_size,
+            lr=p.mlp_lr,
+            seed=p.seed,
+            device=device,
+            progress=sub,
+        )
+        details.update(
+            {
+                "mlp": {
+                    "trials": p.mlp_trials,
+                    "width": p.mlp_width,
+                    "depth": p.mlp_depth,
+                    "epochs": p.mlp_epochs,
+                    "batch_size": p.mlp_batch_size,
+                    "lr": p.mlp_lr,
+                }
+            }
+        )
     fit = ncx2_bits(losses, p.epsilon)
     details["fit"] = fit
     if fit["method"].startswith("normal"):

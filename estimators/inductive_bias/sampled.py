@@ -74,8 +74,14 @@ def ncx2_bits(losses: np.ndarray, epsilon: float) -> dict:
     else:
         nats, method = float(-log_ndtr(z)), "normal approximation (CDF underflowed)"
     return {
-        "bits": nats / LN2, "nats": nats, "df": float(df), "nc": float(nc), "scale": float(scale),
-        "method": method, "sankaran_z": z, "reference_code_nats_if_normal": z * z / 2.0,
+        "bits": nats / LN2,
+        "nats": nats,
+        "df": float(df),
+        "nc": float(nc),
+        "scale": float(scale),
+        "method": method,
+        "sankaran_z": z,
+        "reference_code_nats_if_normal": z * z / 2.0,
         "empirical_fraction_below": float(np.mean(losses <= epsilon)),
         "loss_quantiles": {str(q): float(np.quantile(losses, q)) for q in (0.0, 0.05, 0.5, 0.95, 1.0)},
     }
@@ -86,14 +92,22 @@ def one_hot(y: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 
 def kernel_losses(
-    Xtr: torch.Tensor, Ytr: torch.Tensor, Xte: torch.Tensor, Yte: torch.Tensor, *, sigma: float = 1.0,
-    n_samples: int = 10000, seed: int = 0, batch: int = 500, progress: ProgressFn = no_progress,
+    Xtr: torch.Tensor,
+    Ytr: torch.Tensor,
+    Xte: torch.Tensor,
+    Yte: torch.Tensor,
+    *,
+    sigma: float = 1.0,
+    n_samples: int = 10000,
+    seed: int = 0,
+    batch: int = 500,
+    progress: ProgressFn = no_progress,
 ) -> tuple[np.ndarray, dict]:
     """Test MSE of ``n_samples`` functions drawn from the RBF-GP posterior given (Xtr, Ytr) (float64)."""
     Xtr, Xte = Xtr.to(torch.float64), Xte.to(torch.float64)
 
     def rbf(A, B):
-        return torch.exp(-torch.cdist(A, B, compute_mode="donot_use_mm_for_euclid_dist") ** 2 / (2.0 * sigma**2))
+        return torch.exp(-(torch.cdist(A, B, compute_mode="donot_use_mm_for_euclid_dist") ** 2) / (2.0 * sigma**2))
 
     Ktr, Kte_tr, Kte = rbf(Xtr, Xtr), rbf(Xte, Xtr), rbf(Xte, Xte)
     jitter = 1e-8 * float(Ktr.diagonal().mean())
@@ -121,15 +135,30 @@ def kernel_losses(
         f = mu.unsqueeze(0) + torch.matmul(root, z)
         out[s : s + b] = ((f - Yte) ** 2).mean(dim=(1, 2)).numpy()
         progress((s + b) / n_samples, "sampling GP functions")
-    info = {"jitter": jitter, "eigenvalues_clipped": clipped, "min_eigenvalue": float(evals.min()),
-            "posterior_mean_test_mse": float(((mu - Yte) ** 2).mean())}
+    info = {
+        "jitter": jitter,
+        "eigenvalues_clipped": clipped,
+        "min_eigenvalue": float(evals.min()),
+        "posterior_mean_test_mse": float(((mu - Yte) ** 2).mean()),
+    }
     return out, info
 
 
 def mlp_losses(
-    Xtr: torch.Tensor, Ytr: torch.Tensor, Xte: torch.Tensor, Yte: torch.Tensor, *, trials: int = 100,
-    width: int = 32, depth: int = 2, epochs: int = 50, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-    device: torch.device | str = "cpu", progress: ProgressFn = no_progress,
+    Xtr: torch.Tensor,
+    Ytr: torch.Tensor,
+    Xte: torch.Tensor,
+    Yte: torch.Tensor,
+    *,
+    trials: int = 100,
+    width: int = 32,
+    depth: int = 2,
+    epochs: int = 50,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn = no_progress,
 ) -> np.ndarray:
     """Final test MSE of ``trials`` independently initialised and trained ReLU MLPs (float32, batched)."""
     dev = torch.device(device)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 #: registered (tensor, version, Duplicates) of the active known_duplicates blocks, innermost last
-_known: list[tuple[torch.Tensor, int, "Duplicates"]] = []
+_known: list[tuple[torch.Tensor, int, Duplicates]] = []
 _known_lock = threading.Lock()
 
 
@@ -85,7 +85,9 @@ def exact_duplicates(X: torch.Tensor | np.ndarray) -> Duplicates:
         return np.ascontiguousarray(raw).view(np.uint64)
 
     n_words = (a.shape[1] * a.dtype.itemsize + 7) // 8
-    mult = np.random.default_rng(0x7A5C6A).integers(1, 2**62, size=n_words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    mult = np.random.default_rng(0x7A5C6A).integers(1, 2**62, size=n_words, dtype=np.uint64) * np.uint64(2) + np.uint64(
+        1
+    )
     h = np.zeros(n, dtype=np.uint64)
     step = max(1, (1 << 17) // max(n_words, 1))  # ~1 MB chunks: cache-resident, no large fresh allocations
     with np.errstate(over="ignore"):
@@ -119,8 +121,13 @@ def exact_duplicates(X: torch.Tensor | np.ndarray) -> Duplicates:
 
 def _same_data(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when ``a`` and ``b`` are the same elements of the same memory (same pointer, shape, strides, dtype)."""
-    return (a.device == b.device and a.dtype == b.dtype and a.data_ptr() == b.data_ptr()
-            and tuple(a.shape) == tuple(b.shape) and a.stride() == b.stride())
+    return (
+        a.device == b.device
+        and a.dtype == b.dtype
+        and a.data_ptr() == b.data_ptr()
+        and tuple(a.shape) == tuple(b.shape)
+        and a.stride() == b.stride()
+    )
 
 
 def _lookup(X: torch.Tensor) -> Duplicates | None:

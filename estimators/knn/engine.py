@@ -74,9 +74,9 @@ import numpy as np
 import torch
 
 from estimators import _native
+from estimators.base import EstimatorError, ProgressFn, no_progress
 from estimators.knn.memory import release_freed_memory
 from estimators.validation import as_matrix
-from estimators.base import EstimatorError, ProgressFn, no_progress
 
 _U64 = 2.0**-53
 _U32 = 2.0**-24
@@ -217,8 +217,9 @@ class _Bounds:
 # the engine
 
 
-def exact_distances(A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch.Tensor, *,
-                    chunk: int | None = None) -> torch.Tensor:
+def exact_distances(
+    A: torch.Tensor, ia: torch.Tensor, B: torch.Tensor, ib: torch.Tensor, *, chunk: int | None = None
+) -> torch.Tensor:
     """``d_p = |A[ia[p]] - B[ib[p]]|`` in float64, difference based (docs/methods.md §0), ``chunk`` pairs at a time.
 
     The one definition of an exact distance in taskgauge: the kNN engine and the inter-class pair search both
@@ -252,8 +253,16 @@ class _Engine:
     ``x - mu`` in the GEMM dtype (far-from-origin data would make ``N = |x_i| + |x_j|`` and the bounds large).
     """
 
-    def __init__(self, ref: torch.Tensor, k: int, device: torch.device, budget_bytes: int, stats: dict,
-                 frame: bool = True, defer_frame: bool = False):
+    def __init__(
+        self,
+        ref: torch.Tensor,
+        k: int,
+        device: torch.device,
+        budget_bytes: int,
+        stats: dict,
+        frame: bool = True,
+        defer_frame: bool = False,
+    ):
         self.ref = ref  # (n, D) original values, float32 or float64, on device
         self.n, self.D = ref.shape
         self.k = k
@@ -266,7 +275,7 @@ class _Engine:
         # the streaming passes share one float64 chunk (fresh temporaries per chunk would fragment the heap)
         buf = self.scratch64()
         total = torch.zeros(self.D, dtype=torch.float64, device=device)
-        for s, c in self.chunks64(ref, buf):
+        for _, c in self.chunks64(ref, buf):
             total += c.sum(0)
         self.mu = total / self.n
         raw = torch.empty(self.n, dtype=torch.float64, device=device)
@@ -290,8 +299,12 @@ class _Engine:
             self.norm = raw
         self.max_norm = float(self.norm.max())
         self.n2c = (self.norm * self.norm).to(self.cdt)
-        self.bounds = _Bounds(E=2.0 * (_gamma(self.D + 8, self.u) + 16 * _U64), E_proj=math.inf,
-                              eta=2.0 * _gamma(self.D + 4, _U64), kappa_proj=math.inf)
+        self.bounds = _Bounds(
+            E=2.0 * (_gamma(self.D + 8, self.u) + 16 * _U64),
+            E_proj=math.inf,
+            eta=2.0 * _gamma(self.D + 4, _U64),
+            kappa_proj=math.inf,
+        )
         self.gather_buf: torch.Tensor | None = None
         self.pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.n_pairs = 0
@@ -394,8 +407,11 @@ class _Engine:
                 cand[wr] = False
                 sw = s.index_select(0, wr)
                 r2, c2 = torch.nonzero(sw.to(torch.float64) <= thr.index_select(0, wr).unsqueeze(1), as_tuple=True)
-                self.add(rows.index_select(0, wr.index_select(0, r2)), c2 if cols is None else cols.index_select(0, c2),
-                         sw[r2, c2])
+                self.add(
+                    rows.index_select(0, wr.index_select(0, r2)),
+                    c2 if cols is None else cols.index_select(0, c2),
+                    sw[r2, c2],
+                )
         pr, pc = torch.nonzero(cand, as_tuple=True)
         gc = pos[pr, pc]
         self.add(rows.index_select(0, pr), gc if cols is None else cols.index_select(0, gc), vals[pr, pc])
@@ -417,7 +433,9 @@ class _Engine:
         step = max(1, min(self.rows_for(8 * 4 * self.D), _EXACT_CHUNK // max(self.D, 1)))
         return exact_distances(A, ia, B, ib, chunk=step)
 
-    def flush(self, q_rows: torch.Tensor, self_idx: torch.Tensor | None, out_d: torch.Tensor, out_i: torch.Tensor) -> None:
+    def flush(
+        self, q_rows: torch.Tensor, self_idx: torch.Tensor | None, out_d: torch.Tensor, out_i: torch.Tensor
+    ) -> None:
         """Exact float64 distances of the pending pairs, merged with each touched query's current best
         (``out_i`` = -1 where none yet), then its k best by (distance, reference index)."""
         if not self.pairs:
@@ -762,8 +780,7 @@ def _proj_constants(r: int, D: int, u: float, p_err: float) -> tuple[float, floa
     # orthogonal projector onto span(P) by at most sqrt(c)·|a| with |rhõ² - rho²| <= c·|a|²,
     # c = p_err + 2·gamma_{D+4}·(sqrt(r) + 1) + O(u64) (cancellation in |a|² - |z|²), counted twice (both ends)
     c_rho = p_err + 2.0 * _gamma(D + 4, _U64) * (math.sqrt(r) + 1) + 16 * _U64
-    kappa_proj = 2.0 * (u + p_err + _gamma(D + 4, _U64) * math.sqrt(r) + 8 * _U64
-                                   + 2.0 * math.sqrt(4.0 * c_rho))
+    kappa_proj = 2.0 * (u + p_err + _gamma(D + 4, _U64) * math.sqrt(r) + 8 * _U64 + 2.0 * math.sqrt(4.0 * c_rho))
     return E_proj, kappa_proj
 
 
@@ -848,8 +865,9 @@ class LowerBoundEmbedding:
         return _query_form(self.aug.index_select(0, qi)) @ ref
 
 
-def lower_bound_embedding(X: torch.Tensor | np.ndarray, rank: int, *, seed: int = 0,
-                          device: torch.device | str = "cpu") -> LowerBoundEmbedding:
+def lower_bound_embedding(
+    X: torch.Tensor | np.ndarray, rank: int, *, seed: int = 0, device: torch.device | str = "cpu"
+) -> LowerBoundEmbedding:
     """The kNN engine's principal-direction embedding of ``X`` (``rank`` directions, fewer when ``D`` or the
     2048-row sample is smaller) as a :class:`LowerBoundEmbedding`; no copy of ``X`` is made."""
     X = _as_matrix(X, "X")
@@ -979,7 +997,6 @@ class _Workers:
         self.examined = self.queued = 0
         self.seconds: dict[str, float] = {}
         self._saved = None
-
 
     def __enter__(self):
         self._saved = torch.get_num_threads()
@@ -1138,9 +1155,13 @@ class _Chooser:
 
     def summary(self) -> dict:
         pairs = sum((e - s) * (self.n - s) for _, s, e in self.units)
-        return {"pruned_fraction": round(max(0.0, 1.0 - self.survivors / max(1, pairs)), 4),
-                "blocks_pruned": self.counts["pruned"], "blocks_brute": self.counts["brute"],
-                "switches": len(self.switches), "chosen": self.mode}
+        return {
+            "pruned_fraction": round(max(0.0, 1.0 - self.survivors / max(1, pairs)), 4),
+            "blocks_pruned": self.counts["pruned"],
+            "blocks_brute": self.counts["brute"],
+            "switches": len(self.switches),
+            "chosen": self.mode,
+        }
 
 
 class _ClusterBounds:
@@ -1177,8 +1198,9 @@ class _ClusterBounds:
     def candidates(self, c: int, s: int, e: int) -> torch.Tensor | None:
         """Positions >= s of the clusters a block [s, e) of cluster c cannot skip (ascending), or None when it
         skips almost nothing (then the contiguous test is cheaper)."""
-        lb = (torch.linalg.vector_norm(self.cent[c:] - self.cent[c], dim=1) * (1 - self._SLACK)
-              - (self.rad[c] + self.rad[c:]) * (1 + self._SLACK))
+        lb = torch.linalg.vector_norm(self.cent[c:] - self.cent[c], dim=1) * (1 - self._SLACK) - (
+            self.rad[c] + self.rad[c:]
+        ) * (1 + self._SLACK)
         reach = torch.clamp(self.Tc[c:], min=float(self.T[s:e].max()))
         keep = torch.zeros(self.cent.shape[0], dtype=torch.bool, device=self.cent.device)
         keep[c:] = lb <= reach
@@ -1297,8 +1319,11 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
         # rank of least total cost wins (more directions prune more columns, but cost more per column)
         w0 = pool.workers[0]
         big = [u for u in units if u[2] - u[1] >= 8] or units
-        sample = [big[int(i)] for i in np.linspace(0, len(big) - 1, min(_RANK_SAMPLES, len(big)))] \
-            if len(pre.ranks) > 1 and force != "brute" else []
+        sample = (
+            [big[int(i)] for i in np.linspace(0, len(big) - 1, min(_RANK_SAMPLES, len(big)))]
+            if len(pre.ranks) > 1 and force != "brute"
+            else []
+        )
         rate_s = rate_p = 0.0
         for _, s, e in sample:
             c1 = min(n, s + 2048)
@@ -1476,7 +1501,12 @@ def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, prog
             done += g.shape[0]
             progress(done / nq * 0.95, "knn")
             # graceful fallback: when most columns survive, the projection only adds work
-            if fallback and not brute_mode and done >= max(_FALLBACK_AFTER, nq // 20) and survivors > _FALLBACK_SURVIVORS * done * n:
+            if (
+                fallback
+                and not brute_mode
+                and done >= max(_FALLBACK_AFTER, nq // 20)
+                and survivors > _FALLBACK_SURVIVORS * done * n
+            ):
                 brute_mode = True
                 stats["fallback_after"] = done
     eng.flush(q_rows, self_idx, out_d, out_i)
@@ -1519,8 +1549,9 @@ def kneighbors(
     reference = _as_matrix(reference, "reference")
     n, D = reference.shape
     if queries is not None and query_index is not None:
-        raise EstimatorError("kneighbors: give either queries (a separate point set) or query_index (rows of "
-                             "reference), not both")
+        raise EstimatorError(
+            "kneighbors: give either queries (a separate point set) or query_index (rows of reference), not both"
+        )
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise EstimatorError(f"kneighbors: k must be a positive integer, got {k!r}")
     k = int(k)
@@ -1574,18 +1605,49 @@ def kneighbors(
         if single:
             torch.set_num_threads(1)
         try:
-            _search(ref, k, dev, memory_budget_mb, stats, prune, symmetric, method, threads, qi, q_rows,
-                    self_query, out_d, out_i, progress)
+            _search(
+                ref,
+                k,
+                dev,
+                memory_budget_mb,
+                stats,
+                prune,
+                symmetric,
+                method,
+                threads,
+                qi,
+                q_rows,
+                self_query,
+                out_d,
+                out_i,
+                progress,
+            )
         finally:
             if single:
                 torch.set_num_threads(threads)
         release_freed_memory(dev)
-    return KNNResult(distances=out_d.cpu(), indices=out_i.cpu().long(), query_index=None if qi is None else qi.cpu(),
-                     stats=stats)
+    return KNNResult(
+        distances=out_d.cpu(), indices=out_i.cpu().long(), query_index=None if qi is None else qi.cpu(), stats=stats
+    )
 
 
-def _search(ref, k, dev, memory_budget_mb, stats, prune, symmetric, method, threads, qi, q_rows, self_query, out_d,
-            out_i, progress) -> None:
+def _search(
+    ref,
+    k,
+    dev,
+    memory_budget_mb,
+    stats,
+    prune,
+    symmetric,
+    method,
+    threads,
+    qi,
+    q_rows,
+    self_query,
+    out_d,
+    out_i,
+    progress,
+) -> None:
     """The body of :func:`kneighbors` once its arguments are checked."""
     n, D = ref.shape
     nq = q_rows.shape[0]
@@ -1601,9 +1663,16 @@ def _search(ref, k, dev, memory_budget_mb, stats, prune, symmetric, method, thre
             q, qnorm, qcnorm = eng.x.index_select(0, qi), eng.norm.index_select(0, qi), eng.cnorm.index_select(0, qi)
         else:
             q, qnorm = eng.frame(q_rows)
-            qcnorm = qnorm if eng.centered else torch.cat([
-                torch.linalg.vector_norm(q_rows[s : s + eng.chunk].to(torch.float64) - eng.mu, dim=1)
-                for s in range(0, nq, eng.chunk)])
+            qcnorm = (
+                qnorm
+                if eng.centered
+                else torch.cat(
+                    [
+                        torch.linalg.vector_norm(q_rows[s : s + eng.chunk].to(torch.float64) - eng.mu, dim=1)
+                        for s in range(0, nq, eng.chunk)
+                    ]
+                )
+            )
         eng.qnorm = qnorm
         eng.clock.lap("prepare")
         if prune and method != "brute":
@@ -1620,8 +1689,11 @@ def _search(ref, k, dev, memory_budget_mb, stats, prune, symmetric, method, thre
 
 def _as_matrix(X, name: str) -> torch.Tensor:
     """A 2-D float32/float64 tensor (other real dtypes become float64); the checks are :func:`as_matrix`'s."""
-    X = as_matrix(X, "kneighbors", what=name) if (
-        isinstance(X, (torch.Tensor, np.ndarray)) and X.ndim == 2) else _not_a_matrix(X, name)
+    X = (
+        as_matrix(X, "kneighbors", what=name)
+        if (isinstance(X, (torch.Tensor, np.ndarray)) and X.ndim == 2)
+        else _not_a_matrix(X, name)
+    )
     if X.dtype not in (torch.float32, torch.float64):
         X = X.to(torch.float64)
     return X

@@ -56,6 +56,7 @@ from estimators.knn.engine import exact_distances, lower_bound_embedding
 
 Backend = Literal["auto", "faiss", "torch"]
 
+
 @dataclass
 class InterclassResult:
     """Exact inter-class minimum distances.
@@ -305,8 +306,14 @@ def _duplicates(X: torch.Tensor, y: np.ndarray, max_listed: int):
 
 
 def exact_interclass(
-    X: torch.Tensor, y: torch.Tensor, *, top_k: int = 10, prune_dims: int = 64, device=torch.device("cpu"),
-    memory_budget_mb: int = 1024, progress: ProgressFn = no_progress,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    top_k: int = 10,
+    prune_dims: int = 64,
+    device=torch.device("cpu"),
+    memory_budget_mb: int = 1024,
+    progress: ProgressFn = no_progress,
 ):
     """Exact inter-class minima of (X, y) after collapsing duplicate (row, label) combinations.
 
@@ -316,7 +323,12 @@ def exact_interclass(
     progress(0.0, "duplicates")
     reps, n_dup_rows, conflicts = _duplicates(X, y.numpy(), top_k)
     res = interclass_min(
-        X[torch.from_numpy(reps)], y[torch.from_numpy(reps)], top_k=top_k, prune_dims=prune_dims,
-        device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.1, 1.0),
+        X[torch.from_numpy(reps)],
+        y[torch.from_numpy(reps)],
+        top_k=top_k,
+        prune_dims=prune_dims,
+        device=device,
+        memory_budget_mb=memory_budget_mb,
+        progress=scaled_progress(progress, 0.1, 1.0),
     )
     return res, reps, n_dup_rows, conflicts

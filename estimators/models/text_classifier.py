@@ -149,7 +149,9 @@ def set_trainable_blocks(model: TextClassifier, train_blocks: int | None) -> Non
     if train_blocks > n_layers:
         raise EstimatorError(f"train_blocks={train_blocks} exceeds the model's {n_layers} transformer blocks")
     if model._blocks() is None:
-        raise EstimatorError("train_blocks needs an encoder with numbered blocks (encoder.layer.N); use train_blocks=None")
+        raise EstimatorError(
+            "train_blocks needs an encoder with numbered blocks (encoder.layer.N); use train_blocks=None"
+        )
     frozen = n_layers - train_blocks
     for name, p in list(model.named_parameters()):
         if name.startswith("head."):
@@ -183,8 +185,10 @@ def build_text_classifier(
             )
         limit = int(getattr(pm.config, "max_position_embeddings", 512))
         if int(input_shape[0]) > limit:
-            raise EstimatorError(f"{input_shape[0]} tokens per text exceed the model's {limit} positions; "
-                                 "tokenize with a smaller max_length")
+            raise EstimatorError(
+                f"{input_shape[0]} tokens per text exceed the model's {limit} positions; "
+                "tokenize with a smaller max_length"
+            )
     pad_id = pm.tokenizer.pad_token_id if pm.tokenizer.pad_token_id is not None else 0
     if spec.init == "random":
         from transformers import AutoModel

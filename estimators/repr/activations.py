@@ -24,9 +24,20 @@ from estimators.base import EstimatorError
 
 #: modules after which the previous layer's output is not a "block" output of its own
 _FOLLOWERS = (
-    nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.ELU, nn.LeakyReLU,
-    nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm,
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout,
+    nn.ReLU,
+    nn.Tanh,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.GroupNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.LayerNorm,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Dropout,
 )
 
 
@@ -91,6 +102,7 @@ def spec_activations(
             if not isinstance(out, Tensor):
                 raise EstimatorError(f"layer {name!r} does not output a tensor; pick another layer")
             store[name] = out.detach().reshape(out.shape[0], -1).to(torch.float32).cpu()
+
         return hook
 
     handles = [modules[n].register_forward_hook(hook_for(probe, n)) for n in layers]

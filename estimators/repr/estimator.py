@@ -129,8 +129,10 @@ def repr_id(X: Any, y: Any, params: ReprIDParams, *, device: torch.device, progr
         pm = get_pretrained(MINILM if spec.source == "minilm" else spec.path)
         vocab = int(pm.config.vocab_size)
         if int(X.max()) >= vocab:
-            raise EstimatorError(f"repr_id: token id {int(X.max())} is outside the model's vocabulary of {vocab}; "
-                                 "tokenize the texts with this model's tokenizer")
+            raise EstimatorError(
+                f"repr_id: token id {int(X.max())} is outside the model's vocabulary of {vocab}; "
+                "tokenize the texts with this model's tokenizer"
+            )
         blocks = text_layer_names(pm.n_layers)
         valid = list(blocks)
         last_hidden = blocks[-1]
@@ -138,8 +140,9 @@ def repr_id(X: Any, y: Any, params: ReprIDParams, *, device: torch.device, progr
         layers = _resolve_layer(params.layer, valid, blocks, last_hidden)
         encoder = pm.model if device.type == "cpu" else _copy_to(pm.model, device)
         pad_id = pm.tokenizer.pad_token_id if pm.tokenizer.pad_token_id is not None else 0
-        acts = text_activations(encoder, X, layers, pad_id=pad_id, batch_size=params.batch_size, device=device,
-                                progress=act_progress)
+        acts = text_activations(
+            encoder, X, layers, pad_id=pad_id, batch_size=params.batch_size, device=device, progress=act_progress
+        )
         model_info: dict[str, Any] = {**pm.info(), "input": "token ids, hidden states mean-pooled over tokens"}
     else:
         from estimators.models.builders import build_model
@@ -157,16 +160,25 @@ def repr_id(X: Any, y: Any, params: ReprIDParams, *, device: torch.device, progr
         else:
             model = build_model(spec, tuple(X.shape[1:]), n_classes, seed=params.seed)
             weights_sha = None
-            warnings.append("no weights were given: the network is randomly initialised (seed "
-                            f"{params.seed}); upload trained weights (safetensors) to measure a trained model")
+            warnings.append(
+                "no weights were given: the network is randomly initialised (seed "
+                f"{params.seed}); upload trained weights (safetensors) to measure a trained model"
+            )
         kinds_all = layer_kinds(model)
         blocks = spec_blocks(model)
         valid = list(kinds_all)
         last_hidden = blocks[-2] if len(blocks) >= 2 else blocks[-1]
         kinds = {n: kinds_all[n] for n in valid}
         layers = _resolve_layer(params.layer, valid, blocks, last_hidden)
-        acts = spec_activations(model, X, layers, batch_size=params.batch_size, device=device,
-                                memory_budget_mb=params.memory_budget_mb, progress=act_progress)
+        acts = spec_activations(
+            model,
+            X,
+            layers,
+            batch_size=params.batch_size,
+            device=device,
+            memory_budget_mb=params.memory_budget_mb,
+            progress=act_progress,
+        )
         model_info = {"spec": spec.model_dump(mode="json"), "weights_sha256": weights_sha, "n_classes": n_classes}
         progress(0.5, "repr_id: d_data")
         d_data, _ = _id_of(X.reshape(N, -1), params, device)
@@ -232,12 +244,16 @@ def _token_ids(X: Any) -> torch.Tensor:
     if isinstance(X, np.ndarray):
         X = torch.from_numpy(np.ascontiguousarray(X))
     if not isinstance(X, torch.Tensor) or X.dim() != 2:
-        raise EstimatorError("repr_id with a pretrained text model needs X = (N, L) token ids "
-                             "(estimators.text.tokenize_texts), not embeddings or images")
+        raise EstimatorError(
+            "repr_id with a pretrained text model needs X = (N, L) token ids "
+            "(estimators.text.tokenize_texts), not embeddings or images"
+        )
     if X.is_floating_point():
         if not bool(torch.all(X == torch.round(X))):
-            raise EstimatorError("repr_id with a pretrained text model needs integer token ids, got non-integer "
-                                 "values (are these embeddings? pass the tokenized texts)")
+            raise EstimatorError(
+                "repr_id with a pretrained text model needs integer token ids, got non-integer "
+                "values (are these embeddings? pass the tokenized texts)"
+            )
         X = X.to(torch.long)
     if X.numel() and int(X.min()) < 0:
         raise EstimatorError("repr_id: token ids must be ≥ 0")

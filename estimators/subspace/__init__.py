@@ -5,4 +5,13 @@ from estimators.subspace.projections import PROJECTIONS, fwht, make_projection
 from estimators.subspace.sweep import bootstrap_ci, crossing, run_sweep
 from estimators.subspace.wrapper import DirectModel, SubspaceModel
 
-__all__ = ["PROJECTIONS", "DirectModel", "SubspaceModel", "bootstrap_ci", "crossing", "fwht", "make_projection", "run_sweep"]
+__all__ = [
+    "PROJECTIONS",
+    "DirectModel",
+    "SubspaceModel",
+    "bootstrap_ci",
+    "crossing",
+    "fwht",
+    "make_projection",
+    "run_sweep",
+]

@@ -34,19 +34,26 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from estimators.base import EstimatorError, Params, ProgressFn, Result
-from estimators.base import MAX_MEMORY_BUDGET_MB, MAX_SEED, MAX_SUBSAMPLE  # parameter bounds
+from estimators.base import (  # parameter bounds
+    MAX_MEMORY_BUDGET_MB,
+    MAX_SEED,
+    MAX_SUBSAMPLE,
+    EstimatorError,
+    Params,
+    ProgressFn,
+    Result,
+)
 from estimators.models.builders import build_model, count_params
 from estimators.models.spec import ModelSpec, TrainSpec, _Strict, parse_model_spec
 from estimators.registry import register
 from estimators.subspace.projections import (
-    PROJECTIONS,
     make_projection,
     projection_bytes,
 )
@@ -91,8 +98,9 @@ class SubspaceParams(Params):
     projection: Literal["dense", "sparse", "fastfood"] = "fastfood"
     said: bool = Field(False, description="SAID (Aghajanyan et al. 2021): one trained scale λ per parameter tensor")
     seeds: int = Field(3, ge=1, le=64)
-    seed: int = Field(0, ge=0, le=MAX_SEED,
-        description="base seed: init, projections, batch order and split all derive from it")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="base seed: init, projections, batch order and split all derive from it"
+    )
     d_min: int = Field(10, ge=1, le=MAX_SUBSAMPLE)
     grid_factor: float = Field(2.0, gt=1.0, le=100.0)
     bisect_steps: int = Field(3, ge=0, le=30)
@@ -102,8 +110,9 @@ class SubspaceParams(Params):
     baseline_value: float = Field(1.0, gt=0.0, le=1.0, description="the baseline when baseline='global'")
     metric: Literal["val_accuracy", "train_accuracy"] = "val_accuracy"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    max_samples: int | None = Field(None, ge=10, le=MAX_SUBSAMPLE,
-        description="seeded subsample of the data before the split")
+    max_samples: int | None = Field(
+        None, ge=10, le=MAX_SUBSAMPLE, description="seeded subsample of the data before the split"
+    )
     train: TrainOverrides = Field(default_factory=TrainOverrides)
     subspace_lr: Literal["range_test", "spec"] | Annotated[float, Field(gt=0, le=100)] = Field(
         "range_test", description="lr of θ_d: a range test per d (default), the spec's lr, or a fixed value"
@@ -143,9 +152,19 @@ def _trial(
     d: int | None, seed: int, row: RowOutcome, train_m: float, train_l: float, lr_source: str, seconds: float
 ) -> dict:
     return {
-        "d": d, "seed": seed, "lr": row.lr, "lr_final": row.lr_final, "lr_source": lr_source, "steps": row.steps,
-        "best_step": row.best_step, "stop_reason": row.stop_reason, "converged": row.converged,
-        "metric": row.metric, "eval_loss": row.loss, "train_accuracy": train_m, "train_loss": train_l,
+        "d": d,
+        "seed": seed,
+        "lr": row.lr,
+        "lr_final": row.lr_final,
+        "lr_source": lr_source,
+        "steps": row.steps,
+        "best_step": row.best_step,
+        "stop_reason": row.stop_reason,
+        "converged": row.converged,
+        "metric": row.metric,
+        "eval_loss": row.loss,
+        "train_accuracy": train_m,
+        "train_loss": train_l,
         "seconds": seconds,  # the group's wall time split evenly over the seeds trained with it
     }
 
@@ -232,9 +251,20 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
         k = len(seeds_idx)
         order = [(params.seed + i) * 7_919 + (d or 0) for i in seeds_idx]
         out = train_classifier(
-            model, trainable, X_tr, y_tr, X_ev, y_ev, protocol, [lr] * k, batch_size=train.batch_size,
+            model,
+            trainable,
+            X_tr,
+            y_tr,
+            X_ev,
+            y_ev,
+            protocol,
+            [lr] * k,
+            batch_size=train.batch_size,
             order_seeds=order,
-            progress=lambda f: report(k * f, f"{label}: seeds {seeds_idx[0]}–{seeds_idx[-1]} step {round(f * protocol.max_steps)} (cap {protocol.max_steps})"),
+            progress=lambda f: report(
+                k * f,
+                f"{label}: seeds {seeds_idx[0]}–{seeds_idx[-1]} step {round(f * protocol.max_steps)} (cap {protocol.max_steps})",
+            ),
         )
         done["models"] += k
         report(0.0, f"{label}: {done['models']} models trained")
@@ -291,8 +321,14 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
         t0 = time.perf_counter()
         report(0.0, f"d={d}: lr range test ({len(params.lr_candidates)} candidates × {range_steps} steps)")
         lr, table = lr_range_test(
-            make_rows, X_tr, y_tr, params.lr_candidates, steps=range_steps, protocol=protocol,
-            batch_size=train.batch_size, order_seed=params.seed * 7_919 + d + 1,
+            make_rows,
+            X_tr,
+            y_tr,
+            params.lr_candidates,
+            steps=range_steps,
+            protocol=protocol,
+            batch_size=train.batch_size,
+            order_seed=params.seed * 7_919 + d + 1,
             max_rows=rows_per_group(projection_bytes(params.projection, D, d_proj, 1), len(params.lr_candidates)),
         )
         range_seconds["total"] += time.perf_counter() - t0
@@ -340,12 +376,14 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
         warnings.append(
             f"no d up to max_d={max_d} reached {params.threshold:g} × baseline = {level:.4f}; d_int90 > {max_d}. "
             "Raise max_d (up to D) or the epochs cap"
-            + (" (some trials hit the cap unconverged, so even this is not a bound)" if bound in ("upper", "unknown") else "")
+            + (
+                " (some trials hit the cap unconverged, so even this is not a bound)"
+                if bound in ("upper", "unknown")
+                else ""
+            )
         )
     elif cross.censored == "below":
-        warnings.append(
-            f"already the smallest d tried ({d_min}) reached the threshold; d_int90 ≤ {d_min}. Lower d_min"
-        )
+        warnings.append(f"already the smallest d tried ({d_min}) reached the threshold; d_int90 ≤ {d_min}. Lower d_min")
     if bound == "upper" and value is not None:
         warnings.append(
             f"d_int90 ≤ {value:.0f} is an upper bound, not an exact value: trials at d = {rests_on} reached the cap "
@@ -366,24 +404,33 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
     curve = []
     for d in sorted(sweep.curve):
         rows = [tr for tr in trials if tr["d"] == d]
-        curve.append({
-            "d": d, "seeds": sweep.curve[d], "mean": float(np.mean(sweep.curve[d])),
-            "std": float(np.std(sweep.curve[d], ddof=1)) if len(sweep.curve[d]) > 1 else 0.0,
-            "lr": lr_by_d[d],
-            "converged": all(tr["converged"] is not False for tr in rows),
-            "seeds_converged": [tr["converged"] for tr in sorted(rows, key=lambda tr: tr["seed"])],
-            "n_unconverged": sum(tr["converged"] is False for tr in rows),
-            "train_accuracy_mean": float(np.mean([tr["train_accuracy"] for tr in rows])),
-            "steps_mean": float(np.mean([tr["steps"] for tr in rows])),
-        })
+        curve.append(
+            {
+                "d": d,
+                "seeds": sweep.curve[d],
+                "mean": float(np.mean(sweep.curve[d])),
+                "std": float(np.std(sweep.curve[d], ddof=1)) if len(sweep.curve[d]) > 1 else 0.0,
+                "lr": lr_by_d[d],
+                "converged": all(tr["converged"] is not False for tr in rows),
+                "seeds_converged": [tr["converged"] for tr in sorted(rows, key=lambda tr: tr["seed"])],
+                "n_unconverged": sum(tr["converged"] is False for tr in rows),
+                "train_accuracy_mean": float(np.mean([tr["train_accuracy"] for tr in rows])),
+                "steps_mean": float(np.mean([tr["steps"] for tr in rows])),
+            }
+        )
     steps_used = sum(tr["steps"] for tr in trials)
     details = {
         "d_int90": value,
         "bound": bound,
         "d_int90_display": (
-            f"≤ {value:.0f}" if bound == "upper" or cross.censored == "below"
-            else f"≥ {value:.0f}" if bound == "lower" else f"{value:.0f}"
-        ) if value is not None else f"> {max_d}",
+            f"≤ {value:.0f}"
+            if bound == "upper" or cross.censored == "below"
+            else f"≥ {value:.0f}"
+            if bound == "lower"
+            else f"{value:.0f}"
+        )
+        if value is not None
+        else f"> {max_d}",
         "unconverged_d": rests_on,
         "d_int90_grid": cross.d_grid,
         "bracket": [cross.d_below, cross.d_grid],

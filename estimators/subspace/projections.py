@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -148,7 +149,9 @@ class Projection(nn.Module):
 
     def _check(self, theta: Tensor, length: int) -> None:
         if theta.dim() != 2 or theta.shape[0] != self.n_seeds or theta.shape[1] != length:
-            raise ValueError(f"{self.kind} projection expects shape ({self.n_seeds}, {length}), got {tuple(theta.shape)}")
+            raise ValueError(
+                f"{self.kind} projection expects shape ({self.n_seeds}, {length}), got {tuple(theta.shape)}"
+            )
 
 
 class DenseProjection(Projection):
@@ -219,7 +222,11 @@ class SparseProjection(Projection):
         rows_all, cols_all, vals_all = [], [], []
         for i, seed in enumerate(seeds):
             g = torch.Generator().manual_seed(int(seed))
-            k = torch.binomial(torch.full((d,), float(D), dtype=torch.float64), torch.full((d,), self.density, dtype=torch.float64), generator=g)
+            k = torch.binomial(
+                torch.full((d,), float(D), dtype=torch.float64),
+                torch.full((d,), self.density, dtype=torch.float64),
+                generator=g,
+            )
             k = k.clamp(min=1).long()
             cols = torch.repeat_interleave(torch.arange(d), k)
             rows = torch.randint(0, D, (cols.numel(),), generator=g)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from torch import Tensor, nn
@@ -52,9 +52,16 @@ def resolve_protocol(spec: TrainSpec, n_train: int, n_eval: int | None = None) -
     every = spec.eval_every or min(max(per_epoch, 50), 1000)
     min_delta = max(spec.min_delta, 1.0 / n_eval) if n_eval else spec.min_delta
     return Protocol(
-        optimizer=spec.optimizer, weight_decay=spec.weight_decay, momentum=spec.momentum, max_steps=cap,
-        eval_every=min(every, cap), stop=spec.stop, patience=spec.patience, min_delta=min_delta,
-        loss_tol=spec.loss_tol, lr_drops=spec.lr_drops,
+        optimizer=spec.optimizer,
+        weight_decay=spec.weight_decay,
+        momentum=spec.momentum,
+        max_steps=cap,
+        eval_every=min(every, cap),
+        stop=spec.stop,
+        patience=spec.patience,
+        min_delta=min_delta,
+        loss_tol=spec.loss_tol,
+        lr_drops=spec.lr_drops,
     )
 
 
@@ -79,11 +86,22 @@ def train_models(
     what it would get if trained alone.
     """
     S = len(order_seeds)
-    rates = [spec.lr] * S if lr is None else ([float(lr)] * S if isinstance(lr, (int, float)) else [float(v) for v in lr])
+    rates = (
+        [spec.lr] * S if lr is None else ([float(lr)] * S if isinstance(lr, (int, float)) else [float(v) for v in lr])
+    )
     protocol = resolve_protocol(spec, X_train.shape[0], X_eval.shape[0])
     return train_classifier(
-        model, trainable, X_train, y_train, X_eval, y_eval, protocol, rates,
-        batch_size=spec.batch_size, order_seeds=order_seeds, progress=progress,
+        model,
+        trainable,
+        X_train,
+        y_train,
+        X_eval,
+        y_eval,
+        protocol,
+        rates,
+        batch_size=spec.batch_size,
+        order_seeds=order_seeds,
+        progress=progress,
     )
 
 
@@ -247,9 +265,7 @@ def assess_bound(
     flags = [c for v in converged.values() for c in v] + list(baseline_converged)
     if any(c is None for c in flags):
         return "unassessed", []
-    rests_on = sorted(
-        d for d, v in converged.items() if (cross.d_grid is None or d <= cross.d_grid) and not all(v)
-    )
+    rests_on = sorted(d for d, v in converged.items() if (cross.d_grid is None or d <= cross.d_grid) and not all(v))
     sub_ok, base_ok = not rests_on, all(baseline_converged)
     if cross.censored == "below":  # "≤ d_min" holds whatever the small trials did
         sub_ok = True

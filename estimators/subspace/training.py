@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -263,8 +263,14 @@ def train_rows(
         r = reason[s] or ("cap" if plateau else "fixed")
         out.append(
             RowOutcome(
-                metric=best_metric[s], loss=loss_at_best[s], steps=steps[s], best_step=best_step[s], stop_reason=r,
-                lr=lr0[s], lr_final=lr0[s] * P.lr_drop_factor ** drops[s], history=history[s],
+                metric=best_metric[s],
+                loss=loss_at_best[s],
+                steps=steps[s],
+                best_step=best_step[s],
+                stop_reason=r,
+                lr=lr0[s],
+                lr_final=lr0[s] * P.lr_drop_factor ** drops[s],
+                history=history[s],
             )
         )
     return out
@@ -288,9 +294,13 @@ def evaluate_classifier(model: nn.Module, X: Tensor, y: Tensor, *, chunk: int = 
         logits = model(X[start : start + chunk], shared_input=True).double()
         yb = y[start : start + chunk]
         hit = (logits.argmax(-1) == yb).sum(dim=1).double()
-        ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), yb.repeat(logits.shape[0]), reduction="none"
-        ).reshape(logits.shape[0], -1).sum(dim=1)
+        ce = (
+            torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), yb.repeat(logits.shape[0]), reduction="none"
+            )
+            .reshape(logits.shape[0], -1)
+            .sum(dim=1)
+        )
         correct = hit if correct is None else correct + hit
         loss = ce if loss is None else loss + ce
     model.train(was)
@@ -315,9 +325,10 @@ def minibatch_loss(
             state["perm"] = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(X.device)
         idx = state["perm"][:, b * B : (b + 1) * B]
         logits = model(X[idx])
-        return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), y[idx].reshape(-1), reduction="sum"
-        ) / idx.shape[1]
+        return (
+            nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[idx].reshape(-1), reduction="sum")
+            / idx.shape[1]
+        )
 
     return step_loss
 
@@ -397,8 +408,12 @@ def range_test(
     if not cands:
         raise EstimatorError("lr range test needs at least one candidate")
     fixed = Protocol(
-        optimizer=protocol.optimizer, weight_decay=protocol.weight_decay, momentum=protocol.momentum,
-        max_steps=max(1, steps), eval_every=max(1, steps), stop="fixed",
+        optimizer=protocol.optimizer,
+        weight_decay=protocol.weight_decay,
+        momentum=protocol.momentum,
+        max_steps=max(1, steps),
+        eval_every=max(1, steps),
+        stop="fixed",
     )
     table: list[dict[str, float]] = []
     size = max(1, max_rows or len(cands))

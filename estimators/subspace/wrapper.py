@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -103,10 +103,14 @@ class _FlatModel(nn.Module):
         if not getattr(self.net, "vmap_safe", True):
             # modules with data-dependent control flow (transformers' mask helpers) cannot be vmapped: one call
             # per seed, stacked — the same arithmetic as vmap, just not fused
-            return torch.stack([
-                functional_call(self.net, {k: v[s] for k, v in params.items()}, (x if shared_input else x[s],), strict=False)
-                for s in range(self.n_seeds)
-            ])
+            return torch.stack(
+                [
+                    functional_call(
+                        self.net, {k: v[s] for k, v in params.items()}, (x if shared_input else x[s],), strict=False
+                    )
+                    for s in range(self.n_seeds)
+                ]
+            )
         fn = lambda p, xb: functional_call(self.net, p, (xb,), strict=False)  # noqa: E731
         return vmap(fn, in_dims=(0, None if shared_input else 0))(params, x)
 
@@ -149,7 +153,9 @@ class SubspaceModel(_FlatModel):
             raise EstimatorError(f"projection holds {projection.n_seeds} seeds but {self.n_seeds} modules were given")
         self.projection = projection
         self.said = bool(said)
-        self.theta_d = nn.Parameter(torch.zeros(self.n_seeds, projection.d, dtype=self.theta0.dtype, device=self.theta0.device))
+        self.theta_d = nn.Parameter(
+            torch.zeros(self.n_seeds, projection.d, dtype=self.theta0.dtype, device=self.theta0.device)
+        )
         if self.said:
             m = len(self.sizes)
             self.lam = nn.Parameter(torch.ones(self.n_seeds, m, dtype=self.theta0.dtype, device=self.theta0.device))

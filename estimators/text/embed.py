@@ -104,7 +104,9 @@ def _st_layout(directory: Path, pm: PretrainedModel) -> tuple[str, int]:
         pc = json.loads(pool_cfg.read_text(encoding="utf-8"))
         modes = [m for m in _POOLINGS if pc.get(f"pooling_mode_{m}_tokens" if m != "cls" else "pooling_mode_cls_token")]
         if len(modes) != 1:
-            raise EstimatorError(f"{directory.name}: exactly one pooling mode is supported, the config enables {modes or 'none'}")
+            raise EstimatorError(
+                f"{directory.name}: exactly one pooling mode is supported, the config enables {modes or 'none'}"
+            )
         pooling = modes[0]
     sbc = directory / "sentence_bert_config.json"
     if sbc.is_file():
@@ -126,9 +128,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     return s / (n.sqrt() if pooling == "mean_sqrt_len" else n)
 
 
-def tokenize_texts(
-    texts: Sequence[str], source: str | Path = MINILM, *, max_length: int = 128
-) -> torch.Tensor:
+def tokenize_texts(texts: Sequence[str], source: str | Path = MINILM, *, max_length: int = 128) -> torch.Tensor:
     """(N, L) int64 token ids of ``texts`` for ``source``'s tokenizer, padded with its pad id to the longest text
     (L ≤ ``max_length``; longer texts are truncated). The attention mask is ``ids != pad_id``."""
     texts = _check_texts(texts)
@@ -173,14 +173,22 @@ def embed_texts(
     with torch.inference_mode():
         for b in range(n_batches):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            enc = pm.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_len,
-                               return_tensors="pt")
+            enc = pm.tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+            )
             enc = {k: v.to(device) for k, v in enc.items()}
             hidden = model(**enc).last_hidden_state
             e = pool(hidden, enc["attention_mask"], pooling)
             e = torch.nn.functional.normalize(e, p=2, dim=1)
             out[idx] = e.float().cpu().numpy()
             progress((b + 1) / n_batches, f"embedding texts: {min((b + 1) * batch_size, len(texts))}/{len(texts)}")
-    info = EmbeddingInfo(name=pm.name, version=pm.version, weights_sha256=pm.weights_sha256, pooling=pooling,
-                         dim=int(out.shape[1]), normalized=True, max_seq_length=max_len)
+    info = EmbeddingInfo(
+        name=pm.name,
+        version=pm.version,
+        weights_sha256=pm.weights_sha256,
+        pooling=pooling,
+        dim=int(out.shape[1]),
+        normalized=True,
+        max_seq_length=max_len,
+    )
     return out, info

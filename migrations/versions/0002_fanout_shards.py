@@ -4,17 +4,18 @@ Revision ID: 0002_fanout
 Revises: 0001
 Create Date: 2026-11-30 11:40:00
 """
+
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0002_fanout"
-down_revision: Union[str, None] = "0001"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
@@ -34,8 +35,9 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["analysis_id"], ["analyses.id"], name=op.f("fk_analysis_shards_analysis_id_analyses"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["analysis_id"], ["analyses.id"], name=op.f("fk_analysis_shards_analysis_id_analyses"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_analysis_shards")),
         sa.UniqueConstraint("analysis_id", "key", name=op.f("uq_analysis_shards_analysis_id_key")),
     )

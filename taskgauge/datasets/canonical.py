@@ -85,16 +85,16 @@ class CanonicalDataset:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "CanonicalDataset":
+    def from_bytes(cls, data: bytes) -> CanonicalDataset:
         return cls._from_npz(io.BytesIO(data))
 
     @classmethod
-    def load(cls, path: str | Path) -> "CanonicalDataset":
+    def load(cls, path: str | Path) -> CanonicalDataset:
         with open(path, "rb") as fh:
             return cls._from_npz(fh)
 
     @classmethod
-    def _from_npz(cls, fh: Any) -> "CanonicalDataset":
+    def _from_npz(cls, fh: Any) -> CanonicalDataset:
         try:
             with np.load(fh, allow_pickle=False) as z:
                 if "X" not in z.files:
@@ -120,8 +120,13 @@ def _encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _decode_texts(utf8: np.ndarray, offsets: np.ndarray) -> list[str]:
     raw = utf8.tobytes()
-    if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != len(raw) or (
-            np.diff(offsets) < 0).any():
+    if (
+        offsets.ndim != 1
+        or offsets.size < 1
+        or offsets[0] != 0
+        or offsets[-1] != len(raw)
+        or (np.diff(offsets) < 0).any()
+    ):
         raise CanonicalFormatError("texts_offsets do not describe texts_utf8")
     return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 

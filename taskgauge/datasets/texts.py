@@ -25,14 +25,19 @@ def model_key(source: str | Path = DEFAULT_MODEL) -> str:
     return f"{name}@{version}"
 
 
-def embed_dataset(data: CanonicalDataset, source: str | Path = DEFAULT_MODEL, *, device: str = "cpu",
-                  progress: ProgressFn = no_progress) -> CanonicalDataset:
+def embed_dataset(
+    data: CanonicalDataset,
+    source: str | Path = DEFAULT_MODEL,
+    *,
+    device: str = "cpu",
+    progress: ProgressFn = no_progress,
+) -> CanonicalDataset:
     """``data`` with X = the embeddings of its texts (N×H float32); labels, texts and meta kept."""
     from estimators.text import embed_texts
 
     if data.texts is None:
         return data
-    E, info = embed_texts(data.texts, source, device=device,
-                          progress=lambda f, s: progress(f, f"embedding texts: {s}"))
-    return CanonicalDataset(X=E, y=data.y, classes=data.classes, texts=data.texts,
-                            meta={**data.meta, "embedding": info.as_dict()})
+    E, info = embed_texts(data.texts, source, device=device, progress=lambda f, s: progress(f, f"embedding texts: {s}"))
+    return CanonicalDataset(
+        X=E, y=data.y, classes=data.classes, texts=data.texts, meta={**data.meta, "embedding": info.as_dict()}
+    )

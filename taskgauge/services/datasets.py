@@ -10,7 +10,6 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from estimators.base import ProgressFn, no_progress
-
 from taskgauge import db
 from taskgauge.blobs import BlobStore, StagedBlob
 from taskgauge.context import Context
@@ -30,12 +29,22 @@ def get_dataset(session: Session, owner_id: str, dataset_id: str) -> db.Dataset:
 
 def list_datasets(session: Session, owner_id: str, *, limit: int, offset: int) -> tuple[list[db.Dataset], int]:
     D = db.Dataset
-    return page(session, select(D).where(D.owner_id == owner_id), (D.created_at.desc(), D.id),
-                limit=limit, offset=offset)
+    return page(
+        session, select(D).where(D.owner_id == owner_id), (D.created_at.desc(), D.id), limit=limit, offset=offset
+    )
 
 
-def ingest_and_store(ctx: Context, owner_id: str, upload_path: Path, options: IngestOptions, *, name: str,
-                     filename: str, sha256: str, size: int) -> db.Dataset:
+def ingest_and_store(
+    ctx: Context,
+    owner_id: str,
+    upload_path: Path,
+    options: IngestOptions,
+    *,
+    name: str,
+    filename: str,
+    sha256: str,
+    size: int,
+) -> db.Dataset:
     """Parse an uploaded file in a memory-limited subprocess (:mod:`taskgauge.datasets.ingest.isolated`) that
     streams the canonical ``.npz`` into a temp file of the blob store, then publish it with the dataset row
     (:func:`store_staged`). This process holds only the summary, never the data. Raises ``IngestError``."""
@@ -43,23 +52,45 @@ def ingest_and_store(ctx: Context, owner_id: str, upload_path: Path, options: In
 
     part = ctx.blobs.new_part()
     try:
-        summary = ingest_isolated(upload_path, filename, options, part.path,
-                                  memory_bytes=ctx.settings.ingest_memory_bytes,
-                                  timeout_s=ctx.settings.INGEST_TIMEOUT_S)
+        summary = ingest_isolated(
+            upload_path,
+            filename,
+            options,
+            part.path,
+            memory_bytes=ctx.settings.ingest_memory_bytes,
+            timeout_s=ctx.settings.INGEST_TIMEOUT_S,
+        )
         staged = ctx.blobs.stage_file(part)
     except BaseException:
         part.path.unlink(missing_ok=True)
         part.release()
         raise
-    log.info("ingested %s: shape %s %s, child peak RSS %.0f MB", filename, summary.shape, summary.dtype,
-             summary.child_peak_rss / 2**20)
-    return store_staged(ctx, owner_id, staged, name=name, filename=filename[:300], sha256=sha256, size=size,
-                        n_samples=summary.n_samples, shape=summary.shape, n_classes=summary.n_classes,
-                        classes=summary.classes, meta=summary.meta)
+    log.info(
+        "ingested %s: shape %s %s, child peak RSS %.0f MB",
+        filename,
+        summary.shape,
+        summary.dtype,
+        summary.child_peak_rss / 2**20,
+    )
+    return store_staged(
+        ctx,
+        owner_id,
+        staged,
+        name=name,
+        filename=filename[:300],
+        sha256=sha256,
+        size=size,
+        n_samples=summary.n_samples,
+        shape=summary.shape,
+        n_classes=summary.n_classes,
+        classes=summary.classes,
+        meta=summary.meta,
+    )
 
 
-def store_dataset(ctx: Context, owner_id: str, data: CanonicalDataset, *, name: str, filename: str,
-                  sha256: str, size: int) -> db.Dataset:
+def store_dataset(
+    ctx: Context, owner_id: str, data: CanonicalDataset, *, name: str, filename: str, sha256: str, size: int
+) -> db.Dataset:
     """Store a dataset already in memory (tests, tools): its canonical file is streamed to a staged temp file."""
     part = ctx.blobs.new_part()
     try:
@@ -69,14 +100,37 @@ def store_dataset(ctx: Context, owner_id: str, data: CanonicalDataset, *, name: 
         part.path.unlink(missing_ok=True)
         part.release()
         raise
-    return store_staged(ctx, owner_id, staged, name=name, filename=filename, sha256=sha256, size=size,
-                        n_samples=data.n_samples, shape=list(data.X.shape), n_classes=data.n_classes,
-                        classes=data.classes, meta=data.meta)
+    return store_staged(
+        ctx,
+        owner_id,
+        staged,
+        name=name,
+        filename=filename,
+        sha256=sha256,
+        size=size,
+        n_samples=data.n_samples,
+        shape=list(data.X.shape),
+        n_classes=data.n_classes,
+        classes=data.classes,
+        meta=data.meta,
+    )
 
 
-def store_staged(ctx: Context, owner_id: str, staged: StagedBlob, *, name: str, filename: str, sha256: str,
-                 size: int, n_samples: int, shape: list[int], n_classes: int | None, classes: list[str] | None,
-                 meta: dict[str, Any]) -> db.Dataset:
+def store_staged(
+    ctx: Context,
+    owner_id: str,
+    staged: StagedBlob,
+    *,
+    name: str,
+    filename: str,
+    sha256: str,
+    size: int,
+    n_samples: int,
+    shape: list[int],
+    n_classes: int | None,
+    classes: list[str] | None,
+    meta: dict[str, Any],
+) -> db.Dataset:
     """Publish the staged canonical blob and write the dataset row in one transaction: both exist or neither.
 
     The blob row is upserted first (``ON CONFLICT DO UPDATE`` row-locks it, so a concurrent delete of the last
@@ -90,14 +144,30 @@ def store_staged(ctx: Context, owner_id: str, staged: StagedBlob, *, name: str, 
             from taskgauge.services.quotas import check_storage
 
             check_storage(s, owner_id, ctx.settings, size)
-            s.execute(db.upsert_touch(db.Blob.__table__, s.get_bind().dialect.name,
-                                      {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
-                                      ["sha256"], "size"))
+            s.execute(
+                db.upsert_touch(
+                    db.Blob.__table__,
+                    s.get_bind().dialect.name,
+                    {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
+                    ["sha256"],
+                    "size",
+                )
+            )
             created_file = ctx.blobs.publish(staged)
             row = db.Dataset(
-                id=db.new_id(), owner_id=owner_id, name=name, filename=filename, sha256=sha256,
-                size_bytes=size, blob_sha256=staged.sha256, n_samples=n_samples, shape=list(shape),
-                n_classes=n_classes, classes=classes, meta=meta, created_at=db.utcnow(),
+                id=db.new_id(),
+                owner_id=owner_id,
+                name=name,
+                filename=filename,
+                sha256=sha256,
+                size_bytes=size,
+                blob_sha256=staged.sha256,
+                n_samples=n_samples,
+                shape=list(shape),
+                n_classes=n_classes,
+                classes=classes,
+                meta=meta,
+                created_at=db.utcnow(),
             )
             s.add(row)
         return row
@@ -143,8 +213,9 @@ def load_dataset(blobs: BlobStore, dataset: db.Dataset) -> CanonicalDataset:
     return data
 
 
-def sample_png(session: Session, blobs: BlobStore, owner_id: str, dataset_id: str, index: int, *,
-               size: int = 96) -> bytes:
+def sample_png(
+    session: Session, blobs: BlobStore, owner_id: str, dataset_id: str, index: int, *, size: int = 96
+) -> bytes:
     """One sample of an image dataset as a PNG (for the K_F pair thumbnails).
 
     Values are min–max scaled per sample to 0..255 (images are stored as given, often in [0, 1]); 1 or 3 channels
@@ -183,14 +254,18 @@ def validate_model_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
     parsed = parse_model_spec(spec)  # EstimatorError -> 422 problem
     if getattr(parsed, "arch", None) == "pretrained" and (parsed.source != "minilm" or parsed.path is not None):
-        raise InvalidInput("a pretrained spec may name the packaged model only (\"source\": \"minilm\"); a "
-                           "model directory on the server cannot be named by a client", title="Invalid model spec")
+        raise InvalidInput(
+            'a pretrained spec may name the packaged model only ("source": "minilm"); a '
+            "model directory on the server cannot be named by a client",
+            title="Invalid model spec",
+        )
     return parsed.model_dump(mode="json")
 
 
 def create_model_spec(session: Session, owner_id: str, *, name: str, spec: dict[str, Any]) -> db.ModelSpec:
-    row = db.ModelSpec(id=db.new_id(), owner_id=owner_id, name=name, spec=validate_model_spec(spec),
-                       created_at=db.utcnow())
+    row = db.ModelSpec(
+        id=db.new_id(), owner_id=owner_id, name=name, spec=validate_model_spec(spec), created_at=db.utcnow()
+    )
     session.add(row)
     session.commit()
     return row
@@ -205,8 +280,14 @@ def list_model_specs(session: Session, owner_id: str) -> list[db.ModelSpec]:
     return list(session.scalars(select(M).where(M.owner_id == owner_id).order_by(M.created_at.desc())))
 
 
-def embedded(ctx: Context, dataset: db.Dataset, data: CanonicalDataset, *, device: str = "cpu",
-             progress: ProgressFn = no_progress) -> CanonicalDataset:
+def embedded(
+    ctx: Context,
+    dataset: db.Dataset,
+    data: CanonicalDataset,
+    *,
+    device: str = "cpu",
+    progress: ProgressFn = no_progress,
+) -> CanonicalDataset:
     """A text dataset's embedded form, computed once per (dataset, model) and cached as a derived blob: the
     dataset row's ``meta["embeddings"][model]`` names it, and it is deleted with the dataset. Any other dataset is
     returned as it is."""
@@ -222,9 +303,15 @@ def embedded(ctx: Context, dataset: db.Dataset, data: CanonicalDataset, *, devic
     staged = ctx.blobs.stage(out.to_bytes())
     try:
         with ctx.sessions() as s, s.begin():
-            s.execute(db.upsert_touch(db.Blob.__table__, s.get_bind().dialect.name,
-                                      {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
-                                      ["sha256"], "size"))
+            s.execute(
+                db.upsert_touch(
+                    db.Blob.__table__,
+                    s.get_bind().dialect.name,
+                    {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
+                    ["sha256"],
+                    "size",
+                )
+            )
             ctx.blobs.publish(staged)
             row = s.get(db.Dataset, dataset.id, with_for_update=True)
             if row is not None:
@@ -246,8 +333,9 @@ def derived_blobs(dataset: db.Dataset) -> list[str]:
 MAX_TEXTS, MAX_TEXT_CHARS = 50, 2000
 
 
-def read_texts(session: Session, blobs: BlobStore, owner_id: str, dataset_id: str,
-               indices: list[int]) -> list[dict[str, Any]]:
+def read_texts(
+    session: Session, blobs: BlobStore, owner_id: str, dataset_id: str, indices: list[int]
+) -> list[dict[str, Any]]:
     """Some texts of a text dataset, by index (each cut at ``MAX_TEXT_CHARS``), e.g. the two sides of a K_F pair."""
     ds = get_dataset(session, owner_id, dataset_id)
     if (ds.meta or {}).get("kind") != "text":
@@ -258,5 +346,6 @@ def read_texts(session: Session, blobs: BlobStore, owner_id: str, dataset_id: st
     if bad:
         raise NotFound(f"sample {bad[0]} does not exist; indices run from 0 to {ds.n_samples - 1}")
     texts = load_dataset(blobs, ds).texts or []
-    return [{"index": i, "text": texts[i][:MAX_TEXT_CHARS], "truncated": len(texts[i]) > MAX_TEXT_CHARS}
-            for i in indices]
+    return [
+        {"index": i, "text": texts[i][:MAX_TEXT_CHARS], "truncated": len(texts[i]) > MAX_TEXT_CHARS} for i in indices
+    ]

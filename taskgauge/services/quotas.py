@@ -38,7 +38,10 @@ def check_active_analyses(session: Session, owner_id: str, settings: Settings, a
             f"you have {active} queued or running analyses, the most one key's owner may have at once is {limit} "
             "(TASKGAUGE_MAX_ACTIVE_ANALYSES_PER_OWNER); wait for some to finish (GET /api/v1/analyses?status=queued) "
             "or cancel some, then retry",
-            title="Too many active analyses", retry_after=30, active=active, limit=limit,
+            title="Too many active analyses",
+            retry_after=30,
+            active=active,
+            limit=limit,
         )
 
 
@@ -57,5 +60,8 @@ def check_storage(session: Session, owner_id: str, settings: Settings, incoming:
             f"your datasets take {used / 2**20:.1f} MB and this upload {int(incoming) / 2**20:.1f} MB, over the "
             f"{limit_mb} MB one key's owner may store (TASKGAUGE_MAX_STORAGE_MB_PER_OWNER); delete datasets you no "
             "longer need (DELETE /api/v1/datasets/{id}) and retry",
-            title="Storage quota exceeded", retry_after=60, used_bytes=used, limit_bytes=limit_mb * 1024 * 1024,
+            title="Storage quota exceeded",
+            retry_after=60,
+            used_bytes=used,
+            limit_bytes=limit_mb * 1024 * 1024,
         )

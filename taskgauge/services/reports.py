@@ -17,7 +17,8 @@ For each report of a dataset, compared with the one before it (by creation time)
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -87,16 +88,18 @@ def build_history(reports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for r in ordered:
         results = r.get("results") or {}
         flags = compare_results(prev, results) if prev is not None else {"version_change": [], "drift": []}
-        out.append({
-            "report_id": r["report_id"],
-            "analysis_id": r.get("analysis_id"),
-            "created_at": r["created_at"],
-            "schedule_id": r.get("schedule_id"),
-            "due_at": r.get("due_at"),
-            "trigger": "schedule" if r.get("schedule_id") else "manual",
-            "values": headline(results),
-            "flags": flags,
-        })
+        out.append(
+            {
+                "report_id": r["report_id"],
+                "analysis_id": r.get("analysis_id"),
+                "created_at": r["created_at"],
+                "schedule_id": r.get("schedule_id"),
+                "due_at": r.get("due_at"),
+                "trigger": "schedule" if r.get("schedule_id") else "manual",
+                "values": headline(results),
+                "flags": flags,
+            }
+        )
         prev = results
     out.reverse()
     return out
@@ -109,8 +112,9 @@ def get_report(session: Session, owner_id: str, report_id: str) -> db.Report:
 def get_reports(session: Session, owner_id: str, report_ids: list[str], *, limit: int = 50) -> list[db.Report]:
     """Several of the owner's reports, in the order asked (for ``/compare``)."""
     if not report_ids or len(report_ids) > limit:
-        raise InvalidInput(f"give between 1 and {limit} comma-separated report ids, e.g. ?report_ids=ID1,ID2",
-                           title="Bad report_ids")
+        raise InvalidInput(
+            f"give between 1 and {limit} comma-separated report ids, e.g. ?report_ids=ID1,ID2", title="Bad report_ids"
+        )
     return [get_report(session, owner_id, i) for i in report_ids]
 
 
@@ -118,13 +122,17 @@ def dataset_history(session: Session, owner_id: str, dataset_id: str) -> list[di
     """The dataset's reports, newest first, each with headline values and version-change / drift flags."""
     get_owned(session, db.Dataset, owner_id, dataset_id)
     rows = session.execute(
-        select(db.Report.id, db.Report.analysis_id, db.Report.created_at, db.Report.document,
-               db.Analysis.schedule_id)
+        select(db.Report.id, db.Report.analysis_id, db.Report.created_at, db.Report.document, db.Analysis.schedule_id)
         .join(db.Analysis, db.Analysis.id == db.Report.analysis_id)
         .where(db.Report.dataset_id == dataset_id, db.Report.owner_id == owner_id)
     ).all()
     return build_history(
-        {"report_id": rid, "analysis_id": aid, "created_at": (doc or {}).get("created_at") or created.isoformat(),
-         "results": (doc or {}).get("results") or {}, "schedule_id": sid}
+        {
+            "report_id": rid,
+            "analysis_id": aid,
+            "created_at": (doc or {}).get("created_at") or created.isoformat(),
+            "results": (doc or {}).get("results") or {},
+            "schedule_id": sid,
+        }
         for rid, aid, created, doc, sid in rows
     )

@@ -16,8 +16,9 @@ advances ``next_run_at`` under a row lock, so two beats yield one analysis per d
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
@@ -31,8 +32,17 @@ from taskgauge.errors import InvalidInput, NotFound
 from taskgauge.services import get_owned
 from taskgauge.services.analyses import check_requests, enqueue, new_analysis
 
-__all__ = ["NotFound", "ScheduleError", "check_cron", "check_timezone", "create_schedule", "delete_schedule",
-           "list_schedules", "next_run", "run_due"]
+__all__ = [
+    "NotFound",
+    "ScheduleError",
+    "check_cron",
+    "check_timezone",
+    "create_schedule",
+    "delete_schedule",
+    "list_schedules",
+    "next_run",
+    "run_due",
+]
 
 
 class ScheduleError(InvalidInput):
@@ -45,7 +55,9 @@ def check_timezone(tz: str) -> ZoneInfo:
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"unknown time zone {str(tz)[:80]!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
+        raise ScheduleError(
+            f"unknown time zone {str(tz)[:80]!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'"
+        ) from None
 
 
 MAX_CRON_CHARS = 100  # the column's width; both backends refuse longer expressions the same way
@@ -54,8 +66,10 @@ MAX_CRON_CHARS = 100  # the column's width; both backends refuse longer expressi
 def check_cron(expr: str) -> str:
     expr = " ".join(str(expr).split())
     if len(expr) > MAX_CRON_CHARS or "\x00" in expr:
-        raise ScheduleError(f"cron expression too long ({len(expr)} characters, at most {MAX_CRON_CHARS}) or with a "
-                            "NUL character; write 5 fields 'minute hour day month weekday' such as '0 3 * * *'")
+        raise ScheduleError(
+            f"cron expression too long ({len(expr)} characters, at most {MAX_CRON_CHARS}) or with a "
+            "NUL character; write 5 fields 'minute hour day month weekday' such as '0 3 * * *'"
+        )
     if len(expr.split()) not in (5, 6) or not croniter.is_valid(expr):
         raise ScheduleError(
             f"invalid cron expression {expr!r}; write 5 fields 'minute hour day month weekday' "
@@ -68,13 +82,15 @@ def next_run(expr: str, tz: str, after: datetime) -> datetime:
     """The first due time strictly after ``after`` (aware), as aware UTC."""
     zone = check_timezone(tz)
     if after.tzinfo is None:
-        after = after.replace(tzinfo=timezone.utc)
+        after = after.replace(tzinfo=UTC)
     try:
         nxt = croniter(check_cron(expr), after.astimezone(zone)).get_next(datetime)
     except (CroniterBadDateError, CroniterBadCronError):
-        raise ScheduleError(f"cron expression {expr!r} never fires (no such date, e.g. 30 February); "
-                            "pick a day that exists in the month, e.g. '0 0 28 2 *'") from None
-    return nxt.astimezone(timezone.utc)
+        raise ScheduleError(
+            f"cron expression {expr!r} never fires (no such date, e.g. 30 February); "
+            "pick a day that exists in the month, e.g. '0 0 28 2 *'"
+        ) from None
+    return nxt.astimezone(UTC)
 
 
 def check_interval(expr: str, tz: str, after: datetime, min_seconds: float, occurrences: int = 25) -> None:
@@ -98,9 +114,17 @@ def check_interval(expr: str, tz: str, after: datetime, min_seconds: float, occu
 
 
 def create_schedule(
-    session: Session, owner_id: str, *, dataset_id: str, cron: str, timezone: str = "UTC",
-    estimators: Mapping[str, Any] | None = None, model_spec_id: str | None = None, now: datetime | None = None,
-    min_interval_s: float | None = None, limits: Any = None,
+    session: Session,
+    owner_id: str,
+    *,
+    dataset_id: str,
+    cron: str,
+    timezone: str = "UTC",
+    estimators: Mapping[str, Any] | None = None,
+    model_spec_id: str | None = None,
+    now: datetime | None = None,
+    min_interval_s: float | None = None,
+    limits: Any = None,
 ) -> db.Schedule:
     """Validate (cron, time zone, and the estimators against the dataset and model spec, as an analysis would be
     validated: now, not at 3 am) and add the schedule. Flushes only; the caller commits."""
@@ -121,8 +145,16 @@ def create_schedule(
         raise ScheduleError(str(exc)) from None
     now = now or db.utcnow()
     sched = db.Schedule(
-        id=db.new_id(), owner_id=owner_id, dataset_id=dataset_id, model_spec_id=model_spec_id, estimators=requests,
-        cron=expr, timezone=timezone, enabled=True, next_run_at=next_run(expr, timezone, now), created_at=now,
+        id=db.new_id(),
+        owner_id=owner_id,
+        dataset_id=dataset_id,
+        model_spec_id=model_spec_id,
+        estimators=requests,
+        cron=expr,
+        timezone=timezone,
+        enabled=True,
+        next_run_at=next_run(expr, timezone, now),
+        created_at=now,
     )
     session.add(sched)
     session.flush()
@@ -149,8 +181,13 @@ def run_due(ctx: Context, now: datetime | None = None) -> list[str]:
     with ctx.sessions() as s, s.begin():
         due = s.scalars(select(S).where(S.enabled.is_(True)).where(S.next_run_at <= now).with_for_update()).all()
         for sched in due:
-            row = new_analysis(owner_id=sched.owner_id, dataset_id=sched.dataset_id, requests=sched.estimators,
-                               model_spec_id=sched.model_spec_id, schedule_id=sched.id)
+            row = new_analysis(
+                owner_id=sched.owner_id,
+                dataset_id=sched.dataset_id,
+                requests=sched.estimators,
+                model_spec_id=sched.model_spec_id,
+                schedule_id=sched.id,
+            )
             s.add(row)
             sched.last_run_at = now
             sched.next_run_at = next_run(sched.cron, sched.timezone, now)

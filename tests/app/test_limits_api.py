@@ -53,8 +53,9 @@ class Api:
         self.sessions = db.make_session_factory(self.engine)
         with self.sessions() as s, s.begin():
             _, self.key = create_key(s, "alice")
-        self.client = TestClient(create_app(self.settings), base_url="http://127.0.0.1:8000",
-                                 headers={"Authorization": f"Bearer {self.key}"})
+        self.client = TestClient(
+            create_app(self.settings), base_url="http://127.0.0.1:8000", headers={"Authorization": f"Bearer {self.key}"}
+        )
         self.client.__enter__()
         rng = np.random.default_rng(0)
         X = rng.normal(size=(120, 6)).astype(np.float32)
@@ -65,8 +66,9 @@ class Api:
 
     def upload(self, path, **fields):
         with open(path, "rb") as fh:
-            return self.client.post("/api/v1/datasets", files={"file": (path.name, fh, "application/octet-stream")},
-                                    data=fields)
+            return self.client.post(
+                "/api/v1/datasets", files={"file": (path.name, fh, "application/octet-stream")}, data=fields
+            )
 
     def count(self, model) -> int:
         with self.sessions() as s:
@@ -113,17 +115,21 @@ def assert_problem(resp, status: int, *words: str) -> dict:
     return body
 
 
-@pytest.mark.parametrize("estimators, words", [
-    ({"mle": {"k": 10**400}}, ["k"]),
-    ({"mle": {"k": 10_001}}, ["k"]),
-    ({"inductive_bias": {"mode": "sampled", "space": "mlp", "mlp_epochs": 1e9}}, ["mlp_epochs"]),
-    ({"inductive_bias": {"mode": "sampled", "n_train": 10**7}}, ["n_train"]),
-    ({"label_sharpness": {"mode": "paper", "m": 10**9}}, ["m"]),
-    ({"twonn": {"decimation_repeats": 10**12}}, ["decimation_repeats"]),
-    ({"gride": {"range_max": 10**6}}, ["range_max"]),
-    ({"mle": {"seed": 2**70}}, ["seed"]),
-    ({"mle": {"anchors": 10**12}}, ["anchors"]),
-], ids=["mle-k-1e400", "mle-k", "mlp-epochs-1e9", "n_train", "ls-m", "decimation", "gride-range", "seed", "anchors"])
+@pytest.mark.parametrize(
+    "estimators, words",
+    [
+        ({"mle": {"k": 10**400}}, ["k"]),
+        ({"mle": {"k": 10_001}}, ["k"]),
+        ({"inductive_bias": {"mode": "sampled", "space": "mlp", "mlp_epochs": 1e9}}, ["mlp_epochs"]),
+        ({"inductive_bias": {"mode": "sampled", "n_train": 10**7}}, ["n_train"]),
+        ({"label_sharpness": {"mode": "paper", "m": 10**9}}, ["m"]),
+        ({"twonn": {"decimation_repeats": 10**12}}, ["decimation_repeats"]),
+        ({"gride": {"range_max": 10**6}}, ["range_max"]),
+        ({"mle": {"seed": 2**70}}, ["seed"]),
+        ({"mle": {"anchors": 10**12}}, ["anchors"]),
+    ],
+    ids=["mle-k-1e400", "mle-k", "mlp-epochs-1e9", "n_train", "ls-m", "decimation", "gride-range", "seed", "anchors"],
+)
 def test_unbounded_params_are_refused_with_422(api, estimators, words):
     a = api()
     resp = a.client.post("/api/v1/analyses", json={"dataset_id": a.dataset["id"], "estimators": estimators})
@@ -134,10 +140,15 @@ def test_unbounded_params_are_refused_with_422(api, estimators, words):
 def test_subspace_epochs_and_sizes_are_bounded(api):
     a = api()
     spec = a.client.post("/api/v1/model-specs", json={"name": "m", "spec": {"arch": "mlp", "hidden": [8]}}).json()
-    for params, word in (({"train": {"epochs": 10**6}}, "epochs"), ({"d_min": 10**12}, "d_min"),
-                         ({"max_samples": 10**12}, "max_samples")):
-        resp = a.client.post("/api/v1/analyses", json={"dataset_id": a.dataset["id"], "model_spec_id": spec["id"],
-                                                       "estimators": {"subspace": params}})
+    for params, word in (
+        ({"train": {"epochs": 10**6}}, "epochs"),
+        ({"d_min": 10**12}, "d_min"),
+        ({"max_samples": 10**12}, "max_samples"),
+    ):
+        resp = a.client.post(
+            "/api/v1/analyses",
+            json={"dataset_id": a.dataset["id"], "model_spec_id": spec["id"], "estimators": {"subspace": params}},
+        )
         assert_problem(resp, 422, word)
     assert a.count(db.Analysis) == 0
 
@@ -145,18 +156,26 @@ def test_subspace_epochs_and_sizes_are_bounded(api):
 def test_huge_model_spec_is_refused_at_post_time_from_its_parameter_count(api, backend):
     a = api(backend)
     # 64 layers of width 65,536: every field is within the spec's bounds, but it has ~2.7e11 parameters.
-    spec = a.client.post("/api/v1/model-specs", json={"name": "huge", "spec": {"arch": "mlp",
-                                                                                "hidden": [65536] * 64}})
+    spec = a.client.post("/api/v1/model-specs", json={"name": "huge", "spec": {"arch": "mlp", "hidden": [65536] * 64}})
     assert spec.status_code == 201, spec.text
-    resp = a.client.post("/api/v1/analyses", json={"dataset_id": a.dataset["id"], "model_spec_id": spec.json()["id"],
-                                                   "estimators": {"subspace": {}}})
+    resp = a.client.post(
+        "/api/v1/analyses",
+        json={"dataset_id": a.dataset["id"], "model_spec_id": spec.json()["id"], "estimators": {"subspace": {}}},
+    )
     body = assert_problem(resp, 422, "parameters", "TASKGAUGE_MAX_MODEL_PARAMS")
     expected = sum(i * o + o for i, o in zip([6] + [65536] * 64, [65536] * 64 + [2]))  # closed form of the MLP
     assert f"{expected:,}" in body["detail"]
     assert a.count(db.Analysis) == 0
     # the same for a schedule (validated as an analysis would be, now)
-    resp = a.client.post("/api/v1/schedules", json={"dataset_id": a.dataset["id"], "cron": "0 3 * * *",
-                                                    "model_spec_id": spec.json()["id"], "estimators": {"subspace": {}}})
+    resp = a.client.post(
+        "/api/v1/schedules",
+        json={
+            "dataset_id": a.dataset["id"],
+            "cron": "0 3 * * *",
+            "model_spec_id": spec.json()["id"],
+            "estimators": {"subspace": {}},
+        },
+    )
     assert_problem(resp, 422, "parameters")
     assert a.count(db.Schedule) == 0
 
@@ -164,25 +183,33 @@ def test_huge_model_spec_is_refused_at_post_time_from_its_parameter_count(api, b
 def test_model_size_limit_is_a_setting(api):
     a = api(MAX_MODEL_PARAMS=1000)
     spec = a.client.post("/api/v1/model-specs", json={"name": "m", "spec": {"arch": "mlp", "hidden": [200]}}).json()
-    resp = a.client.post("/api/v1/analyses", json={"dataset_id": a.dataset["id"], "model_spec_id": spec["id"],
-                                                   "estimators": {"subspace": {}}})
+    resp = a.client.post(
+        "/api/v1/analyses",
+        json={"dataset_id": a.dataset["id"], "model_spec_id": spec["id"], "estimators": {"subspace": {}}},
+    )
     assert_problem(resp, 422, f"{6 * 200 + 200 + 200 * 2 + 2:,} parameters", "1,000")
     small = a.client.post("/api/v1/model-specs", json={"name": "s", "spec": {"arch": "mlp", "hidden": [4]}}).json()
-    resp = a.client.post("/api/v1/analyses", json={"dataset_id": a.dataset["id"], "model_spec_id": small["id"],
-                                                   "estimators": {"subspace": {}}})
+    resp = a.client.post(
+        "/api/v1/analyses",
+        json={"dataset_id": a.dataset["id"], "model_spec_id": small["id"], "estimators": {"subspace": {}}},
+    )
     assert resp.status_code == 202, resp.text
 
 
-@pytest.mark.parametrize("env, asked, stored", [
-    ({}, 10**6, 1024),  # no operator setting: clamped to the estimator's own default
-    ({}, 64, 64),  # lowering is always allowed
-    ({"MEMORY_BUDGET_MB": 256}, 10**6, 256),  # the operator's TASKGAUGE_MEMORY_BUDGET_MB
-    ({"MEMORY_BUDGET_MB": 4096}, 3000, 3000),
-])
+@pytest.mark.parametrize(
+    "env, asked, stored",
+    [
+        ({}, 10**6, 1024),  # no operator setting: clamped to the estimator's own default
+        ({}, 64, 64),  # lowering is always allowed
+        ({"MEMORY_BUDGET_MB": 256}, 10**6, 256),  # the operator's TASKGAUGE_MEMORY_BUDGET_MB
+        ({"MEMORY_BUDGET_MB": 4096}, 3000, 3000),
+    ],
+)
 def test_memory_budget_is_clamped_to_the_operators_limit(api, env, asked, stored):
     a = api(**env)
-    resp = a.client.post("/api/v1/analyses", json={"dataset_id": a.dataset["id"],
-                                                   "estimators": {"mle": {"memory_budget_mb": asked}}})
+    resp = a.client.post(
+        "/api/v1/analyses", json={"dataset_id": a.dataset["id"], "estimators": {"mle": {"memory_budget_mb": asked}}}
+    )
     assert resp.status_code == 202, resp.text
     assert resp.json()["estimators"]["mle"]["memory_budget_mb"] == stored
 
@@ -218,13 +245,16 @@ def test_per_owner_storage_quota_429(api, tmp_path):
     assert not [p for p in d.rglob("*") if p.is_file() and {"tmp", ".tmp"} & set(p.relative_to(d).parts)]
 
 
-@pytest.mark.parametrize("cron, words", [
-    ("* * * * * *", ["TASKGAUGE_MIN_SCHEDULE_INTERVAL_S"]),  # every second
-    ("0,1 3 * * *", ["fires every 60 s"]),  # twice a minute apart, once a day: the smallest gap counts
-    ("0 0 30 2 *", ["never fires"]),
-    ("0 0 31 4 *", ["never fires"]),
-    ("0 " * 60 + "*", ["too long"]),
-])
+@pytest.mark.parametrize(
+    "cron, words",
+    [
+        ("* * * * * *", ["TASKGAUGE_MIN_SCHEDULE_INTERVAL_S"]),  # every second
+        ("0,1 3 * * *", ["fires every 60 s"]),  # twice a minute apart, once a day: the smallest gap counts
+        ("0 0 30 2 *", ["never fires"]),
+        ("0 0 31 4 *", ["never fires"]),
+        ("0 " * 60 + "*", ["too long"]),
+    ],
+)
 def test_bad_schedules_are_422_not_500(api, backend, cron, words):
     a = api(backend, MIN_SCHEDULE_INTERVAL_S=120)
     resp = a.client.post("/api/v1/schedules", json={"dataset_id": a.dataset["id"], "cron": cron})
@@ -242,8 +272,9 @@ def test_nul_characters_are_422_on_every_backend(api, backend, tmp_path):
     a = api(backend)
     resp = a.client.post("/api/v1/model-specs", json={"name": "a\x00b", "spec": {"arch": "mlp"}})
     assert_problem(resp, 422, "NUL")
-    resp = a.client.post("/api/v1/analyses", json={"dataset_id": a.dataset["id"],
-                                                   "estimators": {"mle": {"pooling": "m\x00g"}}})
+    resp = a.client.post(
+        "/api/v1/analyses", json={"dataset_id": a.dataset["id"], "estimators": {"mle": {"pooling": "m\x00g"}}}
+    )
     assert_problem(resp, 422, "NUL")
     path = tmp_path / "n.npz"
     np.savez(path, X=np.ones((50, 3), np.float32))

@@ -20,7 +20,10 @@ KEY = "tg_0123456789ab_local-secret-for-the-test"
 KEYLIKE = re.compile(r"tg_[0-9a-f]{12}_")
 SPOOF = {"X-Forwarded-For": "127.0.0.1", "Forwarded": "for=127.0.0.1;host=127.0.0.1", "X-Real-IP": "127.0.0.1"}
 PRODUCTION = [
-    {"TASKGAUGE_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/tg", "TASKGAUGE_BROKER_URL": "redis://127.0.0.1:6379/0"},
+    {
+        "TASKGAUGE_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/tg",
+        "TASKGAUGE_BROKER_URL": "redis://127.0.0.1:6379/0",
+    },
     {"TASKGAUGE_BROKER_URL": "redis://127.0.0.1:6379/0"},
     {"TASKGAUGE_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/tg"},
 ]

@@ -46,8 +46,18 @@ def upload(live, n: int = 60) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ trusted hosts
-@pytest.mark.parametrize("host", ["evil.example:8765", "evil.example", "127.0.0.1.evil.example", "localhost.evil",
-                                  "[::2]:8000", "10.0.0.1:8000", ""])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example:8765",
+        "evil.example",
+        "127.0.0.1.evil.example",
+        "localhost.evil",
+        "[::2]:8000",
+        "10.0.0.1:8000",
+        "",
+    ],
+)
 def test_foreign_host_is_refused(live, host):
     for path in ("/signin", "/api/v1/datasets", "/docs", "/openapi.json", "/healthz"):
         r = live.client.get(path, headers={"Host": host, **live.auth})
@@ -85,12 +95,17 @@ def test_security_headers_on_every_response(live):
     from app.dashboard.routes import STATIC_URL
 
     responses = {
-        "page": live.client.get("/"), "signin": live.client.get("/signin"), "api": live.client.get(
-            "/api/v1/datasets", headers=live.auth), "401": live.client.get("/api/v1/datasets"),
-        "404": live.client.get("/nope"), "static": live.client.get(STATIC_URL + "/app.js"),
-        "docs": live.client.get("/docs"), "openapi": live.client.get("/openapi.json"),
-        "413": live.client.post("/api/v1/model-specs", headers={**live.auth, "Content-Type": "application/json"},
-                                content=b" " * (2 << 20)),
+        "page": live.client.get("/"),
+        "signin": live.client.get("/signin"),
+        "api": live.client.get("/api/v1/datasets", headers=live.auth),
+        "401": live.client.get("/api/v1/datasets"),
+        "404": live.client.get("/nope"),
+        "static": live.client.get(STATIC_URL + "/app.js"),
+        "docs": live.client.get("/docs"),
+        "openapi": live.client.get("/openapi.json"),
+        "413": live.client.post(
+            "/api/v1/model-specs", headers={**live.auth, "Content-Type": "application/json"}, content=b" " * (2 << 20)
+        ),
     }
     for name, r in responses.items():
         h = r.headers
@@ -120,9 +135,23 @@ def test_docs_work_offline(live):
 
 
 # ------------------------------------------------------------------------------------------------ open redirect
-@pytest.mark.parametrize("nxt", ["//evil.example/phish", "/\\evil.example", "https://evil.example", "http:evil",
-                                 "javascript:alert(1)", "/\t/evil.example", " //evil.example", "\\\\evil.example",
-                                 "/\n/evil", "data:text/html,x", "", "/" + "a" * 3000])
+@pytest.mark.parametrize(
+    "nxt",
+    [
+        "//evil.example/phish",
+        "/\\evil.example",
+        "https://evil.example",
+        "http:evil",
+        "javascript:alert(1)",
+        "/\t/evil.example",
+        " //evil.example",
+        "\\\\evil.example",
+        "/\n/evil",
+        "data:text/html,x",
+        "",
+        "/" + "a" * 3000,
+    ],
+)
 def test_next_only_ever_leads_to_this_origin(live, nxt):
     r = live.client.get("/signin", params={"next": nxt})
     assert r.status_code == 200
@@ -152,8 +181,9 @@ def test_problem_documents_echo_a_bounded_prefix(live):
     body = is_problem(r, 404)
     assert "B" * 201 not in r.text and len(r.content) < 1000
     dsid = upload(live)
-    r = live.client.post("/api/v1/analyses", headers=live.auth,
-                         json={"dataset_id": dsid, "estimators": {"C" * 50_000: {}}})
+    r = live.client.post(
+        "/api/v1/analyses", headers=live.auth, json={"dataset_id": dsid, "estimators": {"C" * 50_000: {}}}
+    )
     assert r.status_code == 422 and "C" * 81 not in r.text and len(r.content) < 2000
     r = live.client.post("/api/v1/analyses", headers=live.auth, json={"dataset_id": dsid, "D" * 50_000: 1})
     assert r.status_code in (201, 202, 422) and "D" * 81 not in r.text  # an unknown key: ignored or refused, not echoed
@@ -171,8 +201,9 @@ def test_json_bodies_over_the_limit_get_413(live_factory):
         for _ in range(10):
             yield b" " * 1024
 
-    r = live.client.post("/api/v1/model-specs", headers={**live.auth, "Content-Type": "application/json"},
-                         content=chunks())
+    r = live.client.post(
+        "/api/v1/model-specs", headers={**live.auth, "Content-Type": "application/json"}, content=chunks()
+    )
     is_problem(r, 413, "too-large")
     for ctype in ("text/plain", "application/x-www-form-urlencoded", None):  # read whole by Starlette: limited too
         headers = {**live.auth, **({"Content-Type": ctype} if ctype else {})}
@@ -191,21 +222,27 @@ def test_cuda_without_a_gpu_consumer_is_refused(live):
     if torch.cuda.is_available():
         pytest.skip("this host has CUDA: the embedded worker would consume the gpu queue")
     dsid = upload(live)
-    r = live.client.post("/api/v1/analyses", headers=live.auth,
-                         json={"dataset_id": dsid, "estimators": {"mle": {}}, "device": "cuda"})
+    r = live.client.post(
+        "/api/v1/analyses", headers=live.auth, json={"dataset_id": dsid, "estimators": {"mle": {}}, "device": "cuda"}
+    )
     body = is_problem(r, 409, "no-gpu-worker")
     assert "gpu" in body["detail"] and "TASKGAUGE_GPU_WORKERS" in body["detail"]
     assert count(live, db.Analysis) == 0  # nothing queued forever
-    assert live.client.post("/api/v1/analyses", headers=live.auth,
-                            json={"dataset_id": dsid, "estimators": {"mle": {}}, "device": "cpu"}).status_code == 202
+    assert (
+        live.client.post(
+            "/api/v1/analyses", headers=live.auth, json={"dataset_id": dsid, "estimators": {"mle": {}}, "device": "cpu"}
+        ).status_code
+        == 202
+    )
 
 
 @pytest.mark.parametrize("setting,status", [("no", 409), ("yes", 202)])
 def test_gpu_workers_setting(live_factory, setting, status):
     live = live_factory(TASKGAUGE_GPU_WORKERS=setting, TASKGAUGE_DEVICE="auto")
     dsid = upload(live)
-    r = live.client.post("/api/v1/analyses", headers=live.auth,
-                         json={"dataset_id": dsid, "estimators": {"mle": {}}, "device": "cuda"})
+    r = live.client.post(
+        "/api/v1/analyses", headers=live.auth, json={"dataset_id": dsid, "estimators": {"mle": {}}, "device": "cuda"}
+    )
     assert r.status_code == status, r.text
     assert count(live, db.Analysis) == (1 if status == 202 else 0)
 
@@ -326,8 +363,11 @@ def test_an_overflowing_offset_is_a_client_error(live, path):
 def test_a_malformed_multipart_body_is_a_client_error(live):
     boundary = "7eaffdc9b597eacd2e934f36aa69c759"
     body = f"--{boundary}\r\n9!--{boundary}--\r\n".encode()
-    r = live.client.post("/api/v1/datasets", content=body,
-                         headers={**live.auth, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    r = live.client.post(
+        "/api/v1/datasets",
+        content=body,
+        headers={**live.auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     is_problem(r, 400, "bad-upload")
     assert count(live, db.Dataset) == 0
     assert not [p for p in (live.data_dir / "tmp").rglob("*") if p.is_file()]  # no temp file left

@@ -14,11 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import embedded_server
 import httpx
 import pytest
 from playwright.sync_api import expect
-
-import embedded_server
 
 pytestmark = pytest.mark.browser
 # Screenshots go to a temp folder; set TASKGAUGE_UPDATE_SCREENSHOTS=1 to refresh the committed docs/screenshots/.
@@ -38,13 +37,22 @@ def shot(page, name: str) -> None:
 def svg_marks(page, selector: str) -> int:
     """Number of drawn data marks (points, bars, heat-map cells, polylines) inside the figure's SVG."""
     return page.eval_on_selector(
-        selector, "el => el.querySelectorAll('svg circle, svg rect.cell, svg rect.bar, svg polyline').length")
+        selector, "el => el.querySelectorAll('svg circle, svg rect.cell, svg rect.bar, svg polyline').length"
+    )
 
 
 def api_analysis(server, key: str, dataset_id: str, estimators: dict) -> str:
     h = {"Authorization": f"Bearer {key}"}
-    a = httpx.post(f"{server.url}/api/v1/analyses", json={"dataset_id": dataset_id, "estimators": estimators},
-                   headers=h, timeout=30).raise_for_status().json()
+    a = (
+        httpx.post(
+            f"{server.url}/api/v1/analyses",
+            json={"dataset_id": dataset_id, "estimators": estimators},
+            headers=h,
+            timeout=30,
+        )
+        .raise_for_status()
+        .json()
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         s = httpx.get(f"{server.url}/api/v1/analyses/{a['id']}", headers=h, timeout=30).json()
@@ -91,7 +99,9 @@ def test_dashboard_end_to_end(server, page, tmp_path):
     # subspace trains a model: ticking it reveals the model-spec field (a small MLP keeps the test quick)
     assert page.locator("#spec-box").is_hidden()
     page.locator("#est-subspace").check()
-    page.get_by_label("Model spec for subspace (JSON, docs/methods.md §4)").fill('{"arch": "mlp", "hidden": [32], "train": {"epochs": 40, "lr": 0.01}}')
+    page.get_by_label("Model spec for subspace (JSON, docs/methods.md §4)").fill(
+        '{"arch": "mlp", "hidden": [32], "train": {"epochs": 40, "lr": 0.01}}'
+    )
     page.get_by_role("button", name="Start analysis").click()
     page.locator("#an-pct", has_text="100%").wait_for(timeout=300_000)  # a loaded 2-core CI machine
     page.locator("#open-report").wait_for()
@@ -113,22 +123,38 @@ def test_dashboard_end_to_end(server, page, tmp_path):
     assert thumbs.count() >= 2
     page.wait_for_function(
         "() => [...document.querySelectorAll('#plot-pairs img.thumb')].every(i => i.complete && i.naturalWidth > 0)",
-        timeout=30_000)
+        timeout=30_000,
+    )
     rows = page.locator("#results tbody tr")
     assert rows.count() >= 4
     shot(page, "report")
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download JSON").click()
     report = json.loads(Path(dl.value.path()).read_text())
-    assert report["schema_version"] == 1 and set(report["results"]) >= {"mle", "twonn", "gride", "label_sharpness", "subspace"}
+    assert report["schema_version"] == 1 and set(report["results"]) >= {
+        "mle",
+        "twonn",
+        "gride",
+        "label_sharpness",
+        "subspace",
+    }
     assert page.url.endswith(report["report_id"])
 
     # -- compare two datasets side by side
     key = server.key
     second = embedded_server.digits_images(tmp_path / "digits-b.npz", n=300, offset=900)
     with second.open("rb") as fh:
-        ds2 = httpx.post(f"{base}/api/v1/datasets", files={"file": ("digits-b.npz", fh)}, data={"name": "digits B"},
-                         headers={"Authorization": f"Bearer {key}"}, timeout=60).raise_for_status().json()
+        ds2 = (
+            httpx.post(
+                f"{base}/api/v1/datasets",
+                files={"file": ("digits-b.npz", fh)},
+                data={"name": "digits B"},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+            )
+            .raise_for_status()
+            .json()
+        )
     api_analysis(server, key, ds2["id"], {"mle": {}, "twonn": {}})
     page.goto(base + "/")
     page.locator("#datasets tbody input.pick").first.wait_for()

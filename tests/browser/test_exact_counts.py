@@ -13,8 +13,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_sample_counts_are_exact(server, page):
     base, key = server.url, server.key
     with (ROOT / "examples" / "digits.npz").open("rb") as fh:
-        ds = httpx.post(f"{base}/api/v1/datasets", files={"file": ("digits.npz", fh)}, data={"name": "digits 1797"},
-                        headers={"Authorization": f"Bearer {key}"}, timeout=120).raise_for_status().json()
+        ds = (
+            httpx.post(
+                f"{base}/api/v1/datasets",
+                files={"file": ("digits.npz", fh)},
+                data={"name": "digits 1797"},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=120,
+            )
+            .raise_for_status()
+            .json()
+        )
     assert ds["n_samples"] == 1797
     page.goto(base + "/signin")
     page.evaluate("k => localStorage.setItem('taskgauge_api_key', k)", key)  # signed in, however sign-in works

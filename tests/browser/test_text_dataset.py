@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
-
 from test_dashboard import api_analysis, shot
 
 pytestmark = pytest.mark.browser

@@ -14,8 +14,14 @@ def make_tiny_bert(path, *, seed=0, **overrides):
     import torch
     from transformers import BertConfig, BertModel
 
-    cfg = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-               max_position_embeddings=32)
+    cfg = dict(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     cfg.update(overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -14,10 +14,10 @@ from scipy.stats import ncx2
 
 from estimators import registry
 from estimators.base import EstimatorError
+from estimators.inductive_bias import InductiveBiasParams, inductive_bias
 from estimators.inductive_bias.closed_form import cartpole_bits, classification_bits, mujoco_bits
 from estimators.inductive_bias.delta import evt_delta, sample_delta
 from estimators.inductive_bias.sampled import kernel_losses, mlp_losses, ncx2_bits, one_hot
-from estimators.inductive_bias import InductiveBiasParams, inductive_bias
 from estimators.label_sharpness import LabelSharpnessParams, label_sharpness
 
 CPU = torch.device("cpu")
@@ -48,8 +48,7 @@ def test_closed_form_reproduces_methods_table(name):
 
 
 def test_closed_form_intermediates_match_table():
-    cf = classification_bits(epsilon=0.001, n=60000, m=14, R=17.179045827183984, n_classes=10,
-                             delta=2.3987084824335305)
+    cf = classification_bits(epsilon=0.001, n=60000, m=14, R=17.179045827183984, n_classes=10, delta=2.3987084824335305)
     assert cf.max_frequency == pytest.approx(45.0, abs=0.05)
     assert cf.harmonic_degree == pytest.approx(38.97, abs=0.01)
     assert 10**cf.log10_num_harmonics == pytest.approx(4.13e12, rel=2e-3)
@@ -59,9 +58,7 @@ def test_closed_form_intermediates_match_table():
     assert K * (K + m - 1) == pytest.approx(M * M, rel=1e-12)
 
 
-@pytest.mark.parametrize(
-    "T,expected", [(1, 4.415e9), (2, 3.326e17), (3, 1.464e25), (4, 4.689e32), (5, 1.187e40)]
-)
+@pytest.mark.parametrize("T,expected", [(1, 4.415e9), (2, 3.326e17), (3, 1.464e25), (4, 4.689e32), (5, 1.187e40)])
 def test_cartpole_form(T, expected):
     assert cartpole_bits(T) == pytest.approx(expected, rel=1e-3)
 
@@ -97,9 +94,19 @@ def test_log_space_no_overflow_up_to_m_200():
         K = (math.sqrt((m - 1) ** 2 + 4 * M * M) - (m - 1)) / 2
         E = binom(m + K, m) + binom(m + K - 1, m)
         D, P = C - 1, C
-        lnW = 0.5 * math.log(m / 6) + (math.log(2) + (m + 1) / 2 * math.log(math.pi) + math.log(P)
-                                       - gammaln((m + 1) / 2)) / m + math.log(R) - math.log(n) / m
-        br = 0.5 * math.log2(D) + 0.5 * math.log2(P) - math.log2(eps) + math.log2(K * math.sqrt(D) / R) + lnW / math.log(2)
+        lnW = (
+            0.5 * math.log(m / 6)
+            + (math.log(2) + (m + 1) / 2 * math.log(math.pi) + math.log(P) - gammaln((m + 1) / 2)) / m
+            + math.log(R)
+            - math.log(n) / m
+        )
+        br = (
+            0.5 * math.log2(D)
+            + 0.5 * math.log2(P)
+            - math.log2(eps)
+            + math.log2(K * math.sqrt(D) / R)
+            + lnW / math.log(2)
+        )
         return (2 * D * P * E - n * D) * br
 
     for m in range(10, 201):
@@ -135,9 +142,7 @@ def test_inputs_derived_from_data_match_independent_references():
     ref_m = skdim.id.MLE().fit(X, n_neighbors=5).dimension_  # k=5, k−1 normaliser, MacKay–Ghahramani
     assert r.details["mle"]["mle_value"] == pytest.approx(ref_m, rel=1e-9)
     assert inp["m"] == round(ref_m)
-    assert r.value == pytest.approx(
-        bits(800, inp["R"], round(ref_m), 3, inp["delta"], 0.01), rel=1e-12
-    )
+    assert r.value == pytest.approx(bits(800, inp["R"], round(ref_m), 3, inp["delta"], 0.01), rel=1e-12)
     # δ ≡ 1/K_F
     kf = label_sharpness(torch.from_numpy(X), torch.from_numpy(y), LabelSharpnessParams(), device=CPU).value
     assert r.details["label_sharpness_equivalent"] == pytest.approx(kf, rel=1e-12)
@@ -196,7 +201,7 @@ def test_kernel_sampler_matches_gp_posterior_moments():
     Ytr, Yte = one_hot(ytr, 3), one_hot(yte, 3)
     losses, info = kernel_losses(Xtr, Ytr, Xte, Yte, sigma=1.5, n_samples=20000, seed=1)
     # E[MSE] = mean((μ − Y)²) + tr(Σ)/n_te for f = μ + Σ^{1/2} z, independent per output
-    k = lambda A, B: torch.exp(-torch.cdist(A.double(), B.double()) ** 2 / (2 * 1.5**2))  # noqa: E731
+    k = lambda A, B: torch.exp(-(torch.cdist(A.double(), B.double()) ** 2) / (2 * 1.5**2))  # noqa: E731
     Ktr, Kx, Kte = k(Xtr, Xtr), k(Xte, Xtr), k(Xte, Xte)
     sol = torch.linalg.solve(Ktr, Kx.T)
     mu, Sigma = sol.T @ Ytr, Kte - Kx @ sol
@@ -209,13 +214,23 @@ def test_kernel_sampler_matches_gp_posterior_moments():
 def test_sampled_modes_through_the_estimator():
     X, y = clustered(300, 8, 3, 2)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    r = inductive_bias(Xt, yt, InductiveBiasParams(mode="sampled", n_train=100, n_test=50, n_samples=2000,
-                                                   kernel_sigma=3.0, epsilon=0.5), device=CPU)
+    r = inductive_bias(
+        Xt,
+        yt,
+        InductiveBiasParams(mode="sampled", n_train=100, n_test=50, n_samples=2000, kernel_sigma=3.0, epsilon=0.5),
+        device=CPU,
+    )
     assert r.details["space"] == "kernel" and r.details["n_train"] == 100
     assert math.isfinite(r.value) and r.value >= 0
     assert r.details["fit"]["loss_quantiles"]["0.0"] > 0
-    m = inductive_bias(Xt, yt, InductiveBiasParams(mode="sampled", space="mlp", n_train=100, n_test=50,
-                                                   mlp_trials=20, mlp_epochs=5, epsilon=0.2), device=CPU)
+    m = inductive_bias(
+        Xt,
+        yt,
+        InductiveBiasParams(
+            mode="sampled", space="mlp", n_train=100, n_test=50, mlp_trials=20, mlp_epochs=5, epsilon=0.2
+        ),
+        device=CPU,
+    )
     assert m.details["mlp"]["trials"] == 20 and math.isfinite(m.value) and m.value >= 0
 
 
@@ -236,8 +251,9 @@ def test_batched_mlp_training_equals_one_network():
         b = (torch.rand(3, 1, fo, generator=g) * 2 - 1) * bound
         Ws.append(W[:, 1] if li == 0 else W[1])
         bs.append(b[1, 0])
-    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.ReLU(),
-                              torch.nn.Linear(4, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)
+    )
     with torch.no_grad():
         for lin, W, b in zip([net[0], net[2], net[4]], Ws, bs):
             lin.weight.copy_(W.T)

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from estimators import registry
-from estimators.knn.pairs import interclass_min
 from estimators.base import EstimatorError
+from estimators.knn.pairs import interclass_min
 from estimators.label_sharpness import LabelSharpnessParams, label_sharpness
 from taskgauge.report import result_to_json
 
@@ -56,9 +56,7 @@ def test_two_points_distance_four_is_exactly_a_quarter():
     r = run([[0.0, 0.0, 0.0], [0.0, 4.0, 0.0]], [0, 1])
     assert r.value == 0.25
     assert r.details["min_interclass_distance"] == 4.0
-    assert r.details["offending_pairs"] == [
-        {"i": 0, "j": 1, "label_i": 0, "label_j": 1, "distance": 4.0, "k_f": 0.25}
-    ]
+    assert r.details["offending_pairs"] == [{"i": 0, "j": 1, "label_i": 0, "label_j": 1, "distance": 4.0, "k_f": 0.25}]
     # same labels: no differently labelled pair, K_F = max of zeros = 0 (docs/methods.md §6)
     same = run([[0.0, 0.0], [0.0, 4.0]], [3, 3])
     assert same.value == 0.0 and any("one class" in w for w in same.warnings)
@@ -196,7 +194,10 @@ def test_details_carry_scale_caveat_and_progress():
     X, y = clustered(200, 5, 2, 4)
     seen = []
     r = label_sharpness(
-        torch.from_numpy(X), torch.from_numpy(y), LabelSharpnessParams(), device=CPU,
+        torch.from_numpy(X),
+        torch.from_numpy(y),
+        LabelSharpnessParams(),
+        device=CPU,
         progress=lambda f, s: seen.append(f),
     )
     assert r.details["scale"]["n_features"] == 5

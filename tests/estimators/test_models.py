@@ -43,8 +43,11 @@ def test_resnet18_layout():
     net = build_model({"arch": "resnet", "depth": 18, "width": 8, "groups": 4}, (3, 16, 16), 10)
     n_blocks = sum(1 for m in net.modules() if type(m).__name__ == "_BasicBlock")
     assert n_blocks == 8
-    n_cifar = sum(1 for m in build_model({"arch": "resnet", "depth": 20}, (3, 8, 8), 10).modules()
-                  if type(m).__name__ == "_BasicBlock")
+    n_cifar = sum(
+        1
+        for m in build_model({"arch": "resnet", "depth": 20}, (3, 8, 8), 10).modules()
+        if type(m).__name__ == "_BasicBlock"
+    )
     assert n_cifar == 9  # (20 - 2) / 6 = 3 blocks in each of 3 stages
 
 
@@ -64,7 +67,12 @@ def test_train_block_defaults_and_overrides():
     spec = parse_model_spec({"arch": "mlp"})
     assert spec.hidden == [200, 200]
     assert (spec.train.optimizer, spec.train.lr, spec.train.epochs, spec.train.batch_size, spec.train.weight_decay) == (
-        "adam", 1e-3, 500, 128, 0.0)
+        "adam",
+        1e-3,
+        500,
+        128,
+        0.0,
+    )
     assert (spec.train.stop, spec.train.patience, spec.train.lr_drops) == ("plateau", 5, 1)  # epochs is a cap
     spec = parse_model_spec({"arch": "lenet", "train": {"optimizer": "sgd", "lr": 0.1, "epochs": 3}})
     assert spec.train.optimizer == "sgd" and spec.train.lr == 0.1 and spec.train.epochs == 3

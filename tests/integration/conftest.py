@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import service_stack
 
 
@@ -28,11 +27,23 @@ def svc(request, tmp_path_factory):
         stack.start_api()
         stack.start_worker()
         # `taskgauge keys create NAME` prints the key once on stdout.
-        out = subprocess.run([sys.executable, "-m", "app", "keys", "create", "alice"], env=stack.env,
-                             capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "alice"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         stack.alice_key = out.stdout.strip()
-        out = subprocess.run([sys.executable, "-m", "app", "keys", "create", "bob"], env=stack.env,
-                             capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "bob"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         stack.bob_key = out.stdout.strip()
         yield stack
     except BaseException:
@@ -63,7 +74,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     X = (Z @ rng.normal(size=(4, 12)) + 0.01 * rng.normal(size=(300, 12))).astype(np.float32)
     y = (Z[:, 0] > 0).astype(np.int64)
     np.savez(d / "good.npz", X=X, y=y)
-    lines = ["a,b,c,d,species"] + [f"{r[0]},{r[1]},{r[2]},{r[3]},{'setosa' if c else 'virginica'}"
-                                   for r, c in zip(X[:, :4].tolist(), y.tolist())]
+    lines = ["a,b,c,d,species"] + [
+        f"{r[0]},{r[1]},{r[2]},{r[3]},{'setosa' if c else 'virginica'}" for r, c in zip(X[:, :4].tolist(), y.tolist())
+    ]
     (d / "good.csv").write_text("\n".join(lines) + "\n")
     return {"npz": d / "good.npz", "csv": d / "good.csv", "dir": d}

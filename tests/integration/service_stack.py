@@ -68,9 +68,22 @@ class Redis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
-            stdout=(self.dir / "redis.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=(self.dir / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         import redis
 
@@ -132,13 +145,20 @@ class Stack:
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
         path = self.tmp / log
         self.logs.append(path)
-        return subprocess.Popen([sys.executable, "-m", "app", *args], env=self.env, cwd=self.tmp,
-                                stdout=path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "app", *args],
+            env=self.env,
+            cwd=self.tmp,
+            stdout=path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start_api(self) -> None:
         port = free_port()
-        self.api = self._spawn(["serve", "--no-worker", "--no-migrate", "--host", "127.0.0.1", "--port", str(port)],
-                               "api.log")
+        self.api = self._spawn(
+            ["serve", "--no-worker", "--no-migrate", "--host", "127.0.0.1", "--port", str(port)], "api.log"
+        )
         self.api_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -176,8 +196,7 @@ class Stack:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-n:]}" for p in self.logs if p.exists())
 
     def client(self, key: str) -> httpx.Client:
-        return httpx.Client(base_url=self.api_url + "/api/v1", headers={"Authorization": f"Bearer {key}"},
-                            timeout=60)
+        return httpx.Client(base_url=self.api_url + "/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
     def stop(self) -> None:
         for p in (self.worker, self.api):
@@ -199,21 +218,24 @@ def build(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None) -> S
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGAUGE_")}
-    env.update({
-        "TASKGAUGE_DATA_DIR": str(data_dir),
-        "TASKGAUGE_DEVICE": "cpu",
-        "TASKGAUGE_MAX_UPLOAD_MB": "1",
-        "TASKGAUGE_LEASE_S": "6",
-        "TASKGAUGE_HEARTBEAT_S": "1",
-        "TASKGAUGE_VISIBILITY_TIMEOUT_S": "30",
-        "TASKGAUGE_ADMIN_OWNERS": "root",  # `keys create root` makes an admin key (GET /workers)
-        # the test-only estimators come in as a plugin (entry point), from this folder on the path
-        "PYTHONPATH": os.pathsep.join([str(HERE / "plugins"), str(HERE), str(ROOT), env.get("PYTHONPATH", "")]
-                                      ).rstrip(os.pathsep),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        **(extra_env or {}),
-    })
+    env.update(
+        {
+            "TASKGAUGE_DATA_DIR": str(data_dir),
+            "TASKGAUGE_DEVICE": "cpu",
+            "TASKGAUGE_MAX_UPLOAD_MB": "1",
+            "TASKGAUGE_LEASE_S": "6",
+            "TASKGAUGE_HEARTBEAT_S": "1",
+            "TASKGAUGE_VISIBILITY_TIMEOUT_S": "30",
+            "TASKGAUGE_ADMIN_OWNERS": "root",  # `keys create root` makes an admin key (GET /workers)
+            # the test-only estimators come in as a plugin (entry point), from this folder on the path
+            "PYTHONPATH": os.pathsep.join(
+                [str(HERE / "plugins"), str(HERE), str(ROOT), env.get("PYTHONPATH", "")]
+            ).rstrip(os.pathsep),
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            **(extra_env or {}),
+        }
+    )
     stack: Stack
     bucket = None
     if kind == "pg-redis-s3":
@@ -263,7 +285,10 @@ def wait_for(client, analysis_id: str, timeout: float = 90.0, until=("succeeded"
     raise AssertionError(f"analysis {analysis_id} still {state.get('status')} after {timeout}s: {state}")
 
 
-def upload(client, path: Path, **fields) -> "object":
+def upload(client, path: Path, **fields) -> object:
     with open(path, "rb") as fh:
-        return client.post("/datasets", files={"file": (path.name, fh, "application/octet-stream")},
-                           data={k: str(v) for k, v in fields.items()})
+        return client.post(
+            "/datasets",
+            files={"file": (path.name, fh, "application/octet-stream")},
+            data={k: str(v) for k, v in fields.items()},
+        )

@@ -44,8 +44,10 @@ def test_compose_services_and_wiring(compose):
     for name in ("api", "worker", "beat"):
         svc = services[name]
         env = svc["environment"]
-        assert env["TASKGAUGE_DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env[
-            "TASKGAUGE_DATABASE_URL"]
+        assert (
+            env["TASKGAUGE_DATABASE_URL"].startswith("postgresql+psycopg://")
+            and "@postgres:5432/" in env["TASKGAUGE_DATABASE_URL"]
+        )
         assert env["TASKGAUGE_BROKER_URL"] == "redis://redis:6379/0"
         assert env["TASKGAUGE_DATA_DIR"] == "/data"
         assert svc["build"]["context"] == "."

@@ -37,8 +37,11 @@ def test_serve_embedded_default_end_to_end(tmp_path):
         with open(X, "rb") as fh:
             r = httpx.post(f"{server.url}/api/v1/datasets", headers=headers, files={"file": ("digits.npz", fh)})
         assert r.status_code == 201, r.text
-        r = httpx.post(f"{server.url}/api/v1/analyses", headers=headers,
-                       json={"dataset_id": r.json()["id"], "estimators": {"twonn": {}}})
+        r = httpx.post(
+            f"{server.url}/api/v1/analyses",
+            headers=headers,
+            json={"dataset_id": r.json()["id"], "estimators": {"twonn": {}}},
+        )
         assert r.status_code == 202, r.text
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

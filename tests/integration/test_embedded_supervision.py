@@ -67,9 +67,11 @@ def _state(url, headers, aid):
 def test_killed_embedded_worker_is_restarted_and_readyz_says_so(tmp_path, tmp_path_factory):
     import numpy as np
 
-    env = {"TASKGAUGE_LEASE_S": "3", "TASKGAUGE_HEARTBEAT_S": "0.5",
-           "PYTHONPATH": os.pathsep.join([str(HERE / "plugins"), str(HERE.parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}
+    env = {
+        "TASKGAUGE_LEASE_S": "3",
+        "TASKGAUGE_HEARTBEAT_S": "0.5",
+        "PYTHONPATH": os.pathsep.join([str(HERE / "plugins"), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     server = embedded_server.start(tmp_path, extra_env=env)
     try:
         url, headers = server.url, {"Authorization": f"Bearer {server.key}"}
@@ -82,8 +84,11 @@ def test_killed_embedded_worker_is_restarted_and_readyz_says_so(tmp_path, tmp_pa
         np.savez(tmp_path / "d.npz", X=rng.normal(size=(200, 5)).astype(np.float32), y=rng.integers(0, 2, 200))
         with open(tmp_path / "d.npz", "rb") as fh:
             ds = httpx.post(f"{url}/api/v1/datasets", headers=headers, files={"file": ("d.npz", fh)}).json()
-        running = httpx.post(f"{url}/api/v1/analyses", headers=headers,
-                             json={"dataset_id": ds["id"], "estimators": {"tg_slow": {"seconds": 6}}}).json()["id"]
+        running = httpx.post(
+            f"{url}/api/v1/analyses",
+            headers=headers,
+            json={"dataset_id": ds["id"], "estimators": {"tg_slow": {"seconds": 6}}},
+        ).json()["id"]
         assert _wait(lambda: _state(url, headers, running)["status"] == "running", 60)
 
         t0 = time.monotonic()
@@ -98,8 +103,11 @@ def test_killed_embedded_worker_is_restarted_and_readyz_says_so(tmp_path, tmp_pa
         # the old group is gone: no orphaned beat or pool child keeps running
         assert _wait(lambda: not _group(old.pid), 10), [p.cmdline() for p in _group(old.pid)]
         # an analysis posted while the worker is down waits in the queue
-        queued = httpx.post(f"{url}/api/v1/analyses", headers=headers,
-                            json={"dataset_id": ds["id"], "estimators": {"tg_slow": {"seconds": 0.2}}}).json()["id"]
+        queued = httpx.post(
+            f"{url}/api/v1/analyses",
+            headers=headers,
+            json={"dataset_id": ds["id"], "estimators": {"tg_slow": {"seconds": 0.2}}},
+        ).json()["id"]
         # a new worker, ready
         assert _wait(lambda: _ready(url) == 200, 120), server.log.read_text()[-3000:]
         new = _worker_main(server.proc.pid)
@@ -107,8 +115,13 @@ def test_killed_embedded_worker_is_restarted_and_readyz_says_so(tmp_path, tmp_pa
         assert time.monotonic() - t0 < 120
         # nothing stuck: the interrupted one is re-queued (API sweeper) and both succeed
         for aid in (running, queued):
-            done = _wait(lambda aid=aid: _state(url, headers, aid)["status"] in ("succeeded", "failed", "cancelled")
-                         and _state(url, headers, aid), 120)
+            done = _wait(
+                lambda aid=aid: (
+                    _state(url, headers, aid)["status"] in ("succeeded", "failed", "cancelled")
+                    and _state(url, headers, aid)
+                ),
+                120,
+            )
             assert done and done["status"] == "succeeded", (done, server.log.read_text()[-4000:])
         assert _state(url, headers, running)["attempts"] >= 2
         assert "restart 1" in server.log.read_text()
@@ -127,15 +140,25 @@ def test_embedded_beat_dies_with_its_worker_even_without_serve(tmp_path):
     data.mkdir()
     upgrade(f"sqlite:///{data / 'taskgauge.db'}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGAUGE_")}
-    env.update({"TASKGAUGE_DATA_DIR": str(data), "TASKGAUGE_DEVICE": "cpu",
-                "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), env.get("PYTHONPATH", "")])})
+    env.update(
+        {
+            "TASKGAUGE_DATA_DIR": str(data),
+            "TASKGAUGE_DEVICE": "cpu",
+            "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), env.get("PYTHONPATH", "")]),
+        }
+    )
     log = tmp_path / "worker.log"
-    proc = subprocess.Popen([sys.executable, "-m", "app", "worker", "--beat", "--concurrency", "1"], env=env,
-                            cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "worker", "--beat", "--concurrency", "1"],
+        env=env,
+        cwd=tmp_path,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         assert _wait(lambda: b" ready." in log.read_bytes(), 120), log.read_text()[-3000:]
-        kids = _wait(lambda: len(psutil.Process(proc.pid).children()) >= 2 and psutil.Process(proc.pid).children(),
-                     30)
+        kids = _wait(lambda: len(psutil.Process(proc.pid).children()) >= 2 and psutil.Process(proc.pid).children(), 30)
         assert kids, log.read_text()[-3000:]  # the pool child and the embedded beat
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)

@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
-from sqlalchemy import select
-
 import service_stack
 from service_stack import kill_group, upload, wait_for
+from sqlalchemy import select
+
 from taskgauge import db
 
 pytestmark = pytest.mark.integration
@@ -28,8 +28,14 @@ def fan(tmp_path_factory):
     try:
         stack.start_api()
         workers += [stack.start_worker(), stack.start_worker()]
-        out = subprocess.run([sys.executable, "-m", "app", "keys", "create", "alice"], env=stack.env,
-                             capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "alice"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         stack.alice_key = out.stdout.strip()
         stack.workers = workers
         yield stack
@@ -96,8 +102,12 @@ def test_sigkill_of_the_workers_mid_shard_reruns_only_that_shard(fan, alice, fil
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # the mle shard is done and tg_slow is under way
         shards = _shards(fan, aid)
-        if shards.get("est:mle") is not None and shards["est:mle"].status == "succeeded" and \
-                shards.get("est:tg_slow") is not None and shards["est:tg_slow"].status == "running":
+        if (
+            shards.get("est:mle") is not None
+            and shards["est:mle"].status == "succeeded"
+            and shards.get("est:tg_slow") is not None
+            and shards["est:tg_slow"].status == "running"
+        ):
             break
         time.sleep(0.1)
     else:

@@ -7,9 +7,10 @@ import io
 
 import numpy as np
 import skdim
-
-from reference_data import data as reference, rel
+from reference_data import data as reference
+from reference_data import rel
 from service_stack import wait_for
+
 from taskgauge.datasets.canonical import CanonicalDataset
 
 

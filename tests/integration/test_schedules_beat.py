@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +47,14 @@ def stack(tmp_path):
         c.execute(f'CREATE DATABASE "{name}"')
     redis_db = random.randint(1, 15)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGAUGE_")}
-    env.update({
-        "TASKGAUGE_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
-        "TASKGAUGE_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
-        "TASKGAUGE_DATA_DIR": str(tmp_path / "data"),
-        "TASKGAUGE_DEVICE": "cpu",
-    })
+    env.update(
+        {
+            "TASKGAUGE_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
+            "TASKGAUGE_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
+            "TASKGAUGE_DATA_DIR": str(tmp_path / "data"),
+            "TASKGAUGE_DEVICE": "cpu",
+        }
+    )
     import redis
 
     redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
@@ -61,8 +62,14 @@ def stack(tmp_path):
     procs: list[subprocess.Popen] = []
 
     def spawn(*args: str, log: str) -> subprocess.Popen:
-        p = subprocess.Popen([str(TASKGAUGE), *args], env=env, cwd=tmp_path, start_new_session=True,
-                             stdout=(tmp_path / log).open("wb"), stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [str(TASKGAUGE), *args],
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+            stdout=(tmp_path / log).open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         procs.append(p)
         return p
 
@@ -83,10 +90,10 @@ def stack(tmp_path):
 
 def _seed(session, data_dir: Path):
     """An owner, a small labelled dataset (digits) in the blob store and a 4-second schedule."""
-    from taskgauge.services import schedules as service
     from taskgauge import db
     from taskgauge.blobs import FileBlobStore
     from taskgauge.datasets.canonical import CanonicalDataset
+    from taskgauge.services import schedules as service
 
     with np.load(ROOT / "examples" / "digits.npz", allow_pickle=False) as d:
         X, y = d["X"][:200], d["y"][:200]
@@ -100,14 +107,29 @@ def _seed(session, data_dir: Path):
     session.flush()
     session.add(db.Blob(sha256=staged.sha256, size=len(raw)))
     session.flush()
-    ds = db.Dataset(id=db.new_id(), owner_id=owner.id, name="digits-200", filename="digits.npz", sha256="0" * 64,
-                    size_bytes=len(raw), blob_sha256=staged.sha256, n_samples=200, shape=[200, 64], n_classes=10,
-                    classes=data.classes)
+    ds = db.Dataset(
+        id=db.new_id(),
+        owner_id=owner.id,
+        name="digits-200",
+        filename="digits.npz",
+        sha256="0" * 64,
+        size_bytes=len(raw),
+        blob_sha256=staged.sha256,
+        n_samples=200,
+        shape=[200, 64],
+        n_classes=10,
+        classes=data.classes,
+    )
     session.add(ds)
     session.flush()
-    sched = service.create_schedule(session, owner_id=owner.id, dataset_id=ds.id, cron=f"* * * * * */{PERIOD}",
-                                    estimators={"twonn": {"variant": "ml", "decimation": False}},
-                                    min_interval_s=0)  # a seconds-level schedule, allowed in this test
+    sched = service.create_schedule(
+        session,
+        owner_id=owner.id,
+        dataset_id=ds.id,
+        cron=f"* * * * * */{PERIOD}",
+        estimators={"twonn": {"variant": "ml", "decimation": False}},
+        min_interval_s=0,
+    )  # a seconds-level schedule, allowed in this test
     session.commit()
     return owner.id, ds.id, sched.id
 
@@ -135,8 +157,11 @@ def test_two_beats_one_analysis_per_due_time_and_history_flags(stack):
     deadline = time.monotonic() + 90
     while True:
         with sessions() as s:
-            rows = s.execute(select(db.Analysis.id, db.Analysis.created_at, db.Analysis.status)
-                             .where(db.Analysis.schedule_id == sid).order_by(db.Analysis.created_at)).all()
+            rows = s.execute(
+                select(db.Analysis.id, db.Analysis.created_at, db.Analysis.status)
+                .where(db.Analysis.schedule_id == sid)
+                .order_by(db.Analysis.created_at)
+            ).all()
         if rows and all(r.status in db.TERMINAL_STATES for r in rows) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -168,8 +193,11 @@ def test_two_beats_one_analysis_per_due_time_and_history_flags(stack):
         oldest = s.get(db.Report, hist[-1]["report_id"])
         doc = dict(oldest.document)
         entry = dict(doc["results"]["twonn"])
-        entry.update(version="0.9", value=entry["value"] + 5 * (ci[1] - ci[0]) + 1.0,
-                     ci=[entry["value"] + 4 * (ci[1] - ci[0]) + 1.0, entry["value"] + 6 * (ci[1] - ci[0]) + 1.0])
+        entry.update(
+            version="0.9",
+            value=entry["value"] + 5 * (ci[1] - ci[0]) + 1.0,
+            ci=[entry["value"] + 4 * (ci[1] - ci[0]) + 1.0, entry["value"] + 6 * (ci[1] - ci[0]) + 1.0],
+        )
         doc["results"] = {**doc["results"], "twonn": entry}
         oldest.document = doc
         s.commit()

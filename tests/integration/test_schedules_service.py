@@ -4,7 +4,7 @@ migrations (SQLite here; the beat/worker test runs on PostgreSQL)."""
 from __future__ import annotations
 
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,11 @@ from PIL import Image
 
 from taskgauge import db
 from taskgauge.blobs import FileBlobStore
+from taskgauge.datasets.canonical import CanonicalDataset
 from taskgauge.errors import InvalidInput
 from taskgauge.services import datasets, reports
 from taskgauge.services import schedules as service
 from taskgauge.services.schedules import ScheduleError, next_run
-from taskgauge.datasets.canonical import CanonicalDataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,33 +52,67 @@ def make_owner_dataset(s, tmp_path, *, images: bool = True, name: str = "ds") ->
     store.publish(staged)
     s.add(db.Blob(sha256=staged.sha256, size=len(data.to_bytes())))
     s.flush()  # no ORM relationships: parents first
-    ds = db.Dataset(id=db.new_id(), owner_id=owner.id, name=name, filename="x.npz", sha256="0" * 64, size_bytes=1,
-                    blob_sha256=staged.sha256, n_samples=6, shape=list(X.shape), n_classes=2, classes=["a", "b"])
+    ds = db.Dataset(
+        id=db.new_id(),
+        owner_id=owner.id,
+        name=name,
+        filename="x.npz",
+        sha256="0" * 64,
+        size_bytes=1,
+        blob_sha256=staged.sha256,
+        n_samples=6,
+        shape=list(X.shape),
+        n_classes=2,
+        classes=["a", "b"],
+    )
     s.add(ds)
     s.flush()
     return owner.id, ds.id, tmp_path / "blobs"
 
 
 def add_report(s, owner_id, dataset_id, when: datetime, results: dict, schedule_id=None) -> str:
-    a = db.Analysis(id=db.new_id(), owner_id=owner_id, dataset_id=dataset_id, estimators={k: {} for k in results},
-                    status=db.SUCCEEDED, schedule_id=schedule_id, created_at=when, updated_at=when)
+    a = db.Analysis(
+        id=db.new_id(),
+        owner_id=owner_id,
+        dataset_id=dataset_id,
+        estimators={k: {} for k in results},
+        status=db.SUCCEEDED,
+        schedule_id=schedule_id,
+        created_at=when,
+        updated_at=when,
+    )
     s.add(a)
     s.flush()
     rid = db.new_id()
     a.report_id = rid
-    s.add(db.Report(id=rid, owner_id=owner_id, analysis_id=a.id, dataset_id=dataset_id, created_at=when,
-                    document={"report_id": rid, "created_at": when.isoformat(), "results": results}))
+    s.add(
+        db.Report(
+            id=rid,
+            owner_id=owner_id,
+            analysis_id=a.id,
+            dataset_id=dataset_id,
+            created_at=when,
+            document={"report_id": rid, "created_at": when.isoformat(), "results": results},
+        )
+    )
     s.flush()
     return rid
 
 
 def test_create_list_delete_and_validation(session, tmp_path):
     owner, ds, _ = make_owner_dataset(session, tmp_path)
-    now = datetime(2024, 3, 30, 12, 0, tzinfo=timezone.utc)
-    sch = service.create_schedule(session, owner_id=owner, dataset_id=ds, cron="0 3 * * *",
-                                  timezone="Europe/Berlin", estimators={"mle": {"k": 10}}, now=now)
+    now = datetime(2024, 3, 30, 12, 0, tzinfo=UTC)
+    sch = service.create_schedule(
+        session,
+        owner_id=owner,
+        dataset_id=ds,
+        cron="0 3 * * *",
+        timezone="Europe/Berlin",
+        estimators={"mle": {"k": 10}},
+        now=now,
+    )
     # 03:00 Berlin on 31 March 2024 is after the switch to summer time (UTC+2) → 01:00 UTC
-    assert sch.next_run_at == datetime(2024, 3, 31, 1, 0, tzinfo=timezone.utc)
+    assert sch.next_run_at == datetime(2024, 3, 31, 1, 0, tzinfo=UTC)
     assert sch.estimators == {"mle": {"k": 10}}
     assert [s.id for s in service.list_schedules(session, owner)] == [sch.id]
     assert service.list_schedules(session, "someone-else") == []
@@ -98,23 +132,25 @@ def test_create_list_delete_and_validation(session, tmp_path):
 
 
 def test_next_run_six_fields_and_dst():
-    t = datetime(2024, 1, 1, 0, 0, 1, tzinfo=timezone.utc)
-    assert next_run("* * * * * */5", "UTC", t) == datetime(2024, 1, 1, 0, 0, 5, tzinfo=timezone.utc)
+    t = datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert next_run("* * * * * */5", "UTC", t) == datetime(2024, 1, 1, 0, 0, 5, tzinfo=UTC)
     # New York 09:00 is 14:00 UTC in winter and 13:00 UTC in summer
-    assert next_run("0 9 * * *", "America/New_York", datetime(2024, 1, 10, tzinfo=timezone.utc)).hour == 14
-    assert next_run("0 9 * * *", "America/New_York", datetime(2024, 7, 10, tzinfo=timezone.utc)).hour == 13
+    assert next_run("0 9 * * *", "America/New_York", datetime(2024, 1, 10, tzinfo=UTC)).hour == 14
+    assert next_run("0 9 * * *", "America/New_York", datetime(2024, 7, 10, tzinfo=UTC)).hour == 13
 
 
 def test_history_flags_version_change_and_drift(session, tmp_path):
     owner, ds, _ = make_owner_dataset(session, tmp_path)
-    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
     r = lambda v, ci, ver="1.0": {"value": v, "ci": ci, "version": ver}  # noqa: E731
     first = add_report(session, owner, ds, t0, {"twonn": r(5.0, [4.8, 5.2]), "mle": r(4.0, None)})
     same = add_report(session, owner, ds, t0 + timedelta(days=1), {"twonn": r(5.1, [4.9, 5.3]), "mle": r(9.0, None)})
-    upgraded = add_report(session, owner, ds, t0 + timedelta(days=2),
-                          {"twonn": r(5.15, [4.95, 5.35], "1.1"), "mle": r(9.0, None)})
-    drifted = add_report(session, owner, ds, t0 + timedelta(days=3),
-                         {"twonn": r(6.0, [5.9, 6.1], "1.1"), "mle": r(9.0, None, "2.0")})
+    upgraded = add_report(
+        session, owner, ds, t0 + timedelta(days=2), {"twonn": r(5.15, [4.95, 5.35], "1.1"), "mle": r(9.0, None)}
+    )
+    drifted = add_report(
+        session, owner, ds, t0 + timedelta(days=3), {"twonn": r(6.0, [5.9, 6.1], "1.1"), "mle": r(9.0, None, "2.0")}
+    )
     h = reports.dataset_history(session, owner, ds)
     assert [x["report_id"] for x in h] == [drifted, upgraded, same, first]  # newest first
     flags = {x["report_id"]: x["flags"] for x in h}

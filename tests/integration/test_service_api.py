@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from service_stack import upload, wait_for
 from sqlalchemy import func, select
 
-from service_stack import upload, wait_for
 from taskgauge import db
 
 pytestmark = pytest.mark.integration
@@ -43,8 +43,12 @@ def _close(a, b, tol=1e-9):
 
 def _read_sse(svc, key, analysis_id, timeout=90.0) -> list[tuple[str, dict]]:
     events, name = [], None
-    with httpx.stream("GET", f"{svc.api_url}/api/v1/analyses/{analysis_id}/events",
-                      headers={"Authorization": f"Bearer {key}"}, timeout=timeout) as resp:
+    with httpx.stream(
+        "GET",
+        f"{svc.api_url}/api/v1/analyses/{analysis_id}/events",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=timeout,
+    ) as resp:
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
         for line in resp.iter_lines():
             if line.startswith("event: "):
@@ -151,19 +155,45 @@ def _bad_uploads(good_npz: bytes) -> list:
     X_nan = X.copy()
     X_nan[7, 1] = np.nan
     return [
-        pytest.param("big.npz", np.random.default_rng(1).bytes(int(1.3 * 1024 * 1024)), {}, 413, "limit", id="oversize"),
+        pytest.param(
+            "big.npz", np.random.default_rng(1).bytes(int(1.3 * 1024 * 1024)), {}, 413, "limit", id="oversize"
+        ),
         pytest.param("cut.npz", good_npz[: len(good_npz) // 2], {}, 422, "", id="truncated-npz"),
         pytest.param("obj.npz", _npz_bytes(X=np.array([{"a": 1}] * 5, dtype=object)), {}, 422, "", id="pickled-object"),
         pytest.param("nan.npz", _npz_bytes(X=X_nan), {}, 422, "nan", id="nan"),
         pytest.param("ragged.csv", b"a,b,label\n1,2,x\n3\n4,5,y,6\n", {}, 422, "", id="ragged-csv"),
-        pytest.param("t.csv", b"a,b,label\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n", {"label_column": "species"}, 422, "species",
-                     id="missing-label-column"),
-        pytest.param("trav.zip", _zip_bytes({"cls/a.png": _png(1), "../evil/b.png": _png(2)}), {}, 422, "",
-                     id="zip-path-traversal"),
-        pytest.param("bomb.zip", _zip_bytes({"cls/a.png": bytes(80 * 1024 * 1024)}, zipfile.ZIP_DEFLATED), {}, 413, "",
-                     id="zip-bomb"),
-        pytest.param("bad.zip", _zip_bytes({"c1/a.png": b"this is not a png", "c2/b.png": _png(3)}), {}, 422, "",
-                     id="undecodable-image"),
+        pytest.param(
+            "t.csv",
+            b"a,b,label\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n",
+            {"label_column": "species"},
+            422,
+            "species",
+            id="missing-label-column",
+        ),
+        pytest.param(
+            "trav.zip",
+            _zip_bytes({"cls/a.png": _png(1), "../evil/b.png": _png(2)}),
+            {},
+            422,
+            "",
+            id="zip-path-traversal",
+        ),
+        pytest.param(
+            "bomb.zip",
+            _zip_bytes({"cls/a.png": bytes(80 * 1024 * 1024)}, zipfile.ZIP_DEFLATED),
+            {},
+            413,
+            "",
+            id="zip-bomb",
+        ),
+        pytest.param(
+            "bad.zip",
+            _zip_bytes({"c1/a.png": b"this is not a png", "c2/b.png": _png(3)}),
+            {},
+            422,
+            "",
+            id="undecodable-image",
+        ),
     ]
 
 
@@ -197,8 +227,12 @@ def test_bad_analysis_requests_and_other_owners_ids(svc, alice, bob, files):
     r = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": "mle"})
     assert r.status_code == 422 and r.json()["errors"]
     # Another owner's ids answer 404, exactly as ids that do not exist.
-    for resp in (bob.get(f"/datasets/{ds['id']}"), bob.delete(f"/datasets/{ds['id']}"),
-                 bob.post("/analyses", json={"dataset_id": ds["id"]}), bob.get("/datasets/does-not-exist")):
+    for resp in (
+        bob.get(f"/datasets/{ds['id']}"),
+        bob.delete(f"/datasets/{ds['id']}"),
+        bob.post("/analyses", json={"dataset_id": ds["id"]}),
+        bob.get("/datasets/does-not-exist"),
+    ):
         assert resp.status_code == 404 and resp.headers["content-type"] == PROBLEM, resp.text
     assert _count(svc, db.Analysis) == before
     assert alice.get(f"/datasets/{ds['id']}").status_code == 200
@@ -238,7 +272,9 @@ def test_same_file_is_stored_once_and_blob_removed_with_last_dataset(svc, alice,
 
 def test_failing_estimator_fails_the_analysis_and_the_worker_lives(svc, alice, files):
     ds = upload(alice, files["npz"]).json()
-    aid = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": {"twonn": {}, "tg_fail": {}}}).json()["id"]
+    aid = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": {"twonn": {}, "tg_fail": {}}}).json()[
+        "id"
+    ]
     state = wait_for(alice, aid)
     assert state["status"] == "failed"
     err = state["error"]
@@ -255,7 +291,9 @@ def test_failing_estimator_fails_the_analysis_and_the_worker_lives(svc, alice, f
 
 def test_cancel_running_analysis(svc, alice, files):
     ds = upload(alice, files["npz"]).json()
-    aid = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": {"tg_slow": {"seconds": 30}}}).json()["id"]
+    aid = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": {"tg_slow": {"seconds": 30}}}).json()[
+        "id"
+    ]
     wait_for(alice, aid, until=("running",))
     r = alice.post(f"/analyses/{aid}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"

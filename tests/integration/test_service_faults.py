@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from service_stack import upload, wait_for
 from sqlalchemy import select
 
-from service_stack import upload, wait_for
 from taskgauge import db
 
 pytestmark = pytest.mark.integration
@@ -17,8 +17,11 @@ def _rows(svc, analysis_id):
     engine = db.make_engine(svc.database_url)
     try:
         with db.make_session_factory(engine)() as s:
-            results = s.execute(select(db.AnalysisResult.estimator, db.AnalysisResult.id, db.AnalysisResult.created_at)
-                                .where(db.AnalysisResult.analysis_id == analysis_id)).all()
+            results = s.execute(
+                select(db.AnalysisResult.estimator, db.AnalysisResult.id, db.AnalysisResult.created_at).where(
+                    db.AnalysisResult.analysis_id == analysis_id
+                )
+            ).all()
             reports = s.scalars(select(db.Report.id).where(db.Report.analysis_id == analysis_id)).all()
             return results, reports
     finally:

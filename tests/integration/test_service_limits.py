@@ -27,17 +27,30 @@ def stack(request, tmp_path_factory):
     kind = request.param
     if kind == "pg-redis" and not (service_stack.postgres_up() and service_stack.redis_available()):
         pytest.skip("PostgreSQL on 127.0.0.1:5432 and redis-server are needed for the pg-redis stack")
-    st = service_stack.build(kind, tmp_path_factory.mktemp(f"limits-{kind}"), extra_env={
-        "TASKGAUGE_LEASE_S": "3", "TASKGAUGE_HEARTBEAT_S": "0.5", "TASKGAUGE_MAX_ATTEMPTS": "3",
-        "TASKGAUGE_TASK_SOFT_TIME_LIMIT_S": str(SOFT_LIMIT_S)})
+    st = service_stack.build(
+        kind,
+        tmp_path_factory.mktemp(f"limits-{kind}"),
+        extra_env={
+            "TASKGAUGE_LEASE_S": "3",
+            "TASKGAUGE_HEARTBEAT_S": "0.5",
+            "TASKGAUGE_MAX_ATTEMPTS": "3",
+            "TASKGAUGE_TASK_SOFT_TIME_LIMIT_S": str(SOFT_LIMIT_S),
+        },
+    )
     workers = []
     try:
         st.start_api()
         workers.append(st.start_worker())
         workers.append(st.start_worker())  # two worker processes (fairness)
         for name in ("alice", "bob"):
-            out = subprocess.run([sys.executable, "-m", "app", "keys", "create", name], env=st.env,
-                                 capture_output=True, text=True, timeout=120, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "app", "keys", "create", name],
+                env=st.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
             setattr(st, f"{name}_key", out.stdout.strip())
         yield st
     except BaseException:
@@ -71,8 +84,9 @@ def test_soft_time_limit_fails_the_analysis_not_the_worker(stack, files):
     with stack.client(stack.alice_key) as alice:
         ds = upload(alice, files["npz"]).json()
         t0 = time.monotonic()
-        aid = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": {"tg_slow": {"seconds": 100}}}
-                         ).json()["id"]
+        aid = alice.post(
+            "/analyses", json={"dataset_id": ds["id"], "estimators": {"tg_slow": {"seconds": 100}}}
+        ).json()["id"]
         state = wait_for(alice, aid, timeout=90, until=("failed", "succeeded", "cancelled"))
         assert state["status"] == "failed", (state, stack.tail())
         assert time.monotonic() - t0 < 60
@@ -88,11 +102,13 @@ def test_owner_b_short_analysis_completes_while_owner_a_long_one_runs(stack, fil
     with stack.client(stack.alice_key) as alice, stack.client(stack.bob_key) as bob:
         ds_a = upload(alice, files["npz"]).json()
         ds_b = upload(bob, files["npz"]).json()
-        long_id = alice.post("/analyses", json={"dataset_id": ds_a["id"],
-                                                "estimators": {"tg_slow": {"seconds": SOFT_LIMIT_S - 2}}}).json()["id"]
+        long_id = alice.post(
+            "/analyses", json={"dataset_id": ds_a["id"], "estimators": {"tg_slow": {"seconds": SOFT_LIMIT_S - 2}}}
+        ).json()["id"]
         wait_for(alice, long_id, timeout=60, until=("running", "succeeded", "failed"))
-        short_id = bob.post("/analyses", json={"dataset_id": ds_b["id"],
-                                               "estimators": {"tg_slow": {"seconds": 0.5}}}).json()["id"]
+        short_id = bob.post(
+            "/analyses", json={"dataset_id": ds_b["id"], "estimators": {"tg_slow": {"seconds": 0.5}}}
+        ).json()["id"]
         short = wait_for(bob, short_id, timeout=60)
         assert short["status"] == "succeeded", stack.tail()
         assert alice.get(f"/analyses/{long_id}").json()["status"] == "running"  # B did not wait for A

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from service_stack import upload, wait_for
 from sqlalchemy import func, select
 
-from service_stack import upload, wait_for
 from taskgauge import db
 
 pytestmark = pytest.mark.integration

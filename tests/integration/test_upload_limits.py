@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+import service_stack
 from sqlalchemy import create_engine, func, select
 
-import service_stack
 from taskgauge import db
 from taskgauge.blobs import FileBlobStore, TempLock
 
@@ -46,17 +46,27 @@ def stack(request, tmp_path_factory):
     kind = request.param
     if kind == "pg-redis" and not (service_stack.postgres_up() and service_stack.redis_available()):
         pytest.skip("PostgreSQL on 127.0.0.1:5432 and redis-server are needed for the pg-redis stack")
-    s = service_stack.build(kind, tmp_path_factory.mktemp(f"limits-{kind}"), extra_env={
-        "TASKGAUGE_MAX_UPLOAD_MB": "8",
-        "TASKGAUGE_MAX_CONCURRENT_INGESTS": str(CONCURRENT),
-        "TASKGAUGE_INGEST_QUEUE_S": "300",
-        "TASKGAUGE_INGEST_MEMORY_MB": str(INGEST_MEMORY_MB),
-        "TASKGAUGE_MAX_JSON_BODY_KB": "64",
-    })
+    s = service_stack.build(
+        kind,
+        tmp_path_factory.mktemp(f"limits-{kind}"),
+        extra_env={
+            "TASKGAUGE_MAX_UPLOAD_MB": "8",
+            "TASKGAUGE_MAX_CONCURRENT_INGESTS": str(CONCURRENT),
+            "TASKGAUGE_INGEST_QUEUE_S": "300",
+            "TASKGAUGE_INGEST_MEMORY_MB": str(INGEST_MEMORY_MB),
+            "TASKGAUGE_MAX_JSON_BODY_KB": "64",
+        },
+    )
     try:
         s.start_api()
-        out = subprocess.run([sys.executable, "-m", "app", "keys", "create", "carol"], env=s.env,
-                             capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "carol"],
+            env=s.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         s.key = out.stdout.strip()
         yield s
     except BaseException:
@@ -68,8 +78,9 @@ def stack(request, tmp_path_factory):
 
 @pytest.fixture
 def client(stack):
-    with httpx.Client(base_url=stack.api_url + "/api/v1", headers={"Authorization": f"Bearer {stack.key}"},
-                      timeout=300) as c:
+    with httpx.Client(
+        base_url=stack.api_url + "/api/v1", headers={"Authorization": f"Bearer {stack.key}"}, timeout=300
+    ) as c:
         yield c
 
 
@@ -90,7 +101,7 @@ class ApiPeak:
     def __init__(self, stack) -> None:
         self.pid = stack.api.pid
 
-    def __enter__(self) -> "ApiPeak":
+    def __enter__(self) -> ApiPeak:
         try:
             with open(f"/proc/{self.pid}/clear_refs", "w") as fh:
                 fh.write("5")  # resets VmHWM to the current RSS
@@ -114,15 +125,21 @@ def _count_rows(stack, model) -> int:
 
 def _leftovers(stack) -> dict:
     blobs = FileBlobStore(stack.data_dir / "blobs")
-    return {"rows": _count_rows(stack, db.Dataset), "blob_rows": _count_rows(stack, db.Blob),
-            "blobs": [p.name for p in blobs.files()],
-            "tmp": sorted(str(p) for p in (stack.data_dir / "tmp" / "uploads").glob("*"))
-            + [str(p) for p in blobs.temp_files()]}
+    return {
+        "rows": _count_rows(stack, db.Dataset),
+        "blob_rows": _count_rows(stack, db.Blob),
+        "blobs": [p.name for p in blobs.files()],
+        "tmp": sorted(str(p) for p in (stack.data_dir / "tmp" / "uploads").glob("*"))
+        + [str(p) for p in blobs.temp_files()],
+    }
 
 
 def _post(client, filename: str, payload: bytes, **fields):
-    return client.post("/datasets", files={"file": (filename, payload, "application/octet-stream")},
-                       data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        "/datasets",
+        files={"file": (filename, payload, "application/octet-stream")},
+        data={k: str(v) for k, v in fields.items()},
+    )
 
 
 def _npy_header(descr: str, shape: tuple) -> bytes:
@@ -153,16 +170,18 @@ def _bombs() -> list:
     cases.append(pytest.param("neg.npy", _npy_header("<f4", (-7, 3)), 422, id="npy-negative-dims"))
     cases.append(pytest.param("huge.npy", _npy_header("<f8", (2**62, 2**62)), 413, id="npy-overflowing-dims"))
     values = pa.array(np.zeros(1_000_000))
-    col = pa.ListArray.from_arrays(pa.array([0, 1_000_000, 2_000_000, 3_000_000], pa.int32()),
-                                   pa.concat_arrays([values, values, values]))
+    col = pa.ListArray.from_arrays(
+        pa.array([0, 1_000_000, 2_000_000, 3_000_000], pa.int32()), pa.concat_arrays([values, values, values])
+    )
     buf = io.BytesIO()
     pq.write_table(pa.table({"x": col}), buf)
     cases.append(pytest.param("lists.parquet", buf.getvalue(), 422, id="parquet-list-column"))
     zbuf = io.BytesIO()
     with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("cls/a.png", bytes(4 * MB))
-    cases.append(pytest.param("big.zip", _lie_about_size(zbuf.getvalue(), int(1.81 * 1024**3)), 413,
-                              id="zip-1.81GiB-a.png"))
+    cases.append(
+        pytest.param("big.zip", _lie_about_size(zbuf.getvalue(), int(1.81 * 1024**3)), 413, id="zip-1.81GiB-a.png")
+    )
     nbuf = io.BytesIO()
     with zipfile.ZipFile(nbuf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, arr in (("X", np.zeros((6, 2), np.float32)), ("y", np.arange(6) % 2)):
@@ -293,8 +312,10 @@ def test_four_concurrent_uploads_at_the_size_limit_stay_under_the_memory_setting
     assert [r.status_code for r in rs] == [201] * 4, [r.text for r in rs if r.status_code != 201]
     peak_total = max(s[0] for s in samples)
     stated = idle + SLACK + CONCURRENT * INGEST_MEMORY_MB * MB
-    print(f"\nfour uploads at the limit ({stack.kind}): API + ingest children peaked at {peak_total / MB:.0f} MB "
-          f"(API idle {idle / MB:.0f} MB; stated {stated / MB:.0f} MB; {len(samples)} samples)")
+    print(
+        f"\nfour uploads at the limit ({stack.kind}): API + ingest children peaked at {peak_total / MB:.0f} MB "
+        f"(API idle {idle / MB:.0f} MB; stated {stated / MB:.0f} MB; {len(samples)} samples)"
+    )
     assert peak_total <= stated, (peak_total / MB, stated / MB)
     assert max(s[1] for s in samples) <= CONCURRENT  # never more ingest children than slots
     for r in rs:
@@ -310,27 +331,45 @@ def test_twenty_thousand_form_fields_get_400_and_leave_nothing(stack, client):
     fields = {f"f{i}": "x" * 65_000 for i in range(400)}
     before = _leftovers(stack)
     with ApiPeak(stack) as peak:
-        r = client.post("/datasets", files={"file": ("a.npy", b"\x93NUMPY", "application/octet-stream")},
-                        data=fields)
+        r = client.post("/datasets", files={"file": ("a.npy", b"\x93NUMPY", "application/octet-stream")}, data=fields)
     assert r.status_code == 400 and r.headers["content-type"] == PROBLEM, r.text
     assert r.json()["title"] == "Too many form parts"
     assert _leftovers(stack) == before
     assert peak.above_idle <= 64 * MB
 
 
-@pytest.mark.parametrize("body, ctype, title", [
-    (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.npy\"\r\n\r\nxx\r\n--b\r\nbroken",
-     "multipart/form-data; boundary=b", "Malformed multipart body"),
-    (b"garbage before any boundary" * 10, "multipart/form-data; boundary=zz", "Malformed multipart body"),
-    (b"--b\r\nBadHeaderNoColon\r\n\r\nxx\r\n--b--\r\n", "multipart/form-data; boundary=b", "Malformed multipart body"),
-    (b"--b\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nxx\r\n--b--\r\n", "multipart/form-data; boundary=b",
-     "No file in the upload"),
-    # python-multipart refuses an oversized header line itself ("Maximum header size exceeded")
-    (b"--b\r\n" + b"X-Long: " + b"h" * 20_000 + b"\r\n\r\nxx\r\n--b--\r\n", "multipart/form-data; boundary=b",
-     "Malformed multipart body"),
-    (b"--b\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"h" * 1200) for i in range(7)) + b"\r\nxx\r\n--b--\r\n",
-     "multipart/form-data; boundary=b", "Form part headers too large"),
-])
+@pytest.mark.parametrize(
+    "body, ctype, title",
+    [
+        (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.npy"\r\n\r\nxx\r\n--b\r\nbroken',
+            "multipart/form-data; boundary=b",
+            "Malformed multipart body",
+        ),
+        (b"garbage before any boundary" * 10, "multipart/form-data; boundary=zz", "Malformed multipart body"),
+        (
+            b"--b\r\nBadHeaderNoColon\r\n\r\nxx\r\n--b--\r\n",
+            "multipart/form-data; boundary=b",
+            "Malformed multipart body",
+        ),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nxx\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+            "No file in the upload",
+        ),
+        # python-multipart refuses an oversized header line itself ("Maximum header size exceeded")
+        (
+            b"--b\r\n" + b"X-Long: " + b"h" * 20_000 + b"\r\n\r\nxx\r\n--b--\r\n",
+            "multipart/form-data; boundary=b",
+            "Malformed multipart body",
+        ),
+        (
+            b"--b\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"h" * 1200) for i in range(7)) + b"\r\nxx\r\n--b--\r\n",
+            "multipart/form-data; boundary=b",
+            "Form part headers too large",
+        ),
+    ],
+)
 def test_malformed_multipart_is_400(stack, client, body, ctype, title):
     before = _leftovers(stack)
     r = client.post("/datasets", content=body, headers={"Content-Type": ctype})
@@ -400,17 +439,22 @@ def test_temp_files_of_a_killed_upload_are_swept_at_the_next_start(stack, client
     uploads = stack.data_dir / "tmp" / "uploads"
 
     def slow_body():
-        yield (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.npy\"\r\n"
-               b"Content-Type: application/octet-stream\r\n\r\n")
+        yield (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow.npy"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n"
+        )
         yield b"\0" * MB
         time.sleep(30)  # the API is killed meanwhile
         yield b"\r\n--b--\r\n"
 
     def send():
         try:
-            httpx.post(stack.api_url + "/api/v1/datasets", content=slow_body(), timeout=60,
-                       headers={"Authorization": f"Bearer {stack.key}",
-                                "Content-Type": "multipart/form-data; boundary=b"})
+            httpx.post(
+                stack.api_url + "/api/v1/datasets",
+                content=slow_body(),
+                timeout=60,
+                headers={"Authorization": f"Bearer {stack.key}", "Content-Type": "multipart/form-data; boundary=b"},
+            )
         except httpx.HTTPError:
             pass
 

@@ -80,8 +80,13 @@ def test_signin_link_from_the_console_works_once(server):
     assert httpx.get(server.url + "/api/v1/datasets", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     again = httpx.post(server.url + "/signin/token", json={"token": token})
     assert again.status_code == 401 and again.headers["content-type"] == "application/problem+json"
-    listed = subprocess.run([str(embedded_server.TASKGAUGE), "keys", "list"], capture_output=True, text=True,
-                            env={**os.environ, "TASKGAUGE_DATA_DIR": str(server.data_dir)}, timeout=120)
+    listed = subprocess.run(
+        [str(embedded_server.TASKGAUGE), "keys", "list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TASKGAUGE_DATA_DIR": str(server.data_dir)},
+        timeout=120,
+    )
     assert listed.returncode == 0 and "dashboard sign-in" in listed.stdout and key.split("_")[1] in listed.stdout
 
 
@@ -90,11 +95,34 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     if not ST.exists():
         pytest.skip("schemathesis is not installed")
     report = tmp_path / "st.json"
-    cmd = [str(ST), "run", server.url + "/openapi.json", "--checks", "not_a_server_error",
-           "--header", f"Authorization: Bearer {server.key}", "--max-examples", "25", "--workers", "2",
-           "--max-time", "180", "--request-timeout", "30", "--seed", "15", "--no-color",
-           "--phases", "examples,coverage,fuzzing", "--generation-allow-x00", "true",
-           "--report", "ndjson", "--report-ndjson-path", str(report)]
+    cmd = [
+        str(ST),
+        "run",
+        server.url + "/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--header",
+        f"Authorization: Bearer {server.key}",
+        "--max-examples",
+        "25",
+        "--workers",
+        "2",
+        "--max-time",
+        "180",
+        "--request-timeout",
+        "30",
+        "--seed",
+        "15",
+        "--no-color",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--generation-allow-x00",
+        "true",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(report),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     out = run.stdout + run.stderr
     tail = out[-6000:]

@@ -29,16 +29,34 @@ def test_cuda_without_a_gpu_worker_is_refused(svc, alice, files):
 
 
 def test_revoked_key_gets_401(svc):
-    out = subprocess.run([sys.executable, "-m", "app", "keys", "create", "carol"], env=svc.env, capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "keys", "create", "carol"],
+        env=svc.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     key = out.stdout.strip()
     with svc.client(key) as c:
         assert c.get("/datasets").status_code == 200
-        listed = subprocess.run([sys.executable, "-m", "app", "keys", "list"], env=svc.env, capture_output=True,
-                                text=True, timeout=120, check=True).stdout
+        listed = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "list"],
+            env=svc.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
         assert key.split("_")[1] in listed and key.split("_", 2)[2] not in listed
-        subprocess.run([sys.executable, "-m", "app", "keys", "revoke", key.split("_")[1]], env=svc.env,
-                       capture_output=True, text=True, timeout=120, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "app", "keys", "revoke", key.split("_")[1]],
+            env=svc.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         r = c.get("/datasets")
         assert r.status_code == 401 and r.json()["type"].endswith("/unauthorized")
 

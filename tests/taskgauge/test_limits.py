@@ -75,12 +75,15 @@ def test_limit_is_inclusive_and_unchecked_without_a_shape():
         plan({"subspace": {}}, facts, model_spec=spec, limits=Limits(max_model_params=n - 1))
 
 
-@pytest.mark.parametrize("limits, asked, effective", [
-    (Limits(memory_budget_mb=None), 10**6, 1024),
-    (Limits(memory_budget_mb=None), 100, 100),
-    (Limits(memory_budget_mb=64), 10**6, 64),
-    (Limits(memory_budget_mb=64), 32, 32),
-])
+@pytest.mark.parametrize(
+    "limits, asked, effective",
+    [
+        (Limits(memory_budget_mb=None), 10**6, 1024),
+        (Limits(memory_budget_mb=None), 100, 100),
+        (Limits(memory_budget_mb=64), 10**6, 64),
+        (Limits(memory_budget_mb=64), 32, 32),
+    ],
+)
 def test_memory_budget_clamp(limits, asked, effective):
     planned = plan({"mle": {"memory_budget_mb": asked}}, None, limits=limits)
     assert planned["mle"].params.memory_budget_mb == effective

@@ -10,8 +10,9 @@ from taskgauge.pipeline import DEFAULT_ESTIMATORS, plan
 
 def _data(labels: bool = True) -> CanonicalDataset:
     rng = np.random.default_rng(0)
-    return CanonicalDataset(X=rng.normal(size=(50, 4)).astype(np.float32),
-                            y=(np.arange(50) % 2).astype(np.int64) if labels else None)
+    return CanonicalDataset(
+        X=rng.normal(size=(50, 4)).astype(np.float32), y=(np.arange(50) % 2).astype(np.int64) if labels else None
+    )
 
 
 def test_memory_budget_is_a_default_that_a_request_overrides():
@@ -53,8 +54,12 @@ def test_duplicates_are_found_once_per_analysis(monkeypatch):
     X[10] = X[3]  # one duplicate row
     data = CanonicalDataset(X=X, y=(X[:, 0] > 0).astype(np.int64), classes=["a", "b"], meta={})
     monkeypatch.setattr(duplicates, "Duplicates", counting)
-    report = run_pipeline(data, {"mle": {}, "twonn": {}, "gride": {}, "label_sharpness": {}}, info=DatasetInfo("d"),
-                          device=torch.device("cpu"))
+    report = run_pipeline(
+        data,
+        {"mle": {}, "twonn": {}, "gride": {}, "label_sharpness": {}},
+        info=DatasetInfo("d"),
+        device=torch.device("cpu"),
+    )
     assert report["dataset"]["duplicates"]["exact"] == 1
     assert len(hashed) == 1, f"rows hashed {len(hashed)} times"
 

@@ -19,9 +19,17 @@ def _conn(tmp_path):
     fs_transport.register()
     folder, staging = tmp_path / "queue", tmp_path / "staging"
     folder.mkdir(exist_ok=True)
-    return Connection(f"{fs_transport.SCHEME}://", transport_options={
-        "data_folder_in": str(folder), "data_folder_out": str(folder), "staging_folder": str(staging),
-        "control_folder": str(tmp_path / "control"), "store_processed": False, "polling_interval": 0.0})
+    return Connection(
+        f"{fs_transport.SCHEME}://",
+        transport_options={
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "staging_folder": str(staging),
+            "control_folder": str(tmp_path / "control"),
+            "store_processed": False,
+            "polling_interval": 0.0,
+        },
+    )
 
 
 def test_scheme_resolves_to_the_atomic_transport(tmp_path):

@@ -26,12 +26,29 @@ def world(tmp_path):
         s.flush()
         s.add(db.Blob(sha256="0" * 64, size=1))
         s.flush()
-        ds = db.Dataset(id=db.new_id(), owner_id=owner.id, name="d", filename="d.npz", sha256="0" * 64, size_bytes=1,
-                        blob_sha256="0" * 64, n_samples=10, shape=[10, 2], meta={})
+        ds = db.Dataset(
+            id=db.new_id(),
+            owner_id=owner.id,
+            name="d",
+            filename="d.npz",
+            sha256="0" * 64,
+            size_bytes=1,
+            blob_sha256="0" * 64,
+            n_samples=10,
+            shape=[10, 2],
+            meta={},
+        )
         s.add(ds)
         s.flush()
-        a = db.Analysis(id=db.new_id(), owner_id=owner.id, dataset_id=ds.id, estimators={"mle": {}}, status=db.QUEUED,
-                        queue="default", attempts=0)
+        a = db.Analysis(
+            id=db.new_id(),
+            owner_id=owner.id,
+            dataset_id=ds.id,
+            estimators={"mle": {}},
+            status=db.QUEUED,
+            queue="default",
+            attempts=0,
+        )
         s.add(a)
     yield settings, factory, a.id
     engine.dispose()
@@ -40,8 +57,11 @@ def world(tmp_path):
 def _die(factory, aid, settings):
     """The worker holding the lease dies: its heartbeat goes stale."""
     with factory() as s, s.begin():
-        s.execute(update(db.Analysis).where(db.Analysis.id == aid).values(
-            heartbeat_at=db.utcnow() - timedelta(seconds=settings.LEASE_S + 5)))
+        s.execute(
+            update(db.Analysis)
+            .where(db.Analysis.id == aid)
+            .values(heartbeat_at=db.utcnow() - timedelta(seconds=settings.LEASE_S + 5))
+        )
 
 
 def _row(factory, aid):

@@ -28,13 +28,31 @@ def world(tmp_path):
         s.flush()
         s.add(db.Blob(sha256="0" * 64, size=1))
         s.flush()
-        ds = db.Dataset(id=db.new_id(), owner_id=owner.id, name="d", filename="d.npz", sha256="0" * 64, size_bytes=1,
-                        blob_sha256="0" * 64, n_samples=10, shape=[10, 2], meta={})
+        ds = db.Dataset(
+            id=db.new_id(),
+            owner_id=owner.id,
+            name="d",
+            filename="d.npz",
+            sha256="0" * 64,
+            size_bytes=1,
+            blob_sha256="0" * 64,
+            n_samples=10,
+            shape=[10, 2],
+            meta={},
+        )
         s.add(ds)
         s.flush()
-        a = db.Analysis(id=db.new_id(), owner_id=owner.id, dataset_id=ds.id, estimators={"mle": {}},
-                        status=db.RUNNING, queue="default", attempts=1, lease_token="t",
-                        heartbeat_at=db.utcnow() - timedelta(seconds=30))
+        a = db.Analysis(
+            id=db.new_id(),
+            owner_id=owner.id,
+            dataset_id=ds.id,
+            estimators={"mle": {}},
+            status=db.RUNNING,
+            queue="default",
+            attempts=1,
+            lease_token="t",
+            heartbeat_at=db.utcnow() - timedelta(seconds=30),
+        )
         s.add(a)
     yield settings, ctx, a.id, sent
     ctx.engine.dispose()
@@ -85,8 +103,14 @@ def test_the_api_process_sweeps_stale_analyses(world):
 def test_configure_sets_the_celery_limits(tmp_path):
     from workers.celery_app import celery_app, configure
 
-    configure(Settings(DATA_DIR=tmp_path, TASK_SOFT_TIME_LIMIT_S=100, TASK_HARD_TIME_LIMIT_S=110,
-                       WORKER_MAX_MEMORY_PER_CHILD_MB=512))
+    configure(
+        Settings(
+            DATA_DIR=tmp_path,
+            TASK_SOFT_TIME_LIMIT_S=100,
+            TASK_HARD_TIME_LIMIT_S=110,
+            WORKER_MAX_MEMORY_PER_CHILD_MB=512,
+        )
+    )
     conf = celery_app.conf
     assert conf.task_soft_time_limit == 100
     assert conf.task_time_limit == 160  # at least a minute past the soft limit, so the soft one can act first

@@ -19,11 +19,11 @@ images; ``y`` int64 class indices 0..C-1 with ``classes`` names (sorted distinct
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path, PurePath
-from typing import Callable
 
-from taskgauge.datasets.ingest.errors import Ctx, IngestError, IngestOptions
 from taskgauge.datasets.canonical import CanonicalDataset
+from taskgauge.datasets.ingest.errors import Ctx, IngestError, IngestOptions
 
 __all__ = ["IngestError", "IngestOptions", "SUPPORTED_EXTENSIONS", "IMAGE_EXTENSIONS", "ingest_file"]
 
@@ -66,18 +66,18 @@ def ingest_file(path: Path, filename: str, options: IngestOptions | None = None)
         raise ctx.error(
             "Text column on a non-table file",
             f"text_column names a column of a .csv or .parquet table; a {ext} file has no columns "
-            "(a .jsonl file's texts are its \"text\" fields)",
+            '(a .jsonl file\'s texts are its "text" fields)',
         )
     if ext != ".zip" and (options.resize is not None or options.grayscale):
         raise ctx.error(
             "Image options on a non-image file",
-            "resize and grayscale apply to a .zip of image folders only; leave them unset for "
-            f"{ext} files",
+            f"resize and grayscale apply to a .zip of image folders only; leave them unset for {ext} files",
         )
     try:
         return reader(ctx, Path(path))
     except MemoryError:
         raise ctx.error(
-            "Data too large", "the data does not fit in the memory available to read it; upload a smaller subset",
+            "Data too large",
+            "the data does not fit in the memory available to read it; upload a smaller subset",
             status=413,
         ) from None

@@ -16,9 +16,9 @@ from typing import IO, Any
 import numpy as np
 import numpy.lib.format as npformat
 
+from taskgauge.datasets.canonical import CanonicalDataset, canonical_dtype
 from taskgauge.datasets.ingest.common import check_features, encode_labels, make_dataset, too_many_classes
 from taskgauge.datasets.ingest.errors import Ctx, IngestError
-from taskgauge.datasets.canonical import CanonicalDataset, canonical_dtype
 
 _CHUNK = 16 * 1024 * 1024
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
@@ -74,8 +74,17 @@ def _corrupt(ctx: Ctx, what: str, exc: BaseException | None = None) -> IngestErr
     )
 
 
-def read_npy(ctx: Ctx, fh: IO[bytes], what: str, budget: ByteBudget, *, kinds: str = "biuf",
-             count_for: str | None = None, max_count: int | None = None, max_count_error: Any = None) -> np.ndarray:
+def read_npy(
+    ctx: Ctx,
+    fh: IO[bytes],
+    what: str,
+    budget: ByteBudget,
+    *,
+    kinds: str = "biuf",
+    count_for: str | None = None,
+    max_count: int | None = None,
+    max_count_error: Any = None,
+) -> np.ndarray:
     """Read one ``.npy`` stream: header first (dtype, shape and size checked), then exactly the declared bytes.
 
     ``kinds`` are the dtype kinds accepted (numeric for features; labels and class names also take strings).
@@ -228,8 +237,7 @@ def read_npz_file(ctx: Ctx, path: Path) -> CanonicalDataset:
         if y_name is not None and y_name not in arrays:
             raise ctx.error(
                 "Label array not found",
-                f"label_column '{y_name}' is not an array of this .npz; its arrays are: "
-                f"{', '.join(sorted(arrays))}",
+                f"label_column '{y_name}' is not an array of this .npz; its arrays are: {', '.join(sorted(arrays))}",
             )
         if y_name is None and "y" in arrays:
             y_name = "y"
@@ -257,8 +265,12 @@ def read_npz_file(ctx: Ctx, path: Path) -> CanonicalDataset:
         y_raw = load(y_name, kinds="biufUS") if y_name is not None else None
         hint = None
         if y_raw is not None and "classes" in arrays:
-            c = load("classes", kinds="biufUS", max_count=ctx.options.max_classes,
-                     max_count_error=lambda n: too_many_classes(ctx, n, "the 'classes' array"))
+            c = load(
+                "classes",
+                kinds="biufUS",
+                max_count=ctx.options.max_classes,
+                max_count_error=lambda n: too_many_classes(ctx, n, "the 'classes' array"),
+            )
             if c.ndim == 1 and c.dtype.kind in "US":
                 hint = [str(v) for v in c.tolist()]
     pre: dict[str, Any] = {}

@@ -4,12 +4,13 @@ class indices (docs/deployment.md, README.md)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from taskgauge.datasets.ingest.errors import Ctx
 from taskgauge.datasets.canonical import CanonicalDataset, canonical_dtype
+from taskgauge.datasets.ingest.errors import Ctx
 
 MIN_SAMPLES = 3
 #: longest class or column name kept (they are stored in the dataset row and returned by its read endpoint)
@@ -73,9 +74,7 @@ def _row_blocks(X: np.ndarray) -> Any:
         yield start, X[start : start + step]
 
 
-def _check_finite(
-    ctx: Ctx, X: np.ndarray, *, what: str, columns: Sequence[str] | None, overflow: bool = False
-) -> None:
+def _check_finite(ctx: Ctx, X: np.ndarray, *, what: str, columns: Sequence[str] | None, overflow: bool = False) -> None:
     if X.dtype.kind != "f":
         return
     count = n_nan = n_rows = 0

@@ -20,12 +20,12 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from taskgauge.datasets.canonical import CanonicalDataset
+from taskgauge.datasets.ingest import IMAGE_EXTENSIONS
 from taskgauge.datasets.ingest.arrays import ByteBudget
 from taskgauge.datasets.ingest.common import check_features, make_dataset
 from taskgauge.datasets.ingest.errors import Ctx, IngestError
-from taskgauge.datasets.canonical import CanonicalDataset
 
-from taskgauge.datasets.ingest import IMAGE_EXTENSIONS
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 _GRAY_MODES = {"L", "LA"}
 _CHUNK = 1024 * 1024
@@ -101,9 +101,7 @@ class _BufferReader(io.RawIOBase):
 
 def _is_ignored(path: PurePosixPath) -> bool:
     return (
-        path.parts[0] == "__MACOSX"
-        or any(p.startswith(".") for p in path.parts)
-        or path.name.lower() in _IGNORED_NAMES
+        path.parts[0] == "__MACOSX" or any(p.startswith(".") for p in path.parts) or path.name.lower() in _IGNORED_NAMES
     )
 
 
@@ -169,8 +167,15 @@ def _decode(ctx: Ctx, data: bytearray, name: str) -> Image.Image:
             im = _normalise_mode(im)
     except IngestError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise ctx.error(
             "Undecodable image",
             f"entry '{name}' is not a readable image ({type(exc).__name__}: {exc}); remove or re-save it",
@@ -262,7 +267,7 @@ def read_image_zip(ctx: Ctx, path: Path) -> CanonicalDataset:
         dropped_alpha = 0
         any_color = False
         max_entry = _max_entry_bytes(opts)
-        for cls, info in entries:
+        for _cls, info in entries:
             if info.file_size > max_entry:
                 raise ctx.error(
                     "Image file too large",
@@ -329,4 +334,3 @@ def read_image_zip(ctx: Ctx, path: Path) -> CanonicalDataset:
     if top:
         extra["top_folder"] = top
     return make_dataset(ctx, X, y, class_names, source_format="image-zip", preprocessing=pre, **extra)
-

@@ -55,24 +55,50 @@ def _too_large(filename: str, why: str) -> IngestError:
     )
 
 
-def ingest_isolated(path: Path, filename: str, options: IngestOptions, out_path: Path, *, memory_bytes: int,
-                    timeout_s: float | None = None) -> IngestSummary:
+def ingest_isolated(
+    path: Path,
+    filename: str,
+    options: IngestOptions,
+    out_path: Path,
+    *,
+    memory_bytes: int,
+    timeout_s: float | None = None,
+) -> IngestSummary:
     """Ingest ``path`` (named ``filename``) in a memory-limited child; the canonical ``.npz`` lands in
     ``out_path``. Raises :class:`IngestError` (422/413) for bad or too large data."""
-    request = {"path": str(path), "filename": filename, "options": options.model_dump(mode="json"),
-               "out": str(out_path), "memory_bytes": int(memory_bytes)}
+    request = {
+        "path": str(path),
+        "filename": filename,
+        "options": options.model_dump(mode="json"),
+        "out": str(out_path),
+        "memory_bytes": int(memory_bytes),
+    }
     env = dict(os.environ)
     # One thread per library and two malloc arenas: threads' stacks and arenas are address space too.
     root = str(Path(__file__).resolve().parents[3])  # the folder holding the taskgauge package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                "MALLOC_ARENA_MAX": "2", "ARROW_DEFAULT_MEMORY_POOL": "system"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "MALLOC_ARENA_MAX": "2",
+            "ARROW_DEFAULT_MEMORY_POOL": "system",
+        }
+    )
     try:
-        proc = subprocess.run([sys.executable, "-m", _MODULE], input=json.dumps(request).encode(),
-                              capture_output=True, timeout=timeout_s, env=env, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", _MODULE],
+            input=json.dumps(request).encode(),
+            capture_output=True,
+            timeout=timeout_s,
+            env=env,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        raise _too_large(filename, f"reading it took longer than {timeout_s:g} s (TASKGAUGE_INGEST_TIMEOUT_S)") \
-            from None
+        raise _too_large(
+            filename, f"reading it took longer than {timeout_s:g} s (TASKGAUGE_INGEST_TIMEOUT_S)"
+        ) from None
     reply = None
     for line in reversed(proc.stdout.decode("utf-8", "replace").splitlines()):
         if line.startswith("{"):
@@ -91,8 +117,11 @@ def ingest_isolated(path: Path, filename: str, options: IngestOptions, out_path:
         # killed (the OOM killer, a C library aborting on a failed allocation under the address-space limit)
         how = f"killed by signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else "out of memory"
         log.warning("ingest of %s: the reader was %s; stderr: %s", filename, how, stderr)
-        raise _too_large(filename, f"reading it needed more memory than an ingest may use "
-                         f"({memory_bytes / 2**20:,.0f} MB; the reader was {how})")
+        raise _too_large(
+            filename,
+            f"reading it needed more memory than an ingest may use "
+            f"({memory_bytes / 2**20:,.0f} MB; the reader was {how})",
+        )
     # A Python exception in the reader that is not an IngestError is a bug, as it would be in-process.
     log.error("ingest subprocess for %s failed (exit status %s):\n%s", filename, proc.returncode, stderr)
     last = next((ln for ln in reversed(stderr.splitlines()) if ln.strip()), "no output")
@@ -155,19 +184,33 @@ def _child() -> int:
         options = IngestOptions(**request["options"])
         ds = ingest_file(Path(request["path"]), request["filename"], options)
         size = write_canonical(Path(request["out"]), ds)
-        out = {"ok": {
-            "n_samples": ds.n_samples, "shape": [int(s) for s in ds.X.shape], "dtype": str(ds.X.dtype),
-            "n_classes": ds.n_classes, "classes": ds.classes, "meta": ds.meta, "canonical_size": size,
-            # VmHWM, not getrusage: ru_maxrss survives exec, so it would report the parent's peak at fork time
-            "child_peak_rss": _status_bytes("VmHWM"),
-        }}
+        out = {
+            "ok": {
+                "n_samples": ds.n_samples,
+                "shape": [int(s) for s in ds.X.shape],
+                "dtype": str(ds.X.dtype),
+                "n_classes": ds.n_classes,
+                "classes": ds.classes,
+                "meta": ds.meta,
+                "canonical_size": size,
+                # VmHWM, not getrusage: ru_maxrss survives exec, so it would report the parent's peak at fork time
+                "child_peak_rss": _status_bytes("VmHWM"),
+            }
+        }
     except IngestError as exc:
         out = {"error": {"title": exc.title, "detail": exc.detail, "status": exc.status}}
     except MemoryError:
-        out = {"error": {"title": "Data too large", "status": 413, "detail": (
-            f"'{request['filename']}': reading it needed more memory than an ingest may use "
-            f"({int(request['memory_bytes']) / 2**20:,.0f} MB); upload a smaller subset (or, for images, pass a "
-            "smaller resize), or raise the limit on the server (TASKGAUGE_INGEST_MEMORY_MB)")}}
+        out = {
+            "error": {
+                "title": "Data too large",
+                "status": 413,
+                "detail": (
+                    f"'{request['filename']}': reading it needed more memory than an ingest may use "
+                    f"({int(request['memory_bytes']) / 2**20:,.0f} MB); upload a smaller subset (or, for images, pass a "
+                    "smaller resize), or raise the limit on the server (TASKGAUGE_INGEST_MEMORY_MB)"
+                ),
+            }
+        }
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
     return 0

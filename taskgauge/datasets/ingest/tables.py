@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from taskgauge.datasets.canonical import CanonicalDataset, canonical_dtype
 from taskgauge.datasets.ingest.common import check_features, check_names, encode_labels, make_dataset
 from taskgauge.datasets.ingest.errors import Ctx, IngestError
-from taskgauge.datasets.canonical import CanonicalDataset, canonical_dtype
 
 LABEL_NAMES = ("label", "y", "target")
 _DELIMITERS = (",", ";", "\t")
@@ -180,8 +180,10 @@ def _from_frame(ctx: Ctx, df: pd.DataFrame, fmt: str, **extra: Any) -> Canonical
     text_column = ctx.options.text_column
     if text_column is not None:
         if text_column not in columns:
-            raise ctx.error("Text column not found",
-                            f"text_column '{text_column}' is not a column; available columns: {_list(columns)}")
+            raise ctx.error(
+                "Text column not found",
+                f"text_column '{text_column}' is not a column; available columns: {_list(columns)}",
+            )
         if label == text_column:
             raise ctx.error("Text column is the label", f"'{text_column}' cannot be both the texts and the labels")
         from taskgauge.datasets.ingest.texts import text_table
@@ -222,8 +224,11 @@ def _from_frame(ctx: Ctx, df: pd.DataFrame, fmt: str, **extra: Any) -> Canonical
             raw = s.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
             raw = s.to_numpy(dtype=object)
-            raw = np.array([None if (v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))) else v
-                            for v in raw], dtype=object)
+            raw = np.array(
+                [None if (v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))) else v for v in raw],
+                dtype=object,
+            )
         y, classes = encode_labels(ctx, raw, X.shape[0], what=f"label column '{label}'")
-    return make_dataset(ctx, X, y, classes, source_format=fmt, preprocessing=pre, label_column=label,
-                        feature_columns=features, **extra)
+    return make_dataset(
+        ctx, X, y, classes, source_format=fmt, preprocessing=pre, label_column=label, feature_columns=features, **extra
+    )

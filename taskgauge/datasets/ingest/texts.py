@@ -38,38 +38,56 @@ def read_jsonl_file(ctx: Ctx, path: Path) -> CanonicalDataset:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise ctx.error("Not UTF-8", f"line {lineno} is not valid UTF-8 (byte {exc.start}); save the file "
-                                "as UTF-8") from None
+                raise ctx.error(
+                    "Not UTF-8", f"line {lineno} is not valid UTF-8 (byte {exc.start}); save the file as UTF-8"
+                ) from None
             try:
                 obj = json.loads(line)
             except ValueError as exc:
-                raise ctx.error("Not JSON", f"line {lineno} is not a JSON object ({exc.msg}); write one object per "
-                                'line, e.g. {"text": "…", "label": "…"}') from None
+                raise ctx.error(
+                    "Not JSON",
+                    f"line {lineno} is not a JSON object ({exc.msg}); write one object per "
+                    'line, e.g. {"text": "…", "label": "…"}',
+                ) from None
             if not isinstance(obj, dict):
-                raise ctx.error("Not a JSON object", f'line {lineno} is a JSON {type(obj).__name__}; write one '
-                                'object per line, e.g. {"text": "…", "label": "…"}')
+                raise ctx.error(
+                    "Not a JSON object",
+                    f"line {lineno} is a JSON {type(obj).__name__}; write one "
+                    'object per line, e.g. {"text": "…", "label": "…"}',
+                )
             text = obj.get("text")
             if not isinstance(text, str):
-                raise ctx.error("No text", f'line {lineno} has no "text" string'
-                                + (f" (it has {type(text).__name__})" if "text" in obj else "")
-                                + '; every line needs {"text": "…"}')
+                raise ctx.error(
+                    "No text",
+                    f'line {lineno} has no "text" string'
+                    + (f" (it has {type(text).__name__})" if "text" in obj else "")
+                    + '; every line needs {"text": "…"}',
+                )
             if not text.strip():
                 raise ctx.error("Empty text", f"line {lineno} has an empty text; remove the line or give it text")
             if len(text) > MAX_TEXT_CHARS:
-                raise ctx.error("Text too long", f"line {lineno} has {len(text):,} characters, more than "
-                                f"{MAX_TEXT_CHARS:,}; split or shorten it", status=413)
+                raise ctx.error(
+                    "Text too long",
+                    f"line {lineno} has {len(text):,} characters, more than {MAX_TEXT_CHARS:,}; split or shorten it",
+                    status=413,
+                )
             line_has_label = obj.get("label") is not None
             if has_label is None:
                 has_label = line_has_label
             elif has_label != line_has_label:
-                raise ctx.error("Missing label", f"line {lineno} {'has' if line_has_label else 'has no'} label but "
-                                f"the first line {'has none' if line_has_label else 'has one'}; label every line "
-                                "or none")
+                raise ctx.error(
+                    "Missing label",
+                    f"line {lineno} {'has' if line_has_label else 'has no'} label but "
+                    f"the first line {'has none' if line_has_label else 'has one'}; label every line "
+                    "or none",
+                )
             if line_has_label:
                 label = obj["label"]
                 if not isinstance(label, (str, int, float, bool)):
-                    raise ctx.error("Bad label", f"line {lineno}: the label must be a string or a number, got "
-                                    f"{type(label).__name__}")
+                    raise ctx.error(
+                        "Bad label",
+                        f"line {lineno}: the label must be a string or a number, got {type(label).__name__}",
+                    )
                 labels.append(label)
             texts.append(text)
     return _text_dataset(ctx, texts, labels if has_label else None, source_format="jsonl")
@@ -81,8 +99,11 @@ def text_table(ctx: Ctx, df: Any, fmt: str, text_column: str, label: str | None,
     texts: list[str] = []
     for i, v in enumerate(col.tolist()):
         if not isinstance(v, str) or not v.strip():
-            raise ctx.error("Empty text", f"row {i} of text column '{text_column}' is "
-                            f"{'empty' if isinstance(v, str) else repr(v)}; every row needs text")
+            raise ctx.error(
+                "Empty text",
+                f"row {i} of text column '{text_column}' is "
+                f"{'empty' if isinstance(v, str) else repr(v)}; every row needs text",
+            )
         texts.append(v)
     labels = None
     if label is not None:
@@ -90,8 +111,15 @@ def text_table(ctx: Ctx, df: Any, fmt: str, text_column: str, label: str | None,
     return _text_dataset(ctx, texts, labels, source_format=fmt, text_column=text_column, label_column=label, **extra)
 
 
-def _text_dataset(ctx: Ctx, texts: list[str], labels: list[Any] | None, *, source_format: str,
-                  label_column: str | None = None, **extra: Any) -> CanonicalDataset:
+def _text_dataset(
+    ctx: Ctx,
+    texts: list[str],
+    labels: list[Any] | None,
+    *,
+    source_format: str,
+    label_column: str | None = None,
+    **extra: Any,
+) -> CanonicalDataset:
     if not texts:
         raise ctx.error("Empty data", "the file holds no texts; upload at least 3 texts")
     y = classes = None
@@ -100,7 +128,16 @@ def _text_dataset(ctx: Ctx, texts: list[str], labels: list[Any] | None, *, sourc
         raw[:] = labels
         y, classes = encode_labels(ctx, raw, len(texts), what="label")
     X = np.zeros((len(texts), 0), dtype=np.float32)
-    ds = make_dataset(ctx, X, y, classes, source_format=source_format, preprocessing={}, label_column=label_column,
-                      kind="text", **extra)
+    ds = make_dataset(
+        ctx,
+        X,
+        y,
+        classes,
+        source_format=source_format,
+        preprocessing={},
+        label_column=label_column,
+        kind="text",
+        **extra,
+    )
     ds.texts = texts
     return ds

@@ -18,10 +18,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import BadInput, build_requests, cli, parse_param
-from taskgauge.settings import get_settings
 from estimators import registry
 from estimators.base import EstimatorError, Params, Result
 from taskgauge.pipeline import DEFAULT_ESTIMATORS
+from taskgauge.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[3]
 DIGITS = REPO / "examples" / "digits.npz"
@@ -57,8 +57,13 @@ class _MeanParams(Params):
 def _mean_fn(X, y, params, *, device, progress):
     progress(0.5, "averaging")
     value = float(X.double().mean()) * params.scale + sum(params.shift)
-    return Result(value=value, ci=(value - 1, value + 1), ci_method="test interval",
-                  details={"n": int(X.shape[0]), "labelled": y is not None}, warnings=["a test warning"])
+    return Result(
+        value=value,
+        ci=(value - 1, value + 1),
+        ci_method="test interval",
+        details={"n": int(X.shape[0]), "labelled": y is not None},
+        warnings=["a test warning"],
+    )
 
 
 def _labels_fn(X, y, params, *, device, progress):
@@ -78,8 +83,9 @@ def test_estimators():
     }
     registry.all_estimators()  # load the real ones first
     for name, spec in added.items():
-        registry.register(name=name, version="0.0.1", params=spec["params"], summary="test only",
-                          needs_labels=spec["needs_labels"])(spec["fn"])
+        registry.register(
+            name=name, version="0.0.1", params=spec["params"], summary="test only", needs_labels=spec["needs_labels"]
+        )(spec["fn"])
     yield
     for name in added:
         registry._REGISTRY.pop(name, None)
@@ -132,8 +138,19 @@ def test_json_stdout_is_only_the_report(tmp_path, test_estimators):
 
 def test_params_are_parsed_as_json_and_nested(tmp_path, test_estimators):
     p = _npz(tmp_path)
-    res = invoke("analyse", str(p), "-e", "tg_mean", "--param", "tg_mean.scale=2", "-p", "tg_mean.shift=[1, 2.5]",
-                 "--json", "-", "-q")
+    res = invoke(
+        "analyse",
+        str(p),
+        "-e",
+        "tg_mean",
+        "--param",
+        "tg_mean.scale=2",
+        "-p",
+        "tg_mean.shift=[1, 2.5]",
+        "--json",
+        "-",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)["results"]["tg_mean"]
     assert r["params"] == {"scale": 2.0, "shift": [1.0, 2.5]}
@@ -150,8 +167,20 @@ def test_table_output_and_json_file(tmp_path, test_estimators):
     assert list(report["results"]) == ["tg_mean", "tg_labels"]
     assert report["results"]["tg_labels"]["value"] == 3.0
     value = report["results"]["tg_mean"]["value"]
-    for needle in ("estimator", "value", "CI", "seconds", "warnings", "tg_mean", "tg_labels", f"{value:.4g}",
-                   "(1) tg_mean: a test warning", "d.npz", "30 samples", "3 classes"):
+    for needle in (
+        "estimator",
+        "value",
+        "CI",
+        "seconds",
+        "warnings",
+        "tg_mean",
+        "tg_labels",
+        f"{value:.4g}",
+        "(1) tg_mean: a test warning",
+        "d.npz",
+        "30 samples",
+        "3 classes",
+    ):
         assert needle in res.stdout, needle
     assert "report written to" in res.stderr
 
@@ -228,8 +257,14 @@ def test_unknown_estimator(tmp_path):
 
 @pytest.mark.parametrize(
     ("param", "needle"),
-    [("tg_mean.scale", "NAME.KEY=VALUE"), ("scale=2", "NAME.KEY=VALUE"), ("tg_mean..x=1", "NAME.KEY=VALUE"),
-     ("other.k=1", "add -e other"), ("tg_mean.scale=big", "scale"), ("tg_mean.nokey=1", "Allowed params")],
+    [
+        ("tg_mean.scale", "NAME.KEY=VALUE"),
+        ("scale=2", "NAME.KEY=VALUE"),
+        ("tg_mean..x=1", "NAME.KEY=VALUE"),
+        ("other.k=1", "add -e other"),
+        ("tg_mean.scale=big", "scale"),
+        ("tg_mean.nokey=1", "Allowed params"),
+    ],
 )
 def test_bad_param(tmp_path, test_estimators, param, needle):
     _assert_bad_input(invoke("analyse", str(_npz(tmp_path)), "-e", "tg_mean", "--param", param), needle)
@@ -238,8 +273,11 @@ def test_bad_param(tmp_path, test_estimators, param, needle):
 def test_label_needing_estimator_on_unlabelled_data(tmp_path, test_estimators):
     p = _npz(tmp_path, "nolab.npz", labels=False)
     _assert_bad_input(invoke("analyse", str(p), "-e", "tg_labels"), "needs class labels")
-    real = [n for n, e in registry.all_estimators().items()
-            if e.needs_labels and not e.needs_model and not n.startswith("tg_")]
+    real = [
+        n
+        for n, e in registry.all_estimators().items()
+        if e.needs_labels and not e.needs_model and not n.startswith("tg_")
+    ]
     for name in real:  # the real label-needing estimators (label_sharpness, …) say the same
         _assert_bad_input(invoke("analyse", str(p), "-e", name), f"'{name}' needs class labels")
 
@@ -250,8 +288,9 @@ def test_estimator_error_during_run(tmp_path, test_estimators):
 
 def test_unreadable_model_spec(tmp_path, test_estimators):
     p = _npz(tmp_path)
-    _assert_bad_input(invoke("analyse", str(p), "-e", "tg_mean", "--model-spec", str(tmp_path / "no.json")),
-                      "cannot read model spec")
+    _assert_bad_input(
+        invoke("analyse", str(p), "-e", "tg_mean", "--model-spec", str(tmp_path / "no.json")), "cannot read model spec"
+    )
     bad = tmp_path / "bad.json"
     bad.write_text("{arch: mlp")
     _assert_bad_input(invoke("analyse", str(p), "--model-spec", str(bad)), "not valid JSON")

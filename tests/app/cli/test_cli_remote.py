@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
-
-import httpx
-import pytest
 
 import embedded_server  # tests/ (on the path through tests/conftest.py)
+import httpx
+import pytest
 
 from app.cli.remote import APIClient, APIError  # noqa: E402
 
@@ -23,9 +20,17 @@ def client(handler, **kw) -> APIClient:
 def test_problem_json_becomes_one_readable_message():
     def handler(req):
         assert req.headers["authorization"] == "Bearer k-123"
-        return httpx.Response(422, headers={"content-type": "application/problem+json"},
-                              json={"type": "about:blank", "title": "Unprocessable dataset", "status": 422,
-                                    "detail": "data.csv: column 'b' is not numeric"})
+        return httpx.Response(
+            422,
+            headers={"content-type": "application/problem+json"},
+            json={
+                "type": "about:blank",
+                "title": "Unprocessable dataset",
+                "status": 422,
+                "detail": "data.csv: column 'b' is not numeric",
+            },
+        )
+
     with client(handler) as api, pytest.raises(APIError) as exc:
         api.post("/datasets", data={"name": "x"})
     assert exc.value.status == 422
@@ -36,6 +41,7 @@ def test_problem_json_becomes_one_readable_message():
 def test_401_and_404_carry_hints():
     def handler(req):
         return httpx.Response(401 if req.url.path.endswith("/a") else 404, json={"title": "nope", "status": 0})
+
     with client(handler, retries=0) as api:
         with pytest.raises(APIError, match=r"^HTTP 401 nope — check the API key"):
             api.get("/a")
@@ -51,6 +57,7 @@ def test_get_retries_5xx_then_succeeds_but_post_does_not():
         if calls[req.method] < 3:
             return httpx.Response(503, json={"title": "busy"})
         return httpx.Response(200, json={"ok": True})
+
     with client(handler) as api:
         assert api.get_json("/x") == {"ok": True}
         with pytest.raises(APIError, match="HTTP 503 busy"):
@@ -75,7 +82,9 @@ def test_estimator_lists_mean_the_same_locally_and_remotely(monkeypatch, tmp_pat
     from app.cli import cli, local, remote
 
     seen: dict[str, dict] = {}
-    monkeypatch.setattr("taskgauge.pipeline.analyse_file", lambda path, **kw: seen.setdefault("local", kw["requests"]) and {})
+    monkeypatch.setattr(
+        "taskgauge.pipeline.analyse_file", lambda path, **kw: seen.setdefault("local", kw["requests"]) and {}
+    )
     monkeypatch.setattr(local, "render_report", lambda report, console: None)
 
     def handler(req):
@@ -130,8 +139,15 @@ def test_cli_upload_analyse_watch_report(server, tmp_path):
 
     # watch an analysis started over the API: the progress bar ends at 100% and --json prints the report
     key = server.key
-    a = httpx.post(f"{server.url}/api/v1/analyses", json={"dataset_id": ds["id"], "estimators": {"gride": {}}},
-                   headers={"Authorization": f"Bearer {key}"}).raise_for_status().json()
+    a = (
+        httpx.post(
+            f"{server.url}/api/v1/analyses",
+            json={"dataset_id": ds["id"], "estimators": {"gride": {}}},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        .raise_for_status()
+        .json()
+    )
     w = tg(server, "watch", a["id"], "--json")
     watched = json.loads(w.stdout)
     assert set(watched["results"]) == {"gride"}
@@ -168,8 +184,17 @@ def test_every_command_has_help_with_an_example():
     from app.cli import cli
 
     runner = CliRunner()
-    for cmd in (["upload"], ["datasets"], ["status"], ["watch"], ["report"], ["compare"],
-                ["schedule", "add"], ["schedule", "list"], ["schedule", "rm"]):
+    for cmd in (
+        ["upload"],
+        ["datasets"],
+        ["status"],
+        ["watch"],
+        ["report"],
+        ["compare"],
+        ["schedule", "add"],
+        ["schedule", "list"],
+        ["schedule", "rm"],
+    ):
         out = runner.invoke(cli, [*cmd, "--help"], env={"COLUMNS": "200"})
         assert out.exit_code == 0, out.output
         assert "Example: taskgauge " + cmd[0] in out.output, (cmd, out.output)

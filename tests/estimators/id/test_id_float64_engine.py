@@ -88,8 +88,11 @@ def test_gride_float64_engine_equals_brute_force_neighbours(name, monkeypatch):
         idx = np.argsort(D, axis=1, kind="stable")[:, : k + 8]
         d = np.sqrt(((ref.numpy()[:, None, :] - ref.numpy()[idx]) ** 2).sum(-1))
         o = np.argsort(d, axis=1, kind="stable")[:, :k]
-        return KNNResult(distances=torch.from_numpy(np.take_along_axis(d, o, 1)),
-                         indices=torch.from_numpy(np.take_along_axis(idx, o, 1)), query_index=None)
+        return KNNResult(
+            distances=torch.from_numpy(np.take_along_axis(d, o, 1)),
+            indices=torch.from_numpy(np.take_along_axis(idx, o, 1)),
+            query_index=None,
+        )
 
     monkeypatch.setattr(gride_mod, "kneighbors", brute)
     b = gride_id(torch.from_numpy(X)).value

@@ -19,10 +19,9 @@ import pytest
 import torch
 from dadapy import Data
 from dadapy._utils import utils as dadapy_utils
+from reference_data import NO_TIES, data
 from scipy.special import betaln
 from sklearn.neighbors import NearestNeighbors
-
-from reference_data import NO_TIES, data
 
 from estimators import registry
 from estimators.base import EstimatorError
@@ -30,7 +29,7 @@ from estimators.id.gride import GrideParams, gride_id
 from estimators.id.twonn import twonn_id
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def result(name: str):
     return gride_id(torch.from_numpy(data(name)))
 
@@ -38,8 +37,12 @@ def result(name: str):
 def loglik(d: float, mu: np.ndarray, n1: int, n2: int) -> float:
     """docs/methods.md §1.5 log-likelihood with DADApy's (N−1) ln d term."""
     N = mu.size
-    return ((N - 1) * np.log(d) + (n2 - n1 - 1) * np.sum(np.log(mu**d - 1))
-            - ((n2 - 1) * d + 1) * np.sum(np.log(mu)) - N * betaln(n2 - n1, n1))
+    return (
+        (N - 1) * np.log(d)
+        + (n2 - n1 - 1) * np.sum(np.log(mu**d - 1))
+        - ((n2 - 1) * d + 1) * np.sum(np.log(mu))
+        - N * betaln(n2 - n1, n1)
+    )
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in NO_TIES])
@@ -57,8 +60,11 @@ def test_curve_equals_dadapy(name):
 
 @pytest.mark.parametrize(
     "name,expected",
-    [pytest.param("M1_Sphere", 8.308, id="M1"), pytest.param("M7_Roll", 1.915, id="M7"),
-     pytest.param("M12_Norm", 13.329, id="M12")],
+    [
+        pytest.param("M1_Sphere", 8.308, id="M1"),
+        pytest.param("M7_Roll", 1.915, id="M7"),
+        pytest.param("M12_Norm", 13.329, id="M12"),
+    ],
 )
 def test_methods_reference_values_at_32_64(name, expected):
     # docs/methods.md §6 quotes DADApy's values to 3 decimals: agree within half a unit of the last digit
@@ -89,7 +95,9 @@ def test_first_step_is_twonn_ml():
     X = torch.from_numpy(data("M1_Sphere"))
     step = gride_id(X).details["curve"][0]
     assert step["n_filtered"] == 0
-    assert step["id"] == pytest.approx(twonn_id(X, variant="ml", discard_fraction=0.0, decimation=False).value, rel=1e-12)
+    assert step["id"] == pytest.approx(
+        twonn_id(X, variant="ml", discard_fraction=0.0, decimation=False).value, rel=1e-12
+    )
 
 
 def test_digits_ties():
@@ -118,7 +126,9 @@ def test_selected_pair_off_the_ladder():
     on = gride_id(torch.from_numpy(X), n1=8, n2=16)
     assert on.value == on.details["curve"][3]["id"] and on.details["selected"] is on.details["curve"][3]
     z = 1.959963984540054
-    assert on.ci == pytest.approx((on.value - z * on.details["selected"]["err"], on.value + z * on.details["selected"]["err"]))
+    assert on.ci == pytest.approx(
+        (on.value - z * on.details["selected"]["err"], on.value + z * on.details["selected"]["err"])
+    )
 
 
 def test_range_max_beyond_the_data():

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import skdim
 import torch
-
 from reference_data import DATASETS, data, rel
 from reference_data import all_data as _all_data
 
@@ -126,6 +125,7 @@ def test_anchors_query_a_seeded_subset_against_all_points():
 # ---- docs/methods.md §6 simulation rows ([C-sim]: N=2000, rotated into R^50, mean over seeds) -----------------------
 # We average 10 seeds (the table used 5) so that the seed-to-seed sd (~0.03–0.05) does not eat the tolerance.
 
+
 def _embed(Z: np.ndarray, rng, D: int = 50) -> np.ndarray:
     q, _ = np.linalg.qr(rng.standard_normal((D, Z.shape[1])))
     return Z @ q.T
@@ -180,6 +180,7 @@ def test_uniform_cube_ordering():
 
 # ---- input checks and the registry ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -219,8 +220,13 @@ def test_registered_estimator():
     assert (p.k, p.normalizer, p.pooling, p.k1, p.k2, p.anchors) == (20, "k-1", "mg", None, None, None)
     X = data("M5b_Helix2d")
     seen = []
-    r = est.fn(torch.from_numpy(X.astype(np.float32)), None, p, device=torch.device("cpu"),
-               progress=lambda f, s: seen.append(f))
+    r = est.fn(
+        torch.from_numpy(X.astype(np.float32)),
+        None,
+        p,
+        device=torch.device("cpu"),
+        progress=lambda f, s: seen.append(f),
+    )
     ref = skdim.id.MLE().fit(X.astype(np.float32).astype(np.float64)).dimension_
     assert rel(r.value, ref) <= REL
     assert seen and seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)

@@ -17,9 +17,8 @@ import pytest
 import skdim
 import torch
 from dadapy import Data
-from sklearn.neighbors import NearestNeighbors
-
 from reference_data import NO_TIES, data, rel
+from sklearn.neighbors import NearestNeighbors
 
 from estimators import registry
 from estimators.base import EstimatorError
@@ -75,6 +74,7 @@ def test_digits_ties_dropped_and_counted():
 
 # ---- the intervals: exact for i.i.d. Pareto ratios ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("discard", [0.0, 0.1, 0.3])
 def test_ml_interval_coverage_and_unbiasedness_on_pareto_ratios(discard):
     """ln μ ~ Exp(d) i.i.d.: (n−1)/T is unbiased and the chi-square interval has exact 95% coverage."""
@@ -105,6 +105,7 @@ def test_bayes_posterior_is_the_conjugate_gamma():
 
 # ---- decimation ---------------------------------------------------------------------------------------------
 
+
 def test_decimation_levels():
     X = data("M10a_Cubic")
     r = twonn_id(torch.from_numpy(X), decimation_repeats=4, seed=3)
@@ -131,11 +132,12 @@ def test_decimation_subset_equals_skdim_on_that_subset():
     X = data("M7_Roll")
     lv = twonn_id(torch.from_numpy(X), decimation_repeats=2, seed=11).details["decimation"][1]
     perm = np.random.default_rng(11).permutation(X.shape[0])
-    refs = [skdim.id.TwoNN().fit(X[np.sort(perm[j * 1000:(j + 1) * 1000])]).dimension_ for j in range(2)]
+    refs = [skdim.id.TwoNN().fit(X[np.sort(perm[j * 1000 : (j + 1) * 1000])]).dimension_ for j in range(2)]
     assert all(rel(v, ref) <= REL for v, ref in zip(lv["values"], refs))
 
 
 # ---- docs/methods.md §6 rows ---------------------------------------------------------------------------------------
+
 
 def _sim(kind: str, d: int, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(1000 + seed)
@@ -173,6 +175,7 @@ def test_uniform_cube_ordering():
 
 
 # ---- input checks and the registry ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "kwargs,match",

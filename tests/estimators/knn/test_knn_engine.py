@@ -73,8 +73,10 @@ def clustered(n: int, D: int, intrinsic: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("n,D,k", [pytest.param(300, 5, 7, id="low-D"), pytest.param(400, 50, 20, id="mid-D"),
-                                   pytest.param(50, 3, 49, id="k=n-1")])
+@pytest.mark.parametrize(
+    "n,D,k",
+    [pytest.param(300, 5, 7, id="low-D"), pytest.param(400, 50, 20, id="mid-D"), pytest.param(50, 3, 49, id="k=n-1")],
+)
 def test_brute_path_matches_float64_reference(n, D, k):
     X = torch.randn(n, D, generator=torch.Generator().manual_seed(n + D), dtype=torch.float64)
     res = kneighbors(X, k)
@@ -89,8 +91,10 @@ def exact_kernel(request, monkeypatch):
     if request.param == "torch":
         monkeypatch.setattr(native, "_lib", None)
     elif not native.available():
-        pytest.fail("the native kernel was not built: `pip install -e .` compiles estimators/_native/exact.c "
-                    "(needs a C compiler; README 'Set-up')")
+        pytest.fail(
+            "the native kernel was not built: `pip install -e .` compiles estimators/_native/exact.c "
+            "(needs a C compiler; README 'Set-up')"
+        )
     return request.param
 
 
@@ -123,7 +127,9 @@ def test_anchors_query_index(small_thresholds):
     np.testing.assert_array_equal(res.query_index.numpy(), qi.numpy())
     check(res, *brute(X.numpy(), 15, query_index=qi.numpy()))
     # the same anchors through the brute path
-    check(kneighbors(X[:700], 15, query_index=qi[qi < 700]), *brute(X[:700].numpy(), 15, query_index=qi[qi < 700].numpy()))
+    check(
+        kneighbors(X[:700], 15, query_index=qi[qi < 700]), *brute(X[:700].numpy(), 15, query_index=qi[qi < 700].numpy())
+    )
 
 
 def test_separate_queries_no_self_exclusion(small_thresholds):
@@ -155,8 +161,13 @@ def test_isotropic_high_dimensional_data_falls_back_and_stays_exact(small_thresh
 @pytest.mark.parametrize("pruned", [False, True])
 def test_exact_duplicates_give_zero_distances_in_index_order(monkeypatch, exact_kernel, pruned):
     if pruned:
-        for name, v in (("_PRUNE_MIN_PAIRS", 0), ("_PRUNE_MIN_REF", 200), ("_PRUNE_MIN_DIM", 8),
-                        ("_CLUSTER_SIZE", 32), ("_HOME_NEED", 96)):
+        for name, v in (
+            ("_PRUNE_MIN_PAIRS", 0),
+            ("_PRUNE_MIN_REF", 200),
+            ("_PRUNE_MIN_DIM", 8),
+            ("_CLUSTER_SIZE", 32),
+            ("_HOME_NEED", 96),
+        ):
             monkeypatch.setattr(knn, name, v)
     base = clustered(600, 32, 4, seed=8)
     X = np.concatenate([base, base[:100], base[:100], base[300:310]])  # triplicates and duplicates
@@ -170,8 +181,13 @@ def test_exact_duplicates_give_zero_distances_in_index_order(monkeypatch, exact_
 @pytest.mark.parametrize("pruned", [False, True])
 def test_lattice_ties_broken_by_smaller_index(monkeypatch, exact_kernel, pruned):
     if pruned:
-        for name, v in (("_PRUNE_MIN_PAIRS", 0), ("_PRUNE_MIN_REF", 200), ("_PRUNE_MIN_DIM", 2),
-                        ("_CLUSTER_SIZE", 32), ("_HOME_NEED", 96)):
+        for name, v in (
+            ("_PRUNE_MIN_PAIRS", 0),
+            ("_PRUNE_MIN_REF", 200),
+            ("_PRUNE_MIN_DIM", 2),
+            ("_CLUSTER_SIZE", 32),
+            ("_HOME_NEED", 96),
+        ):
             monkeypatch.setattr(knn, name, v)
     g = np.stack(np.meshgrid(np.arange(8), np.arange(8), np.arange(8), indexing="ij"), -1).reshape(-1, 3)
     X = g[np.random.default_rng(2).permutation(len(g))].astype(np.float32)  # 512 points, massive ties
@@ -282,8 +298,9 @@ def test_symmetric_search_fused_scan_queues_each_directed_pair_once(small_thresh
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["brute", "mixed"])
-def test_symmetric_blocks_by_brute_force_or_mixed_give_the_exact_answer(small_thresholds, monkeypatch, dtype,
-                                                                         threads, mode):
+def test_symmetric_blocks_by_brute_force_or_mixed_give_the_exact_answer(
+    small_thresholds, monkeypatch, dtype, threads, mode
+):
     """Blocks run by brute force, or alternately pruned and brute force (as the cost-based choice may do), in one
     or two worker threads: the same exact answer as a float64 brute force."""
     X = torch.from_numpy(clustered(1400, 48, 5, seed=31)).to(dtype)
@@ -346,8 +363,12 @@ def test_lowered_float32_matmul_precision_switches_to_float64():
 
 def test_progress_is_reported_per_chunk_and_ends_at_one(small_thresholds):
     seen = []
-    kneighbors(torch.from_numpy(clustered(1200, 32, 4, seed=15)), 5, memory_budget_mb=1,
-               progress=lambda f, stage: seen.append((f, stage)))
+    kneighbors(
+        torch.from_numpy(clustered(1200, 32, 4, seed=15)),
+        5,
+        memory_budget_mb=1,
+        progress=lambda f, stage: seen.append((f, stage)),
+    )
     fr = [f for f, _ in seen]
     assert len(fr) > 5 and fr == sorted(fr) and fr[-1] == 1.0 and all(s == "knn" for _, s in seen)
 
@@ -364,8 +385,10 @@ def test_cuda_matches_cpu(small_thresholds):
 # ------------------------------------------------------------------------------------------------ bad arguments
 
 
-@pytest.mark.parametrize("k,match", [(0, "k=0"), (-1, "k=-1"), (10, "only 9 candidate"), (2.0, "positive integer"),
-                                     (True, "positive integer")])
+@pytest.mark.parametrize(
+    "k,match",
+    [(0, "k=0"), (-1, "k=-1"), (10, "only 9 candidate"), (2.0, "positive integer"), (True, "positive integer")],
+)
 def test_bad_k_is_explained(k, match):
     with pytest.raises(EstimatorError, match=match):
         kneighbors(torch.randn(10, 3), k)
@@ -474,8 +497,9 @@ def test_home_clusters_walk_past_the_first_nearest_when_they_are_too_small():
     for c in (1, 77, 149):
         order = [c] + [j for j in torch.argsort(d[c], stable=True).tolist() if j != c]
         assert homes[c] == [j for j in order if counts[j]][:100]
-    assert knn._home_clusters(cent, counts, need=10**6)[3] == [j for j in [3] + [
-        j for j in torch.argsort(d[3], stable=True).tolist() if j != 3] if counts[j]]  # too few points: all
+    assert knn._home_clusters(cent, counts, need=10**6)[3] == [
+        j for j in [3] + [j for j in torch.argsort(d[3], stable=True).tolist() if j != 3] if counts[j]
+    ]  # too few points: all
     small = knn._home_clusters(cent, [3] * 150, need=10)
     for c in range(150):
         want = [c] + [j for j in torch.argsort(d[c], stable=True).tolist() if j != c][:3]
@@ -497,8 +521,13 @@ def test_native_topk_merge_equals_a_sort_by_distance_then_index(ids):
     out_d = torch.full((Q, k), np.inf, dtype=torch.float64)
     out_i = torch.full((Q, k), -1, dtype=ids)
     for s in range(0, P, 700):
-        assert native.topk_merge(torch.from_numpy(rows[s : s + 700]), torch.from_numpy(cols[s : s + 700]),
-                                 torch.from_numpy(d[s : s + 700]), out_d, out_i)
+        assert native.topk_merge(
+            torch.from_numpy(rows[s : s + 700]),
+            torch.from_numpy(cols[s : s + 700]),
+            torch.from_numpy(d[s : s + 700]),
+            out_d,
+            out_i,
+        )
     for r in range(Q):
         offered = sorted({(d[p], cols[p]) for p in range(P) if rows[p] == r})[:k]
         want_d = [v for v, _ in offered] + [np.inf] * (k - len(offered))

@@ -63,7 +63,9 @@ def test_pickles_refused_without_opening(tmp_path, name):
 def test_spec_shape_mismatch_is_named(tmp_path):
     net = build_model({"arch": "mlp", "hidden": [8]}, (4,), 2)
     save_spec_weights(net, tmp_path / "w.safetensors")
-    with pytest.raises(EstimatorError, match=r"spec mlp .*shape mismatches: .*1\.weight is \[8, 4\], expected \[9, 4\]"):
+    with pytest.raises(
+        EstimatorError, match=r"spec mlp .*shape mismatches: .*1\.weight is \[8, 4\], expected \[9, 4\]"
+    ):
         load_spec_weights({"arch": "mlp", "hidden": [9]}, (4,), 2, tmp_path / "w.safetensors")
     with pytest.raises(EstimatorError, match="unexpected tensors"):
         load_spec_weights({"arch": "mlp", "hidden": []}, (4,), 2, tmp_path / "w.safetensors")
@@ -93,7 +95,9 @@ def test_hf_directory_refusals(tiny_bert_dir):
     cfg = json.loads((d / "config.json").read_text())
     # a config whose hidden size disagrees with the weights
     (d / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 40}))
-    with pytest.raises(EstimatorError, match=r"shape mismatches: .*intermediate\.dense\.weight is \[32, 16\], expected \[40, 16\]"):
+    with pytest.raises(
+        EstimatorError, match=r"shape mismatches: .*intermediate\.dense\.weight is \[32, 16\], expected \[40, 16\]"
+    ):
         check_hf_directory(d)
     (d / "config.json").write_text(json.dumps({**cfg, "model_type": "llama-custom"}))
     with pytest.raises(EstimatorError, match="unknown architecture.*model_type='llama-custom'.*bert"):

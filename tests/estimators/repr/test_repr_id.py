@@ -43,8 +43,10 @@ def orthogonal_mlp(tmp_path):
 def test_orthogonal_layer_keeps_the_dimension(orthogonal_mlp, estimator):
     _, path, Q = orthogonal_mlp
     X = _five_dim_in_r50()
-    r = _run(torch.from_numpy(X), {"model": {"arch": "mlp", "hidden": [50]}, "weights": str(path), "layer": "1",
-                                   "estimator": estimator})
+    r = _run(
+        torch.from_numpy(X),
+        {"model": {"arch": "mlp", "hidden": [50]}, "weights": str(path), "layer": "1", "estimator": estimator},
+    )
     d_data, d_repr = r.details["d_data"], r.value
     assert abs(d_repr - d_data) < 0.3
     assert 4.0 < d_data < 6.0  # uniform 5-cube: TwoNN/MLE read a little below 5 (docs/methods.md §6)
@@ -81,8 +83,10 @@ def test_lenet_profile_blocks():
 def test_bad_layer_lists_the_valid_ones(orthogonal_mlp):
     _, path, _ = orthogonal_mlp
     with pytest.raises(EstimatorError) as exc:
-        _run(torch.from_numpy(_five_dim_in_r50(n=100)),
-             {"model": {"arch": "mlp", "hidden": [50]}, "weights": str(path), "layer": "fc9"})
+        _run(
+            torch.from_numpy(_five_dim_in_r50(n=100)),
+            {"model": {"arch": "mlp", "hidden": [50]}, "weights": str(path), "layer": "fc9"},
+        )
     msg = str(exc.value)
     assert "unknown layer 'fc9'" in msg and "'all'" in msg and "'penultimate'" in msg
     assert "0, 1, 2, 3" in msg
@@ -96,8 +100,15 @@ def test_minilm_profile_small(tiny_bert_dir):
     ids = torch.randint(5, 50, (80, 10), generator=g)
     ids[:, 0], ids[:, -1] = 2, 3
     ids[::3, 6:] = 0
-    r = _run(ids, {"model": {"arch": "pretrained", "source": "local", "path": str(tiny_bert_dir)}, "layer": "all",
-                   "estimator": "mle", "k": 10})
+    r = _run(
+        ids,
+        {
+            "model": {"arch": "pretrained", "source": "local", "path": str(tiny_bert_dir)},
+            "layer": "all",
+            "estimator": "mle",
+            "k": 10,
+        },
+    )
     prof = r.details["profile"]
     assert [p["layer"] for p in prof] == ["embeddings", "encoder.layer.0", "encoder.layer.1"]
     assert r.details["headline_layer"] == "encoder.layer.1" and r.details["d_data"] is None

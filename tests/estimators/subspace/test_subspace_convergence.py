@@ -174,7 +174,9 @@ def _toy_rows(d, seeds):
     """Li §2: 10 groups of 100 parameters whose sums must be 1…10; performance exp(−loss). Returns the
     (trainable, step_loss, evaluate) triple of :func:`train_rows` for one row per seed (full batch)."""
     target = torch.arange(1.0, 11.0)
-    model = SubspaceModel([_Vector(s) for s in seeds], make_projection("fastfood", 1000, d, seeds=[100 + s for s in seeds]))
+    model = SubspaceModel(
+        [_Vector(s) for s in seeds], make_projection("fastfood", 1000, d, seeds=[100 + s for s in seeds])
+    )
 
     def losses():
         theta = model(torch.zeros(1), shared_input=True)
@@ -216,15 +218,27 @@ def _digits(n=500):
     return torch.tensor(X[:n] / 16.0, dtype=torch.float32), torch.tensor(y[:n])
 
 
-FAST = {"seeds": 2, "d_min": 8, "grid_factor": 4, "bisect_steps": 1, "n_bootstrap": 100,
-        "lr_candidates": [0.01, 0.1, 1.0]}
+FAST = {
+    "seeds": 2,
+    "d_min": 8,
+    "grid_factor": 4,
+    "bisect_steps": 1,
+    "n_bootstrap": 100,
+    "lr_candidates": [0.01, 0.1, 1.0],
+}
 
 
 def test_tiny_budget_gives_an_upper_bound_with_a_warning():
     X, y = _digits()
     est = registry.get("subspace")
-    p = est.parse_params({**FAST, "model": {"arch": "mlp", "hidden": [16], "train": {"epochs": 2}},
-                          "baseline": "global", "baseline_value": 0.5})
+    p = est.parse_params(
+        {
+            **FAST,
+            "model": {"arch": "mlp", "hidden": [16], "train": {"epochs": 2}},
+            "baseline": "global",
+            "baseline_value": 0.5,
+        }
+    )
     res = est.fn(X, y, p, device=torch.device("cpu"), progress=no_progress)
     det = res.details
     assert det["protocol"]["max_steps"] == 2 * math.ceil(400 / 128) == 8

@@ -68,8 +68,10 @@ def test_trainable_subset_last_block_and_head(tiny_bert_dir):
     assert any(n.startswith("head.") for n in names)
     D, m = subspace_size(net)
     # D counts the last block and the head only, and so does count_params (what the subspace estimator uses)
-    assert D == count_params(net) == sum(
-        p.numel() for n, p in full.named_parameters() if n.startswith(("encoder.encoder.layer.1.", "head."))
+    assert (
+        D
+        == count_params(net)
+        == sum(p.numel() for n, p in full.named_parameters() if n.startswith(("encoder.encoder.layer.1.", "head.")))
     )
     assert D < count_params(full) and m == len(names)
     # the frozen weights are still there, as buffers with their pretrained values
@@ -85,8 +87,10 @@ def test_trainable_subset_last_block_and_head(tiny_bert_dir):
     theta = sub.parameters_of_seed(0)
     assert set(theta) == set(names)
     assert all(not torch.equal(theta[n], dict(net.named_parameters())[n]) for n in names)
-    assert torch.equal(dict(sub.net.named_buffers())["encoder.embeddings.word_embeddings.weight"],
-                       pre.embeddings.word_embeddings.weight)
+    assert torch.equal(
+        dict(sub.net.named_buffers())["encoder.embeddings.word_embeddings.weight"],
+        pre.embeddings.word_embeddings.weight,
+    )
     with pytest.raises(EstimatorError, match="train_blocks=3 exceeds the model's 2"):
         build_model(_spec(tiny_bert_dir, train_blocks=3), (9,), 3)
 
@@ -118,10 +122,17 @@ def test_registered_subspace_runs_on_token_ids(tiny_bert_dir):
     ids[:, 1] = torch.where(y == 1, 5, 6)  # the label is written in the second token
     ids[:, 0], ids[:, -1] = 2, 3
     est = registry.get("subspace")
-    p = est.parse_params({
-        "model": {**_spec(tiny_bert_dir), "train": {"epochs": 3, "lr": 0.01, "batch_size": 32}},
-        "seeds": 2, "d_min": 8, "grid_factor": 4, "max_d": 512, "bisect_steps": 0, "n_bootstrap": 50,
-    })
+    p = est.parse_params(
+        {
+            "model": {**_spec(tiny_bert_dir), "train": {"epochs": 3, "lr": 0.01, "batch_size": 32}},
+            "seeds": 2,
+            "d_min": 8,
+            "grid_factor": 4,
+            "max_d": 512,
+            "bisect_steps": 0,
+            "n_bootstrap": 50,
+        }
+    )
     r = est.fn(ids.float(), y, p, device=torch.device("cpu"), progress=no_progress)
     assert r.details["D"] == count_params(build_model(_spec(tiny_bert_dir), (6,), 2))
     assert r.details["baseline"]["direct_mean"] > 0.8  # chance is about 0.5
@@ -165,8 +176,18 @@ def test_registered_subspace_last_block_only(tiny_bert_dir):
     ids[:, 0], ids[:, -1] = 2, 3
     est = registry.get("subspace")
     spec = {**_spec(tiny_bert_dir, train_blocks=1), "train": {"epochs": 2, "lr": 0.01, "batch_size": 25}}
-    p = est.parse_params({"model": spec, "seeds": 2, "d_min": 16, "grid_factor": 4, "max_d": 256, "bisect_steps": 0,
-                          "n_bootstrap": 20, "said": True})
+    p = est.parse_params(
+        {
+            "model": spec,
+            "seeds": 2,
+            "d_min": 16,
+            "grid_factor": 4,
+            "max_d": 256,
+            "bisect_steps": 0,
+            "n_bootstrap": 20,
+            "said": True,
+        }
+    )
     r = est.fn(ids.float(), y, p, device=torch.device("cpu"), progress=no_progress)
     net = build_model(spec, (6,), 2)
     assert r.details["D"] == count_params(net) == subspace_size(net)[0] < 6147

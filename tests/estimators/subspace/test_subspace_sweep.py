@@ -90,9 +90,17 @@ class _Vector(nn.Module):
 def _toy_performance(d, seeds=(0, 1, 2)):
     """Li §2: 10 groups of 100 parameters whose sums must equal 1, 2, …, 10. Performance = exp(−loss)."""
     target = torch.arange(1.0, 11.0)
-    model = SubspaceModel([_Vector(s) for s in seeds], make_projection("fastfood", 1000, d, seeds=[100 + s for s in seeds]))
-    opt = torch.optim.LBFGS(model.trainable(), lr=1.0, max_iter=500, tolerance_grad=1e-12,
-                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    model = SubspaceModel(
+        [_Vector(s) for s in seeds], make_projection("fastfood", 1000, d, seeds=[100 + s for s in seeds])
+    )
+    opt = torch.optim.LBFGS(
+        model.trainable(),
+        lr=1.0,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
 
     def losses():
         theta = model(torch.zeros(1), shared_input=True)  # (S, 1000)
@@ -132,11 +140,18 @@ def test_digits_mlp_dint90_with_seeds_and_ci():
     X, y = _digits()
     est = registry.get("subspace")
     assert est.needs_model and est.needs_labels
-    params = est.parse_params({
-        "model": {"arch": "mlp", "hidden": [32], "train": {"lr": 0.01, "eval_every": 25}}, "max_samples": 1000,
-        "d_min": 8, "grid_factor": 4, "bisect_steps": 2, "seeds": 3, "n_bootstrap": 300,
-        "lr_candidates": [0.01, 0.0316, 0.1, 0.316, 1.0],
-    })
+    params = est.parse_params(
+        {
+            "model": {"arch": "mlp", "hidden": [32], "train": {"lr": 0.01, "eval_every": 25}},
+            "max_samples": 1000,
+            "d_min": 8,
+            "grid_factor": 4,
+            "bisect_steps": 2,
+            "seeds": 3,
+            "n_bootstrap": 300,
+            "lr_candidates": [0.01, 0.0316, 0.1, 0.316, 1.0],
+        }
+    )
     stages = []
     res = est.fn(X, y, params, device=torch.device("cpu"), progress=lambda f, s: stages.append((f, s)))
     det = res.details
@@ -182,13 +197,23 @@ def test_digits_mlp_dint90_with_seeds_and_ci():
 def test_said_global_baseline_and_train_accuracy_metric_run():
     X, y = _digits()
     est = registry.get("subspace")
-    params = est.parse_params({
-        "model": {"arch": "mlp", "hidden": [16]},
-        "train": {"epochs": 3, "lr": 0.02, "stop": "fixed"},  # overrides of the spec's train block
-        "said": True, "projection": "sparse", "baseline": "global", "baseline_value": 1.0,
-        "metric": "train_accuracy", "seeds": 2, "d_min": 4, "grid_factor": 8, "bisect_steps": 1,
-        "max_samples": 400, "n_bootstrap": 50,
-    })
+    params = est.parse_params(
+        {
+            "model": {"arch": "mlp", "hidden": [16]},
+            "train": {"epochs": 3, "lr": 0.02, "stop": "fixed"},  # overrides of the spec's train block
+            "said": True,
+            "projection": "sparse",
+            "baseline": "global",
+            "baseline_value": 1.0,
+            "metric": "train_accuracy",
+            "seeds": 2,
+            "d_min": 4,
+            "grid_factor": 8,
+            "bisect_steps": 1,
+            "max_samples": 400,
+            "n_bootstrap": 50,
+        }
+    )
     res = est.fn(X, y, params, device=torch.device("cpu"), progress=no_progress)
     det = res.details
     assert det["train"]["epochs"] == 3 and det["train"]["lr"] == 0.02 and det["train"]["batch_size"] == 128
@@ -232,7 +257,8 @@ def test_bad_inputs_raise_clear_errors():
     X[3, 5] = float("nan")
     with pytest.raises(EstimatorError, match="sample 3"):
         est.fn(X, y, p, device=torch.device("cpu"), progress=no_progress)
-    dense = est.parse_params({"model": {"arch": "mlp", "hidden": [64]}, "projection": "dense", "d_min": 4000,
-                              "memory_budget_mb": 16})
+    dense = est.parse_params(
+        {"model": {"arch": "mlp", "hidden": [64]}, "projection": "dense", "d_min": 4000, "memory_budget_mb": 16}
+    )
     with pytest.raises(EstimatorError, match="memory_budget_mb"):
         est.fn(torch.randn(30, 4000), y, dense, device=torch.device("cpu"), progress=no_progress)

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from taskgauge.datasets.canonical import CanonicalDataset
 from taskgauge.datasets.ingest import SUPPORTED_EXTENSIONS, IngestError, IngestOptions, ingest_file
 from taskgauge.datasets.ingest.arrays import ByteBudget
 from taskgauge.datasets.ingest.errors import Ctx
 from taskgauge.datasets.ingest.images import read_limited
-from taskgauge.datasets.canonical import CanonicalDataset
 
 
 def ingest(path: Path, **opts) -> CanonicalDataset:
@@ -90,9 +90,7 @@ def test_npz_label_column_selects_array_and_canonical_roundtrip(tmp_path):
     ds = ingest(p, label_column="target")
     assert ds.y.tolist() == [1, 0, 1, 0, 1, 1]
     # a canonical file re-uploaded keeps its class names
-    back = CanonicalDataset.from_bytes(
-        CanonicalDataset(X=ds.X, y=ds.y, classes=["no", "yes"], meta={}).to_bytes()
-    )
+    back = CanonicalDataset.from_bytes(CanonicalDataset(X=ds.X, y=ds.y, classes=["no", "yes"], meta={}).to_bytes())
     q = tmp_path / "canon.npz"
     q.write_bytes(CanonicalDataset(X=back.X, y=back.y, classes=back.classes, meta={"a": 1}).to_bytes())
     ds2 = ingest(q)
@@ -427,8 +425,11 @@ def _zip(path: Path, entries: dict[str, bytes]) -> Path:
 
 def test_zip_images_exact_values_order_and_classes(tmp_path):
     rng = np.random.default_rng(7)
-    imgs = {f"set/{c}/{i}.png": rng.integers(0, 256, size=(5, 4, 3), dtype=np.uint8) for c in ("dog", "cat")
-            for i in range(2)}
+    imgs = {
+        f"set/{c}/{i}.png": rng.integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
+        for c in ("dog", "cat")
+        for i in range(2)
+    }
     entries = {k: _png(v) for k, v in imgs.items()}
     entries["__MACOSX/set/._x.png"] = b"junk"
     entries["set/readme.txt"] = b"hello"
@@ -463,7 +464,7 @@ def test_zip_grey_and_colour_mixed_and_16bit(tmp_path):
     ds = ingest(p)
     assert ds.X.shape == (3, 3, 4, 4)
     np.testing.assert_allclose(ds.X[0], np.stack([g, g, g]) / 255.0, atol=1e-7)  # grey replicated
-    g16 = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
+    g16 = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000
     q = _zip(tmp_path / "s.zip", {f"k/{i}.png": _png(g16) for i in range(3)})
     ds = ingest(q)
     assert ds.X.shape == (3, 1, 4, 4)
@@ -484,8 +485,11 @@ def test_zip_rgba_alpha_dropped_and_recorded(tmp_path):
 def test_zip_mixed_sizes_need_resize(tmp_path):
     p = _zip(
         tmp_path / "sz.zip",
-        {"a/big.png": _png(np.zeros((8, 10), np.uint8)), "a/x.jpg": _png(np.zeros((6, 6, 3), np.uint8), "JPEG"),
-         "b/s.bmp": _png(np.zeros((4, 4), np.uint8), "BMP")},
+        {
+            "a/big.png": _png(np.zeros((8, 10), np.uint8)),
+            "a/x.jpg": _png(np.zeros((6, 6, 3), np.uint8), "JPEG"),
+            "b/s.bmp": _png(np.zeros((4, 4), np.uint8), "BMP"),
+        },
     )
     err = rejected(p)
     assert err.title == "Images of different sizes"
@@ -496,8 +500,9 @@ def test_zip_mixed_sizes_need_resize(tmp_path):
     assert ds.X.shape == (3, 1, 4, 4)
 
 
-@pytest.mark.parametrize("name", ["../evil.png", "cat/../../evil.png", "/abs/cat/x.png", "C:/win/x.png",
-                                  "cat\\..\\..\\x.png"])
+@pytest.mark.parametrize(
+    "name", ["../evil.png", "cat/../../evil.png", "/abs/cat/x.png", "C:/win/x.png", "cat\\..\\..\\x.png"]
+)
 def test_zip_path_traversal_rejected(tmp_path, name):
     ok = _png(np.zeros((2, 2), np.uint8))
     p = _zip(tmp_path / "trav.zip", {"cat/1.png": ok, "cat/2.png": ok, "dog/1.png": ok, name: ok})

@@ -23,8 +23,9 @@ import pandas as pd
 import pytest
 import skdim
 import torch
+from reference_data import data as reference
+from reference_data import rel
 
-from reference_data import data as reference, rel
 from taskgauge.blobs import FileBlobStore, TempLock, sweep_stale
 from taskgauge.datasets.canonical import CanonicalDataset, read_sample, write_canonical
 from taskgauge.datasets.ingest import IngestError, IngestOptions, ingest_file
@@ -59,7 +60,7 @@ def npy_header_only(path: Path, descr: str, shape: tuple) -> Path:
 class Peak:
     """Peak bytes traced by tracemalloc inside the block (NumPy's buffers included)."""
 
-    def __enter__(self) -> "Peak":
+    def __enter__(self) -> Peak:
         tracemalloc.start()
         tracemalloc.reset_peak()
         return self
@@ -76,8 +77,9 @@ def _mle(X: np.ndarray) -> float:
     from estimators import registry
 
     est = registry.get("mle")
-    return est.fn(torch.from_numpy(X), None, est.parse_params({}), device=torch.device("cpu"),
-                  progress=lambda f, s: None).value
+    return est.fn(
+        torch.from_numpy(X), None, est.parse_params({}), device=torch.device("cpu"), progress=lambda f, s: None
+    ).value
 
 
 @pytest.mark.parametrize("fmt", ["npz", "npy", "csv", "parquet"])
@@ -146,8 +148,9 @@ def test_zero_itemsize_labels_are_refused(tmp_path):
     assert refused(p, 422).title == "Zero-size dtype"
 
 
-@pytest.mark.parametrize("shape, status", [((-1, 4), 422), ((5, -3), 422), ((2**62, 2**62), 413),
-                                           ((2**40, 2**40, 2**40), 413)])
+@pytest.mark.parametrize(
+    "shape, status", [((-1, 4), 422), ((5, -3), 422), ((2**62, 2**62), 413), ((2**40, 2**40, 2**40), 413)]
+)
 def test_negative_or_overflowing_dims_are_client_errors(tmp_path, shape, status):
     p = npy_header_only(tmp_path / "dims.npy", "<f4", shape)
     err = refused(p, status)
@@ -182,8 +185,9 @@ def test_parquet_list_column_is_refused_before_anything_is_read(tmp_path, monkey
 
     # the issue's bomb was 3 rows × 1e8 doubles in 1.2 KB; 3 × 1e6 has the same shape and is quick to write
     values = pa.array(np.zeros(1_000_000))
-    col = pa.ListArray.from_arrays(pa.array([0, 1_000_000, 2_000_000, 3_000_000], pa.int32()),
-                                   pa.concat_arrays([values, values, values]))
+    col = pa.ListArray.from_arrays(
+        pa.array([0, 1_000_000, 2_000_000, 3_000_000], pa.int32()), pa.concat_arrays([values, values, values])
+    )
     p = tmp_path / "lists.parquet"
     pq.write_table(pa.table({"x": col, "label": ["a", "b", "c"]}), p)
     assert p.stat().st_size < 50_000
@@ -251,8 +255,9 @@ def _header_only_npz(path: Path, members: dict[str, np.ndarray | tuple[str, tupl
         for name, value in members.items():
             buf = io.BytesIO()
             if isinstance(value, tuple):
-                np.lib.format.write_array_header_1_0(buf, {"descr": value[0], "fortran_order": False,
-                                                           "shape": value[1]})
+                np.lib.format.write_array_header_1_0(
+                    buf, {"descr": value[0], "fortran_order": False, "shape": value[1]}
+                )
             else:
                 np.save(buf, value)
             zf.writestr(name + ".npy", buf.getvalue())
@@ -260,8 +265,10 @@ def _header_only_npz(path: Path, members: dict[str, np.ndarray | tuple[str, tupl
 
 
 def test_npz_classes_array_declaring_5e7_names_is_refused_from_its_header(tmp_path):
-    p = _header_only_npz(tmp_path / "classes.npz", {"X": np.zeros((6, 2), np.float32), "y": np.arange(6) % 2,
-                                                    "classes": ("<U1", (50_000_000,))})
+    p = _header_only_npz(
+        tmp_path / "classes.npz",
+        {"X": np.zeros((6, 2), np.float32), "y": np.arange(6) % 2, "classes": ("<U1", (50_000_000,))},
+    )
     assert p.stat().st_size < 6000
     with Peak() as peak:
         err = refused(p, 413)
@@ -322,8 +329,13 @@ def test_canonical_file_equals_savez_plus_fixed_timestamps():
     X = np.random.default_rng(6).normal(size=(25, 3, 4, 4)).astype(np.float32)
     ds = CanonicalDataset(X=X, y=np.arange(25) % 2, classes=["a", "b"], meta={"k": [1, 2]})
     buf = io.BytesIO()
-    np.savez(buf, X=X, y=ds.y.astype(np.int64), classes=np.array(["a", "b"]),
-             meta=np.array(json.dumps({"k": [1, 2]}, sort_keys=True)))
+    np.savez(
+        buf,
+        X=X,
+        y=ds.y.astype(np.int64),
+        classes=np.array(["a", "b"]),
+        meta=np.array(json.dumps({"k": [1, 2]}, sort_keys=True)),
+    )
     assert ds.to_bytes() == deterministic_npz(buf.getvalue())
 
 

@@ -23,7 +23,11 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 
 def test_jsonl_reads_texts_and_labels(tmp_path):
-    lines = [{"text": "a cat ✓", "label": "pets"}, {"text": "a bank", "label": "money"}, {"text": "a dog", "label": "pets"}]
+    lines = [
+        {"text": "a cat ✓", "label": "pets"},
+        {"text": "a bank", "label": "money"},
+        {"text": "a dog", "label": "pets"},
+    ]
     p = _write(tmp_path, "t.jsonl", ("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n\n").encode())
     ds = ingest_file(p, "t.jsonl")
     assert ds.texts == ["a cat ✓", "a bank", "a dog"]
@@ -35,16 +39,20 @@ def test_jsonl_reads_texts_and_labels(tmp_path):
     assert unlabelled.y is None and unlabelled.texts == ["x", "y", "z"]
 
 
-@pytest.mark.parametrize("body, title, line", [
-    (b'{"text": "ok", "label": 1}\n\xff\xfe bad bytes\n', "Not UTF-8", 2),
-    (b'{"text": "ok"}\n{"text": "ok"}\n{"text": oops}\n', "Not JSON", 3),
-    (b'{"text": "ok"}\n["text", "ok"]\n', "Not a JSON object", 2),
-    (b'{"text": "ok"}\n{"body": "no text here"}\n', "No text", 2),
-    (b'{"text": "ok"}\n{"text": 42}\n', "No text", 2),
-    (b'{"text": "ok"}\n{"text": "   "}\n', "Empty text", 2),
-    (b'{"text": "ok", "label": "a"}\n{"text": "ok"}\n', "Missing label", 2),
-    (b'{"text": "ok", "label": "a"}\n{"text": "ok", "label": [1]}\n', "Bad label", 2),
-], ids=["utf8", "json", "object", "no-text", "text-not-str", "empty", "label-missing", "label-type"])
+@pytest.mark.parametrize(
+    "body, title, line",
+    [
+        (b'{"text": "ok", "label": 1}\n\xff\xfe bad bytes\n', "Not UTF-8", 2),
+        (b'{"text": "ok"}\n{"text": "ok"}\n{"text": oops}\n', "Not JSON", 3),
+        (b'{"text": "ok"}\n["text", "ok"]\n', "Not a JSON object", 2),
+        (b'{"text": "ok"}\n{"body": "no text here"}\n', "No text", 2),
+        (b'{"text": "ok"}\n{"text": 42}\n', "No text", 2),
+        (b'{"text": "ok"}\n{"text": "   "}\n', "Empty text", 2),
+        (b'{"text": "ok", "label": "a"}\n{"text": "ok"}\n', "Missing label", 2),
+        (b'{"text": "ok", "label": "a"}\n{"text": "ok", "label": [1]}\n', "Bad label", 2),
+    ],
+    ids=["utf8", "json", "object", "no-text", "text-not-str", "empty", "label-missing", "label-type"],
+)
 def test_every_bad_line_kind_is_a_422_naming_the_line(tmp_path, body, title, line):
     with pytest.raises(IngestError) as exc:
         ingest_file(_write(tmp_path, "bad.jsonl", body), "bad.jsonl")
@@ -84,8 +92,9 @@ def test_cli_analyses_a_jsonl_file_locally():
 
     from app.cli import cli
 
-    out = CliRunner().invoke(cli, ["analyse", str(FIXTURE), "-e", "mle", "-e", "label_sharpness", "--param",
-                                   "mle.k=5", "--json", "-", "-q"])
+    out = CliRunner().invoke(
+        cli, ["analyse", str(FIXTURE), "-e", "mle", "-e", "label_sharpness", "--param", "mle.k=5", "--json", "-", "-q"]
+    )
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout)
     assert set(report["results"]) == {"mle", "label_sharpness"}
@@ -102,8 +111,12 @@ def test_a_text_dataset_feeds_token_ids_to_a_pretrained_model():
     from taskgauge.pipeline import DatasetInfo, run_pipeline
 
     data = ingest_file(FIXTURE, FIXTURE.name)
-    report = run_pipeline(data, {"repr_id": {"estimator": "twonn"}}, info=DatasetInfo("texts20"),
-                          device=torch.device("cpu"), model_spec={"arch": "pretrained", "source": "minilm",
-                                                                  "max_length": 32})
+    report = run_pipeline(
+        data,
+        {"repr_id": {"estimator": "twonn"}},
+        info=DatasetInfo("texts20"),
+        device=torch.device("cpu"),
+        model_spec={"arch": "pretrained", "source": "minilm", "max_length": 32},
+    )
     profile = report["results"]["repr_id"]["details"]["profile"]
     assert len(profile) == 7 and all(p["id"] > 0 for p in profile if p["id"] is not None)
