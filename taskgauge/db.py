@@ -316,7 +316,7 @@ def make_engine(url: str, *, busy_timeout_s: float = 10.0, **kwargs: Any) -> Eng
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        engine.taskgauge_write_lock = write_lock  # type: ignore[attr-defined]  (WriteSession takes it first)
+        engine.taskgauge_write_lock = write_lock  # type: ignore[attr-defined]  # WriteSession takes it first
         engine.taskgauge_busy_timeout_s = busy_timeout_s  # type: ignore[attr-defined]
 
         @event.listens_for(engine, "begin")
@@ -401,7 +401,7 @@ class WriteSession(Session):
             try:
                 self.connection(execution_options={_SQLITE_WRITE: True, _LOCK_HANDOVER: handed})
             finally:
-                if handed["held"]:  # no connection took it over (pool timeout, or BEGIN failed before the handover)
+                if handed["held"] and lock is not None:  # no connection took it over (pool timeout, failed BEGIN)
                     lock.release()
         return tx
 
@@ -410,20 +410,19 @@ def make_session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, class_=WriteSession, expire_on_commit=False)
 
 
+def _insert(dialect_name: str) -> Any:
+    """The dialect's ``insert`` (PostgreSQL's or SQLite's: both have ``on_conflict_do_*``)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+
+
 def insert_ignore(table: Any, dialect_name: str, values: dict[str, Any], conflict: list[str]) -> Any:
     """``INSERT … ON CONFLICT (conflict) DO NOTHING`` for PostgreSQL and SQLite."""
-    if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    return _insert(dialect_name)(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
 
 
 def upsert_touch(table: Any, dialect_name: str, values: dict[str, Any], conflict: list[str], touch: str) -> Any:
     """``INSERT … ON CONFLICT (conflict) DO UPDATE SET touch = excluded.touch``: inserts or row-locks."""
-    if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(table).values(**values)
+    stmt = _insert(dialect_name)(table).values(**values)
     return stmt.on_conflict_do_update(index_elements=conflict, set_={touch: getattr(stmt.excluded, touch)})

@@ -116,7 +116,7 @@ def validate_requests(
             )
     for name, item in planned.items():  # a clamped memory_budget_mb is stored as clamped (the request shows it)
         if "memory_budget_mb" in normalised[name]:
-            normalised[name]["memory_budget_mb"] = item.params.memory_budget_mb
+            normalised[name]["memory_budget_mb"] = item.params.memory_budget_mb  # type: ignore[attr-defined]  # checked above
     return normalised
 
 
@@ -273,9 +273,11 @@ def run_estimators(
         if dataset.texts is not None and _pretrained_spec(item.params) is not None:
             X = _token_ids(dataset.texts, _pretrained_spec(item.params))  # a text model reads tokens, not vectors
         t = time.perf_counter()
-        result = item.estimator.fn(
-            X, y, item.params, device=device, progress=lambda f, s, _n=name, _sub=sub: _sub(f, f"{_n}: {s}")
-        )
+
+        def report(f: float, s: str, _n: str = name, _sub: ProgressFn = sub) -> None:
+            _sub(f, f"{_n}: {s}")
+
+        result = item.estimator.fn(X, y, item.params, device=device, progress=report)
         entry = result_to_json(item.estimator, item.params, result, seconds=time.perf_counter() - t)
         results[name] = entry
         if on_result is not None:

@@ -685,7 +685,8 @@ def _home_clusters(cent: torch.Tensor, counts: list[int], need: int, batch: int 
         d[torch.arange(nb, device=d.device), torch.arange(b0, b0 + nb, device=d.device)] = -math.inf  # own first
         order = torch.topk(d, t, dim=1, largest=False, sorted=True).indices.tolist()
         for i, row in enumerate(order):
-            home, tot = [], 0
+            home: list[int] = []
+            tot = 0
             for walk in (row, None):
                 if walk is None:  # the t nearest were not enough: the full order of this row
                     walk = torch.argsort(d[i], stable=True).tolist()
@@ -760,6 +761,7 @@ def _embed(eng: _Engine, r: int, q_rows: torch.Tensor | None, self_idx: torch.Te
     buf = eng.scratch64()
 
     z = project(eng.ref)
+    zq: torch.Tensor | None
     if self_idx is not None:
         zq = z.index_select(0, self_idx)
     else:

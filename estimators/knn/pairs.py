@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -190,7 +190,7 @@ def interclass_min(
     cnorm = emb.cnorm
     if be == "faiss" and emb.w.dtype != torch.float32:  # float64 GEMM frame (lowered matmul precision)
         be = stats["backend"] = "torch"
-    A_np = emb.w.cpu().numpy() if be == "faiss" else None
+    A_np: Any = emb.w.cpu().numpy() if be == "faiss" else None  # only read on the faiss path
     pair_batch = max(1, int(memory_budget_mb * 2**20 // (8 * d * 3)))
     t_emb = time.perf_counter()
 

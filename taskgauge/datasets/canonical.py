@@ -181,7 +181,7 @@ def write_canonical(dest: str | Path | IO[bytes], ds: CanonicalDataset) -> int:
             with zf.open(info, "w") as out:
                 out.write(header)
                 if arr.nbytes:
-                    view = memoryview(arr.reshape(-1).view(np.uint8))
+                    view = memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy stubs
                     for pos in range(0, arr.nbytes, _WRITE_CHUNK):
                         out.write(view[pos : pos + _WRITE_CHUNK])
     return dest.tell() - start
@@ -217,7 +217,7 @@ def read_sample(path: str | Path, index: int) -> tuple[np.ndarray, tuple[int, ..
             raw.seek(offset)
         try:
             version = npformat.read_magic(fh)
-            shape, fortran, dtype = npformat._read_array_header(fh, version)  # noqa: SLF001 - public in effect
+            shape, fortran, dtype = npformat._read_array_header(fh, version)  # type: ignore[attr-defined]  # noqa: SLF001
             if dtype.hasobject or fortran or not shape:
                 raise CanonicalFormatError("X.npy is not a C-ordered numeric array")
             if not 0 <= index < shape[0]:

@@ -240,7 +240,7 @@ def sample_png(
     pil = Image.fromarray(img[0], "L") if img.shape[0] == 1 else Image.fromarray(np.transpose(img, (1, 2, 0)), "RGB")
     scale = max(1, size // max(pil.size))
     if scale > 1:
-        pil = pil.resize((pil.size[0] * scale, pil.size[1] * scale), Image.NEAREST)
+        pil = pil.resize((pil.size[0] * scale, pil.size[1] * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     pil.save(buf, "PNG")
     return buf.getvalue()
@@ -250,10 +250,10 @@ def sample_png(
 
 
 def validate_model_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    from estimators.models.spec import parse_model_spec
+    from estimators.models.spec import PretrainedSpec, parse_model_spec
 
     parsed = parse_model_spec(spec)  # EstimatorError -> 422 problem
-    if getattr(parsed, "arch", None) == "pretrained" and (parsed.source != "minilm" or parsed.path is not None):
+    if isinstance(parsed, PretrainedSpec) and (parsed.source != "minilm" or parsed.path is not None):
         raise InvalidInput(
             'a pretrained spec may name the packaged model only ("source": "minilm"); a '
             "model directory on the server cannot be named by a client",

@@ -98,7 +98,7 @@ def read_npy(
         elif version == (2, 0):
             shape, fortran, dtype = npformat.read_array_header_2_0(fh)
         else:
-            shape, fortran, dtype = npformat._read_array_header(fh, version)  # (3, 0): utf-8 header
+            shape, fortran, dtype = npformat._read_array_header(fh, version)  # type: ignore[attr-defined]  # (3, 0)
     except ValueError as exc:
         raise ctx.error(
             "Not a NumPy array",
@@ -139,7 +139,7 @@ def read_npy(
         if dtype != canonical or fortran or channels_last:
             budget.take(count * canonical.itemsize, f"array {what}")
     out = np.empty(count, dtype=dtype)
-    view = memoryview(out.view(np.uint8).reshape(-1)) if nbytes else memoryview(b"")
+    view = memoryview(out.view(np.uint8).reshape(-1)) if nbytes else memoryview(b"")  # type: ignore[arg-type]
     pos = 0
     try:
         while pos < nbytes:

@@ -95,7 +95,7 @@ def _check_finite(ctx: Ctx, X: np.ndarray, *, what: str, columns: Sequence[str] 
     if not count:
         return
     where = f"row {first}"
-    if first_col is not None:
+    if first_col is not None and columns is not None:
         where += f", column '{columns[first_col]}'"
     if overflow:
         raise ctx.error(

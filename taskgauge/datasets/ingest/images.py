@@ -15,7 +15,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -40,7 +40,7 @@ def _unsafe_name(name: str) -> bool:
     return any(part == ".." for part in norm.split("/"))
 
 
-def read_limited(fh: IO[bytes], budget: ByteBudget, what: str, size: int | None = None) -> bytearray:
+def read_limited(fh: Any, budget: ByteBudget, what: str, size: int | None = None) -> bytearray:
     """Read a decompressing stream to its end, charging every byte to ``budget`` as it arrives (the zip-bomb
     check that does not trust the headers). With the declared ``size`` the buffer is allocated once and filled in
     place; without it, it grows — never a list of chunks plus a joined copy."""
@@ -153,7 +153,7 @@ def _decode(ctx: Ctx, data: bytearray, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BufferedReader(_BufferReader(data)))
+            im: Image.Image = Image.open(io.BufferedReader(_BufferReader(data)))
             w, h = im.size
             if w * h > opts.max_image_pixels:
                 raise ctx.error(

@@ -43,7 +43,7 @@ def read_jsonl_file(ctx: Ctx, path: Path) -> CanonicalDataset:
                 ) from None
             try:
                 obj = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise ctx.error(
                     "Not JSON",
                     f"line {lineno} is not a JSON object ({exc.msg}); write one object per "
