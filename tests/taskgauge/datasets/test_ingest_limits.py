@@ -10,6 +10,7 @@ Memory is measured with ``tracemalloc`` (NumPy reports its buffers to it) in-pro
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import os
 import time
@@ -449,7 +450,10 @@ def test_ingest_slots_answer_503_with_retry_after_when_busy():
         async with ingest_slot(request, 1, 0.05):  # released: the next one runs
             pass
 
-    asyncio.run(scenario())
+    # in a thread of its own: Playwright's sync API (the browser tests, same session) keeps an event loop running
+    # in the main thread, where asyncio.run would refuse to start
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, scenario()).result()
 
 
 def test_nul_in_class_names_is_refused(tmp_path):
