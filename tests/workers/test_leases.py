@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from seeding import seed_analysis
 from sqlalchemy import update
 
 from taskgauge import db
@@ -21,36 +22,8 @@ def world(tmp_path):
     engine = db.make_engine(settings.DATABASE_URL)
     factory = db.make_session_factory(engine)
     with factory() as s, s.begin():
-        owner = db.Owner(id=db.new_id(), name="o")
-        s.add(owner)
-        s.flush()
-        s.add(db.Blob(sha256="0" * 64, size=1))
-        s.flush()
-        ds = db.Dataset(
-            id=db.new_id(),
-            owner_id=owner.id,
-            name="d",
-            filename="d.npz",
-            sha256="0" * 64,
-            size_bytes=1,
-            blob_sha256="0" * 64,
-            n_samples=10,
-            shape=[10, 2],
-            meta={},
-        )
-        s.add(ds)
-        s.flush()
-        a = db.Analysis(
-            id=db.new_id(),
-            owner_id=owner.id,
-            dataset_id=ds.id,
-            estimators={"mle": {}},
-            status=db.QUEUED,
-            queue="default",
-            attempts=0,
-        )
-        s.add(a)
-    yield settings, factory, a.id
+        aid = seed_analysis(s, status=db.QUEUED, attempts=0)
+    yield settings, factory, aid
     engine.dispose()
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
+from seeding import seed_analysis
 
 from taskgauge import db
 from taskgauge.context import Context
@@ -23,38 +24,10 @@ def world(tmp_path):
     sent: list[tuple[str, str]] = []
     ctx = Context.build(settings, lambda aid, q: sent.append((aid, q)))
     with ctx.sessions() as s, s.begin():
-        owner = db.Owner(id=db.new_id(), name="o")
-        s.add(owner)
-        s.flush()
-        s.add(db.Blob(sha256="0" * 64, size=1))
-        s.flush()
-        ds = db.Dataset(
-            id=db.new_id(),
-            owner_id=owner.id,
-            name="d",
-            filename="d.npz",
-            sha256="0" * 64,
-            size_bytes=1,
-            blob_sha256="0" * 64,
-            n_samples=10,
-            shape=[10, 2],
-            meta={},
+        aid = seed_analysis(
+            s, status=db.RUNNING, attempts=1, lease_token="t", heartbeat_at=db.utcnow() - timedelta(seconds=30)
         )
-        s.add(ds)
-        s.flush()
-        a = db.Analysis(
-            id=db.new_id(),
-            owner_id=owner.id,
-            dataset_id=ds.id,
-            estimators={"mle": {}},
-            status=db.RUNNING,
-            queue="default",
-            attempts=1,
-            lease_token="t",
-            heartbeat_at=db.utcnow() - timedelta(seconds=30),
-        )
-        s.add(a)
-    yield settings, ctx, a.id, sent
+    yield settings, ctx, aid, sent
     ctx.engine.dispose()
 
 
