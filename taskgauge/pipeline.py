@@ -270,8 +270,9 @@ def run_estimators(
         sub = scaled_progress(progress, i / n, (i + 1) / n)
         sub(0.0, name)
         X = X_full if item.estimator.needs_model else X_flat
-        if dataset.texts is not None and _pretrained_spec(item.params) is not None:
-            X = _token_ids(dataset.texts, _pretrained_spec(item.params))  # a text model reads tokens, not vectors
+        text_model = _pretrained_spec(item.params)
+        if dataset.texts is not None and text_model is not None:
+            X = _token_ids(dataset.texts, text_model)  # a text model reads tokens, not vectors
         t = time.perf_counter()
 
         def report(f: float, s: str, _n: str = name, _sub: ProgressFn = sub) -> None:
