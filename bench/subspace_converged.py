@@ -131,6 +131,17 @@ RUNS: dict[str, tuple[str, dict]] = {
         "mnist",
         {"model": {"arch": "lenet"}, **MNIST_COMMON, "d_min": 100, "max_d": 400, "bisect_steps": 1},
     ),
+    "mnist_lenet_coarse_cap2": (
+        "mnist",
+        {
+            "model": {"arch": "lenet"},
+            **MNIST_COMMON,
+            "d_min": 100,
+            "max_d": 400,
+            "bisect_steps": 1,
+            "train": {"epochs": 1000},
+        },
+    ),
     "mem_true": ("mem_true", {"model": MLP, **MEM_COMMON}),
     "mem_shuffled": ("mem_shuffled", {"model": MLP, **MEM_COMMON}),
     # the shuffled labels from the true labels' d_int90 (125) up to a d the probe showed memorised (1000)
