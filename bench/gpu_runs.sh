@@ -64,6 +64,8 @@ while [ -n "$(jobs -r)" ] && [ $(( $(date +%s) - START )) -lt "$DEADLINE" ]; do 
 echo "== after $(( $(date +%s) - START )) s; still running: $(jobs -r | wc -l)"
 for k in $ONLY; do [ -f /tmp/res/logs/$k.log ] && echo "$k: $(tail -n 1 /tmp/res/logs/$k.log)"; done
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+# the output tail is the one channel that always comes back (files under OUT may not): print every result
+python3 bench/gpu_summary.py /tmp/res
 tar czf "$OUT/results.tgz" -C /tmp res
 kill $(jobs -p) 2>/dev/null
 exit 0
