@@ -395,6 +395,10 @@ def test_hf_zip_is_accepted_and_repr_id_uses_it(stack, tmp_path):
         [p["id"] for p in direct.details["profile"]], rel=1e-9
     )
 
+    # fine-tuning d90 from the uploaded weights is accepted too (subspace takes a pretrained model as θ₀)
+    body = {"dataset_id": ds["id"], "model_spec_id": doc["id"], "estimators": {"subspace": {"seeds": 1}}}
+    assert stack.post("/analyses", json=body).status_code == 202
+
     # deleting the specs removes the blob once no spec uses it
     assert stack.client.delete(f"/api/v1/model-specs/{doc['id']}", headers=stack.live.auth).status_code == 204
     assert stack.ctx.blobs.exists(sha)
