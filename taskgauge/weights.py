@@ -221,7 +221,10 @@ def _inspect_safetensors(ctx: Ctx, path: Path, form: WeightsForm, out: Path) -> 
             raise _refuse(ctx, "Pickled weights refused", exc) from None
         try:
             shapes = safetensors_shapes(link)
-            n_params = _count_params(ctx, shapes, form.max_params)
+        except EstimatorError as exc:
+            raise _refuse(ctx, "Not a safetensors file", exc) from None
+        n_params = _count_params(ctx, shapes, form.max_params)
+        try:
             n_classes = check_spec_weights(spec, input_shape, form.n_classes, link)
         except EstimatorError as exc:
             raise _refuse(ctx, "Weights do not match the spec", exc) from None

@@ -179,6 +179,9 @@ def test_shape_mismatches_are_422_and_nothing_is_kept(stack, tmp_path):
     assert_problem(
         stack.upload_model(wfile, spec={"arch": "mlp", "hidden": [16]}, input_shape="10"), 422, "unexpected tensors"
     )
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    assert_problem(stack.upload_model(junk, spec=SPEC, input_shape="10"), 422, "Not a safetensors file")
     assert_problem(stack.upload_model(wfile, input_shape="10"), 422, "No model spec")
     assert_problem(stack.upload_model(wfile, spec=SPEC), 422, "input_shape")
     assert_problem(stack.upload_model(wfile, spec=SPEC, input_shape="ten"), 422, "input_shape")
