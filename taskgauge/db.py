@@ -147,10 +147,19 @@ class Dataset(IdMixin, CreatedMixin, Base):
 
 
 class ModelSpec(IdMixin, CreatedMixin, Base):
+    """A validated model spec; with uploaded weights (issue 16, :mod:`taskgauge.weights`) also the blob that holds
+    them (``weights_sha256``, published in the row's transaction), their form (``safetensors`` for an arch spec,
+    ``hf-zip`` for a Hugging Face-style directory), the uploaded file's size (it counts towards the storage quota)
+    and what the upload check found (``weights_meta``: file name, tensor shapes, input shape, classes, …)."""
+
     __tablename__ = "model_specs"
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), nullable=False, index=True)
     name: Mapped[str] = mapped_column(String(300), nullable=False)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    weights_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), nullable=True, index=True)
+    weights_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    weights_size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    weights_meta: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
 
 
 class Analysis(IdMixin, CreatedMixin, Base):

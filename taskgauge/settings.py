@@ -282,7 +282,7 @@ class Settings(BaseSettings):
         default=50_000_000,
         ge=1,
         description="Largest model (parameters, counted from the spec and the dataset's shape before anything is "
-        "built) an analysis may train; larger specs are refused with 422.",
+        "built) an analysis may train; larger specs, and uploaded weights holding more numbers, are refused with 422.",
     )
     MAX_ACTIVE_ANALYSES_PER_OWNER: int = Field(
         default=20,

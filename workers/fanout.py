@@ -44,6 +44,7 @@ from taskgauge.errors import problem
 from taskgauge.pipeline import DatasetInfo, Limits, plan, run_estimators, run_pipeline
 from taskgauge.services.analyses import store_result, stored_results
 from taskgauge.services.datasets import embedded, load_dataset
+from taskgauge.services.model_specs import runnable
 from workers.celery_app import celery_app
 from workers.leases import Cancelled, Lease
 
@@ -210,10 +211,12 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
             if name not in done:
                 data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
                 requests = analysis.estimators or {n: {} for n in DEFAULT_ESTIMATORS}
+                model = runnable(ctx, spec)
                 planned = plan(
                     {name: requests.get(name)},
                     data,
-                    model_spec=spec.spec if spec else None,
+                    model_spec=model.spec,
+                    model_weights=model.weights,
                     memory_budget_mb=ctx.settings.memory_budget_override,
                     limits=Limits.from_settings(ctx.settings),
                 )
@@ -312,12 +315,14 @@ def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
             {"key": r.key, "worker": r.worker, "device": r.device, "seconds": r.seconds, "attempts": r.attempts}
             for r in s.scalars(select(S).where(S.analysis_id == analysis_id).order_by(S.key))
         ]
+    model = runnable(ctx, spec)
     report = run_pipeline(
         embedded(ctx, dataset, load_dataset(ctx.blobs, dataset)),
         analysis.estimators or None,
         info=DatasetInfo(name=dataset.name, id=dataset.id, sha256=dataset.sha256),
         device=ctx.settings.DEVICE if analysis.device == "auto" else analysis.device,
-        model_spec=spec.spec if spec else None,
+        model_spec=model.spec,
+        model_weights=model.weights,
         memory_budget_mb=ctx.settings.memory_budget_override,
         analysis_id=analysis_id,
         done=done,
