@@ -173,9 +173,7 @@ def test_the_sweep_runs_as_rounds_of_trial_shards_and_equals_the_in_process_esti
     after = _shards(subfan, aid)
     assert {k: (r.status, r.attempts, r.result, r.finished_at) for k, r in after.items()} == before
     assert len(_query(subfan, select(db.AnalysisResult).where(db.AnalysisResult.analysis_id == aid))) == 1
-    assert [r.id for r in _query(subfan, select(db.Report).where(db.Report.analysis_id == aid))] == [
-        state["report_id"]
-    ]
+    assert [r.id for r in _query(subfan, select(db.Report).where(db.Report.analysis_id == aid))] == [state["report_id"]]
     assert alice.get(f"/analyses/{aid}").json()["status"] == "succeeded"
 
 
@@ -236,9 +234,7 @@ def test_sigkill_of_the_workers_mid_trial_reruns_that_trial_and_the_result_is_un
     assert any(shards[k].attempts >= 2 for k in running), {k: r.attempts for k, r in shards.items()}
     assert all(r.status == "succeeded" for r in shards.values())
     assert len(_query(subfan, select(db.AnalysisResult).where(db.AnalysisResult.analysis_id == aid))) == 1
-    assert [r.id for r in _query(subfan, select(db.Report).where(db.Report.analysis_id == aid))] == [
-        state["report_id"]
-    ]
+    assert [r.id for r in _query(subfan, select(db.Report).where(db.Report.analysis_id == aid))] == [state["report_id"]]
     got = alice.get(f"/reports/{state['report_id']}").json()["results"]["subspace"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
