@@ -129,6 +129,8 @@ def main() -> None:
                 body = {"estimators": {"subspace": args.params}, "model_spec_id": spec["id"]}
         for r in range(args.rounds):
             for n_workers in (1, 2) if r % 2 == 0 else (2, 1):
+                if args.case == "subspace":  # rounds as wide as the workers, whatever stale presence rows say
+                    stack.env["TASKGAUGE_FANOUT_TRIALS"] = str(n_workers)
                 workers = [stack.start_worker() for _ in range(n_workers)]
                 res = run_once(stack, key, ds["id"], body)
                 if args.case == "subspace":
@@ -294,7 +296,8 @@ def write_subspace(args, rows: list[dict]) -> None:
         f"each), TASKGAUGE_FANOUT=true. sklearn digits 1,797 × 64, model spec `{json.dumps(args.spec)}`, params "
         f"`{json.dumps(args.params)}` (D = {det['D']:,}, {entry['params']['seeds']} seeds). Each trial shard trains "
         "all seeds of one d (or the baseline) at once; a round holds as many trial groups as live workers "
-        "(look-ahead along the predicted path; the result is read off the sequential path only). Wall time from "
+        "(TASKGAUGE_FANOUT_TRIALS = the number of workers; look-ahead along the predicted path, the result is read off "
+        "the sequential path only). Wall time from "
         "POST /analyses to `succeeded`; rounds alternate the order.",
         "",
         "| round | workers | wall s | sweep rounds | trial groups run | load (1 min) |",
