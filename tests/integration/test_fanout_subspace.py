@@ -213,7 +213,7 @@ def test_sigkill_of_the_workers_mid_trial_reruns_that_trial_and_the_result_is_un
 
     from taskgauge.pipeline import analyse_file
 
-    spec = {**SPEC, "train": {"epochs": 100, "stop": "fixed"}}
+    spec = {**SPEC, "train": {"epochs": 60, "stop": "fixed"}}
     sweep = {**SWEEP, "lr_candidates": [0.3]}
     aid = _start(alice, subfan, spec, sweep)
     deadline = time.monotonic() + 60
