@@ -43,6 +43,7 @@ from taskgauge.pipeline import Limits, PlannedEstimator, estimator_inputs, plan
 from taskgauge.report import result_to_json
 from taskgauge.services.analyses import DEFAULT_QUEUE, GPU_QUEUE, store_result, stored_results
 from taskgauge.services.datasets import embedded, load_dataset
+from taskgauge.services.model_specs import runnable
 from workers import fanout
 from workers.gpu import gpu_queue_consumed
 from workers.leases import Cancelled
@@ -63,10 +64,12 @@ def _sweep(
     """The analysis' subspace estimator (params as the pipeline plans them) and its prepared problem."""
     data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=progress)
     requests = analysis.estimators or {}
+    model = runnable(ctx, spec)  # an uploaded model: its weights brought to this host
     item = plan(
         {ESTIMATOR: requests.get(ESTIMATOR)},
         data,
-        model_spec=spec.spec if spec else None,
+        model_spec=model.spec,
+        model_weights=model.weights,
         memory_budget_mb=ctx.settings.memory_budget_override,
         limits=Limits.from_settings(ctx.settings),
     )[ESTIMATOR]

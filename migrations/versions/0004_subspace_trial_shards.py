@@ -1,7 +1,7 @@
 """analysis shards carry a subspace sweep's trials: their record (result), queue and progress weight
 
-Revision ID: 0003_subspace_trials
-Revises: 0002_s3_worker_heartbeats
+Revision ID: 0004_subspace_trials
+Revises: 0003_model_weights
 Create Date: 2026-12-01 10:00:00
 """
 
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0003_subspace_trials"
-down_revision: str | None = "0002_s3_worker_heartbeats"
+revision: str = "0004_subspace_trials"
+down_revision: str | None = "0003_model_weights"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
