@@ -204,8 +204,10 @@ class AnalysisResult(IdMixin, CreatedMixin, Base):
 
 class AnalysisShard(IdMixin, CreatedMixin, Base):
     """One task of a fanned-out analysis (docs/deployment.md, "Fan-out"), keyed by ``(analysis_id, key)``:
-    ``est:NAME`` runs one estimator. Claimed and heart-beaten like an analysis (``lease_token``/``heartbeat_at``);
-    its result goes to ``analysis_results``; ``worker``/``device``/``seconds`` are listed in the report."""
+    ``est:NAME`` runs one estimator (its result goes to ``analysis_results``); ``sub:TRIAL`` one trial group of a
+    subspace sweep (its record, small JSON, in ``result``). Claimed and heart-beaten like an analysis
+    (``lease_token``/``heartbeat_at``); ``worker``/``device``/``seconds`` are listed in the report. ``queue``: where
+    it is sent (``NULL``: the analysis' queue); ``weight``: its share of one estimator in the analysis' progress."""
 
     __tablename__ = "analysis_shards"
     __table_args__ = (
@@ -224,6 +226,9 @@ class AnalysisShard(IdMixin, CreatedMixin, Base):
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    queue: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    weight: Mapped[float] = mapped_column(Float, nullable=False, default=1.0, server_default="1")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
 
 
 class Report(CreatedMixin, Base):

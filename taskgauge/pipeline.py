@@ -271,6 +271,25 @@ def _token_ids(texts: list[str], spec: Any) -> torch.Tensor:
     return tokenize_texts(texts, source, max_length=spec.max_length).to(torch.float32)
 
 
+def estimator_inputs(
+    dataset: CanonicalDataset,
+    item: PlannedEstimator,
+    *,
+    X_flat: torch.Tensor | None = None,
+    X_full: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(X, y) as ``item``'s estimator takes them: X as stored for a model (N×C×H×W images), flat N×D otherwise,
+    token ids for a pretrained text model; the one place :func:`run_estimators` and a sweep's trial shards get them.
+    ``X_flat`` / ``X_full``: the tensors when the caller already made them."""
+    y = torch.from_numpy(np.ascontiguousarray(dataset.y)) if dataset.y is not None else None
+    text_model = _pretrained_spec(item.params)
+    if dataset.texts is not None and text_model is not None:
+        return _token_ids(dataset.texts, text_model), y  # a text model reads tokens, not vectors
+    if item.estimator.needs_model:
+        return (X_full if X_full is not None else torch.from_numpy(np.ascontiguousarray(dataset.X))), y
+    return (X_flat if X_flat is not None else torch.from_numpy(np.ascontiguousarray(dataset.flat()))), y
+
+
 def run_estimators(
     dataset: CanonicalDataset,
     planned: Mapping[str, PlannedEstimator],
@@ -288,7 +307,6 @@ def run_estimators(
     if X_flat is None:
         X_flat = torch.from_numpy(np.ascontiguousarray(dataset.flat()))
     X_full = torch.from_numpy(np.ascontiguousarray(dataset.X))
-    y = torch.from_numpy(np.ascontiguousarray(dataset.y)) if dataset.y is not None else None
 
     results: dict[str, dict[str, Any]] = {}
     n = len(planned)
@@ -298,10 +316,7 @@ def run_estimators(
             continue
         sub = scaled_progress(progress, i / n, (i + 1) / n)
         sub(0.0, name)
-        X = X_full if item.estimator.needs_model else X_flat
-        text_model = _pretrained_spec(item.params)
-        if dataset.texts is not None and text_model is not None:
-            X = _token_ids(dataset.texts, text_model)  # a text model reads tokens, not vectors
+        X, y = estimator_inputs(dataset, item, X_flat=X_flat, X_full=X_full)
         t = time.perf_counter()
 
         def report(f: float, s: str, _n: str = name, _sub: ProgressFn = sub) -> None:

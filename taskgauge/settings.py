@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         description="Run the estimators of one analysis as parallel tasks (one shard each), so that one analysis "
         "uses as many workers as are free. Off: one task per analysis.",
     )
+    FANOUT_TRIALS: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Trial groups per round of a fanned-out subspace sweep (the next d plus look-ahead trials it "
+        "may need after it; the result is the same). 0: as many as live workers consume the trials' queue.",
+    )
 
     # -- web surface hardening (issue 15)
     ALLOWED_HOSTS: str = Field(

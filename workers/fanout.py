@@ -20,6 +20,9 @@ No result backend and no scheduler of our own: the chord is our rows.
   restarted without persistence) is sent again after ``2 × LEASE_S``. An analysis with unfinished shards is left
   to these (``workers.leases.sweep_stale`` skips it); one whose shards all finished but whose assembly died is
   re-queued as a whole and then assembled from the stored results.
+* A ``subspace`` estimator fans out by trials instead (``sub:*`` shards in rounds, :mod:`workers.fanout_subspace`);
+  its shards count as one estimator in the analysis' progress (``weight``), and each is sent to its row's
+  ``queue`` (the ``gpu`` queue when a GPU worker exists).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -61,45 +65,58 @@ def _key(name: str) -> str:
 def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any]) -> bool:
     """Fan ``analysis`` out when two or more of its estimators are still to run; returns False otherwise (the
     caller then runs it in one task). Idempotent: a second call re-sends only the shards that are still queued."""
+    from workers import fanout_subspace
+
     names = list(analysis.estimators or {}) or list(DEFAULT_ESTIMATORS)
     pending = [n for n in names if n not in done]
-    if len(pending) < 2:
+    sweep = fanout_subspace.ESTIMATOR in pending  # a subspace sweep fans out by trials (workers.fanout_subspace)
+    if len(pending) < 2 and not sweep:
         return False
+    rows: list[dict[str, Any]] = [{"key": _key(n)} for n in pending if not (sweep and n == fanout_subspace.ESTIMATOR)]
+    if sweep:
+        rows += fanout_subspace.first_round(ctx, analysis)
     S, A = db.AnalysisShard, db.Analysis
     now = db.utcnow()
     with ctx.sessions() as s, s.begin():
         dialect = s.get_bind().dialect.name
-        for name in pending:
+        for row in rows:
             s.execute(
-                db.insert_ignore(
-                    S.__table__,
-                    dialect,
-                    {
-                        "id": db.new_id(),
-                        "analysis_id": analysis.id,
-                        "key": _key(name),
-                        "status": db.QUEUED,
-                        "progress": 0.0,
-                        "attempts": 0,
-                        "enqueued_at": now,
-                        "created_at": now,
-                    },
-                    ["analysis_id", "key"],
-                )
+                db.insert_ignore(S.__table__, dialect, new_shard(analysis.id, now, **row), ["analysis_id", "key"])
             )
         s.execute(
             update(A)
             .where(A.id == analysis.id, A.lease_token == token, A.status == db.RUNNING)
-            .values(stage=f"fan-out: {len(pending)} shards", heartbeat_at=now)
+            .values(stage=f"fan-out: {len(rows)} shards", heartbeat_at=now)
         )
-        keys = list(s.scalars(select(S.key).where(S.analysis_id == analysis.id, S.status == db.QUEUED)))
-    _send(ctx, analysis.id, analysis.queue, keys)
+        queued = s.execute(select(S.key, S.queue).where(S.analysis_id == analysis.id, S.status == db.QUEUED)).all()
+    _send(ctx, analysis.id, analysis.queue, [k for k, _ in queued], queues=dict(queued))
     return True
 
 
-def _send(ctx: Context, analysis_id: str, queue: str | None, keys: list[str]) -> None:
+def new_shard(analysis_id: str, now: Any, *, key: str, queue: str | None = None, weight: float = 1.0) -> dict:
+    """The values of a new ``queued`` shard row."""
+    return {
+        "id": db.new_id(),
+        "analysis_id": analysis_id,
+        "key": key,
+        "status": db.QUEUED,
+        "progress": 0.0,
+        "attempts": 0,
+        "enqueued_at": now,
+        "created_at": now,
+        "queue": queue,
+        "weight": weight,
+    }
+
+
+def _send(
+    ctx: Context, analysis_id: str, queue: str | None, keys: list[str], queues: dict[str, str | None] | None = None
+) -> None:
+    """Send shard tasks, each to its own queue (``queues``) or else the analysis' ``queue``."""
     if keys:
-        group(run_shard.si(analysis_id, key).set(queue=queue or "default") for key in keys).apply_async()
+        group(
+            run_shard.si(analysis_id, key).set(queue=(queues or {}).get(key) or queue or "default") for key in keys
+        ).apply_async()
 
 
 @celery_app.task(name=TASK_RUN_SHARD, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -180,18 +197,31 @@ class ShardLease(Lease):
         if now - self._last_write < self.settings.PROGRESS_INTERVAL_S:
             return
         self._last_write = now
-        S = db.AnalysisShard
-        mean = select(func.avg(S.progress)).where(S.analysis_id == self.analysis_id).scalar_subquery()
         with self.factory() as s, s.begin():
             res = s.execute(self.mine().values(progress=min(max(float(fraction), 0.0), 0.999)))
-            s.execute(self._parent().values(progress=mean, stage=stage[:500]))
+            s.execute(self._parent().values(progress=analysis_progress(s, self.analysis_id), stage=stage[:500]))
         if res.rowcount != 1:
             self.cancelled.set()
             raise Cancelled()
 
 
+def analysis_progress(s: Any, analysis_id: str) -> float:
+    """The analysis' progress: the mean over its estimators of each one's progress, where the shards that share an
+    estimator (``sub:*``, one subspace sweep) add up their ``weight`` × progress into one (at most 1)."""
+    S = db.AnalysisShard
+    units: dict[str, float] = {}
+    for key, progress, weight in s.execute(select(S.key, S.progress, S.weight).where(S.analysis_id == analysis_id)):
+        unit = key if key.startswith("est:") else key.split(":", 1)[0]
+        units[unit] = units.get(unit, 0.0) + float(weight) * float(progress)
+    return min(0.999, sum(min(1.0, v) for v in units.values()) / max(1, len(units)))
+
+
 def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
     """Claim and run one shard; the last one assembles the report. Never raises for a bad input."""
+    from workers import fanout_subspace
+
+    if fanout_subspace.is_trial(key):
+        return fanout_subspace.execute_trial(analysis_id, key, ctx)
     token = _claim(ctx, analysis_id, key)
     if token is None:
         return "skipped"
@@ -271,12 +301,25 @@ def _fail_analysis(ctx: Context, analysis_id: str, exc: Exception) -> None:
         )
 
 
-def _succeed(ctx: Context, analysis_id: str, key: str, token: str, seconds: float, device: str | None) -> str:
-    """Mark the shard done; the one that finds no unfinished sibling (under the analysis row's lock) assembles."""
+def _succeed(
+    ctx: Context,
+    analysis_id: str,
+    key: str,
+    token: str,
+    seconds: float,
+    device: str | None,
+    *,
+    result: dict[str, Any] | None = None,
+    advance: Callable[[Any], dict[str, str | None]] | None = None,
+) -> str:
+    """Mark the shard done (with its ``result`` record, if any); the one that finds no unfinished sibling (under the
+    analysis row's lock) assembles. ``advance(session)``, called under that lock once the shard is marked, may add
+    shards (a sweep's next round) and returns them as {key: queue}; they are sent after the commit."""
     S, A = db.AnalysisShard, db.Analysis
+    added: dict[str, str | None] = {}
     with ctx.sessions() as s, s.begin():
         parent = s.execute(
-            select(A.status, A.stage, A.lease_token).where(A.id == analysis_id).with_for_update()
+            select(A.status, A.stage, A.lease_token, A.queue).where(A.id == analysis_id).with_for_update()
         ).one_or_none()
         res = s.execute(
             update(S)
@@ -288,18 +331,24 @@ def _succeed(ctx: Context, analysis_id: str, key: str, token: str, seconds: floa
                 seconds=seconds,
                 device=device,
                 finished_at=db.utcnow(),
+                result=result,
             )
         )
         if res.rowcount != 1 or parent is None or parent.status != db.RUNNING:
             return "done (lease lost or analysis finished)"
+        if advance is not None:
+            added = advance(s)
         left = s.scalar(
             select(func.count()).select_from(S).where(S.analysis_id == analysis_id, S.status != db.SUCCEEDED)
         )
-        if left or parent.stage == ASSEMBLING:
-            return "done"
-        s.execute(update(A).where(A.id == analysis_id).values(stage=ASSEMBLING, heartbeat_at=db.utcnow()))
+        assemble = not left and parent.stage != ASSEMBLING
+        if assemble:
+            s.execute(update(A).where(A.id == analysis_id).values(stage=ASSEMBLING, heartbeat_at=db.utcnow()))
         parent_token = parent.lease_token
-    return _assemble(ctx, analysis_id, parent_token)
+    if added:
+        _send(ctx, analysis_id, parent.queue, list(added), queues=added)
+        return f"done, sent {len(added)} shards"
+    return _assemble(ctx, analysis_id, parent_token) if assemble else "done"
 
 
 def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
@@ -342,7 +391,7 @@ def sweep_shards(ctx: Context) -> list[str]:
     resend: list[tuple[str, str, str | None]] = []
     with ctx.sessions() as s, s.begin():
         rows = s.execute(
-            select(S.id, S.analysis_id, S.key, A.queue)
+            select(S.id, S.analysis_id, S.key, func.coalesce(S.queue, A.queue))
             .join(A, A.id == S.analysis_id)
             .where(A.status == db.RUNNING)
             .where(
