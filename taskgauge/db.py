@@ -195,13 +195,16 @@ class AnalysisResult(IdMixin, CreatedMixin, Base):
 
 class AnalysisShard(IdMixin, CreatedMixin, Base):
     """One task of a fanned-out analysis (docs/deployment.md, "Fan-out"), keyed by ``(analysis_id, key)``:
-    ``est:NAME`` runs one estimator. Claimed and heart-beaten like an analysis (``lease_token``/``heartbeat_at``);
-    its result goes to ``analysis_results``; ``worker``/``device``/``seconds`` are listed in the report."""
+    ``est:NAME`` runs one estimator, ``knn:plan`` and ``knn:I/M`` plan and compute part I of M of a split kNN
+    (``workers.fanout_knn``). Claimed and heart-beaten like an analysis (``lease_token``/``heartbeat_at``); an
+    estimator's result goes to ``analysis_results``, a kNN shard's to the blob ``blob_sha256`` (released when the
+    analysis ends); ``worker``/``device``/``seconds`` are listed in the report."""
 
     __tablename__ = "analysis_shards"
     __table_args__ = (
         UniqueConstraint("analysis_id", "key"),
         Index("ix_analysis_shards_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_analysis_shards_blob_sha256", "blob_sha256"),
     )
     analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False)
     key: Mapped[str] = mapped_column(String(200), nullable=False)
@@ -215,6 +218,7 @@ class AnalysisShard(IdMixin, CreatedMixin, Base):
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Report(CreatedMixin, Base):

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         description="Run the estimators of one analysis as parallel tasks (one shard each), so that one analysis "
         "uses as many workers as are free. Off: one task per analysis.",
     )
+    KNN_SHARD_ROWS: int = Field(
+        default=50_000,
+        ge=0,
+        description="With FANOUT: a dataset with more rows than this has the exact kNN of mle, twonn and gride "
+        "computed once, split into ceil(rows / KNN_SHARD_ROWS) parts that run as separate shard tasks and are "
+        "merged exactly; the three estimators then read the merged table. 0: never split.",
+    )
 
     # -- web surface hardening (issue 15)
     ALLOWED_HOSTS: str = Field(

@@ -44,6 +44,7 @@ from taskgauge.errors import problem
 from taskgauge.pipeline import DatasetInfo, Limits, plan, run_estimators, run_pipeline
 from taskgauge.services.analyses import store_result, stored_results
 from taskgauge.services.datasets import embedded, load_dataset
+from workers import fanout_knn
 from workers.celery_app import celery_app
 from workers.leases import Cancelled, Lease
 
@@ -62,13 +63,15 @@ def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any])
     caller then runs it in one task). Idempotent: a second call re-sends only the shards that are still queued."""
     names = list(analysis.estimators or {}) or list(DEFAULT_ESTIMATORS)
     pending = [n for n in names if n not in done]
-    if len(pending) < 2:
+    split = fanout_knn.split_estimators(ctx, analysis, pending)  # their kNN first, in parts (workers.fanout_knn)
+    if len(pending) < 2 and not split:
         return False
+    keys = [_key(n) for n in pending if n not in split] + ([fanout_knn.PLAN_KEY] if split else [])
     S, A = db.AnalysisShard, db.Analysis
     now = db.utcnow()
     with ctx.sessions() as s, s.begin():
         dialect = s.get_bind().dialect.name
-        for name in pending:
+        for key in keys:
             s.execute(
                 db.insert_ignore(
                     S.__table__,
@@ -76,7 +79,7 @@ def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any])
                     {
                         "id": db.new_id(),
                         "analysis_id": analysis.id,
-                        "key": _key(name),
+                        "key": key,
                         "status": db.QUEUED,
                         "progress": 0.0,
                         "attempts": 0,
@@ -89,7 +92,7 @@ def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any])
         s.execute(
             update(A)
             .where(A.id == analysis.id, A.lease_token == token, A.status == db.RUNNING)
-            .values(stage=f"fan-out: {len(pending)} shards", heartbeat_at=now)
+            .values(stage=f"fan-out: {len(keys)} shards", heartbeat_at=now)
         )
         keys = list(s.scalars(select(S.key).where(S.analysis_id == analysis.id, S.status == db.QUEUED)))
     _send(ctx, analysis.id, analysis.queue, keys)
@@ -198,6 +201,7 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
     lease = ShardLease(ctx, analysis_id, key, token)
     t0 = time.perf_counter()
     device_name: str | None = None
+    advance: fanout_knn.Advance | None = None
     try:
         with lease:
             with ctx.sessions() as s:
@@ -207,7 +211,9 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
                 done = stored_results(s, analysis_id)
             if analysis is None or dataset is None:
                 return "missing"
-            if name not in done:
+            if fanout_knn.is_knn(key):
+                advance, device_name = fanout_knn.execute(ctx, analysis, dataset, key, token, lease.progress)
+            elif name not in done:
                 data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
                 requests = analysis.estimators or {n: {} for n in DEFAULT_ESTIMATORS}
                 planned = plan(
@@ -224,9 +230,13 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
                         store_result(s2, analysis_id, n, entry)
 
                 device_name = describe_device(device)
-                run_estimators(data, planned, device=device, progress=lease.progress, on_result=on_result)
+                with fanout_knn.table(ctx, analysis, dataset, data, name) as X_flat:  # a split kNN's merged table
+                    run_estimators(
+                        data, planned, device=device, progress=lease.progress, on_result=on_result, X_flat=X_flat
+                    )
     except Cancelled:
         _close(ctx, analysis_id, key, token, db.CANCELLED)
+        fanout_knn.release(ctx, analysis_id)
         return "cancelled"
     except Exception as exc:  # noqa: BLE001 - a failing estimator fails its analysis, never the worker
         if not isinstance(exc, EstimatorError):
@@ -234,7 +244,7 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
         _close(ctx, analysis_id, key, token, db.FAILED)
         _fail_analysis(ctx, analysis_id, exc)
         return "failed"
-    return _succeed(ctx, analysis_id, key, token, time.perf_counter() - t0, device_name)
+    return _succeed(ctx, analysis_id, key, token, time.perf_counter() - t0, device_name, advance)
 
 
 def _close(ctx: Context, analysis_id: str, key: str, token: str, status: str) -> None:
@@ -266,10 +276,39 @@ def _fail_analysis(ctx: Context, analysis_id: str, exc: Exception) -> None:
             .where(A.id == analysis_id, A.status == db.RUNNING)
             .values(status=db.FAILED, error=error, finished_at=db.utcnow(), lease_token=None, stage="failed")
         )
+    fanout_knn.release(ctx, analysis_id)
 
 
-def _succeed(ctx: Context, analysis_id: str, key: str, token: str, seconds: float, device: str | None) -> str:
-    """Mark the shard done; the one that finds no unfinished sibling (under the analysis row's lock) assembles."""
+def _succeed(
+    ctx: Context,
+    analysis_id: str,
+    key: str,
+    token: str,
+    seconds: float,
+    device: str | None,
+    advance: fanout_knn.Advance | None = None,
+) -> str:
+    """Mark the shard done; the one that finds no unfinished sibling (under the analysis row's lock) assembles.
+    ``advance`` writes the next stage's shards in the same transaction (a split kNN's); they are sent after it."""
+    following: list[str] = []
+    outcome = _mark_done(ctx, analysis_id, key, token, seconds, device, advance, following)
+    if following:  # committed (else _mark_done raised); a send lost here is the sweeper's (a queued row)
+        with ctx.sessions() as s:
+            queue = s.scalar(select(db.Analysis.queue).where(db.Analysis.id == analysis_id))
+        _send(ctx, analysis_id, queue, following)
+    return outcome
+
+
+def _mark_done(
+    ctx: Context,
+    analysis_id: str,
+    key: str,
+    token: str,
+    seconds: float,
+    device: str | None,
+    advance: fanout_knn.Advance | None,
+    following: list[str],
+) -> str:
     S, A = db.AnalysisShard, db.Analysis
     with ctx.sessions() as s, s.begin():
         parent = s.execute(
@@ -289,6 +328,10 @@ def _succeed(ctx: Context, analysis_id: str, key: str, token: str, seconds: floa
         )
         if res.rowcount != 1 or parent is None or parent.status != db.RUNNING:
             return "done (lease lost or analysis finished)"
+        if advance is not None:
+            new = advance(s)
+            s.flush()
+            following += new  # sent once this transaction has committed
         left = s.scalar(
             select(func.count()).select_from(S).where(S.analysis_id == analysis_id, S.status != db.SUCCEEDED)
         )
@@ -324,7 +367,9 @@ def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
         environment={"shards": shards},
         limits=Limits.from_settings(ctx.settings),
     )
-    return "assembled: " + _finish(ctx.sessions, analysis, parent_token, report)
+    outcome = _finish(ctx.sessions, analysis, parent_token, report)
+    fanout_knn.release(ctx, analysis_id)
+    return "assembled: " + outcome
 
 
 def sweep_shards(ctx: Context) -> list[str]:
@@ -365,4 +410,5 @@ def sweep_shards(ctx: Context) -> list[str]:
     for aid, key, queue in resend:
         log.warning("re-sending shard %s of analysis %s (worker stopped, or message lost)", key, aid)
         _send(ctx, aid, queue, [key])
+    fanout_knn.sweep(ctx)  # kNN blobs of analyses that ended without releasing them
     return [f"{aid}/{key}" for aid, key, _ in resend]

@@ -246,7 +246,7 @@ def gride_id(
             curve.append(_step(D, a, b))
         except ValueError as exc:
             raise EstimatorError(f"gride: the likelihood at (n1, n2) = ({a}, {b}) has no maximum: {exc}") from None
-    target = (n1, n2) if n1 is not None else ladder[-1]
+    target = (n1, n2) if n1 is not None and n2 is not None else ladder[-1]  # both or neither (_check_args)
     sel = next((row for row in curve if (row["n1"], row["n2"]) == target), None)
     if sel is None:
         sel = _step(D, *target)

@@ -195,13 +195,18 @@ def _gc_blob(ctx: Context, sha256: str) -> None:
 
 
 def delete_dataset(ctx: Context, owner_id: str, dataset_id: str) -> None:
+    from taskgauge.services import shard_blobs
+
     with ctx.sessions() as s, s.begin():
         row = get_dataset(s, owner_id, dataset_id)
         sha, derived = row.blob_sha256, derived_blobs(row)
+        shards = shard_blobs.of_datasets(s, [row.id])  # its analyses' split-kNN results go with their rows
         s.execute(select(db.Blob).where(db.Blob.sha256 == sha).with_for_update())
         s.execute(delete(db.Dataset).where(db.Dataset.id == row.id))
     for blob in (sha, *derived):  # a cache another dataset of the same texts listed is simply recomputed
         _gc_blob(ctx, blob)
+    for blob in shards:
+        shard_blobs.gc(ctx, blob)
 
 
 def load_dataset(blobs: BlobStore, dataset: db.Dataset) -> CanonicalDataset:
