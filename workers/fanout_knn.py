@@ -120,7 +120,8 @@ def split_estimators(ctx: Context, analysis: db.Analysis, pending: list[str]) ->
 
 
 def _insert(s: Session, analysis_id: str, keys: list[str]) -> list[str]:
-    """Queued rows for ``keys`` (those that exist are left alone); returns the keys this call inserted."""
+    """Queued rows for ``keys`` (those that exist are left alone); returns the keys this call inserted (told by
+    ``RETURNING``: the driver's rowcount of an ``ON CONFLICT DO NOTHING`` insert is -1 on PostgreSQL)."""
     S = db.AnalysisShard
     now = db.utcnow()
     dialect = s.get_bind().dialect.name
@@ -141,9 +142,9 @@ def _insert(s: Session, analysis_id: str, keys: list[str]) -> list[str]:
                     "created_at": now,
                 },
                 ["analysis_id", "key"],
-            )
+            ).returning(S.__table__.c.key)
         )
-        if res.rowcount == 1:
+        if res.first() is not None:
             new.append(key)
     return new
 

@@ -90,3 +90,6 @@ def test_split_knn_on_two_workers_gives_the_unsharded_values_and_leaves_no_blob(
     shards = _shards(split, aid)
     assert all(r.status == "succeeded" and r.attempts == 1 and r.blob_sha256 is None for r in shards.values())
     assert split.blob_store().keys() == before  # the plan's and the parts' blobs are gone
+    # each stage was sent by the shard that finished the one before: none waited for the sweeper's re-send
+    logs = "".join(p.read_text(errors="replace") for p in split.logs if p.name.startswith("worker"))
+    assert "re-sending shard" not in logs

@@ -6,6 +6,7 @@ stops every shard; a worker that dies mid-part costs a re-run of that part only;
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import numpy as np
@@ -112,11 +113,30 @@ class World:
         assert named == 0
 
 
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    w = World(tmp_path, monkeypatch)
+PG_ADMIN = "host=127.0.0.1 user=postgres dbname=postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world(request, tmp_path, monkeypatch):
+    """On SQLite, and on a fresh PostgreSQL database (whose drivers report some things differently: an
+    ``ON CONFLICT DO NOTHING`` insert's rowcount is -1 there)."""
+    extra, name = {}, None
+    if request.param == "postgresql":
+        psycopg = pytest.importorskip("psycopg")
+        try:
+            psycopg.connect(PG_ADMIN, connect_timeout=2).close()
+        except Exception:  # noqa: BLE001
+            pytest.skip("PostgreSQL on 127.0.0.1:5432 is needed for the postgresql variant")
+        name = f"tg_fanout_knn_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        extra["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    w = World(tmp_path, monkeypatch, **extra)
     yield w
     w.ctx.engine.dispose()
+    if name:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["row-blocks", "symmetric"])
