@@ -106,8 +106,8 @@ class Settings(BaseSettings):
         default=50_000,
         ge=0,
         description="With FANOUT: a dataset with more rows than this has the exact kNN of mle, twonn and gride "
-        "computed once, split into ceil(rows / KNN_SHARD_ROWS) parts that run as separate shard tasks and are "
-        "merged exactly; the three estimators then read the merged table. 0: never split.",
+        "computed once, split into ceil(rows / KNN_SHARD_ROWS) parts (at most 64) that run as separate shard "
+        "tasks and are merged exactly; the three estimators then read the merged table. 0: never split.",
     )
 
     # -- web surface hardening (issue 15)

@@ -64,6 +64,9 @@ PREFIX = "knn:"
 PLAN_KEY = "knn:plan"
 #: the kNN memory budget of the parts when no estimator names one
 DEFAULT_BUDGET_MB = 1024
+#: most parts of one kNN (each loads the data and repeats some O(rows) work: a tiny KNN_SHARD_ROWS must not make
+#: thousands of them)
+MAX_PARTS = 64
 
 #: ``advance(session) -> keys``: the next stage's rows, written in the transaction that marks a shard done
 Advance = Callable[[Session], list[str]]
@@ -117,6 +120,14 @@ def split_estimators(ctx: Context, analysis: db.Analysis, pending: list[str]) ->
     if n_samples is None or n_samples <= threshold:
         return []
     return table_estimators(_requests(analysis), pending, n_samples)
+
+
+def parts_for(n_samples: int, shard_rows: int) -> int:
+    """How many parts a dataset's kNN is split into: ⌈rows / KNN_SHARD_ROWS⌉, at most :data:`MAX_PARTS` (1 when
+    this worker's setting is 0: the worker that fanned the analysis out decided to split it)."""
+    if shard_rows <= 0:
+        return 1
+    return max(1, min(MAX_PARTS, math.ceil(n_samples / shard_rows)))
 
 
 def _insert(s: Session, analysis_id: str, keys: list[str]) -> list[str]:
@@ -217,7 +228,7 @@ def execute(
         if k < 1:  # too few distinct points to search: the estimators run on their own and say so
             return (lambda s: _insert(s, analysis.id, [f"est:{name}" for name in names])), str(device)
         budget = min(budgets, default=DEFAULT_BUDGET_MB)
-        count = max(1, math.ceil(dataset.n_samples / max(1, ctx.settings.KNN_SHARD_ROWS)))
+        count = parts_for(dataset.n_samples, ctx.settings.KNN_SHARD_ROWS)
         knn_plan = plan_parts(Xu, k, count, device=device, memory_budget_mb=budget)
         arrays = {**knn_plan.arrays(), "k": np.asarray(k, np.int64), "memory_budget_mb": np.asarray(budget, np.int64)}
         if shard_blobs.publish(ctx, shard_blobs.npz_bytes(arrays), bind) is None:

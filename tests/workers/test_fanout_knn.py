@@ -392,3 +392,9 @@ def test_small_datasets_and_other_estimators_are_not_split(tmp_path, monkeypatch
     local = run_pipeline(load_dataset(w2.ctx.blobs, w2.dataset), requests, info=DatasetInfo(name="d"), device="cpu")
     assert_same_results(w2.report(aid), local)
     w2.ctx.engine.dispose()
+
+
+def test_the_number_of_parts_is_bounded():
+    assert fanout_knn.parts_for(70000, 35000) == 2 and fanout_knn.parts_for(70001, 35000) == 3
+    assert fanout_knn.parts_for(70000, 1) == fanout_knn.MAX_PARTS
+    assert fanout_knn.parts_for(70000, 0) == 1  # another worker decided to split; this one's setting is 0
