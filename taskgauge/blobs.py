@@ -45,7 +45,8 @@ from urllib.parse import urlparse
 if TYPE_CHECKING:
     from taskgauge.settings import Settings
 
-_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+#: the timestamp of every entry of a zip taskgauge writes (the same content gives the same bytes)
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 #: a temp file younger than this is never swept (its writer may not have taken its lock yet)
 STALE_AFTER_S = 60.0
 log = logging.getLogger("taskgauge.blobs")
@@ -110,7 +111,7 @@ def deterministic_npz(data: bytes) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
-            fixed = zipfile.ZipInfo(info.filename, date_time=_FIXED_TIME)
+            fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_TIME)
             fixed.compress_type = zipfile.ZIP_STORED
             fixed.external_attr = 0o600 << 16
             dst.writestr(fixed, src.read(info))

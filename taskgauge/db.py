@@ -147,10 +147,19 @@ class Dataset(IdMixin, CreatedMixin, Base):
 
 
 class ModelSpec(IdMixin, CreatedMixin, Base):
+    """A validated model spec; with uploaded weights (issue 16, :mod:`taskgauge.weights`) also the blob that holds
+    them (``weights_sha256``, published in the row's transaction), their form (``safetensors`` for an arch spec,
+    ``hf-zip`` for a Hugging Face-style directory), the uploaded file's size (it counts towards the storage quota)
+    and what the upload check found (``weights_meta``: file name, tensor shapes, input shape, classes, …)."""
+
     __tablename__ = "model_specs"
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), nullable=False, index=True)
     name: Mapped[str] = mapped_column(String(300), nullable=False)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    weights_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), nullable=True, index=True)
+    weights_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    weights_size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    weights_meta: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
 
 
 class Analysis(IdMixin, CreatedMixin, Base):
@@ -195,10 +204,12 @@ class AnalysisResult(IdMixin, CreatedMixin, Base):
 
 class AnalysisShard(IdMixin, CreatedMixin, Base):
     """One task of a fanned-out analysis (docs/deployment.md, "Fan-out"), keyed by ``(analysis_id, key)``:
-    ``est:NAME`` runs one estimator, ``knn:plan`` and ``knn:I/M`` plan and compute part I of M of a split kNN
-    (``workers.fanout_knn``). Claimed and heart-beaten like an analysis (``lease_token``/``heartbeat_at``); an
-    estimator's result goes to ``analysis_results``, a kNN shard's to the blob ``blob_sha256`` (released when the
-    analysis ends); ``worker``/``device``/``seconds`` are listed in the report."""
+    ``est:NAME`` runs one estimator (its result goes to ``analysis_results``); ``sub:TRIAL`` one trial group of a
+    subspace sweep (its record, small JSON, in ``result``); ``knn:plan`` and ``knn:I/M`` plan and compute part I of
+    M of a split kNN (``workers.fanout_knn``; the result is the blob ``blob_sha256``, released when the analysis
+    ends). Claimed and heart-beaten like an analysis (``lease_token``/``heartbeat_at``); ``worker``/``device``/
+    ``seconds`` are listed in the report. ``queue``: where it is sent (``NULL``: the analysis' queue); ``weight``:
+    its share of one estimator in the analysis' progress."""
 
     __tablename__ = "analysis_shards"
     __table_args__ = (
@@ -218,6 +229,9 @@ class AnalysisShard(IdMixin, CreatedMixin, Base):
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    queue: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    weight: Mapped[float] = mapped_column(Float, nullable=False, default=1.0, server_default="1")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
     blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 

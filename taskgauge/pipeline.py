@@ -97,23 +97,33 @@ def validate_requests(
     dataset: CanonicalDataset | DataFacts,
     *,
     model_spec: Mapping[str, Any] | None = None,
+    model_weights: str | None = None,
     limits: Limits | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The one request validation (API analyses, schedules, CLI): names and params checked against the registry
     and the dataset; returns the normalised request ``{name: params}`` (the defaults when none were asked for).
-    Raises :class:`EstimatorError` (a 422 problem in the API)."""
+    ``model_spec``/``model_weights`` are the stored model spec's (see :func:`plan`): a request itself may not name
+    a file or a directory on the server. Raises :class:`EstimatorError` (a 422 problem in the API)."""
     normalised = {name: dict(params or {}) for name, params in (requests or {}).items()}
     normalised = normalised or {name: {} for name in DEFAULT_ESTIMATORS}
-    planned = plan(normalised, dataset, model_spec=model_spec, limits=limits)
-    for name, item in planned.items():
-        if normalised[name].get("weights") is not None:
-            raise EstimatorError(f"{name}: 'weights' names a file on the server and cannot be set in a request")
-        spec = _pretrained_spec(item.params)
-        if spec is not None and (spec.source != "minilm" or spec.path is not None):
+    for name, params in normalised.items():
+        if params.get("weights") is not None:
             raise EstimatorError(
-                f'{name}: a pretrained spec may name the packaged model only ("source": '
-                '"minilm"); a model directory on the server cannot be named in a request'
+                f"{name}: 'weights' names a file on the server and cannot be set in a request; upload the weights "
+                "(POST /model-specs with the .safetensors file, `taskgauge upload-model`) and pass model_spec_id"
             )
+        model = params.get("model")
+        if (
+            isinstance(model, Mapping)
+            and model.get("arch") == "pretrained"
+            and (model.get("source", "minilm") != "minilm" or model.get("path") is not None)
+        ):
+            raise EstimatorError(
+                f'{name}: a pretrained spec may name the packaged model only ("source": "minilm"); a model '
+                "directory on the server cannot be named in a request: upload it (`taskgauge upload-model`) and "
+                "pass model_spec_id"
+            )
+    planned = plan(normalised, dataset, model_spec=model_spec, model_weights=model_weights, limits=limits)
     for name, item in planned.items():  # a clamped memory_budget_mb is stored as clamped (the request shows it)
         if "memory_budget_mb" in normalised[name]:
             normalised[name]["memory_budget_mb"] = item.params.memory_budget_mb  # type: ignore[attr-defined]  # checked above
@@ -125,10 +135,16 @@ def plan(
     dataset: CanonicalDataset | DataFacts | None = None,
     *,
     model_spec: Mapping[str, Any] | None = None,
+    model_weights: str | None = None,
     memory_budget_mb: int | None = None,
     limits: Limits | None = None,
 ) -> dict[str, PlannedEstimator]:
     """Validate estimator names and params (and, given the dataset, labels, sample counts and model sizes).
+
+    ``model_spec`` is the model of every estimator that needs one and was not given its own ``model``;
+    ``model_weights`` (the local path of an uploaded arch spec's ``.safetensors``, :mod:`taskgauge.weights`) goes
+    with it to the estimators that read weights (a ``weights`` param: ``repr_id``). An estimator that trains its
+    network from a random initialisation (``subspace``) refuses a spec with weights rather than ignore them.
 
     ``limits`` bounds what may be asked for: a model spec larger than ``max_model_params`` is refused, and
     ``memory_budget_mb`` is clamped (see :class:`Limits`). The service (API, schedules, workers) always passes the
@@ -153,7 +169,16 @@ def plan(
                     f"estimator '{name}' trains a model and needs a model spec; pass --model-spec FILE "
                     '(CLI) or model_spec_id (API), e.g. {"arch": "mlp", "hidden": [200, 200]}'
                 )
-            raw.setdefault("model", dict(model_spec) if model_spec is not None else None)
+            if "model" not in raw:
+                raw["model"] = dict(model_spec) if model_spec is not None else None
+                if model_weights is not None:
+                    if "weights" not in est.params_model.model_fields:
+                        raise EstimatorError(
+                            f"estimator '{name}' trains its network from a random initialisation and cannot start "
+                            "from the uploaded weights of this model spec; use a model spec without weights for "
+                            f"'{name}' (the weights are read by repr_id)"
+                        )
+                    raw["weights"] = model_weights
         field = est.params_model.model_fields.get("memory_budget_mb")
         if field is not None and memory_budget_mb is not None:
             raw.setdefault("memory_budget_mb", memory_budget_mb)
@@ -188,8 +213,12 @@ def plan(
 
 
 def _check_model_size(name: str, spec: Any, facts: DataFacts, limit: int) -> None:
-    """Refuse a model larger than ``limit`` parameters, counted from the spec (nothing is built)."""
+    """Refuse a model larger than ``limit`` parameters, counted from the spec (nothing is built). A pretrained
+    model's size is its weights' (checked when they were uploaded), not the data's."""
     from estimators.models import spec_param_count
+
+    if getattr(spec, "arch", None) == "pretrained":
+        return
 
     n_params = spec_param_count(spec, facts.input_shape or (), max(1, facts.n_classes or 2))
     if n_params > limit:
@@ -242,6 +271,25 @@ def _token_ids(texts: list[str], spec: Any) -> torch.Tensor:
     return tokenize_texts(texts, source, max_length=spec.max_length).to(torch.float32)
 
 
+def estimator_inputs(
+    dataset: CanonicalDataset,
+    item: PlannedEstimator,
+    *,
+    X_flat: torch.Tensor | None = None,
+    X_full: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(X, y) as ``item``'s estimator takes them: X as stored for a model (N×C×H×W images), flat N×D otherwise,
+    token ids for a pretrained text model; the one place :func:`run_estimators` and a sweep's trial shards get them.
+    ``X_flat`` / ``X_full``: the tensors when the caller already made them."""
+    y = torch.from_numpy(np.ascontiguousarray(dataset.y)) if dataset.y is not None else None
+    text_model = _pretrained_spec(item.params)
+    if dataset.texts is not None and text_model is not None:
+        return _token_ids(dataset.texts, text_model), y  # a text model reads tokens, not vectors
+    if item.estimator.needs_model:
+        return (X_full if X_full is not None else torch.from_numpy(np.ascontiguousarray(dataset.X))), y
+    return (X_flat if X_flat is not None else torch.from_numpy(np.ascontiguousarray(dataset.flat()))), y
+
+
 def run_estimators(
     dataset: CanonicalDataset,
     planned: Mapping[str, PlannedEstimator],
@@ -259,7 +307,6 @@ def run_estimators(
     if X_flat is None:
         X_flat = torch.from_numpy(np.ascontiguousarray(dataset.flat()))
     X_full = torch.from_numpy(np.ascontiguousarray(dataset.X))
-    y = torch.from_numpy(np.ascontiguousarray(dataset.y)) if dataset.y is not None else None
 
     results: dict[str, dict[str, Any]] = {}
     n = len(planned)
@@ -269,10 +316,7 @@ def run_estimators(
             continue
         sub = scaled_progress(progress, i / n, (i + 1) / n)
         sub(0.0, name)
-        X = X_full if item.estimator.needs_model else X_flat
-        text_model = _pretrained_spec(item.params)
-        if dataset.texts is not None and text_model is not None:
-            X = _token_ids(dataset.texts, text_model)  # a text model reads tokens, not vectors
+        X, y = estimator_inputs(dataset, item, X_flat=X_flat, X_full=X_full)
         t = time.perf_counter()
 
         def report(f: float, s: str, _n: str = name, _sub: ProgressFn = sub) -> None:
@@ -295,6 +339,7 @@ def run_pipeline(
     info: DatasetInfo,
     device: str | torch.device = "auto",
     model_spec: Mapping[str, Any] | None = None,
+    model_weights: str | None = None,
     memory_budget_mb: int | None = None,
     analysis_id: str | None = None,
     progress: ProgressFn = no_progress,
@@ -308,7 +353,14 @@ def run_pipeline(
     ``done``: results already computed (a re-run, or the shards of a fanned-out analysis), not run again;
     ``environment``: extra members of the report's ``environment`` (the shards of a fanned-out analysis)."""
     t0 = time.perf_counter()
-    planned = plan(requests, dataset, model_spec=model_spec, memory_budget_mb=memory_budget_mb, limits=limits)
+    planned = plan(
+        requests,
+        dataset,
+        model_spec=model_spec,
+        model_weights=model_weights,
+        memory_budget_mb=memory_budget_mb,
+        limits=limits,
+    )
     dev = resolve_device(device)
     if dataset.needs_embedding:  # a text dataset analysed in this process (the CLI's local mode)
         from taskgauge.datasets.texts import embed_dataset

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         description="Run the estimators of one analysis as parallel tasks (one shard each), so that one analysis "
         "uses as many workers as are free. Off: one task per analysis.",
     )
+    FANOUT_TRIALS: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Trial groups per round of a fanned-out subspace sweep (the next d plus look-ahead trials it "
+        "may need after it; the result is the same). 0: as many as live workers consume the trials' queue.",
+    )
     KNN_SHARD_ROWS: int = Field(
         default=50_000,
         ge=0,
@@ -289,7 +296,7 @@ class Settings(BaseSettings):
         default=50_000_000,
         ge=1,
         description="Largest model (parameters, counted from the spec and the dataset's shape before anything is "
-        "built) an analysis may train; larger specs are refused with 422.",
+        "built) an analysis may train; larger specs, and uploaded weights holding more numbers, are refused with 422.",
     )
     MAX_ACTIVE_ANALYSES_PER_OWNER: int = Field(
         default=20,

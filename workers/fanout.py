@@ -20,6 +20,11 @@ No result backend and no scheduler of our own: the chord is our rows.
   restarted without persistence) is sent again after ``2 × LEASE_S``. An analysis with unfinished shards is left
   to these (``workers.leases.sweep_stale`` skips it); one whose shards all finished but whose assembly died is
   re-queued as a whole and then assembled from the stored results.
+* A ``subspace`` estimator fans out by trials instead (``sub:*`` shards in rounds, :mod:`workers.fanout_subspace`);
+  its shards count as one estimator in the analysis' progress (``weight``), and each is sent to its row's
+  ``queue`` (the ``gpu`` queue when a GPU worker exists).
+* Past ``TASKGAUGE_KNN_SHARD_ROWS`` rows, the kNN that mle, twonn and gride share is computed first, in parts
+  (``knn:*`` shards, :mod:`workers.fanout_knn`); their ``est:`` shards then read the merged table.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -44,7 +50,7 @@ from taskgauge.errors import problem
 from taskgauge.pipeline import DatasetInfo, Limits, plan, run_estimators, run_pipeline
 from taskgauge.services.analyses import store_result, stored_results
 from taskgauge.services.datasets import embedded, load_dataset
-from workers import fanout_knn
+from taskgauge.services.model_specs import runnable
 from workers.celery_app import celery_app
 from workers.leases import Cancelled, Lease
 
@@ -61,47 +67,63 @@ def _key(name: str) -> str:
 def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any]) -> bool:
     """Fan ``analysis`` out when two or more of its estimators are still to run; returns False otherwise (the
     caller then runs it in one task). Idempotent: a second call re-sends only the shards that are still queued."""
+    from workers import fanout_knn, fanout_subspace
+
     names = list(analysis.estimators or {}) or list(DEFAULT_ESTIMATORS)
     pending = [n for n in names if n not in done]
+    sweep = fanout_subspace.ESTIMATOR in pending  # a subspace sweep fans out by trials (workers.fanout_subspace)
     split = fanout_knn.split_estimators(ctx, analysis, pending)  # their kNN first, in parts (workers.fanout_knn)
-    if len(pending) < 2 and not split:
+    if len(pending) < 2 and not sweep and not split:
         return False
-    keys = [_key(n) for n in pending if n not in split] + ([fanout_knn.PLAN_KEY] if split else [])
+    rows: list[dict[str, Any]] = [
+        {"key": _key(n)} for n in pending if not (sweep and n == fanout_subspace.ESTIMATOR) and n not in split
+    ]
+    if sweep:
+        rows += fanout_subspace.first_round(ctx, analysis)
+    if split:
+        rows.append(fanout_knn.first_row())
     S, A = db.AnalysisShard, db.Analysis
     now = db.utcnow()
     with ctx.sessions() as s, s.begin():
         dialect = s.get_bind().dialect.name
-        for key in keys:
+        for row in rows:
             s.execute(
-                db.insert_ignore(
-                    S.__table__,
-                    dialect,
-                    {
-                        "id": db.new_id(),
-                        "analysis_id": analysis.id,
-                        "key": key,
-                        "status": db.QUEUED,
-                        "progress": 0.0,
-                        "attempts": 0,
-                        "enqueued_at": now,
-                        "created_at": now,
-                    },
-                    ["analysis_id", "key"],
-                )
+                db.insert_ignore(S.__table__, dialect, new_shard(analysis.id, now, **row), ["analysis_id", "key"])
             )
         s.execute(
             update(A)
             .where(A.id == analysis.id, A.lease_token == token, A.status == db.RUNNING)
-            .values(stage=f"fan-out: {len(keys)} shards", heartbeat_at=now)
+            .values(stage=f"fan-out: {len(rows)} shards", heartbeat_at=now)
         )
-        keys = list(s.scalars(select(S.key).where(S.analysis_id == analysis.id, S.status == db.QUEUED)))
-    _send(ctx, analysis.id, analysis.queue, keys)
+        queued = s.execute(select(S.key, S.queue).where(S.analysis_id == analysis.id, S.status == db.QUEUED)).all()
+    _send(ctx, analysis.id, analysis.queue, [k for k, _ in queued], queues=dict(queued))
     return True
 
 
-def _send(ctx: Context, analysis_id: str, queue: str | None, keys: list[str]) -> None:
+def new_shard(analysis_id: str, now: Any, *, key: str, queue: str | None = None, weight: float = 1.0) -> dict:
+    """The values of a new ``queued`` shard row."""
+    return {
+        "id": db.new_id(),
+        "analysis_id": analysis_id,
+        "key": key,
+        "status": db.QUEUED,
+        "progress": 0.0,
+        "attempts": 0,
+        "enqueued_at": now,
+        "created_at": now,
+        "queue": queue,
+        "weight": weight,
+    }
+
+
+def _send(
+    ctx: Context, analysis_id: str, queue: str | None, keys: list[str], queues: dict[str, str | None] | None = None
+) -> None:
+    """Send shard tasks, each to its own queue (``queues``) or else the analysis' ``queue``."""
     if keys:
-        group(run_shard.si(analysis_id, key).set(queue=queue or "default") for key in keys).apply_async()
+        group(
+            run_shard.si(analysis_id, key).set(queue=(queues or {}).get(key) or queue or "default") for key in keys
+        ).apply_async()
 
 
 @celery_app.task(name=TASK_RUN_SHARD, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -182,18 +204,31 @@ class ShardLease(Lease):
         if now - self._last_write < self.settings.PROGRESS_INTERVAL_S:
             return
         self._last_write = now
-        S = db.AnalysisShard
-        mean = select(func.avg(S.progress)).where(S.analysis_id == self.analysis_id).scalar_subquery()
         with self.factory() as s, s.begin():
             res = s.execute(self.mine().values(progress=min(max(float(fraction), 0.0), 0.999)))
-            s.execute(self._parent().values(progress=mean, stage=stage[:500]))
+            s.execute(self._parent().values(progress=analysis_progress(s, self.analysis_id), stage=stage[:500]))
         if res.rowcount != 1:
             self.cancelled.set()
             raise Cancelled()
 
 
+def analysis_progress(s: Any, analysis_id: str) -> float:
+    """The analysis' progress: the mean over its estimators of each one's progress, where the shards that share an
+    estimator (``sub:*``, one subspace sweep) add up their ``weight`` × progress into one (at most 1)."""
+    S = db.AnalysisShard
+    units: dict[str, float] = {}
+    for key, progress, weight in s.execute(select(S.key, S.progress, S.weight).where(S.analysis_id == analysis_id)):
+        unit = key if key.startswith("est:") else key.split(":", 1)[0]
+        units[unit] = units.get(unit, 0.0) + float(weight) * float(progress)
+    return min(0.999, sum(min(1.0, v) for v in units.values()) / max(1, len(units)))
+
+
 def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
     """Claim and run one shard; the last one assembles the report. Never raises for a bad input."""
+    from workers import fanout_knn, fanout_subspace
+
+    if fanout_subspace.is_trial(key):
+        return fanout_subspace.execute_trial(analysis_id, key, ctx)
     token = _claim(ctx, analysis_id, key)
     if token is None:
         return "skipped"
@@ -201,7 +236,7 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
     lease = ShardLease(ctx, analysis_id, key, token)
     t0 = time.perf_counter()
     device_name: str | None = None
-    advance: fanout_knn.Advance | None = None
+    advance: Callable[[Any], dict[str, str | None]] | None = None
     try:
         with lease:
             with ctx.sessions() as s:
@@ -216,10 +251,12 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
             elif name not in done:
                 data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
                 requests = analysis.estimators or {n: {} for n in DEFAULT_ESTIMATORS}
+                model = runnable(ctx, spec)
                 planned = plan(
                     {name: requests.get(name)},
                     data,
-                    model_spec=spec.spec if spec else None,
+                    model_spec=model.spec,
+                    model_weights=model.weights,
                     memory_budget_mb=ctx.settings.memory_budget_override,
                     limits=Limits.from_settings(ctx.settings),
                 )
@@ -244,7 +281,7 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
         _close(ctx, analysis_id, key, token, db.FAILED)
         _fail_analysis(ctx, analysis_id, exc)
         return "failed"
-    return _succeed(ctx, analysis_id, key, token, time.perf_counter() - t0, device_name, advance)
+    return _succeed(ctx, analysis_id, key, token, time.perf_counter() - t0, device_name, advance=advance)
 
 
 def _close(ctx: Context, analysis_id: str, key: str, token: str, status: str) -> None:
@@ -276,6 +313,8 @@ def _fail_analysis(ctx: Context, analysis_id: str, exc: Exception) -> None:
             .where(A.id == analysis_id, A.status == db.RUNNING)
             .values(status=db.FAILED, error=error, finished_at=db.utcnow(), lease_token=None, stage="failed")
         )
+    from workers import fanout_knn
+
     fanout_knn.release(ctx, analysis_id)
 
 
@@ -286,33 +325,18 @@ def _succeed(
     token: str,
     seconds: float,
     device: str | None,
-    advance: fanout_knn.Advance | None = None,
+    *,
+    result: dict[str, Any] | None = None,
+    advance: Callable[[Any], dict[str, str | None]] | None = None,
 ) -> str:
-    """Mark the shard done; the one that finds no unfinished sibling (under the analysis row's lock) assembles.
-    ``advance`` writes the next stage's shards in the same transaction (a split kNN's); they are sent after it."""
-    following: list[str] = []
-    outcome = _mark_done(ctx, analysis_id, key, token, seconds, device, advance, following)
-    if following:  # committed (else _mark_done raised); a send lost here is the sweeper's (a queued row)
-        with ctx.sessions() as s:
-            queue = s.scalar(select(db.Analysis.queue).where(db.Analysis.id == analysis_id))
-        _send(ctx, analysis_id, queue, following)
-    return outcome
-
-
-def _mark_done(
-    ctx: Context,
-    analysis_id: str,
-    key: str,
-    token: str,
-    seconds: float,
-    device: str | None,
-    advance: fanout_knn.Advance | None,
-    following: list[str],
-) -> str:
+    """Mark the shard done (with its ``result`` record, if any); the one that finds no unfinished sibling (under the
+    analysis row's lock) assembles. ``advance(session)``, called under that lock once the shard is marked, may add
+    shards (a sweep's next round) and returns them as {key: queue}; they are sent after the commit."""
     S, A = db.AnalysisShard, db.Analysis
+    added: dict[str, str | None] = {}
     with ctx.sessions() as s, s.begin():
         parent = s.execute(
-            select(A.status, A.stage, A.lease_token).where(A.id == analysis_id).with_for_update()
+            select(A.status, A.stage, A.lease_token, A.queue).where(A.id == analysis_id).with_for_update()
         ).one_or_none()
         res = s.execute(
             update(S)
@@ -324,22 +348,24 @@ def _mark_done(
                 seconds=seconds,
                 device=device,
                 finished_at=db.utcnow(),
+                result=result,
             )
         )
         if res.rowcount != 1 or parent is None or parent.status != db.RUNNING:
             return "done (lease lost or analysis finished)"
         if advance is not None:
-            new = advance(s)
-            s.flush()
-            following += new  # sent once this transaction has committed
+            added = advance(s)
         left = s.scalar(
             select(func.count()).select_from(S).where(S.analysis_id == analysis_id, S.status != db.SUCCEEDED)
         )
-        if left or parent.stage == ASSEMBLING:
-            return "done"
-        s.execute(update(A).where(A.id == analysis_id).values(stage=ASSEMBLING, heartbeat_at=db.utcnow()))
+        assemble = not left and parent.stage != ASSEMBLING
+        if assemble:
+            s.execute(update(A).where(A.id == analysis_id).values(stage=ASSEMBLING, heartbeat_at=db.utcnow()))
         parent_token = parent.lease_token
-    return _assemble(ctx, analysis_id, parent_token)
+    if added:
+        _send(ctx, analysis_id, parent.queue, list(added), queues=added)
+        return f"done, sent {len(added)} shards"
+    return _assemble(ctx, analysis_id, parent_token) if assemble else "done"
 
 
 def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
@@ -355,18 +381,22 @@ def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
             {"key": r.key, "worker": r.worker, "device": r.device, "seconds": r.seconds, "attempts": r.attempts}
             for r in s.scalars(select(S).where(S.analysis_id == analysis_id).order_by(S.key))
         ]
+    model = runnable(ctx, spec)
     report = run_pipeline(
         embedded(ctx, dataset, load_dataset(ctx.blobs, dataset)),
         analysis.estimators or None,
         info=DatasetInfo(name=dataset.name, id=dataset.id, sha256=dataset.sha256),
         device=ctx.settings.DEVICE if analysis.device == "auto" else analysis.device,
-        model_spec=spec.spec if spec else None,
+        model_spec=model.spec,
+        model_weights=model.weights,
         memory_budget_mb=ctx.settings.memory_budget_override,
         analysis_id=analysis_id,
         done=done,
         environment={"shards": shards},
         limits=Limits.from_settings(ctx.settings),
     )
+    from workers import fanout_knn
+
     outcome = _finish(ctx.sessions, analysis, parent_token, report)
     fanout_knn.release(ctx, analysis_id)
     return "assembled: " + outcome
@@ -382,7 +412,7 @@ def sweep_shards(ctx: Context) -> list[str]:
     resend: list[tuple[str, str, str | None]] = []
     with ctx.sessions() as s, s.begin():
         rows = s.execute(
-            select(S.id, S.analysis_id, S.key, A.queue)
+            select(S.id, S.analysis_id, S.key, func.coalesce(S.queue, A.queue))
             .join(A, A.id == S.analysis_id)
             .where(A.status == db.RUNNING)
             .where(
@@ -410,5 +440,7 @@ def sweep_shards(ctx: Context) -> list[str]:
     for aid, key, queue in resend:
         log.warning("re-sending shard %s of analysis %s (worker stopped, or message lost)", key, aid)
         _send(ctx, aid, queue, [key])
+    from workers import fanout_knn
+
     fanout_knn.sweep(ctx)  # kNN blobs of analyses that ended without releasing them
     return [f"{aid}/{key}" for aid, key, _ in resend]

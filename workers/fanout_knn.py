@@ -56,6 +56,7 @@ from taskgauge.datasets.canonical import CanonicalDataset
 from taskgauge.pipeline import Limits, plan
 from taskgauge.services import shard_blobs
 from taskgauge.services.datasets import embedded, load_dataset
+from workers import fanout
 from workers.leases import Cancelled
 
 log = logging.getLogger("taskgauge.worker")
@@ -68,8 +69,12 @@ DEFAULT_BUDGET_MB = 1024
 #: thousands of them)
 MAX_PARTS = 64
 
-#: ``advance(session) -> keys``: the next stage's rows, written in the transaction that marks a shard done
-Advance = Callable[[Session], list[str]]
+#: share of the plan in the kNN's progress (the parts share the rest; ``analysis_shards.weight``)
+PLAN_WEIGHT = 0.1
+
+#: ``advance(session) -> {key: queue}``: the next stage's rows, written in the transaction that marks a shard done
+#: (``workers.fanout._succeed``; queue None: the analysis' queue)
+Advance = Callable[[Session], dict[str, str | None]]
 
 
 def is_knn(key: str) -> bool:
@@ -130,33 +135,26 @@ def parts_for(n_samples: int, shard_rows: int) -> int:
     return max(1, min(MAX_PARTS, math.ceil(n_samples / shard_rows)))
 
 
-def _insert(s: Session, analysis_id: str, keys: list[str]) -> list[str]:
+def first_row() -> dict[str, Any]:
+    """The first stage's shard row (``workers.fanout.new_shard`` arguments)."""
+    return {"key": PLAN_KEY, "weight": PLAN_WEIGHT}
+
+
+def _insert(s: Session, analysis_id: str, keys: list[str], weight: float = 1.0) -> dict[str, str | None]:
     """Queued rows for ``keys`` (those that exist are left alone); returns the keys this call inserted (told by
-    ``RETURNING``: the driver's rowcount of an ``ON CONFLICT DO NOTHING`` insert is -1 on PostgreSQL)."""
+    ``RETURNING``: the driver's rowcount of an ``ON CONFLICT DO NOTHING`` insert is -1 on PostgreSQL), each to go
+    to the analysis' queue."""
     S = db.AnalysisShard
     now = db.utcnow()
     dialect = s.get_bind().dialect.name
-    new = []
+    new: dict[str, str | None] = {}
     for key in keys:
+        values = fanout.new_shard(analysis_id, now, key=key, weight=weight)
         res = s.execute(
-            db.insert_ignore(
-                S.__table__,
-                dialect,
-                {
-                    "id": db.new_id(),
-                    "analysis_id": analysis_id,
-                    "key": key,
-                    "status": db.QUEUED,
-                    "progress": 0.0,
-                    "attempts": 0,
-                    "enqueued_at": now,
-                    "created_at": now,
-                },
-                ["analysis_id", "key"],
-            ).returning(S.__table__.c.key)
+            db.insert_ignore(S.__table__, dialect, values, ["analysis_id", "key"]).returning(S.__table__.c.key)
         )
         if res.first() is not None:
-            new.append(key)
+            new[key] = None
     return new
 
 
@@ -234,7 +232,7 @@ def execute(
         if shard_blobs.publish(ctx, shard_blobs.npz_bytes(arrays), bind) is None:
             raise Cancelled()  # the lease was lost or the analysis ended: nothing was kept
         keys = [part_key(i, count) for i in range(count)]
-        return (lambda s: _insert(s, analysis.id, keys)), str(device)
+        return (lambda s: _insert(s, analysis.id, keys, (1 - PLAN_WEIGHT) / count)), str(device)
     index, count = _parse_part(key)
     arrays = shard_blobs.load_npz(ctx, _plan_blob(ctx, analysis.id))
     knn_plan = KNNPlan.from_arrays(arrays)
@@ -254,13 +252,13 @@ def execute(
     return (lambda s: _after_part(s, analysis.id, names)), str(device)
 
 
-def _after_part(s: Session, analysis_id: str, names: list[str]) -> list[str]:
+def _after_part(s: Session, analysis_id: str, names: list[str]) -> dict[str, str | None]:
     """When every part is done (this one included): the estimators that read the table."""
     S = db.AnalysisShard
     left = s.scalar(
         select(S.id).where(S.analysis_id == analysis_id, S.key.startswith(PREFIX), S.status != db.SUCCEEDED).limit(1)
     )
-    return [] if left is not None else _insert(s, analysis_id, [f"est:{name}" for name in names])
+    return {} if left is not None else _insert(s, analysis_id, [f"est:{name}" for name in names])
 
 
 def _plan_blob(ctx: Context, analysis_id: str) -> str:

@@ -31,6 +31,7 @@ from taskgauge.context import Context
 from taskgauge.errors import problem
 from taskgauge.services.analyses import store_result, stored_results
 from taskgauge.services.datasets import embedded, load_dataset
+from taskgauge.services.model_specs import runnable
 from taskgauge.services.schedules import run_due
 from workers.celery_app import (
     TASK_RUN_ANALYSIS,
@@ -107,6 +108,7 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
                 if fanout.start(ctx, analysis, token, done):
                     return "fanned out"
             data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
+            model = runnable(ctx, spec_row)  # uploaded weights: local once per host, loaded once per process
 
             def on_result(name: str, entry: dict[str, Any]) -> None:
                 with factory() as s2, s2.begin():
@@ -117,7 +119,8 @@ def execute_analysis(analysis_id: str, ctx: Context) -> str:
                 analysis.estimators or None,
                 info=DatasetInfo(name=dataset.name, id=dataset.id, sha256=dataset.sha256),
                 device=settings.DEVICE if analysis.device == "auto" else analysis.device,
-                model_spec=spec_row.spec if spec_row else None,
+                model_spec=model.spec,
+                model_weights=model.weights,
                 memory_budget_mb=settings.memory_budget_override,
                 analysis_id=analysis_id,
                 progress=lease.progress,

@@ -58,6 +58,14 @@ def analyse(
     estimator: EstimatorOpt = None,
     param: ParamOpt = None,
     model_spec: ModelSpecOpt = None,
+    model_spec_id: Annotated[
+        str | None,
+        typer.Option(
+            "--model-spec-id",
+            metavar="ID",
+            help="Remote mode: a model spec stored on the server, e.g. uploaded weights (`taskgauge upload-model`).",
+        ),
+    ] = None,
     device: Annotated[
         str | None,
         typer.Option("--device", metavar="auto|cpu|cuda", help="Where to compute. Default: TASKGAUGE_DEVICE or auto."),
@@ -100,6 +108,8 @@ def analyse(
 
       taskgauge analyse 3f2c9a… -e mle   (remote: a dataset id uploaded with `taskgauge upload`)
 
+      taskgauge analyse 3f2c9a… -e repr_id --model-spec-id 7d41…   (weights from `taskgauge upload-model`)
+
     Exit code 2: bad input (unreadable data, unknown estimator, bad --param), with a one-line reason on stderr.
     """
     from pydantic import ValidationError
@@ -138,10 +148,13 @@ def analyse(
             )
         from app.cli.remote import analyse_remote
 
+        if spec is not None and model_spec_id is not None:
+            fail("give --model-spec FILE or --model-spec-id ID, not both")
         report = analyse_remote(
             path,
             requests=requests,
             model_spec=spec,
+            model_spec_id=model_spec_id,
             watch=True,
             json_out=json_out == "-",
             api_url=api_url,
@@ -150,6 +163,11 @@ def analyse(
         if json_out not in (None, "-") and isinstance(report, dict):
             _write_json(json_out, report)
         return
+    if model_spec_id is not None:
+        fail(
+            "--model-spec-id names a model spec on the server: analyse an uploaded dataset id "
+            "(`taskgauge upload FILE` prints one), or pass --model-spec FILE for local mode"
+        )
     if json_out not in (None, "-"):
         parent = Path(json_out).expanduser().resolve().parent
         if not parent.is_dir():

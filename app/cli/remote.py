@@ -329,11 +329,38 @@ def upload_file(
         ).json()
 
 
+def upload_model_file(
+    api: APIClient,
+    path: Path,
+    *,
+    name: str | None,
+    spec: dict[str, Any] | None = None,
+    input_shape: str | None = None,
+    n_classes: int | None = None,
+) -> dict[str, Any]:
+    """Upload weights (multipart ``POST /model-specs``); returns the stored model spec."""
+    data: dict[str, Any] = {"name": name or path.stem}
+    if spec is not None:
+        data["spec"] = json.dumps(spec)
+    if input_shape:
+        data["input_shape"] = input_shape
+    if n_classes is not None:
+        data["n_classes"] = str(n_classes)
+    with path.open("rb") as fh:
+        return api.post(
+            "/model-specs",
+            data=data,
+            files={"file": (path.name, fh, "application/octet-stream")},
+            timeout=httpx.Timeout(60.0, read=600.0),
+        ).json()
+
+
 def analyse_remote(
     dataset_id: str,
     *,
     requests: dict[str, dict[str, Any]],
     model_spec: dict[str, Any] | None = None,
+    model_spec_id: str | None = None,
     watch: bool = True,
     json_out: bool = False,
     quiet: bool = False,
@@ -349,7 +376,9 @@ def analyse_remote(
     def go() -> dict[str, Any]:
         with make_client(api_url, api_key) as api:
             body: dict[str, Any] = {"dataset_id": dataset_id, "estimators": requests}
-            if model_spec is not None:
+            if model_spec_id is not None:
+                body["model_spec_id"] = model_spec_id
+            elif model_spec is not None:
                 spec = api.post_json("/model-specs", {"name": "cli", "spec": model_spec})
                 body["model_spec_id"] = spec["id"]
             analysis = api.post_json("/analyses", body)
@@ -425,6 +454,96 @@ def register(cli: typer.Typer) -> None:
             else:
                 out_console.print(f"uploaded [bold]{ds.get('name')}[/] → dataset id [bold]{ds['id']}[/]")
                 out_console.print(f"analyse it with: taskgauge analyse {ds['id']}", highlight=False)
+
+        run(go)
+
+    @cli.command(
+        "upload-model",
+        epilog="Example: taskgauge upload-model mlp.safetensors --spec mlp.json --input-shape 784\n\n"
+        "Example: taskgauge upload-model lenet.safetensors --spec lenet.json --input-shape 1,28,28 --n-classes 10\n\n"
+        "Example: taskgauge upload-model my-bert.zip --name my-bert   (a zipped save_pretrained directory)\n\n"
+        "Then: taskgauge analyse DATASET_ID -e repr_id --model-spec-id MODEL_SPEC_ID",
+    )
+    def upload_model(
+        path: Annotated[
+            Path,
+            typer.Argument(
+                exists=True,
+                dir_okay=False,
+                readable=True,
+                help="Weights: .safetensors (with --spec and --input-shape), or a .zip of a Hugging Face-style "
+                "model directory (config.json, model.safetensors, tokenizer files). Pickles (.bin .pt .pth .ckpt) "
+                "are refused.",
+            ),
+        ],
+        spec: Annotated[
+            Path | None,
+            typer.Option(
+                "--spec",
+                metavar="FILE",
+                help='Model spec JSON. .safetensors: the arch spec the weights belong to, e.g. {"arch": "mlp", '
+                '"hidden": [200, 200]}. .zip: options of the pretrained spec, e.g. {"train_blocks": 2}.',
+            ),
+        ] = None,
+        input_shape: Annotated[
+            str | None,
+            typer.Option(
+                "--input-shape",
+                metavar="SHAPE",
+                help=".safetensors: the per-sample shape the network takes, e.g. 784 or 1,28,28.",
+            ),
+        ] = None,
+        n_classes: Annotated[
+            int | None,
+            typer.Option(
+                "--n-classes", min=1, help=".safetensors: outputs of the network (default: read from the weights)."
+            ),
+        ] = None,
+        name: Annotated[str | None, typer.Option(help="Model spec name (default: the file name).")] = None,
+        json_out: JsonFlag = False,
+        api_url: ApiUrl = DEFAULT_API_URL,
+        api_key: ApiKey = None,
+    ) -> None:
+        """Upload model weights to the server and print the model spec id.
+
+        .safetensors: every tensor must have the name and shape of the --spec network for --input-shape.
+
+        .zip: config.json, model.safetensors and tokenizer files, read offline with transformers.
+
+        Nothing is ever unpickled; a refused file leaves nothing stored (exit code 2, the reason on stderr).
+
+        Then: taskgauge analyse DATASET_ID -e repr_id --model-spec-id ID (a .zip model also with -e subspace).
+        """
+        from app.cli.common import BadInput, load_model_spec
+
+        try:
+            spec_doc = load_model_spec(spec)
+        except BadInput as exc:
+            fail(str(exc))
+
+        def go() -> None:
+            with make_client(api_url, api_key) as api:
+                row = upload_model_file(
+                    api, path, name=name, spec=spec_doc, input_shape=input_shape, n_classes=n_classes
+                )
+            if json_out:
+                print_json(row)
+                return
+            w = row.get("weights") or {}
+            meta = w.get("meta") or {}
+            what = (
+                f"{meta.get('model_type')} model, {meta.get('n_layers')} layers"
+                if w.get("format") == "hf-zip"
+                else f"{row.get('spec', {}).get('arch')} for input {meta.get('input_shape')}, "
+                f"{meta.get('n_classes')} classes"
+            )
+            out_console.print(
+                f"uploaded [bold]{row.get('name')}[/] ({what}, {fmt_number(meta.get('n_params'))} weights) → "
+                f"model spec id [bold]{row['id']}[/]"
+            )
+            out_console.print(
+                f"use it with: taskgauge analyse DATASET_ID -e repr_id --model-spec-id {row['id']}", highlight=False
+            )
 
         run(go)
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 
 from app.deps import Offset, OwnerDep, SessionDep, StateDep
 from app.errors import responses
 from app.schemas import DatasetPublic, DatasetsPublic, DatasetSummary
-from app.uploads import receive_upload
+from app.uploads import bool_field, check_storage_now, ingest_slot, printable, receive_upload
 from taskgauge.errors import InvalidInput
 from taskgauge.services import datasets as services
 
@@ -51,37 +47,6 @@ UPLOAD_BODY = {
 }
 
 
-@asynccontextmanager
-async def ingest_slot(request: Request, limit: int, wait_s: float) -> AsyncIterator[None]:
-    """One of ``limit`` ingest slots of this API process (``TASKGAUGE_MAX_CONCURRENT_INGESTS``): an upload waits
-    up to ``wait_s`` for one, then gets 503 with ``Retry-After``."""
-    sem = getattr(request.app.state, "ingest_slots", None)
-    if sem is None:
-        sem = request.app.state.ingest_slots = asyncio.Semaphore(limit)
-    try:
-        await asyncio.wait_for(sem.acquire(), timeout=max(wait_s, 0.01))
-    except TimeoutError:
-        raise HTTPException(
-            503,
-            f"{limit} upload{'s are' if limit != 1 else ' is'} being read already (TASKGAUGE_MAX_CONCURRENT_INGESTS); "
-            "send this one again in a few seconds",
-            headers={"Retry-After": "10"},
-        ) from None
-    try:
-        yield
-    finally:
-        sem.release()
-
-
-def _printable(text: str) -> str:
-    """Control characters (NUL above all: PostgreSQL cannot store it) replaced by U+FFFD in names stored on rows."""
-    return "".join(c if c >= " " and c != "\x7f" else "\ufffd" for c in text)
-
-
-def _bool(v: str | None) -> bool:
-    return (v or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 @router.post(
     "",
     status_code=201,
@@ -106,7 +71,7 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
                 label_column=upload.fields.get("label_column") or None,
                 text_column=upload.fields.get("text_column") or None,
                 resize=upload.fields.get("resize") or None,
-                grayscale=_bool(upload.fields.get("grayscale")),
+                grayscale=bool_field(upload.fields.get("grayscale")),
                 max_expanded_mb=settings.expansion_limit_mb,
                 max_classes=settings.MAX_CLASSES,
                 max_columns=settings.MAX_COLUMNS,
@@ -120,9 +85,9 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
             raise InvalidInput(
                 "the dataset name or file name contains a NUL character; rename it", title="Invalid name"
             )
-        filename = _printable(upload.filename or "") or "upload"
-        name = _printable(raw_name).strip() or filename
-        await run_in_threadpool(_check_storage, state, owner.owner_id, upload.size)  # before parsing it
+        filename = printable(upload.filename or "") or "upload"
+        name = printable(raw_name).strip() or filename
+        await run_in_threadpool(check_storage_now, state, owner.owner_id, upload.size)  # before parsing it
         async with ingest_slot(request, settings.MAX_CONCURRENT_INGESTS, settings.INGEST_QUEUE_S):
             row = await run_in_threadpool(
                 services.ingest_and_store,
@@ -138,13 +103,6 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
         return DatasetPublic.model_validate(row)
     finally:
         upload.cleanup()
-
-
-def _check_storage(state, owner_id: str, incoming: int) -> None:
-    from taskgauge.services.quotas import check_storage
-
-    with state.sessions() as s:
-        check_storage(s, owner_id, state.settings, incoming)
 
 
 @router.get("", response_model=DatasetsPublic, operation_id="datasets-list", responses=responses())

@@ -64,11 +64,47 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
             h.update(b)
 
 
+def pickle_kind(path: str | Path) -> str | None:
+    """What kind of pickle ``path`` holds, judged by its first bytes (never by unpickling): ``"a Python pickle"``
+    (the protocol 2–5 opcode ``0x80 n``), ``"a torch.save archive"`` (a zip holding ``data.pkl``), or None."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return None
+    # a safetensors file starts with its header's length (u64, little-endian) and the JSON header: its first bytes
+    # can look like a pickle's (a 1408-byte header starts 0x80 0x05), so such a file is not judged a pickle
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") + 8 <= size:
+        return None
+    head = head[:4]
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "a Python pickle"
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                if any(n.rsplit("/", 1)[-1].endswith((".pkl", ".pickle")) for n in zf.namelist()):
+                    return "a torch.save archive (a zip holding a pickle)"
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return None
+    return None
+
+
 def refuse_pickles(path: str | Path) -> None:
-    """Raise EstimatorError if ``path`` (a file, or any file under a directory) is a pickle-based weights file."""
+    """Raise EstimatorError if ``path`` (a file, or any file under a directory) is a pickle-based weights file, by
+    its name (:data:`PICKLE_SUFFIXES`) or by its first bytes (:func:`pickle_kind`). Nothing is unpickled."""
     p = Path(path)
-    files = [p] if not p.is_dir() else [q for q in p.rglob("*") if q.is_file()]
-    bad = sorted(str(q.relative_to(p) if p.is_dir() else q.name) for q in files if q.suffix.lower() in PICKLE_SUFFIXES)
+    files = [p] if not p.is_dir() else sorted(q for q in p.rglob("*") if q.is_file())
+
+    def shown(q: Path) -> str:
+        return str(q.relative_to(p)) if p.is_dir() else q.name
+
+    bad = [shown(q) for q in files if q.suffix.lower() in PICKLE_SUFFIXES]
+    bad += [
+        f"{shown(q)} ({kind})" for q in files if q.suffix.lower() not in PICKLE_SUFFIXES and (kind := pickle_kind(q))
+    ]
     if bad:
         raise EstimatorError(
             f"pickled weights are refused ({', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}): a pickle can run code "
@@ -77,7 +113,7 @@ def refuse_pickles(path: str | Path) -> None:
         )
 
 
-def _safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes from a safetensors header (no tensor data read)."""
     from safetensors import SafetensorError, safe_open
 
@@ -123,31 +159,99 @@ def save_spec_weights(model: nn.Module, path: str | Path) -> None:
     save_file(state, str(path), metadata={"format": "pt", "writer": "taskgauge"})
 
 
-def load_spec_weights(spec: Any, input_shape: Sequence[int], n_classes: int, path: str | Path) -> nn.Module:
-    """The network of ``spec`` (for per-sample ``input_shape`` and ``n_classes``) with the weights of a
-    ``.safetensors`` file; names and shapes must match exactly (EstimatorError lists any difference)."""
-    from safetensors.torch import load_file
+def spec_state_shapes(spec: Any, input_shape: Sequence[int], n_classes: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the state dict of the network :func:`~estimators.models.build_model` makes for ``spec``,
+    per-sample ``input_shape`` and ``n_classes`` (built on the meta device: no memory, no initialisation).
 
+    >>> spec_state_shapes({"arch": "mlp", "hidden": [8]}, (4,), 3)
+    {'1.weight': (8, 4), '1.bias': (8,), '3.weight': (3, 8), '3.bias': (3,)}
+    """
     from estimators.models.builders import build_model
-    from estimators.models.spec import parse_model_spec
+    from estimators.models.spec import PretrainedSpec, parse_model_spec
 
+    spec = parse_model_spec(spec)
+    if isinstance(spec, PretrainedSpec):
+        raise EstimatorError(
+            'safetensors weights go with an arch spec (mlp, lenet, cnn, resnet); a {"arch": "pretrained"} model '
+            "comes as a Hugging Face-style directory (a zip of config.json, model.safetensors and tokenizer files)"
+        )
+    with torch.device("meta"):
+        model = build_model(spec, input_shape, n_classes, seed=0)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def infer_n_classes(spec: Any, input_shape: Sequence[int], shapes: dict[str, tuple[int, ...]]) -> int:
+    """The number of classes a spec network's weights were made for: the length of its classifier's bias (the last
+    tensor of every arch's state dict). Raises EstimatorError when the file has no such tensor."""
+    head = list(spec_state_shapes(spec, input_shape, 1))[-1]
+    got = shapes.get(head)
+    if got is None or len(got) != 1 or got[0] < 1:
+        raise EstimatorError(
+            f"cannot tell the number of classes from the weights: they have no classifier bias {head!r} of "
+            "shape [n_classes]; check the spec and the input shape, or give n_classes"
+        )
+    return int(got[0])
+
+
+def check_spec_weights(spec: Any, input_shape: Sequence[int], n_classes: int | None, path: str | Path) -> int:
+    """Check a ``.safetensors`` file against the network of ``spec`` without reading a tensor: not a pickle, and
+    every tensor name and shape exactly as the network's (EstimatorError lists missing, unexpected and mis-shaped
+    tensors). ``n_classes`` None: read from the file (:func:`infer_n_classes`). Returns ``n_classes``."""
     path = Path(path)
     refuse_pickles(path)
     if path.suffix.lower() != ".safetensors":
         raise EstimatorError(f"weights must be a .safetensors file, got {path.name!r}")
-    spec = parse_model_spec(spec)
-    model = build_model(spec, input_shape, n_classes, seed=0)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = _safetensors_shapes(path)
-    problem = _mismatch_message(
-        f"the spec {spec.arch} for input {tuple(input_shape)} and {n_classes} classes", expected, got
-    )
+    got = safetensors_shapes(path)
+    shape = tuple(int(s) for s in input_shape)
+    if n_classes is None:
+        n_classes = infer_n_classes(spec, shape, got)
+    expected = spec_state_shapes(spec, shape, n_classes)
+    arch = getattr(spec, "arch", None) or (spec.get("arch") if isinstance(spec, dict) else "?")
+    problem = _mismatch_message(f"the spec {arch} for input {shape} and {n_classes} classes", expected, got)
     if problem:
         raise EstimatorError(problem + "; check the spec, the input shape and the number of classes")
+    return int(n_classes)
+
+
+def load_spec_weights(spec: Any, input_shape: Sequence[int], n_classes: int | None, path: str | Path) -> nn.Module:
+    """The network of ``spec`` (for per-sample ``input_shape`` and ``n_classes``; None reads it from the file)
+    with the weights of a ``.safetensors`` file, checked first by :func:`check_spec_weights`. A new module each
+    call (:func:`get_spec_model` shares one per process)."""
+    from safetensors.torch import load_file
+
+    from estimators.models.builders import build_model
+
+    n_classes = check_spec_weights(spec, input_shape, n_classes, path)
+    model = build_model(spec, input_shape, n_classes, seed=0)
     state = load_file(str(path))
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+_SPEC_CACHE: OrderedDict[tuple[str, str, tuple[int, ...], int | None], nn.Module] = OrderedDict()
+
+
+def get_spec_model(spec: Any, input_shape: Sequence[int], n_classes: int | None, path: str | Path) -> nn.Module:
+    """:func:`load_spec_weights`, once per process: every analysis of a worker that uses the same weights file
+    (keyed by its sha256, so by the blob it came from), spec, input shape and class count shares one module, in
+    eval mode with ``requires_grad`` off. Never modify it: copy it (``copy.deepcopy``) to move or train it."""
+    from estimators.models.spec import parse_model_spec
+
+    parsed = parse_model_spec(spec)
+    shape = tuple(int(s) for s in input_shape)
+    key = (cached_sha256(Path(path)), json.dumps(parsed.model_dump(mode="json"), sort_keys=True), shape, n_classes)
+    with _LOCK:
+        if key in _SPEC_CACHE:
+            _SPEC_CACHE.move_to_end(key)
+            return _SPEC_CACHE[key]
+        model = load_spec_weights(parsed, shape, n_classes, path)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        _SPEC_CACHE[key] = model
+        while len(_SPEC_CACHE) > CACHE_SIZE:
+            _SPEC_CACHE.popitem(last=False)
+        return model
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -240,11 +344,17 @@ def check_hf_directory(directory: str | Path) -> dict[str, Any]:
     weights = d / "model.safetensors"
     if not weights.is_file():
         raise EstimatorError(f"{d.name}: no model.safetensors (sharded or pickled weights are not accepted)")
-    config = AutoConfig.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
-    with torch.device("meta"):
-        skeleton = AutoModel.from_config(config, trust_remote_code=False)
+    try:
+        config = AutoConfig.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(config, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise EstimatorError(
+            f"{d.name}/config.json does not describe a {cfg.get('model_type')} model transformers can build "
+            f"({exc}); upload the config.json saved with the weights (save_pretrained)"
+        ) from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    got = _safetensors_shapes(weights)
+    got = safetensors_shapes(weights)
     # checkpoints of a task model (BertForSequenceClassification) prefix the encoder's names ("bert.")
     prefix = getattr(skeleton, "base_model_prefix", "") or ""
     if prefix and not (set(got) & set(expected)) and any(k.startswith(prefix + ".") for k in got):
@@ -262,8 +372,24 @@ def check_hf_directory(directory: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def load_hf_tokenizer(directory: str | Path) -> Any:
+    """The tokenizer of a Hugging Face-style directory, offline and without remote code; EstimatorError says which
+    files it needs when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    _offline()
+    d = Path(directory)
+    try:
+        return AutoTokenizer.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EstimatorError(
+            f"{d.name}: the tokenizer files could not be loaded ({exc}); include "
+            "tokenizer.json or vocab.txt with tokenizer_config.json"
+        ) from None
+
+
 def _load_hf(directory: Path, *, name: str, version: str, sha: str) -> PretrainedModel:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     check_hf_directory(directory)
@@ -274,13 +400,7 @@ def _load_hf(directory: Path, *, name: str, version: str, sha: str) -> Pretraine
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise EstimatorError(
-            f"{directory.name}: the tokenizer files could not be loaded ({exc}); include "
-            "tokenizer.json or vocab.txt with tokenizer_config.json"
-        ) from None
+    tokenizer = load_hf_tokenizer(directory)
     pooling = "mean"
     pool_cfg = directory / "1_Pooling" / "config.json"
     if pool_cfg.is_file():
@@ -311,7 +431,8 @@ _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 _LOCK = threading.Lock()
 
 
-def _cached_sha(path: Path) -> str:
+def cached_sha256(path: Path) -> str:
+    """:func:`sha256_file`, remembered per process by (path, size, mtime)."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
@@ -347,7 +468,7 @@ def get_pretrained(source: str | Path = MINILM) -> PretrainedModel:
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise EstimatorError(f"{directory.name}: no model.safetensors (pickled weights are not accepted)")
-    sha = _cached_sha(weights)
+    sha = cached_sha256(weights)
     key = (str(directory.resolve()), sha)
     with _LOCK:
         if key in _CACHE:
@@ -364,3 +485,4 @@ def clear_cache() -> None:
     """Forget every loaded model (tests)."""
     with _LOCK:
         _CACHE.clear()
+        _SPEC_CACHE.clear()

@@ -23,6 +23,7 @@ for a spec model: Ansuini's "last hidden layer", Konz's "penultimate"; the last 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -79,14 +80,6 @@ def _bad_layer(layer: str, valid: list[str], blocks: list[str]) -> EstimatorErro
         f"repr_id: unknown layer {layer!r}. Valid layers: {ALL!r} (the profile over the blocks {', '.join(blocks)}), "
         f"{PENULTIMATE!r}, or one of: {', '.join(shown)}"
     )
-
-
-def _n_classes_from_weights(path: str) -> int | None:
-    from estimators.models.pretrained import _safetensors_shapes, refuse_pickles
-
-    refuse_pickles(path)
-    shapes = [s for s in _safetensors_shapes(path).values() if len(s) == 2]
-    return int(shapes[-1][0]) if shapes else None
 
 
 def _subsample(n: int, params: ReprIDParams) -> torch.Tensor | None:
@@ -148,16 +141,18 @@ def repr_id(X: Any, y: Any, params: ReprIDParams, *, device: torch.device, progr
         from estimators.models.builders import build_model
 
         n_classes = params.n_classes
-        if n_classes is None and params.weights is not None:
-            n_classes = _n_classes_from_weights(params.weights)
-        if n_classes is None:
-            n_classes = int(torch.as_tensor(y).max()) + 1 if y is not None else 10
         if params.weights is not None:
-            from estimators.models.pretrained import load_spec_weights, sha256_file
+            from estimators.models.pretrained import cached_sha256, get_spec_model
 
-            model = load_spec_weights(spec, tuple(X.shape[1:]), n_classes, params.weights)
-            weights_sha = sha256_file(params.weights)
+            # loaded once per process and shared (never modified here: moved to another device as a copy)
+            model = get_spec_model(spec, tuple(X.shape[1:]), n_classes, params.weights)
+            n_classes = int(list(model.state_dict().values())[-1].shape[0])  # the classifier's bias
+            if device.type != "cpu":
+                model = _copy_to(model, device)
+            weights_sha = cached_sha256(Path(params.weights))
         else:
+            if n_classes is None:
+                n_classes = int(torch.as_tensor(y).max()) + 1 if y is not None else 10
             model = build_model(spec, tuple(X.shape[1:]), n_classes, seed=params.seed)
             weights_sha = None
             warnings.append(

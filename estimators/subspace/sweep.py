@@ -2,8 +2,9 @@
 
 * :func:`train_models` trains S seeds of one model (direct or subspace) at once, each to its own plateau (see
   :mod:`estimators.subspace.training`), and returns each seed's outcome.
-* :func:`run_sweep` walks d: a coarse log grid d_min·f^k until the mean over seeds reaches the threshold, then
-  bisection (geometric midpoints, integer d) inside the bracketing pair.
+* :func:`bisection_walk` is the walk over d: a coarse log grid d_min·f^k until the mean over seeds reaches the
+  threshold, then bisection (geometric midpoints, integer d) inside the bracketing pair; :func:`run_sweep` drives
+  it with an ``evaluate(d)`` callback (the estimator replays it in :mod:`estimators.subspace.trials`).
 * :func:`crossing` turns a curve {d: per-seed metrics} into the interpolated d_int90; :func:`bootstrap_ci`
   resamples the seeds at every d to give a percentile interval.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -195,6 +196,31 @@ def coarse_grid(d_min: int, max_d: int, factor: float) -> list[int]:
     return grid
 
 
+def bisection_walk(grid: Sequence[int], bisect_steps: int) -> Generator[int, bool, None]:
+    """The sequential sweep as a generator: yields the next d and is sent whether its mean passed the level.
+
+    Coarse grid upward until a d passes, then ``bisect_steps`` geometric bisections (integer midpoints) inside
+    the bracketing pair; nothing to bisect when the first d passes or none does.
+    """
+    lo: int | None = None
+    hi: int | None = None
+    for d in grid:
+        if (yield d):
+            hi = d
+            break
+        lo = d
+    if hi is None or lo is None:
+        return
+    for _ in range(bisect_steps):
+        if hi - lo <= 1:
+            return
+        mid = min(max(int(round(math.sqrt(lo * hi))), lo + 1), hi - 1)
+        if (yield mid):
+            hi = mid
+        else:
+            lo = mid
+
+
 def run_sweep(
     evaluate: Callable[[int], Sequence[float]],
     level: float,
@@ -205,13 +231,15 @@ def run_sweep(
     bisect_steps: int = 3,
     on_done: Callable[[int, Sequence[float]], None] | None = None,
 ) -> SweepOutcome:
-    """Coarse log grid upward until the mean reaches ``level``, then ``bisect_steps`` geometric bisections.
+    """Coarse log grid upward until the mean reaches ``level``, then ``bisect_steps`` geometric bisections
+    (:func:`bisection_walk`, the walk the estimator's planner replays).
 
     ``evaluate(d)`` trains every seed at dimension d and returns the per-seed metrics.
     """
     out = SweepOutcome()
-
-    def run(d: int) -> float:
+    walk = bisection_walk(coarse_grid(d_min, max_d, grid_factor), bisect_steps)
+    d: int | None = next(walk)
+    while d is not None:
         t = time.perf_counter()
         vals = [float(v) for v in evaluate(d)]
         out.seconds[d] = time.perf_counter() - t
@@ -219,25 +247,10 @@ def run_sweep(
         out.order.append(d)
         if on_done is not None:
             on_done(d, vals)
-        return float(np.mean(vals))
-
-    lo = None
-    hi = None
-    for d in coarse_grid(d_min, max_d, grid_factor):
-        if run(d) >= level:
-            hi = d
-            break
-        lo = d
-    if hi is not None and lo is not None:
-        for _ in range(bisect_steps):
-            if hi - lo <= 1:
-                break
-            mid = int(round(math.sqrt(lo * hi)))
-            mid = min(max(mid, lo + 1), hi - 1)
-            if run(mid) >= level:
-                hi = mid
-            else:
-                lo = mid
+        try:
+            d = walk.send(float(np.mean(vals)) >= level)
+        except StopIteration:
+            d = None
     out.crossing = crossing(out.curve, level)
     return out
 

@@ -9,12 +9,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from estimators import registry
 from taskgauge import db
 from taskgauge.context import Context
 from taskgauge.errors import Conflict, ServiceUnavailable, problem
 from taskgauge.pipeline import DataFacts, Limits, validate_requests
 from taskgauge.services import get_owned, page
-from taskgauge.services.datasets import get_dataset, get_model_spec
+from taskgauge.services.datasets import get_dataset
+from taskgauge.services.model_specs import check_weights_fit, get_model_spec, weights_ref
 
 log = logging.getLogger("taskgauge.services")
 
@@ -44,10 +46,14 @@ def list_analyses(
 
 
 def check_requests(
-    requests: dict[str, Any] | None, dataset: db.Dataset, spec: dict[str, Any] | None, limits: Limits | None = None
+    requests: dict[str, Any] | None,
+    dataset: db.Dataset,
+    spec: db.ModelSpec | None,
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
     """Validate estimator names and params against the registry and the dataset row (labels, sample count, the
-    size of the model on its shape) without loading the data; returns the normalised request ``{name: params}``."""
+    size of the model on its shape, whether uploaded weights fit its shape) without loading the data; returns the
+    normalised request ``{name: params}``."""
     shape = list(dataset.shape or [])
     facts = DataFacts(
         has_labels=dataset.n_classes is not None,
@@ -55,7 +61,16 @@ def check_requests(
         input_shape=tuple(int(s) for s in shape[1:]) or None,
         n_classes=dataset.n_classes,
     )
-    return validate_requests(requests, facts, model_spec=spec, limits=limits)
+    normalised = validate_requests(
+        requests,
+        facts,
+        model_spec=spec.spec if spec is not None else None,
+        model_weights=weights_ref(spec),
+        limits=limits,
+    )
+    if any(registry.get(name).needs_model and "model" not in (params or {}) for name, params in normalised.items()):
+        check_weights_fit(spec, facts.input_shape)
+    return normalised
 
 
 def new_analysis(
@@ -137,7 +152,7 @@ def create_analysis(
     with ctx.sessions() as s, s.begin():
         dataset = get_dataset(s, owner_id, dataset_id)
         check_active_analyses(s, owner_id, ctx.settings)
-        spec = get_model_spec(s, owner_id, model_spec_id).spec if model_spec_id else None
+        spec = get_model_spec(s, owner_id, model_spec_id) if model_spec_id else None
         row = new_analysis(
             owner_id=owner_id,
             dataset_id=dataset.id,

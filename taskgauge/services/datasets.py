@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -131,12 +132,39 @@ def store_staged(
     classes: list[str] | None,
     meta: dict[str, Any],
 ) -> db.Dataset:
-    """Publish the staged canonical blob and write the dataset row in one transaction: both exist or neither.
+    """Publish the staged canonical blob and write the dataset row in one transaction (:func:`publish_with_row`)."""
+
+    def row() -> db.Dataset:
+        return db.Dataset(
+            id=db.new_id(),
+            owner_id=owner_id,
+            name=name,
+            filename=filename,
+            sha256=sha256,
+            size_bytes=size,
+            blob_sha256=staged.sha256,
+            n_samples=n_samples,
+            shape=list(shape),
+            n_classes=n_classes,
+            classes=classes,
+            meta=meta,
+            created_at=db.utcnow(),
+        )
+
+    return publish_with_row(ctx, owner_id, staged, size, row)
+
+
+R = TypeVar("R", bound=db.Base)
+
+
+def publish_with_row(ctx: Context, owner_id: str, staged: StagedBlob, size: int, make_row: Callable[[], R]) -> R:
+    """Publish a staged blob and insert the row that references it in one transaction: both exist or neither.
+    ``size`` (the uploaded file's) is checked against the owner's storage quota inside the transaction.
 
     The blob row is upserted first (``ON CONFLICT DO UPDATE`` row-locks it, so a concurrent delete of the last
-    dataset using the same blob waits); the file is then renamed into place if missing; the dataset row is
-    inserted; commit. If anything fails after the file was created by this call and no blob row survives, the
-    file is removed again.
+    row using the same blob waits); the file is then renamed into place if missing; the row is inserted; commit.
+    If anything fails after the file was created by this call and no blob row survives, the file is removed
+    again.
     """
     created_file = False
     try:
@@ -154,44 +182,40 @@ def store_staged(
                 )
             )
             created_file = ctx.blobs.publish(staged)
-            row = db.Dataset(
-                id=db.new_id(),
-                owner_id=owner_id,
-                name=name,
-                filename=filename,
-                sha256=sha256,
-                size_bytes=size,
-                blob_sha256=staged.sha256,
-                n_samples=n_samples,
-                shape=list(shape),
-                n_classes=n_classes,
-                classes=classes,
-                meta=meta,
-                created_at=db.utcnow(),
-            )
+            row = make_row()
             s.add(row)
         return row
     except BaseException:
         ctx.blobs.discard(staged)
         if created_file:
-            _gc_blob(ctx, staged.sha256)
+            gc_blob(ctx, staged.sha256)
         raise
 
 
-def _gc_blob(ctx: Context, sha256: str) -> None:
-    """Remove a blob row and file when no dataset references it (under the blob row's lock)."""
+def gc_blob(ctx: Context, sha256: str) -> bool:
+    """Remove a blob row and file when no dataset, model spec or shard (a split kNN's result) references it, under
+    the blob row's lock; True when it was removed. The row is inserted-or-locked first, so a publisher of the same
+    bytes whose insert is not committed yet makes us wait, and then keeps its blob."""
     try:
         with ctx.sessions() as s, s.begin():
-            blob = s.scalar(select(db.Blob).where(db.Blob.sha256 == sha256).with_for_update())
-            if blob is not None:
-                refs = s.scalar(select(func.count()).select_from(db.Dataset).where(db.Dataset.blob_sha256 == sha256))
-                if refs:
-                    return
-                s.delete(blob)
-                s.flush()
+            s.execute(
+                db.upsert_touch(
+                    db.Blob.__table__,
+                    s.get_bind().dialect.name,
+                    {"sha256": sha256, "size": 0, "created_at": db.utcnow()},
+                    ["sha256"],
+                    "sha256",
+                )
+            )
+            for column in (db.Dataset.blob_sha256, db.ModelSpec.weights_sha256, db.AnalysisShard.blob_sha256):
+                if s.scalar(select(func.count()).select_from(column.class_).where(column == sha256)):
+                    return False
+            s.execute(delete(db.Blob).where(db.Blob.sha256 == sha256))
             ctx.blobs.delete(sha256)  # inside the lock: an upload of the same content waits for us
+        return True
     except Exception:  # noqa: BLE001 - best effort; an orphan file is harmless and re-used by the next upload
         log.warning("could not garbage-collect blob %s", sha256, exc_info=True)
+        return False
 
 
 def delete_dataset(ctx: Context, owner_id: str, dataset_id: str) -> None:
@@ -203,10 +227,8 @@ def delete_dataset(ctx: Context, owner_id: str, dataset_id: str) -> None:
         shards = shard_blobs.of_datasets(s, [row.id])  # its analyses' split-kNN results go with their rows
         s.execute(select(db.Blob).where(db.Blob.sha256 == sha).with_for_update())
         s.execute(delete(db.Dataset).where(db.Dataset.id == row.id))
-    for blob in (sha, *derived):  # a cache another dataset of the same texts listed is simply recomputed
-        _gc_blob(ctx, blob)
-    for blob in shards:
-        shard_blobs.gc(ctx, blob)
+    for blob in (sha, *derived, *shards):  # a cache another dataset of the same texts listed is simply recomputed
+        gc_blob(ctx, blob)
 
 
 def load_dataset(blobs: BlobStore, dataset: db.Dataset) -> CanonicalDataset:
@@ -249,40 +271,6 @@ def sample_png(
     buf = io.BytesIO()
     pil.save(buf, "PNG")
     return buf.getvalue()
-
-
-# ---------------------------------------------------------------------------------------- model specs
-
-
-def validate_model_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    from estimators.models.spec import PretrainedSpec, parse_model_spec
-
-    parsed = parse_model_spec(spec)  # EstimatorError -> 422 problem
-    if isinstance(parsed, PretrainedSpec) and (parsed.source != "minilm" or parsed.path is not None):
-        raise InvalidInput(
-            'a pretrained spec may name the packaged model only ("source": "minilm"); a '
-            "model directory on the server cannot be named by a client",
-            title="Invalid model spec",
-        )
-    return parsed.model_dump(mode="json")
-
-
-def create_model_spec(session: Session, owner_id: str, *, name: str, spec: dict[str, Any]) -> db.ModelSpec:
-    row = db.ModelSpec(
-        id=db.new_id(), owner_id=owner_id, name=name, spec=validate_model_spec(spec), created_at=db.utcnow()
-    )
-    session.add(row)
-    session.commit()
-    return row
-
-
-def get_model_spec(session: Session, owner_id: str, spec_id: str) -> db.ModelSpec:
-    return get_owned(session, db.ModelSpec, owner_id, spec_id)
-
-
-def list_model_specs(session: Session, owner_id: str) -> list[db.ModelSpec]:
-    M = db.ModelSpec
-    return list(session.scalars(select(M).where(M.owner_id == owner_id).order_by(M.created_at.desc())))
 
 
 def embedded(

@@ -5,8 +5,8 @@
   transaction after the owner's row is locked (PostgreSQL; SQLite serialises writers anyway), so concurrent
   creations cannot overshoot. Scheduled analyses are not refused (a schedule's due time is served once), but they
   count towards the quota of the owner's next API request.
-* ``TASKGAUGE_MAX_STORAGE_MB_PER_OWNER`` (default 20 GiB): the sum of the owner's uploaded file sizes plus the
-  incoming upload; checked before an upload is parsed and again in the transaction that stores it.
+* ``TASKGAUGE_MAX_STORAGE_MB_PER_OWNER`` (default 20 GiB): the sum of the owner's uploaded file sizes (datasets
+  and model weights) plus the incoming upload; checked before an upload is parsed and again in the transaction that stores it.
 
 0 disables either quota.
 """
@@ -46,8 +46,11 @@ def check_active_analyses(session: Session, owner_id: str, settings: Settings, a
 
 
 def stored_bytes(session: Session, owner_id: str) -> int:
-    D = db.Dataset
-    return int(session.scalar(select(func.coalesce(func.sum(D.size_bytes), 0)).where(D.owner_id == owner_id)) or 0)
+    """The sizes of the owner's uploaded dataset files and model weights."""
+    D, M = db.Dataset, db.ModelSpec
+    datasets = session.scalar(select(func.coalesce(func.sum(D.size_bytes), 0)).where(D.owner_id == owner_id))
+    weights = session.scalar(select(func.coalesce(func.sum(M.weights_size_bytes), 0)).where(M.owner_id == owner_id))
+    return int(datasets or 0) + int(weights or 0)
 
 
 def check_storage(session: Session, owner_id: str, settings: Settings, incoming: int) -> None:
@@ -57,9 +60,9 @@ def check_storage(session: Session, owner_id: str, settings: Settings, incoming:
     used = stored_bytes(session, owner_id)
     if used + int(incoming) > limit_mb * 1024 * 1024:
         raise TooManyRequests(
-            f"your datasets take {used / 2**20:.1f} MB and this upload {int(incoming) / 2**20:.1f} MB, over the "
+            f"your datasets and model weights take {used / 2**20:.1f} MB and this upload {int(incoming) / 2**20:.1f} MB, over the "
             f"{limit_mb} MB one key's owner may store (TASKGAUGE_MAX_STORAGE_MB_PER_OWNER); delete datasets you no "
-            "longer need (DELETE /api/v1/datasets/{id}) and retry",
+            "longer need (DELETE /api/v1/datasets/{id}, DELETE /api/v1/model-specs/{id}) and retry",
             title="Storage quota exceeded",
             retry_after=60,
             used_bytes=used,

@@ -138,7 +138,7 @@ def create_schedule(
         limits = Limits.from_settings() if limits is None else limits
     check_interval(expr, timezone, now or db.utcnow(), min_interval_s)
     dataset = get_owned(session, db.Dataset, owner_id, dataset_id)
-    spec = get_owned(session, db.ModelSpec, owner_id, model_spec_id).spec if model_spec_id else None
+    spec = get_owned(session, db.ModelSpec, owner_id, model_spec_id) if model_spec_id else None
     try:
         requests = check_requests(dict(estimators or {}), dataset, spec, limits)
     except EstimatorError as exc:

@@ -1,6 +1,6 @@
 """Blobs of shard results: the plan and the parts of a split kNN (``workers.fanout_knn``).
 
-They follow the dataset blobs' rules (:mod:`taskgauge.blobs`, :func:`taskgauge.services.datasets.store_staged`):
+They follow the dataset blobs' rules (:mod:`taskgauge.blobs`, :func:`taskgauge.services.datasets.publish_with_row`):
 
 * content addressed (the SHA-256 of deterministic ``.npz`` bytes; arrays only, never pickled), so two analyses of
   the same data may write the same blob and share it;
@@ -15,18 +15,15 @@ They follow the dataset blobs' rules (:mod:`taskgauge.blobs`, :func:`taskgauge.s
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Callable
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from taskgauge import db
 from taskgauge.blobs import deterministic_npz
 from taskgauge.context import Context
-
-log = logging.getLogger("taskgauge.blobs")
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -40,19 +37,6 @@ def load_npz(ctx: Context, sha256: str) -> dict[str, np.ndarray]:
     """The arrays of a shard blob (``allow_pickle=False``: an object array is refused, never unpickled)."""
     with np.load(ctx.blobs.path(sha256), allow_pickle=False) as z:
         return {name: z[name] for name in z.files}
-
-
-def _lock(s: Session, sha256: str) -> None:
-    """Insert or row-lock the blob row (an uncommitted insert of the same row by another transaction waits)."""
-    s.execute(
-        db.upsert_touch(
-            db.Blob.__table__,
-            s.get_bind().dialect.name,
-            {"sha256": sha256, "size": 0, "created_at": db.utcnow()},
-            ["sha256"],
-            "sha256",
-        )
-    )
 
 
 class _Refused(Exception):
@@ -98,23 +82,10 @@ def publish(ctx: Context, data: bytes, bind: Callable[[Session, str], str | None
 
 
 def gc(ctx: Context, sha256: str) -> bool:
-    """Delete the blob (row and bytes) when no dataset and no shard row names it; True when it was deleted.
-    Best effort: a failure is logged, and the workers' sweeper does not retry an unnamed blob (harmless: the next
-    write of the same bytes reuses it)."""
-    S, D = db.AnalysisShard, db.Dataset
-    try:
-        with ctx.sessions() as s, s.begin():
-            _lock(s, sha256)
-            refs = s.scalar(select(func.count()).select_from(S).where(S.blob_sha256 == sha256)) or 0
-            refs += s.scalar(select(func.count()).select_from(D).where(D.blob_sha256 == sha256)) or 0
-            if refs:
-                return False
-            s.execute(delete(db.Blob).where(db.Blob.sha256 == sha256))
-            ctx.blobs.delete(sha256)  # inside the lock: a publisher of the same bytes waits for us
-        return True
-    except Exception:  # noqa: BLE001 - see the docstring
-        log.warning("could not garbage-collect shard blob %s", sha256, exc_info=True)
-        return False
+    """Delete the blob when nothing names it (:func:`taskgauge.services.datasets.gc_blob`, the one blob GC)."""
+    from taskgauge.services.datasets import gc_blob
+
+    return gc_blob(ctx, sha256)
 
 
 def release(ctx: Context, analysis_id: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 One flow, in order: sign in with the one-time link the server printed (the page itself never holds a key), upload a file through
 the form, start an analysis and watch its progress reach 100%, open the report and find every plot drawn, download
-the report JSON, then compare two datasets. Each page is saved under docs/screenshots/.
+the report JSON, then compare two datasets, and find a repr_id report's ID-against-layer plot. Each page is saved
+under docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -169,4 +170,19 @@ def test_dashboard_end_to_end(server, page, tmp_path):
     assert "not computed" in page.locator("#compare-table tbody tr", has_text="gride").inner_text()  # only A has it
     assert svg_marks(page, "#compare-plots") > 0
     shot(page, "compare")
+
+    # -- a repr_id report: ID against layer, one marker per layer, d_data as a line, flagged layers in red
+    spec = {"arch": "mlp", "hidden": [32, 16]}
+    rid = api_analysis(server, key, ds2["id"], {"repr_id": {"model": spec, "max_samples": 300}})
+    page.goto(f"{base}/reports/{rid}")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    rep = httpx.get(f"{base}/api/v1/reports/{rid}", headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
+    profile = rep["results"]["repr_id"]["details"]["profile"]
+    flagged = [r for r in profile if r["exceeds_d_data"]]
+    assert len(profile) == 3  # Linear-ReLU, Linear-ReLU, the classifier
+    assert page.locator("#plot-repr svg g.series[data-name='d_repr'] circle").count() == len(profile)
+    assert page.locator("#plot-repr svg g.series[data-name='d_repr > d_data'] circle").count() == len(flagged)
+    assert page.locator("#plot-repr svg text.xtick").all_text_contents() == [r["layer"] for r in profile]
+    assert page.locator("#plot-repr svg line.hline").count() == 1  # d_data
+    page.locator("#plot-repr").screenshot(path=str(SHOTS / "report-repr.png"))
     assert page.js_errors == []

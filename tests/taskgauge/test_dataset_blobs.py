@@ -147,3 +147,34 @@ def test_publish_failure_leaves_nothing(ctx, monkeypatch):
     assert ctx.contents() == before and _blob_rows(ctx) == 0
     with ctx.sessions() as s:
         assert s.scalar(select(func.count()).select_from(db.Dataset)) == 0
+
+
+def test_uploaded_weights_follow_the_same_blob_discipline(ctx, tmp_path):
+    """Weights (taskgauge.services.model_specs.upload_weights) are published with their model spec row, come back
+    on a worker as a local file with the same bytes (from the bucket too), a failed transaction leaves the store as
+    before, and deleting the last spec that uses the blob deletes it."""
+    from estimators.models import build_model
+    from estimators.models.pretrained import save_spec_weights
+    from taskgauge.services import model_specs
+    from taskgauge.weights import WeightsForm
+
+    spec = {"arch": "mlp", "hidden": [4]}
+    w = tmp_path / "w.safetensors"
+    save_spec_weights(build_model(spec, (6,), 2, seed=0), w)
+    form = WeightsForm(spec=spec, input_shape="6")
+    before = ctx.contents()
+
+    def upload(owner="owner-1"):
+        return model_specs.upload_weights(
+            ctx, owner, w, form, name="m", filename="w.safetensors", size=w.stat().st_size
+        )
+
+    with pytest.raises(Exception, match="(?i)foreign key"):
+        upload(owner="no-such-owner")
+    assert ctx.contents() == before and _blob_rows(ctx) == 0
+    row = upload()
+    assert ctx.blobs.keys() == [row.weights_sha256] and _blob_rows(ctx) == 1
+    local = model_specs.runnable(ctx, row)
+    assert local.spec == row.spec and open(local.weights, "rb").read() == w.read_bytes()
+    model_specs.delete_model_spec(ctx, "owner-1", row.id)
+    assert ctx.blobs.keys() == [] and ctx.contents() == before and _blob_rows(ctx) == 0

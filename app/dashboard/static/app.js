@@ -266,6 +266,17 @@
       hlines: isFinite(line90) ? [{ y: line90, label: "90% of baseline" }] : [],
       vlines: isFinite(P().num(r.value)) ? [{ x: r.value, label: "d_int90 " + (pick(r.details, ["d_int90_display"]) || "") }] : [], empty: "not computed (no subspace curve in the report)" });
   }
+  function plotRepr(res) {   // repr_id: ID against layer (Ansuini's profile), layers with d_repr > d_data flagged
+    const c = $("#plot-repr .canvas"), r = res.repr_id;
+    if (!r) return P().notComputed(c, "not computed (repr_id was not run)");
+    const prof = pick(r.details, ["profile"]);
+    const pts = (Array.isArray(prof) ? prof : []).map((p, i) => ({ x: i + 1, y: p.id, label: p.layer, over: p.exceeds_d_data === true }));
+    const over = pts.filter(p => p.over && isFinite(P().num(p.y))), dd = P().num(pick(r.details, ["d_data"]));
+    const series = [{ name: "d_repr", points: pts, nolegend: !over.length }];
+    if (over.length) series.push({ name: "d_repr > d_data", points: over, dotsOnly: true, r: 5, color: "#b42318" });
+    return P().line(c, { series, xlabel: "layer", ylabel: "intrinsic dimension", xticks: pts.map(p => ({ x: p.x, label: p.label })),
+      hlines: isFinite(dd) ? [{ y: dd, label: "d_data " + fmt(dd) }] : [], empty: "not computed (no per-layer profile in the report)" });
+  }
   function plotSharpness(res, report) {
     const c = $("#plot-sharpness .canvas"), r = res.label_sharpness;
     if (!r) return P().notComputed(c, "not computed (label_sharpness was not run)");
@@ -315,7 +326,7 @@
     Object.entries(res).forEach(([n, r]) => tbody.append(el("tr", {}, el("th", { scope: "row" }, n), el("td", { class: "num" }, fmt(r.value)),
       el("td", { class: "num" }, fmtCI(r.ci)), el("td", {}, r.version || ""), el("td", { class: "num" }, fmt(r.seconds)), el("td", {}, (r.warnings || []).join("; ")))));
     const ul = $("#interpretation"); (rep.interpretation || []).forEach(t => ul.append(el("li", {}, t)));
-    for (const f of [plotMLE, plotGride, plotTwoNN, plotSubspace, plotSharpness, plotPairs]) {
+    for (const f of [plotMLE, plotGride, plotTwoNN, plotSubspace, plotRepr, plotSharpness, plotPairs]) {
       try { f(res, rep); } catch (e) { console.error(e); }
     }
     $("#download").addEventListener("click", () => {

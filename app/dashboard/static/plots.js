@@ -1,6 +1,7 @@
 /* taskgauge — tiny SVG plotting (no dependencies, works offline).
- * TGPlot.line(el, {series:[{name, points:[{x, y, lo?, hi?, open?, note?}], dots?}], xlabel, ylabel, logx, hlines:[{y,label}], vlines,
- *              openLabel})   — open: a hollow marker (its meaning, openLabel, is noted in the plot; note: per-point tooltip)
+ * TGPlot.line(el, {series:[{name, points:[{x, y, lo?, hi?, open?, note?, label?}], dots?}], xlabel, ylabel, logx, hlines:[{y,label}], vlines,
+ *              openLabel, xticks:[{x, label}]})   — open: a hollow marker (its meaning, openLabel, is noted in the plot; note: per-point
+ *              tooltip); label: the point's name in its tooltip; xticks: named ticks instead of numbers (a categorical x axis)
  * TGPlot.heatmap(el, {matrix, labels, title})
  * TGPlot.bars(el, {groups:[name], series:[{name, values:[v|null], lo?:[], hi?:[]}], ylabel})
  */
@@ -49,7 +50,7 @@
 
   function line(el, opt) {
     const series = (opt.series || []).map(s => ({ ...s, points: (s.points || []).map(p => ({
-      x: num(p.x), y: num(p.y), lo: num(p.lo), hi: num(p.hi), open: !!p.open, note: p.note })).filter(p => isFinite(p.x) && isFinite(p.y) && (!opt.logx || p.x > 0)) }))
+      x: num(p.x), y: num(p.y), lo: num(p.lo), hi: num(p.hi), open: !!p.open, note: p.note, label: p.label })).filter(p => isFinite(p.x) && isFinite(p.y) && (!opt.logx || p.x > 0)) }))
       .filter(s => s.points.length);
     if (!series.length) return notComputed(el, opt.empty);
     const W = 460, H = 280, m = { l: 52, r: 14, t: 12, b: 42 };
@@ -69,7 +70,11 @@
     const ax = node("g", { class: "axis" }, svg);
     ticks(y0, y1, 5).forEach(v => { node("line", { class: "gridline", x1: m.l, x2: W - m.r, y1: Y(v), y2: Y(v) }, ax);
       text(ax, m.l - 6, Y(v) + 4, fmt(v), { "text-anchor": "end" }); });
-    if (opt.timex) {
+    if (opt.xticks) {   // named ticks (e.g. layers); every k-th one when they would crowd
+      const every = Math.max(1, Math.ceil(opt.xticks.length / 8));
+      opt.xticks.forEach((t, i) => { if (i % every || !isFinite(num(t.x))) return;
+        text(ax, X(num(t.x)), H - m.b + 16, String(t.label).slice(0, 14), { "text-anchor": "middle", class: "xtick" }); });
+    } else if (opt.timex) {
       const n = Math.min(4, xs.length); for (let i = 0; i < n; i++) { const v = x0 + (x1 - x0) * i / Math.max(1, n - 1);
         text(ax, Xr(v), H - m.b + 16, new Date(v).toISOString().slice(0, 16).replace("T", " "), { "text-anchor": "middle" }); }
     } else if (opt.logx) {
@@ -101,7 +106,7 @@
       s.points.forEach(p => { const d = node("circle", p.open  // open (hollow) marker: e.g. an unconverged trial
           ? { cx: X(p.x), cy: Y(p.y), r: (s.r || 3) + 0.5, fill: "#fff", stroke: c, "stroke-width": 1.5, class: "open" }
           : { cx: X(p.x), cy: Y(p.y), r: s.r || 3, fill: c, "fill-opacity": s.alpha || 1 }, g);
-        node("title", {}, d).textContent = `${s.name ? s.name + ": " : ""}${opt.timex ? new Date(p.x).toISOString() : fmt(p.x)} → ${fmt(p.y)}`
+        node("title", {}, d).textContent = `${s.name ? s.name + ": " : ""}${p.label !== undefined ? p.label : opt.timex ? new Date(p.x).toISOString() : fmt(p.x)} → ${fmt(p.y)}`
           + (p.open ? ` (${p.note || opt.openLabel || "open marker"})` : ""); });
     });
     if (series.some(s => s.points.some(p => p.open)))  // say what a hollow marker means

@@ -40,6 +40,39 @@ def _unsafe_name(name: str) -> bool:
     return any(part == ".." for part in norm.split("/"))
 
 
+def checked_zip_entries(ctx: Ctx, zf: zipfile.ZipFile, how: str) -> list[zipfile.ZipInfo]:
+    """The file entries of an archive after the checks every uploaded zip gets, from its central directory alone
+    (nothing decompressed): no entry that would escape an extraction directory (absolute, drive or ``..`` paths),
+    no symbolic links, at most ``max_files`` files (413) and at most ``max_expanded_mb`` declared uncompressed
+    bytes (413; :func:`read_limited` holds every entry to its budget again while decompressing). ``how`` completes
+    the fix in the messages ("zip the class folders")."""
+    infos = zf.infolist()
+    for info in infos:
+        if _unsafe_name(info.filename):
+            raise ctx.error(
+                "Unsafe zip entry",
+                f"entry '{info.filename}' points outside the archive (absolute path or '..'); {how} from inside "
+                "their parent folder, e.g. `cd data && zip -r ../data.zip .`",
+            )
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ctx.error(
+                "Unsafe zip entry",
+                f"entry '{info.filename}' is a symbolic link; zip the files themselves (zip without -y)",
+            )
+    files = [i for i in infos if not i.is_dir()]
+    opts = ctx.options
+    if len(files) > opts.max_files:
+        raise ctx.error(
+            "Too many files",
+            f"the zip has {len(files):,} files, more than the limit of {opts.max_files:,}; upload a subset",
+            status=413,
+        )
+    declared = sum(i.file_size for i in files)
+    if declared > opts.max_expanded_bytes:
+        raise ctx.too_large("the zip", declared)
+    return files
+
+
 def read_limited(fh: Any, budget: ByteBudget, what: str, size: int | None = None) -> bytearray:
     """Read a decompressing stream to its end, charging every byte to ``budget`` as it arrives (the zip-bomb
     check that does not trust the headers). With the declared ``size`` the buffer is allocated once and filled in
@@ -234,29 +267,7 @@ def read_image_zip(ctx: Ctx, path: Path) -> CanonicalDataset:
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ctx.error("Corrupt file", f"not a valid zip archive ({exc}); zip the class folders again") from None
     with zf:
-        infos = zf.infolist()
-        for info in infos:
-            if _unsafe_name(info.filename):
-                raise ctx.error(
-                    "Unsafe zip entry",
-                    f"entry '{info.filename}' points outside the archive (absolute path or '..'); zip the class "
-                    "folders from inside their parent folder, e.g. `cd data && zip -r ../data.zip .`",
-                )
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise ctx.error(
-                    "Unsafe zip entry",
-                    f"entry '{info.filename}' is a symbolic link; zip the files themselves (zip without -y)",
-                )
-        files = [i for i in infos if not i.is_dir()]
-        if len(files) > opts.max_files:
-            raise ctx.error(
-                "Too many files",
-                f"the zip has {len(files):,} files, more than the limit of {opts.max_files:,}; upload a subset",
-                status=413,
-            )
-        declared = sum(i.file_size for i in files)
-        if declared > opts.max_expanded_bytes:
-            raise ctx.too_large("the zip", declared)
+        files = checked_zip_entries(ctx, zf, "zip the class folders")
         entries, ignored, top = _layout(ctx, files)
         class_names = sorted({c for c, _ in entries})
         class_index = {c: i for i, c in enumerate(class_names)}

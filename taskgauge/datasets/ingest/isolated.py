@@ -67,12 +67,41 @@ def ingest_isolated(
     """Ingest ``path`` (named ``filename``) in a memory-limited child; the canonical ``.npz`` lands in
     ``out_path``. Raises :class:`IngestError` (422/413) for bad or too large data."""
     request = {
+        "kind": "dataset",
         "path": str(path),
         "filename": filename,
         "options": options.model_dump(mode="json"),
         "out": str(out_path),
         "memory_bytes": int(memory_bytes),
     }
+    return IngestSummary(**_run_child(request, filename, memory_bytes, timeout_s))
+
+
+def inspect_weights_isolated(
+    path: Path,
+    filename: str,
+    form: Any,
+    out_path: Path,
+    *,
+    memory_bytes: int,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Check uploaded model weights (:func:`taskgauge.weights.inspect_weights`, ``form`` a
+    :class:`taskgauge.weights.WeightsForm`) in a memory-limited child; the blob's bytes land in ``out_path``.
+    Returns the check's summary; raises :class:`IngestError` (422, 413 when the child runs out of memory)."""
+    request = {
+        "kind": "weights",
+        "path": str(path),
+        "filename": filename,
+        "form": form.model_dump(mode="json"),
+        "out": str(out_path),
+        "memory_bytes": int(memory_bytes),
+    }
+    return _run_child(request, filename, memory_bytes, timeout_s)
+
+
+def _run_child(request: dict[str, Any], filename: str, memory_bytes: int, timeout_s: float | None) -> dict[str, Any]:
+    """Run the child on ``request``; its ``ok`` reply, or the IngestError it reported or that its death means."""
     env = dict(os.environ)
     # One thread per library and two malloc arenas: threads' stacks and arenas are address space too.
     root = str(Path(__file__).resolve().parents[3])  # the folder holding the taskgauge package
@@ -111,7 +140,7 @@ def ingest_isolated(
         e = reply["error"]
         raise IngestError(str(e["title"]), str(e["detail"]), int(e["status"]))
     if reply is not None and "ok" in reply and proc.returncode == 0:
-        return IngestSummary(**reply["ok"])
+        return dict(reply["ok"])
     stderr = proc.stderr.decode("utf-8", "replace")[-4000:]
     if proc.returncode < 0 or (reply is not None and "killed" in reply):
         # killed (the OOM killer, a C library aborting on a failed allocation under the address-space limit)
@@ -164,8 +193,47 @@ def _limit_address_space(extra: int) -> None:
         pass
 
 
+def _weights_child(request: dict[str, Any]) -> dict[str, Any]:
+    """The child's work for a weights upload (:func:`inspect_weights_isolated`)."""
+    import safetensors.torch  # noqa: F401 - imported before the limit, as the readers below are
+    import torch
+
+    from taskgauge.weights import HF_ZIP, WeightsForm, inspect_weights, weights_format
+
+    try:
+        if weights_format(request["filename"]) == HF_ZIP:
+            from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401
+    except IngestError:
+        pass  # reported by inspect_weights below
+    torch.set_num_threads(1)
+    _limit_address_space(int(request["memory_bytes"]))
+    try:
+        summary = inspect_weights(
+            Path(request["path"]), request["filename"], WeightsForm(**request["form"]), Path(request["out"])
+        )
+        return {"ok": {**summary, "child_peak_rss": _status_bytes("VmHWM")}}
+    except IngestError as exc:
+        return {"error": {"title": exc.title, "detail": exc.detail, "status": exc.status}}
+    except MemoryError:
+        return {
+            "error": {
+                "title": "Model too large",
+                "status": 413,
+                "detail": (
+                    f"'{request['filename']}': checking it needed more memory than an upload may use "
+                    f"({int(request['memory_bytes']) / 2**20:,.0f} MB); upload a smaller model, or raise the limit "
+                    "on the server (TASKGAUGE_INGEST_MEMORY_MB)"
+                ),
+            }
+        }
+
+
 def _child() -> int:
     request = json.loads(sys.stdin.read())
+    if request.get("kind") == "weights":
+        sys.stdout.write(json.dumps(_weights_child(request)) + "\n")
+        sys.stdout.flush()
+        return 0
     from taskgauge.datasets.canonical import write_canonical
     from taskgauge.datasets.ingest import ingest_file, reader_for
 

@@ -178,6 +178,53 @@ def test_cli_errors_are_one_line_without_traceback(server, tmp_path):
     assert down.returncode == 1 and "cannot connect to the taskgauge server" in down.stderr
 
 
+@pytest.mark.integration
+def test_cli_upload_model_then_analyse_with_it(server, tmp_path):
+    """`taskgauge upload-model` stores trained weights; `analyse DATASET -e repr_id --model-spec-id ID` runs on a
+    real worker with them: the headline ID equals TwoNN on the in-memory network's activations at that layer."""
+    import numpy as np
+    import torch
+
+    from estimators.id.twonn import twonn_id
+    from estimators.models import build_model
+    from estimators.models.pretrained import save_spec_weights
+
+    rng = np.random.default_rng(1)
+    X = (rng.normal(size=(200, 3)) @ rng.normal(size=(3, 12))).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    spec = {"arch": "mlp", "hidden": [10]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    net = build_model(spec, (12,), 2, seed=3).eval()
+    save_spec_weights(net, tmp_path / "w.safetensors")
+
+    ds = json.loads(tg(server, "upload", str(tmp_path / "d.npz"), "--json").stdout)
+    up = tg(
+        server,
+        "upload-model",
+        str(tmp_path / "w.safetensors"),
+        "--spec",
+        str(tmp_path / "spec.json"),
+        "--input-shape",
+        "12",
+    )
+    assert "model spec id" in up.stdout and "mlp for input [12], 2 classes" in up.stdout
+    spec_id = up.stdout.split("model spec id")[1].split()[0]
+    p = tg(server, "analyse", ds["id"], "-e", "repr_id", "--model-spec-id", spec_id, "--json", "-")
+    res = json.loads(p.stdout)["results"]["repr_id"]
+    acts = {}
+    layer = res["details"]["headline_layer"]
+    dict(net.named_modules())[layer].register_forward_hook(lambda m, i, o: acts.setdefault("a", o.detach()))
+    with torch.no_grad():
+        net(torch.from_numpy(X))
+    assert res["value"] == pytest.approx(twonn_id(acts["a"], decimation=False).value, rel=1e-12)
+
+    (tmp_path / "w.pt").write_bytes(b"\x80\x04not really")
+    bad = tg(server, "upload-model", str(tmp_path / "w.pt"), check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("taskgauge: error: HTTP 422 Pickled weights refused")
+
+
 def test_every_command_has_help_with_an_example():
     from typer.testing import CliRunner
 
@@ -186,6 +233,7 @@ def test_every_command_has_help_with_an_example():
     runner = CliRunner()
     for cmd in (
         ["upload"],
+        ["upload-model"],
         ["datasets"],
         ["status"],
         ["watch"],

@@ -113,3 +113,82 @@ def test_hf_directory_refusals(tiny_bert_dir):
     (d / "model.safetensors").unlink()
     with pytest.raises(EstimatorError, match="no model.safetensors"):
         check_hf_directory(d)
+
+
+def _safetensors_with_header_length(path, n: int):
+    """A valid safetensors file of one float32 tensor whose JSON header is padded (with spaces, as the format allows)
+    to exactly ``n`` bytes."""
+    import struct
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    header += b" " * (n - len(header))
+    path.write_bytes(struct.pack("<Q", n) + header + struct.pack("<2f", 1.0, 2.0))
+    return path
+
+
+def test_pickles_are_recognised_by_their_first_bytes(tmp_path):
+    import io
+    import pickle
+
+    from estimators.models.pretrained import pickle_kind, refuse_pickles, safetensors_shapes
+
+    for protocol in (2, 3, 4, 5):
+        (tmp_path / "p").write_bytes(pickle.dumps({"w": [1.0]}, protocol=protocol))
+        assert pickle_kind(tmp_path / "p") == "a Python pickle", protocol
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    (tmp_path / "t").write_bytes(buf.getvalue())
+    assert pickle_kind(tmp_path / "t") == "a torch.save archive (a zip holding a pickle)"
+    # a safetensors header of 1408 bytes starts 0x80 0x05, as a protocol-5 pickle does: still safetensors
+    st = _safetensors_with_header_length(tmp_path / "w.safetensors", 0x0580)
+    assert st.read_bytes()[:2] == b"\x80\x05"
+    assert pickle_kind(st) is None and safetensors_shapes(st) == {"w": (2,)}
+    refuse_pickles(st)  # no error
+    # named like safetensors, content a pickle: refused all the same, and a directory holding one is refused whole
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "model.safetensors").write_bytes(buf.getvalue())
+    with pytest.raises(EstimatorError, match=r"pickled weights are refused \(model\.safetensors \(a torch\.save"):
+        refuse_pickles(tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    "spec, shape",
+    [
+        pytest.param({"arch": "mlp", "hidden": [32, 16]}, (20,), id="mlp"),
+        pytest.param({"arch": "lenet"}, (1, 28, 28), id="lenet"),
+        pytest.param({"arch": "cnn", "channels": [4, 8], "hidden": [16]}, (3, 8, 8), id="cnn"),
+        pytest.param({"arch": "resnet", "depth": 8, "width": 4, "groups": 2}, (3, 8, 8), id="resnet"),
+    ],
+)
+def test_state_shapes_on_the_meta_device_and_the_class_count_from_the_weights(tmp_path, spec, shape):
+    from estimators.models.pretrained import check_spec_weights, infer_n_classes, spec_state_shapes
+
+    net = build_model(spec, shape, 7, seed=1)
+    assert spec_state_shapes(spec, shape, 7) == {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    save_spec_weights(net, tmp_path / "w.safetensors")
+    from estimators.models.pretrained import safetensors_shapes
+
+    assert infer_n_classes(spec, shape, safetensors_shapes(tmp_path / "w.safetensors")) == 7
+    assert check_spec_weights(spec, shape, None, tmp_path / "w.safetensors") == 7
+    with pytest.raises(EstimatorError, match="shape mismatches"):
+        check_spec_weights(spec, shape, 6, tmp_path / "w.safetensors")
+
+
+def test_spec_models_are_loaded_once_per_process_and_frozen(tmp_path):
+    from estimators.models.pretrained import get_spec_model
+
+    spec = {"arch": "mlp", "hidden": [8]}
+    net = build_model(spec, (4,), 3, seed=2).eval()
+    save_spec_weights(net, tmp_path / "w.safetensors")
+    clear_cache()
+    a = get_spec_model(spec, (4,), None, tmp_path / "w.safetensors")
+    assert get_spec_model(spec, (4,), None, tmp_path / "w.safetensors") is a
+    assert not a.training and not any(p.requires_grad for p in a.parameters())
+    X = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.equal(a(X), net(X))
+    # other weights (another file's content) are another model
+    save_spec_weights(build_model(spec, (4,), 3, seed=3), tmp_path / "v.safetensors")
+    assert get_spec_model(spec, (4,), None, tmp_path / "v.safetensors") is not a
+    clear_cache()
+    assert get_spec_model(spec, (4,), None, tmp_path / "w.safetensors") is not a

@@ -135,3 +135,25 @@ def test_packaged_minilm_profile_runs():
     assert len(texts) == 80 and len(r.details["profile"]) == 7
     assert all(p["id"] is not None and 0 < p["id"] < 384 for p in r.details["profile"])
     assert r.details["model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.mark.gpu
+def test_weights_on_cuda_leave_the_shared_model_on_the_cpu(orthogonal_mlp):
+    """The process-wide model (estimators.models.pretrained.get_spec_model) is copied to the GPU, never moved: a
+    CPU analysis after a CUDA one finds it where it was, and both give the same profile up to float rounding."""
+    from estimators.models.pretrained import clear_cache, get_spec_model
+
+    _, path, _ = orthogonal_mlp
+    X = torch.from_numpy(_five_dim_in_r50(n=800))
+    spec = {"arch": "mlp", "hidden": [50]}
+    est = registry.get("repr_id")
+    params = est.parse_params({"model": spec, "weights": str(path), "layer": "all"})
+    clear_cache()
+    on_gpu = est.fn(X, None, params, device=torch.device("cuda"), progress=no_progress)
+    shared = get_spec_model(spec, (50,), None, path)
+    assert all(p.device.type == "cpu" for p in shared.parameters())
+    on_cpu = est.fn(X, None, params, device=CPU, progress=no_progress)
+    assert get_spec_model(spec, (50,), None, path) is shared
+    assert [p["id"] for p in on_gpu.details["profile"]] == pytest.approx(
+        [p["id"] for p in on_cpu.details["profile"]], rel=1e-4
+    )

@@ -435,7 +435,7 @@ def test_blob_store_sweeps_stale_parts_on_startup(tmp_path):
 def test_ingest_slots_answer_503_with_retry_after_when_busy():
     from starlette.exceptions import HTTPException
 
-    from app.routers.datasets import ingest_slot
+    from app.uploads import ingest_slot
 
     request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace()))
 

@@ -1,7 +1,7 @@
 """analysis shards: the blob holding a kNN shard's result (a split kNN's plan or part)
 
-Revision ID: 0003_knn_shard_blobs
-Revises: 0002_s3_worker_heartbeats
+Revision ID: 0005_knn_shard_blobs
+Revises: 0004_subspace_trials
 Create Date: 2026-11-30 15:00:00
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_knn_shard_blobs"
-down_revision: str | None = "0002_s3_worker_heartbeats"
+revision: str = "0005_knn_shard_blobs"
+down_revision: str | None = "0004_subspace_trials"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,194 @@
+"""A subspace sweep fanned out by trials (``TASKGAUGE_FANOUT``; issue 17): each round is a Celery group of trial shards.
+
+The sweep is the estimator's own four pieces (:mod:`estimators.subspace.trials`): ``prepare``, ``plan_round``,
+``run_trial``, ``aggregate``; here they run in shards of :mod:`workers.fanout` (same table, claim, lease, heartbeat,
+cancellation and recovery sweep), so the result is the in-process estimator's, value for value.
+
+* **Keys.** ``sub:baseline`` (direct training of every seed), ``sub:<d>`` (every seed at d, after its lr range
+  test), ``sub:<d>@<lr>`` (a bisection midpoint that takes its neighbours' lr). One shard trains all the seeds of
+  its d at once (vmapped, as in process: splitting the seeds would change the arithmetic, and cost more).
+* **Rounds.** :func:`first_round` (called by :func:`workers.fanout.start`) plans the first round: the baseline
+  beside the first d, plus look-ahead trials. A trial shard stores its record (small JSON) in its row's ``result``;
+  the shard that finds every ``sub:*`` row succeeded — under the analysis row's lock, in the transaction that marks
+  it done — asks the planner for the next round, inserts its rows and sends them after the commit; when the
+  planner says done it aggregates the records and writes the ``subspace`` result row in that same transaction,
+  and the normal assembly finishes the analysis.
+* **Width.** A round holds ``TASKGAUGE_FANOUT_TRIALS`` trial groups, by default as many as live workers consume the
+  trials' queue: the d the sequential sweep needs next, and trials it may need after it (predicted from the curve
+  so far). Look-ahead trials the sweep turns out not to need are not used; the report's ``environment.shards``
+  still lists them.
+* **Queue.** ``gpu`` when a worker consumes it (:func:`workers.gpu.gpu_queue_consumed`) and the analysis may use a
+  GPU (device ``auto`` or ``cuda``), else the analysis' queue. Stored per row, so the recovery sweep re-sends a
+  dead trial to the same queue.
+* **Idempotent.** A trial shard is claimed once (a duplicate delivery is skipped), rows are insert-or-ignore on
+  (analysis, key), and a round is planned from the stored records alone, so a re-delivered or re-run shard adds
+  nothing. A cancelled analysis stops its running trials at their next progress report, and no round follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch
+from sqlalchemy import select, update
+
+from estimators.device import describe_device, resolve_device
+from estimators.subspace.trials import Problem, Trial, aggregate, decode, plan_round, prepare, run_trial
+from taskgauge import db
+from taskgauge.context import Context
+from taskgauge.pipeline import Limits, PlannedEstimator, estimator_inputs, plan
+from taskgauge.report import result_to_json
+from taskgauge.services.analyses import DEFAULT_QUEUE, GPU_QUEUE, store_result, stored_results
+from taskgauge.services.datasets import embedded, load_dataset
+from taskgauge.services.model_specs import runnable
+from workers import fanout
+from workers.gpu import gpu_queue_consumed
+from workers.leases import Cancelled
+
+log = logging.getLogger("taskgauge.worker")
+
+ESTIMATOR = "subspace"
+PREFIX = "sub:"
+
+
+def is_trial(key: str) -> bool:
+    return key.startswith(PREFIX)
+
+
+def _sweep(
+    ctx: Context, analysis: db.Analysis, dataset: db.Dataset, spec: db.ModelSpec | None, device: Any, progress=None
+) -> tuple[PlannedEstimator, Problem]:
+    """The analysis' subspace estimator (params as the pipeline plans them) and its prepared problem."""
+    data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=progress)
+    requests = analysis.estimators or {}
+    model = runnable(ctx, spec)  # an uploaded model: its weights brought to this host
+    item = plan(
+        {ESTIMATOR: requests.get(ESTIMATOR)},
+        data,
+        model_spec=model.spec,
+        model_weights=model.weights,
+        memory_budget_mb=ctx.settings.memory_budget_override,
+        limits=Limits.from_settings(ctx.settings),
+    )[ESTIMATOR]
+    X, y = estimator_inputs(data, item)
+    return item, prepare(X, y, item.params, device=device)
+
+
+def trial_queue(ctx: Context, analysis: db.Analysis) -> str:
+    """``gpu`` when a worker consumes it and the analysis may run on a GPU; else the analysis' queue."""
+    if analysis.device != "cpu" and gpu_queue_consumed(ctx.settings):
+        return GPU_QUEUE
+    return analysis.queue or DEFAULT_QUEUE
+
+
+def round_width(ctx: Context, s: Any, queue: str) -> int:
+    """Trial groups per round: ``TASKGAUGE_FANOUT_TRIALS``, or the task slots of live workers on ``queue``."""
+    if ctx.settings.FANOUT_TRIALS:
+        return ctx.settings.FANOUT_TRIALS
+    W = db.WorkerHeartbeat
+    live = db.utcnow() - timedelta(seconds=ctx.settings.LEASE_S)
+    rows = s.execute(select(W.queues, W.concurrency).where(W.heartbeat_at >= live)).all()
+    return max(1, sum(int(c or 1) for queues, c in rows if queue in (queues or [])))
+
+
+def _rows(trials: list[Trial], queue: str, problem: Problem) -> list[dict[str, Any]]:
+    weight = 1.0 / problem.config.expected_trials  # a full sweep adds up to one estimator's progress
+    return [{"key": PREFIX + t.key, "queue": queue, "weight": weight} for t in trials]
+
+
+def first_round(ctx: Context, analysis: db.Analysis) -> list[dict[str, Any]]:
+    """The rows of the sweep's first round (baseline + first d + look-ahead), for :func:`workers.fanout.start`;
+    none when the sweep's rows exist already (a re-delivered analysis task: the queued ones are sent again)."""
+    S = db.AnalysisShard
+    with ctx.sessions() as s:
+        if s.scalar(select(S.id).where(S.analysis_id == analysis.id, S.key.startswith(PREFIX)).limit(1)):
+            return []
+        dataset = s.get(db.Dataset, analysis.dataset_id)
+        spec = s.get(db.ModelSpec, analysis.model_spec_id) if analysis.model_spec_id else None
+    _, problem = _sweep(ctx, analysis, dataset, spec, torch.device("cpu"))  # the plan needs no accelerator
+    queue = trial_queue(ctx, analysis)
+    with ctx.sessions() as s:
+        width = round_width(ctx, s, queue)
+    return _rows(plan_round(problem.config, {}, width=width), queue, problem)
+
+
+def execute_trial(analysis_id: str, key: str, ctx: Context) -> str:
+    """Claim and run one trial shard; the last of a round plans the next (or finishes the sweep)."""
+    token = fanout._claim(ctx, analysis_id, key)
+    if token is None:
+        return "skipped"
+    lease = fanout.ShardLease(ctx, analysis_id, key, token)
+    t0 = time.perf_counter()
+    try:
+        with lease:
+            with ctx.sessions() as s:
+                analysis = s.get(db.Analysis, analysis_id)
+                dataset = s.get(db.Dataset, analysis.dataset_id) if analysis else None
+                spec = s.get(db.ModelSpec, analysis.model_spec_id) if analysis and analysis.model_spec_id else None
+            if analysis is None or dataset is None:
+                return "missing"
+            trial = Trial.from_key(key.removeprefix(PREFIX))
+            device = resolve_device(ctx.settings.DEVICE if analysis.device == "auto" else analysis.device)
+            item, problem = _sweep(ctx, analysis, dataset, spec, device, progress=lease.progress)
+            seeds = item.params.seeds
+            record = run_trial(
+                problem, trial, progress=lambda k, stage: lease.progress(k / seeds, f"{ESTIMATOR}: {stage}")
+            )
+        return fanout._succeed(
+            ctx,
+            analysis_id,
+            key,
+            token,
+            time.perf_counter() - t0,
+            describe_device(device),
+            result=record,
+            advance=lambda s: _advance(ctx, s, analysis, item, problem),
+        )
+    except Cancelled:
+        fanout._close(ctx, analysis_id, key, token, db.CANCELLED)
+        return "cancelled"
+    except Exception as exc:  # noqa: BLE001 - a failing trial fails its analysis, never the worker
+        log.warning("trial shard %s/%s failed", analysis_id, key, exc_info=True)
+        fanout._close(ctx, analysis_id, key, token, db.FAILED)
+        fanout._fail_analysis(ctx, analysis_id, exc)
+        return "failed"
+
+
+def _advance(
+    ctx: Context, s: Any, analysis: db.Analysis, item: PlannedEstimator, problem: Problem
+) -> dict[str, str | None]:
+    """Under the analysis row's lock, after this shard is marked done: when every trial of the sweep has
+    succeeded, insert and return the next round ({key: queue}), or aggregate and store the ``subspace`` result."""
+    S = db.AnalysisShard
+    rows = s.execute(
+        select(S.key, S.status, S.result, S.queue, S.created_at).where(
+            S.analysis_id == analysis.id, S.key.startswith(PREFIX)
+        )
+    ).all()
+    if any(r.status != db.SUCCEEDED for r in rows):
+        return {}  # the round is still running
+    records = {r.key.removeprefix(PREFIX): decode(r.result) for r in rows}
+    queue = rows[0].queue or trial_queue(ctx, analysis)
+    trials = plan_round(problem.config, records, width=round_width(ctx, s, queue))
+    now = db.utcnow()
+    if trials:
+        dialect = s.get_bind().dialect.name
+        new = _rows(trials, queue, problem)
+        for row in new:
+            s.execute(
+                db.insert_ignore(
+                    S.__table__, dialect, fanout.new_shard(analysis.id, now, **row), ["analysis_id", "key"]
+                )
+            )
+        ds = ", ".join("baseline" if t.d is None else f"d={t.d}" for t in trials)
+        s.execute(update(db.Analysis).where(db.Analysis.id == analysis.id).values(stage=f"{ESTIMATOR}: trials {ds}"))
+        return {row["key"]: queue for row in new}
+    if ESTIMATOR not in stored_results(s, analysis.id):
+        started = min(r.created_at for r in rows)
+        seconds = (now - started).total_seconds()
+        result = aggregate(problem, records, total_s=seconds)
+        store_result(s, analysis.id, ESTIMATOR, result_to_json(item.estimator, item.params, result, seconds=seconds))
+    return {}
