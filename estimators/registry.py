@@ -8,6 +8,7 @@ registry stays cheap.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,11 @@ class Estimator:
     needs_labels: bool = False
     needs_model: bool = False
     min_samples: int = 3
+    #: ``knn_k(params, n_distinct)``: the k of the one full self-query ``kneighbors(X_distinct, k)`` the estimator
+    #: makes on its de-duplicated points, when a neighbour table computed beforehand can answer it
+    #: (:func:`estimators.knn.known_neighbours`; a fanned-out analysis splits that search over workers); None
+    #: (the function, or its answer for these params) when it makes no such search.
+    knn_k: Callable[[Any, int], int | None] | None = None
 
     def parse_params(self, raw: dict[str, Any] | None) -> Params:
         """Validate user params; raises EstimatorError naming the bad key and the allowed ones."""
@@ -71,6 +77,7 @@ def register(
     needs_labels: bool = False,
     needs_model: bool = False,
     min_samples: int = 3,
+    knn_k: Callable[[Any, int], int | None] | None = None,
 ):
     """Decorator: ``@register(name="mle", version="1.0.0", params=MLEParams, summary=...)``."""
 
@@ -86,6 +93,7 @@ def register(
             needs_labels=needs_labels,
             needs_model=needs_model,
             min_samples=min_samples,
+            knn_k=knn_k,
         )
         return fn
 

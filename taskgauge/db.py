@@ -205,14 +205,17 @@ class AnalysisResult(IdMixin, CreatedMixin, Base):
 class AnalysisShard(IdMixin, CreatedMixin, Base):
     """One task of a fanned-out analysis (docs/deployment.md, "Fan-out"), keyed by ``(analysis_id, key)``:
     ``est:NAME`` runs one estimator (its result goes to ``analysis_results``); ``sub:TRIAL`` one trial group of a
-    subspace sweep (its record, small JSON, in ``result``). Claimed and heart-beaten like an analysis
-    (``lease_token``/``heartbeat_at``); ``worker``/``device``/``seconds`` are listed in the report. ``queue``: where
-    it is sent (``NULL``: the analysis' queue); ``weight``: its share of one estimator in the analysis' progress."""
+    subspace sweep (its record, small JSON, in ``result``); ``knn:plan`` and ``knn:I/M`` plan and compute part I of
+    M of a split kNN (``workers.fanout_knn``; the result is the blob ``blob_sha256``, released when the analysis
+    ends). Claimed and heart-beaten like an analysis (``lease_token``/``heartbeat_at``); ``worker``/``device``/
+    ``seconds`` are listed in the report. ``queue``: where it is sent (``NULL``: the analysis' queue); ``weight``:
+    its share of one estimator in the analysis' progress."""
 
     __tablename__ = "analysis_shards"
     __table_args__ = (
         UniqueConstraint("analysis_id", "key"),
         Index("ix_analysis_shards_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_analysis_shards_blob_sha256", "blob_sha256"),
     )
     analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False)
     key: Mapped[str] = mapped_column(String(200), nullable=False)
@@ -229,6 +232,7 @@ class AnalysisShard(IdMixin, CreatedMixin, Base):
     queue: Mapped[str | None] = mapped_column(String(32), nullable=True)
     weight: Mapped[float] = mapped_column(Float, nullable=False, default=1.0, server_default="1")
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Report(CreatedMixin, Base):

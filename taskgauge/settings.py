@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         description="Trial groups per round of a fanned-out subspace sweep (the next d plus look-ahead trials it "
         "may need after it; the result is the same). 0: as many as live workers consume the trials' queue.",
     )
+    KNN_SHARD_ROWS: int = Field(
+        default=50_000,
+        ge=0,
+        description="With FANOUT: a dataset with more rows than this has the exact kNN of mle, twonn and gride "
+        "computed once, split into ceil(rows / KNN_SHARD_ROWS) parts (at most 64) that run as separate shard "
+        "tasks and are merged exactly; the three estimators then read the merged table. 0: never split.",
+    )
 
     # -- web surface hardening (issue 15)
     ALLOWED_HOSTS: str = Field(

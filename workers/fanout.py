@@ -23,6 +23,8 @@ No result backend and no scheduler of our own: the chord is our rows.
 * A ``subspace`` estimator fans out by trials instead (``sub:*`` shards in rounds, :mod:`workers.fanout_subspace`);
   its shards count as one estimator in the analysis' progress (``weight``), and each is sent to its row's
   ``queue`` (the ``gpu`` queue when a GPU worker exists).
+* Past ``TASKGAUGE_KNN_SHARD_ROWS`` rows, the kNN that mle, twonn and gride share is computed first, in parts
+  (``knn:*`` shards, :mod:`workers.fanout_knn`); their ``est:`` shards then read the merged table.
 """
 
 from __future__ import annotations
@@ -65,16 +67,21 @@ def _key(name: str) -> str:
 def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any]) -> bool:
     """Fan ``analysis`` out when two or more of its estimators are still to run; returns False otherwise (the
     caller then runs it in one task). Idempotent: a second call re-sends only the shards that are still queued."""
-    from workers import fanout_subspace
+    from workers import fanout_knn, fanout_subspace
 
     names = list(analysis.estimators or {}) or list(DEFAULT_ESTIMATORS)
     pending = [n for n in names if n not in done]
     sweep = fanout_subspace.ESTIMATOR in pending  # a subspace sweep fans out by trials (workers.fanout_subspace)
-    if len(pending) < 2 and not sweep:
+    split = fanout_knn.split_estimators(ctx, analysis, pending)  # their kNN first, in parts (workers.fanout_knn)
+    if len(pending) < 2 and not sweep and not split:
         return False
-    rows: list[dict[str, Any]] = [{"key": _key(n)} for n in pending if not (sweep and n == fanout_subspace.ESTIMATOR)]
+    rows: list[dict[str, Any]] = [
+        {"key": _key(n)} for n in pending if not (sweep and n == fanout_subspace.ESTIMATOR) and n not in split
+    ]
     if sweep:
         rows += fanout_subspace.first_round(ctx, analysis)
+    if split:
+        rows.append(fanout_knn.first_row())
     S, A = db.AnalysisShard, db.Analysis
     now = db.utcnow()
     with ctx.sessions() as s, s.begin():
@@ -218,7 +225,7 @@ def analysis_progress(s: Any, analysis_id: str) -> float:
 
 def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
     """Claim and run one shard; the last one assembles the report. Never raises for a bad input."""
-    from workers import fanout_subspace
+    from workers import fanout_knn, fanout_subspace
 
     if fanout_subspace.is_trial(key):
         return fanout_subspace.execute_trial(analysis_id, key, ctx)
@@ -229,6 +236,7 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
     lease = ShardLease(ctx, analysis_id, key, token)
     t0 = time.perf_counter()
     device_name: str | None = None
+    advance: Callable[[Any], dict[str, str | None]] | None = None
     try:
         with lease:
             with ctx.sessions() as s:
@@ -238,7 +246,9 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
                 done = stored_results(s, analysis_id)
             if analysis is None or dataset is None:
                 return "missing"
-            if name not in done:
+            if fanout_knn.is_knn(key):
+                advance, device_name = fanout_knn.execute(ctx, analysis, dataset, key, token, lease.progress)
+            elif name not in done:
                 data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
                 requests = analysis.estimators or {n: {} for n in DEFAULT_ESTIMATORS}
                 model = runnable(ctx, spec)
@@ -257,9 +267,13 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
                         store_result(s2, analysis_id, n, entry)
 
                 device_name = describe_device(device)
-                run_estimators(data, planned, device=device, progress=lease.progress, on_result=on_result)
+                with fanout_knn.table(ctx, analysis, dataset, data, name) as X_flat:  # a split kNN's merged table
+                    run_estimators(
+                        data, planned, device=device, progress=lease.progress, on_result=on_result, X_flat=X_flat
+                    )
     except Cancelled:
         _close(ctx, analysis_id, key, token, db.CANCELLED)
+        fanout_knn.release(ctx, analysis_id)
         return "cancelled"
     except Exception as exc:  # noqa: BLE001 - a failing estimator fails its analysis, never the worker
         if not isinstance(exc, EstimatorError):
@@ -267,7 +281,7 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
         _close(ctx, analysis_id, key, token, db.FAILED)
         _fail_analysis(ctx, analysis_id, exc)
         return "failed"
-    return _succeed(ctx, analysis_id, key, token, time.perf_counter() - t0, device_name)
+    return _succeed(ctx, analysis_id, key, token, time.perf_counter() - t0, device_name, advance=advance)
 
 
 def _close(ctx: Context, analysis_id: str, key: str, token: str, status: str) -> None:
@@ -299,6 +313,9 @@ def _fail_analysis(ctx: Context, analysis_id: str, exc: Exception) -> None:
             .where(A.id == analysis_id, A.status == db.RUNNING)
             .values(status=db.FAILED, error=error, finished_at=db.utcnow(), lease_token=None, stage="failed")
         )
+    from workers import fanout_knn
+
+    fanout_knn.release(ctx, analysis_id)
 
 
 def _succeed(
@@ -378,7 +395,11 @@ def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
         environment={"shards": shards},
         limits=Limits.from_settings(ctx.settings),
     )
-    return "assembled: " + _finish(ctx.sessions, analysis, parent_token, report)
+    from workers import fanout_knn
+
+    outcome = _finish(ctx.sessions, analysis, parent_token, report)
+    fanout_knn.release(ctx, analysis_id)
+    return "assembled: " + outcome
 
 
 def sweep_shards(ctx: Context) -> list[str]:
@@ -419,4 +440,7 @@ def sweep_shards(ctx: Context) -> list[str]:
     for aid, key, queue in resend:
         log.warning("re-sending shard %s of analysis %s (worker stopped, or message lost)", key, aid)
         _send(ctx, aid, queue, [key])
+    from workers import fanout_knn
+
+    fanout_knn.sweep(ctx)  # kNN blobs of analyses that ended without releasing them
     return [f"{aid}/{key}" for aid, key, _ in resend]

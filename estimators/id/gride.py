@@ -114,6 +114,15 @@ class GrideParams(Params):
         return self
 
 
+def _ladder(range_max: int, n2: int | None, n: int) -> tuple[list[tuple[int, int]], int]:
+    """The doubling ladder (1, 2), (2, 4), … up to ``range_max`` on ``n`` distinct points (capped at the n − 1
+    neighbours there are), and the neighbour count ``kmax`` its one kNN call needs."""
+    max_rank = min(n - 1, int(range_max))
+    steps = int(max_rank).bit_length() - 1  # largest i with 2**i <= max_rank
+    ladder = [(2**i, 2 ** (i + 1)) for i in range(steps)]
+    return ladder, max([b for _, b in ladder] + ([n2] if n2 is not None else []))
+
+
 def _dloglik(d: float, log_mu: np.ndarray, n1: int, n2: int, n: int) -> float:
     """ℓ'(d) of the Gride likelihood (DADApy's (N−1) convention)."""
     one_m = -np.expm1(-d * log_mu)  # 1 − μ^{−d}, accurate for d·ln μ ≪ 1
@@ -219,15 +228,13 @@ def gride_id(
     prep = prepare(X, estimator="gride", min_points=3 if n2 is None else n2 + 1)
     warnings = list(prep.warnings)
     n = prep.n_unique
+    ladder, kmax = _ladder(range_max, n2, n)
     max_rank = min(n - 1, int(range_max))
-    steps = int(max_rank).bit_length() - 1  # largest i with 2**i <= max_rank
-    ladder = [(2**i, 2 ** (i + 1)) for i in range(steps)]
     if max_rank < int(range_max):
         warnings.append(
             f"range_max={range_max} exceeds the {n - 1} neighbours available; the ladder stops at "
             f"({ladder[-1][0]}, {ladder[-1][1]})"
         )
-    kmax = max([b for _, b in ladder] + ([n2] if n2 is not None else []))
     knn = kneighbors(
         prep.X, kmax, device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.0, 0.9)
     )
@@ -239,7 +246,7 @@ def gride_id(
             curve.append(_step(D, a, b))
         except ValueError as exc:
             raise EstimatorError(f"gride: the likelihood at (n1, n2) = ({a}, {b}) has no maximum: {exc}") from None
-    target = (n1, n2) if n1 is not None else ladder[-1]
+    target = (n1, n2) if n1 is not None and n2 is not None else ladder[-1]  # both or neither (_check_args)
     sel = next((row for row in curve if (row["n1"], row["n2"]) == target), None)
     if sel is None:
         sel = _step(D, *target)
@@ -290,6 +297,7 @@ def gride_id(
     params=GrideParams,
     summary="Gride multiscale ML intrinsic dimension over (n1, n2) = (1,2)…(32,64), DADApy-compatible (docs/methods.md §1.5)",
     min_samples=3,
+    knn_k=lambda params, n: _ladder(params.range_max, params.n2, n)[1],
 )
 def gride(X: torch.Tensor, y, params: GrideParams, *, device, progress: ProgressFn) -> Result:  # noqa: ARG001
     """Registered estimator ``gride``: :func:`gride_id` with :class:`GrideParams` (labels are ignored)."""

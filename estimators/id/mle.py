@@ -266,12 +266,18 @@ def mle_id(
     return Result(value=value, details=details, warnings=warnings)
 
 
+def _knn_k(params: MLEParams, n: int) -> int | None:  # noqa: ARG001 - n: every k is checked against it by mle_id
+    """The k of mle's full self-query (registry ``knn_k``); None with anchors (it queries a subset then)."""
+    return (params.k2 if params.k2 is not None else params.k) if params.anchors is None else None
+
+
 @register(
     name="mle",
     version=VERSION,
     params=MLEParams,
     summary="Levina–Bickel MLE intrinsic dimension, MacKay–Ghahramani pooling (skdim-compatible), docs/methods.md §1.1",
     min_samples=K_MIN + 1,
+    knn_k=_knn_k,
 )
 def mle(X: torch.Tensor, y, params: MLEParams, *, device, progress: ProgressFn) -> Result:  # noqa: ARG001 - y unused
     """Registered estimator ``mle``: :func:`mle_id` with :class:`MLEParams` (labels are ignored)."""

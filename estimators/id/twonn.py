@@ -376,6 +376,7 @@ def twonn_id(
     params=TwoNNParams,
     summary="TwoNN intrinsic dimension: skdim LS fit with 10% discard; censored-ML and Bayesian variants with CI (docs/methods.md §1.2)",
     min_samples=3,
+    knn_k=lambda params, n: 2,  # the two nearest of every distinct point (the decimation levels search subsets)
 )
 def twonn(X: torch.Tensor, y, params: TwoNNParams, *, device, progress: ProgressFn) -> Result:  # noqa: ARG001
     """Registered estimator ``twonn``: :func:`twonn_id` with :class:`TwoNNParams` (labels are ignored)."""

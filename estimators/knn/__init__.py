@@ -2,6 +2,8 @@
 
 - :mod:`estimators.knn.engine`: :func:`kneighbors`, exact float64 neighbours with a float32 GEMM for speed;
 - :mod:`estimators.knn.pairs`: the exact inter-class closest pairs behind ``label_sharpness`` and δ;
+- :mod:`estimators.knn.known`: :func:`known_neighbours`, a table computed elsewhere (the parts of a split search,
+  :func:`plan_parts`/:func:`kneighbors_part`/:func:`merge_parts`) handed to every search on the same data;
 - :mod:`estimators.knn.duplicates`: :func:`exact_duplicates`, duplicate rows, found once (:func:`known_duplicates`
   hands a known answer to the estimators);
 - :mod:`estimators.knn.memory`: :func:`release_freed_memory`.
@@ -9,22 +11,34 @@
 
 from estimators.knn.duplicates import Duplicates, exact_duplicates, known_duplicates
 from estimators.knn.engine import (
+    KNNPart,
+    KNNPlan,
     KNNResult,
     LowerBoundEmbedding,
     exact_distances,
     kneighbors,
+    kneighbors_part,
     lower_bound_embedding,
+    merge_parts,
+    plan_parts,
 )
+from estimators.knn.known import known_neighbours
 from estimators.knn.memory import release_freed_memory
 
 __all__ = [
     "Duplicates",
+    "KNNPart",
+    "KNNPlan",
     "KNNResult",
     "LowerBoundEmbedding",
     "exact_distances",
     "exact_duplicates",
     "kneighbors",
+    "kneighbors_part",
+    "known_neighbours",
     "known_duplicates",
     "lower_bound_embedding",
+    "merge_parts",
+    "plan_parts",
     "release_freed_memory",
 ]

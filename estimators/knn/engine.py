@@ -75,6 +75,7 @@ import torch
 
 from estimators import _native
 from estimators.base import EstimatorError, ProgressFn, no_progress
+from estimators.knn import known as _known
 from estimators.knn.memory import release_freed_memory
 from estimators.validation import as_matrix
 
@@ -659,6 +660,49 @@ def _kmeans(z: torch.Tensor, m: int, iters: int = 6, seed: int = 0) -> tuple[tor
     return labels, cent
 
 
+def _centroids(z: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:
+    """Mean of each group's rows of ``z`` (an empty group's is 0); only the home clusters depend on it."""
+    sums = torch.zeros(m, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, labels, z)
+    counts = torch.bincount(labels, minlength=m).clamp_min(1).to(z.dtype)
+    return sums / counts.unsqueeze(1)
+
+
+@dataclass(frozen=True, eq=False)
+class _SymmetricPart:
+    """One part of a symmetric search split by :func:`kneighbors_part`: the plan's grouping and which part."""
+
+    labels: torch.Tensor
+    clusters: int
+    index: int
+    count: int
+
+
+def _part_clusters(counts: list[int], index: int, count: int) -> tuple[int, int]:
+    """The clusters ``[lo, hi)`` of part ``index`` of ``count``: consecutive ranges of the permuted order holding
+    about equal shares of the pairs (a cluster at position s meets its rows × the n − s columns after s). Integer
+    arithmetic on the counts alone, so every part computes the same boundaries from the same plan."""
+    n = sum(counts)
+    work, pos = [], 0
+    for c in counts:
+        work.append(c * (n - pos))
+        pos += c
+    total = sum(work)
+
+    def bound(p: int) -> int:
+        if p <= 0:
+            return 0
+        if p >= count:
+            return len(counts)
+        acc = 0
+        for c, w in enumerate(work):
+            if acc * count >= total * p:
+                return c
+            acc += w
+        return len(counts)
+
+    return bound(index), bound(index + 1)
+
+
 def _home_need(k: int) -> int:
     """Reference points whose exact distances give a query's first upper bound U: ``_HOME_NEED`` for k >= 11,
     fewer for small k (TwoNN's k = 2 needs a good 2nd neighbour, not 384 candidates), never under 2(k + 1)."""
@@ -1222,7 +1266,9 @@ def _cluster_bounds(w: torch.Tensor, counts: torch.Tensor, T: torch.Tensor) -> _
     return _ClusterBounds(w, counts, T)
 
 
-def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = None) -> None:
+def _pruned_symmetric(
+    eng: _Engine, out_d, out_i, progress, force: str | None = None, part: _SymmetricPart | None = None
+) -> None:
     """Step 2 for the full self-query, each unordered pair considered once, in coarse parallel tasks.
 
     Reference rows are ordered by k-means cluster; every row's ``U_i`` comes first (home clusters). A block
@@ -1235,13 +1281,23 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     Each block runs *pruned* (the projected test first, then the GEMM on the surviving columns) or as *brute force*
     (the GEMM on all its columns): the same candidates either way. :class:`_Chooser` picks, block by block, the form
     that costs less as measured on the blocks already done (``force``: always that form).
+
+    ``part`` (:func:`kneighbors_part`): the grouping comes from the plan instead of k-means, and only the blocks of
+    the part's clusters run. A pair {i, j} is met by the block holding the smaller of its two positions, so the
+    parts, each a range of clusters, meet every pair exactly once between them; the thresholds U are valid upper
+    bounds of the rows' k-th distances over all columns, hence over the columns a part meets, and each part keeps,
+    per row it touches, the exact k best among the pairs it met (fewer when it met fewer).
     """
     n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
     # the embedding at the candidate ranks (one projection); k-means groups the rows in the rank-32 embedding
     pre = _Prefixes(eng, tuple(sorted({min(r, eng.D) for r in _RANKS})))
     r0 = min(pre.ranks, key=lambda r: abs(r - _KMEANS_RANK))
-    m = max(1, round(n / _CLUSTER_SIZE))
-    labels, cent = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m)
+    if part is None:
+        m = max(1, round(n / _CLUSTER_SIZE))
+        labels, cent = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m)
+    else:  # the plan's grouping; centroids (for the home clusters only) from this call's own embedding
+        m, labels = part.clusters, part.labels.to(dev, torch.long)
+        cent = _centroids(pre.at(r0)[:, : r0 + 1].to(torch.float32), labels, m)
     release_freed_memory(dev)
     eng.clock.lap("kmeans")
     counts = torch.bincount(labels, minlength=m)
@@ -1264,6 +1320,11 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     for c in range(m):
         for s in range(starts[c], starts[c + 1], rows_max):
             units.append((c, s, min(starts[c + 1], s + rows_max)))
+    mine = units  # the blocks this call runs (every U is needed: any row at a position >= s may be a column)
+    if part is not None:
+        c_lo, c_hi = _part_clusters(counts.tolist(), part.index, part.count)
+        mine = [u for u in units if c_lo <= u[0] < c_hi]
+        stats["part"] = {"index": part.index, "count": part.count, "clusters": [c_lo, c_hi]}
     # exact distances inside the block loop with the native kernel (CPU): from the block's rows and the gathered
     # columns while both are in cache when the GEMM frame holds the data's own float32 values, else from the
     # original rows by id; then blocks run in parallel. Otherwise (CUDA, no native kernel) candidate pairs wait
@@ -1272,7 +1333,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     stats["exact_in_block"] = native
     threads = eng.threads if native else 1
     stats["threads"] = threads
-    widest = min(rows_max, max(e - s for _, s, e in units))
+    widest = min(rows_max, max((e - s for _, s, e in mine), default=1))
     if dev.type == "cpu":
         proj_cols = max(256, min(proj_cols, _PROJ_PIECE // widest))
 
@@ -1320,7 +1381,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
         # (timed) plus the GEMM its survivors would need (at the GEMM rate measured on the same blocks); the
         # rank of least total cost wins (more directions prune more columns, but cost more per column)
         w0 = pool.workers[0]
-        big = [u for u in units if u[2] - u[1] >= 8] or units
+        big = [u for u in mine if u[2] - u[1] >= 8] or mine
         sample = (
             [big[int(i)] for i in np.linspace(0, len(big) - 1, min(_RANK_SAMPLES, len(big)))]
             if len(pre.ranks) > 1 and force != "brute"
@@ -1356,8 +1417,8 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
         pool.start_scan(thr_c, norm_p + eng.max_norm, eng.bounds)
         cl = _cluster_bounds(z_p[:, :rw], counts, U + (eng.bounds.eta + eng.bounds.kappa_proj) * (cn_p + eng.max_cnorm))
         stats["cluster_test"] = cl is not None
-        chooser = _Chooser(units, n, force)
-        total = sum((e - s) * (n - s) for _, s, e in units)
+        chooser = _Chooser(mine, n, force)
+        total = sum((e - s) * (n - s) for _, s, e in mine)
 
         def block(w, task) -> None:
             mode, group = task
@@ -1590,6 +1651,15 @@ def kneighbors(
             raise EstimatorError(f"kneighbors: queries have {queries.shape[1]} features but reference has {D}")
         qi = None
         q_rows = queries.to(dev)
+    if self_query:  # a table computed elsewhere for this very data (estimators.knn.known)
+        hit = _known.lookup(reference, k, None if query_index is None else qi)
+        if hit is not None:
+            return KNNResult(
+                distances=hit[0],
+                indices=hit[1],
+                query_index=None if query_index is None else qi.cpu(),
+                stats={"method": "known", "pruned_fraction": 0.0},
+            )
     nq = q_rows.shape[0]
     # allocated here, filled by the search just before its first merge (pages not yet written are not resident:
     # the projection and k-means run without them)
@@ -1631,6 +1701,238 @@ def kneighbors(
     return KNNResult(
         distances=out_d.cpu(), indices=out_i.cpu().long(), query_index=None if qi is None else qi.cpu(), stats=stats
     )
+
+
+@dataclass(frozen=True, eq=False)
+class KNNPlan:
+    """How :func:`kneighbors_part` splits the full self-query of one reference (``n`` rows) into ``parts`` parts
+    (:func:`plan_parts`).
+
+    ``labels`` (int64, one per row) and ``clusters``: the k-means grouping of the pruned symmetric search (large
+    inputs); part p runs the blocks of a range of groups (equal shares of the pairs), each block against the
+    columns after it, so that the parts meet every unordered pair once between them. ``labels`` None: the search
+    is the brute force (small or low-dimensional inputs, where every pair is computed from both sides anyway),
+    and part p is the block of consecutive query rows ``[p·n // parts, (p + 1)·n // parts)`` against all rows.
+    Every part must use the same plan (a worker stores it once: :meth:`arrays`)."""
+
+    n: int
+    parts: int
+    labels: torch.Tensor | None = None
+    clusters: int = 0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The plan as plain arrays (for ``numpy.savez``; never pickled)."""
+        out = {"n": np.asarray(self.n, np.int64), "parts": np.asarray(self.parts, np.int64)}
+        if self.labels is not None:
+            out["labels"] = self.labels.cpu().numpy().astype(np.int32 if self.clusters < 2**31 else np.int64)
+            out["clusters"] = np.asarray(self.clusters, np.int64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> KNNPlan:
+        """The plan of :meth:`arrays`, checked (ValueError when inconsistent)."""
+        n, parts = int(arrays["n"]), int(arrays["parts"])
+        if n < 2 or parts < 1:
+            raise ValueError(f"not a kNN plan: n={n}, parts={parts}")
+        if "labels" not in arrays:
+            return cls(n=n, parts=parts)
+        labels = torch.from_numpy(np.asarray(arrays["labels"]).astype(np.int64))
+        clusters = int(arrays["clusters"])
+        if labels.shape != (n,) or clusters < 1 or int(labels.min()) < 0 or int(labels.max()) >= clusters:
+            raise ValueError(f"not a kNN plan: labels of shape {tuple(labels.shape)} for n={n}, {clusters} clusters")
+        return cls(n=n, parts=parts, labels=labels, clusters=clusters)
+
+
+@dataclass
+class KNNPart:
+    """The partial answer of one part (:func:`kneighbors_part`): for each row in ``rows`` (int64, ascending), the
+    exact k best among the pairs this part met, ascending by (distance, index), padded with (+inf, -1) where it
+    met fewer. :func:`merge_parts` turns all parts of a plan into the exact kNN."""
+
+    rows: torch.Tensor
+    distances: torch.Tensor
+    indices: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The part as plain arrays (for ``numpy.savez``; never pickled)."""
+        return {"rows": self.rows.numpy(), "distances": self.distances.numpy(), "indices": self.indices.numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> KNNPart:
+        rows, d, i = (np.asarray(arrays[name]) for name in ("rows", "distances", "indices"))
+        if (
+            rows.ndim != 1
+            or d.ndim != 2
+            or d.shape != i.shape
+            or d.shape[0] != rows.shape[0]
+            or d.dtype != np.float64
+            or i.dtype.kind != "i"
+            or rows.dtype.kind != "i"
+        ):
+            raise ValueError(f"not a kNN part: rows {rows.shape}, distances {d.shape} {d.dtype}, indices {i.shape}")
+        return cls(
+            rows=torch.from_numpy(rows.astype(np.int64)),
+            distances=torch.from_numpy(d),
+            indices=torch.from_numpy(i.astype(np.int64)),
+        )
+
+
+def _self_query_args(reference, k, memory_budget_mb, device, who: str) -> tuple[torch.Tensor, int, torch.device]:
+    """The checks :func:`kneighbors` makes on a full self-query's arguments, for the split search."""
+    reference = _as_matrix(reference, "reference")
+    n = reference.shape[0]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n - 1:
+        raise EstimatorError(
+            f"{who}: k must be an integer in [1, {max(n - 1, 0)}] ({n} rows, self excluded), got {k!r}"
+        )
+    if memory_budget_mb is None or memory_budget_mb <= 0:
+        raise EstimatorError(f"{who}: memory_budget_mb must be positive, got {memory_budget_mb!r}")
+    if isinstance(device, str):
+        from estimators.device import resolve_device
+
+        device = resolve_device(device)
+    return reference, int(k), torch.device(device)
+
+
+def plan_parts(
+    reference: torch.Tensor,
+    k: int,
+    parts: int,
+    *,
+    device: torch.device | str = "cpu",
+    memory_budget_mb: int = 1024,
+) -> KNNPlan:
+    """The plan that splits ``kneighbors(reference, k)`` (the full self-query) into ``parts`` parts that can run
+    on different machines (:func:`kneighbors_part`), merged exactly by :func:`merge_parts`.
+
+    For inputs the full self-query would search with the pruned symmetric search, this is its k-means grouping
+    (the projection and k-means of step 2, once, so that every part uses the same one); otherwise a plan of row
+    blocks (nothing to compute). The answer never depends on the grouping, only how fast the parts run.
+
+    >>> X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
+    >>> plan = plan_parts(X, 2, 2)
+    >>> merged = merge_parts([kneighbors_part(X, 2, plan, p) for p in range(2)], 4, 2)
+    >>> torch.equal(merged.indices, kneighbors(X, 2).indices)
+    True
+    """
+    reference, k, dev = _self_query_args(reference, k, memory_budget_mb, device, "plan_parts")
+    if isinstance(parts, bool) or not isinstance(parts, (int, np.integer)) or parts < 1:
+        raise EstimatorError(f"plan_parts: parts must be a positive integer, got {parts!r}")
+    n, D = reference.shape
+    if not (n * n >= _PRUNE_MIN_PAIRS and n >= _PRUNE_MIN_REF and D >= _PRUNE_MIN_DIM):
+        return KNNPlan(n=n, parts=int(parts))
+    stats: dict = {}
+    eng = _Engine(reference.to(dev), k, dev, int(memory_budget_mb) * 2**20, stats, defer_frame=True)
+    ranks = tuple(sorted({min(r, eng.D) for r in _RANKS}))
+    pre = _Prefixes(eng, (min(ranks, key=lambda r: abs(r - _KMEANS_RANK)),))
+    r0 = pre.ranks[0]
+    m = max(1, round(n / _CLUSTER_SIZE))
+    labels, _ = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m)
+    del pre, eng
+    release_freed_memory(dev)
+    return KNNPlan(n=n, parts=int(parts), labels=labels.cpu(), clusters=m)
+
+
+def kneighbors_part(
+    reference: torch.Tensor,
+    k: int,
+    plan: KNNPlan,
+    part: int,
+    *,
+    device: torch.device | str = "cpu",
+    memory_budget_mb: int = 1024,
+    progress: ProgressFn = no_progress,
+    method: str = "auto",
+) -> KNNPart:
+    """Part ``part`` of the full self-query ``kneighbors(reference, k)`` split by ``plan`` (:func:`plan_parts`):
+    the rows it touched with, for each, the exact k best among the pairs it met (:class:`KNNPart`). The parts of
+    one plan meet every pair once between them; :func:`merge_parts` of all of them equals ``kneighbors(reference,
+    k)``, distances bit for bit (the same float64 kernel computes each pair's distance). Parts are independent:
+    run them anywhere, in any order, any number of times."""
+    reference, k, dev = _self_query_args(reference, k, memory_budget_mb, device, "kneighbors_part")
+    if method not in _METHODS:
+        raise EstimatorError(f"kneighbors_part: method must be one of {', '.join(_METHODS)}, got {method!r}")
+    n = reference.shape[0]
+    if plan.n != n:
+        raise EstimatorError(f"kneighbors_part: the plan is for {plan.n} rows, the reference has {n}")
+    if isinstance(part, bool) or not isinstance(part, (int, np.integer)) or not 0 <= part < plan.parts:
+        raise EstimatorError(f"kneighbors_part: part must be an integer in [0, {plan.parts - 1}], got {part!r}")
+    if plan.labels is None:
+        a, b = part * n // plan.parts, (part + 1) * n // plan.parts
+        if a == b:
+            empty = torch.zeros((0, k), dtype=torch.float64)
+            return KNNPart(torch.zeros(0, dtype=torch.long), empty, empty.long(), {"method": "brute", "rows": [a, b]})
+        r = kneighbors(
+            reference,
+            k,
+            query_index=torch.arange(a, b),
+            device=dev,
+            memory_budget_mb=memory_budget_mb,
+            progress=progress,
+            method=method,
+        )
+        return KNNPart(torch.arange(a, b), r.distances, r.indices, {**r.stats, "rows": [a, b]})
+    ref = reference.to(dev)
+    out_d = torch.empty((n, k), dtype=torch.float64, device=dev)
+    out_i = torch.empty((n, k), dtype=_id_dtype(n), device=dev)
+    stats: dict = {"method": "pruned-symmetric-part"}
+    threads = torch.get_num_threads()
+    single = dev.type == "cpu" and threads > 1  # as kneighbors' symmetric search: one thread per worker
+    if single:
+        torch.set_num_threads(1)
+    try:
+        eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats, defer_frame=True)
+        eng.threads = threads
+        stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
+        stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
+        labels = plan.labels if plan.labels is not None else torch.zeros(0)
+        _pruned_symmetric(
+            eng,
+            out_d,
+            out_i,
+            progress,
+            force=None if method == "auto" else method,
+            part=_SymmetricPart(labels=labels, clusters=plan.clusters, index=int(part), count=plan.parts),
+        )
+        stats["candidates_mean"] = round(eng.examined / n, 3)
+        del eng
+    finally:
+        if single:
+            torch.set_num_threads(threads)
+    release_freed_memory(dev)
+    out_d, out_i = out_d.cpu(), out_i.cpu().long()
+    rows = torch.nonzero(out_i[:, 0] >= 0).flatten()
+    progress(1.0, "knn")
+    return KNNPart(rows, out_d.index_select(0, rows), out_i.index_select(0, rows), stats)
+
+
+def merge_parts(parts: list[KNNPart], n: int, k: int) -> KNNResult:
+    """The exact kNN from the parts of one plan: each row's k best by (distance, index) over all parts' lists.
+
+    Raises ValueError when the parts do not add up to an answer: a row with fewer than k neighbours (a part is
+    missing) or a neighbour listed twice (parts of different plans, or one part given twice)."""
+    out_d = torch.full((n, k), math.inf, dtype=torch.float64)
+    out_i = torch.full((n, k), -1, dtype=torch.long)
+    step = max(1, _MERGE_ENTRIES // max(2 * k, 1))
+    for p in parts:
+        if p.distances.shape[1] != k or (p.rows.numel() and (int(p.rows.min()) < 0 or int(p.rows.max()) >= n)):
+            raise ValueError(f"merge_parts: a part of shape {tuple(p.distances.shape)} does not fit n={n}, k={k}")
+        for s in range(0, p.rows.numel(), step):
+            rows = p.rows[s : s + step]
+            d = torch.cat([out_d.index_select(0, rows), p.distances[s : s + step]], 1)
+            i = torch.cat([out_i.index_select(0, rows), p.indices[s : s + step]], 1)
+            o = torch.argsort(i, dim=1, stable=True)  # (distance, index): index first, then a stable sort by distance
+            d, i = d.gather(1, o), i.gather(1, o)
+            o = torch.argsort(d, dim=1, stable=True)[:, :k]
+            out_d[rows], out_i[rows] = d.gather(1, o), i.gather(1, o)
+    if bool((out_i < 0).any()):
+        short = int((out_i < 0).any(1).sum())
+        raise ValueError(f"merge_parts: {short} rows have fewer than {k} neighbours; a part is missing")
+    srt = torch.sort(out_i, dim=1).values
+    if k > 1 and bool((srt[:, 1:] == srt[:, :-1]).any()):
+        raise ValueError("merge_parts: a neighbour is listed twice; the parts come from different plans")
+    return KNNResult(distances=out_d, indices=out_i, query_index=None, stats={"method": "parts", "parts": len(parts)})
 
 
 def _search(

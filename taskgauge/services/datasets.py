@@ -192,32 +192,42 @@ def publish_with_row(ctx: Context, owner_id: str, staged: StagedBlob, size: int,
         raise
 
 
-def gc_blob(ctx: Context, sha256: str) -> None:
-    """Remove a blob row and file when no dataset or model spec references it (under the blob row's lock)."""
+def gc_blob(ctx: Context, sha256: str) -> bool:
+    """Remove a blob row and file when no dataset, model spec or shard (a split kNN's result) references it, under
+    the blob row's lock; True when it was removed. The row is inserted-or-locked first, so a publisher of the same
+    bytes whose insert is not committed yet makes us wait, and then keeps its blob."""
     try:
         with ctx.sessions() as s, s.begin():
-            blob = s.scalar(select(db.Blob).where(db.Blob.sha256 == sha256).with_for_update())
-            if blob is not None:
-                refs = s.scalar(select(func.count()).select_from(db.Dataset).where(db.Dataset.blob_sha256 == sha256))
-                refs = refs or s.scalar(
-                    select(func.count()).select_from(db.ModelSpec).where(db.ModelSpec.weights_sha256 == sha256)
+            s.execute(
+                db.upsert_touch(
+                    db.Blob.__table__,
+                    s.get_bind().dialect.name,
+                    {"sha256": sha256, "size": 0, "created_at": db.utcnow()},
+                    ["sha256"],
+                    "sha256",
                 )
-                if refs:
-                    return
-                s.delete(blob)
-                s.flush()
+            )
+            for column in (db.Dataset.blob_sha256, db.ModelSpec.weights_sha256, db.AnalysisShard.blob_sha256):
+                if s.scalar(select(func.count()).select_from(column.class_).where(column == sha256)):
+                    return False
+            s.execute(delete(db.Blob).where(db.Blob.sha256 == sha256))
             ctx.blobs.delete(sha256)  # inside the lock: an upload of the same content waits for us
+        return True
     except Exception:  # noqa: BLE001 - best effort; an orphan file is harmless and re-used by the next upload
         log.warning("could not garbage-collect blob %s", sha256, exc_info=True)
+        return False
 
 
 def delete_dataset(ctx: Context, owner_id: str, dataset_id: str) -> None:
+    from taskgauge.services import shard_blobs
+
     with ctx.sessions() as s, s.begin():
         row = get_dataset(s, owner_id, dataset_id)
         sha, derived = row.blob_sha256, derived_blobs(row)
+        shards = shard_blobs.of_datasets(s, [row.id])  # its analyses' split-kNN results go with their rows
         s.execute(select(db.Blob).where(db.Blob.sha256 == sha).with_for_update())
         s.execute(delete(db.Dataset).where(db.Dataset.id == row.id))
-    for blob in (sha, *derived):  # a cache another dataset of the same texts listed is simply recomputed
+    for blob in (sha, *derived, *shards):  # a cache another dataset of the same texts listed is simply recomputed
         gc_blob(ctx, blob)
 
 
