@@ -2,7 +2,7 @@
 fan-out would send are collected and delivered by the test (in order, twice, or never), on SQLite and the file
 blob store. The values equal the one-process pipeline's bit for bit; re-delivered shards add nothing; a cancel
 stops every shard; a worker that dies mid-part costs a re-run of that part only; no blob is left behind.
-(tests/integration/test_fanout_knn.py runs the same on PostgreSQL + Redis with real worker processes.)"""
+(tests/integration/test_fanout_knn_stack.py runs the same on PostgreSQL + Redis with real worker processes.)"""
 
 from __future__ import annotations
 
