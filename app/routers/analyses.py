@@ -11,12 +11,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import Offset, OwnerDep, SessionDep, StateDep
+from app.deps import Offset, OwnerDep, ReadDep, StateDep
 from app.errors import responses
 from app.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
 from taskgauge import db
+from taskgauge.auth import Principal
 from taskgauge.errors import Conflict
 from taskgauge.services import analyses as services
 from workers.gpu import gpu_queue_consumed
@@ -62,21 +64,24 @@ def create_analysis(
 
 
 @router.get("", response_model=AnalysesPublic, operation_id="analyses-list", responses=responses())
-def list_analyses(
-    session: SessionDep,
-    owner: OwnerDep,
+async def list_analyses(
+    read: ReadDep,
     dataset_id: str | None = None,
     status: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> AnalysesPublic:
     """Your analyses, newest first; filter by ``dataset_id`` and ``status``."""
-    rows, count = services.list_analyses(
-        session, owner.owner_id, dataset_id=dataset_id, status=status, limit=limit, offset=offset
-    )
-    return AnalysesPublic(
-        items=[AnalysisPublic.model_validate(r) for r in rows], count=count, limit=limit, offset=offset
-    )
+
+    def page(session: Session, owner: Principal) -> AnalysesPublic:
+        rows, count = services.list_analyses(
+            session, owner.owner_id, dataset_id=dataset_id, status=status, limit=limit, offset=offset
+        )
+        return AnalysesPublic(
+            items=[AnalysisPublic.model_validate(r) for r in rows], count=count, limit=limit, offset=offset
+        )
+
+    return await read(page)
 
 
 @router.get(
@@ -86,9 +91,11 @@ def list_analyses(
     name="analyses-read",
     responses=responses(),
 )
-def read_analysis(analysis_id: str, session: SessionDep, owner: OwnerDep) -> AnalysisPublic:
+async def read_analysis(analysis_id: str, read: ReadDep) -> AnalysisPublic:
     """Status ``queued|running|succeeded|failed|cancelled``, ``progress`` (0..1), ``stage``, ``error``, ``report_id``."""
-    return AnalysisPublic.model_validate(services.get_analysis(session, owner.owner_id, analysis_id))
+    return await read(
+        lambda s, owner: AnalysisPublic.model_validate(services.get_analysis(s, owner.owner_id, analysis_id))
+    )
 
 
 @router.post(

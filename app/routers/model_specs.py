@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy.orm import Session
 
-from app.deps import OwnerDep, SessionDep, WriteSessionDep
+from app.deps import OwnerDep, ReadDep, WriteSessionDep
 from app.errors import responses
 from app.schemas import ModelSpecCreate, ModelSpecPublic, ModelSpecsPublic
+from taskgauge.auth import Principal
 from taskgauge.services import datasets as services
 
 router = APIRouter(prefix="/model-specs", tags=["model-specs"])
@@ -22,11 +24,16 @@ def create_model_spec(body: ModelSpecCreate, session: WriteSessionDep, owner: Ow
 
 
 @router.get("", response_model=ModelSpecsPublic, operation_id="model-specs-list", responses=responses())
-def list_model_specs(session: SessionDep, owner: OwnerDep) -> ModelSpecsPublic:
-    rows = services.list_model_specs(session, owner.owner_id)
-    return ModelSpecsPublic(items=[ModelSpecPublic.model_validate(r) for r in rows], count=len(rows))
+async def list_model_specs(read: ReadDep) -> ModelSpecsPublic:
+    def specs(session: Session, owner: Principal) -> ModelSpecsPublic:
+        rows = services.list_model_specs(session, owner.owner_id)
+        return ModelSpecsPublic(items=[ModelSpecPublic.model_validate(r) for r in rows], count=len(rows))
+
+    return await read(specs)
 
 
 @router.get("/{spec_id}", response_model=ModelSpecPublic, operation_id="model-specs-read", responses=responses())
-def read_model_spec(spec_id: str, session: SessionDep, owner: OwnerDep) -> ModelSpecPublic:
-    return ModelSpecPublic.model_validate(services.get_model_spec(session, owner.owner_id, spec_id))
+async def read_model_spec(spec_id: str, read: ReadDep) -> ModelSpecPublic:
+    return await read(
+        lambda s, owner: ModelSpecPublic.model_validate(services.get_model_spec(s, owner.owner_id, spec_id))
+    )
