@@ -1,11 +1,13 @@
 """The read path under load (issue 15, "Load on the embedded default"; bench/load_embedded.py measures it).
 
-A read costs one worker-thread call (the key lookup, the query and the response model in one session), counted here
-with the thread pool's own entry point (FastAPI and Starlette go through ``anyio.to_thread.run_sync``).
+A read costs one worker-thread call (the key lookup, the query and the response model in one session), and the SSE
+streams cost one database read per poll interval between them, whatever their number. Both are counted here with
+the thread pool's own entry point (FastAPI and Starlette go through ``anyio.to_thread.run_sync``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import update
 
+from app.live import AnalysisWatch
 from taskgauge import db
 from taskgauge.auth import authenticate, create_key
 
@@ -125,3 +128,83 @@ def test_sse_stream_follows_the_analysis_to_its_end(stocked):
     assert '"status": "queued"' in states[0] and '"status": "succeeded"' in states[-1], r.text
     assert any('"progress": 0.5' in d for d in states), r.text  # the running state was seen on the way
     assert time.monotonic() - t0 < 10
+
+
+def test_one_database_read_per_interval_for_all_streams():
+    """20 streams on one analysis and one on another: each poll is one load of both ids; a change wakes the
+    streams of that analysis only; a deleted analysis ends its streams; with no stream left the polling stops."""
+    rows = {"a": {"status": "running", "progress": 0.1}, "b": {"status": "queued", "progress": 0.0}}
+    owners_of = {"a": "alice", "b": "alice"}
+    loads: list[dict[str, str]] = []
+
+    def load_many(owners: dict[str, str]) -> dict[str, dict]:
+        loads.append(dict(owners))
+        return {i: dict(rows[i]) for i in owners if i in rows and owners_of[i] == owners[i]}
+
+    async def scenario() -> None:
+        watch = AnalysisWatch(load_many, 0.02)
+        on_a = [watch.follow("alice", "a", dict(rows["a"])) for _ in range(20)]
+        on_b = watch.follow("alice", "b", dict(rows["b"]))
+        a_changed, b_changed = on_a[0].changed, on_b.changed
+        await asyncio.sleep(0.2)
+        assert len(loads) >= 3 and all(load == {"a": "alice", "b": "alice"} for load in loads)
+        assert not a_changed.is_set() and not b_changed.is_set()  # nothing changed: nobody is woken
+
+        rows["a"] = {"status": "succeeded", "progress": 1.0}
+        await asyncio.wait_for(a_changed.wait(), 2)
+        assert all(f is on_a[0] for f in on_a) and on_a[0].snapshot == rows["a"]
+        assert not b_changed.is_set()
+
+        del rows["b"]  # deleted with its dataset
+        await asyncio.wait_for(b_changed.wait(), 2)
+        assert on_b.gone
+
+        spy = watch.follow("mallory", "x", {"status": "queued"})  # an id the poller's owner check does not return
+        await asyncio.wait_for(spy.changed.wait(), 2)
+        assert spy.gone
+
+        for _ in on_a:
+            watch.unfollow("a")
+        watch.unfollow("b")
+        watch.unfollow("x")
+        await asyncio.sleep(0.1)
+        polled = len(loads)
+        await asyncio.sleep(0.1)
+        assert len(loads) == polled  # the poller stopped
+        again = watch.follow("alice", "a", dict(rows["a"]))  # and starts again for a new stream
+        await asyncio.sleep(0.1)
+        assert len(loads) > polled and loads[-1] == {"a": "alice"} and not again.gone
+        watch.unfollow("a")
+        await watch.close()
+
+    asyncio.run(scenario())
+
+
+def test_get_analyses_filters_by_owner(live):
+    """The poller's query (taskgauge.services.analyses.get_analyses) returns a row only to its owner."""
+    from taskgauge.services.analyses import get_analyses, new_analysis
+
+    with live.sessions()() as s, s.begin():
+        alice = authenticate(s, live.key).owner_id
+        _row, other = create_key(s, "mallory")
+        mallory = authenticate(s, other).owner_id
+        ds = db.Dataset(
+            owner_id=alice,
+            name="d",
+            filename="d.npz",
+            sha256="0" * 64,
+            size_bytes=1,
+            blob_sha256="1" * 64,
+            n_samples=1,
+            shape=[1, 1],
+        )
+        s.add(db.Blob(sha256="1" * 64, size=1))
+        s.flush()
+        s.add(ds)
+        s.flush()
+        row = new_analysis(owner_id=alice, dataset_id=ds.id, model_spec_id=None, requests={"mle": {}}, device="cpu")
+        s.add(row)
+    with live.sessions()() as s:
+        assert [r.id for r in get_analyses(s, {row.id: alice})] == [row.id]
+        assert get_analyses(s, {row.id: mallory}) == []
+        assert get_analyses(s, {str(uuid.uuid4()): alice}) == []
