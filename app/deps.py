@@ -2,8 +2,8 @@
 
 ``ReadDep`` (``await read(fn)``: the API key's owner and ``fn(session, owner)`` in one worker-thread call — every
 read route), ``WriteSessionDep`` (a SQLAlchemy session for routes that write; the route or service owns the one
-commit), ``OwnerDep`` (the API key's owner, from ``Authorization: Bearer …``), ``StateDep`` (the service
-:class:`~taskgauge.context.Context`: settings, engine, blob store, enqueue).
+commit), ``OwnerDep`` (the API key's owner, from ``Authorization: Bearer …``, for the routes that write),
+``StateDep`` (the service :class:`~taskgauge.context.Context`: settings, engine, blob store, enqueue).
 
 Thread hops. FastAPI runs each sync (``def``) dependency, the start and the end of a sync generator dependency, a
 sync route and the validation of its response model each as a separate call in the thread pool; every call waits
