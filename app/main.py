@@ -13,10 +13,12 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
 from app.errors import install_error_handlers
+from app.live import AnalysisWatch
 from taskgauge.context import Context
 from taskgauge.settings import Settings, get_settings
 from workers.celery_app import configure, enqueue_analysis
@@ -72,11 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         registry.all_estimators()  # import the estimators (and torch) now, not inside the first POST /analyses
         app.state.taskgauge = state
+        from app.routers import analyses
+
+        app.state.analysis_watch = AnalysisWatch(partial(analyses.snapshots, state.sessions), analyses.SSE_POLL_S)
         stop_sweeper = start_sweeper(state)
         try:
             yield
         finally:
             stop_sweeper.set()
+            await app.state.analysis_watch.close()
             state.engine.dispose()
 
     from taskgauge.version import taskgauge_version

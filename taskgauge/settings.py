@@ -254,6 +254,13 @@ class Settings(BaseSettings):
     INGEST_TIMEOUT_S: float = Field(
         default=600.0, gt=0, description="An ingest subprocess running longer is stopped (413)."
     )
+    INGEST_NICE: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="The ingest subprocesses run this many nice steps below the API process, so that on a busy CPU "
+        "the API's answers come before the parsing of uploads. 0: the same priority.",
+    )
     MAX_CLASSES: int = Field(default=10_000, ge=1, description="Most classes a dataset may have (413 above).")
     MAX_COLUMNS: int = Field(default=100_000, ge=1, description="Most columns of a .csv/.parquet table (413 above).")
 

@@ -257,6 +257,19 @@ def _end(
 _sweeper_stop = threading.Event()
 
 
+@signals.worker_init.connect
+def _warm_up(**_: Any) -> None:
+    """The main process, before its pool forks: import the estimators (torch with them) and configure the ORM
+    mappers once, so that every pool child inherits both instead of paying for them in its first analysis — on a
+    busy CPU, at the same moment the API is answering the requests that queued that analysis."""
+    from sqlalchemy.orm import configure_mappers
+
+    from estimators import registry
+
+    registry.all_estimators()
+    configure_mappers()
+
+
 @signals.worker_process_init.connect
 def _child_init(**_: Any) -> None:
     """A pool child: its own database engine, and torch/BLAS threads set to its share of the cores."""

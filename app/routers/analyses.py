@@ -9,22 +9,30 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.deps import Offset, OwnerDep, SessionDep, StateDep
+from app.deps import Offset, OwnerDep, ReadDep, StateDep
 from app.errors import responses
+from app.live import AnalysisWatch
 from app.schemas import AnalysesPublic, AnalysisCreate, AnalysisPublic
 from taskgauge import db
+from taskgauge.auth import Principal
 from taskgauge.errors import Conflict
 from taskgauge.services import analyses as services
 from workers.gpu import gpu_queue_consumed
 
 router = APIRouter(prefix="/analyses", tags=["analyses"])
 
-SSE_POLL_S = 0.5
+SSE_POLL_S = 0.5  # how often the streams' poller (app.live) reads the followed analyses
 SSE_KEEPALIVE_S = 15.0
+
+
+def snapshots(sessions: sessionmaker, owners: dict[str, str]) -> dict[str, dict]:
+    """The SSE poller's read (:class:`app.live.AnalysisWatch`): the analyses' JSON, by id."""
+    with sessions() as s:
+        return {
+            r.id: AnalysisPublic.model_validate(r).model_dump(mode="json") for r in services.get_analyses(s, owners)
+        }
 
 
 @router.post(
@@ -62,21 +70,24 @@ def create_analysis(
 
 
 @router.get("", response_model=AnalysesPublic, operation_id="analyses-list", responses=responses())
-def list_analyses(
-    session: SessionDep,
-    owner: OwnerDep,
+async def list_analyses(
+    read: ReadDep,
     dataset_id: str | None = None,
     status: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> AnalysesPublic:
     """Your analyses, newest first; filter by ``dataset_id`` and ``status``."""
-    rows, count = services.list_analyses(
-        session, owner.owner_id, dataset_id=dataset_id, status=status, limit=limit, offset=offset
-    )
-    return AnalysesPublic(
-        items=[AnalysisPublic.model_validate(r) for r in rows], count=count, limit=limit, offset=offset
-    )
+
+    def page(session: Session, owner: Principal) -> AnalysesPublic:
+        rows, count = services.list_analyses(
+            session, owner.owner_id, dataset_id=dataset_id, status=status, limit=limit, offset=offset
+        )
+        return AnalysesPublic(
+            items=[AnalysisPublic.model_validate(r) for r in rows], count=count, limit=limit, offset=offset
+        )
+
+    return await read(page)
 
 
 @router.get(
@@ -86,9 +97,11 @@ def list_analyses(
     name="analyses-read",
     responses=responses(),
 )
-def read_analysis(analysis_id: str, session: SessionDep, owner: OwnerDep) -> AnalysisPublic:
+async def read_analysis(analysis_id: str, read: ReadDep) -> AnalysisPublic:
     """Status ``queued|running|succeeded|failed|cancelled``, ``progress`` (0..1), ``stage``, ``error``, ``report_id``."""
-    return AnalysisPublic.model_validate(services.get_analysis(session, owner.owner_id, analysis_id))
+    return await read(
+        lambda s, owner: AnalysisPublic.model_validate(services.get_analysis(s, owner.owner_id, analysis_id))
+    )
 
 
 @router.post(
@@ -111,37 +124,38 @@ def cancel_analysis(analysis_id: str, state: StateDep, owner: OwnerDep) -> Analy
         },
     },
 )
-async def analysis_events(analysis_id: str, state: StateDep, owner: OwnerDep) -> StreamingResponse:
+async def analysis_events(analysis_id: str, request: Request, read: ReadDep) -> StreamingResponse:
     """Server-Sent Events: an ``event: progress`` with the analysis JSON whenever it changes, and a final
     ``event: end`` when it is succeeded, failed or cancelled; comments keep the connection alive."""
-
-    def load() -> dict:
-        with state.sessions() as s:
-            return AnalysisPublic.model_validate(services.get_analysis(s, owner.owner_id, analysis_id)).model_dump(
+    owner_id, first = await read(  # 404 before the stream starts
+        lambda s, owner: (
+            owner.owner_id,
+            AnalysisPublic.model_validate(services.get_analysis(s, owner.owner_id, analysis_id)).model_dump(
                 mode="json"
-            )
-
-    first = await run_in_threadpool(load)  # 404 before the stream starts
+            ),
+        )
+    )
+    watch: AnalysisWatch = request.app.state.analysis_watch
 
     async def stream() -> AsyncIterator[bytes]:
-        last, current, idle = None, first, 0.0
-        yield b"retry: 2000\n\n"
-        while True:
-            if current != last:
+        followed = watch.follow(owner_id, analysis_id, first)
+        try:
+            yield b"retry: 2000\n\n"
+            while True:
+                current, changed = followed.snapshot, followed.changed  # the event first: no change is missed
                 yield f"event: progress\ndata: {json.dumps(current)}\n\n".encode()
-                last, idle = current, 0.0
-            if current["status"] in db.TERMINAL_STATES:
-                yield f"event: end\ndata: {json.dumps(current)}\n\n".encode()
-                return
-            await asyncio.sleep(SSE_POLL_S)
-            idle += SSE_POLL_S
-            if idle >= SSE_KEEPALIVE_S:
-                yield b": keep-alive\n\n"
-                idle = 0.0
-            try:
-                current = await run_in_threadpool(load)
-            except (OperationalError, PoolTimeout):  # the database is busy: keep the stream, try at the next poll
-                await asyncio.sleep(SSE_POLL_S)
+                if current["status"] in db.TERMINAL_STATES:
+                    yield f"event: end\ndata: {json.dumps(current)}\n\n".encode()
+                    return
+                while not changed.is_set():
+                    try:
+                        await asyncio.wait_for(changed.wait(), SSE_KEEPALIVE_S)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                if followed.gone:  # deleted with its dataset
+                    return
+        finally:
+            watch.unfollow(analysis_id)
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import Offset, OwnerDep, SessionDep, StateDep
+from app.deps import Offset, OwnerDep, ReadDep, StateDep
 from app.errors import responses
 from app.schemas import DatasetPublic, DatasetsPublic, DatasetSummary
 from app.uploads import bool_field, check_storage_now, ingest_slot, printable, receive_upload
+from taskgauge.auth import Principal
 from taskgauge.errors import InvalidInput
 from taskgauge.services import datasets as services
 
@@ -106,19 +108,25 @@ async def upload_dataset(request: Request, state: StateDep, owner: OwnerDep) -> 
 
 
 @router.get("", response_model=DatasetsPublic, operation_id="datasets-list", responses=responses())
-def list_datasets(
-    session: SessionDep, owner: OwnerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0
+async def list_datasets(
+    read: ReadDep, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0
 ) -> DatasetsPublic:
     """Your datasets, newest first, as summaries (no class or column names: ``GET /datasets/{id}`` has them)."""
-    rows, count = services.list_datasets(session, owner.owner_id, limit=limit, offset=offset)
-    return DatasetsPublic(
-        items=[DatasetSummary.model_validate(r) for r in rows], count=count, limit=limit, offset=offset
-    )
+
+    def page(session: Session, owner: Principal) -> DatasetsPublic:
+        rows, count = services.list_datasets(session, owner.owner_id, limit=limit, offset=offset)
+        return DatasetsPublic(
+            items=[DatasetSummary.model_validate(r) for r in rows], count=count, limit=limit, offset=offset
+        )
+
+    return await read(page)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, operation_id="datasets-read", responses=responses())
-def read_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> DatasetPublic:
-    return DatasetPublic.model_validate(services.get_dataset(session, owner.owner_id, dataset_id))
+async def read_dataset(dataset_id: str, read: ReadDep) -> DatasetPublic:
+    return await read(
+        lambda s, owner: DatasetPublic.model_validate(services.get_dataset(s, owner.owner_id, dataset_id))
+    )
 
 
 @router.delete("/{dataset_id}", status_code=204, operation_id="datasets-delete", responses=responses())

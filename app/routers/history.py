@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from app.deps import OwnerDep, SessionDep, StateDep
+from app.deps import ReadDep, StateDep
 from app.errors import responses
 from taskgauge.errors import InvalidInput
 from taskgauge.services import datasets, reports
@@ -47,10 +47,10 @@ class HistoryPublic(BaseModel):
     tags=["datasets"],
     responses=responses(),
 )
-def dataset_reports(dataset_id: str, owner: OwnerDep, session: SessionDep) -> dict[str, Any]:
+async def dataset_reports(dataset_id: str, read: ReadDep) -> dict[str, Any]:
     """The dataset's report history, newest first: headline values, trigger, and flags relative to the previous
     report — ``version_change`` (an estimator was upgraded) and ``drift`` (a value moved beyond its CI)."""
-    items = reports.dataset_history(session, owner.owner_id, dataset_id)
+    items = await read(lambda s, owner: reports.dataset_history(s, owner.owner_id, dataset_id))
     return {"items": items, "count": len(items)}
 
 
@@ -61,9 +61,9 @@ def dataset_reports(dataset_id: str, owner: OwnerDep, session: SessionDep) -> di
     response_class=Response,
     responses={**responses(), 200: {"content": {"image/png": {}}}},
 )
-def dataset_sample_png(dataset_id: str, index: int, owner: OwnerDep, session: SessionDep, state: StateDep) -> Response:
+async def dataset_sample_png(dataset_id: str, index: int, read: ReadDep, state: StateDep) -> Response:
     """One sample of an image dataset as a PNG (min–max scaled, nearest-neighbour upscaled)."""
-    png = datasets.sample_png(session, state.blobs, owner.owner_id, dataset_id, index)
+    png = await read(lambda s, owner: datasets.sample_png(s, state.blobs, owner.owner_id, dataset_id, index))
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -84,12 +84,12 @@ class TextsPublic(BaseModel):
     tags=["datasets"],
     responses=responses(),
 )
-def dataset_texts(
-    dataset_id: str, owner: OwnerDep, session: SessionDep, state: StateDep, indices: str = "0,1,2,3,4"
-) -> dict[str, Any]:
+async def dataset_texts(dataset_id: str, read: ReadDep, state: StateDep, indices: str = "0,1,2,3,4") -> dict[str, Any]:
     """Some texts of a text dataset by index (comma-separated, at most 50), e.g. the two sides of a K_F pair."""
     try:
         wanted = [int(i) for i in indices.split(",") if i.strip()]
     except ValueError:
         raise InvalidInput("indices must be comma-separated whole numbers, e.g. ?indices=0,1,2") from None
-    return {"items": datasets.read_texts(session, state.blobs, owner.owner_id, dataset_id, wanted)}
+    return {
+        "items": await read(lambda s, owner: datasets.read_texts(s, state.blobs, owner.owner_id, dataset_id, wanted))
+    }

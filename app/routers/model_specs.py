@@ -11,12 +11,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import OwnerDep, SessionDep, StateDep
+from app.deps import OwnerDep, ReadDep, StateDep
 from app.errors import responses
 from app.schemas import ModelSpecCreate, ModelSpecPublic, ModelSpecsPublic
 from app.uploads import check_storage_now, ingest_slot, printable, receive_upload
+from taskgauge.auth import Principal
 from taskgauge.context import Context
 from taskgauge.errors import InvalidInput
 from taskgauge.services import model_specs as services
@@ -164,14 +166,19 @@ async def _upload(request: Request, state: Context, owner_id: str) -> Any:
 
 
 @router.get("", response_model=ModelSpecsPublic, operation_id="model-specs-list", responses=responses())
-def list_model_specs(session: SessionDep, owner: OwnerDep) -> ModelSpecsPublic:
-    rows = services.list_model_specs(session, owner.owner_id)
-    return ModelSpecsPublic(items=[ModelSpecPublic.model_validate(r) for r in rows], count=len(rows))
+async def list_model_specs(read: ReadDep) -> ModelSpecsPublic:
+    def specs(session: Session, owner: Principal) -> ModelSpecsPublic:
+        rows = services.list_model_specs(session, owner.owner_id)
+        return ModelSpecsPublic(items=[ModelSpecPublic.model_validate(r) for r in rows], count=len(rows))
+
+    return await read(specs)
 
 
 @router.get("/{spec_id}", response_model=ModelSpecPublic, operation_id="model-specs-read", responses=responses())
-def read_model_spec(spec_id: str, session: SessionDep, owner: OwnerDep) -> ModelSpecPublic:
-    return ModelSpecPublic.model_validate(services.get_model_spec(session, owner.owner_id, spec_id))
+async def read_model_spec(spec_id: str, read: ReadDep) -> ModelSpecPublic:
+    return await read(
+        lambda s, owner: ModelSpecPublic.model_validate(services.get_model_spec(s, owner.owner_id, spec_id))
+    )
 
 
 @router.delete("/{spec_id}", status_code=204, operation_id="model-specs-delete", responses=responses())

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
 
-from app.deps import OwnerDep, SessionDep, StateDep, WriteSessionDep
+from app.deps import OwnerDep, ReadDep, StateDep, WriteSessionDep
 from app.errors import responses
 from app.schemas import ScheduleCreate, SchedulePublic, SchedulesPublic
+from taskgauge.auth import Principal
 from taskgauge.pipeline import Limits
 from taskgauge.services import schedules
 
@@ -33,9 +35,12 @@ def create_schedule(body: ScheduleCreate, session: WriteSessionDep, owner: Owner
 
 
 @router.get("", response_model=SchedulesPublic, operation_id="schedules-list", responses=responses())
-def list_schedules(session: SessionDep, owner: OwnerDep) -> SchedulesPublic:
-    rows = schedules.list_schedules(session, owner.owner_id)
-    return SchedulesPublic(items=[SchedulePublic.model_validate(r) for r in rows], count=len(rows))
+async def list_schedules(read: ReadDep) -> SchedulesPublic:
+    def listing(session: Session, owner: Principal) -> SchedulesPublic:
+        rows = schedules.list_schedules(session, owner.owner_id)
+        return SchedulesPublic(items=[SchedulePublic.model_validate(r) for r in rows], count=len(rows))
+
+    return await read(listing)
 
 
 @router.delete("/{schedule_id}", status_code=204, operation_id="schedules-delete", responses=responses())

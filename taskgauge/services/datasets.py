@@ -60,6 +60,7 @@ def ingest_and_store(
             part.path,
             memory_bytes=ctx.settings.ingest_memory_bytes,
             timeout_s=ctx.settings.INGEST_TIMEOUT_S,
+            nice=ctx.settings.INGEST_NICE,
         )
         staged = ctx.blobs.stage_file(part)
     except BaseException:
@@ -67,11 +68,12 @@ def ingest_and_store(
         part.release()
         raise
     log.info(
-        "ingested %s: shape %s %s, child peak RSS %.0f MB",
+        "ingested %s: shape %s %s, child peak RSS %.0f MB, nice %d",
         filename,
         summary.shape,
         summary.dtype,
         summary.child_peak_rss / 2**20,
+        summary.child_nice,
     )
     return store_staged(
         ctx,

@@ -91,6 +91,7 @@ def upload_weights(
             part.path,
             memory_bytes=ctx.settings.ingest_memory_bytes,
             timeout_s=ctx.settings.INGEST_TIMEOUT_S,
+            nice=ctx.settings.INGEST_NICE,
         )
         staged = ctx.blobs.stage_file(part)
     except BaseException:

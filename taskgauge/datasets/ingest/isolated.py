@@ -1,7 +1,8 @@
 """Ingestion in a subprocess with an address-space limit: where a bomb can only kill itself.
 
 The upload endpoint never parses untrusted files in its own process. :func:`ingest_isolated` runs
-``python -m taskgauge.datasets.ingest.isolated`` on the received file; the child imports the readers, then limits
+``python -m taskgauge.datasets.ingest.isolated`` on the received file (``nice`` lower than the API first, so that on a
+busy CPU the API's answers come before the imports and parsing of uploads); the child imports the readers, then limits
 its own address space (``RLIMIT_AS`` = what the imports took + ``memory_bytes``), runs :func:`ingest_file` and
 streams the canonical ``.npz`` straight into ``out_path`` (:func:`write_canonical`). Back on its stdout comes one
 JSON line: the dataset's summary (shape, dtype, classes, meta — all capped by the ingest options) or the
@@ -29,6 +30,9 @@ from typing import Any
 from taskgauge.datasets.ingest.errors import IngestError, IngestOptions
 
 _MODULE = "taskgauge.datasets.ingest.isolated"
+# ``python -c`` with this, then the niceness increment: the priority drops before the first heavy import (numpy,
+# pydantic: about half a CPU-second), then the module runs as ``python -m`` would run it.
+_BOOT = f"import os, runpy, sys; os.nice(int(sys.argv[1])); runpy.run_module({_MODULE!r}, run_name='__main__')"
 log = logging.getLogger("taskgauge.ingest")
 
 
@@ -44,6 +48,7 @@ class IngestSummary:
     meta: dict[str, Any]
     canonical_size: int
     child_peak_rss: int  # bytes, the child's own peak resident set (getrusage)
+    child_nice: int = 0  # the child's niceness (TASKGAUGE_INGEST_NICE above the API's)
 
 
 def _too_large(filename: str, why: str) -> IngestError:
@@ -63,9 +68,11 @@ def ingest_isolated(
     *,
     memory_bytes: int,
     timeout_s: float | None = None,
+    nice: int = 0,
 ) -> IngestSummary:
-    """Ingest ``path`` (named ``filename``) in a memory-limited child; the canonical ``.npz`` lands in
-    ``out_path``. Raises :class:`IngestError` (422/413) for bad or too large data."""
+    """Ingest ``path`` (named ``filename``) in a memory-limited child that runs ``nice`` steps below this process
+    (``TASKGAUGE_INGEST_NICE``); the canonical ``.npz`` lands in ``out_path``. Raises :class:`IngestError`
+    (422/413) for bad or too large data."""
     request = {
         "kind": "dataset",
         "path": str(path),
@@ -74,7 +81,7 @@ def ingest_isolated(
         "out": str(out_path),
         "memory_bytes": int(memory_bytes),
     }
-    return IngestSummary(**_run_child(request, filename, memory_bytes, timeout_s))
+    return IngestSummary(**_run_child(request, filename, memory_bytes, timeout_s, nice))
 
 
 def inspect_weights_isolated(
@@ -85,6 +92,7 @@ def inspect_weights_isolated(
     *,
     memory_bytes: int,
     timeout_s: float | None = None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """Check uploaded model weights (:func:`taskgauge.weights.inspect_weights`, ``form`` a
     :class:`taskgauge.weights.WeightsForm`) in a memory-limited child; the blob's bytes land in ``out_path``.
@@ -97,11 +105,13 @@ def inspect_weights_isolated(
         "out": str(out_path),
         "memory_bytes": int(memory_bytes),
     }
-    return _run_child(request, filename, memory_bytes, timeout_s)
+    return _run_child(request, filename, memory_bytes, timeout_s, nice)
 
 
-def _run_child(request: dict[str, Any], filename: str, memory_bytes: int, timeout_s: float | None) -> dict[str, Any]:
-    """Run the child on ``request``; its ``ok`` reply, or the IngestError it reported or that its death means."""
+def _run_child(
+    request: dict[str, Any], filename: str, memory_bytes: int, timeout_s: float | None, nice: int
+) -> dict[str, Any]:
+    """Run the child on ``request`` ``nice`` steps below this process; its ``ok`` reply, or the IngestError it reported or that its death means."""
     env = dict(os.environ)
     # One thread per library and two malloc arenas: threads' stacks and arenas are address space too.
     root = str(Path(__file__).resolve().parents[3])  # the folder holding the taskgauge package
@@ -117,7 +127,7 @@ def _run_child(request: dict[str, Any], filename: str, memory_bytes: int, timeou
     )
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", _MODULE],
+            [sys.executable, "-c", _BOOT, str(max(0, int(nice)))],
             input=json.dumps(request).encode(),
             capture_output=True,
             timeout=timeout_s,
@@ -263,6 +273,7 @@ def _child() -> int:
                 "canonical_size": size,
                 # VmHWM, not getrusage: ru_maxrss survives exec, so it would report the parent's peak at fork time
                 "child_peak_rss": _status_bytes("VmHWM"),
+                "child_nice": os.nice(0),
             }
         }
     except IngestError as exc:

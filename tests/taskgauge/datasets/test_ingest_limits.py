@@ -388,6 +388,19 @@ def test_ingest_child_over_its_memory_limit_gets_413(tmp_path):
     assert summary.child_peak_rss < 400 * MB + 200 * MB
 
 
+def test_ingest_child_runs_below_the_api_priority(tmp_path):
+    """TASKGAUGE_INGEST_NICE: the child lowers its priority before its imports, so the API answers first."""
+    import os
+
+    p = tmp_path / "small.npy"
+    np.save(p, np.ones((4, 3), np.float32))
+    here = os.nice(0)
+    niced = ingest_isolated(p, p.name, IngestOptions(), tmp_path / "o.npz", memory_bytes=256 * MB, nice=7)
+    assert niced.child_nice == min(19, here + 7)
+    same = ingest_isolated(p, p.name, IngestOptions(), tmp_path / "o.npz", memory_bytes=256 * MB, nice=0)
+    assert same.child_nice == here and same.shape == niced.shape == [4, 3]
+
+
 def test_ingest_child_errors_come_back_as_ingest_errors(tmp_path):
     p = npy_header_only(tmp_path / "neg.npy", "<f4", (-5, 3))
     with pytest.raises(IngestError) as info:
