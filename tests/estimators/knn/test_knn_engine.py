@@ -113,6 +113,8 @@ def test_symmetric_pruned_path_exact_on_clustered_data(small_thresholds, exact_k
 def test_matches_sklearn_nearest_neighbors(small_thresholds):
     X = clustered(1200, 40, 5, seed=11)
     res = kneighbors(torch.from_numpy(X), 10)
+    # low intrinsic dimension: the gate's sample lets the pruning run, and it prunes
+    assert min(res.stats["pilot_kept"].values()) < knn._PILOT_BRUTE and res.stats["blocks_pruned"] > 0
     d, i = NearestNeighbors(n_neighbors=11, algorithm="brute").fit(X).kneighbors(X)
     # sklearn includes the point itself first (no duplicates here) and uses |a|²+|b|²-2ab in float64
     np.testing.assert_array_equal(res.indices.numpy(), i[:, 1:])
@@ -146,8 +148,9 @@ def test_separate_queries_no_self_exclusion(small_thresholds):
 def test_isotropic_high_dimensional_data_falls_back_and_stays_exact(small_thresholds):
     X = torch.randn(1200, 256, generator=torch.Generator().manual_seed(7))
     res = kneighbors(X, 10)
-    # the projection cannot prune: the measured costs hand the blocks to the brute force
-    assert res.stats["chosen"] == "brute" and res.stats["blocks_brute"] > res.stats["blocks_pruned"]
+    # the projection cannot prune: the gate's sample says so, and every block runs by brute force
+    assert min(res.stats["pilot_kept"].values()) > knn._PILOT_BRUTE
+    assert res.stats["chosen"] == "brute" and res.stats["blocks_pruned"] == 0 and "rank" not in res.stats
     check(res, *brute(X.numpy(), 10))
     qi = torch.arange(0, 1200, 2)
     res = kneighbors(X, 10, query_index=qi)
@@ -362,13 +365,20 @@ def test_lowered_float32_matmul_precision_switches_to_float64():
 
 
 def test_progress_is_reported_per_chunk_and_ends_at_one(small_thresholds):
+    # one worker thread: with several, only the calling thread reports (after each task it ran), and how many tasks
+    # it runs depends on the scheduler
     seen = []
-    kneighbors(
-        torch.from_numpy(clustered(1200, 32, 4, seed=15)),
-        5,
-        memory_budget_mb=1,
-        progress=lambda f, stage: seen.append((f, stage)),
-    )
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kneighbors(
+            torch.from_numpy(clustered(1200, 32, 4, seed=15)),
+            5,
+            memory_budget_mb=1,
+            progress=lambda f, stage: seen.append((f, stage)),
+        )
+    finally:
+        torch.set_num_threads(saved)
     fr = [f for f, _ in seen]
     assert len(fr) > 5 and fr == sorted(fr) and fr[-1] == 1.0 and all(s == "knn" for _, s in seen)
 
@@ -535,32 +545,79 @@ def test_native_topk_merge_equals_a_sort_by_distance_then_index(ids):
         assert out_d[r].tolist() == want_d and out_i[r].tolist() == want_i
 
 
-def test_native_block_candidates_match_the_threshold_tests_and_grow_their_buffers():
-    """One block of the symmetric search: (i, j) is emitted for row i when sq <= thr_row[i], and (j, i) when
-    j >= nb and sq <= thr_col[j]; each with the pair-distance kernel's distance. A 4-entry buffer must grow."""
+def test_native_block_scan_matches_a_sequential_reference(monkeypatch):
+    """One block of the symmetric search through ``tg_block_scan``, against a plain Python reading of its contract:
+    entries in row-major order, the certified value s = (|a_i|² + |a_j|²) - 2 dot in float32, self entries skipped,
+    (i, j) written for row i when s <= thr[row], (j, i) for column j when j >= nb and s <= thr[column], each written
+    value inserted into that row's k smallest, whose k-th value tightens the row's threshold (rounded up to
+    float32). The kernel's vectorised screen and its resumption when the output is full (a capacity of two rows'
+    worth forces several calls) must not change a single entry, value or threshold."""
     if not native.available():
         pytest.fail("the native kernel was not built (README 'Set-up')")
     rng = np.random.default_rng(9)
-    R, C, D, nb = 7, 30, 13, 5
-    q = torch.from_numpy(rng.normal(size=(R, D)).astype(np.float32))
-    xg = torch.from_numpy(rng.normal(size=(C, D)).astype(np.float32))
-    sq = torch.from_numpy(rng.random((R, C)).astype(np.float32))
-    sq[2, 3] = float("inf")  # a self entry
-    thr_row = torch.from_numpy(rng.random(R).astype(np.float32))
-    thr_col = torch.from_numpy(rng.random(C).astype(np.float32))
-    row_ids, col_ids = torch.arange(100, 100 + R), torch.arange(500, 500 + C)
-    out = native.BlockCandidates(capacity=4)
-    gr, gc, d = out.run(sq, thr_row, thr_col, nb, q, xg, row_ids, col_ids)
-    want = {}
+    n, k, R, C, nb, E, eta = 60, 3, 9, 37, 4, 1e-3, 1e-9
+    rpos = np.arange(10, 10 + R)
+    cpos = np.sort(rng.choice(np.arange(10, 60), C, replace=False))  # ascending, the block's own rows among them
+    cpos[:nb] = rpos[:nb]
+    cpos.sort()
+    nb = int((cpos < 10 + R).sum())
+    dot = rng.normal(size=(R, C)).astype(np.float32)
+    rn2 = (2 + rng.random(R)).astype(np.float32)
+    cn2 = (2 + rng.random(C)).astype(np.float32)
+    thr0 = (3 + 4 * rng.random(n)).astype(np.float32)
+    thr0[::7] = np.inf  # rows with no neighbour yet
+    Nrow = 1 + rng.random(n)
+
+    def up(x: float) -> np.float32:
+        f = np.float32(x)
+        return np.nextafter(f, np.float32(np.inf)) if float(f) < x else f
+
+    klist, thr, want = np.full((n, k), np.inf, np.float32), thr0.copy(), []
+
+    def offer(row: int, v: np.float32) -> None:
+        kl = klist[row]
+        if v < kl[-1]:
+            kl[-1] = v
+            kl.sort()
+            if np.isfinite(kl[-1]):
+                N = Nrow[row]
+                U = np.sqrt(max(float(kl[-1]), 0.0) + E * N * N) + eta * N
+                thr[row] = min(thr[row], up((U + eta * N) ** 2 + E * N * N))
+
     for i in range(R):
         for j in range(C):
-            dist = float(native.pair_distances(q, torch.tensor([i]), xg, torch.tensor([j]))[0])
-            if sq[i, j] <= thr_row[i]:
-                want[(100 + i, 500 + j)] = dist
-            if j >= nb and sq[i, j] <= thr_col[j]:
-                want[(500 + j, 100 + i)] = dist
-    got = {(a, b): v for a, b, v in zip(gr.tolist(), gc.tolist(), d.tolist())}
-    assert len(got) == gr.numel() and got == want and out.cap >= len(want) > 4
+            if rpos[i] == cpos[j]:
+                continue
+            s = (rn2[i] + cn2[j]) - np.float32(2) * dot[i, j]
+            mine, theirs = s <= thr[rpos[i]], j >= nb and s <= thr[cpos[j]]
+            if mine:
+                want.append((rpos[i], cpos[j], s))
+                offer(rpos[i], s)
+            if theirs:
+                want.append((cpos[j], rpos[i], s))
+                offer(cpos[j], s)
+    kl_t = torch.full((n, k), np.inf, dtype=torch.float32)
+    thr_t = torch.from_numpy(thr0.copy())
+    monkeypatch.setattr(native.BlockScan, "CAPACITY", 2 * C)  # room for two rows: the kernel stops and resumes
+    r, c, v = native.BlockScan().run(
+        torch.from_numpy(dot),
+        nb,
+        torch.from_numpy(rn2),
+        torch.from_numpy(cn2),
+        torch.from_numpy(rpos),
+        torch.from_numpy(cpos),
+        kl_t,
+        thr_t,
+        torch.from_numpy(Nrow),
+        E,
+        eta,
+    )
+    got = list(zip(r.tolist(), c.tolist(), v.tolist()))
+    assert len(want) > 2 * C  # the output outgrew the buffer at least once
+    assert got == [(int(a), int(b), float(x)) for a, b, x in want]
+    np.testing.assert_array_equal(kl_t.numpy(), klist)
+    np.testing.assert_array_equal(thr_t.numpy(), thr)
+    assert (thr < thr0).sum() > 10  # thresholds did tighten
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -569,7 +626,9 @@ def test_symmetric_search_settling_the_queue_often_gives_the_same_answer(small_t
     the same exact answer as settling once at the end, and as a float64 brute force."""
     X = torch.from_numpy(clustered(1300, 40, 5, seed=41)).to(dtype)
     a = kneighbors(X, 8)
+    monkeypatch.setattr(knn, "_STORE_STEP", 200)
     monkeypatch.setattr(knn, "_STORE_MAX", 200)
+    monkeypatch.setattr(knn, "_STORE_PER_KN", 0)
     b = kneighbors(X, 8)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
     check(b, *brute(X.numpy(), 8))
