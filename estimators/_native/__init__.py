@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-_ABI = 7
+_ABI = 8
 #: pairs below which one thread does the work (thread hand-off costs more than it saves)
 _THREAD_MIN_PAIRS = 4096
 
@@ -53,29 +53,9 @@ def _load():
         fn = lib.tg_block_scan
         fn.restype = ctypes.c_int64
         ptr, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-        # dot R C nb rn2 cn2 rpos cpos tcol klist thr Nrow k E eta out_r out_c out_s cap written
-        fn.argtypes = [
-            ptr,
-            i64,
-            i64,
-            i64,
-            ptr,
-            ptr,
-            ptr,
-            ptr,
-            ptr,
-            ptr,
-            ptr,
-            ptr,
-            i64,
-            f64,
-            f64,
-            ptr,
-            ptr,
-            ptr,
-            i64,
-            ptr,
-        ]
+        # dot R C nb rn2 cn2 rpos cpos tcol kv ki K k thr Nrow E eta
+        scan_args = "p i i i p p p p p p p i i p p d d".split()
+        fn.argtypes = [{"p": ptr, "i": i64, "d": f64}[a] for a in scan_args]
         for name in ("tg_topk_merge", "tg_topk_merge_i32"):
             fn = getattr(lib, name)
             fn.restype = None
@@ -101,61 +81,42 @@ def available() -> bool:
 
 
 class BlockScan:
-    """Reused buffers of ``tg_block_scan`` (exact.c): the fused top-k scan of one block of the symmetric search.
-    ``klist`` (n, k) float32 and ``thr`` (n,) float32 are the caller's per-row state, updated in place."""
-
-    #: entries the output buffers hold (at least two per column of a block: a row's most)
-    CAPACITY = 1 << 17
+    """``tg_block_scan`` (exact.c): the fused top-k scan of one block of the symmetric search. ``kv`` (n, K) float32
+    and ``ki`` (n, K) int32 (each row's K smallest values offered and their partners) and ``thr`` (n,) float32 are
+    the caller's per-row state, updated in place."""
 
     def __init__(self):
-        self.cap = 0
-        self.rows = self.cols = self.s = self.tcol = None
-        self.written = torch.zeros(1, dtype=torch.int64)
+        self.tcol = torch.empty(0, dtype=torch.float32)
 
-    def run(self, dot, nb: int, rn2, cn2, rpos, cpos, klist, thr, Nrow, E: float, eta: float):
-        """Candidates (row position, column position, certified value) of one block: int32, int32, float32 tensors
-        (fresh). ``dot`` (R, C) float32 products, ``rn2``/``cn2`` float32 squared norms of its rows/columns,
-        ``rpos``/``cpos`` int64 positions."""
+    def run(self, dot, nb: int, rn2, cn2, rpos, cpos, kv, ki, k: int, thr, Nrow, E: float, eta: float) -> int:
+        """Scan one block: ``dot`` (R, C) float32 products, ``rn2``/``cn2`` float32 squared norms of its rows and
+        columns, ``rpos``/``cpos`` int64 positions. Returns the number of offers."""
         dot, rn2, cn2 = dot.contiguous(), rn2.contiguous(), cn2.contiguous()
         rpos, cpos = rpos.to(torch.int64).contiguous(), cpos.to(torch.int64).contiguous()
         R, C = dot.shape
-        if self.cap < 2 * C or self.tcol.numel() < C:
-            self.cap = max(self.CAPACITY, 2 * C)
-            self.rows = torch.empty(self.cap, dtype=torch.int32)
-            self.cols = torch.empty(self.cap, dtype=torch.int32)
-            self.s = torch.empty(self.cap, dtype=torch.float32)
-            self.tcol = torch.empty(max(C, 1024), dtype=torch.float32)
-        parts = []
-        done = 0
-        while done < R:
-            # rows [done, R) from where the last call stopped (its output drained)
-            done += _lib.tg_block_scan(
-                dot.data_ptr() + 4 * done * C,
-                R - done,
+        if self.tcol.numel() < C:
+            self.tcol = torch.empty(C, dtype=torch.float32)
+        return int(
+            _lib.tg_block_scan(
+                dot.data_ptr(),
+                R,
                 C,
                 int(nb),
-                rn2.data_ptr() + 4 * done,
+                rn2.data_ptr(),
                 cn2.data_ptr(),
-                rpos.data_ptr() + 8 * done,
+                rpos.data_ptr(),
                 cpos.data_ptr(),
                 self.tcol.data_ptr(),
-                klist.data_ptr(),
+                kv.data_ptr(),
+                ki.data_ptr(),
+                int(kv.shape[1]),
+                int(k),
                 thr.data_ptr(),
                 Nrow.data_ptr(),
-                int(klist.shape[1]),
                 float(E),
                 float(eta),
-                self.rows.data_ptr(),
-                self.cols.data_ptr(),
-                self.s.data_ptr(),
-                self.cap,
-                self.written.data_ptr(),
             )
-            m = int(self.written[0])
-            parts.append((self.rows[:m].clone(), self.cols[:m].clone(), self.s[:m].clone()))
-        if len(parts) == 1:
-            return parts[0]
-        return tuple(torch.cat([p[t] for p in parts]) for t in range(3))
+        )
 
 
 def topk_merge(

@@ -123,8 +123,6 @@ _FALLBACK_AFTER = 2048
 _FALLBACK_SURVIVORS = 0.6
 #: rows of one brute-force task of the symmetric search (small consecutive clusters taken together)
 _BRUTE_ROWS = 256
-#: columns per GEMM piece of a brute-force task (its block of distances stays cache-sized)
-_BRUTE_COLS = 1024
 #: while the brute force is chosen, every this-many-th task still runs pruned (keeps the comparison current)
 _PROBE_EVERY = 16
 #: weight kept by the past at each block in the running cost comparison of pruned and brute-force blocks
@@ -132,12 +130,15 @@ _DECAY = 0.9
 #: ``kneighbors(method=...)``: "auto" chooses per block from measured costs; "pruned"/"brute" force one form (the
 #: answer is the same; for tests and benchmarks)
 _METHODS = ("auto", "pruned", "brute")
-#: candidates queued by one worker of the symmetric search (12 bytes each): every _STORE_STEP new ones, those that
-#: fail its current thresholds are dropped; when more than max(_STORE_MAX, _STORE_PER_KN·k·n) remain, they are
-#: settled (exact distances now rather than against the final thresholds)
-_STORE_STEP = 1 << 18
-_STORE_MAX = 1 << 20
-_STORE_PER_KN = 2
+#: slots beyond k in each row's list of the symmetric search's fused scan (its smallest values offered and their
+#: partners): a row whose candidates do not all fit (ties, lattices) is recomputed by brute force at the end
+_KEEP = 8
+#: rows per chunk of the symmetric search's exact phase
+_FINISH_ROWS = 4096
+#: rows of one task of the symmetric brute force (columns per GEMM piece: _BLOCK_ENTRIES / rows, a cache-sized block
+#: of products)
+_BRUTE_TASK_ROWS = 1024
+_BLOCK_ENTRIES = 1 << 18
 #: pairs per chunk of the float64 recomputation
 _EXACT_CHUNK = 1 << 17
 #: (row, neighbour) entries merged at a time at the end of an exact phase (bounds its temporaries)
@@ -887,27 +888,20 @@ def _up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class _Worker:
-    """One thread's state in :class:`_Workers`: its own best lists (merged at the end), buffers and queue."""
+    """One thread's state in :class:`_Workers`: its list of each row's K smallest values offered (with partners),
+    and its reused buffers."""
 
-    def __init__(self, n: int, k: int, device, id_dtype, out_d=None, out_i=None):
-        self.k = k
+    def __init__(self, device):
         self.scanner = _native.BlockScan() if _native.available() else None
-        self.klist: torch.Tensor | None = None
-        self.thr: torch.Tensor | None = None
-        self.store: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.n_store = self.queued = self.compacted = 0
-        # the queue's size after compaction: about k entries per row seen, and room to spare
-        self.store_max = max(_STORE_MAX, _STORE_PER_KN * k * n)
-        if out_d is None:
-            out_d = torch.empty((n, k), dtype=torch.float64, device=device)
-            out_i = torch.empty((n, k), dtype=id_dtype, device=device)
-        _no_neighbours_yet(out_d, out_i)
-        self.out_d, self.out_i = out_d, out_i
+        self.kv: torch.Tensor | None = None
+        self.ki: torch.Tensor | None = None
         self.device = device
         self.gbuf: torch.Tensor | None = None
         self.pbuf: torch.Tensor | None = None
         self.dbuf: torch.Tensor | None = None
-        self.examined = 0
+        self.fbuf: list[torch.Tensor] | None = None
+        self.tbuf: torch.Tensor | None = None
+        self.queued = 0
         self.seconds: dict[str, float] = {}
 
     def clock(self, name: str, sec: float) -> None:
@@ -937,6 +931,23 @@ class _Worker:
         s += qn2.unsqueeze(1)
         return s
 
+    def centred(self, eng: _Engine, s: int, e: int, slot: int) -> torch.Tensor:
+        """Rows [s, e) of the GEMM frame built on the fly from the reference, ``x - mu`` in float64 rounded to the
+        GEMM dtype (the same numbers as :meth:`_Engine.permuted_frame`), in this worker's buffer ``slot`` (0: a
+        block's rows, 1: its columns): the brute force of float64 input needs no copy of the whole data."""
+        m, D = e - s, eng.D
+        if self.fbuf is None:
+            self.fbuf = [torch.empty(0, dtype=eng.cdt, device=self.device) for _ in range(2)]
+            self.tbuf = torch.empty(256 * D, dtype=torch.float64, device=self.device)
+        if self.fbuf[slot].numel() < m * D:
+            self.fbuf[slot] = torch.empty(m * D, dtype=eng.cdt, device=self.device)
+        out = self.fbuf[slot][: m * D].view(m, D)
+        for a in range(s, e, 256):
+            b = min(e, a + 256)
+            tmp = self.tbuf[: (b - a) * D].view(b - a, D)
+            out[a - s : b - s].copy_(torch.sub(eng.ref[a:b], eng.mu, out=tmp))
+        return out
+
     def products(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``q @ x.T`` (one GEMM) in this worker's reused buffer: the products the fused scan turns into certified
         values (no pass of its own to add the norms)."""
@@ -948,73 +959,30 @@ class _Worker:
 
     def scan(self, dot, nb, rn2, cn2, rpos, cpos) -> None:
         """The fused top-k scan of one block (``tg_block_scan``): the certified values ``rn2_i + cn2_j - 2 dot_ij``
-        tested in both directions, candidates queued as (row, column, value) positions."""
-        r, c, v = self.scanner.run(dot, nb, rn2, cn2, rpos, cpos, self.klist, self.thr, self.Nrow, self.E, self.eta)
-        self.store.append((r, c, v))
-        self.n_store += r.numel()
-        self.queued += r.numel()
-        if self.n_store > self.compacted + _STORE_STEP:
-            self.compact()
-
-    def compact(self) -> None:
-        """Drop the queued candidates that fail this worker's current thresholds: they can never pass (thresholds
-        only decrease, and the final ones are never above any worker's). What passes is about k entries per row
-        seen; if the queue still holds more than ``store_max`` entries, settle it (exact distances now, at looser
-        thresholds than the final ones: bounded memory)."""
-        parts = []
-        for r, c, v in self.store:
-            keep = v <= self.thr.index_select(0, r)
-            parts.append((r[keep], c[keep], v[keep]))
-        self.store = [
-            (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]))
-        ]
-        del parts
-        self.n_store = self.compacted = int(self.store[0][0].numel())
-        if self.n_store > self.store_max:
-            self.settle(self.thr)
-
-    def settle(self, thr: torch.Tensor, into=None) -> None:
-        """Exact distances of the queued candidates that pass ``thr`` (per row position), merged into this worker's
-        best lists (or ``into`` = (out_d, out_i)); the queue is emptied."""
-        if not self.store:
-            return
-        t = time.perf_counter()
-        r = torch.cat([p[0] for p in self.store])
-        c = torch.cat([p[1] for p in self.store])
-        v = torch.cat([p[2] for p in self.store])
-        self.store, self.n_store, self.compacted = [], 0, 0
-        keep = v <= thr.index_select(0, r)
-        del v
-        r, c = r[keep].long(), c[keep].long()
-        del keep
-        o = torch.argsort(r)  # a row's candidates together: its own values stay in cache
-        ri, ci = r.index_select(0, o), c.index_select(0, o)
-        del r, c, o
-        if self.perm is not None:  # positions -> reference rows
-            ri, ci = self.perm.index_select(0, ri), self.perm.index_select(0, ci)
-        d = exact_distances(self.ref, ri, self.ref, ci)
-        out_d, out_i = into if into is not None else (self.out_d, self.out_i)
-        _native.topk_merge(ri, ci, d, out_d, out_i)
-        self.examined += ri.numel()
-        self.clock("exact", time.perf_counter() - t)
+        tested in both directions, the offers kept in this worker's lists."""
+        self.queued += self.scanner.run(
+            dot, nb, rn2, cn2, rpos, cpos, self.kv, self.ki, self.k, self.thr, self.Nrow, self.E, self.eta
+        )
 
 
 class _Workers:
     """Coarse parallelism: whole tasks (blocks of rows) go to ``threads`` threads, each running torch with one
     intra-op thread, taking the next task when it is done with one (no barrier per small piece: a thread slowed
     by another process on its core only does fewer tasks). The calling thread is worker 0 (it reports
-    progress); the workers' best lists are merged at the end into ``out_d``/``out_i``."""
+    progress). With the fused scan (:meth:`start_scan`), the exact phase runs when the block loop is done
+    (:meth:`_finish`): the workers' lists hold every candidate."""
 
-    def __init__(self, threads: int, eng, n: int, k: int, out_d, out_i, native: bool, perm=None):
+    def __init__(self, threads: int, eng, n: int, k: int, out_d, out_i, perm=None):
         self.threads = threads
         self.n, self.k, self.perm, self.ref = n, k, perm, eng.ref
-        self.native = native
         self.out_d, self.out_i = out_d, out_i
-        self.workers = [_Worker(n, k, eng.device, out_i.dtype, out_d, out_i)]
-        self.workers += [_Worker(n, k, eng.device, out_i.dtype) for _ in range(threads - 1)]
+        _no_neighbours_yet(out_d, out_i)
+        self.workers = [_Worker(eng.device) for _ in range(threads)]
         self.examined = self.queued = 0
+        self.fallback_rows = 0
         self.seconds: dict[str, float] = {}
         self._saved = None
+        self.scanning = False
 
     def __enter__(self):
         self._saved = torch.get_num_threads()
@@ -1022,47 +990,95 @@ class _Workers:
             torch.set_num_threads(1)
         return self
 
-    def start_scan(self, thr: torch.Tensor, Nrow: torch.Tensor, bounds: _Bounds) -> None:
-        """Per-worker state of the fused top-k scan: row lists empty, thresholds ``thr`` (float32, per row
-        position; one array that all workers read and tighten), ``Nrow`` the per-row N of the bounds (float64).
+    def start_scan(self, eng, x, n2: torch.Tensor, thr: torch.Tensor, Nrow: torch.Tensor, bounds: _Bounds):
+        """State of the fused top-k scan on the GEMM frame ``x`` (rows by position, None: built on the fly from
+        ``eng``; float32 squared norms ``n2``):
+        each worker's lists empty (``_KEEP`` slots per row beyond k), thresholds ``thr`` (float32, per position; one
+        array that all workers read and tighten), ``Nrow`` the per-row N of the bounds (float64).
 
-        Each worker tightens a row's threshold from its own list of the row's k smallest values seen; two workers
-        may write the same entry at once. Every value ever written is a valid threshold (from k real points'
-        certified values), and an aligned 4-byte store is never torn, so an interleaving can only leave a looser
-        valid value: sharing the array lets each worker prune with what the others found."""
-        self.Nrow, self.bounds = Nrow.contiguous(), bounds
-        shared = thr.clone()
+        Each worker tightens a row's threshold from its own list of the row's smallest values; two workers may
+        write the same entry at once. Every value ever written is a valid threshold (from k real points' certified
+        values), and an aligned 4-byte store is never torn, so an interleaving can only leave a looser valid
+        value: sharing the array lets each worker prune with what the others found."""
+        self.eng, self.x, self.n2, self.Nrow, self.bounds = eng, x, n2, Nrow.contiguous(), bounds
+        self.scanning = True
+        self.thr = thr.clone()
+        K = self.k + _KEEP
         for w in self.workers:
-            w.klist = torch.full((self.n, self.k), math.inf, dtype=torch.float32)
-            w.thr = shared
-            w.Nrow, w.E, w.eta, w.perm, w.ref = self.Nrow, bounds.E, bounds.eta, self.perm, self.ref
+            w.kv = torch.full((self.n, K), math.inf, dtype=torch.float32)
+            w.ki = torch.full((self.n, K), -1, dtype=torch.int32)
+            w.k, w.thr, w.Nrow, w.E, w.eta = self.k, self.thr, self.Nrow, bounds.E, bounds.eta
 
-    def _final_threshold(self) -> torch.Tensor:
-        """Per row, the threshold from the k smallest values of all workers' lists together (every pair met by the
-        search once, so these are the row's k smallest certified values: the brute force's own threshold), and
-        never above any worker's."""
-        kl = torch.cat([w.klist for w in self.workers], dim=1)
-        sk = torch.topk(kl, self.k, dim=1, largest=False, sorted=True).values[:, -1].to(torch.float64)
-        N = self.Nrow
-        thr = _up(self.bounds.candidate_threshold(self.bounds.upper(sk, N), N), torch.float32)
-        thr = torch.where(torch.isfinite(sk), thr, torch.full_like(thr, math.inf))
-        return torch.minimum(thr, self.workers[0].thr)
+    def _finish(self) -> None:
+        """The exact phase of the fused scan. Each pair was offered to a row by one worker at most, so the k smallest
+        values of all the workers' lists together are the row's k smallest certified values: they give its final
+        threshold (the brute force's own), never above the shared one. Every offer not kept in a list is at least
+        that list's last value; so when each full list's last value lies above the final threshold, the lists
+        hold all the row's candidates, which get their float64 distances (the pair kernel) and the k best are kept.
+        Other rows (more candidates than the lists hold: ties, lattices) are recomputed against every column
+        (:meth:`_rows_by_brute_force`)."""
+        t = time.perf_counter()
+        short_rows = []
+        for r0 in range(0, self.n, _FINISH_ROWS):  # rows a chunk at a time (bounded temporaries)
+            r1 = min(self.n, r0 + _FINISH_ROWS)
+            kv = torch.cat([w.kv[r0:r1] for w in self.workers], 1)
+            sk = torch.topk(kv, self.k, dim=1, largest=False, sorted=True).values[:, -1].to(torch.float64)
+            N = self.Nrow[r0:r1]
+            thr = _up(self.bounds.candidate_threshold(self.bounds.upper(sk, N), N), torch.float32)
+            thr = torch.where(torch.isfinite(sk), thr, torch.full_like(thr, math.inf))
+            thr = torch.minimum(thr, self.thr[r0:r1], out=self.thr[r0:r1])  # the final thresholds, kept
+            last = torch.stack([w.kv[r0:r1, -1] for w in self.workers], 1)
+            short = (last <= thr.unsqueeze(1)).any(1)
+            take = kv <= thr.unsqueeze(1)
+            take[short] = False
+            rows, slots = torch.nonzero(take, as_tuple=True)
+            cols = torch.cat([w.ki[r0:r1] for w in self.workers], 1)[rows, slots].long()
+            self._exact(rows + r0, cols)
+            short_rows.append(torch.nonzero(short).flatten() + r0)
+        short_pos = torch.cat(short_rows)
+        self.fallback_rows = int(short_pos.numel())
+        if self.fallback_rows:
+            self._rows_by_brute_force(short_pos, self.thr)
+        self.seconds["exact"] = self.seconds.get("exact", 0.0) + time.perf_counter() - t
+
+    def _exact(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Float64 distances of the (row, column) position pairs, merged into the answer's rows."""
+        if self.perm is not None:  # positions -> reference rows
+            rows, cols = self.perm.index_select(0, rows), self.perm.index_select(0, cols)
+        d = exact_distances(self.ref, rows, self.ref, cols)
+        _native.topk_merge(rows, cols, d, self.out_d, self.out_i)
+        self.examined += int(rows.numel())
+
+    def _rows_by_brute_force(self, pos: torch.Tensor, thr: torch.Tensor) -> None:
+        """Rows (positions) whose candidates the lists may not all hold: their certified values against every
+        column, those within the final threshold measured exactly."""
+        n2, w = self.n2, self.workers[0]
+        eng = self.eng
+
+        def rows_of(a: int, b: int) -> torch.Tensor:
+            return self.x[a:b] if self.x is not None else w.centred(eng, a, b, 1)
+
+        for s in range(0, pos.numel(), 256):
+            g = pos[s : s + 256]
+            if self.x is not None:
+                q = self.x.index_select(0, g)
+            else:  # the same rounding as the frame's: x - mu in float64, then to the GEMM dtype
+                q = (eng.ref.index_select(0, g).to(torch.float64) - eng.mu).to(eng.cdt)
+            for c0 in range(0, self.n, 1024):
+                c1 = min(self.n, c0 + 1024)
+                v = (n2.index_select(0, g).unsqueeze(1) + n2[c0:c1].unsqueeze(0)) - 2 * (q @ rows_of(c0, c1).T)
+                v[(g >= c0) & (g < c1), (g - c0)[(g >= c0) & (g < c1)]] = math.inf  # self
+                r, c = torch.nonzero(v <= thr.index_select(0, g).unsqueeze(1), as_tuple=True)
+                self._exact(g.index_select(0, r), c + c0)
 
     def __exit__(self, *exc):
         try:
             if exc[0] is None:
                 if self.threads > 1:  # the exact phase below runs threaded
                     torch.set_num_threads(self.threads)
-                if self.workers[0].klist is not None:
-                    thr = self._final_threshold()
-                    for w in self.workers:
-                        w.settle(thr, into=(self.out_d, self.out_i))
-                for w in self.workers[1:]:
-                    have = w.out_i >= 0
-                    rows = torch.nonzero(have)[:, 0]
-                    _native.topk_merge(rows, w.out_i[have], w.out_d[have], self.out_d, self.out_i)
+                if self.scanning:
+                    self._finish()
                 for w in self.workers:
-                    self.examined += w.examined
                     self.queued += w.queued
                     for name, sec in w.seconds.items():
                         self.seconds[name] = self.seconds.get(name, 0.0) + sec
@@ -1320,7 +1336,7 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
     if dev.type == "cpu":
         proj_cols = max(256, min(proj_cols, _PROJ_PIECE // widest))
 
-    with _Workers(threads, eng, n, k, out_d, out_i, native, perm) as pool:
+    with _Workers(threads, eng, n, k, out_d, out_i, perm) as pool:
         # U for every row from its home clusters (own first, then the nearest centroids)
         U = torch.empty(n, dtype=torch.float64, device=dev)
 
@@ -1388,7 +1404,8 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
         eng.clock.lap("rank")
         thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
         thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
-        pool.start_scan(thr_c, norm_p + eng.max_norm, eng.bounds)
+        if native:
+            pool.start_scan(eng, x_p, n2_p, thr_c, norm_p + eng.max_norm, eng.bounds)
         chooser = _Chooser(units, n, force)
         total = sum((e - s) * (n - s) for _, s, e in units)
 
@@ -1413,21 +1430,24 @@ def _pruned_symmetric(eng: _Engine, out_d, out_i, progress, force: str | None = 
 def _block(eng: _Engine, w: _Worker, x_p, n2_p, s: int, e: int, cols, cols_max: int, thr_c, native: bool, perm):
     """One block of the symmetric search: its rows [s, e) (positions) against the columns ``cols`` (ascending
     positions >= s, ``cols_max`` per GEMM piece), or against all of [s, n) when ``cols`` is None (brute force,
-    ``_BRUTE_COLS`` per piece), a GEMM piece at a time; each
+    pieces of ``_BLOCK_ENTRIES`` products), a GEMM piece at a time, the GEMM frame ``x_p`` (None: built on the fly,
+    :meth:`_Worker.centred`); each
     piece's products go through the fused scan (native) or the torch threshold tests and the engine's pending
     pairs. Returns the seconds of its GEMMs and of its candidate passes (the gather of surviving columns is in
     neither: a brute-force block has none)."""
     n, dev = eng.n, eng.device
-    q, qn2 = x_p[s:e], n2_p[s:e]
+    q = x_p[s:e] if x_p is not None else w.centred(eng, s, e, 0)
+    qn2 = n2_p[s:e]
     rpos = torch.arange(s, e, device=dev)
     ncols = n - s if cols is None else int(cols.numel())
-    step = _BRUTE_COLS if cols is None else cols_max
+    step = max(128, _BLOCK_ENTRIES // (e - s)) if cols is None else cols_max
     t_gemm = t_kernel = 0.0
     for c0 in range(0, ncols, step):
         if cols is None:
             c1 = min(ncols, c0 + step)
             cc_ = torch.arange(s + c0, s + c1, device=dev)
-            xg, cn2 = x_p[s + c0 : s + c1], n2_p[s + c0 : s + c1]
+            xg = x_p[s + c0 : s + c1] if x_p is not None else w.centred(eng, s + c0, s + c1, 1)
+            cn2 = n2_p[s + c0 : s + c1]
             nb = max(0, min(e, s + c1) - (s + c0))
         else:
             cc_ = cols[c0 : c0 + step]
@@ -1468,20 +1488,23 @@ def _symmetric_brute(eng: _Engine, out_d, out_i, progress, native: bool, threads
     every row's threshold starting at +inf and tightening as its k smallest certified values come in. Without the
     native kernel (CUDA), the engine's plain brute force (a GEMM and a top-k per row block) instead."""
     n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
-    if eng.x is None:
-        eng.x = eng.permuted_frame(None)
     if not native:
+        if eng.x is None:
+            eng.x = eng.permuted_frame(None)
         eng.qnorm = eng.norm
         eng.brute(eng.x, eng.norm, eng.ref, torch.arange(n, device=dev), out_d, out_i, progress)
         stats.update({"pruned_fraction": 0.0, "blocks_pruned": 0, "blocks_brute": 0, "switches": 0, "chosen": "brute"})
         return
-    rows = min(_BRUTE_ROWS, max(32, n // 64))
+    # float64 input (or float32 far from the origin): the centred float32 frame is built a piece at a time inside
+    # the blocks, never whole; its rows are converted (n - s) / rows times over, so the blocks are tall
+    stats["frame_on_the_fly"] = eng.x is None
+    rows = min(_BRUTE_TASK_ROWS, max(32, n // 16))
     units = [(0, s, min(n, s + rows)) for s in range(0, n, rows)]
     chooser = _Chooser(units, n, "brute")
     total = sum((e - s) * (n - s) for _, s, e in units)
     thr = torch.full((n,), math.inf, dtype=torch.float32, device=dev)
-    with _Workers(threads, eng, n, k, out_d, out_i, native) as pool:
-        pool.start_scan(thr, eng.norm + eng.max_norm, eng.bounds)
+    with _Workers(threads, eng, n, k, out_d, out_i) as pool:
+        pool.start_scan(eng, eng.x, eng.n2c, thr, eng.norm + eng.max_norm, eng.bounds)
 
         def block(w, task) -> None:
             _, group = task
@@ -1500,6 +1523,7 @@ def _symmetric_done(eng: _Engine, pool: _Workers, chooser: _Chooser, native: boo
         eng.flush(eng.ref, torch.arange(eng.n, device=eng.device), out_d, out_i)
     eng.examined += pool.examined
     eng.stats["queued_mean"] = round(pool.queued / max(1, eng.n), 3)
+    eng.stats["fallback_rows"] = pool.fallback_rows
     for name, sec in pool.seconds.items():
         eng.clock.acc[name] = round(eng.clock.acc.get(name, 0.0) + sec, 4)
     eng.clock.t = time.perf_counter()
