@@ -36,19 +36,25 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    of a block row *or* a block row may be one of its neighbours, candidates emitted in both directions);
    anchors and separate queries use :func:`_pruned`. The pruning is exact, never heuristic; when it does not
    pay (isotropic high-dimensional data) the engine notices and falls back to the brute force of step 1.
-   In the symmetric search (CPU, native kernel): whole blocks go to worker threads (``torch.get_num_threads()``
-   of them, each running torch with one intra-op thread: no barrier per small piece, so a process competing for
-   a core slows one worker instead of every step); each block runs pruned or by brute force (the GEMM on all its
-   columns), whichever the costs measured on the blocks already done say is cheaper (:class:`_Chooser`); the
-   projection rank is chosen among 16/32/64/128 by timing the projected test and pricing its survivors on
-   sample blocks; each block's certified values go through a fused top-k scan (``tg_block_scan``): a row's
-   threshold tightens as its k smallest values so far improve, candidates are queued and settled at the end
-   against the final thresholds (about k per row), then their float64 distances are computed.
-3. **Exact phase.** Pending candidate pairs (each queued once) are tightened (a row's k-th smallest certified value
-   gives a new ``U``), recomputed in float64 once per unordered pair, merged with the row's best so far and
-   cut to k by (distance, index). On the CPU the float64 distances come from a fused native kernel
-   (:mod:`estimators._native`, built at install; torch otherwise, ``stats["exact_kernel"]`` says which).
-   Memory: no copy of float32 input; the working set is bounded by ``memory_budget_mb`` and by the pending-pair
+   In the symmetric search (CPU, native kernel): a gate first (:func:`_pilot`: pseudo-blocks on a sample estimate
+   the fraction of a block's columns the projected test would keep; above ``_PILOT_BRUTE`` every block runs by
+   brute force, :func:`_symmetric_brute`, with nothing built for the pruning and, for float64 input, the centred
+   float32 frame converted a piece at a time instead of copied); whole blocks go to worker threads
+   (``torch.get_num_threads()`` of them, each running torch with one intra-op thread: no barrier per small piece,
+   so a process competing for a core slows one worker instead of every step); each block runs pruned or by brute
+   force (the GEMM on all its columns), whichever the costs measured on the blocks already done say is cheaper
+   (:class:`_Chooser`); the projection rank is chosen among 16/32/64/128 by timing the projected test and pricing
+   its survivors on sample blocks; each block's GEMM products go through a fused top-k scan (``tg_block_scan``):
+   certified values, both directions' threshold tests, and each row's k + ``_KEEP`` smallest offers kept with
+   their partners, its threshold tightening as they improve. At the end those lists give each row's final
+   threshold and its candidates (about k), whose float64 distances are computed (:meth:`_Workers._finish`).
+3. **Exact phase** (anchors, separate queries, and the symmetric search without the native kernel). Pending
+   candidate pairs (each queued once) are tightened (a row's k-th smallest certified value gives a new ``U``),
+   recomputed in float64 once per unordered pair, merged with the row's best so far and cut to k by (distance,
+   index). On the CPU the float64 distances come from a fused native kernel (:mod:`estimators._native`, built at
+   install; torch otherwise, ``stats["exact_kernel"]`` says which).
+   Memory: no copy of float32 input (but the pruned symmetric search keeps one in cluster order) and none of float64
+   input in the symmetric brute force; the working set is bounded by ``memory_budget_mb`` and by the pending-pair
    limit, and freed heap pages go back to the OS at the end of a call.
 
 Float32 GEMMs are only used when torch runs them in IEEE float32; if ``torch.set_float32_matmul_precision``
