@@ -28,8 +28,9 @@ Data (n = 20000 rows unless the set has fewer; D = 784 unless the data has fewer
 A data set whose source is not installed is reported as missing (with how to get it) and skipped.
 
 Commands (PYTHONPATH=. .venv/bin/python bench/knn_suite.py ...; results are appended to bench/results_knn_suite.md)
-  --rounds 3                  the suite: idle, then one core busy (a spinning process); about 3 h at n=20000
-                              (skdim ~25-60 s and tg ~5-20 s a call, 11 data sets × 4 methods × 3 rounds × 2)
+  --rounds 3                  the suite: idle, then one core busy (a spinning process): about 1-1.5 h on a quiet
+                              2-core machine at n=20000 (11 data sets x 4 methods x 3 rounds x 2 conditions; skdim
+                              8-25 s, tg 2-8 s a call, plus ~3 s of process start each), ~3 h under heavy load
   --rounds 3 --busy idle      idle only (about half)
   --growth --rounds 2         tg mle time against n = 10k, 20k, 40k, 70k on fmnist (train+test) and gauss12, with
                               the fitted exponent (about 15 min)
