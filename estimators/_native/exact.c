@@ -1,7 +1,8 @@
 /* Native CPU kernels of the kNN engine (docs/methods.md §0, §7; estimators/knn.py, loaded by estimators/_native).
  *
  *   tg_pair_dist_f32/_f64  out[p] = sqrt(sum_t ((double)B[ib[p]][t] - (double)A[ia[p]][t])^2)
- *   tg_block_candidates    one block of the symmetric search: threshold tests and exact distances in one pass
+ *   tg_block_scan          one block of the symmetric search: certified values from the GEMM's products, threshold
+ *                          tests, each row's K smallest values and partners kept (tightening its threshold)
  *   tg_topk_merge(_i32)    each row's k best (distance, index) pairs, by insertion (int64 or int32 ids)
  *
  * Distances are difference based, in float64, straight from float32 or float64 rows: one pass over the two rows,
@@ -52,103 +53,33 @@ TG_DIST(tg_dist_f64, double)
 TG_PAIR_KERNEL(tg_pair_dist_f32, float, tg_dist_f32)
 TG_PAIR_KERNEL(tg_pair_dist_f64, double, tg_dist_f64)
 
-/* Candidates of one block of the symmetric kNN search (estimators.knn._pruned_symmetric), with their exact
- * distances, in one pass over the block's certified squared distances.
- *
- * sq: (R, C) computed squared distances of the block's rows q (R, D) to the gathered columns xg (C, D), +inf on
- * self entries. Entry (i, j) is a candidate of row i when sq <= thr_row[i], and row i a candidate of column j
- * when j >= nb (columns before nb lie inside the block: their pairs meet both directions as rows) and
- * sq <= thr_col[j]. Each candidate pair gets its float64 distance from q[i] and xg[j] (tg_dist_f32) and is
- * written as (query id, reference id, distance) with the ids row_ids[i] / col_ids[j]. Returns the number of
- * entries; when that exceeds cap (the room in out_*), the entries past the room were only counted.
- */
-TG_CLONES int64_t tg_block_candidates(const float *sq, int64_t R, int64_t C, const float *thr_row,
-                                      const float *thr_col, int64_t nb, const float *q, const float *xg, int64_t D,
-                                      const int64_t *row_ids, const int64_t *col_ids, int64_t *out_rows,
-                                      int64_t *out_cols, double *out_d, int64_t cap) {
-    int64_t m = 0;
-    for (int64_t i = 0; i < R; ++i) {
-        const float *srow = sq + i * C;
-        const float tr = thr_row[i];
-        for (int64_t j = 0; j < C; ++j) {
-            const float v = srow[j];
-            const int mine = v <= tr;
-            const int theirs = j >= nb && v <= thr_col[j];
-            if (!(mine | theirs))
-                continue;
-            if (m + mine + theirs > cap) { /* out of room: only count; the caller grows the buffers, calls again */
-                m += mine + theirs;
-                continue;
-            }
-            const double dd = tg_dist_f32(q + i * D, xg + j * D, D);
-            if (mine) {
-                out_rows[m] = row_ids[i];
-                out_cols[m] = col_ids[j];
-                out_d[m++] = dd;
-            }
-            if (theirs) {
-                out_rows[m] = col_ids[j];
-                out_cols[m] = row_ids[i];
-                out_d[m++] = dd;
-            }
-        }
-    }
-    return m;
-}
-
-/* The same block pass, with each candidate's exact distance taken from the original rows of the data set (float32
- * or float64, row-major (n, D)) by id: ref + row_ids[i] * D and ref + col_ids[j] * D. Used when the GEMM frame is
- * not the data itself (float64 input, or a centred float32 copy): the candidates' distances are still the exact
- * float64 distances of the user's values, computed inside the block loop (no queue, no later exact phase). */
-#define TG_BLOCK_REF(NAME, T, DIST)                                                                          \
-    TG_CLONES int64_t NAME(const float *sq, int64_t R, int64_t C, const float *thr_row, const float *thr_col, \
-                           int64_t nb, const T *ref, int64_t D, const int64_t *row_ids, const int64_t *col_ids, \
-                           int64_t *out_rows, int64_t *out_cols, double *out_d, int64_t cap) {               \
-        int64_t m = 0;                                                                                       \
-        for (int64_t i = 0; i < R; ++i) {                                                                    \
-            const float *srow = sq + i * C;                                                                  \
-            const float tr = thr_row[i];                                                                     \
-            const T *qi = ref + row_ids[i] * D;                                                              \
-            for (int64_t j = 0; j < C; ++j) {                                                                \
-                const float v = srow[j];                                                                     \
-                const int mine = v <= tr;                                                                    \
-                const int theirs = j >= nb && v <= thr_col[j];                                               \
-                if (!(mine | theirs))                                                                        \
-                    continue;                                                                                \
-                if (m + mine + theirs > cap) {                                                               \
-                    m += mine + theirs;                                                                      \
-                    continue;                                                                                \
-                }                                                                                            \
-                const double dd = DIST(qi, ref + col_ids[j] * D, D);                                         \
-                if (mine) {                                                                                  \
-                    out_rows[m] = row_ids[i];                                                                \
-                    out_cols[m] = col_ids[j];                                                                \
-                    out_d[m++] = dd;                                                                         \
-                }                                                                                            \
-                if (theirs) {                                                                                \
-                    out_rows[m] = col_ids[j];                                                                \
-                    out_cols[m] = row_ids[i];                                                                \
-                    out_d[m++] = dd;                                                                         \
-                }                                                                                            \
-            }                                                                                                \
-        }                                                                                                    \
-        return m;                                                                                            \
-    }
-
-TG_BLOCK_REF(tg_block_candidates_ref_f32, float, tg_dist_f32)
-TG_BLOCK_REF(tg_block_candidates_ref_f64, double, tg_dist_f64)
-
 /* Fused top-k scan of one block of the symmetric search (estimators.knn.engine._pruned_symmetric).
  *
- * sq: (R, C) computed squared distances of the block's rows to its columns (+inf on self entries); rpos/cpos:
- * their positions in the per-row arrays below. Entry (i, j) is a candidate of row i when sq <= thr[rpos[i]], and
- * row i a candidate of column j when j >= nb and sq <= thr[cpos[j]]. Every candidate is written as (row, column,
- * sq) (positions, int32) and its value is inserted into the row's list of its k smallest values seen (klist,
- * (n, k) ascending, +inf when empty). Once a row's list is full, its k-th value s_k gives an upper bound
- * U = sqrt(s_k + E N^2) + eta N of its k-th neighbour distance (N = Nrow[row]), and so a tighter threshold
- * (U + eta N)^2 + E N^2 (rounded up to float32; the same bounds as _Bounds.upper/candidate_threshold), which
- * replaces thr[row] when smaller. Thresholds only decrease and each is always valid, so every true neighbour
- * pair is written. Returns the number of entries; past cap they are only counted (the caller grows, repeats). */
+ * dot: (R, C) float32 products a_i . a_j of the block's rows with its columns, straight from one GEMM (no other
+ * pass over them); rn2 (R) and cn2 (C): the float32 squared norms |a|^2 of those rows and columns; rpos/cpos their
+ * positions in the per-row arrays below. The certified value of entry (i, j) is the float32
+ * s = (rn2[i] + cn2[j]) - 2 dot[i][j], the value whose error step 1 of the engine bounds (any order of the two
+ * additions is covered); entries with rpos[i] == cpos[j] (a row with itself) are skipped. Column j is offered to
+ * row i when s <= thr[rpos[i]], and row i to column j when j >= nb (columns before nb lie inside the block: their
+ * pairs meet both directions as rows) and s <= thr[cpos[j]].
+ *
+ * Each row keeps the K smallest values offered to it with their partners' positions (kv/ki, (n, K) ascending,
+ * +inf / -1 when empty; an offer equal to a full list's last value is not kept). Once k <= K values are kept, the
+ * k-th one s_k gives an upper bound U = sqrt(s_k + E N^2) + eta N of the row's k-th neighbour distance
+ * (N = Nrow[row]), and so a tighter threshold (U + eta N)^2 + E N^2 (rounded up to float32; the same bounds as
+ * _Bounds.upper/candidate_threshold), which replaces thr[row] when smaller. Thresholds only decrease and each is
+ * always valid, so every true neighbour is offered; the caller knows a row's list holds every offer that can pass
+ * its final threshold when the list's last value lies above it (everything not kept is >= that value).
+ *
+ * thr may be shared by several threads: a store can race with another thread's, but every value ever written is a
+ * valid threshold, so a race only leaves a looser valid one.
+ *
+ * Most entries pass neither test: each row is screened TG_W columns at a time by a loop the compiler vectorises,
+ * against the row's threshold and tcol, the column thresholds as they were when the call began (they only
+ * decrease, so the screen never misses an entry that passes the current ones); only groups with a hit are
+ * examined one by one, against the current thresholds. Returns the number of offers. */
+#define TG_W 16
+
 static inline float tg_up_f32(double x) {
     float f = (float)x;
     if ((double)f < x)
@@ -156,17 +87,20 @@ static inline float tg_up_f32(double x) {
     return f;
 }
 
-static inline void tg_klist_insert(float *kl, int64_t k, float v, float *thr, double N, double E, double eta) {
-    if (!(v < kl[k - 1]))
+static inline void tg_keep(float *kv, int32_t *ki, int64_t K, int64_t k, float v, int32_t id, float *thr, double N,
+                           double E, double eta) {
+    if (!(v < kv[K - 1]))
         return;
-    int64_t pos = k - 1;
-    while (pos > 0 && kl[pos - 1] > v) {
-        kl[pos] = kl[pos - 1];
+    int64_t pos = K - 1;
+    while (pos > 0 && kv[pos - 1] > v) {
+        kv[pos] = kv[pos - 1];
+        ki[pos] = ki[pos - 1];
         --pos;
     }
-    kl[pos] = v;
-    const float sk = kl[k - 1];
-    if (sk < INFINITY) {
+    kv[pos] = v;
+    ki[pos] = id;
+    const float sk = kv[k - 1];
+    if (pos < k && sk < INFINITY) {
         const double s = sk > 0 ? (double)sk : 0.0;
         const double U = sqrt(s + E * N * N) + eta * N;
         const double t = (U + eta * N) * (U + eta * N) + E * N * N;
@@ -176,37 +110,40 @@ static inline void tg_klist_insert(float *kl, int64_t k, float v, float *thr, do
     }
 }
 
-TG_CLONES int64_t tg_block_scan(const float *sq, int64_t R, int64_t C, int64_t nb, const int64_t *rpos,
-                                const int64_t *cpos, float *klist, float *thr, const double *Nrow, int64_t k,
-                                double E, double eta, int32_t *out_r, int32_t *out_c, float *out_s, int64_t cap) {
+TG_CLONES int64_t tg_block_scan(const float *dot, int64_t R, int64_t C, int64_t nb, const float *rn2,
+                                const float *cn2, const int64_t *rpos, const int64_t *cpos, float *tcol, float *kv,
+                                int32_t *ki, int64_t K, int64_t k, float *thr, const double *Nrow, double E,
+                                double eta) {
     int64_t m = 0;
+    for (int64_t j = 0; j < C; ++j)
+        tcol[j] = thr[cpos[j]];
     for (int64_t i = 0; i < R; ++i) {
-        const float *srow = sq + i * C;
+        const float *drow = dot + i * C;
+        const float a = rn2[i];
         const int64_t ri = rpos[i];
-        for (int64_t j = 0; j < C; ++j) {
-            const float v = srow[j];
-            const int64_t cj = cpos[j];
-            const int mine = v <= thr[ri];
-            const int theirs = j >= nb && v <= thr[cj];
-            if (!(mine | theirs))
-                continue;
-            if (mine) {
-                if (m < cap) {
-                    out_r[m] = (int32_t)ri;
-                    out_c[m] = (int32_t)cj;
-                    out_s[m] = v;
-                }
-                ++m;
-                tg_klist_insert(klist + ri * k, k, v, thr + ri, Nrow[ri], E, eta);
+        for (int64_t j0 = 0; j0 < C; j0 += TG_W) {
+            const int64_t w = C - j0 < TG_W ? C - j0 : TG_W;
+            const float tr = thr[ri];
+            int hit = 0;
+            for (int64_t u = 0; u < w; ++u) {
+                const float s = (a + cn2[j0 + u]) - 2.0f * drow[j0 + u];
+                hit |= (s <= tr) | (s <= tcol[j0 + u]);
             }
-            if (theirs) {
-                if (m < cap) {
-                    out_r[m] = (int32_t)cj;
-                    out_c[m] = (int32_t)ri;
-                    out_s[m] = v;
+            if (!hit)
+                continue;
+            for (int64_t j = j0; j < j0 + w; ++j) {
+                const int64_t cj = cpos[j];
+                if (cj == ri)
+                    continue;
+                const float s = (a + cn2[j]) - 2.0f * drow[j];
+                if (s <= thr[ri]) {
+                    tg_keep(kv + ri * K, ki + ri * K, K, k, s, (int32_t)cj, thr + ri, Nrow[ri], E, eta);
+                    ++m;
                 }
-                ++m;
-                tg_klist_insert(klist + cj * k, k, v, thr + cj, Nrow[cj], E, eta);
+                if (j >= nb && s <= thr[cj]) {
+                    tg_keep(kv + cj * K, ki + cj * K, K, k, s, (int32_t)ri, thr + cj, Nrow[cj], E, eta);
+                    ++m;
+                }
             }
         }
     }
@@ -255,4 +192,4 @@ TG_MERGE(tg_topk_merge, int64_t)
 TG_MERGE(tg_topk_merge_i32, int32_t)
 
 /* ABI version of this file, checked by the loader (estimators/_native/__init__.py). */
-int tg_native_abi(void) { return 6; }
+int tg_native_abi(void) { return 8; }

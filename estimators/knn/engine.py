@@ -36,19 +36,25 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    of a block row *or* a block row may be one of its neighbours, candidates emitted in both directions);
    anchors and separate queries use :func:`_pruned`. The pruning is exact, never heuristic; when it does not
    pay (isotropic high-dimensional data) the engine notices and falls back to the brute force of step 1.
-   In the symmetric search (CPU, native kernel): whole blocks go to worker threads (``torch.get_num_threads()``
-   of them, each running torch with one intra-op thread: no barrier per small piece, so a process competing for
-   a core slows one worker instead of every step); each block runs pruned or by brute force (the GEMM on all its
-   columns), whichever the costs measured on the blocks already done say is cheaper (:class:`_Chooser`); the
-   projection rank is chosen among 16/32/64/128 by timing the projected test and pricing its survivors on
-   sample blocks; each block's certified values go through a fused top-k scan (``tg_block_scan``): a row's
-   threshold tightens as its k smallest values so far improve, candidates are queued and settled at the end
-   against the final thresholds (about k per row), then their float64 distances are computed.
-3. **Exact phase.** Pending candidate pairs (each queued once) are tightened (a row's k-th smallest certified value
-   gives a new ``U``), recomputed in float64 once per unordered pair, merged with the row's best so far and
-   cut to k by (distance, index). On the CPU the float64 distances come from a fused native kernel
-   (:mod:`estimators._native`, built at install; torch otherwise, ``stats["exact_kernel"]`` says which).
-   Memory: no copy of float32 input; the working set is bounded by ``memory_budget_mb`` and by the pending-pair
+   In the symmetric search (CPU, native kernel): a gate first (:func:`_pilot`: pseudo-blocks on a sample estimate
+   the fraction of a block's columns the projected test would keep; above ``_PILOT_BRUTE`` every block runs by
+   brute force, :func:`_symmetric_brute`, with nothing built for the pruning and, for float64 input, the centred
+   float32 frame converted a piece at a time instead of copied); whole blocks go to worker threads
+   (``torch.get_num_threads()`` of them, each running torch with one intra-op thread: no barrier per small piece,
+   so a process competing for a core slows one worker instead of every step); each block runs pruned or by brute
+   force (the GEMM on all its columns), whichever the costs measured on the blocks already done say is cheaper
+   (:class:`_Chooser`); the projection rank is chosen among 16/32/64/128 by timing the projected test and pricing
+   its survivors on sample blocks; each block's GEMM products go through a fused top-k scan (``tg_block_scan``):
+   certified values, both directions' threshold tests, and each row's k + ``_KEEP`` smallest offers kept with
+   their partners, its threshold tightening as they improve. At the end those lists give each row's final
+   threshold and its candidates (about k), whose float64 distances are computed (:meth:`_Workers._finish`).
+3. **Exact phase** (anchors, separate queries, and the symmetric search without the native kernel). Pending
+   candidate pairs (each queued once) are tightened (a row's k-th smallest certified value gives a new ``U``),
+   recomputed in float64 once per unordered pair, merged with the row's best so far and cut to k by (distance,
+   index). On the CPU the float64 distances come from a fused native kernel (:mod:`estimators._native`, built at
+   install; torch otherwise, ``stats["exact_kernel"]`` says which).
+   Memory: no copy of float32 input (but the pruned symmetric search keeps one in cluster order) and none of float64
+   input in the symmetric brute force; the working set is bounded by ``memory_budget_mb`` and by the pending-pair
    limit, and freed heap pages go back to the OS at the end of a call.
 
 Float32 GEMMs are only used when torch runs them in IEEE float32; if ``torch.set_float32_matmul_precision``
@@ -90,6 +96,14 @@ _PRUNE_MIN_REF = 4096
 _CLUSTER_SIZE = 64
 #: extra columns asked from ``topk`` beyond k before the candidate threshold is checked
 _TOPK_MARGIN = 8
+#: the gate of the symmetric search (:func:`_pilot`): pseudo-blocks, sample columns, the looseness assumed of the
+#: first bounds U, and the estimated fraction of a block's columns kept by the projected test (at the best rank)
+#: above which the pruning cannot pay and every block runs by brute force (pruned blocks that keep about half their
+#: columns cost about as much as brute-force ones, bench/RESULTS.md)
+_PILOT_BLOCKS = 8
+_PILOT_COLS = 2048
+_PILOT_SLACK = 1.15
+_PILOT_BRUTE = 0.4
 #: most principal directions used for the projected lower bounds (anchors, separate queries)
 _RANK_MAX = 64
 #: the symmetric search's candidate projection ranks (capped at D), one chosen by measurement on sample blocks
@@ -116,8 +130,6 @@ _FALLBACK_AFTER = 2048
 _FALLBACK_SURVIVORS = 0.6
 #: rows of one brute-force task of the symmetric search (small consecutive clusters taken together)
 _BRUTE_ROWS = 256
-#: columns per GEMM piece of a brute-force task (its block of distances stays cache-sized)
-_BRUTE_COLS = 1024
 #: while the brute force is chosen, every this-many-th task still runs pruned (keeps the comparison current)
 _PROBE_EVERY = 16
 #: weight kept by the past at each block in the running cost comparison of pruned and brute-force blocks
@@ -125,13 +137,17 @@ _DECAY = 0.9
 #: ``kneighbors(method=...)``: "auto" chooses per block from measured costs; "pruned"/"brute" force one form (the
 #: answer is the same; for tests and benchmarks)
 _METHODS = ("auto", "pruned", "brute")
-#: candidates queued by one worker of the symmetric search before they are settled (exact distances of those
-#: that still pass the thresholds; 12 bytes each)
-_STORE_MAX = 1 << 20
+#: slots beyond k in each row's list of the symmetric search's fused scan (its smallest values offered and their
+#: partners): a row whose candidates do not all fit (ties, lattices) is recomputed by brute force at the end
+_KEEP = 8
+#: rows per chunk of the symmetric search's exact phase
+_FINISH_ROWS = 4096
+#: rows of one task of the symmetric brute force (columns per GEMM piece: _BLOCK_ENTRIES / rows, a cache-sized block
+#: of products)
+_BRUTE_TASK_ROWS = 1024
+_BLOCK_ENTRIES = 1 << 18
 #: pairs per chunk of the float64 recomputation
 _EXACT_CHUNK = 1 << 17
-#: exact pairs of the symmetric search's block loop that trigger a merge (cheap: no sort with the native kernel)
-_FLUSH_READY = 1 << 14
 #: (row, neighbour) entries merged at a time at the end of an exact phase (bounds its temporaries)
 _MERGE_ENTRIES = 1 << 16
 #: the symmetric search computes exact distances inside its block loop when it can (see ``_pruned_symmetric``)
@@ -309,20 +325,25 @@ class _Engine:
         self.gather_buf: torch.Tensor | None = None
         self.pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.n_pairs = 0
-        self.ready: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.n_ready = 0
         self.gathered: torch.Tensor | None = None  # the columns of the last sq_dists call (a view of gather_buf)
         self.examined = 0
         self.qnorm = self.norm
         self.clock.lap("prepare")
 
-    def permuted_frame(self, perm: torch.Tensor) -> torch.Tensor:
-        """The GEMM frame's rows in the order ``perm``: a centred copy built straight in that order (never two
-        copies at once), or the reference's own rows gathered (float32 input used in place)."""
+    def permuted_frame(self, perm: torch.Tensor | None) -> torch.Tensor:
+        """The GEMM frame's rows in the order ``perm`` (None: their own order): a centred copy built straight in that
+        order (never two copies at once), or the reference's own rows gathered (float32 input used in place)."""
         if self.x is not None:
-            return self.x.index_select(0, perm)
+            return self.x if perm is None else self.x.index_select(0, perm)
         out = torch.empty(self.n, self.D, dtype=self.cdt, device=self.device)
         for s, c in self.chunks64(self.ref, self.scratch64(), perm):
+            out[s : s + c.shape[0]] = c.sub_(self.mu)
+        return out
+
+    def centred64(self, rows: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+        """The rows ``rows`` of the reference minus its mean, float64 (a small sample: a new tensor)."""
+        out = torch.empty(rows.numel(), self.D, dtype=torch.float64, device=self.device)
+        for s, c in self.chunks64(self.ref, buf, rows):
             out[s : s + c.shape[0]] = c.sub_(self.mu)
         return out
 
@@ -495,22 +516,6 @@ class _Engine:
             self._merge(touched[t0:t1], rows[p0:p1], cols[p0:p1], d[p0:p1], out_d, out_i)
             p0 = p1
         self.clock.lap("select")
-
-    def add_exact(self, rows: torch.Tensor, cols: torch.Tensor, d: torch.Tensor) -> None:
-        """Queue (query, reference) pairs whose exact float64 distance is already known (no tightening needed)."""
-        self.ready.append((*self._compact(rows, cols), d))
-        self.n_ready += rows.numel()
-
-    def flush_ready(self, out_d: torch.Tensor, out_i: torch.Tensor) -> None:
-        """Merge the queued exact pairs of :meth:`add_exact` into the rows' best."""
-        if not self.ready:
-            return
-        self.clock.lap("candidates")
-        rows = torch.cat([p[0] for p in self.ready])  # int32 while they fit, as the native merge takes them
-        cols = torch.cat([p[1] for p in self.ready])
-        d = torch.cat([p[2] for p in self.ready])
-        self.ready, self.n_ready = [], 0
-        self._merge_rows(rows, cols, d, out_d, out_i, ascending=False)
 
     def _merge(self, touched, rows, cols, d, out_d, out_i) -> None:
         """Merge new exact pairs (``rows`` ascending, covering exactly the rows ``touched``) with those rows'
@@ -833,24 +838,27 @@ def _proj_constants(r: int, D: int, u: float, p_err: float) -> tuple[float, floa
 class _Prefixes:
     """The embedding of step 2 at several ranks from one projection: ``w_r = [(x - mu) P[:, :r], rho_r]`` with
     ``rho_r = sqrt(|x - mu|² - |(x - mu) P[:, :r]|²)``, as :func:`_embed` computes it at rank r (the leading r
-    columns of an orthonormal P are orthonormal, with at most P's Gram error)."""
+    columns of an orthonormal P are orthonormal, with at most P's Gram error). The directions are found first
+    (what :func:`_pilot` needs); :meth:`project` then maps every row."""
 
     def __init__(self, eng: _Engine, ranks: tuple[int, ...], seed: int = 0):
-        dev = eng.device
-        P, self.p_err = _orthonormal_projection(eng, max(ranks), seed)
-        release_freed_memory(dev)
-        rmax = int(P.shape[1])
-        self.ranks = tuple(sorted({min(r, rmax) for r in ranks}))
-        self.D, self.u, self.cdt, self.dev = eng.D, eng.u, eng.cdt, dev
+        self.eng = eng
+        self.P, self.p_err = _orthonormal_projection(eng, max(ranks), seed)
+        release_freed_memory(eng.device)
+        self.ranks = tuple(sorted({min(r, int(self.P.shape[1])) for r in ranks}))
+        self.D, self.u, self.cdt, self.dev = eng.D, eng.u, eng.cdt, eng.device
         eng.clock.lap("pca")
-        n = eng.n
-        self.zz = torch.empty(n, rmax, dtype=eng.cdt, device=dev)
-        self.a2 = torch.empty(n, dtype=torch.float64, device=dev)
-        self.z2 = torch.empty(n, len(self.ranks), dtype=torch.float64, device=dev)
+
+    def project(self) -> None:
+        """The leading coordinates and squared norms of every row (what :meth:`at` assembles)."""
+        eng, n, rmax = self.eng, self.eng.n, int(self.P.shape[1])
+        self.zz = torch.empty(n, rmax, dtype=eng.cdt, device=self.dev)
+        self.a2 = torch.empty(n, dtype=torch.float64, device=self.dev)
+        self.z2 = torch.empty(n, len(self.ranks), dtype=torch.float64, device=self.dev)
         buf = eng.scratch64()
         for s, a in eng.chunks64(eng.ref, buf):
             e = s + a.shape[0]
-            zz = a.sub_(eng.mu) @ P
+            zz = a.sub_(eng.mu) @ self.P
             self.zz[s:e] = zz
             sq = zz * zz
             for j, r in enumerate(self.ranks):
@@ -930,27 +938,20 @@ def _up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class _Worker:
-    """One thread's state in :class:`_Workers`: its own best lists (merged at the end), buffers and queue."""
+    """One thread's state in :class:`_Workers`: its list of each row's K smallest values offered (with partners),
+    and its reused buffers."""
 
-    def __init__(self, n: int, k: int, device, id_dtype, out_d=None, out_i=None):
-        self.k = k
+    def __init__(self, device):
         self.scanner = _native.BlockScan() if _native.available() else None
-        self.klist: torch.Tensor | None = None
-        self.thr: torch.Tensor | None = None
-        self.store: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.n_store = self.queued = 0
-        if out_d is None:
-            out_d = torch.empty((n, k), dtype=torch.float64, device=device)
-            out_i = torch.empty((n, k), dtype=id_dtype, device=device)
-        _no_neighbours_yet(out_d, out_i)
-        self.out_d, self.out_i = out_d, out_i
+        self.kv: torch.Tensor | None = None
+        self.ki: torch.Tensor | None = None
         self.device = device
-        self.block = _native.BlockCandidates() if _native.available() else None
         self.gbuf: torch.Tensor | None = None
         self.pbuf: torch.Tensor | None = None
-        self.ready: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.n_ready = 0
-        self.examined = 0
+        self.dbuf: torch.Tensor | None = None
+        self.fbuf: list[torch.Tensor] | None = None
+        self.tbuf: torch.Tensor | None = None
+        self.queued = 0
         self.seconds: dict[str, float] = {}
 
     def clock(self, name: str, sec: float) -> None:
@@ -980,69 +981,58 @@ class _Worker:
         s += qn2.unsqueeze(1)
         return s
 
-    def scan(self, sq, nb, rpos, cpos) -> None:
-        """The fused top-k scan of one block (``tg_block_scan``): candidates queued as (row, column, sq) positions."""
-        r, c, v = self.scanner.run(sq, nb, rpos, cpos, self.klist, self.thr, self.Nrow, self.E, self.eta)
-        self.store.append((r, c, v))
-        self.n_store += r.numel()
-        self.queued += r.numel()
-        if self.n_store > _STORE_MAX:  # bounded memory: the candidates so far, against this worker's thresholds
-            self.settle(self.thr)
+    def centred(self, eng: _Engine, s: int, e: int, slot: int) -> torch.Tensor:
+        """Rows [s, e) of the GEMM frame built on the fly from the reference, ``x - mu`` in float64 rounded to the
+        GEMM dtype (the same numbers as :meth:`_Engine.permuted_frame`), in this worker's buffer ``slot`` (0: a
+        block's rows, 1: its columns): the brute force of float64 input needs no copy of the whole data."""
+        m, D = e - s, eng.D
+        if self.fbuf is None:
+            self.fbuf = [torch.empty(0, dtype=eng.cdt, device=self.device) for _ in range(2)]
+            self.tbuf = torch.empty(256 * D, dtype=torch.float64, device=self.device)
+        if self.fbuf[slot].numel() < m * D:
+            self.fbuf[slot] = torch.empty(m * D, dtype=eng.cdt, device=self.device)
+        out = self.fbuf[slot][: m * D].view(m, D)
+        for a in range(s, e, 256):
+            b = min(e, a + 256)
+            tmp = self.tbuf[: (b - a) * D].view(b - a, D)
+            out[a - s : b - s].copy_(torch.sub(eng.ref[a:b], eng.mu, out=tmp))
+        return out
 
-    def settle(self, thr: torch.Tensor, into=None) -> None:
-        """Exact distances of the queued candidates that pass ``thr`` (per row position), merged into this worker's
-        best lists (or ``into`` = (out_d, out_i)); the queue is emptied."""
-        if not self.store:
-            return
-        t = time.perf_counter()
-        r = torch.cat([p[0] for p in self.store])
-        c = torch.cat([p[1] for p in self.store])
-        v = torch.cat([p[2] for p in self.store])
-        self.store, self.n_store = [], 0
-        keep = v <= thr.index_select(0, r)
-        del v
-        r, c = r[keep].long(), c[keep].long()
-        del keep
-        o = torch.argsort(r)  # a row's candidates together: its own values stay in cache
-        ri, ci = self.perm.index_select(0, r.index_select(0, o)), self.perm.index_select(0, c.index_select(0, o))
-        d = exact_distances(self.ref, ri, self.ref, ci)
-        out_d, out_i = into if into is not None else (self.out_d, self.out_i)
-        _native.topk_merge(ri, ci, d, out_d, out_i)
-        self.examined += ri.numel()
-        self.clock("exact", time.perf_counter() - t)
+    def products(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``q @ x.T`` (one GEMM) in this worker's reused buffer: the products the fused scan turns into certified
+        values (no pass of its own to add the norms)."""
+        size = q.shape[0] * x.shape[0]
+        if self.dbuf is None or self.dbuf.numel() < size or self.dbuf.dtype != q.dtype:
+            self.dbuf = None
+            self.dbuf = torch.empty(size, dtype=q.dtype, device=self.device)
+        return torch.mm(q, x.T, out=self.dbuf[:size].view(q.shape[0], x.shape[0]))
 
-    def add_exact(self, rows, cols, d) -> None:
-        self.ready.append((rows, cols, d))
-        self.n_ready += rows.numel()
-        self.examined += rows.numel()
-
-    def maybe_flush(self, force: bool = False) -> None:
-        if self.ready and (force or self.n_ready > _FLUSH_READY):
-            rows = torch.cat([p[0] for p in self.ready])
-            cols = torch.cat([p[1] for p in self.ready])
-            d = torch.cat([p[2] for p in self.ready])
-            self.ready, self.n_ready = [], 0
-            t = time.perf_counter()
-            _native.topk_merge(rows, cols, d, self.out_d, self.out_i)
-            self.clock("select", time.perf_counter() - t)
+    def scan(self, dot, nb, rn2, cn2, rpos, cpos) -> None:
+        """The fused top-k scan of one block (``tg_block_scan``): the certified values ``rn2_i + cn2_j - 2 dot_ij``
+        tested in both directions, the offers kept in this worker's lists."""
+        self.queued += self.scanner.run(
+            dot, nb, rn2, cn2, rpos, cpos, self.kv, self.ki, self.k, self.thr, self.Nrow, self.E, self.eta
+        )
 
 
 class _Workers:
     """Coarse parallelism: whole tasks (blocks of rows) go to ``threads`` threads, each running torch with one
     intra-op thread, taking the next task when it is done with one (no barrier per small piece: a thread slowed
     by another process on its core only does fewer tasks). The calling thread is worker 0 (it reports
-    progress); the workers' best lists are merged at the end into ``out_d``/``out_i``."""
+    progress). With the fused scan (:meth:`start_scan`), the exact phase runs when the block loop is done
+    (:meth:`_finish`): the workers' lists hold every candidate."""
 
-    def __init__(self, threads: int, eng, n: int, k: int, out_d, out_i, native: bool, perm=None):
+    def __init__(self, threads: int, eng, n: int, k: int, out_d, out_i, perm=None):
         self.threads = threads
         self.n, self.k, self.perm, self.ref = n, k, perm, eng.ref
-        self.native = native
         self.out_d, self.out_i = out_d, out_i
-        self.workers = [_Worker(n, k, eng.device, out_i.dtype, out_d, out_i)]
-        self.workers += [_Worker(n, k, eng.device, out_i.dtype) for _ in range(threads - 1)]
+        _no_neighbours_yet(out_d, out_i)
+        self.workers = [_Worker(eng.device) for _ in range(threads)]
         self.examined = self.queued = 0
+        self.fallback_rows = 0
         self.seconds: dict[str, float] = {}
         self._saved = None
+        self.scanning = False
 
     def __enter__(self):
         self._saved = torch.get_num_threads()
@@ -1050,45 +1040,95 @@ class _Workers:
             torch.set_num_threads(1)
         return self
 
-    def start_scan(self, thr: torch.Tensor, Nrow: torch.Tensor, bounds: _Bounds) -> None:
-        """Per-worker state of the fused top-k scan: row lists empty, thresholds ``thr`` (float32, per row
-        position), ``Nrow`` the per-row N of the bounds (float64)."""
-        self.Nrow, self.bounds = Nrow.contiguous(), bounds
-        for w in self.workers:
-            w.klist = torch.full((self.n, self.k), math.inf, dtype=torch.float32)
-            w.thr = thr.clone()
-            w.Nrow, w.E, w.eta, w.perm, w.ref = self.Nrow, bounds.E, bounds.eta, self.perm, self.ref
+    def start_scan(self, eng, x, n2: torch.Tensor, thr: torch.Tensor, Nrow: torch.Tensor, bounds: _Bounds):
+        """State of the fused top-k scan on the GEMM frame ``x`` (rows by position, None: built on the fly from
+        ``eng``; float32 squared norms ``n2``):
+        each worker's lists empty (``_KEEP`` slots per row beyond k), thresholds ``thr`` (float32, per position; one
+        array that all workers read and tighten), ``Nrow`` the per-row N of the bounds (float64).
 
-    def _final_threshold(self) -> torch.Tensor:
-        """Per row, the threshold from the k smallest values of all workers' lists together (every pair met by the
-        search once, so these are the row's k smallest certified values: the brute force's own threshold), and
-        never above any worker's."""
-        kl = torch.cat([w.klist for w in self.workers], dim=1)
-        sk = torch.topk(kl, self.k, dim=1, largest=False, sorted=True).values[:, -1].to(torch.float64)
-        N = self.Nrow
-        thr = _up(self.bounds.candidate_threshold(self.bounds.upper(sk, N), N), torch.float32)
-        thr = torch.where(torch.isfinite(sk), thr, torch.full_like(thr, math.inf))
+        Each worker tightens a row's threshold from its own list of the row's smallest values; two workers may
+        write the same entry at once. Every value ever written is a valid threshold (from k real points' certified
+        values), and an aligned 4-byte store is never torn, so an interleaving can only leave a looser valid
+        value: sharing the array lets each worker prune with what the others found."""
+        self.eng, self.x, self.n2, self.Nrow, self.bounds = eng, x, n2, Nrow.contiguous(), bounds
+        self.scanning = True
+        self.thr = thr.clone()
+        K = self.k + _KEEP
         for w in self.workers:
-            thr = torch.minimum(thr, w.thr)
-        return thr
+            w.kv = torch.full((self.n, K), math.inf, dtype=torch.float32)
+            w.ki = torch.full((self.n, K), -1, dtype=torch.int32)
+            w.k, w.thr, w.Nrow, w.E, w.eta = self.k, self.thr, self.Nrow, bounds.E, bounds.eta
+
+    def _finish(self) -> None:
+        """The exact phase of the fused scan. Each pair was offered to a row by one worker at most, so the k smallest
+        values of all the workers' lists together are the row's k smallest certified values: they give its final
+        threshold (the brute force's own), never above the shared one. Every offer not kept in a list is at least
+        that list's last value; so when each full list's last value lies above the final threshold, the lists
+        hold all the row's candidates, which get their float64 distances (the pair kernel) and the k best are kept.
+        Other rows (more candidates than the lists hold: ties, lattices) are recomputed against every column
+        (:meth:`_rows_by_brute_force`)."""
+        t = time.perf_counter()
+        short_rows = []
+        for r0 in range(0, self.n, _FINISH_ROWS):  # rows a chunk at a time (bounded temporaries)
+            r1 = min(self.n, r0 + _FINISH_ROWS)
+            kv = torch.cat([w.kv[r0:r1] for w in self.workers], 1)
+            sk = torch.topk(kv, self.k, dim=1, largest=False, sorted=True).values[:, -1].to(torch.float64)
+            N = self.Nrow[r0:r1]
+            thr = _up(self.bounds.candidate_threshold(self.bounds.upper(sk, N), N), torch.float32)
+            thr = torch.where(torch.isfinite(sk), thr, torch.full_like(thr, math.inf))
+            thr = torch.minimum(thr, self.thr[r0:r1], out=self.thr[r0:r1])  # the final thresholds, kept
+            last = torch.stack([w.kv[r0:r1, -1] for w in self.workers], 1)
+            short = (last <= thr.unsqueeze(1)).any(1)
+            take = kv <= thr.unsqueeze(1)
+            take[short] = False
+            rows, slots = torch.nonzero(take, as_tuple=True)
+            cols = torch.cat([w.ki[r0:r1] for w in self.workers], 1)[rows, slots].long()
+            self._exact(rows + r0, cols)
+            short_rows.append(torch.nonzero(short).flatten() + r0)
+        short_pos = torch.cat(short_rows)
+        self.fallback_rows = int(short_pos.numel())
+        if self.fallback_rows:
+            self._rows_by_brute_force(short_pos, self.thr)
+        self.seconds["exact"] = self.seconds.get("exact", 0.0) + time.perf_counter() - t
+
+    def _exact(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Float64 distances of the (row, column) position pairs, merged into the answer's rows."""
+        if self.perm is not None:  # positions -> reference rows
+            rows, cols = self.perm.index_select(0, rows), self.perm.index_select(0, cols)
+        d = exact_distances(self.ref, rows, self.ref, cols)
+        _native.topk_merge(rows, cols, d, self.out_d, self.out_i)
+        self.examined += int(rows.numel())
+
+    def _rows_by_brute_force(self, pos: torch.Tensor, thr: torch.Tensor) -> None:
+        """Rows (positions) whose candidates the lists may not all hold: their certified values against every
+        column, those within the final threshold measured exactly."""
+        n2, w = self.n2, self.workers[0]
+        eng = self.eng
+
+        def rows_of(a: int, b: int) -> torch.Tensor:
+            return self.x[a:b] if self.x is not None else w.centred(eng, a, b, 1)
+
+        for s in range(0, pos.numel(), 256):
+            g = pos[s : s + 256]
+            if self.x is not None:
+                q = self.x.index_select(0, g)
+            else:  # the same rounding as the frame's: x - mu in float64, then to the GEMM dtype
+                q = (eng.ref.index_select(0, g).to(torch.float64) - eng.mu).to(eng.cdt)
+            for c0 in range(0, self.n, 1024):
+                c1 = min(self.n, c0 + 1024)
+                v = (n2.index_select(0, g).unsqueeze(1) + n2[c0:c1].unsqueeze(0)) - 2 * (q @ rows_of(c0, c1).T)
+                v[(g >= c0) & (g < c1), (g - c0)[(g >= c0) & (g < c1)]] = math.inf  # self
+                r, c = torch.nonzero(v <= thr.index_select(0, g).unsqueeze(1), as_tuple=True)
+                self._exact(g.index_select(0, r), c + c0)
 
     def __exit__(self, *exc):
         try:
             if exc[0] is None:
                 if self.threads > 1:  # the exact phase below runs threaded
                     torch.set_num_threads(self.threads)
-                if self.workers[0].klist is not None:
-                    thr = self._final_threshold()
-                    for w in self.workers:
-                        w.settle(thr, into=(self.out_d, self.out_i))
+                if self.scanning:
+                    self._finish()
                 for w in self.workers:
-                    w.maybe_flush(force=True)
-                for w in self.workers[1:]:
-                    have = w.out_i >= 0
-                    rows = torch.nonzero(have)[:, 0]
-                    _native.topk_merge(rows, w.out_i[have], w.out_d[have], self.out_d, self.out_i)
-                for w in self.workers:
-                    self.examined += w.examined
                     self.queued += w.queued
                     for name, sec in w.seconds.items():
                         self.seconds[name] = self.seconds.get(name, 0.0) + sec
@@ -1210,60 +1250,69 @@ class _Chooser:
         }
 
 
-class _ClusterBounds:
-    """Whole-cluster pruning for the symmetric search, exact in float64 on the stored embedding.
+def _pilot(eng: _Engine, pre: _Prefixes) -> dict[int, float]:
+    """Whether the pruning can pay, measured before anything is built for it (the gate of :func:`_pruned_symmetric`).
 
-    With ``w̃`` the embedded rows as stored (GEMM dtype), ``c_a`` the float64 mean of cluster a's rows and ``r_a``
-    the largest ``|w̃_i - c_a|`` over its rows, the triangle inequality gives ``|w̃_i - w̃_j| >= |c_a - c_b| - r_a -
-    r_b`` for every i in a and j in b. A pair can only be a candidate when ``|w̃_i - w̃_j| <= T_i`` (or ``T_j``), with
-    ``T = U + (eta + kappa_proj)·N`` (the projected test's bound before the GEMM's own rounding, step 2 of the module
-    docstring). So a block of cluster a skips every cluster b with ``|c_a - c_b| - r_a - r_b`` above both the
-    block's largest T and b's largest T: a few hundred float64 operations per block instead of a projected
-    product per column. The float64 evaluation of these norms errs by far less than the relative slack applied."""
-
-    _SLACK = 1e-9
-
-    def __init__(self, w: torch.Tensor, counts: torch.Tensor, T: torch.Tensor):
-        n, m = w.shape[0], counts.numel()
-        dev = w.device
-        self.lab = torch.repeat_interleave(torch.arange(m, device=dev), counts)  # cluster of each position
-        cent = torch.zeros(m, w.shape[1], dtype=torch.float64, device=dev)
-        step = 1 << 14
-        for s in range(0, n, step):
-            cent.index_add_(0, self.lab[s : s + step], w[s : s + step].to(torch.float64))
-        self.cent = cent / counts.clamp_min(1).to(torch.float64).unsqueeze(1)
-        self.rad = torch.zeros(m, dtype=torch.float64, device=dev)
-        for s in range(0, n, step):
-            lab = self.lab[s : s + step]
-            d = torch.linalg.vector_norm(w[s : s + step].to(torch.float64) - self.cent.index_select(0, lab), dim=1)
-            self.rad.scatter_reduce_(0, lab, d, "amax")
-        self.T = T
-        self.seen = self.kept = 0
-        self.Tc = torch.full((m,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(0, self.lab, T, "amax")
-
-    def candidates(self, c: int, s: int, e: int) -> torch.Tensor | None:
-        """Positions >= s of the clusters a block [s, e) of cluster c cannot skip (ascending), or None when it
-        skips almost nothing (then the contiguous test is cheaper)."""
-        lb = torch.linalg.vector_norm(self.cent[c:] - self.cent[c], dim=1) * (1 - self._SLACK) - (
-            self.rad[c] + self.rad[c:]
-        ) * (1 + self._SLACK)
-        reach = torch.clamp(self.Tc[c:], min=float(self.T[s:e].max()))
-        keep = torch.zeros(self.cent.shape[0], dtype=torch.bool, device=self.cent.device)
-        keep[c:] = lb <= reach
-        mask = keep.index_select(0, self.lab[s:])
-        nk = int(mask.sum())
-        self.seen += (e - s) * mask.numel()  # informative (stats): races between workers only blur it
-        self.kept += (e - s) * nk
-        if nk > 0.9 * mask.numel():
-            return None
-        return torch.nonzero(mask).flatten() + s
-
-
-def _cluster_bounds(w: torch.Tensor, counts: torch.Tensor, T: torch.Tensor) -> _ClusterBounds | None:
-    """:class:`_ClusterBounds` of the permuted embedding ``w`` (rows grouped by cluster, ``counts`` per cluster)."""
-    if not bool(torch.isfinite(T).all()):
-        return None
-    return _ClusterBounds(w, counts, T)
+    Per candidate rank, the fraction of columns that the projected test of a block would keep, estimated on
+    ``_PILOT_BLOCKS`` pseudo-blocks against ``M = _PILOT_COLS`` random columns (all rows when there are fewer). A
+    pseudo-block is a random row and its ``_CLUSTER_SIZE - 1`` nearest rows (what a k-means cluster of the search
+    holds); each member's k-th neighbour distance is estimated by its ``k·M/n``-th nearest among the M columns
+    (float64), times ``_PILOT_SLACK`` (the search's first bounds U, from the home clusters, lie typically 7–18 %
+    above the k-th neighbour distance); a column counts as kept when its embedded distance ``|w_m - w_j|``
+    (:class:`_Prefixes`, a lower bound of the distance) to some member m does not exceed that (float32 from the
+    neighbour distances on). On ten kinds of data (bench/knn_suite.py) the estimate lay within about 0.1 of the kept
+    fraction the search then measured. It decides how the search runs, never its answer.
+    """
+    n, k, dev = eng.n, eng.k, eng.device
+    g = torch.Generator(device="cpu").manual_seed(1)
+    M = min(n, _PILOT_COLS)
+    cols = torch.arange(n, device=dev) if M == n else torch.randperm(n, generator=g)[:M].to(dev)
+    seeds = torch.randperm(n, generator=g)[:_PILOT_BLOCKS].to(dev)
+    cs = min(n, _CLUSTER_SIZE)
+    buf = eng.scratch64()
+    # each seed's cs nearest rows (itself included), from one streaming pass over the data
+    S = eng.centred64(seeds, buf)
+    s2 = (S * S).sum(1, keepdim=True)
+    near_d = torch.full((seeds.numel(), cs), math.inf, dtype=torch.float64, device=dev)
+    near_i = torch.zeros((seeds.numel(), cs), dtype=torch.long, device=dev)
+    for s, c in eng.chunks64(eng.ref, buf):
+        c.sub_(eng.mu)
+        d = torch.addmm(s2 + (c * c).sum(1).unsqueeze(0), S, c.T, alpha=-2)
+        ids = torch.arange(s, s + c.shape[0], device=dev).expand(seeds.numel(), -1)
+        near_d, pos = torch.topk(torch.cat([near_d, d], 1), cs, dim=1, largest=False)
+        near_i = torch.gather(torch.cat([near_i, ids], 1), 1, pos)
+    members = near_i.flatten()
+    # float32 from here (an estimate): the members' k-th neighbour distance estimates and the columns' embedded
+    # coordinates in one pass over the columns
+    A = eng.centred64(members, buf).float()
+    a2 = (A * A).sum(1)
+    P = pre.P.float()
+    kk = min(M - 1, max(1, round(k * M / n)))
+    best = torch.full((members.numel(), kk), math.inf, device=dev)
+    ZB = torch.empty(M, P.shape[1], device=dev)
+    b2 = torch.empty(M, device=dev)
+    for s, c in eng.chunks64(eng.ref, buf, cols):
+        e = s + c.shape[0]
+        c = c.sub_(eng.mu).float()
+        b2[s:e] = (c * c).sum(1)
+        d = torch.addmm(a2.unsqueeze(1) + b2[s:e].unsqueeze(0), A, c.T, alpha=-2)
+        d.masked_fill_(members.unsqueeze(1) == cols[s:e].unsqueeze(0), math.inf)  # a row is not its own neighbour
+        best = torch.topk(torch.cat([best, d], 1), kk, dim=1, largest=False).values
+        torch.mm(c, P, out=ZB[s:e])
+    reach = (best[:, -1] * _PILOT_SLACK**2).view(seeds.numel(), cs, 1)
+    ZA = A @ P
+    kept = {}
+    for r in pre.ranks:
+        za, zb = ZA[:, :r], ZB[:, :r]
+        za2, zb2 = (za * za).sum(1), (zb * zb).sum(1)
+        ra, rb = (a2 - za2).clamp_min(0).sqrt(), (b2 - zb2).clamp_min(0).sqrt()
+        # |w_a - w_b|² = |z_a - z_b|² + (rho_a - rho_b)²  =  (|z_a|² + rho_a²) + (|z_b|² + rho_b²) - 2(z_a·z_b + rho_a rho_b)
+        wa = torch.cat([za, ra.unsqueeze(1)], 1)
+        wb = torch.cat([zb, rb.unsqueeze(1)], 1)
+        lb2 = torch.addmm((wa * wa).sum(1, keepdim=True) + (wb * wb).sum(1).unsqueeze(0), wa, wb.T, alpha=-2)
+        kept[r] = round(float((lb2.view(seeds.numel(), cs, M) <= reach).any(1).float().mean()), 4)
+    eng.clock.lap("pilot")
+    return kept
 
 
 def _pruned_symmetric(
@@ -1271,12 +1320,17 @@ def _pruned_symmetric(
 ) -> None:
     """Step 2 for the full self-query, each unordered pair considered once, in coarse parallel tasks.
 
-    Reference rows are ordered by k-means cluster; every row's ``U_i`` comes first (home clusters). A block
-    of rows [s, e) is then compared with the columns [s, n) only: a column j survives when the projected
+    First the gate: unless ``force`` says otherwise, :func:`_pilot` estimates on a sample how much the projected
+    test could prune; when even the best rank would keep more than ``_PILOT_BRUTE`` of the pairs of single rows
+    (isotropic or high-dimensional data), nothing is built for the pruning and every block runs by brute force
+    (:func:`_symmetric_brute`).
+
+    Otherwise reference rows are ordered by k-means cluster; every row's ``U_i`` comes first (home clusters). A
+    block of rows [s, e) is then compared with the columns [s, n) only: a column j survives when the projected
     bound cannot exclude it for some row i of the block (``d_ij <= U_i``) *or* for j itself (``d_ij <= U_j``);
     the block's certified distances emit candidates in both directions. Pairs with j < s were met when j's
-    block was processed. Candidate thresholds are fixed by U, so no per-row top-k is needed, and the blocks are
-    independent: whole blocks go to worker threads (:class:`_Workers`), no barrier inside a block.
+    block was processed. The blocks are independent: whole blocks go to worker threads (:class:`_Workers`), no
+    barrier inside a block.
 
     Each block runs *pruned* (the projected test first, then the GEMM on the surviving columns) or as *brute force*
     (the GEMM on all its columns): the same candidates either way. :class:`_Chooser` picks, block by block, the form
@@ -1289,8 +1343,28 @@ def _pruned_symmetric(
     per row it touches, the exact k best among the pairs it met (fewer when it met fewer).
     """
     n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
+    # exact distances inside the block loop with the native kernel (CPU), blocks in parallel; otherwise (CUDA, no
+    # native kernel) candidate pairs wait for the exact phase of the engine, one block at a time
+    native = _EXACT_IN_BLOCK and dev.type == "cpu" and _native.available() and eng.cdt == torch.float32
+    stats["exact_in_block"] = native
+    threads = eng.threads if native else 1
+    stats["threads"] = threads
+    ranks = tuple(sorted({min(r, eng.D) for r in _RANKS}))
+    pre = None
+    if force != "brute" or part is not None:  # a part runs only its plan's blocks, whatever form each takes
+        pre = _Prefixes(eng, ranks)
+        if force is None and part is None:  # a part's plan already chose the clustered search
+            kept = _pilot(eng, pre)
+            stats["pilot_kept"] = kept
+            if min(kept.values()) > _PILOT_BRUTE:
+                pre = None
+    if pre is None:
+        del pre
+        release_freed_memory(dev)
+        _symmetric_brute(eng, out_d, out_i, progress, native, threads)
+        return
     # the embedding at the candidate ranks (one projection); k-means groups the rows in the rank-32 embedding
-    pre = _Prefixes(eng, tuple(sorted({min(r, eng.D) for r in _RANKS})))
+    pre.project()
     r0 = min(pre.ranks, key=lambda r: abs(r - _KMEANS_RANK))
     if part is None:
         m = max(1, round(n / _CLUSTER_SIZE))
@@ -1325,19 +1399,11 @@ def _pruned_symmetric(
         c_lo, c_hi = _part_clusters(counts.tolist(), part.index, part.count)
         mine = [u for u in units if c_lo <= u[0] < c_hi]
         stats["part"] = {"index": part.index, "count": part.count, "clusters": [c_lo, c_hi]}
-    # exact distances inside the block loop with the native kernel (CPU): from the block's rows and the gathered
-    # columns while both are in cache when the GEMM frame holds the data's own float32 values, else from the
-    # original rows by id; then blocks run in parallel. Otherwise (CUDA, no native kernel) candidate pairs wait
-    # for the exact phase of the engine, one block at a time.
-    native = _EXACT_IN_BLOCK and dev.type == "cpu" and _native.available() and eng.cdt == torch.float32
-    stats["exact_in_block"] = native
-    threads = eng.threads if native else 1
-    stats["threads"] = threads
     widest = min(rows_max, max((e - s for _, s, e in mine), default=1))
     if dev.type == "cpu":
         proj_cols = max(256, min(proj_cols, _PROJ_PIECE // widest))
 
-    with _Workers(threads, eng, n, k, out_d, out_i, native, perm) as pool:
+    with _Workers(threads, eng, n, k, out_d, out_i, perm) as pool:
         # U for every row from its home clusters (own first, then the nearest centroids)
         U = torch.empty(n, dtype=torch.float64, device=dev)
 
@@ -1352,30 +1418,22 @@ def _pruned_symmetric(
         pool.run(iter(units), home)
         eng.clock.lap("home")
 
-        def projected(w, zp, thrz, s, e, cand=None) -> torch.Tensor:
+        def projected(w, zp, thrz, s, e) -> torch.Tensor:
             """Columns (positions >= s, ascending) the projected test keeps for the block [s, e): computed projected
             squared distances G (columns × rows), in pieces of proj_cols columns (a cache-sized block on the CPU).
             Column j survives when some row i of the block may have it among its neighbours (G_ij <= thrz_i) or
             it may have row i among its own (G_ij <= thrz_j). Both tests compare G with a threshold rounded up to
-            the GEMM dtype; fl(G - t) <= 0 exactly when G <= t. ``cand``: test only these columns."""
+            the GEMM dtype; fl(G - t) <= 0 exactly when G <= t."""
             zu = _query_form(zp[s:e]).T
             thr_rows = thrz[s:e].unsqueeze(0)
             buf = w.proj_buffer(min(n, proj_cols) * (e - s), zp.dtype)
-            if cand is None:
-                keep = torch.empty(n - s, dtype=torch.bool, device=dev)
-                for j0 in range(s, n, proj_cols):
-                    j1 = min(n, j0 + proj_cols)
-                    G = torch.mm(zp[j0:j1], zu, out=buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
-                    mine = torch.amin(G, 1) <= thrz[j0:j1]
-                    keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
-                return torch.nonzero(keep).flatten() + s
-            keep = torch.empty(cand.numel(), dtype=torch.bool, device=dev)
-            for p0 in range(0, cand.numel(), proj_cols):
-                idx = cand[p0 : p0 + proj_cols]
-                G = torch.mm(w.gather(zp, idx), zu, out=buf[: idx.numel() * (e - s)].view(idx.numel(), e - s))
-                mine = torch.amin(G, 1) <= thrz.index_select(0, idx)
-                keep[p0 : p0 + idx.numel()] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
-            return cand[keep]
+            keep = torch.empty(n - s, dtype=torch.bool, device=dev)
+            for j0 in range(s, n, proj_cols):
+                j1 = min(n, j0 + proj_cols)
+                G = torch.mm(zp[j0:j1], zu, out=buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
+                mine = torch.amin(G, 1) <= thrz[j0:j1]
+                keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
+            return torch.nonzero(keep).flatten() + s
 
         # the projection rank, from the data: on a few sample blocks, the projected test at each candidate rank
         # (timed) plus the GEMM its survivors would need (at the GEMM rate measured on the same blocks); the
@@ -1384,14 +1442,14 @@ def _pruned_symmetric(
         big = [u for u in mine if u[2] - u[1] >= 8] or mine
         sample = (
             [big[int(i)] for i in np.linspace(0, len(big) - 1, min(_RANK_SAMPLES, len(big)))]
-            if len(pre.ranks) > 1 and force != "brute"
+            if len(pre.ranks) > 1
             else []
         )
         rate_s = rate_p = 0.0
         for _, s, e in sample:
             c1 = min(n, s + 2048)
             t = time.perf_counter()
-            w0.sq_dists(x_p[s:e], n2_p[s:e], x_p[s:c1], n2_p[s:c1], None)
+            w0.products(x_p[s:e], x_p[s:c1])
             rate_s += time.perf_counter() - t
             rate_p += (e - s) * (c1 - s)
         costs = {}
@@ -1404,96 +1462,139 @@ def _pruned_symmetric(
             surv = sum((e - s) * projected(w0, zr, thrz_r, s, e).numel() for _, s, e in sample)
             costs[r] = time.perf_counter() - t + surv * rate_s / max(rate_p, 1)
             del zr
-        rank = min(costs, key=costs.get) if costs else pre.ranks[0 if force == "brute" else -1]
+        rank = min(costs, key=costs.get) if costs else pre.ranks[-1]
         stats["rank"] = rank
         stats["rank_costs"] = {r: round(c, 4) for r, c in costs.items()}
         eng.bounds.E_proj, eng.bounds.kappa_proj = pre.constants(rank)
         z_p = pre.at(rank, perm)
-        rw = rank + 1  # columns of w = [(x - mu) P, rho] in z
         del pre
         eng.clock.lap("rank")
         thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
         thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
-        pool.start_scan(thr_c, norm_p + eng.max_norm, eng.bounds)
-        cl = _cluster_bounds(z_p[:, :rw], counts, U + (eng.bounds.eta + eng.bounds.kappa_proj) * (cn_p + eng.max_cnorm))
-        stats["cluster_test"] = cl is not None
+        if native:
+            pool.start_scan(eng, x_p, n2_p, thr_c, norm_p + eng.max_norm, eng.bounds)
         chooser = _Chooser(mine, n, force)
         total = sum((e - s) * (n - s) for _, s, e in mine)
 
         def block(w, task) -> None:
             mode, group = task
             s, e = group[0][1], group[-1][2]
-            q, qn2 = x_p[s:e], n2_p[s:e]
             t0 = time.perf_counter()
-            if mode == "brute":
-                cols = None
-                ncols = n - s
-            else:
-                # computed projected squared distances G (columns × rows), in pieces of proj_cols columns (a
-                # cache-sized block on the CPU). Column j survives when some row i of the block may have it among
-                # its neighbours (G_ij <= thrz_i) or it may have row i among its own (G_ij <= thrz_j). Both tests
-                # compare G with a threshold rounded up to the GEMM dtype; fl(G - t) <= 0 exactly when G <= t.
-                # first whole clusters (exact float64 triangle inequality on the same embedding, see
-                # _cluster_bounds), then the projected test on the members of the clusters left
-                cand = None if cl is None else cl.candidates(group[0][0], s, e)
-                cols = projected(w, z_p, thrz_up, s, e, cand)
-                ncols = int(cols.numel())
+            cols = None if mode == "brute" else projected(w, z_p, thrz_up, s, e)
             t1 = time.perf_counter()
-            t_gemm = t_kernel = 0.0
-            step = cols_max if mode != "brute" else _BRUTE_COLS
-            for c0 in range(0, ncols, step):
-                ta = time.perf_counter()
-                if cols is None:
-                    c1 = min(ncols, c0 + step)
-                    cc_ = torch.arange(s + c0, s + c1, device=dev)
-                    sq = w.sq_dists(q, qn2, x_p[s + c0 : s + c1], n2_p[s + c0 : s + c1], None)
-                    xg = x_p[s + c0 : s + c1]
-                else:
-                    cc_ = cols[c0 : c0 + step]
-                    xg = w.gather(x_p, cc_)
-                    ta = time.perf_counter()  # the gather is not part of a brute-force block's cost
-                    sq = w.sq_dists(q, qn2, xg, n2_p.index_select(0, cc_), None)
-                inblock = torch.nonzero(cc_ < e).flatten()
-                sq[cc_.index_select(0, inblock) - s, inblock] = math.inf  # self
-                tb = time.perf_counter()
-                t_gemm += tb - ta
-                # the other direction (column j as the query, row i as its candidate) counts for columns outside
-                # the block only: an in-block pair {i, j} already met both directions as the entries (i, j) and
-                # (j, i), so no pair is ever queued twice (the columns are ascending: the in-block ones a prefix)
-                nb = inblock.numel()
-                ids_r, ids_c = perm[s:e], perm.index_select(0, cc_)
-                if native:
-                    # one pass of the native kernel does the threshold tests of both directions, keeps each row's
-                    # k smallest values seen (tightening its threshold) and queues the candidates
-                    w.scan(sq, nb, torch.arange(s, e, device=dev), cc_)
-                else:
-                    rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
-                    eng.add(ids_r.index_select(0, rr), ids_c.index_select(0, cc), sq[rr, cc])
-                    if nb < cc_.numel():
-                        out = sq[:, nb:]
-                        rr, cc = torch.nonzero(out <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
-                        eng.add(ids_c.index_select(0, cc + nb), ids_r.index_select(0, rr), out[rr, cc])
-                t_kernel += time.perf_counter() - tb
+            t_gemm, t_kernel = _block(eng, w, x_p, n2_p, s, e, cols, cols_max, thr_c, native, perm)
             if not native and eng.n_pairs > _FLUSH_PAIRS:  # bounded memory: flushes merge with the best so far
                 eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
-            w.maybe_flush()
             t2 = time.perf_counter()
+            ncols = n - s if cols is None else int(cols.numel())
             chooser.report(mode, group, e - s, n - s, ncols, t1 - t0, t_gemm, t_kernel, t2 - t0)
             w.clock("projected", t1 - t0)
-            w.clock("gemm", t_gemm)
-            w.clock("topk", t_kernel)
 
         pool.run(chooser, block, progress=lambda: progress(0.95 * chooser.seen / max(1, total), "knn"))
+    _symmetric_done(eng, pool, chooser, native, out_d, out_i)
+
+
+def _block(eng: _Engine, w: _Worker, x_p, n2_p, s: int, e: int, cols, cols_max: int, thr_c, native: bool, perm):
+    """One block of the symmetric search: its rows [s, e) (positions) against the columns ``cols`` (ascending
+    positions >= s, ``cols_max`` per GEMM piece), or against all of [s, n) when ``cols`` is None (brute force,
+    pieces of ``_BLOCK_ENTRIES`` products), a GEMM piece at a time, the GEMM frame ``x_p`` (None: built on the fly,
+    :meth:`_Worker.centred`); each
+    piece's products go through the fused scan (native) or the torch threshold tests and the engine's pending
+    pairs. Returns the seconds of its GEMMs and of its candidate passes (the gather of surviving columns is in
+    neither: a brute-force block has none)."""
+    n, dev = eng.n, eng.device
+    q = x_p[s:e] if x_p is not None else w.centred(eng, s, e, 0)
+    qn2 = n2_p[s:e]
+    rpos = torch.arange(s, e, device=dev)
+    ncols = n - s if cols is None else int(cols.numel())
+    step = max(128, _BLOCK_ENTRIES // (e - s)) if cols is None else cols_max
+    t_gemm = t_kernel = 0.0
+    for c0 in range(0, ncols, step):
+        if cols is None:
+            c1 = min(ncols, c0 + step)
+            cc_ = torch.arange(s + c0, s + c1, device=dev)
+            xg = x_p[s + c0 : s + c1] if x_p is not None else w.centred(eng, s + c0, s + c1, 1)
+            cn2 = n2_p[s + c0 : s + c1]
+            nb = max(0, min(e, s + c1) - (s + c0))
+        else:
+            cc_ = cols[c0 : c0 + step]
+            xg, cn2 = w.gather(x_p, cc_), n2_p.index_select(0, cc_)
+            nb = int((cc_ < e).sum())
+        # the other direction (column j as the query, row i as its candidate) counts for columns outside the
+        # block only: an in-block pair {i, j} already met both directions as the entries (i, j) and (j, i), so no
+        # pair is ever queued twice (the columns are ascending: the in-block ones, nb of them, a prefix)
+        ta = time.perf_counter()
+        if native:
+            # one GEMM, then one pass of the native kernel: certified values, the threshold tests of both
+            # directions, each row's k smallest values seen (tightening its threshold), the candidates queued
+            dot = w.products(q, xg)
+            tb = time.perf_counter()
+            w.scan(dot, nb, qn2, cn2, rpos, cc_)
+        else:
+            sq = torch.addmm(cn2.unsqueeze(0), q, xg.T, beta=1, alpha=-2)
+            sq += qn2.unsqueeze(1)
+            sq[cc_[:nb] - s, torch.arange(nb, device=dev)] = math.inf  # self
+            tb = time.perf_counter()
+            ids_r, ids_c = perm[s:e], perm.index_select(0, cc_)
+            rr, cc = torch.nonzero(sq <= thr_c[s:e].unsqueeze(1), as_tuple=True)
+            eng.add(ids_r.index_select(0, rr), ids_c.index_select(0, cc), sq[rr, cc])
+            if nb < cc_.numel():
+                out = sq[:, nb:]
+                rr, cc = torch.nonzero(out <= thr_c.index_select(0, cc_[nb:]).unsqueeze(0), as_tuple=True)
+                eng.add(ids_c.index_select(0, cc + nb), ids_r.index_select(0, rr), out[rr, cc])
+        t_gemm += tb - ta
+        t_kernel += time.perf_counter() - tb
+    w.clock("gemm", t_gemm)
+    w.clock("topk", t_kernel)
+    return t_gemm, t_kernel
+
+
+def _symmetric_brute(eng: _Engine, out_d, out_i, progress, native: bool, threads: int) -> None:
+    """The symmetric search with every block by brute force: rows in their own order (no projection, k-means or
+    permutation; float32 input is used in place), block [s, e) against the columns [s, n) through the fused scan,
+    every row's threshold starting at +inf and tightening as its k smallest certified values come in. Without the
+    native kernel (CUDA), the engine's plain brute force (a GEMM and a top-k per row block) instead."""
+    n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
     if not native:
-        eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
+        if eng.x is None:
+            eng.x = eng.permuted_frame(None)
+        eng.qnorm = eng.norm
+        eng.brute(eng.x, eng.norm, eng.ref, torch.arange(n, device=dev), out_d, out_i, progress)
+        stats.update({"pruned_fraction": 0.0, "blocks_pruned": 0, "blocks_brute": 0, "switches": 0, "chosen": "brute"})
+        return
+    # float64 input (or float32 far from the origin): the centred float32 frame is built a piece at a time inside
+    # the blocks, never whole; its rows are converted (n - s) / rows times over, so the blocks are tall
+    stats["frame_on_the_fly"] = eng.x is None
+    rows = min(_BRUTE_TASK_ROWS, max(32, n // 16))
+    units = [(0, s, min(n, s + rows)) for s in range(0, n, rows)]
+    chooser = _Chooser(units, n, "brute")
+    total = sum((e - s) * (n - s) for _, s, e in units)
+    thr = torch.full((n,), math.inf, dtype=torch.float32, device=dev)
+    with _Workers(threads, eng, n, k, out_d, out_i) as pool:
+        pool.start_scan(eng, eng.x, eng.n2c, thr, eng.norm + eng.max_norm, eng.bounds)
+
+        def block(w, task) -> None:
+            _, group = task
+            s, e = group[0][1], group[-1][2]
+            t_gemm, t_kernel = _block(eng, w, eng.x, eng.n2c, s, e, None, _COLS_MAX, thr, True, None)
+            chooser.report("brute", group, e - s, n - s, n - s, 0.0, t_gemm, t_kernel, t_gemm + t_kernel)
+
+        pool.run(chooser, block, progress=lambda: progress(0.95 * chooser.seen / max(1, total), "knn"))
+    _symmetric_done(eng, pool, chooser, native, out_d, out_i)
+
+
+def _symmetric_done(eng: _Engine, pool: _Workers, chooser: _Chooser, native: bool, out_d, out_i) -> None:
+    """After the blocks of the symmetric search: the pending pairs' exact phase (without the native kernel) and
+    the search's statistics."""
+    if not native:
+        eng.flush(eng.ref, torch.arange(eng.n, device=eng.device), out_d, out_i)
     eng.examined += pool.examined
-    stats["queued_mean"] = round(pool.queued / max(1, n), 3)
+    eng.stats["queued_mean"] = round(pool.queued / max(1, eng.n), 3)
+    eng.stats["fallback_rows"] = pool.fallback_rows
     for name, sec in pool.seconds.items():
         eng.clock.acc[name] = round(eng.clock.acc.get(name, 0.0) + sec, 4)
     eng.clock.t = time.perf_counter()
-    stats.update(chooser.summary())
-    if cl is not None:
-        stats["cluster_kept"] = round(cl.kept / max(1, cl.seen), 4)
+    eng.stats.update(chooser.summary())
 
 
 def _pruned(eng: _Engine, q, qnorm, qcnorm, q_rows, self_idx, out_d, out_i, progress, fallback: bool = True) -> None:
@@ -1826,6 +1927,7 @@ def plan_parts(
     eng = _Engine(reference.to(dev), k, dev, int(memory_budget_mb) * 2**20, stats, defer_frame=True)
     ranks = tuple(sorted({min(r, eng.D) for r in _RANKS}))
     pre = _Prefixes(eng, (min(ranks, key=lambda r: abs(r - _KMEANS_RANK)),))
+    pre.project()
     r0 = pre.ranks[0]
     m = max(1, round(n / _CLUSTER_SIZE))
     labels, _ = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m)

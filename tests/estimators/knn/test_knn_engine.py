@@ -113,6 +113,8 @@ def test_symmetric_pruned_path_exact_on_clustered_data(small_thresholds, exact_k
 def test_matches_sklearn_nearest_neighbors(small_thresholds):
     X = clustered(1200, 40, 5, seed=11)
     res = kneighbors(torch.from_numpy(X), 10)
+    # low intrinsic dimension: the gate's sample lets the pruning run, and it prunes
+    assert min(res.stats["pilot_kept"].values()) < knn._PILOT_BRUTE and res.stats["blocks_pruned"] > 0
     d, i = NearestNeighbors(n_neighbors=11, algorithm="brute").fit(X).kneighbors(X)
     # sklearn includes the point itself first (no duplicates here) and uses |a|²+|b|²-2ab in float64
     np.testing.assert_array_equal(res.indices.numpy(), i[:, 1:])
@@ -146,8 +148,9 @@ def test_separate_queries_no_self_exclusion(small_thresholds):
 def test_isotropic_high_dimensional_data_falls_back_and_stays_exact(small_thresholds):
     X = torch.randn(1200, 256, generator=torch.Generator().manual_seed(7))
     res = kneighbors(X, 10)
-    # the projection cannot prune: the measured costs hand the blocks to the brute force
-    assert res.stats["chosen"] == "brute" and res.stats["blocks_brute"] > res.stats["blocks_pruned"]
+    # the projection cannot prune: the gate's sample says so, and every block runs by brute force
+    assert min(res.stats["pilot_kept"].values()) > knn._PILOT_BRUTE
+    assert res.stats["chosen"] == "brute" and res.stats["blocks_pruned"] == 0 and "rank" not in res.stats
     check(res, *brute(X.numpy(), 10))
     qi = torch.arange(0, 1200, 2)
     res = kneighbors(X, 10, query_index=qi)
@@ -264,34 +267,38 @@ def test_no_candidate_pair_is_queued_twice_between_exact_phases(small_thresholds
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_symmetric_search_fused_scan_queues_each_directed_pair_once(small_thresholds, dtype):
-    """With the native kernel, each block's certified distances go through the fused top-k scan: every directed
-    pair is queued at most once, nothing goes through the engine's pending-pair phase, the thresholds tighten to
-    about k candidates per row, and the answer is the float64 brute force's."""
+@pytest.mark.parametrize("method", ["auto", "brute"])
+def test_symmetric_search_fused_scan_offers_each_directed_pair_once(small_thresholds, dtype, method):
+    """With the native kernel, each block's products go through the fused top-k scan: every directed pair (row,
+    partner) is tested at most once (by brute force: exactly once), nothing goes through the engine's pending-pair
+    phase, the lists end with about k candidates per row, and the answer is the float64 brute force's."""
     if not native.available():
         pytest.fail("the native kernel was not built (README 'Set-up')")
     X = torch.from_numpy(clustered(1500, 48, 5, seed=23)).to(dtype)
-    seen, repeats = set(), []
+    n = X.shape[0]
+    tested = []
     run = native.BlockScan.run
 
-    def spy(self, *args):
-        r, c, v = run(self, *args)
-        for pair in zip(r.tolist(), c.tolist()):
-            if pair in seen:
-                repeats.append(pair)
-            seen.add(pair)
-        return r, c, v
+    def spy(self, dot, nb, rn2, cn2, rpos, cpos, *rest):
+        r, c = rpos.long().unsqueeze(1), cpos.long().unsqueeze(0)
+        fwd = (r * n + c)[r != c]  # row rpos[i] tests partner cpos[j]
+        back = (c * n + r)[:, nb:][(r != c)[:, nb:]]  # and, outside the block, partner rpos[i] for row cpos[j]
+        tested.extend([fwd, back])
+        return run(self, dot, nb, rn2, cn2, rpos, cpos, *rest)
 
     knn_add = knn._Engine.add
     pending = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(native.BlockScan, "run", spy)
         mp.setattr(knn._Engine, "add", lambda self, *a: (pending.append(a), knn_add(self, *a)))
-        res = kneighbors(X, 12)
+        res = kneighbors(X, 12, method=method)
     assert res.stats["exact_in_block"] and res.stats["method"] == "pruned-symmetric"
-    assert repeats == [] and len(seen) >= res.indices.numel()
+    keys = torch.cat(tested)
+    assert keys.numel() == torch.unique(keys).numel()  # no directed pair twice
+    if method == "brute":
+        assert keys.numel() == n * (n - 1)  # every one once
     assert pending == []  # no pair waited for the pending-pair exact phase
-    assert res.stats["candidates_mean"] < 2 * 12  # the settled candidates: close to k per row
+    assert res.stats["candidates_mean"] < 2 * 12  # close to k per row measured exactly
     check(res, *brute(X.numpy(), 12))
 
 
@@ -362,13 +369,20 @@ def test_lowered_float32_matmul_precision_switches_to_float64():
 
 
 def test_progress_is_reported_per_chunk_and_ends_at_one(small_thresholds):
+    # one worker thread: with several, only the calling thread reports (after each task it ran), and how many tasks
+    # it runs depends on the scheduler
     seen = []
-    kneighbors(
-        torch.from_numpy(clustered(1200, 32, 4, seed=15)),
-        5,
-        memory_budget_mb=1,
-        progress=lambda f, stage: seen.append((f, stage)),
-    )
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kneighbors(
+            torch.from_numpy(clustered(1200, 32, 4, seed=15)),
+            5,
+            memory_budget_mb=1,
+            progress=lambda f, stage: seen.append((f, stage)),
+        )
+    finally:
+        torch.set_num_threads(saved)
     fr = [f for f, _ in seen]
     assert len(fr) > 5 and fr == sorted(fr) and fr[-1] == 1.0 and all(s == "knn" for _, s in seen)
 
@@ -535,41 +549,103 @@ def test_native_topk_merge_equals_a_sort_by_distance_then_index(ids):
         assert out_d[r].tolist() == want_d and out_i[r].tolist() == want_i
 
 
-def test_native_block_candidates_match_the_threshold_tests_and_grow_their_buffers():
-    """One block of the symmetric search: (i, j) is emitted for row i when sq <= thr_row[i], and (j, i) when
-    j >= nb and sq <= thr_col[j]; each with the pair-distance kernel's distance. A 4-entry buffer must grow."""
+def test_native_block_scan_matches_a_sequential_reference():
+    """One block of the symmetric search through ``tg_block_scan``, against a plain Python reading of its contract:
+    entries in row-major order, the certified value s = (|a_i|² + |a_j|²) - 2 dot in float32, self entries skipped,
+    column j offered to row i when s <= thr[row], row i to column j when j >= nb and s <= thr[column]; each row
+    keeps its K smallest offers (partners too; an offer equal to a full list's last value is not kept), and its
+    k-th kept value tightens its threshold (rounded up to float32). The kernel's vectorised screen must not change a
+    single kept value, partner or threshold."""
     if not native.available():
         pytest.fail("the native kernel was not built (README 'Set-up')")
     rng = np.random.default_rng(9)
-    R, C, D, nb = 7, 30, 13, 5
-    q = torch.from_numpy(rng.normal(size=(R, D)).astype(np.float32))
-    xg = torch.from_numpy(rng.normal(size=(C, D)).astype(np.float32))
-    sq = torch.from_numpy(rng.random((R, C)).astype(np.float32))
-    sq[2, 3] = float("inf")  # a self entry
-    thr_row = torch.from_numpy(rng.random(R).astype(np.float32))
-    thr_col = torch.from_numpy(rng.random(C).astype(np.float32))
-    row_ids, col_ids = torch.arange(100, 100 + R), torch.arange(500, 500 + C)
-    out = native.BlockCandidates(capacity=4)
-    gr, gc, d = out.run(sq, thr_row, thr_col, nb, q, xg, row_ids, col_ids)
-    want = {}
+    n, k, K, R, C, E, eta = 60, 3, 5, 9, 37, 1e-3, 1e-9
+    rpos = np.arange(10, 10 + R)
+    cpos = np.unique(np.concatenate([rpos[:4], rng.choice(np.arange(19, 60), C - 4, replace=False)]))
+    C = cpos.size
+    nb = int((cpos < 10 + R).sum())  # the block's own rows: a prefix of the ascending columns
+    dot = rng.normal(size=(R, C)).astype(np.float32)
+    rn2 = (2 + rng.random(R)).astype(np.float32)
+    cn2 = (2 + rng.random(C)).astype(np.float32)
+    thr0 = (3 + 4 * rng.random(n)).astype(np.float32)
+    thr0[::7] = np.inf  # rows with no neighbour yet
+    Nrow = 1 + rng.random(n)
+
+    def up(x: float) -> np.float32:
+        f = np.float32(x)
+        return np.nextafter(f, np.float32(np.inf)) if float(f) < x else f
+
+    kv, ki, thr, offers = np.full((n, K), np.inf, np.float32), np.full((n, K), -1, np.int32), thr0.copy(), 0
+
+    def offer(row: int, v: np.float32, partner: int) -> None:
+        if not v < kv[row, -1]:
+            return
+        pos = int(np.searchsorted(kv[row], v, side="right"))  # after equal values
+        kv[row, pos + 1 :], ki[row, pos + 1 :] = kv[row, pos:-1].copy(), ki[row, pos:-1].copy()
+        kv[row, pos], ki[row, pos] = v, partner
+        if np.isfinite(kv[row, k - 1]):
+            N = Nrow[row]
+            U = np.sqrt(max(float(kv[row, k - 1]), 0.0) + E * N * N) + eta * N
+            thr[row] = min(thr[row], up((U + eta * N) ** 2 + E * N * N))
+
     for i in range(R):
         for j in range(C):
-            dist = float(native.pair_distances(q, torch.tensor([i]), xg, torch.tensor([j]))[0])
-            if sq[i, j] <= thr_row[i]:
-                want[(100 + i, 500 + j)] = dist
-            if j >= nb and sq[i, j] <= thr_col[j]:
-                want[(500 + j, 100 + i)] = dist
-    got = {(a, b): v for a, b, v in zip(gr.tolist(), gc.tolist(), d.tolist())}
-    assert len(got) == gr.numel() and got == want and out.cap >= len(want) > 4
+            if rpos[i] == cpos[j]:
+                continue
+            s = (rn2[i] + cn2[j]) - np.float32(2) * dot[i, j]
+            if s <= thr[rpos[i]]:
+                offers += 1
+                offer(rpos[i], s, cpos[j])
+            if j >= nb and s <= thr[cpos[j]]:
+                offers += 1
+                offer(cpos[j], s, rpos[i])
+    kv_t = torch.full((n, K), np.inf, dtype=torch.float32)
+    ki_t = torch.full((n, K), -1, dtype=torch.int32)
+    thr_t = torch.from_numpy(thr0.copy())
+    got = native.BlockScan().run(
+        torch.from_numpy(dot),
+        nb,
+        torch.from_numpy(rn2),
+        torch.from_numpy(cn2),
+        torch.from_numpy(rpos),
+        torch.from_numpy(cpos),
+        kv_t,
+        ki_t,
+        k,
+        thr_t,
+        torch.from_numpy(Nrow),
+        E,
+        eta,
+    )
+    assert got == offers and offers > 2 * C
+    np.testing.assert_array_equal(kv_t.numpy(), kv)
+    np.testing.assert_array_equal(ki_t.numpy(), ki)
+    np.testing.assert_array_equal(thr_t.numpy(), thr)
+    assert (thr < thr0).sum() > 10 and (ki >= 0).all(axis=1).sum() > 10  # thresholds tightened, lists filled
 
 
+@pytest.mark.parametrize("method", ["auto", "brute"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_symmetric_search_settling_the_queue_often_gives_the_same_answer(small_thresholds, monkeypatch, dtype):
-    """Queued candidates settled against each worker's thresholds many times during the search (bounded memory):
-    the same exact answer as settling once at the end, and as a float64 brute force."""
+def test_symmetric_search_rows_beyond_their_lists_are_recomputed(small_thresholds, monkeypatch, dtype, method):
+    """Rows whose candidates may not all fit their lists (no slot beyond k: every row; one slot: some) are
+    recomputed against every column at the end: the same exact answer as with the default lists, and as a float64
+    brute force (pruned blocks on a permuted frame; brute-force blocks on float64 input build the frame on the
+    fly)."""
     X = torch.from_numpy(clustered(1300, 40, 5, seed=41)).to(dtype)
-    a = kneighbors(X, 8)
-    monkeypatch.setattr(knn, "_STORE_MAX", 200)
-    b = kneighbors(X, 8)
-    assert torch.equal(a.indices, b.indices) and torch.equal(a.distances, b.distances)
-    check(b, *brute(X.numpy(), 8))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # one worker, one list per row: with k slots, its last value is the row's k-th
+    try:
+        a = kneighbors(X, 8, method=method)
+        assert a.stats["fallback_rows"] < 13  # the default slots hold almost every row's candidates
+        assert a.stats.get("frame_on_the_fly", False) == (method == "brute" and dtype == torch.float64)
+        monkeypatch.setattr(knn, "_KEEP", 0)
+        b = kneighbors(X, 8, method=method)
+        assert b.stats["fallback_rows"] == 1300
+        monkeypatch.setattr(knn, "_KEEP", 1)
+        c = kneighbors(X, 8, method=method)
+        assert 0 < c.stats["fallback_rows"] < 1300
+    finally:
+        torch.set_num_threads(saved)
+    for r in (b, c):
+        assert torch.equal(a.indices, r.indices) and torch.equal(a.distances, r.distances)
+    check(c, *brute(X.numpy(), 8))
