@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +189,31 @@ class Stack:
             raise RuntimeError("worker did not become ready:\n" + self.tail())
         return self.worker
 
+    def start_workers(self, n: int) -> list[subprocess.Popen]:
+        """Start ``n`` workers at once (not one after the other) and wait until all are ready."""
+        procs = [self.start_worker(wait=False) for _ in range(n)]
+        logs = [self.tmp / f"worker{self.n_workers - n + 1 + i}.log" for i in range(n)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if all(p.exists() and b" ready." in p.read_bytes() for p in logs):
+                return procs
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a worker exited:\n" + self.tail())
+            time.sleep(0.2)
+        raise RuntimeError("workers did not become ready:\n" + self.tail())
+
+    def create_key(self, owner: str) -> str:
+        """A new API key for ``owner`` (``taskgauge keys create``)."""
+        out = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", owner],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return out.stdout.strip()
+
     def kill_worker(self) -> None:
         """SIGKILL the worker's whole process group (main process and pool children) — no chance to clean up."""
         if self.worker is not None:
@@ -209,6 +236,31 @@ class Stack:
 
             with psycopg.connect(PG_ADMIN, autocommit=True) as c:
                 c.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+
+@contextmanager
+def running(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None, workers: int = 2) -> Iterator[Stack]:
+    """A started stack of ``kind``: the API, ``workers`` worker processes (``stack.workers``) and a key for alice
+    (``stack.alice_key``); skips without PostgreSQL and redis-server; stopped (logs printed on failure) on exit."""
+    import pytest
+
+    if kind != "embedded" and not (postgres_up() and redis_available()):
+        pytest.skip("PostgreSQL and redis-server are needed for this stack")
+    stack = build(kind, tmp, extra_env=extra_env)
+    procs: list[subprocess.Popen] = []
+    try:
+        stack.start_api()
+        procs += stack.start_workers(workers)
+        stack.workers = procs
+        stack.alice_key = stack.create_key("alice")
+        yield stack
+    except BaseException:
+        print(stack.tail(), file=sys.stderr)
+        raise
+    finally:
+        for w in procs:
+            kill_group(w)
+        stack.stop()
 
 
 def build(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None) -> Stack:

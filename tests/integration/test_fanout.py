@@ -5,8 +5,6 @@ cancelling stops every shard."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -21,31 +19,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def fan(tmp_path_factory):
-    if not (service_stack.postgres_up() and service_stack.redis_available()):
-        pytest.skip("PostgreSQL and redis-server are needed for the fan-out stack")
-    stack = service_stack.build("pg-redis", tmp_path_factory.mktemp("fanout"), extra_env={"TASKGAUGE_FANOUT": "true"})
-    workers: list[subprocess.Popen] = []
-    try:
-        stack.start_api()
-        workers += [stack.start_worker(), stack.start_worker()]
-        out = subprocess.run(
-            [sys.executable, "-m", "app", "keys", "create", "alice"],
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        stack.alice_key = out.stdout.strip()
-        stack.workers = workers
+    with service_stack.running(
+        "pg-redis", tmp_path_factory.mktemp("fanout"), extra_env={"TASKGAUGE_FANOUT": "true"}
+    ) as stack:
         yield stack
-    except BaseException:
-        print(stack.tail(), file=sys.stderr)
-        raise
-    finally:
-        for w in workers:
-            kill_group(w)
-        stack.stop()
 
 
 @pytest.fixture

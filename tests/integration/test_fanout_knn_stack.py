@@ -5,12 +5,9 @@ the values equal the one-process pipeline's bit for bit, and no shard blob is le
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import service_stack
-from service_stack import kill_group, upload, wait_for
+from service_stack import upload, wait_for
 from sqlalchemy import select
 
 from taskgauge import db
@@ -22,38 +19,13 @@ REQUESTS = {"mle": {"k": 10}, "twonn": {}, "gride": {"range_max": 16}, "label_sh
 
 @pytest.fixture(scope="module", params=["pg-redis", "pg-redis-s3"])
 def split(request, tmp_path_factory):
-    if not (service_stack.postgres_up() and service_stack.redis_available()):
-        pytest.skip("PostgreSQL and redis-server are needed for the fan-out stack")
     if request.param == "pg-redis-s3":
         import s3_server
 
         s3_server.endpoint()  # skips when no local S3 server can be had
-    stack = service_stack.build(
-        request.param,
-        tmp_path_factory.mktemp("fanout-knn"),
-        extra_env={"TASKGAUGE_FANOUT": "true", "TASKGAUGE_KNN_SHARD_ROWS": "100"},  # 300 rows: 3 parts
-    )
-    workers: list[subprocess.Popen] = []
-    try:
-        stack.start_api()
-        workers += [stack.start_worker(), stack.start_worker()]
-        out = subprocess.run(
-            [sys.executable, "-m", "app", "keys", "create", "alice"],
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        stack.alice_key = out.stdout.strip()
+    env = {"TASKGAUGE_FANOUT": "true", "TASKGAUGE_KNN_SHARD_ROWS": "100"}  # 300 rows: 3 parts
+    with service_stack.running(request.param, tmp_path_factory.mktemp("fanout-knn"), extra_env=env) as stack:
         yield stack
-    except BaseException:
-        print(stack.tail(), file=sys.stderr)
-        raise
-    finally:
-        for w in workers:
-            kill_group(w)
-        stack.stop()
 
 
 def _shards(stack, analysis_id):

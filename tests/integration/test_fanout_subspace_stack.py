@@ -4,8 +4,6 @@ nothing; cancelling mid-sweep stops every shard and no round follows."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -31,39 +29,16 @@ SWEEP = {
 
 @pytest.fixture(scope="module")
 def subfan(tmp_path_factory):
-    if not (service_stack.postgres_up() and service_stack.redis_available()):
-        pytest.skip("PostgreSQL and redis-server are needed for the fan-out stack")
+    from sklearn.datasets import load_digits
+
     tmp = tmp_path_factory.mktemp("subfan")
     # one torch thread per worker child, as in this process: the in-process reference does the same arithmetic
     env = {"TASKGAUGE_FANOUT": "true", "TASKGAUGE_WORKER_THREADS": "1"}
-    stack = service_stack.build("pg-redis", tmp / "stack", extra_env=env)
-    workers: list[subprocess.Popen] = []
-    try:
-        stack.start_api()
-        workers += _start_workers(stack, 2)
-        out = subprocess.run(
-            [sys.executable, "-m", "app", "keys", "create", "alice"],
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        stack.alice_key = out.stdout.strip()
-        stack.workers = workers
-        from sklearn.datasets import load_digits
-
+    with service_stack.running("pg-redis", tmp / "stack", extra_env=env) as stack:
         X, y = load_digits(return_X_y=True)
         stack.digits = tmp / "digits400.npz"
         np.savez(stack.digits, X=(X[:400] / 16.0).astype(np.float32), y=y[:400].astype(np.int64))
         yield stack
-    except BaseException:
-        print(stack.tail(), file=sys.stderr)
-        raise
-    finally:
-        for w in workers:
-            kill_group(w)
-        stack.stop()
 
 
 @pytest.fixture
@@ -94,18 +69,6 @@ def _start(alice, stack, spec, sweep):
     )
     assert r.status_code == 202, r.text
     return r.json()["id"]
-
-
-def _start_workers(stack, n):
-    """Start ``n`` workers at once (not one after the other) and wait until all are ready."""
-    procs = [stack.start_worker(wait=False) for _ in range(n)]
-    logs = [stack.tmp / f"worker{stack.n_workers - n + 1 + i}.log" for i in range(n)]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if all(p.exists() and b" ready." in p.read_bytes() for p in logs):
-            return procs
-        time.sleep(0.2)
-    raise AssertionError("workers did not become ready:\n" + stack.tail())
 
 
 def _comparable(entry):
@@ -227,7 +190,7 @@ def test_sigkill_of_the_workers_mid_trial_reruns_that_trial_and_the_result_is_un
         raise AssertionError(f"no later round started: {shards}\n{subfan.tail()}")
     for w in subfan.workers:
         kill_group(w, signal.SIGKILL)
-    subfan.workers[:] = _start_workers(subfan, 2)
+    subfan.workers[:] = subfan.start_workers(2)
     state = wait_for(alice, aid, timeout=120)
     assert state["status"] == "succeeded", (state, subfan.tail())
     shards = _shards(subfan, aid)
