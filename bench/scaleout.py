@@ -209,8 +209,9 @@ def write(args, rows: list[dict]) -> None:
         "|---|---|---|",
         *[f"| {n} | {model(n):.1f} | {t1 / model(n):.2f}× |" for n in (1, 2, 4, 8, 32)],
         "",
-        "Beyond 4 workers nothing more is gained until a single estimator is split: the kNN of one estimator by "
-        "query blocks, and the subspace sweep by trials (issue 17's other shard kinds, not built yet).",
+        "Beyond 4 workers nothing more is gained at this size: one shard per estimator. Past TASKGAUGE_KNN_SHARD_ROWS "
+        "rows the kNN of mle/twonn/gride is computed once, in parts (`--case knn`), and a subspace sweep is split by "
+        "trials (`--case subspace`).",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

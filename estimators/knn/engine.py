@@ -2012,8 +2012,9 @@ def kneighbors_part(
 def merge_parts(parts: list[KNNPart], n: int, k: int) -> KNNResult:
     """The exact kNN from the parts of one plan: each row's k best by (distance, index) over all parts' lists.
 
-    Raises ValueError when the parts do not add up to an answer: a row with fewer than k neighbours (a part is
-    missing) or a neighbour listed twice (parts of different plans, or one part given twice)."""
+    A pair that two parts both list (with the same distance: the same float64 kernel computes it) counts once, so a
+    part given twice changes nothing. Raises ValueError when the parts do not add up to an answer: a row with fewer
+    than k neighbours (a part is missing), or a pair listed with two distances (parts of different plans)."""
     out_d = torch.full((n, k), math.inf, dtype=torch.float64)
     out_i = torch.full((n, k), -1, dtype=torch.long)
     step = max(1, _MERGE_ENTRIES // max(2 * k, 1))
@@ -2026,6 +2027,17 @@ def merge_parts(parts: list[KNNPart], n: int, k: int) -> KNNResult:
             i = torch.cat([out_i.index_select(0, rows), p.indices[s : s + step]], 1)
             o = torch.argsort(i, dim=1, stable=True)  # (distance, index): index first, then a stable sort by distance
             d, i = d.gather(1, o), i.gather(1, o)
+            # a pair two parts both met (a row a part re-checked against every column, see the exact phase) is
+            # listed by both with the same float64 distance: keep one. Different distances: different plans.
+            twice = torch.zeros_like(i, dtype=torch.bool)
+            twice[:, 1:] = (i[:, 1:] == i[:, :-1]) & (i[:, 1:] >= 0)
+            if bool(twice.any()):
+                prev = torch.zeros_like(d)
+                prev[:, 1:] = d[:, :-1]
+                if not torch.equal(d[twice], prev[twice]):
+                    raise ValueError("merge_parts: a neighbour has two distances; the parts come from different plans")
+                d = d.masked_fill(twice, math.inf)
+                i = i.masked_fill(twice, -1)
             o = torch.argsort(d, dim=1, stable=True)[:, :k]
             out_d[rows], out_i[rows] = d.gather(1, o), i.gather(1, o)
     if bool((out_i < 0).any()):

@@ -136,13 +136,18 @@ def test_more_parts_than_clusters(small_thresholds):
     same(merge_parts(pieces, 400, 5), kneighbors(X, 5))
 
 
-def test_a_missing_or_repeated_part_is_refused(small_thresholds):
+def test_a_missing_part_is_refused_a_repeated_one_changes_nothing_a_foreign_one_is_refused(small_thresholds):
     X = torch.from_numpy(clustered(900, 24, 4, seed=5))
     _, pieces = split(X, 8, 3)
     with pytest.raises(ValueError, match="fewer than 8 neighbours; a part is missing"):
         merge_parts(pieces[:2], 900, 8)
-    with pytest.raises(ValueError, match="listed twice"):
-        merge_parts([*pieces, pieces[1]], 900, 8)
+    # a re-delivered part lists the same pairs with the same distances: each pair counts once
+    same(merge_parts([*pieces, pieces[1]], 900, 8), kneighbors(X, 8))
+    # the same pairs at other distances cannot come from the same plan and data
+    p = pieces[1]
+    foreign = KNNPart(p.rows, p.distances * (1 + 1e-12), p.indices)
+    with pytest.raises(ValueError, match="two distances"):
+        merge_parts([*pieces, foreign], 900, 8)
     with pytest.raises(ValueError, match="does not fit"):
         merge_parts(pieces, 900, 7)
 
