@@ -2043,9 +2043,6 @@ def merge_parts(parts: list[KNNPart], n: int, k: int) -> KNNResult:
     if bool((out_i < 0).any()):
         short = int((out_i < 0).any(1).sum())
         raise ValueError(f"merge_parts: {short} rows have fewer than {k} neighbours; a part is missing")
-    srt = torch.sort(out_i, dim=1).values
-    if k > 1 and bool((srt[:, 1:] == srt[:, :-1]).any()):
-        raise ValueError("merge_parts: a neighbour is listed twice; the parts come from different plans")
     return KNNResult(distances=out_d, indices=out_i, query_index=None, stats={"method": "parts", "parts": len(parts)})
 
 
