@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -160,20 +161,32 @@ R = TypeVar("R", bound=db.Base)
 
 
 def publish_with_row(ctx: Context, owner_id: str, staged: StagedBlob, size: int, make_row: Callable[[], R]) -> R:
-    """Publish a staged blob and insert the row that references it in one transaction: both exist or neither.
-    ``size`` (the uploaded file's) is checked against the owner's storage quota inside the transaction.
+    """Publish a staged blob and insert the row that references it in one transaction (:func:`published`): both
+    exist or neither. ``size`` (the uploaded file's) is checked against the owner's storage quota inside the
+    transaction, before the blob is published."""
+    from taskgauge.services.quotas import check_storage
 
-    The blob row is upserted first (``ON CONFLICT DO UPDATE`` row-locks it, so a concurrent delete of the last
-    row using the same blob waits); the file is then renamed into place if missing; the row is inserted; commit.
-    If anything fails after the file was created by this call and no blob row survives, the file is removed
-    again.
-    """
+    with published(ctx, staged, first=lambda s: check_storage(s, owner_id, ctx.settings, size)) as s:
+        row = make_row()
+        s.add(row)
+    return row
+
+
+@contextmanager
+def published(ctx: Context, staged: StagedBlob, *, first: Callable[[Session], Any] | None = None) -> Iterator[Session]:
+    """The one way a blob is published: a transaction in which the staged blob is published and the body writes
+    the row(s) naming it; both commit together or neither.
+
+    ``first(session)`` runs first (a quota check). The blob row is then upserted (``ON CONFLICT DO UPDATE``
+    row-locks it, so a concurrent delete of the last row using the same blob waits) and the file is moved into
+    place if missing; the body runs; commit. If anything raises (in the body too), the staged file is discarded
+    and, when this call created the blob's file and no row names it any more, the blob is removed again
+    (:func:`gc_blob`); the exception propagates."""
     created_file = False
     try:
         with ctx.sessions() as s, s.begin():
-            from taskgauge.services.quotas import check_storage
-
-            check_storage(s, owner_id, ctx.settings, size)
+            if first is not None:
+                first(s)
             s.execute(
                 db.upsert_touch(
                     db.Blob.__table__,
@@ -184,9 +197,7 @@ def publish_with_row(ctx: Context, owner_id: str, staged: StagedBlob, size: int,
                 )
             )
             created_file = ctx.blobs.publish(staged)
-            row = make_row()
-            s.add(row)
-        return row
+            yield s
     except BaseException:
         ctx.blobs.discard(staged)
         if created_file:

@@ -1,6 +1,6 @@
 """Blobs of shard results: the plan and the parts of a split kNN (``workers.fanout_knn``).
 
-They follow the dataset blobs' rules (:mod:`taskgauge.blobs`, :func:`taskgauge.services.datasets.publish_with_row`):
+They follow the dataset blobs' rules (:mod:`taskgauge.blobs`, :func:`taskgauge.services.datasets.published`):
 
 * content addressed (the SHA-256 of deterministic ``.npz`` bytes; arrays only, never pickled), so two analyses of
   the same data may write the same blob and share it;
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from taskgauge import db
 from taskgauge.blobs import deterministic_npz
 from taskgauge.context import Context
+from taskgauge.services.datasets import gc_blob, published
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -49,32 +50,13 @@ def publish(ctx: Context, data: bytes, bind: Callable[[Session, str], str | None
     else the SHA-256 the row named before (None if none), which is released once the new one is in place.
     Returns the blob's SHA-256, or None when ``bind`` refused."""
     staged = ctx.blobs.stage(data)
-    created = False
     try:
-        with ctx.sessions() as s, s.begin():
-            s.execute(
-                db.upsert_touch(
-                    db.Blob.__table__,
-                    s.get_bind().dialect.name,
-                    {"sha256": staged.sha256, "size": staged.size, "created_at": db.utcnow()},
-                    ["sha256"],
-                    "size",
-                )
-            )
-            created = ctx.blobs.publish(staged)
+        with published(ctx, staged) as s:
             before = bind(s, staged.sha256)
             if before is False:
-                raise _Refused()
+                raise _Refused()  # rolls back; published() removes a blob this call created
     except _Refused:
-        ctx.blobs.discard(staged)
-        if created:
-            gc(ctx, staged.sha256)
         return None
-    except BaseException:
-        ctx.blobs.discard(staged)
-        if created:
-            gc(ctx, staged.sha256)
-        raise
     ctx.blobs.discard(staged)
     if isinstance(before, str) and before != staged.sha256:
         gc(ctx, before)  # a re-run shard replaced its earlier result
@@ -83,8 +65,6 @@ def publish(ctx: Context, data: bytes, bind: Callable[[Session, str], str | None
 
 def gc(ctx: Context, sha256: str) -> bool:
     """Delete the blob when nothing names it (:func:`taskgauge.services.datasets.gc_blob`, the one blob GC)."""
-    from taskgauge.services.datasets import gc_blob
-
     return gc_blob(ctx, sha256)
 
 
