@@ -5,6 +5,9 @@ estimator to ``analysis_shards`` (unique on ``(analysis_id, key)``, key ``est:NA
 ``run_shard(analysis_id, key)`` tasks to the analysis' queue, and returns: it holds no worker while the shards run.
 No result backend and no scheduler of our own: the chord is our rows.
 
+* The group is sent costliest first (:func:`costliest_first`, the registry's ``cost`` of each estimator on the
+  dataset's shape), so that free workers take the longest shards first (LPT); a worker reads the dataset and hashes
+  its rows for duplicates once for all the shards it takes and the report's assembly (:func:`shard_data`).
 * A shard is claimed like an analysis (one conditional UPDATE: ``queued``, or ``running`` with a stale heartbeat,
   and only while its analysis is ``running``), heart-beaten, and writes its estimator's result row
   (insert-or-ignore) — a re-delivered or re-queued shard adds nothing.
