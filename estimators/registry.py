@@ -47,6 +47,10 @@ class Estimator:
     #: (:func:`estimators.knn.known_neighbours`; a fanned-out analysis splits that search over workers); None
     #: (the function, or its answer for these params) when it makes no such search.
     knn_k: Callable[[Any, int], int | None] | None = None
+    #: ``cost(params, n, d)``: the expected work on ``n`` rows of ``d`` features, counted as the multiply-adds of its
+    #: dominant term (n²·d for one full exact self-query kNN). A fanned-out analysis sends its costliest shards
+    #: first (longest processing time first, ``workers.fanout``); None: unknown (sent before the known ones).
+    cost: Callable[[Any, int, int], float] | None = None
 
     def parse_params(self, raw: dict[str, Any] | None) -> Params:
         """Validate user params; raises EstimatorError naming the bad key and the allowed ones."""
@@ -78,6 +82,7 @@ def register(
     needs_model: bool = False,
     min_samples: int = 3,
     knn_k: Callable[[Any, int], int | None] | None = None,
+    cost: Callable[[Any, int, int], float] | None = None,
 ):
     """Decorator: ``@register(name="mle", version="1.0.0", params=MLEParams, summary=...)``."""
 
@@ -94,6 +99,7 @@ def register(
             needs_model=needs_model,
             min_samples=min_samples,
             knn_k=knn_k,
+            cost=cost,
         )
         return fn
 

@@ -5,6 +5,9 @@ estimator to ``analysis_shards`` (unique on ``(analysis_id, key)``, key ``est:NA
 ``run_shard(analysis_id, key)`` tasks to the analysis' queue, and returns: it holds no worker while the shards run.
 No result backend and no scheduler of our own: the chord is our rows.
 
+* The group is sent costliest first (:func:`costliest_first`, the registry's ``cost`` of each estimator on the
+  dataset's shape), so that free workers take the longest shards first (LPT); a worker reads the dataset and hashes
+  its rows for duplicates once for all the shards it takes and the report's assembly (:func:`shard_data`).
 * A shard is claimed like an analysis (one conditional UPDATE: ``queued``, or ``running`` with a stale heartbeat,
   and only while its analysis is ``running``), heart-beaten, and writes its estimator's result row
   (insert-or-ignore) — a re-delivered or re-queued shard adds nothing.
@@ -30,6 +33,7 @@ No result backend and no scheduler of our own: the chord is our rows.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -38,14 +42,18 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
+import torch
 from celery import group
 from sqlalchemy import exists, func, or_, select, update
 
-from estimators.base import EstimatorError
+from estimators.base import EstimatorError, no_progress
 from estimators.device import describe_device, resolve_device
+from estimators.knn import Duplicates, exact_duplicates, known_duplicates
 from estimators.registry import DEFAULT_ESTIMATORS
 from taskgauge import db
 from taskgauge.context import Context
+from taskgauge.datasets.canonical import CanonicalDataset
 from taskgauge.errors import problem
 from taskgauge.pipeline import DatasetInfo, Limits, plan, run_estimators, run_pipeline
 from taskgauge.services.analyses import store_result, stored_results
@@ -75,13 +83,16 @@ def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any])
     split = fanout_knn.split_estimators(ctx, analysis, pending)  # their kNN first, in parts (workers.fanout_knn)
     if len(pending) < 2 and not sweep and not split:
         return False
-    rows: list[dict[str, Any]] = [
-        {"key": _key(n)} for n in pending if not (sweep and n == fanout_subspace.ESTIMATOR) and n not in split
-    ]
+    rows: list[dict[str, Any]] = []  # in the order they are sent: chains (a sweep's rounds, the kNN parts) first
     if sweep:
         rows += fanout_subspace.first_round(ctx, analysis)
     if split:
         rows.append(fanout_knn.first_row())
+    with ctx.sessions() as s:
+        shape = s.scalar(select(db.Dataset.shape).where(db.Dataset.id == analysis.dataset_id)) or [0]
+    requests = analysis.estimators or {}
+    singles = [n for n in pending if not (sweep and n == fanout_subspace.ESTIMATOR) and n not in split]
+    rows += [{"key": _key(n)} for n in costliest_first(singles, requests, shape)]
     S, A = db.AnalysisShard, db.Analysis
     now = db.utcnow()
     with ctx.sessions() as s, s.begin():
@@ -95,9 +106,37 @@ def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any])
             .where(A.id == analysis.id, A.lease_token == token, A.status == db.RUNNING)
             .values(stage=f"fan-out: {len(rows)} shards", heartbeat_at=now)
         )
-        queued = s.execute(select(S.key, S.queue).where(S.analysis_id == analysis.id, S.status == db.QUEUED)).all()
-    _send(ctx, analysis.id, analysis.queue, [k for k, _ in queued], queues=dict(queued))
+        queued = dict(
+            s.execute(select(S.key, S.queue).where(S.analysis_id == analysis.id, S.status == db.QUEUED)).all()
+        )
+    order = [r["key"] for r in rows]
+    keys = sorted(queued, key=lambda k: order.index(k) if k in order else len(order))
+    _send(ctx, analysis.id, analysis.queue, keys, queues=queued)
     return True
+
+
+def costliest_first(names: list[str], requests: dict[str, Any], shape: list[int]) -> list[str]:
+    """``names`` ordered by the registry's ``cost`` of each on data of ``shape``, the costliest first, those of
+    unknown cost (no hook, or bad params: the shard then reports them) before all, ties in the given order. Sent in
+    this order, the shards are taken longest first by whichever worker is free: the longest-processing-time rule,
+    whose finish is within 4/3 of the best possible on any number of workers. (Taken in the request's order, a
+    worker could start the longest shard last while the other one ran out of work.)"""
+    from estimators import registry
+
+    n = int(shape[0]) if shape else 0
+    d = math.prod(int(x) for x in shape[1:])
+
+    def cost(name: str) -> float:
+        try:
+            est = registry.get(name)
+            if est.cost is None:
+                return math.inf
+            return float(est.cost(est.parse_params((requests or {}).get(name)), n, d))
+        except Exception:  # noqa: BLE001 - see the docstring
+            return math.inf
+
+    costs = {name: cost(name) for name in names}
+    return sorted(names, key=lambda name: -costs[name])
 
 
 def new_shard(analysis_id: str, now: Any, *, key: str, queue: str | None = None, weight: float = 1.0) -> dict:
@@ -223,6 +262,28 @@ def analysis_progress(s: Any, analysis_id: str) -> float:
     return min(0.999, sum(min(1.0, v) for v in units.values()) / max(1, len(units)))
 
 
+#: this worker process's last dataset, {(dataset id, blob sha256): (data, flat X, its exact duplicates)}; one entry
+_last: dict[tuple[str, str], tuple[CanonicalDataset, torch.Tensor, Duplicates]] = {}
+
+
+def shard_data(
+    ctx: Context, dataset: db.Dataset, progress: Callable[[float, str], None] = no_progress
+) -> tuple[CanonicalDataset, torch.Tensor, Duplicates]:
+    """``dataset`` as the shards read it (embedded if it is text), its flat X and that X's exact duplicates, loaded
+    once per worker process: the next shard of the analysis this worker takes, and the report's assembly, reuse them
+    (pass them on with ``known_duplicates(X, dup)``), instead of reading the blob and hashing every row again. One
+    dataset at a time (a new one replaces it; the assembly drops it). The shards share these arrays as the estimators
+    of a one-task analysis share theirs (``taskgauge.pipeline.run_pipeline``): nothing writes to them."""
+    key = (dataset.id, dataset.blob_sha256)
+    hit = _last.get(key)
+    if hit is None:
+        _last.clear()  # free the previous dataset before loading this one
+        data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=progress)
+        X = torch.from_numpy(np.ascontiguousarray(data.flat()))
+        hit = _last[key] = (data, X, exact_duplicates(X))
+    return hit
+
+
 def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
     """Claim and run one shard; the last one assembles the report. Never raises for a bad input."""
     from workers import fanout_knn, fanout_subspace
@@ -249,7 +310,7 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
             if fanout_knn.is_knn(key):
                 advance, device_name = fanout_knn.execute(ctx, analysis, dataset, key, token, lease.progress)
             elif name not in done:
-                data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=lease.progress)
+                data, X_flat, dup = shard_data(ctx, dataset, lease.progress)
                 requests = analysis.estimators or {n: {} for n in DEFAULT_ESTIMATORS}
                 model = runnable(ctx, spec)
                 planned = plan(
@@ -267,7 +328,10 @@ def execute_shard(analysis_id: str, key: str, ctx: Context) -> str:
                         store_result(s2, analysis_id, n, entry)
 
                 device_name = describe_device(device)
-                with fanout_knn.table(ctx, analysis, dataset, data, name) as X_flat:  # a split kNN's merged table
+                with (
+                    known_duplicates(X_flat, dup),
+                    fanout_knn.table(ctx, analysis, dataset, X_flat, dup, name),  # a split kNN's merged table
+                ):
                     run_estimators(
                         data, planned, device=device, progress=lease.progress, on_result=on_result, X_flat=X_flat
                     )
@@ -382,19 +446,22 @@ def _assemble(ctx: Context, analysis_id: str, parent_token: str) -> str:
             for r in s.scalars(select(S).where(S.analysis_id == analysis_id).order_by(S.key))
         ]
     model = runnable(ctx, spec)
-    report = run_pipeline(
-        embedded(ctx, dataset, load_dataset(ctx.blobs, dataset)),
-        analysis.estimators or None,
-        info=DatasetInfo(name=dataset.name, id=dataset.id, sha256=dataset.sha256),
-        device=ctx.settings.DEVICE if analysis.device == "auto" else analysis.device,
-        model_spec=model.spec,
-        model_weights=model.weights,
-        memory_budget_mb=ctx.settings.memory_budget_override,
-        analysis_id=analysis_id,
-        done=done,
-        environment={"shards": shards},
-        limits=Limits.from_settings(ctx.settings),
-    )
+    data, X_flat, dup = shard_data(ctx, dataset)
+    with known_duplicates(X_flat, dup):  # the report's duplicate count: this worker's shards found them already
+        report = run_pipeline(
+            data,
+            analysis.estimators or None,
+            info=DatasetInfo(name=dataset.name, id=dataset.id, sha256=dataset.sha256),
+            device=ctx.settings.DEVICE if analysis.device == "auto" else analysis.device,
+            model_spec=model.spec,
+            model_weights=model.weights,
+            memory_budget_mb=ctx.settings.memory_budget_override,
+            analysis_id=analysis_id,
+            done=done,
+            environment={"shards": shards},
+            limits=Limits.from_settings(ctx.settings),
+        )
+    _last.clear()  # the analysis is over: hold no dataset while idle
     from workers import fanout_knn
 
     outcome = _finish(ctx.sessions, analysis, parent_token, report)

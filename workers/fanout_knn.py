@@ -40,11 +40,10 @@ from sqlalchemy.orm import Session
 from estimators import registry
 from estimators.device import resolve_device
 from estimators.knn import (
+    Duplicates,
     KNNPart,
     KNNPlan,
-    exact_duplicates,
     kneighbors_part,
-    known_duplicates,
     known_neighbours,
     merge_parts,
     plan_parts,
@@ -52,10 +51,8 @@ from estimators.knn import (
 from estimators.registry import DEFAULT_ESTIMATORS
 from taskgauge import db
 from taskgauge.context import Context
-from taskgauge.datasets.canonical import CanonicalDataset
 from taskgauge.pipeline import Limits, plan
 from taskgauge.services import shard_blobs
-from taskgauge.services.datasets import embedded, load_dataset
 from workers import fanout
 from workers.leases import Cancelled
 
@@ -158,14 +155,12 @@ def _insert(s: Session, analysis_id: str, keys: list[str], weight: float = 1.0) 
     return new
 
 
-def _distinct(data: CanonicalDataset) -> tuple[torch.Tensor, Any, torch.Tensor]:
-    """The flat X, its exact duplicates, and its distinct rows in the order the ID estimators keep them
+def _distinct(X: torch.Tensor, dup: Duplicates) -> torch.Tensor:
+    """The distinct rows of the flat X (``dup``: its exact duplicates) in the order the ID estimators keep them
     (``estimators.id._common.prepare``: first occurrences, ascending)."""
-    X = torch.from_numpy(np.ascontiguousarray(data.flat()))
-    dup = exact_duplicates(X)
     if not dup.n_removed:
-        return X, dup, X
-    return X, dup, X[torch.from_numpy(np.asarray(dup.unique_index, dtype=np.int64))].contiguous()
+        return X
+    return X[torch.from_numpy(np.asarray(dup.unique_index, dtype=np.int64))].contiguous()
 
 
 def _bind(ctx: Context, analysis_id: str, key: str, token: str) -> Callable[[Session, str], str | None | bool]:
@@ -203,9 +198,11 @@ def execute(
     marked done (:data:`Advance`) and the device it ran on. Raises ``workers.leases.Cancelled`` through
     ``progress`` when the analysis stops."""
     requests = _requests(analysis)
-    names = table_estimators(requests, list(requests), dataset.n_samples)
-    data = embedded(ctx, dataset, load_dataset(ctx.blobs, dataset), progress=progress)
-    _, _, Xu = _distinct(data)
+    names = fanout.costliest_first(
+        table_estimators(requests, list(requests), dataset.n_samples), requests, dataset.shape
+    )
+    data, X, dup = fanout.shard_data(ctx, dataset, progress)
+    Xu = _distinct(X, dup)
     n = int(Xu.shape[0])
     device = _device(ctx, analysis)
     bind = _bind(ctx, analysis.id, key, token)
@@ -272,10 +269,11 @@ def _plan_blob(ctx: Context, analysis_id: str) -> str:
 
 @contextlib.contextmanager
 def table(
-    ctx: Context, analysis: db.Analysis, dataset: db.Dataset, data: CanonicalDataset, name: str
-) -> Iterator[torch.Tensor | None]:
-    """For an estimator of a split analysis: its data's flat X with the merged kNN table registered
-    (``known_duplicates`` + ``known_neighbours``), to pass to ``run_estimators(X_flat=…)``; None otherwise."""
+    ctx: Context, analysis: db.Analysis, dataset: db.Dataset, X: torch.Tensor, dup: Duplicates, name: str
+) -> Iterator[None]:
+    """For an estimator of a split analysis, within the block: the merged kNN table of the distinct rows of the
+    flat X (``dup``: its exact duplicates, registered by the caller with ``known_duplicates``) registered with
+    ``known_neighbours``, so that ``run_estimators(X_flat=X)`` reads it. Nothing otherwise."""
     S = db.AnalysisShard
     with ctx.sessions() as s:
         rows = s.execute(
@@ -287,19 +285,19 @@ def table(
         or plan_row.blob_sha256 is None
         or name not in table_estimators(_requests(analysis), [name], dataset.n_samples)
     ):
-        yield None
+        yield
         return
     parts = [r for r in rows if r.key != PLAN_KEY]
     if not parts or any(r.status != db.SUCCEEDED or r.blob_sha256 is None for r in parts):
         raise RuntimeError(f"analysis {analysis.id}: an estimator started before its kNN parts were done")
     arrays = shard_blobs.load_npz(ctx, plan_row.blob_sha256)
     k, n = int(arrays["k"]), int(arrays["n"])
-    X, dup, Xu = _distinct(data)
+    Xu = _distinct(X, dup)
     if Xu.shape[0] != n:
         raise RuntimeError(f"analysis {analysis.id}: the kNN plan is for {n} distinct rows, the data has {Xu.shape[0]}")
     merged = merge_parts([KNNPart.from_arrays(shard_blobs.load_npz(ctx, r.blob_sha256)) for r in parts], n, k)
-    with known_duplicates(X, dup), known_neighbours(Xu, merged.distances, merged.indices):
-        yield X
+    with known_neighbours(Xu, merged.distances, merged.indices):
+        yield
 
 
 def release(ctx: Context, analysis_id: str) -> None:

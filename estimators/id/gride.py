@@ -298,6 +298,7 @@ def gride_id(
     summary="Gride multiscale ML intrinsic dimension over (n1, n2) = (1,2)…(32,64), DADApy-compatible (docs/methods.md §1.5)",
     min_samples=3,
     knn_k=lambda params, n: _ladder(params.range_max, params.n2, n)[1],
+    cost=lambda params, n, d: float(n) * n * d,  # its one full kNN search
 )
 def gride(X: torch.Tensor, y, params: GrideParams, *, device, progress: ProgressFn) -> Result:  # noqa: ARG001
     """Registered estimator ``gride``: :func:`gride_id` with :class:`GrideParams` (labels are ignored)."""

@@ -271,6 +271,13 @@ def _knn_k(params: MLEParams, n: int) -> int | None:  # noqa: ARG001 - n: every 
     return (params.k2 if params.k2 is not None else params.k) if params.anchors is None else None
 
 
+def _cost(params: MLEParams, n: int, d: int) -> float:
+    """Registry ``cost``: one kNN search of the anchors (all n points without anchors) against the n points."""
+    a = params.anchors
+    queries = n if a is None else (min(int(a), n) if isinstance(a, int) else float(a) * n)
+    return float(queries) * n * d
+
+
 @register(
     name="mle",
     version=VERSION,
@@ -278,6 +285,7 @@ def _knn_k(params: MLEParams, n: int) -> int | None:  # noqa: ARG001 - n: every 
     summary="Levina–Bickel MLE intrinsic dimension, MacKay–Ghahramani pooling (skdim-compatible), docs/methods.md §1.1",
     min_samples=K_MIN + 1,
     knn_k=_knn_k,
+    cost=_cost,
 )
 def mle(X: torch.Tensor, y, params: MLEParams, *, device, progress: ProgressFn) -> Result:  # noqa: ARG001 - y unused
     """Registered estimator ``mle``: :func:`mle_id` with :class:`MLEParams` (labels are ignored)."""

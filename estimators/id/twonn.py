@@ -177,6 +177,27 @@ def _fit(mu: np.ndarray, variant: str, discard_fraction: float, ci_level: float,
     return out
 
 
+def _decimation_plan(n_full: int, repeats: int) -> list[tuple[int, int, int]]:
+    """The decimation levels (level l, subset size N // 2^l, subsets searched) down to ``DECIMATION_MIN_POINTS``."""
+    plan = []
+    size = n_full // 2
+    level = 1
+    while size >= DECIMATION_MIN_POINTS:
+        plan.append((level, size, min(2**level, repeats)))
+        level += 1
+        size = n_full // 2**level
+    return plan
+
+
+def _cost(params: TwoNNParams, n: int, d: int) -> float:
+    """Registry ``cost``: the full 2-NN search (n²·d) plus, with decimation, one search per subset (about as much
+    again: N/2 × 2, N/4 × 4, …)."""
+    searches = n * n
+    if params.decimation:
+        searches += sum(r * s * s for _, s, r in _decimation_plan(n, params.decimation_repeats))
+    return float(searches) * d
+
+
 def _decimation(
     X,
     n_full,
@@ -207,13 +228,7 @@ def _decimation(
         }
     ]
     rng = np.random.default_rng(seed)
-    plan = []
-    size = n_full // 2
-    level = 1
-    while size >= DECIMATION_MIN_POINTS:
-        plan.append((level, size, min(2**level, repeats)))
-        level += 1
-        size = n_full // 2**level
+    plan = _decimation_plan(n_full, repeats)
     total_work = sum(r * s * s for _, s, r in plan) or 1
     done = 0
     for level, size, r in plan:
@@ -377,6 +392,7 @@ def twonn_id(
     summary="TwoNN intrinsic dimension: skdim LS fit with 10% discard; censored-ML and Bayesian variants with CI (docs/methods.md §1.2)",
     min_samples=3,
     knn_k=lambda params, n: 2,  # the two nearest of every distinct point (the decimation levels search subsets)
+    cost=_cost,
 )
 def twonn(X: torch.Tensor, y, params: TwoNNParams, *, device, progress: ProgressFn) -> Result:  # noqa: ARG001
     """Registered estimator ``twonn``: :func:`twonn_id` with :class:`TwoNNParams` (labels are ignored)."""

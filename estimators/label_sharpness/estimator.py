@@ -293,6 +293,15 @@ def _exact(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, pr
     return Result(value=value, details=details, warnings=warnings)
 
 
+def _cost(params: LabelSharpnessParams, n: int, d: int) -> float:
+    """Registry ``cost``: exact mode, the n²/2 pairs at most (the pruning bound skips many); paper mode, the pairs
+    of the subsample, once and per bootstrap resample."""
+    if params.mode == "exact":
+        return n * n / 2.0 * d
+    m = min(params.m, n)
+    return m * m / 2.0 * d * (1 + params.n_bootstrap)
+
+
 @register(
     name="label_sharpness",
     version=VERSION,
@@ -300,6 +309,7 @@ def _exact(X: torch.Tensor, y: torch.Tensor, p: LabelSharpnessParams, device, pr
     summary="Label sharpness K_F = 1 / minimum distance between differently labelled samples (exact, all pairs)",
     needs_labels=True,
     min_samples=2,
+    cost=_cost,
 )
 def label_sharpness(
     X: torch.Tensor,

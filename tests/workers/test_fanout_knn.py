@@ -174,9 +174,10 @@ def test_split_knn_gives_the_unsharded_values_bit_for_bit(world, plan_kind):
     assert sorted(k for _, k in world.sent) == ["est:label_sharpness", "knn:plan"]
     ran = world.deliver()
     keys = [k for k, _ in ran]
-    # plan, then the three parts, then the three estimators that read the table; label_sharpness beside them
-    assert keys[:2] == ["est:label_sharpness", "knn:plan"] and keys[2:5] == ["knn:0/3", "knn:1/3", "knn:2/3"]
-    assert sorted(keys[5:]) == ["est:gride", "est:mle", "est:twonn"]
+    # plan (sent first: the chain of stages is the longest), label_sharpness beside it, then the three parts,
+    # then the three estimators that read the table, twonn first (its decimation levels search subsets on their own)
+    assert keys[:2] == ["knn:plan", "est:label_sharpness"] and keys[2:5] == ["knn:0/3", "knn:1/3", "knn:2/3"]
+    assert keys[5] == "est:twonn" and sorted(keys[6:]) == ["est:gride", "est:mle"]
     # the plan sends the parts, the last part the estimators, the last estimator assembles
     assert dict(ran[:-1]) == {
         "est:label_sharpness": "done",
@@ -244,7 +245,7 @@ def test_cancel_during_the_parts_stops_every_shard(world, monkeypatch):
     while world.sent and world.sent[0][1] != "knn:0/3":
         a, key = world.sent.pop(0)
         ran.append(fanout.execute_shard(a, key, world.ctx))
-    assert ran == ["done", "done, sent 3 shards"]  # label_sharpness and the plan; the parts are queued
+    assert ran == ["done, sent 3 shards", "done"]  # the plan and label_sharpness; the parts are queued
     assert world.shards(aid)["knn:plan"].blob_sha256 is not None
     # the user cancels while part 0 runs: it stops at its next progress report
     real = fanout_knn.kneighbors_part
@@ -277,8 +278,8 @@ def test_cancel_during_the_parts_stops_every_shard(world, monkeypatch):
 
 def test_a_cancel_while_every_shard_waits_is_cleaned_by_the_sweeper(world):
     aid = world.analysis()
-    world.sent.pop(0)  # label_sharpness, never delivered
     a, key = world.sent.pop(0)
+    world.sent.pop(0)  # label_sharpness, never delivered
     assert key == "knn:plan" and fanout.execute_shard(a, key, world.ctx) == "done, sent 3 shards"
     cancel_analysis(world.ctx, world.owner, aid)  # nothing runs: no shard notices
     assert world.shards(aid)["knn:plan"].blob_sha256 is not None and len(world.ctx.blobs.keys()) == 2

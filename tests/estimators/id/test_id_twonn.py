@@ -210,3 +210,24 @@ def test_registered_estimator():
     assert rel(r.value, skdim.id.TwoNN(method="mle").fit(X).dimension_) <= REL
     assert r.details["decimation"][0]["n"] == 2000
     json.dumps(r.details, allow_nan=False)  # plain JSON types only
+
+
+@pytest.mark.parametrize("params", [{}, {"decimation_repeats": 3}, {"decimation": False}])
+def test_cost_counts_the_searches_it_makes(params, monkeypatch):
+    """The registry ``cost`` (the fan-out's dispatch order) is n²·d summed over the kNN searches twonn really
+    makes: the full one and, with decimation, one per subset of every level (counted here as they happen)."""
+    import estimators.id.twonn as twonn_module
+
+    searched = []
+    real = twonn_module.kneighbors
+
+    def counting(X, *args, **kw):
+        searched.append(tuple(X.shape))
+        return real(X, *args, **kw)
+
+    monkeypatch.setattr(twonn_module, "kneighbors", counting)
+    X = torch.rand(1000, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    twonn_id(X, **params)
+    est = registry.get("twonn")
+    assert searched[0] == (1000, 5) and (len(searched) == 1) == (params.get("decimation") is False)
+    assert est.cost(est.parse_params(params), 1000, 5) == sum(n * n * d for n, d in searched)
