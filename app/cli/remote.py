@@ -319,10 +319,14 @@ def report_for(api: APIClient, ident: str) -> dict[str, Any]:
 def upload_file(
     api: APIClient, path: Path, *, name: str | None, fields: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    data: dict[str, Any] = {"name": name or path.stem, **(fields or {})}
+    return _post_file(api, "/datasets", path, {"name": name or path.stem, **(fields or {})})
+
+
+def _post_file(api: APIClient, route: str, path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """A multipart upload of ``path`` with form fields ``data`` (long read timeout: the server parses it first)."""
     with path.open("rb") as fh:
         return api.post(
-            "/datasets",
+            route,
             data=data,
             files={"file": (path.name, fh, "application/octet-stream")},
             timeout=httpx.Timeout(60.0, read=600.0),
@@ -346,13 +350,7 @@ def upload_model_file(
         data["input_shape"] = input_shape
     if n_classes is not None:
         data["n_classes"] = str(n_classes)
-    with path.open("rb") as fh:
-        return api.post(
-            "/model-specs",
-            data=data,
-            files={"file": (path.name, fh, "application/octet-stream")},
-            timeout=httpx.Timeout(60.0, read=600.0),
-        ).json()
+    return _post_file(api, "/model-specs", path, data)
 
 
 def analyse_remote(

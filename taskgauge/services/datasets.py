@@ -36,6 +36,30 @@ def list_datasets(session: Session, owner_id: str, *, limit: int, offset: int) -
     )
 
 
+T = TypeVar("T")
+
+
+def stage_from_child(ctx: Context, run: Callable[..., T]) -> tuple[T, StagedBlob]:
+    """Run an ingest child that writes a blob's bytes into a fresh temp file of the blob store, and stage that
+    file: ``run(path, memory_bytes=…, timeout_s=…, nice=…)`` gets the path and the ingest child's limits from the
+    settings, and returns its summary. When the child fails (``IngestError``, a timeout, a crash), its temp file
+    is removed: nothing is left behind. Returns the summary and the staged blob (publish it with
+    :func:`published`, or discard it)."""
+    part = ctx.blobs.new_part()
+    try:
+        out = run(
+            part.path,
+            memory_bytes=ctx.settings.ingest_memory_bytes,
+            timeout_s=ctx.settings.INGEST_TIMEOUT_S,
+            nice=ctx.settings.INGEST_NICE,
+        )
+        return out, ctx.blobs.stage_file(part)
+    except BaseException:
+        part.path.unlink(missing_ok=True)
+        part.release()
+        raise
+
+
 def ingest_and_store(
     ctx: Context,
     owner_id: str,
@@ -52,22 +76,9 @@ def ingest_and_store(
     (:func:`store_staged`). This process holds only the summary, never the data. Raises ``IngestError``."""
     from taskgauge.datasets.ingest.isolated import ingest_isolated
 
-    part = ctx.blobs.new_part()
-    try:
-        summary = ingest_isolated(
-            upload_path,
-            filename,
-            options,
-            part.path,
-            memory_bytes=ctx.settings.ingest_memory_bytes,
-            timeout_s=ctx.settings.INGEST_TIMEOUT_S,
-            nice=ctx.settings.INGEST_NICE,
-        )
-        staged = ctx.blobs.stage_file(part)
-    except BaseException:
-        part.path.unlink(missing_ok=True)
-        part.release()
-        raise
+    summary, staged = stage_from_child(
+        ctx, lambda path, **limits: ingest_isolated(upload_path, filename, options, path, **limits)
+    )
     log.info(
         "ingested %s: shape %s %s, child peak RSS %.0f MB, nice %d",
         filename,

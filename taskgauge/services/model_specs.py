@@ -15,7 +15,7 @@ from taskgauge import db
 from taskgauge.context import Context
 from taskgauge.errors import InvalidInput
 from taskgauge.services import get_owned
-from taskgauge.services.datasets import gc_blob, publish_with_row
+from taskgauge.services.datasets import gc_blob, publish_with_row, stage_from_child
 from taskgauge.weights import BLOB_REF, HF_ZIP, SAFETENSORS, WeightsForm, hf_spec
 
 log = logging.getLogger("taskgauge.services")
@@ -82,22 +82,9 @@ def upload_weights(
     neither. Raises ``IngestError`` (422: pickles, mismatches, unknown architectures, zips over the limits)."""
     from taskgauge.datasets.ingest.isolated import inspect_weights_isolated
 
-    part = ctx.blobs.new_part()
-    try:
-        summary = inspect_weights_isolated(
-            upload_path,
-            filename,
-            form,
-            part.path,
-            memory_bytes=ctx.settings.ingest_memory_bytes,
-            timeout_s=ctx.settings.INGEST_TIMEOUT_S,
-            nice=ctx.settings.INGEST_NICE,
-        )
-        staged = ctx.blobs.stage_file(part)
-    except BaseException:
-        part.path.unlink(missing_ok=True)
-        part.release()
-        raise
+    summary, staged = stage_from_child(
+        ctx, lambda path, **limits: inspect_weights_isolated(upload_path, filename, form, path, **limits)
+    )
     fmt = summary["format"]
     meta = {"filename": filename[:300], **summary["meta"]}
     try:  # the options were checked in the child; the path names the blob, now that it is known
