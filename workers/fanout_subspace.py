@@ -87,7 +87,7 @@ def trial_queue(ctx: Context, analysis: db.Analysis) -> str:
 
 
 def round_width(ctx: Context, s: Any, queue: str) -> int:
-    """Trial groups per round: ``TASKGAUGE_FANOUT_TRIALS``, or the task slots of live workers on ``queue``."""
+    """Trial groups in flight at once: ``TASKGAUGE_FANOUT_TRIALS``, or the task slots of live workers on ``queue``."""
     if ctx.settings.FANOUT_TRIALS:
         return ctx.settings.FANOUT_TRIALS
     W = db.WorkerHeartbeat
