@@ -242,8 +242,8 @@ def sweep_path(
         else:
             if rec is None:
                 waiting = waiting or not speculating
-                if trial.key in pending or Trial(d).key in pending:
-                    pass  # in flight (or the d with its own range test, which may choose this lr): go on past it
+                if trial.key in pending:
+                    pass  # in flight: go on past it on a prediction
                 elif len(new) >= want and (new or speculating):
                     break
                 else:
