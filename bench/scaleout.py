@@ -9,8 +9,8 @@ Amdahl/list-scheduling model of 8 and 32 workers built from them.
     .venv/bin/python bench/scaleout.py --case knn [--knn-n 70000] [--rounds 3]
 
 ``--case subspace``: a subspace sweep on sklearn digits (1,797 × 64; MLP spec hidden [64], the README's example;
-default protocol, 3 seeds) fanned out by trials (workers/fanout_subspace.py: rounds of trial shards, look-ahead
-as wide as the live workers); writes bench/results_scaleout_subspace.md with the trial timings and a model of 8
+default protocol, 3 seeds) fanned out by trials (workers/fanout_subspace.py: each finished trial sends the next,
+look-ahead up to as many trials in flight as live workers); writes bench/results_scaleout_subspace.md with the trial timings and a model of 8
 and 32 workers replayed with the sweep's own planner. ``--spec`` / ``--params`` (JSON) shrink it for a smoke run.
 
 ``--case knn``: the split kNN (TASKGAUGE_KNN_SHARD_ROWS, workers/fanout_knn.py) of ``mle`` on Fashion-MNIST train +
@@ -242,10 +242,14 @@ def trial_rows(stack, analysis_id: str) -> list[dict]:
 
 
 def model_sweep(entry: dict, trials: list[dict], overhead_per_round: float, n_workers: int) -> tuple[float, int, int]:
-    """Replay the sweep's own planner with ``n_workers`` trials per round on the trials of a 1-worker run: a trial
-    the run did not have (a look-ahead trial) takes the median trial time and the curve's interpolated metric.
-    Returns (modelled seconds, rounds, trial groups run)."""
-    from estimators.subspace.trials import SweepConfig, Trial, decode, plan_round
+    """Replay the fan-out's dispatch on ``n_workers`` workers with the sweep's own planner on the trials of a 1-worker
+    run: whenever a trial finishes, the planner is asked again with the trials sent and not yet finished as
+    ``pending`` (workers/fanout_subspace.py), and free workers take the sent trials in order. A trial the run did
+    not have (a look-ahead trial) takes the median trial time and the curve's metric at the d below; each plan adds
+    ``overhead_per_round`` before its trials can start. Ends when the path is complete and the last trial sent
+    finished (the assembly waits for look-ahead trials still running). Returns (modelled seconds, plans that sent
+    trials, trial groups run)."""
+    from estimators.subspace.trials import SweepConfig, Trial, decode, plan_round, sweep_path
 
     p, det = entry["params"], entry["details"]
     config = SweepConfig(
@@ -268,17 +272,24 @@ def model_sweep(entry: dict, trials: list[dict], overhead_per_round: float, n_wo
         return {"trial": trial.key, "d": trial.d, "lr": -1.0, "lr_source": "model", "metric": below[-1][1]}, typical
 
     records: dict = {}
-    total, rounds, runs = 0.0, 0, 0
-    while trials_next := plan_round(config, records, width=n_workers):
-        rounds += 1
-        loads = [0.0] * n_workers
-        for t in trials_next:
-            rec, sec = known.get(t.key) or guess(t)
-            records[t.key] = rec
-            loads[loads.index(min(loads))] += sec
+    queue: list[tuple[float, Trial]] = []  # (ready at, trial): sent, waiting for a worker
+    running: dict[str, tuple[float, Trial]] = {}  # key → (finishes at, trial)
+    now, plans, runs = 0.0, 0, 0
+    while True:
+        pending = [t.key for _, t in queue] + list(running)
+        if not sweep_path(config, records, pending=pending).complete:
+            sent = plan_round(config, records, width=n_workers, pending=pending)
+            plans += bool(sent)
+            queue += [(now + overhead_per_round, t) for t in sent]
+        while queue and len(running) < n_workers:
+            ready, t = queue.pop(0)
+            running[t.key] = (max(now, ready) + (known.get(t.key) or guess(t))[1], t)
             runs += 1
-        total += max(loads) + overhead_per_round
-    return total, rounds, runs
+        if not running:
+            return now, plans, runs
+        key = min(running, key=lambda k: running[k][0])
+        now, t = running.pop(key)
+        records[key] = (known.get(key) or guess(t))[0]
 
 
 def write_subspace(args, rows: list[dict]) -> None:
@@ -308,9 +319,9 @@ def write_subspace(args, rows: list[dict]) -> None:
         f"{os.cpu_count()} cores; PostgreSQL + Redis, real `taskgauge worker` processes (concurrency 1, one thread "
         f"each), TASKGAUGE_FANOUT=true. sklearn digits 1,797 × 64, model spec `{json.dumps(args.spec)}`, params "
         f"`{json.dumps(args.params)}` (D = {det['D']:,}, {entry['params']['seeds']} seeds). Each trial shard trains "
-        "all seeds of one d (or the baseline) at once; a round holds as many trial groups as live workers "
-        "(TASKGAUGE_FANOUT_TRIALS = the number of workers; look-ahead along the predicted path, the result is read off "
-        "the sequential path only). Wall time from "
+        "all seeds of one d (or the baseline) at once; each finished trial sends the next ones, with at most as many "
+        "trial groups in flight as live workers (TASKGAUGE_FANOUT_TRIALS = the number of workers; look-ahead along the "
+        "predicted path, the result is read off the sequential path only). Wall time from "
         "POST /analyses to `succeeded`; rounds alternate the order.",
         "",
         "| round | workers | wall s | sweep rounds | trial groups run | load (1 min) |",
@@ -343,15 +354,15 @@ def write_subspace(args, rows: list[dict]) -> None:
         "",
         "## Model of more workers (from these timings)",
         "",
-        "The sweep is sequential at heart: each round waits for the last, and a bisection step needs the one "
-        "before it. Replayed with the planner itself at width n (look-ahead trials it did not run here take the "
-        f"median trial time); per round a serial part of {overhead:.1f} s ((1-worker wall {t1:.1f} s − trial work "
-        f"{work:.1f} s) / {n_rounds_1} rounds: planning and sending the round, a worker picking it up, each "
-        "shard's dataset load and preparation, and once the start and the report assembly). The serial parts that "
-        "remain at any n: the chain of bisection steps (one d per step) and that per-round overhead; the trials of "
-        "one d never split (its seeds train together).",
+        "The sweep is sequential at heart: a bisection step needs the one before it. Replayed with the planner "
+        "itself on n workers as the fan-out dispatches (each finished trial plans again with the trials in flight "
+        "pending; look-ahead trials it did not run here take the median trial time); per plan a serial part of "
+        f"{overhead:.1f} s ((1-worker wall {t1:.1f} s − trial work {work:.1f} s) / {n_rounds_1} rounds: planning and "
+        "sending, a worker picking it up, each shard's dataset load and preparation, and once the start and the "
+        "report assembly). The serial parts that remain at any n: the chain of bisection steps (one d per step) and "
+        "that per-plan overhead; the trials of one d never split (its seeds train together).",
         "",
-        "| workers | rounds | trial groups run | modelled wall s | speed-up |",
+        "| workers | plans | trial groups run | modelled wall s | speed-up |",
         "|---|---|---|---|---|",
         *[f"| {n} | {m[1]} | {m[2]} | {m[0]:.1f} | {model[1][0] / m[0]:.2f}× |" for n, m in model.items()],
     ]

@@ -9,14 +9,16 @@ cancellation and recovery sweep), so the result is the in-process estimator's, v
   its d at once (vmapped, as in process: splitting the seeds would change the arithmetic, and cost more).
 * **Rounds.** :func:`first_round` (called by :func:`workers.fanout.start`) plans the first round: the baseline
   beside the first d, plus look-ahead trials. A trial shard stores its record (small JSON) in its row's ``result``;
-  the shard that finds every ``sub:*`` row succeeded — under the analysis row's lock, in the transaction that marks
-  it done — asks the planner for the next round, inserts its rows and sends them after the commit; when the
-  planner says done it aggregates the records and writes the ``subspace`` result row in that same transaction,
-  and the normal assembly finishes the analysis.
-* **Width.** A round holds ``TASKGAUGE_FANOUT_TRIALS`` trial groups, by default as many as live workers consume the
-  trials' queue: the d the sequential sweep needs next, and trials it may need after it (predicted from the curve
-  so far). Look-ahead trials the sweep turns out not to need are not used; the report's ``environment.shards``
-  still lists them.
+  then every trial shard — under the analysis row's lock, in the transaction that marks it done — asks the planner
+  for the next round with the ``sub:*`` rows still queued or running as *pending*, inserts its rows and sends them
+  after the commit. So a freed worker gets the next trial at once instead of waiting for the slowest trial of its
+  round. When the
+  path is complete the shard aggregates the records and writes the ``subspace`` result row in that same
+  transaction; look-ahead trials still running finish unused, and the normal assembly follows the last of them.
+* **Width.** At most ``TASKGAUGE_FANOUT_TRIALS`` trial groups are in flight, by default as many as live workers
+  consume the trials' queue: the d the sequential sweep needs next (always sent), and trials it may need after it
+  (predicted from the curve so far). Look-ahead trials the sweep turns out not to need are not used; the report's
+  ``environment.shards`` still lists them.
 * **Queue.** ``gpu`` when a worker consumes it (:func:`workers.gpu.gpu_queue_consumed`) and the analysis may use a
   GPU (device ``auto`` or ``cuda``), else the analysis' queue. Stored per row, so the recovery sweep re-sends a
   dead trial to the same queue.
@@ -36,7 +38,7 @@ import torch
 from sqlalchemy import select, update
 
 from estimators.device import describe_device, resolve_device
-from estimators.subspace.trials import Problem, Trial, aggregate, decode, plan_round, prepare, run_trial
+from estimators.subspace.trials import Problem, Trial, aggregate, decode, plan_round, prepare, run_trial, sweep_path
 from taskgauge import db
 from taskgauge.context import Context
 from taskgauge.pipeline import Limits, PlannedEstimator, estimator_inputs, plan
@@ -85,7 +87,7 @@ def trial_queue(ctx: Context, analysis: db.Analysis) -> str:
 
 
 def round_width(ctx: Context, s: Any, queue: str) -> int:
-    """Trial groups per round: ``TASKGAUGE_FANOUT_TRIALS``, or the task slots of live workers on ``queue``."""
+    """Trial groups in flight at once: ``TASKGAUGE_FANOUT_TRIALS``, or the task slots of live workers on ``queue``."""
     if ctx.settings.FANOUT_TRIALS:
         return ctx.settings.FANOUT_TRIALS
     W = db.WorkerHeartbeat
@@ -116,7 +118,7 @@ def first_round(ctx: Context, analysis: db.Analysis) -> list[dict[str, Any]]:
 
 
 def execute_trial(analysis_id: str, key: str, ctx: Context) -> str:
-    """Claim and run one trial shard; the last of a round plans the next (or finishes the sweep)."""
+    """Claim and run one trial shard, then plan the trials to send next (or finish the sweep)."""
     token = fanout._claim(ctx, analysis_id, key)
     if token is None:
         return "skipped"
@@ -160,19 +162,23 @@ def execute_trial(analysis_id: str, key: str, ctx: Context) -> str:
 def _advance(
     ctx: Context, s: Any, analysis: db.Analysis, item: PlannedEstimator, problem: Problem
 ) -> dict[str, str | None]:
-    """Under the analysis row's lock, after this shard is marked done: when every trial of the sweep has
-    succeeded, insert and return the next round ({key: queue}), or aggregate and store the ``subspace`` result."""
+    """Under the analysis row's lock, after this shard is marked done: plan from the records so far, with the trials
+    still queued or running as pending (not planned again, their slots taken), and insert and return the trials
+    to send now ({key: queue}); once the sweep's path is complete, aggregate and store the ``subspace`` result
+    (look-ahead trials still running finish unused; the assembly follows the last of them)."""
     S = db.AnalysisShard
     rows = s.execute(
         select(S.key, S.status, S.result, S.queue, S.created_at).where(
             S.analysis_id == analysis.id, S.key.startswith(PREFIX)
         )
     ).all()
-    if any(r.status != db.SUCCEEDED for r in rows):
-        return {}  # the round is still running
-    records = {r.key.removeprefix(PREFIX): decode(r.result) for r in rows}
+    if any(r.status in (db.FAILED, db.CANCELLED) for r in rows):
+        return {}  # the analysis fails or is cancelled: no further round
+    records = {r.key.removeprefix(PREFIX): decode(r.result) for r in rows if r.status == db.SUCCEEDED}
+    pending = [r.key.removeprefix(PREFIX) for r in rows if r.status != db.SUCCEEDED]
     queue = rows[0].queue or trial_queue(ctx, analysis)
-    trials = plan_round(problem.config, records, width=round_width(ctx, s, queue))
+    path = sweep_path(problem.config, records, width=round_width(ctx, s, queue), pending=pending)
+    trials = path.round
     now = db.utcnow()
     if trials:
         dialect = s.get_bind().dialect.name
@@ -186,7 +192,7 @@ def _advance(
         ds = ", ".join("baseline" if t.d is None else f"d={t.d}" for t in trials)
         s.execute(update(db.Analysis).where(db.Analysis.id == analysis.id).values(stage=f"{ESTIMATOR}: trials {ds}"))
         return {row["key"]: queue for row in new}
-    if ESTIMATOR not in stored_results(s, analysis.id):
+    if path.complete and ESTIMATOR not in stored_results(s, analysis.id):
         started = min(r.created_at for r in rows)
         seconds = (now - started).total_seconds()
         result = aggregate(problem, records, total_s=seconds)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,7 +158,7 @@ class Step:
 class SweepPath:
     round: list[Trial] = field(default_factory=list)  # what to run next ([] and complete: the sweep is done)
     steps: list[Step] = field(default_factory=list)  # the sequential path so far, in evaluation order
-    complete: bool = False  # the baseline and the whole path have records
+    complete: bool = False  # the baseline and the whole path have records (none of it is only pending)
     crossing: Crossing | None = None  # of the path's curve, when complete
 
 
@@ -194,18 +194,31 @@ def _lookup(records: Mapping[str, Mapping[str, Any]], trial: Trial) -> Mapping[s
     return rec
 
 
-def sweep_path(config: SweepConfig, records: Mapping[str, Mapping[str, Any]], *, width: int = 1) -> SweepPath:
+def sweep_path(
+    config: SweepConfig,
+    records: Mapping[str, Mapping[str, Any]],
+    *,
+    width: int = 1,
+    pending: Collection[str] = (),
+) -> SweepPath:
     """Replay the sequential sweep against ``records`` (trial key → record): its path so far and the next round.
 
     ``width`` caps the subspace trials of a round (at least the one the sequential sweep needs next); more than
     one adds look-ahead trials along the predicted path (see the module docstring).
+
+    ``pending``: keys of trials already sent and not yet recorded (in flight). They are never planned again, the
+    replay goes on past them with a predicted outcome as past any missing trial, and they take their slots of
+    ``width`` (a round then holds at most ``width − len(pending)`` trials, and always the one the path needs next
+    when it is not in flight). With trials in flight an empty round no longer means the sweep is done: see
+    :attr:`SweepPath.complete`.
     """
     out = SweepPath()
     base = records.get(BASELINE)
-    if base is None:
+    waiting = base is None  # the path needs a trial that has no record yet
+    if base is None and BASELINE not in pending:
         out.round.append(Trial())
     level = config.level(base)
-    want = max(1, width - len(out.round)) if width > 1 else 1
+    want = 1 if width <= 1 and not pending else max(0, width - len(pending) - len(out.round))
     new: list[Trial] = []
     lr_of: dict[int, float | None] = {}  # d visited so far → its lr (None: not known yet)
     means: dict[int, float] = {}  # d visited so far → its mean (measured, or guessed once speculating)
@@ -228,9 +241,13 @@ def sweep_path(config: SweepConfig, records: Mapping[str, Mapping[str, Any]], *,
                 out.steps.append(Step(d, rec, label or str(rec["lr_source"])))
         else:
             if rec is None:
-                if len(new) >= want:
+                waiting = waiting or not speculating
+                if trial.key in pending:
+                    pass  # in flight: go on past it on a prediction
+                elif len(new) >= want and (new or speculating):
                     break
-                new.append(trial)
+                else:
+                    new.append(trial)  # the path's next trial is planned even when every slot is taken
             speculating = True
             mean = _mean(rec) if rec is not None else _predict(d, means)  # type: ignore[assignment]
         lr_of[d] = None if rec is None else float(rec["lr"])
@@ -242,15 +259,18 @@ def sweep_path(config: SweepConfig, records: Mapping[str, Mapping[str, Any]], *,
         except StopIteration:
             d = None
     out.round += new
-    out.complete = not out.round
+    out.complete = not out.round and not waiting
     if out.complete and level is not None:
         out.crossing = crossing({s.d: s.record["metric"] for s in out.steps}, level)
     return out
 
 
-def plan_round(config: SweepConfig, records: Mapping[str, Mapping[str, Any]], *, width: int = 1) -> list[Trial]:
-    """The next round's trials given the records so far; ``[]`` when the sweep is done. Pure."""
-    return sweep_path(config, records, width=width).round
+def plan_round(
+    config: SweepConfig, records: Mapping[str, Mapping[str, Any]], *, width: int = 1, pending: Collection[str] = ()
+) -> list[Trial]:
+    """The next round's trials given the records so far (and the trials in flight, see :func:`sweep_path`); ``[]``
+    when the sweep is done — or, with trials ``pending``, when nothing more is worth sending yet. Pure."""
+    return sweep_path(config, records, width=width, pending=pending).round
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -103,14 +103,15 @@ def test_the_sweep_runs_as_rounds_of_trial_shards_and_equals_the_in_process_esti
     assert set(shards) >= {"sub:baseline"} | {f"sub:{c['d']}" for c in ref["details"]["curve"]}
     assert all(k.startswith("sub:") for k in shards)  # no est:subspace: the sweep itself fanned out
     assert all(r.status == "succeeded" and r.result is not None and r.attempts == 1 for r in shards.values())
-    # rounds: the baseline beside the first d; two live workers → rounds of up to two trial groups (look-ahead)
+    # rounds: the baseline beside the first d; then each finished trial sends what the freed slot should run next
+    # (two live workers: never more than two trial groups sent at once)
     rounds: dict = {}
     for key, r in shards.items():
         rounds.setdefault(r.created_at, []).append(key)
     first = rounds[min(rounds)]
     assert set(first) == {"sub:baseline", "sub:4"}, rounds
     later = [keys for t, keys in rounds.items() if t != min(rounds)]
-    assert len(later) >= 2 and max(map(len, later)) == 2 and max(map(len, rounds.values())) == 2, rounds
+    assert len(later) >= 2 and max(map(len, rounds.values())) <= 2, rounds
     assert {s["key"] for s in report["environment"]["shards"]} == set(shards)
     assert len(_query(subfan, select(db.AnalysisResult).where(db.AnalysisResult.analysis_id == aid))) == 1
     assert len(_query(subfan, select(db.Report).where(db.Report.analysis_id == aid))) == 1

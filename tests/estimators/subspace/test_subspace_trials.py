@@ -125,6 +125,56 @@ def test_look_ahead_saves_rounds_on_a_smooth_curve():
     assert len(two) < len(seq) and sum(map(len, two)) >= sum(map(len, seq))
 
 
+def _drive_async(config, run, workers, durations):
+    """Event-driven dispatch on ``workers`` workers taking sent trials in order (a queue): whenever a trial
+    finishes, plan with the trials sent and not yet recorded ``pending``; stop when the path is complete (leftover
+    look-ahead trials are dropped). Returns the records, the keys in the order sent, and the finishing time."""
+    records, sent, queue, running, now = {}, [], [], {}, 0.0
+    while not sweep_path(config, records, pending=[*queue, *running]).complete:
+        for t in plan_round(config, records, width=workers, pending=[*queue, *running]):
+            assert t.key not in records and t.key not in sent, "a trial planned twice"
+            sent.append(t.key)
+            queue.append(t.key)
+        while queue and len(running) < workers:
+            key = queue.pop(0)
+            running[key] = now + durations(Trial.from_key(key))
+        assert running, "nothing running and nothing planned, yet the path is not complete"
+        key = min(running, key=running.get)
+        now = running.pop(key)
+        records[key] = run(Trial.from_key(key))
+    return records, sent, now
+
+
+@pytest.mark.parametrize("name", ["logistic", "step", "bumpy"])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("jitter", [0, 1, 2])
+def test_trials_in_flight_are_not_planned_again_and_the_path_is_the_sequential_one(name, workers, jitter):
+    curve = _curves()[name]
+    run = _fake(curve)
+    seq, _ = _drive(CONFIG, run, 1)
+    durations = lambda t: 1.0 + 0.37 * jitter * (((t.d or 3) * 7919) % 11) / 11  # noqa: E731 - uneven, fixed
+    records, sent, _ = _drive_async(CONFIG, run, workers, durations)
+    a, b = sweep_path(CONFIG, seq), sweep_path(CONFIG, records)
+    assert [(s.d, s.lr_source, s.record["lr"], s.record["metric"]) for s in a.steps] == [
+        (s.d, s.lr_source, s.record["lr"], s.record["metric"]) for s in b.steps
+    ]
+    assert a.crossing == b.crossing and len(sent) == len(set(sent))
+
+
+def test_a_round_leaves_the_slots_of_trials_in_flight_but_always_holds_the_trial_the_path_needs():
+    run = _fake(_curves()["logistic"])
+    records = {"baseline": run(Trial()), "4": run(Trial(4))}
+    assert [t.key for t in plan_round(CONFIG, records, width=3)] == ["8", "16", "32"]
+    # 8 and 16 in flight: one slot left, for the next trial past them on the predicted path
+    assert [t.key for t in plan_round(CONFIG, records, width=3, pending={"8", "16"})] == ["32"]
+    # every slot taken by look-ahead, but the path's next trial (8) is not in flight: it is planned anyway
+    assert [t.key for t in plan_round(CONFIG, records, width=2, pending={"16", "32"})] == ["8"]
+    # the path waits on a trial in flight: nothing to send, and the sweep is not done
+    path = sweep_path(CONFIG, records, width=1, pending={"8"})
+    assert path.round == [] and not path.complete
+    assert not sweep_path(CONFIG, {}, width=2, pending={"baseline", "4"}).complete
+
+
 def test_a_midpoint_reuses_its_neighbours_lr_and_a_look_ahead_record_stands_in_only_with_that_lr():
     config = SweepConfig(d_min=8, max_d=64, grid_factor=8, bisect_steps=1, threshold=0.9, seeds=1)
     run = _fake(lambda d: 1.0 if d >= 20 else 0.0, seeds=1)
