@@ -483,7 +483,8 @@ def write_knn(args, rows: list[dict]) -> None:
         "",
         "## Model of more workers (from these timings)",
         "",
-        f"Serial: the plan {plan_s:.1f} s (data load, duplicate check, projection, k-means), `est:mle` {est_s:.1f} s "
+        f"Serial: the plan {plan_s:.1f} s (data load, duplicate check, projection, k-means, the rows' first bounds, "
+        f"the rank), `est:mle` {est_s:.1f} s "
         f"(data load, duplicate check, merge of the parts, the estimator on the table), and {rest:.1f} s of "
         "dispatch, claims and the report's assembly (its dataset summary checks duplicates again). Parallel: the "
         f"parts, {part_work:.1f} s of work in all. With one part per worker:",
@@ -492,9 +493,9 @@ def write_knn(args, rows: list[dict]) -> None:
         "|---|---|---|",
         *[f"| {w} | {model(w):.1f} | {wall['unsplit'] / model(w):.2f}× |" for w in (1, 2, 4, 8, 32)],
         "",
-        "Optimistic beyond 2: each part also loads the data, checks duplicates and computes its projection and the "
-        "rows' first bounds, an O(rows) cost that more parts repeat rather than share, and the pair work of the "
-        "parts is only as even as the pruning lets it be.",
+        "Optimistic beyond 2: each part also loads the data, checks duplicates, projects every row at the plan's "
+        "rank and copies the data in group order, an O(rows) cost that more parts repeat rather than share, and "
+        "the pair work of the parts is only as even as the pruning lets it be.",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -640,9 +640,13 @@ def _orthonormal_projection(eng: _Engine, r: int, seed: int = 0) -> tuple[torch.
     _, V = np.linalg.eigh(G.cpu().numpy())
     top = torch.from_numpy(np.ascontiguousarray(V[:, ::-1][:, : min(r, m)])).to(eng.device)
     P = orthonormal(W.to(torch.float64) @ top)
-    gram_err = P.T @ P - torch.eye(P.shape[1], dtype=torch.float64, device=eng.device)
-    err = float((gram_err * gram_err).sum().sqrt())  # Frobenius norm
-    return P, err + 1e-14
+    return P, _gram_error(P)
+
+
+def _gram_error(P: torch.Tensor) -> float:
+    """``|PᵀP - I|_F`` of float64 directions ``P``, plus a little (the orthonormality the pruning bounds assume)."""
+    gram_err = P.T @ P - torch.eye(P.shape[1], dtype=torch.float64, device=P.device)
+    return float((gram_err * gram_err).sum().sqrt()) + 1e-14
 
 
 def _kmeans(z: torch.Tensor, m: int, iters: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -665,47 +669,36 @@ def _kmeans(z: torch.Tensor, m: int, iters: int = 6, seed: int = 0) -> tuple[tor
     return labels, cent
 
 
-def _centroids(z: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:
-    """Mean of each group's rows of ``z`` (an empty group's is 0); only the home clusters depend on it."""
-    sums = torch.zeros(m, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, labels, z)
-    counts = torch.bincount(labels, minlength=m).clamp_min(1).to(z.dtype)
-    return sums / counts.unsqueeze(1)
-
-
 @dataclass(frozen=True, eq=False)
 class _SymmetricPart:
-    """One part of a symmetric search split by :func:`kneighbors_part`: the plan's grouping and which part."""
+    """One part of a symmetric search split by :func:`kneighbors_part`: what the plan computed once (the grouping,
+    every row's first bound U, the projection's directions at the chosen rank, which part runs each cluster) and
+    which part this is."""
 
     labels: torch.Tensor
     clusters: int
+    bounds: torch.Tensor
+    basis: torch.Tensor
+    owner: torch.Tensor
     index: int
     count: int
 
 
-def _part_clusters(counts: list[int], index: int, count: int) -> tuple[int, int]:
-    """The clusters ``[lo, hi)`` of part ``index`` of ``count``: consecutive ranges of the permuted order holding
-    about equal shares of the pairs (a cluster at position s meets its rows × the n − s columns after s). Integer
-    arithmetic on the counts alone, so every part computes the same boundaries from the same plan."""
-    n = sum(counts)
-    work, pos = [], 0
+def _part_owners(counts: list[int], count: int) -> list[int]:
+    """Which of ``count`` parts runs each cluster: in the permuted order, each cluster goes to the part with the
+    fewest pairs so far (a cluster at position s meets its rows × the n − s columns after s). The parts thus take
+    interleaved clusters from the whole order, early (many columns) and late alike, so their shares of the work stay
+    even however the pruning's cost varies along the order (consecutive ranges of equal pairs did not: the early
+    clusters' blocks prune differently from the late ones'). Ties go to the lower part; integer arithmetic."""
+    n, pos = sum(counts), 0
+    load = [0] * count
+    owner = []
     for c in counts:
-        work.append(c * (n - pos))
+        p = min(range(count), key=load.__getitem__)
+        owner.append(p)
+        load[p] += c * (n - pos)
         pos += c
-    total = sum(work)
-
-    def bound(p: int) -> int:
-        if p <= 0:
-            return 0
-        if p >= count:
-            return len(counts)
-        acc = 0
-        for c, w in enumerate(work):
-            if acc * count >= total * p:
-                return c
-            acc += w
-        return len(counts)
-
-    return bound(index), bound(index + 1)
+    return owner
 
 
 def _home_need(k: int) -> int:
@@ -841,10 +834,13 @@ class _Prefixes:
     columns of an orthonormal P are orthonormal, with at most P's Gram error). The directions are found first
     (what :func:`_pilot` needs); :meth:`project` then maps every row."""
 
-    def __init__(self, eng: _Engine, ranks: tuple[int, ...], seed: int = 0):
+    def __init__(self, eng: _Engine, ranks: tuple[int, ...], seed: int = 0, basis: torch.Tensor | None = None):
         self.eng = eng
-        self.P, self.p_err = _orthonormal_projection(eng, max(ranks), seed)
-        release_freed_memory(eng.device)
+        if basis is None:
+            self.P, self.p_err = _orthonormal_projection(eng, max(ranks), seed)
+            release_freed_memory(eng.device)
+        else:  # directions found elsewhere (a part's plan): their Gram error measured here, not taken on trust
+            self.P, self.p_err = basis.to(eng.device, torch.float64), _gram_error(basis.to(eng.device, torch.float64))
         self.ranks = tuple(sorted({min(r, int(self.P.shape[1])) for r in ranks}))
         self.D, self.u, self.cdt, self.dev = eng.D, eng.u, eng.cdt, eng.device
         eng.clock.lap("pca")
@@ -1316,7 +1312,13 @@ def _pilot(eng: _Engine, pre: _Prefixes) -> dict[int, float]:
 
 
 def _pruned_symmetric(
-    eng: _Engine, out_d, out_i, progress, force: str | None = None, part: _SymmetricPart | None = None
+    eng: _Engine,
+    out_d,
+    out_i,
+    progress,
+    force: str | None = None,
+    part: _SymmetricPart | None = None,
+    plan: dict | None = None,
 ) -> None:
     """Step 2 for the full self-query, each unordered pair considered once, in coarse parallel tasks.
 
@@ -1336,11 +1338,14 @@ def _pruned_symmetric(
     (the GEMM on all its columns): the same candidates either way. :class:`_Chooser` picks, block by block, the form
     that costs less as measured on the blocks already done (``force``: always that form).
 
-    ``part`` (:func:`kneighbors_part`): the grouping comes from the plan instead of k-means, and only the blocks of
-    the part's clusters run. A pair {i, j} is met by the block holding the smaller of its two positions, so the
-    parts, each a range of clusters, meet every pair exactly once between them; the thresholds U are valid upper
-    bounds of the rows' k-th distances over all columns, hence over the columns a part meets, and each part keeps,
-    per row it touches, the exact k best among the pairs it met (fewer when it met fewer).
+    ``plan`` (a dict, :func:`plan_parts`): everything up to the blocks runs (projection, k-means, the first bounds U,
+    the rank), no block does; the grouping, U (by reference row), the directions at the chosen rank and the rank
+    are stored in ``plan``. ``part`` (:func:`kneighbors_part`): those come from the plan instead (no principal
+    directions, k-means, home clusters or rank choice of its own), and only the blocks of the part's clusters run.
+    A pair {i, j} is met by the block holding the smaller of its two positions, so the parts, each a set of
+    clusters, meet every pair exactly once between them; the thresholds U are valid upper bounds of the rows' k-th
+    distances over all columns, hence over the columns a part meets, and each part keeps, per row it touches, the
+    exact k best among the pairs it met (fewer when it met fewer).
     """
     n, k, dev, stats = eng.n, eng.k, eng.device, eng.stats
     # exact distances inside the block loop with the native kernel (CPU), blocks in parallel; otherwise (CUDA, no
@@ -1351,9 +1356,11 @@ def _pruned_symmetric(
     stats["threads"] = threads
     ranks = tuple(sorted({min(r, eng.D) for r in _RANKS}))
     pre = None
-    if force != "brute" or part is not None:  # a part runs only its plan's blocks, whatever form each takes
+    if part is not None:  # the plan's directions at its chosen rank
+        pre = _Prefixes(eng, (int(part.basis.shape[1]),), basis=part.basis)
+    elif force != "brute" or plan is not None:
         pre = _Prefixes(eng, ranks)
-        if force is None and part is None:  # a part's plan already chose the clustered search
+        if force is None and plan is None:  # a plan makes the clustered search
             kept = _pilot(eng, pre)
             stats["pilot_kept"] = kept
             if min(kept.values()) > _PILOT_BRUTE:
@@ -1369,9 +1376,10 @@ def _pruned_symmetric(
     if part is None:
         m = max(1, round(n / _CLUSTER_SIZE))
         labels, cent = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m)
-    else:  # the plan's grouping; centroids (for the home clusters only) from this call's own embedding
-        m, labels = part.clusters, part.labels.to(dev, torch.long)
-        cent = _centroids(pre.at(r0)[:, : r0 + 1].to(torch.float32), labels, m)
+        if plan is not None:
+            plan.update(labels=labels.cpu(), clusters=m)
+    else:  # the plan's grouping (no home clusters: the plan's U)
+        m, labels, cent = part.clusters, part.labels.to(dev, torch.long), None
     release_freed_memory(dev)
     eng.clock.lap("kmeans")
     counts = torch.bincount(labels, minlength=m)
@@ -1379,8 +1387,7 @@ def _pruned_symmetric(
     starts = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.cumsum(counts, 0)]).tolist()
     norm_p, n2_p = eng.norm.index_select(0, perm), eng.n2c.index_select(0, perm)
     cn_p = eng.cnorm.index_select(0, perm)
-    home_need = _home_need(k)
-    homes = _home_clusters(cent, counts.tolist(), home_need)
+    homes = None if part is not None else _home_clusters(cent, counts.tolist(), _home_need(k))
     del labels, cent
     # the GEMM frame in permuted order: a block's rows and a brute-force block's columns are contiguous slices. A
     # centred copy is replaced by its permuted form (no extra memory); float32 input gets a permuted copy.
@@ -1396,15 +1403,21 @@ def _pruned_symmetric(
             units.append((c, s, min(starts[c + 1], s + rows_max)))
     mine = units  # the blocks this call runs (every U is needed: any row at a position >= s may be a column)
     if part is not None:
-        c_lo, c_hi = _part_clusters(counts.tolist(), part.index, part.count)
-        mine = [u for u in units if c_lo <= u[0] < c_hi]
-        stats["part"] = {"index": part.index, "count": part.count, "clusters": [c_lo, c_hi]}
+        owner = part.owner.tolist()
+        mine = [u for u in units if owner[u[0]] == part.index]
+        pairs = sum((e - s) * (n - s) for _, s, e in mine)
+        stats["part"] = {
+            "index": part.index,
+            "count": part.count,
+            "clusters": sum(o == part.index for o in owner),
+            "pair_share": round(pairs / max(1, n * (n - 1) // 2 + n), 4),
+        }
     widest = min(rows_max, max((e - s for _, s, e in mine), default=1))
     if dev.type == "cpu":
         proj_cols = max(256, min(proj_cols, _PROJ_PIECE // widest))
 
     with _Workers(threads, eng, n, k, out_d, out_i, perm) as pool:
-        # U for every row from its home clusters (own first, then the nearest centroids)
+        # U for every row from its home clusters (own first, then the nearest centroids); a part has the plan's
         U = torch.empty(n, dtype=torch.float64, device=dev)
 
         def home(w, unit) -> None:
@@ -1415,7 +1428,10 @@ def _pruned_symmetric(
             kth = torch.topk(sh, k, dim=1, largest=False, sorted=False).values.amax(1).to(torch.float64)
             U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
 
-        pool.run(iter(units), home)
+        if part is None:
+            pool.run(iter(units), home)
+        else:
+            U = part.bounds.to(dev, torch.float64).index_select(0, perm)
         eng.clock.lap("home")
 
         def projected(w, zp, thrz, s, e) -> torch.Tensor:
@@ -1465,6 +1481,12 @@ def _pruned_symmetric(
         rank = min(costs, key=costs.get) if costs else pre.ranks[-1]
         stats["rank"] = rank
         stats["rank_costs"] = {r: round(c, 4) for r, c in costs.items()}
+        if plan is not None:  # what the parts need; no block runs here
+            by_row = torch.empty_like(U)
+            by_row[perm] = U
+            plan.update(bounds=by_row.cpu(), basis=pre.P[:, :rank].contiguous().cpu(), counts=counts.tolist())
+            eng.clock.lap("rank")
+            return
         eng.bounds.E_proj, eng.bounds.kappa_proj = pre.constants(rank)
         z_p = pre.at(rank, perm)
         del pre
@@ -1810,16 +1832,22 @@ class KNNPlan:
     (:func:`plan_parts`).
 
     ``labels`` (int64, one per row) and ``clusters``: the k-means grouping of the pruned symmetric search (large
-    inputs); part p runs the blocks of a range of groups (equal shares of the pairs), each block against the
-    columns after it, so that the parts meet every unordered pair once between them. ``labels`` None: the search
-    is the brute force (small or low-dimensional inputs, where every pair is computed from both sides anyway),
-    and part p is the block of consecutive query rows ``[p·n // parts, (p + 1)·n // parts)`` against all rows.
-    Every part must use the same plan (a worker stores it once: :meth:`arrays`)."""
+    inputs), with what the search computes once before its blocks: ``bounds`` (float64, one per row: its first
+    upper bound U of the k-th neighbour distance, from its home clusters) and ``basis`` (float64, D × rank: the
+    principal directions at the rank the search chose). ``owner`` (one per cluster): the part that runs the
+    cluster's blocks, each block against the columns after it, so that the parts meet every unordered pair once
+    between them; interleaved clusters with about equal shares of the pairs (:func:`_part_owners`). ``labels``
+    None: the search is the brute force (small or low-dimensional inputs, where every pair is computed from both
+    sides anyway), and part p is the block of consecutive query rows ``[p·n // parts, (p + 1)·n // parts)`` against
+    all rows. Every part must use the same plan (a worker stores it once: :meth:`arrays`)."""
 
     n: int
     parts: int
     labels: torch.Tensor | None = None
     clusters: int = 0
+    bounds: torch.Tensor | None = None
+    basis: torch.Tensor | None = None
+    owner: torch.Tensor | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The plan as plain arrays (for ``numpy.savez``; never pickled)."""
@@ -1827,6 +1855,9 @@ class KNNPlan:
         if self.labels is not None:
             out["labels"] = self.labels.cpu().numpy().astype(np.int32 if self.clusters < 2**31 else np.int64)
             out["clusters"] = np.asarray(self.clusters, np.int64)
+            out["bounds"] = self.bounds.cpu().numpy().astype(np.float64)
+            out["basis"] = self.basis.cpu().numpy().astype(np.float64)
+            out["owner"] = self.owner.cpu().numpy().astype(np.int32)
         return out
 
     @classmethod
@@ -1837,11 +1868,31 @@ class KNNPlan:
             raise ValueError(f"not a kNN plan: n={n}, parts={parts}")
         if "labels" not in arrays:
             return cls(n=n, parts=parts)
+        if any(name not in arrays for name in ("bounds", "basis", "owner")):
+            raise ValueError("not a kNN plan: a grouping without its bounds, basis and owners")
         labels = torch.from_numpy(np.asarray(arrays["labels"]).astype(np.int64))
         clusters = int(arrays["clusters"])
         if labels.shape != (n,) or clusters < 1 or int(labels.min()) < 0 or int(labels.max()) >= clusters:
             raise ValueError(f"not a kNN plan: labels of shape {tuple(labels.shape)} for n={n}, {clusters} clusters")
-        return cls(n=n, parts=parts, labels=labels, clusters=clusters)
+        bounds = np.asarray(arrays["bounds"])
+        basis = np.asarray(arrays["basis"])
+        owner = np.asarray(arrays["owner"])
+        # bounds >= 0 also refuses NaN (+inf is a valid bound: no pruning for that row)
+        if bounds.shape != (n,) or bounds.dtype != np.float64 or not bool((bounds >= 0).all()):
+            raise ValueError(f"not a kNN plan: bounds of shape {bounds.shape} ({bounds.dtype}) for n={n}")
+        if basis.ndim != 2 or basis.dtype != np.float64 or min(basis.shape) < 1 or not np.isfinite(basis).all():
+            raise ValueError(f"not a kNN plan: a basis of shape {basis.shape} ({basis.dtype})")
+        if owner.shape != (clusters,) or owner.dtype.kind != "i" or int(owner.min()) < 0 or int(owner.max()) >= parts:
+            raise ValueError(f"not a kNN plan: owners of shape {owner.shape} for {clusters} clusters, {parts} parts")
+        return cls(
+            n=n,
+            parts=parts,
+            labels=labels,
+            clusters=clusters,
+            bounds=torch.from_numpy(bounds),
+            basis=torch.from_numpy(basis),
+            owner=torch.from_numpy(owner.astype(np.int64)),
+        )
 
 
 @dataclass
@@ -1907,9 +1958,11 @@ def plan_parts(
     """The plan that splits ``kneighbors(reference, k)`` (the full self-query) into ``parts`` parts that can run
     on different machines (:func:`kneighbors_part`), merged exactly by :func:`merge_parts`.
 
-    For inputs the full self-query would search with the pruned symmetric search, this is its k-means grouping
-    (the projection and k-means of step 2, once, so that every part uses the same one); otherwise a plan of row
-    blocks (nothing to compute). The answer never depends on the grouping, only how fast the parts run.
+    For inputs the full self-query would search with the pruned symmetric search, this is what that search
+    computes before its blocks (:func:`_pruned_symmetric`: the projection, k-means, every row's first bound U from
+    its home clusters, the rank), once, so that every part uses the same and none repeats it, and which part runs
+    which clusters; otherwise a plan of row blocks (nothing to compute). The answer never depends on the plan, only
+    how fast the parts run.
 
     >>> X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
     >>> plan = plan_parts(X, 2, 2)
@@ -1923,17 +1976,30 @@ def plan_parts(
     n, D = reference.shape
     if not (n * n >= _PRUNE_MIN_PAIRS and n >= _PRUNE_MIN_REF and D >= _PRUNE_MIN_DIM):
         return KNNPlan(n=n, parts=int(parts))
-    stats: dict = {}
-    eng = _Engine(reference.to(dev), k, dev, int(memory_budget_mb) * 2**20, stats, defer_frame=True)
-    ranks = tuple(sorted({min(r, eng.D) for r in _RANKS}))
-    pre = _Prefixes(eng, (min(ranks, key=lambda r: abs(r - _KMEANS_RANK)),))
-    pre.project()
-    r0 = pre.ranks[0]
-    m = max(1, round(n / _CLUSTER_SIZE))
-    labels, _ = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m)
-    del pre, eng
+    out: dict = {}
+    threads = torch.get_num_threads()
+    single = dev.type == "cpu" and threads > 1  # as kneighbors' symmetric search: one thread per worker
+    if single:
+        torch.set_num_threads(1)
+    try:
+        eng = _Engine(reference.to(dev), k, dev, int(memory_budget_mb) * 2**20, {}, defer_frame=True)
+        eng.threads = threads
+        scratch = (torch.empty((n, k), dtype=torch.float64, device=dev), torch.empty((n, k), dtype=_id_dtype(n)))
+        _pruned_symmetric(eng, *scratch, no_progress, plan=out)
+        del eng, scratch
+    finally:
+        if single:
+            torch.set_num_threads(threads)
     release_freed_memory(dev)
-    return KNNPlan(n=n, parts=int(parts), labels=labels.cpu(), clusters=m)
+    return KNNPlan(
+        n=n,
+        parts=int(parts),
+        labels=out["labels"],
+        clusters=out["clusters"],
+        bounds=out["bounds"],
+        basis=out["basis"],
+        owner=torch.tensor(_part_owners(out["counts"], int(parts)), dtype=torch.long),
+    )
 
 
 def kneighbors_part(
@@ -1958,6 +2024,10 @@ def kneighbors_part(
     n = reference.shape[0]
     if plan.n != n:
         raise EstimatorError(f"kneighbors_part: the plan is for {plan.n} rows, the reference has {n}")
+    if plan.basis is not None and plan.basis.shape[0] != reference.shape[1]:
+        raise EstimatorError(
+            f"kneighbors_part: the plan is for {plan.basis.shape[0]} features, the reference has {reference.shape[1]}"
+        )
     if isinstance(part, bool) or not isinstance(part, (int, np.integer)) or not 0 <= part < plan.parts:
         raise EstimatorError(f"kneighbors_part: part must be an integer in [0, {plan.parts - 1}], got {part!r}")
     if plan.labels is None:
@@ -1988,14 +2058,21 @@ def kneighbors_part(
         eng.threads = threads
         stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
         stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
-        labels = plan.labels if plan.labels is not None else torch.zeros(0)
         _pruned_symmetric(
             eng,
             out_d,
             out_i,
             progress,
             force=None if method == "auto" else method,
-            part=_SymmetricPart(labels=labels, clusters=plan.clusters, index=int(part), count=plan.parts),
+            part=_SymmetricPart(
+                labels=plan.labels,
+                clusters=plan.clusters,
+                bounds=plan.bounds,
+                basis=plan.basis,
+                owner=plan.owner,
+                index=int(part),
+                count=plan.parts,
+            ),
         )
         stats["candidates_mean"] = round(eng.examined / n, 3)
         del eng

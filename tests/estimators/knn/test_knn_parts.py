@@ -60,13 +60,29 @@ def test_symmetric_parts_merge_to_the_one_call_answer_bit_for_bit(small_threshol
     plan, pieces = split(X, 12, parts)
     assert plan.labels is not None and plan.clusters == round(1500 / 32)
     assert all(p.stats["method"] == "pruned-symmetric-part" for p in pieces)
-    # the parts are ranges of clusters that cover them all, in order
-    bounds = [p.stats["part"]["clusters"] for p in pieces]
-    assert bounds[0][0] == 0 and bounds[-1][1] == plan.clusters
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    # every cluster is run by one part; the parts run at the plan's rank, with the plan's bounds
+    assert sum(p.stats["part"]["clusters"] for p in pieces) == plan.clusters
+    assert all(p.stats["rank"] == plan.basis.shape[1] for p in pieces)
+    assert plan.bounds.shape == (1500,) and bool(torch.isfinite(plan.bounds).all())
     merged = merge_parts(pieces, 1500, 12)
     same(merged, kneighbors(X, 12))
     check(merged, *brute(X.numpy(), 12))
+
+
+def test_plan_shares_the_pairs_evenly_between_interleaved_parts(small_thresholds):
+    """Recounted here from the plan's grouping: a cluster at position s (clusters in label order) meets its rows ×
+    the n − s columns from s on; each part's total stays within one cluster's pairs of every other's, and the parts
+    alternate along the order (not one range each)."""
+    X = torch.from_numpy(clustered(1500, 48, 5, seed=4))
+    for parts in (2, 3):
+        plan = plan_parts(X, 12, parts)
+        counts = np.bincount(plan.labels.numpy(), minlength=plan.clusters)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        pairs = counts * (1500 - starts)
+        owner = plan.owner.numpy()
+        load = np.array([pairs[owner == p].sum() for p in range(parts)])
+        assert load.sum() == pairs.sum() and load.max() - load.min() <= pairs.max()
+        assert len(set(owner[: 2 * parts].tolist())) == parts
 
 
 def test_parts_with_the_torch_exact_kernel_and_forced_forms_are_exact(small_thresholds, monkeypatch):
@@ -164,8 +180,21 @@ def test_plan_and_part_round_trip_through_plain_arrays(small_thresholds, tmp_pat
     with np.load(tmp_path / "part.npz", allow_pickle=False) as z:
         back = KNNPart.from_arrays(dict(z))
     assert torch.equal(back.rows, piece.rows) and torch.equal(back.distances, piece.distances)
-    with pytest.raises(ValueError, match="not a kNN plan"):
-        KNNPlan.from_arrays({**plan.arrays(), "clusters": np.asarray(1)})
+    assert torch.equal(again.bounds, plan.bounds) and torch.equal(again.basis, plan.basis)
+    assert torch.equal(again.owner, plan.owner)
+    arrays = plan.arrays()
+    bad_bounds = arrays["bounds"].copy()
+    bad_bounds[3] = np.nan
+    for bad in (
+        {"clusters": np.asarray(1)},
+        {"bounds": bad_bounds},
+        {"owner": np.full_like(arrays["owner"], 2)},
+        {"basis": arrays["basis"][0]},
+    ):
+        with pytest.raises(ValueError, match="not a kNN plan"):
+            KNNPlan.from_arrays({**arrays, **bad})
+    with pytest.raises(ValueError, match="without its bounds"):
+        KNNPlan.from_arrays({name: v for name, v in arrays.items() if name != "bounds"})
     with pytest.raises(ValueError, match="not a kNN part"):
         KNNPart.from_arrays({**piece.arrays(), "distances": piece.distances.numpy().astype(np.float32)})
 
@@ -181,6 +210,8 @@ def test_bad_arguments_are_explained(small_thresholds):
         kneighbors_part(X, 3, plan, 2)
     with pytest.raises(EstimatorError, match="the plan is for 300 rows, the reference has 299"):
         kneighbors_part(X[:299], 3, plan, 0)
+    with pytest.raises(EstimatorError, match="the plan is for 16 features, the reference has 15"):
+        kneighbors_part(X[:, :15], 3, plan, 0)
 
 
 # ------------------------------------------------------------------------------------------- known neighbours
