@@ -43,8 +43,9 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    (``torch.get_num_threads()`` of them, each running torch with one intra-op thread: no barrier per small piece,
    so a process competing for a core slows one worker instead of every step); each block runs pruned or by brute
    force (the GEMM on all its columns), whichever the costs measured on the blocks already done say is cheaper
-   (:class:`_Chooser`); the projection rank is chosen among 16/32/64/128 by timing the projected test and pricing
-   its survivors on sample blocks; each block's GEMM products go through a fused top-k scan (``tg_block_scan``):
+   (:class:`_Chooser`, with a margin that must hold on several consecutive blocks); the projection rank is chosen
+   among 16/32/64/128 from the columns the projected test keeps on sample blocks, counted and priced in
+   multiply-adds (``_PROJ_ENTRY``: the choice depends on the data, not on the machine's load); each block's GEMM products go through a fused top-k scan (``tg_block_scan``):
    certified values, both directions' threshold tests, and each row's k + ``_KEEP`` smallest offers kept with
    their partners, its threshold tightening as they improve. At the end those lists give each row's final
    threshold and its candidates (about k), whose float64 distances are computed (:meth:`_Workers._finish`).
@@ -109,8 +110,10 @@ _RANK_MAX = 64
 #: the symmetric search's candidate projection ranks (capped at D), one chosen by measurement on sample blocks
 _RANKS = (16, 32, 64, 128)
 _RANK_SAMPLES = 4
-#: the rank whose embedding k-means groups (the grouping only affects the speed)
+#: the rank whose embedding k-means groups (the grouping only affects the speed), and the rows per cluster of the
+#: sample its iterations run on (the symmetric search)
 _KMEANS_RANK = 32
+_KMEANS_SAMPLE = 24
 #: most reference columns per certified-distance GEMM (bounds the gathered block)
 _COLS_MAX = 512
 #: columns per piece of the projected test (its block of products stays cache-sized)
@@ -134,6 +137,15 @@ _BRUTE_ROWS = 256
 _PROBE_EVERY = 16
 #: weight kept by the past at each block in the running cost comparison of pruned and brute-force blocks
 _DECAY = 0.9
+#: the comparison changes the form only when one form's cost exceeds the other's by this factor, in the running sums
+#: and in the block itself, on this many consecutive reports (one block slowed by another process, which stays in
+#: the running sums for a while, or the first few blocks, cannot flip it)
+_SWITCH_MARGIN = 1.1
+_SWITCH_STREAK = 4
+#: the projection rank's cost model (:func:`_pruned_symmetric`), in multiply-adds: one entry of the projected test
+#: costs its r + 3 products plus this much (writing and twice scanning the block of products; measured on the CPU:
+#: ~7.3 ns per entry at r = 64, ~11.5 ns at r = 128), one surviving pair its D products of the GEMM
+_PROJ_ENTRY = 44
 #: ``kneighbors(method=...)``: "auto" chooses per block from measured costs; "pruned"/"brute" force one form (the
 #: answer is the same; for tests and benchmarks)
 _METHODS = ("auto", "pruned", "brute")
@@ -649,24 +661,35 @@ def _gram_error(P: torch.Tensor) -> float:
     return float((gram_err * gram_err).sum().sqrt()) + 1e-14
 
 
-def _kmeans(z: torch.Tensor, m: int, iters: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means (labels, centroids); only the grouping quality depends on it, never the answer."""
+def _kmeans(
+    z: torch.Tensor, m: int, iters: int = 6, seed: int = 0, sample: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means (labels, centroids); only the grouping quality depends on it, never the answer.
+
+    With ``sample`` (rows per cluster), the Lloyd iterations run on ``sample·m`` random rows and one assignment
+    pass then labels every row (the passes over all rows were most of the cost; the centroids of a few dozen
+    rows each group as well)."""
     n = z.shape[0]
     g = torch.Generator(device="cpu").manual_seed(seed)
-    cent = z[torch.randperm(n, generator=g)[:m].to(z.device)].clone()
-    labels = torch.zeros(n, dtype=torch.long, device=z.device)
+    order = torch.randperm(n, generator=g).to(z.device)
+    cent = z[order[:m]].clone()
+    zs = z if sample is None or sample * m >= n else z.index_select(0, order[: sample * m])
     step = max(1, (1 << 19) // max(m, 1))  # 2 MB of float32 distances per chunk
-    for it in range(iters + 1):
+
+    def assign(x: torch.Tensor) -> torch.Tensor:
         c2 = (cent * cent).sum(1)
-        for s in range(0, n, step):
-            labels[s : s + step] = torch.addmm(c2.unsqueeze(0), z[s : s + step], cent.T, alpha=-2).argmin(1)
-        if it == iters:
-            break
+        labels = torch.empty(x.shape[0], dtype=torch.long, device=z.device)
+        for s in range(0, x.shape[0], step):
+            labels[s : s + step] = torch.addmm(c2.unsqueeze(0), x[s : s + step], cent.T, alpha=-2).argmin(1)
+        return labels
+
+    for _ in range(iters):
+        labels = assign(zs)
         counts = torch.bincount(labels, minlength=m).to(z.dtype)
-        sums = torch.zeros_like(cent).index_add_(0, labels, z)
+        sums = torch.zeros_like(cent).index_add_(0, labels, zs)
         keep = counts > 0
         cent[keep] = sums[keep] / counts[keep].unsqueeze(1)
-    return labels, cent
+    return assign(z), cent
 
 
 @dataclass(frozen=True, eq=False)
@@ -1175,9 +1198,10 @@ class _Chooser:
     same block by brute force would cost its GEMM on *all* its columns (at the GEMM rate measured on the blocks
     so far, per (row, column) pair) plus the same candidate pass. Both are measured at the same moment on the same
     machine, so their ratio does not depend on the load. Recent blocks weigh more (decay ``_DECAY`` per block);
-    once the pruned blocks cost more than their brute-force estimate, blocks run by brute force (several small
-    consecutive clusters together, up to ``_BRUTE_ROWS`` rows), and every ``_PROBE_EVERY``-th task still runs
-    pruned, so the choice can go back when pruning starts to pay again (denser regions of the data)."""
+    once the pruned blocks cost more than their brute-force estimate (by ``_SWITCH_MARGIN``, on ``_SWITCH_STREAK``
+    consecutive reports), blocks run by brute force (several small consecutive clusters together, up to
+    ``_BRUTE_ROWS`` rows), and every ``_PROBE_EVERY``-th task still runs pruned, so the choice can go back (by the
+    same margin and streak) when pruning starts to pay again (denser regions of the data)."""
 
     def __init__(self, units, n: int, force: str | None):
         self.units, self.n, self.force = units, n, force
@@ -1193,6 +1217,7 @@ class _Chooser:
         self.seen = self.survivors = 0
         self.counts = {"pruned": 0, "brute": 0}
         self.switches: list[int] = []
+        self.streak = 0  # consecutive reports whose comparison favours the other form by the margin
 
     def __iter__(self):
         return self
@@ -1227,13 +1252,19 @@ class _Chooser:
                 self.g_p = self.g_p * _DECAY + rows * ncols
             if mode != "pruned" or not self.g_p:
                 return
+            est = self.g_s / self.g_p * rows * cols_all + t_kernel
             self.pr_s = self.pr_s * _DECAY + t_total
-            self.br_s = self.br_s * _DECAY + self.g_s / self.g_p * rows * cols_all + t_kernel
-            if self.force is None:
-                new = "brute" if self.pr_s > self.br_s else "pruned"
-                if new != self.mode:
+            self.br_s = self.br_s * _DECAY + est
+            if self.force is None:  # the running sums and this block alike (one slow block weighs in the sums)
+                if self.mode == "pruned":
+                    other = self.pr_s > _SWITCH_MARGIN * self.br_s and t_total > _SWITCH_MARGIN * est
+                else:
+                    other = self.br_s > _SWITCH_MARGIN * self.pr_s and est > _SWITCH_MARGIN * t_total
+                self.streak = self.streak + 1 if other else 0
+                if self.streak >= _SWITCH_STREAK:
                     self.switches.append(self.pos)
-                    self.mode = new
+                    self.mode = "brute" if self.mode == "pruned" else "pruned"
+                    self.streak = 0
 
     def summary(self) -> dict:
         pairs = sum((e - s) * (self.n - s) for _, s, e in self.units)
@@ -1375,7 +1406,7 @@ def _pruned_symmetric(
     r0 = min(pre.ranks, key=lambda r: abs(r - _KMEANS_RANK))
     if part is None:
         m = max(1, round(n / _CLUSTER_SIZE))
-        labels, cent = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m)
+        labels, cent = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m, sample=_KMEANS_SAMPLE)
         if plan is not None:
             plan.update(labels=labels.cpu(), clusters=m)
     else:  # the plan's grouping (no home clusters: the plan's U)
@@ -1451,9 +1482,10 @@ def _pruned_symmetric(
                 keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
             return torch.nonzero(keep).flatten() + s
 
-        # the projection rank, from the data: on a few sample blocks, the projected test at each candidate rank
-        # (timed) plus the GEMM its survivors would need (at the GEMM rate measured on the same blocks); the
-        # rank of least total cost wins (more directions prune more columns, but cost more per column)
+        # the projection rank, from the data: on a few sample blocks, the columns the projected test keeps at each
+        # candidate rank, counted; the cost model (_PROJ_ENTRY) prices the test's entries and the GEMM on the
+        # survivors in multiply-adds, and the rank of least total cost wins (more directions prune more columns, but
+        # cost more per column). Counts, not timings: the choice depends on the data only, not on the machine's load.
         w0 = pool.workers[0]
         big = [u for u in mine if u[2] - u[1] >= 8] or mine
         sample = (
@@ -1461,26 +1493,19 @@ def _pruned_symmetric(
             if len(pre.ranks) > 1
             else []
         )
-        rate_s = rate_p = 0.0
-        for _, s, e in sample:
-            c1 = min(n, s + 2048)
-            t = time.perf_counter()
-            w0.products(x_p[s:e], x_p[s:c1])
-            rate_s += time.perf_counter() - t
-            rate_p += (e - s) * (c1 - s)
+        tested = sum((e - s) * (n - s) for _, s, e in sample)
         costs = {}
         for r in pre.ranks if sample else ():
             zr = pre.at(r, perm)
             E_r, kappa_r = pre.constants(r)
             b = _Bounds(E=eng.bounds.E, E_proj=E_r, eta=eng.bounds.eta, kappa_proj=kappa_r)
             thrz_r = _up(b.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
-            t = time.perf_counter()
             surv = sum((e - s) * projected(w0, zr, thrz_r, s, e).numel() for _, s, e in sample)
-            costs[r] = time.perf_counter() - t + surv * rate_s / max(rate_p, 1)
+            costs[r] = (tested * (r + 3 + _PROJ_ENTRY) + surv * eng.D) / max(1, tested)
             del zr
         rank = min(costs, key=costs.get) if costs else pre.ranks[-1]
         stats["rank"] = rank
-        stats["rank_costs"] = {r: round(c, 4) for r, c in costs.items()}
+        stats["rank_costs"] = {r: round(c, 2) for r, c in costs.items()}
         if plan is not None:  # what the parts need; no block runs here
             by_row = torch.empty_like(U)
             by_row[perm] = U

@@ -334,6 +334,40 @@ def test_symmetric_blocks_by_brute_force_or_mixed_give_the_exact_answer(
     check(res, *brute(X.numpy(), 11))
 
 
+def test_chooser_switches_on_a_lasting_cost_difference_not_on_one_slow_block():
+    """The running choice between pruned and brute-force blocks: blocks whose GEMM rate prices their brute force at
+    10 ms, each pruned one taking 2 ms; one pruned block slowed to 1 s (another process on the core) leaves the
+    blocks pruned, while pruned blocks that keep costing 20 ms turn the choice to brute force (after at least
+    ``_SWITCH_STREAK`` of them), and probes that cost 2 ms again turn it back."""
+    n = 100_000
+    units = [(c, s, s + 10) for c, s in enumerate(range(0, n, 10))]
+
+    def feed(ch, t_total, until=None, most=1):
+        """Reports ``most`` tasks (or until the mode becomes ``until``); the number of tasks taken."""
+        for i in range(most):
+            if ch.mode == until:
+                return i
+            mode, group = next(ch)
+            # a pruned block's GEMM: 1 ms for 10 rows x 100 surviving columns, so its brute force of 1000 columns
+            # is priced at 10 ms
+            ch.report(mode, group, 10, 1000, 100, 0.0, 1e-3, 0.0, t_total if mode == "pruned" else 0.0)
+        return most
+
+    ch = knn._Chooser(units, n, None)
+    feed(ch, 2e-3, most=20)
+    feed(ch, 1.0)
+    feed(ch, 2e-3, most=40)
+    assert ch.mode == "pruned" and ch.switches == []
+
+    ch = knn._Chooser(units, n, None)
+    feed(ch, 2e-3, most=20)
+    taken = feed(ch, 2e-2, until="brute", most=30)
+    assert knn._SWITCH_STREAK <= taken < 30 and len(ch.switches) == 1
+    feed(ch, 2e-3, until="pruned", most=300)
+    assert ch.mode == "pruned" and len(ch.switches) == 2
+    assert ch.counts["brute"] > 0
+
+
 def test_three_sort_ordering_fallback_gives_the_same_answer(small_thresholds, monkeypatch):
     X = torch.from_numpy(clustered(900, 24, 4, seed=22)).float()
     monkeypatch.setattr(native, "_lib", None)  # the torch merge, whose ordering this is
