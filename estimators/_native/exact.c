@@ -199,10 +199,18 @@ TG_MERGE(tg_topk_merge_i32, int32_t)
 #define TG_FRAME(NAME, T)                                                                                    \
     TG_CLONES void NAME(const T *ref, const int64_t *idx, int64_t start, int64_t m, int64_t D, const double *mu, \
                         float *out) {                                                                        \
+        const int64_t L = 64 / (int64_t)sizeof(T); /* elements per cache line */                              \
         for (int64_t i = 0; i < m; ++i) {                                                                    \
             const T *x = ref + (idx ? idx[i] : start + i) * D;                                               \
+            const T *nx = i + 1 < m ? ref + (idx ? idx[i + 1] : start + i + 1) * D : x;                     \
             float *o = out + i * D;                                                                          \
-            for (int64_t t = 0; t < D; ++t)                                                                  \
+            int64_t t0 = 0;                                                                                  \
+            for (; t0 + L <= D; t0 += L) {                                                                   \
+                __builtin_prefetch(nx + t0); /* the next row (scattered rows: no hardware prefetch) */        \
+                for (int64_t t = t0; t < t0 + L; ++t)                                                        \
+                    o[t] = (float)((double)x[t] - mu[t]);                                                    \
+            }                                                                                                \
+            for (int64_t t = t0; t < D; ++t)                                                                 \
                 o[t] = (float)((double)x[t] - mu[t]);                                                        \
         }                                                                                                    \
     }

@@ -53,9 +53,11 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    recomputed in float64 once per unordered pair, merged with the row's best so far and cut to k by (distance,
    index). On the CPU the float64 distances come from a fused native kernel (:mod:`estimators._native`, built at
    install; torch otherwise, ``stats["exact_kernel"]`` says which).
-   Memory: no copy of float32 input (but the pruned symmetric search keeps one in cluster order) and none of float64
-   input in the symmetric brute force; the working set is bounded by ``memory_budget_mb`` and by the pending-pair
-   limit, and freed heap pages go back to the OS at the end of a call.
+   Memory: the symmetric search (native kernel) keeps no copy of the data, pruned or not: each worker builds the
+   rows of the GEMM frame that a block needs from the reference (in cluster order through the permutation, the
+   centred float32 rows of float64 input in one pass, ``tg_frame_rows``); anchors and separate queries use a centred
+   float32 copy of float64 input. The working set is bounded by ``memory_budget_mb`` and by the pending-pair limit,
+   and freed heap pages go back to the OS at the end of a call.
 
 Float32 GEMMs are only used when torch runs them in IEEE float32; if ``torch.set_float32_matmul_precision``
 lowered the precision (TF32/bf16), the engine computes in float64 instead (same answer, slower).
@@ -1010,6 +1012,7 @@ class _Worker:
         D = eng.D
         if not eng.centered and idx is None:  # the reference is the frame (GEMM dtype, not centred)
             return eng.ref[start : start + m]
+        t = time.perf_counter()
         if self.fbuf is None:
             self.fbuf = [torch.empty(0, dtype=eng.cdt, device=self.device) for _ in range(2)]
         if self.fbuf[slot].numel() < m * D:
@@ -1017,10 +1020,11 @@ class _Worker:
             self.fbuf[slot] = torch.empty(m * D, dtype=eng.cdt, device=self.device)
         out = self.fbuf[slot][: m * D].view(m, D)
         if not eng.centered:
-            return torch.index_select(eng.ref, 0, idx, out=out)
-        if not _native.frame_rows(eng.ref, eng.mu, out, idx, start):  # torch: the same numbers, a float64 temporary
+            torch.index_select(eng.ref, 0, idx, out=out)
+        elif not _native.frame_rows(eng.ref, eng.mu, out, idx, start):  # torch: the same numbers, a float64 temporary
             src = eng.ref[start : start + m] if idx is None else eng.ref.index_select(0, idx)
             out.copy_(src.to(torch.float64) - eng.mu)
+        self.clock("build", time.perf_counter() - t)
         return out
 
     def products(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -1521,8 +1525,8 @@ def _block(eng: _Engine, w: _Worker, x_p, n2_p, s: int, e: int, cols, cols_max: 
     """One block of the symmetric search: its rows [s, e) (positions) against the columns ``cols`` (ascending
     positions >= s, ``cols_max`` per GEMM piece), or against all of [s, n) when ``cols`` is None (brute force,
     pieces of ``_BLOCK_ENTRIES`` products, at most ``cols_max`` columns when they are built), a GEMM piece at a
-    time, the GEMM frame ``x_p`` (None: built on the fly, :meth:`_Worker.frame_rows`); each piece's products go through the fused scan (native) or the torch threshold tests and the engine's pending
-    pairs. Returns the seconds of its GEMMs and of its candidate passes (the gather of surviving columns is in
+    time, the GEMM frame ``x_p`` (None: built on the fly, :meth:`_Worker.frame_rows`); each piece's products go
+    through the fused scan (native) or the torch threshold tests and the engine's pending pairs. Returns the seconds of its GEMMs and of its candidate passes (the gather of surviving columns is in
     neither: a brute-force block has none)."""
     n, dev = eng.n, eng.device
     q = w.frame_rows(eng, x_p, s, e, 0, perm)
@@ -1722,11 +1726,11 @@ def kneighbors(
     * ``queries`` given (a separate point set): no exclusion.
 
     Distances are ``sqrt(sum((x_q - x_j)**2))`` in float64, ascending; equal distances are ordered by the smaller
-    reference index. ``memory_budget_mb`` bounds the working buffers (beyond the inputs and a centred float32
-    copy of ``reference``); ``progress(fraction, "knn")`` is called after each chunk of queries. ``method``: "auto"
-    (default) lets the engine choose between the pruned search and the brute force from costs it measures during
-    the search; "pruned" or "brute" force one (large inputs only; small ones always use the brute force). The
-    answer never depends on it.
+    reference index. ``memory_budget_mb`` bounds the working buffers (beyond the inputs and, except in the full
+    self-query on the CPU, a centred float32 copy of float64 ``reference``); ``progress(fraction, "knn")`` is called
+    after each chunk of queries. ``method``: "auto" (default) lets the engine choose between the pruned search and
+    the brute force from costs it measures during the search; "pruned" or "brute" force one (large inputs only;
+    small ones always use the brute force). The answer never depends on it.
 
     >>> X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
     >>> r = kneighbors(X, 2)
