@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-_ABI = 8
+_ABI = 9
 #: pairs below which one thread does the work (thread hand-off costs more than it saves)
 _THREAD_MIN_PAIRS = 4096
 
@@ -68,6 +68,11 @@ def _load():
                 ctypes.c_void_p,
                 ctypes.c_int64,
             ]
+        for name in ("tg_frame_rows_f32", "tg_frame_rows_f64"):
+            fn = getattr(lib, name)
+            fn.restype = None
+            # ref idx start m D mu out
+            fn.argtypes = [{"p": ptr, "i": i64}[a] for a in "p p i i i p p".split()]
         return lib
     return None
 
@@ -149,6 +154,28 @@ def topk_merge(
         out_i.data_ptr(),
         int(out_d.shape[1]),
     )
+    return True
+
+
+def frame_rows(
+    ref: torch.Tensor, mu: torch.Tensor, out: torch.Tensor, idx: torch.Tensor | None, start: int = 0
+) -> bool:
+    """``out = (ref[rows].double() - mu).float()`` with ``rows = idx`` (int64) or ``start .. start + len(out)``: rows
+    of the kNN engine's centred float32 frame built from the reference (``tg_frame_rows_*``), in place. False when
+    the kernel does not apply (then the caller uses torch)."""
+    if _lib is None or ref.device.type != "cpu" or out.dtype != torch.float32 or mu.dtype != torch.float64:
+        return False
+    fn = {torch.float32: _lib.tg_frame_rows_f32, torch.float64: _lib.tg_frame_rows_f64}.get(ref.dtype)
+    if fn is None or not (ref.is_contiguous() and out.is_contiguous() and mu.is_contiguous()):
+        return False
+    m, D = int(out.shape[0]), int(ref.shape[1])
+    if idx is not None:
+        idx = idx.to(torch.int64).contiguous()
+        if idx.numel() != m:
+            return False
+    elif start < 0 or start + m > ref.shape[0]:
+        return False
+    fn(ref.data_ptr(), None if idx is None else idx.data_ptr(), int(start), m, D, mu.data_ptr(), out.data_ptr())
     return True
 
 

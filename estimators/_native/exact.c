@@ -4,6 +4,7 @@
  *   tg_block_scan          one block of the symmetric search: certified values from the GEMM's products, threshold
  *                          tests, each row's K smallest values and partners kept (tightening its threshold)
  *   tg_topk_merge(_i32)    each row's k best (distance, index) pairs, by insertion (int64 or int32 ids)
+ *   tg_frame_rows_f32/_f64 rows of the engine's GEMM frame built from the reference: (float)(x - mu) in float64
  *
  * Distances are difference based, in float64, straight from float32 or float64 rows: one pass over the two rows,
  * no float64 copy of them (the torch fallback converts and subtracts in separate passes). Eight partial sums let
@@ -191,5 +192,31 @@ TG_CLONES int64_t tg_block_scan(const float *dot, int64_t R, int64_t C, int64_t 
 TG_MERGE(tg_topk_merge, int64_t)
 TG_MERGE(tg_topk_merge_i32, int32_t)
 
+/* Rows of the GEMM frame of the symmetric search, built from the reference when it is not held whole
+ * (estimators.knn.engine._Worker.frame_rows): out[i][t] = (float)((double)ref[r_i][t] - mu[t]) with r_i = idx[i], or
+ * start + i when idx is NULL; the float64 difference rounded once to float32, the numbers torch gives for
+ * (x.double() - mu).float(). One pass over the rows, no float64 temporary. */
+#define TG_FRAME(NAME, T)                                                                                    \
+    TG_CLONES void NAME(const T *ref, const int64_t *idx, int64_t start, int64_t m, int64_t D, const double *mu, \
+                        float *out) {                                                                        \
+        const int64_t L = 64 / (int64_t)sizeof(T); /* elements per cache line */                              \
+        for (int64_t i = 0; i < m; ++i) {                                                                    \
+            const T *x = ref + (idx ? idx[i] : start + i) * D;                                               \
+            const T *nx = i + 1 < m ? ref + (idx ? idx[i + 1] : start + i + 1) * D : x;                     \
+            float *o = out + i * D;                                                                          \
+            int64_t t0 = 0;                                                                                  \
+            for (; t0 + L <= D; t0 += L) {                                                                   \
+                __builtin_prefetch(nx + t0); /* the next row (scattered rows: no hardware prefetch) */        \
+                for (int64_t t = t0; t < t0 + L; ++t)                                                        \
+                    o[t] = (float)((double)x[t] - mu[t]);                                                    \
+            }                                                                                                \
+            for (int64_t t = t0; t < D; ++t)                                                                 \
+                o[t] = (float)((double)x[t] - mu[t]);                                                        \
+        }                                                                                                    \
+    }
+
+TG_FRAME(tg_frame_rows_f32, float)
+TG_FRAME(tg_frame_rows_f64, double)
+
 /* ABI version of this file, checked by the loader (estimators/_native/__init__.py). */
-int tg_native_abi(void) { return 8; }
+int tg_native_abi(void) { return 9; }

@@ -54,9 +54,11 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    recomputed in float64 once per unordered pair, merged with the row's best so far and cut to k by (distance,
    index). On the CPU the float64 distances come from a fused native kernel (:mod:`estimators._native`, built at
    install; torch otherwise, ``stats["exact_kernel"]`` says which).
-   Memory: no copy of float32 input (but the pruned symmetric search keeps one in cluster order) and none of float64
-   input in the symmetric brute force; the working set is bounded by ``memory_budget_mb`` and by the pending-pair
-   limit, and freed heap pages go back to the OS at the end of a call.
+   Memory: the symmetric search (native kernel) keeps no copy of the data, pruned or not: each worker builds the
+   rows of the GEMM frame that a block needs from the reference (in cluster order through the permutation, the
+   centred float32 rows of float64 input in one pass, ``tg_frame_rows``); anchors and separate queries use a centred
+   float32 copy of float64 input. The working set is bounded by ``memory_budget_mb`` and by the pending-pair limit,
+   and freed heap pages go back to the OS at the end of a call.
 
 Float32 GEMMs are only used when torch runs them in IEEE float32; if ``torch.set_float32_matmul_precision``
 lowered the precision (TF32/bf16), the engine computes in float64 instead (same answer, slower).
@@ -888,15 +890,23 @@ class _Prefixes:
     def at(self, r: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Augmented ``[w_r, 1, |w_r|²]`` (GEMM dtype) of all rows, or of ``rows`` in that order."""
         j = self.ranks.index(r)
-        zz, a2, z2 = self.zz, self.a2, self.z2[:, j]
-        if rows is not None:
-            zz, a2, z2 = zz.index_select(0, rows), a2.index_select(0, rows), z2.index_select(0, rows)
-        rho = (a2 - z2).clamp_min(0).sqrt()
-        out = torch.empty(zz.shape[0], r + 3, dtype=self.cdt, device=self.dev)
-        out[:, :r] = zz[:, :r]
-        out[:, r] = rho
-        out[:, r + 1] = 1
-        out[:, r + 2] = z2 + rho * rho
+        m = self.zz.shape[0] if rows is None else rows.numel()
+        out = torch.empty(m, r + 3, dtype=self.cdt, device=self.dev)
+        for s in range(0, m, 4096):  # 4096 rows at a time: no temporary the size of the coordinates
+            e = min(m, s + 4096)
+            zz, a2, z2 = self.zz[s:e, :r], self.a2[s:e], self.z2[s:e, j]
+            if rows is not None:
+                i = rows[s:e]
+                zz, a2, z2 = (
+                    self.zz[:, :r].index_select(0, i),
+                    self.a2.index_select(0, i),
+                    self.z2[:, j].index_select(0, i),
+                )
+            rho = (a2 - z2).clamp_min(0).sqrt()
+            out[s:e, :r] = zz
+            out[s:e, r] = rho
+            out[s:e, r + 1] = 1
+            out[s:e, r + 2] = z2 + rho * rho
         return out
 
     def constants(self, r: int) -> tuple[float, float]:
@@ -969,7 +979,6 @@ class _Worker:
         self.pbuf: torch.Tensor | None = None
         self.dbuf: torch.Tensor | None = None
         self.fbuf: list[torch.Tensor] | None = None
-        self.tbuf: torch.Tensor | None = None
         self.queued = 0
         self.seconds: dict[str, float] = {}
 
@@ -1000,21 +1009,41 @@ class _Worker:
         s += qn2.unsqueeze(1)
         return s
 
-    def centred(self, eng: _Engine, s: int, e: int, slot: int) -> torch.Tensor:
-        """Rows [s, e) of the GEMM frame built on the fly from the reference, ``x - mu`` in float64 rounded to the
-        GEMM dtype (the same numbers as :meth:`_Engine.permuted_frame`), in this worker's buffer ``slot`` (0: a
-        block's rows, 1: its columns): the brute force of float64 input needs no copy of the whole data."""
-        m, D = e - s, eng.D
+    def frame_rows(self, eng: _Engine, x, s: int, e: int, slot: int, perm=None) -> torch.Tensor:
+        """The GEMM frame's rows at positions [s, e): a view of ``x`` when the frame is held whole, else built from
+        the reference (:meth:`_build`; position p is reference row ``perm[p]``, or p without ``perm``)."""
+        if x is not None:
+            return x[s:e]
+        return self._build(eng, slot, None if perm is None else perm[s:e], s, e - s)
+
+    def frame_take(self, eng: _Engine, x, pos: torch.Tensor, slot: int, perm=None) -> torch.Tensor:
+        """The GEMM frame's rows at the positions ``pos`` (gathered from ``x`` when it is held, else built)."""
+        if x is not None:
+            return self.gather(x, pos)
+        return self._build(eng, slot, pos if perm is None else perm.index_select(0, pos), 0, pos.numel())
+
+    def _build(self, eng: _Engine, slot: int, idx: torch.Tensor | None, start: int, m: int) -> torch.Tensor:
+        """Reference rows ``idx`` (or ``start .. start + m``) in the GEMM frame, in this worker's buffer ``slot``
+        (0: a block's rows, 1: its columns): ``x - mu`` in float64 rounded to the GEMM dtype when the engine
+        centres (the same numbers as :meth:`_Engine.permuted_frame`; the native kernel ``tg_frame_rows`` in one
+        pass), the rows themselves otherwise (a range of them is a view). The symmetric search then needs no copy
+        of the whole data beside the reference."""
+        D = eng.D
+        if not eng.centered and idx is None:  # the reference is the frame (GEMM dtype, not centred)
+            return eng.ref[start : start + m]
+        t = time.perf_counter()
         if self.fbuf is None:
             self.fbuf = [torch.empty(0, dtype=eng.cdt, device=self.device) for _ in range(2)]
-            self.tbuf = torch.empty(256 * D, dtype=torch.float64, device=self.device)
         if self.fbuf[slot].numel() < m * D:
+            self.fbuf[slot] = None
             self.fbuf[slot] = torch.empty(m * D, dtype=eng.cdt, device=self.device)
         out = self.fbuf[slot][: m * D].view(m, D)
-        for a in range(s, e, 256):
-            b = min(e, a + 256)
-            tmp = self.tbuf[: (b - a) * D].view(b - a, D)
-            out[a - s : b - s].copy_(torch.sub(eng.ref[a:b], eng.mu, out=tmp))
+        if not eng.centered:
+            torch.index_select(eng.ref, 0, idx, out=out)
+        elif not _native.frame_rows(eng.ref, eng.mu, out, idx, start):  # torch: the same numbers, a float64 temporary
+            src = eng.ref[start : start + m] if idx is None else eng.ref.index_select(0, idx)
+            out.copy_(src.to(torch.float64) - eng.mu)
+        self.clock("build", time.perf_counter() - t)
         return out
 
     def products(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -1121,21 +1150,14 @@ class _Workers:
     def _rows_by_brute_force(self, pos: torch.Tensor, thr: torch.Tensor) -> None:
         """Rows (positions) whose candidates the lists may not all hold: their certified values against every
         column, those within the final threshold measured exactly."""
-        n2, w = self.n2, self.workers[0]
-        eng = self.eng
-
-        def rows_of(a: int, b: int) -> torch.Tensor:
-            return self.x[a:b] if self.x is not None else w.centred(eng, a, b, 1)
-
+        n2, w, eng, x, perm = self.n2, self.workers[0], self.eng, self.x, self.perm
         for s in range(0, pos.numel(), 256):
             g = pos[s : s + 256]
-            if self.x is not None:
-                q = self.x.index_select(0, g)
-            else:  # the same rounding as the frame's: x - mu in float64, then to the GEMM dtype
-                q = (eng.ref.index_select(0, g).to(torch.float64) - eng.mu).to(eng.cdt)
+            q = x.index_select(0, g) if x is not None else w.frame_take(eng, None, g, 0, perm)
             for c0 in range(0, self.n, 1024):
                 c1 = min(self.n, c0 + 1024)
-                v = (n2.index_select(0, g).unsqueeze(1) + n2[c0:c1].unsqueeze(0)) - 2 * (q @ rows_of(c0, c1).T)
+                cols = w.frame_rows(eng, x, c0, c1, 1, perm)
+                v = (n2.index_select(0, g).unsqueeze(1) + n2[c0:c1].unsqueeze(0)) - 2 * (q @ cols.T)
                 v[(g >= c0) & (g < c1), (g - c0)[(g >= c0) & (g < c1)]] = math.inf  # self
                 r, c = torch.nonzero(v <= thr.index_select(0, g).unsqueeze(1), as_tuple=True)
                 self._exact(g.index_select(0, r), c + c0)
@@ -1420,9 +1442,12 @@ def _pruned_symmetric(
     cn_p = eng.cnorm.index_select(0, perm)
     homes = None if part is not None else _home_clusters(cent, counts.tolist(), _home_need(k))
     del labels, cent
-    # the GEMM frame in permuted order: a block's rows and a brute-force block's columns are contiguous slices. A
-    # centred copy is replaced by its permuted form (no extra memory); float32 input gets a permuted copy.
-    x_p = eng.permuted_frame(perm)
+    # the GEMM frame in permuted order. With the native kernel it is never held whole: each worker builds the rows
+    # it needs from the reference (:meth:`_Worker.frame_rows`, the centred float32 rows of float64 input, or float32
+    # input's own rows), so nothing the size of the data is allocated beside it. Otherwise a block's rows and a
+    # brute-force block's columns are contiguous slices of a permuted copy.
+    x_p = None if native else eng.permuted_frame(perm)
+    stats["frame_on_the_fly"] = x_p is None
     release_freed_memory(dev)  # k-means' temporaries and the unpermuted projection, before the search's own
     rows_max = max(1, min(eng.rows_for(4 * 4 * n), _ROWS_MAX))
     cols_max = max(256, min(_COLS_MAX, eng.rows_for(4 * (eng.D + 4 * rows_max))))
@@ -1454,7 +1479,8 @@ def _pruned_symmetric(
         def home(w, unit) -> None:
             c, s, e = unit
             home_cols = torch.cat([torch.arange(starts[c_], starts[c_ + 1], device=dev) for c_ in homes[c]])
-            sh = w.sq_dists(x_p[s:e], n2_p[s:e], x_p, n2_p, home_cols)
+            q, xh = w.frame_rows(eng, x_p, s, e, 0, perm), w.frame_take(eng, x_p, home_cols, 1, perm)
+            sh = w.sq_dists(q, n2_p[s:e], xh, n2_p.index_select(0, home_cols), None)
             sh.masked_fill_(home_cols.unsqueeze(0) == torch.arange(s, e, device=dev).unsqueeze(1), math.inf)
             kth = torch.topk(sh, k, dim=1, largest=False, sorted=False).values.amax(1).to(torch.float64)
             U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
@@ -1544,28 +1570,30 @@ def _pruned_symmetric(
 def _block(eng: _Engine, w: _Worker, x_p, n2_p, s: int, e: int, cols, cols_max: int, thr_c, native: bool, perm):
     """One block of the symmetric search: its rows [s, e) (positions) against the columns ``cols`` (ascending
     positions >= s, ``cols_max`` per GEMM piece), or against all of [s, n) when ``cols`` is None (brute force,
-    pieces of ``_BLOCK_ENTRIES`` products), a GEMM piece at a time, the GEMM frame ``x_p`` (None: built on the fly,
-    :meth:`_Worker.centred`); each
-    piece's products go through the fused scan (native) or the torch threshold tests and the engine's pending
-    pairs. Returns the seconds of its GEMMs and of its candidate passes (the gather of surviving columns is in
+    pieces of ``_BLOCK_ENTRIES`` products, at most ``cols_max`` columns when they are built), a GEMM piece at a
+    time, the GEMM frame ``x_p`` (None: built on the fly, :meth:`_Worker.frame_rows`); each piece's products go
+    through the fused scan (native) or the torch threshold tests and the engine's pending pairs. Returns the seconds of its GEMMs and of its candidate passes (the gather of surviving columns is in
     neither: a brute-force block has none)."""
     n, dev = eng.n, eng.device
-    q = x_p[s:e] if x_p is not None else w.centred(eng, s, e, 0)
+    q = w.frame_rows(eng, x_p, s, e, 0, perm)
     qn2 = n2_p[s:e]
     rpos = torch.arange(s, e, device=dev)
     ncols = n - s if cols is None else int(cols.numel())
-    step = max(128, _BLOCK_ENTRIES // (e - s)) if cols is None else cols_max
+    step = cols_max
+    if cols is None:  # a cache-sized block of products; built columns also bound the worker's buffer
+        step = max(128, _BLOCK_ENTRIES // (e - s))
+        step = step if x_p is not None else min(step, max(128, cols_max))
     t_gemm = t_kernel = 0.0
     for c0 in range(0, ncols, step):
         if cols is None:
             c1 = min(ncols, c0 + step)
             cc_ = torch.arange(s + c0, s + c1, device=dev)
-            xg = x_p[s + c0 : s + c1] if x_p is not None else w.centred(eng, s + c0, s + c1, 1)
+            xg = w.frame_rows(eng, x_p, s + c0, s + c1, 1, perm)
             cn2 = n2_p[s + c0 : s + c1]
             nb = max(0, min(e, s + c1) - (s + c0))
         else:
             cc_ = cols[c0 : c0 + step]
-            xg, cn2 = w.gather(x_p, cc_), n2_p.index_select(0, cc_)
+            xg, cn2 = w.frame_take(eng, x_p, cc_, 1, perm), n2_p.index_select(0, cc_)
             nb = int((cc_ < e).sum())
         # the other direction (column j as the query, row i as its candidate) counts for columns outside the
         # block only: an in-block pair {i, j} already met both directions as the entries (i, j) and (j, i), so no
@@ -1744,11 +1772,11 @@ def kneighbors(
     * ``queries`` given (a separate point set): no exclusion.
 
     Distances are ``sqrt(sum((x_q - x_j)**2))`` in float64, ascending; equal distances are ordered by the smaller
-    reference index. ``memory_budget_mb`` bounds the working buffers (beyond the inputs and a centred float32
-    copy of ``reference``); ``progress(fraction, "knn")`` is called after each chunk of queries. ``method``: "auto"
-    (default) lets the engine choose between the pruned search and the brute force from costs it measures during
-    the search; "pruned" or "brute" force one (large inputs only; small ones always use the brute force). The
-    answer never depends on it.
+    reference index. ``memory_budget_mb`` bounds the working buffers (beyond the inputs and, except in the full
+    self-query on the CPU, a centred float32 copy of float64 ``reference``); ``progress(fraction, "knn")`` is called
+    after each chunk of queries. ``method``: "auto" (default) lets the engine choose between the pruned search and
+    the brute force from costs it measures during the search; "pruned" or "brute" force one (large inputs only;
+    small ones always use the brute force). The answer never depends on it.
 
     >>> X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
     >>> r = kneighbors(X, 2)

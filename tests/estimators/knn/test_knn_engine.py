@@ -663,15 +663,15 @@ def test_native_block_scan_matches_a_sequential_reference():
 def test_symmetric_search_rows_beyond_their_lists_are_recomputed(small_thresholds, monkeypatch, dtype, method):
     """Rows whose candidates may not all fit their lists (no slot beyond k: every row; one slot: some) are
     recomputed against every column at the end: the same exact answer as with the default lists, and as a float64
-    brute force (pruned blocks on a permuted frame; brute-force blocks on float64 input build the frame on the
-    fly)."""
+    brute force (pruned blocks build the rows of their permuted frame on the fly; so do brute-force blocks on
+    float64 input, while float32 input is its own frame)."""
     X = torch.from_numpy(clustered(1300, 40, 5, seed=41)).to(dtype)
     saved = torch.get_num_threads()
     torch.set_num_threads(1)  # one worker, one list per row: with k slots, its last value is the row's k-th
     try:
         a = kneighbors(X, 8, method=method)
         assert a.stats["fallback_rows"] < 13  # the default slots hold almost every row's candidates
-        assert a.stats.get("frame_on_the_fly", False) == (method == "brute" and dtype == torch.float64)
+        assert a.stats["frame_on_the_fly"] == (method == "auto" or dtype == torch.float64)
         monkeypatch.setattr(knn, "_KEEP", 0)
         b = kneighbors(X, 8, method=method)
         assert b.stats["fallback_rows"] == 1300
