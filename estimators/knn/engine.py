@@ -1035,7 +1035,7 @@ class _Worker:
         if self.fbuf is None:
             self.fbuf = [torch.empty(0, dtype=eng.cdt, device=self.device) for _ in range(2)]
         if self.fbuf[slot].numel() < m * D:
-            self.fbuf[slot] = None
+            self.fbuf[slot] = torch.empty(0, dtype=eng.cdt, device=self.device)  # the old one goes first
             self.fbuf[slot] = torch.empty(m * D, dtype=eng.cdt, device=self.device)
         out = self.fbuf[slot][: m * D].view(m, D)
         if not eng.centered:
