@@ -134,6 +134,17 @@ def _seed(session, data_dir: Path):
     return owner.id, ds.id, sched.id
 
 
+def _wait_for_log(path: Path, needle: bytes, timeout: float = 120.0) -> None:
+    """Wait until a spawned process has written ``needle`` to its log (its start-up can take seconds on a loaded
+    machine; due times before it would be served late, as one catch-up analysis, and not counted fairly)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_bytes():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path.name} never showed {needle!r}:\n" + path.read_text(errors="replace")[-2000:])
+
+
 def test_two_beats_one_analysis_per_due_time_and_history_flags(stack):
     from taskgauge import db
     from taskgauge.services import reports
@@ -145,7 +156,10 @@ def test_two_beats_one_analysis_per_due_time_and_history_flags(stack):
         owner, ds, sid = _seed(s, Path(env["TASKGAUGE_DATA_DIR"]))
 
     stack["spawn"]("worker", log="worker.log")
+    _wait_for_log(stack["tmp"] / "worker.log", b" ready.")  # scans run on the worker: count due times from here
     beats = [stack["spawn"]("beat", "--every", "0.5", log=f"beat{i}.log") for i in (1, 2)]
+    for i in (1, 2):
+        _wait_for_log(stack["tmp"] / f"beat{i}.log", b"beat: Starting")
     t_start = db.utcnow()
     time.sleep(PERIOD * 4 + 2)
     for b in beats:  # stop scheduling; let the worker finish what was created
