@@ -314,6 +314,8 @@ def suite(args) -> list[str]:
                         f"load {load()}",
                         flush=True,
                     )
+                    with open(CACHE / "runs.jsonl", "a") as fh:  # every run's raw record, kept if the report fails
+                        fh.write(json.dumps({"condition": cond, "round": r, "data": d, **x}, default=str) + "\n")
     lines = [
         f"### kNN suite: n={args.n}, D=784, {args.dtype}, {args.rounds} interleaved rounds",
         "",
@@ -355,7 +357,7 @@ def suite(args) -> list[str]:
                 f"{med(cond, d, 'faiss_knn'):.2f} | "
                 f"{st.get('chosen', st.get('method', '?'))} ({st.get('blocks_pruned', '-')}/{st.get('blocks_brute', '-')}) | "
                 f"{min(pilot.values()) if pilot else '-'} | {st.get('pruned_fraction', float('nan')):.3f} | "
-                f"{abs(tg - sk) / abs(sk) if sk == sk else float('nan'):.1e} | "
+                f"{abs(tg - sk) / abs(sk) if sk == sk and sk != 0 else float('nan'):.1e} | "
                 f"{med(cond, d, 'tg_mle', 'peak_mb'):.0f} / {med(cond, d, 'skdim_mle', 'peak_mb'):.0f} |"
             )
     errors = [f"- {c} {d} {m}: {x['error']}" for (c, d, m), xs in rows.items() for x in xs if "error" in x]

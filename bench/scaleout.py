@@ -494,7 +494,7 @@ def write_knn(args, rows: list[dict]) -> None:
         *[f"| {w} | {model(w):.1f} | {wall['unsplit'] / model(w):.2f}× |" for w in (1, 2, 4, 8, 32)],
         "",
         "Optimistic beyond 2: each part also loads the data, checks duplicates, projects every row at the plan's "
-        "rank and copies the data in group order, an O(rows) cost that more parts repeat rather than share, and "
+        "rank, an O(rows) cost that more parts repeat rather than share, and "
         "the pair work of the parts is only as even as the pruning lets it be.",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
