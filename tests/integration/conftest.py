@@ -4,7 +4,6 @@ process; see ``service_stack.py``."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,24 +26,8 @@ def svc(request, tmp_path_factory):
         stack.start_api()
         stack.start_worker()
         # `taskgauge keys create NAME` prints the key once on stdout.
-        out = subprocess.run(
-            [sys.executable, "-m", "app", "keys", "create", "alice"],
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        stack.alice_key = out.stdout.strip()
-        out = subprocess.run(
-            [sys.executable, "-m", "app", "keys", "create", "bob"],
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        stack.bob_key = out.stdout.strip()
+        stack.alice_key = stack.create_key("alice")
+        stack.bob_key = stack.create_key("bob")
         yield stack
     except BaseException:
         print(stack.tail(), file=sys.stderr)

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
@@ -43,15 +42,7 @@ def stack(request, tmp_path_factory):
         workers.append(st.start_worker())
         workers.append(st.start_worker())  # two worker processes (fairness)
         for name in ("alice", "bob"):
-            out = subprocess.run(
-                [sys.executable, "-m", "app", "keys", "create", name],
-                env=st.env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=True,
-            )
-            setattr(st, f"{name}_key", out.stdout.strip())
+            setattr(st, f"{name}_key", st.create_key(name))
         yield st
     except BaseException:
         print(st.tail(), file=sys.stderr)

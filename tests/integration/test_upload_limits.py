@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -59,15 +58,7 @@ def stack(request, tmp_path_factory):
     )
     try:
         s.start_api()
-        out = subprocess.run(
-            [sys.executable, "-m", "app", "keys", "create", "carol"],
-            env=s.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        s.key = out.stdout.strip()
+        s.key = s.create_key("carol")
         yield s
     except BaseException:
         print(s.tail(), file=sys.stderr)

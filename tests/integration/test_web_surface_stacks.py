@@ -29,15 +29,7 @@ def test_cuda_without_a_gpu_worker_is_refused(svc, alice, files):
 
 
 def test_revoked_key_gets_401(svc):
-    out = subprocess.run(
-        [sys.executable, "-m", "app", "keys", "create", "carol"],
-        env=svc.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    key = out.stdout.strip()
+    key = svc.create_key("carol")
     with svc.client(key) as c:
         assert c.get("/datasets").status_code == 200
         listed = subprocess.run(

@@ -20,15 +20,7 @@ pytestmark = pytest.mark.integration
 def root_key(svc):
     if svc.kind == "pg-redis-s3":
         pytest.skip("the blob store plays no part here; the pg-redis and embedded stacks cover it")
-    out = subprocess.run(
-        [sys.executable, "-m", "app", "keys", "create", "root"],
-        env=svc.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return out.stdout.strip()
+    return svc.create_key("root")
 
 
 def _workers(svc, key, **params) -> list[dict]:
