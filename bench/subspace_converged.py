@@ -107,6 +107,11 @@ RUNS: dict[str, tuple[str, dict]] = {
         "mnist",
         {"model": MLP, **MNIST_COMMON, "baseline": "global", "baseline_value": 1.0, "d_min": 100},
     ),
+    # the same for LeNet (Li: 290 at "90% absolute accuracy"; 275 in the table)
+    "mnist_lenet_global": (
+        "mnist",
+        {"model": {"arch": "lenet"}, **MNIST_COMMON, "baseline": "global", "baseline_value": 1.0, "d_min": 50},
+    ),
     # Li's own protocol on the same data: Adam 1e-3 for θ_d and the weights, a fixed 100 epochs, no plateau stop
     "mnist_fc_li": (
         "mnist",
@@ -124,6 +129,18 @@ RUNS: dict[str, tuple[str, dict]] = {
             **MNIST_COMMON,
             "subspace_lr": "spec",
             "d_min": 50,
+        },
+    ),
+    # Li's protocol, coarse (fits a few minutes on a shared GPU): 100, 200, 400 and one bisection
+    "mnist_lenet_li_coarse": (
+        "mnist",
+        {
+            "model": {"arch": "lenet", "train": {"epochs": 100, "stop": "fixed", "batch_size": 128}},
+            **MNIST_COMMON,
+            "subspace_lr": "spec",
+            "d_min": 100,
+            "max_d": 400,
+            "bisect_steps": 1,
         },
     ),
     # the full LeNet sweep does not fit the time left on the shared CPU: a coarse bracket 100–400, one bisection
