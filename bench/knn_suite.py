@@ -327,7 +327,9 @@ def suite(args) -> list[str]:
         "",
         "- chosen: the form the engine ended in, (pruned blocks/brute-force blocks); pilot: the gate's estimate of"
         " the fraction of a block's columns the pruning would keep (best rank; above 0.4 every block runs by brute"
-        " force); pruned: the fraction of pairs the projected test removed",
+        " force); 'reach' when the gate's first stage decided: the fraction within reach by the distances"
+        " themselves, which every rank keeps, was above 0.4 (no projection computed); pruned: the fraction of pairs"
+        " the projected test removed",
         "",
         "| condition | data | n × D | tg mle s | tg brute s | mle/brute | skdim s | skdim/mle | faiss flat s | chosen "
         "| pilot | pruned | |mle-skdim|/skdim | peak MB mle / skdim |",
@@ -349,6 +351,8 @@ def suite(args) -> list[str]:
             st = (rows.get((cond, d, "tg_mle")) or [{}])[-1].get("stats", {})
             tg, sk = med(cond, d, "tg_mle", "value"), med(cond, d, "skdim_mle", "value")
             pilot = st.get("pilot_kept")
+            reach = st.get("pilot_within_reach")
+            pilot_s = min(pilot.values()) if pilot else (f"{reach} reach" if reach is not None else "-")
             shape = np.load(paths[d], mmap_mode="r").shape
             lines.append(
                 f"| {cond} | {d} | {shape[0]} × {shape[1]} | {med(cond, d, 'tg_mle'):.2f} | "
@@ -356,7 +360,7 @@ def suite(args) -> list[str]:
                 f"{med(cond, d, 'skdim_mle'):.2f} | {ratio(cond, d, 'skdim_mle', 'tg_mle'):.2f} | "
                 f"{med(cond, d, 'faiss_knn'):.2f} | "
                 f"{st.get('chosen', st.get('method', '?'))} ({st.get('blocks_pruned', '-')}/{st.get('blocks_brute', '-')}) | "
-                f"{min(pilot.values()) if pilot else '-'} | {st.get('pruned_fraction', float('nan')):.3f} | "
+                f"{pilot_s} | {st.get('pruned_fraction', float('nan')):.3f} | "
                 f"{abs(tg - sk) / abs(sk) if sk == sk and sk != 0 else float('nan'):.1e} | "
                 f"{med(cond, d, 'tg_mle', 'peak_mb'):.0f} / {med(cond, d, 'skdim_mle', 'peak_mb'):.0f} |"
             )

@@ -36,9 +36,10 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    of a block row *or* a block row may be one of its neighbours, candidates emitted in both directions);
    anchors and separate queries use :func:`_pruned`. The pruning is exact, never heuristic; when it does not
    pay (isotropic high-dimensional data) the engine notices and falls back to the brute force of step 1.
-   In the symmetric search (CPU, native kernel): a gate first (:func:`_pilot`: pseudo-blocks on a sample estimate
-   the fraction of a block's columns the projected test would keep; above ``_PILOT_BRUTE`` every block runs by
-   brute force, :func:`_symmetric_brute`, with nothing built for the pruning and, for float64 input, the centred
+   In the symmetric search (CPU, native kernel): a gate first (:class:`_Pilot`: pseudo-blocks on a sample estimate
+   the fraction of a block's columns the projected test would keep, first from the distances themselves, which
+   bound it from below at every rank, and only then, when needed, at each rank; above ``_PILOT_BRUTE`` every block
+   runs by brute force, :func:`_symmetric_brute`, with nothing built for the pruning and, for float64 input, the centred
    float32 frame converted a piece at a time instead of copied); whole blocks go to worker threads
    (``torch.get_num_threads()`` of them, each running torch with one intra-op thread: no barrier per small piece,
    so a process competing for a core slows one worker instead of every step); each block runs pruned or by brute
@@ -99,7 +100,7 @@ _PRUNE_MIN_REF = 4096
 _CLUSTER_SIZE = 64
 #: extra columns asked from ``topk`` beyond k before the candidate threshold is checked
 _TOPK_MARGIN = 8
-#: the gate of the symmetric search (:func:`_pilot`): pseudo-blocks, sample columns, the looseness assumed of the
+#: the gate of the symmetric search (:class:`_Pilot`): pseudo-blocks, sample columns, the looseness assumed of the
 #: first bounds U, and the estimated fraction of a block's columns kept by the projected test (at the best rank)
 #: above which the pruning cannot pay and every block runs by brute force (pruned blocks that keep about half their
 #: columns cost about as much as brute-force ones, bench/RESULTS.md)
@@ -857,7 +858,7 @@ class _Prefixes:
     """The embedding of step 2 at several ranks from one projection: ``w_r = [(x - mu) P[:, :r], rho_r]`` with
     ``rho_r = sqrt(|x - mu|² - |(x - mu) P[:, :r]|²)``, as :func:`_embed` computes it at rank r (the leading r
     columns of an orthonormal P are orthonormal, with at most P's Gram error). The directions are found first
-    (what :func:`_pilot` needs); :meth:`project` then maps every row."""
+    (what :meth:`_Pilot.kept` needs); :meth:`project` then maps every row."""
 
     def __init__(self, eng: _Engine, ranks: tuple[int, ...], seed: int = 0, basis: torch.Tensor | None = None):
         self.eng = eng
@@ -1299,69 +1300,96 @@ class _Chooser:
         }
 
 
-def _pilot(eng: _Engine, pre: _Prefixes) -> dict[int, float]:
-    """Whether the pruning can pay, measured before anything is built for it (the gate of :func:`_pruned_symmetric`).
+class _Pilot:
+    """The gate of :func:`_pruned_symmetric`: whether the pruning can pay, measured on a sample before anything is
+    built for it, in two stages so that data where it cannot pay costs the least.
 
-    Per candidate rank, the fraction of columns that the projected test of a block would keep, estimated on
     ``_PILOT_BLOCKS`` pseudo-blocks against ``M = _PILOT_COLS`` random columns (all rows when there are fewer). A
     pseudo-block is a random row and its ``_CLUSTER_SIZE - 1`` nearest rows (what a k-means cluster of the search
-    holds); each member's k-th neighbour distance is estimated by its ``k·M/n``-th nearest among the M columns
-    (float64), times ``_PILOT_SLACK`` (the search's first bounds U, from the home clusters, lie typically 7–18 %
-    above the k-th neighbour distance); a column counts as kept when its embedded distance ``|w_m - w_j|``
-    (:class:`_Prefixes`, a lower bound of the distance) to some member m does not exceed that (float32 from the
-    neighbour distances on). On ten kinds of data (bench/knn_suite.py) the estimate lay within about 0.1 of the kept
-    fraction the search then measured. It decides how the search runs, never its answer.
-    """
-    n, k, dev = eng.n, eng.k, eng.device
-    g = torch.Generator(device="cpu").manual_seed(1)
-    M = min(n, _PILOT_COLS)
-    cols = torch.arange(n, device=dev) if M == n else torch.randperm(n, generator=g)[:M].to(dev)
-    seeds = torch.randperm(n, generator=g)[:_PILOT_BLOCKS].to(dev)
-    cs = min(n, _CLUSTER_SIZE)
-    buf = eng.scratch64()
-    # each seed's cs nearest rows (itself included), from one streaming pass over the data
-    S = eng.centred64(seeds, buf)
-    s2 = (S * S).sum(1, keepdim=True)
-    near_d = torch.full((seeds.numel(), cs), math.inf, dtype=torch.float64, device=dev)
-    near_i = torch.zeros((seeds.numel(), cs), dtype=torch.long, device=dev)
-    for s, c in eng.chunks64(eng.ref, buf):
-        c.sub_(eng.mu)
-        d = torch.addmm(s2 + (c * c).sum(1).unsqueeze(0), S, c.T, alpha=-2)
-        ids = torch.arange(s, s + c.shape[0], device=dev).expand(seeds.numel(), -1)
-        near_d, pos = torch.topk(torch.cat([near_d, d], 1), cs, dim=1, largest=False)
-        near_i = torch.gather(torch.cat([near_i, ids], 1), 1, pos)
-    members = near_i.flatten()
-    # float32 from here (an estimate): the members' k-th neighbour distance estimates and the columns' embedded
-    # coordinates in one pass over the columns
-    A = eng.centred64(members, buf).float()
-    a2 = (A * A).sum(1)
-    P = pre.P.float()
-    kk = min(M - 1, max(1, round(k * M / n)))
-    best = torch.full((members.numel(), kk), math.inf, device=dev)
-    ZB = torch.empty(M, P.shape[1], device=dev)
-    b2 = torch.empty(M, device=dev)
-    for s, c in eng.chunks64(eng.ref, buf, cols):
-        e = s + c.shape[0]
-        c = c.sub_(eng.mu).float()
-        b2[s:e] = (c * c).sum(1)
-        d = torch.addmm(a2.unsqueeze(1) + b2[s:e].unsqueeze(0), A, c.T, alpha=-2)
-        d.masked_fill_(members.unsqueeze(1) == cols[s:e].unsqueeze(0), math.inf)  # a row is not its own neighbour
-        best = torch.topk(torch.cat([best, d], 1), kk, dim=1, largest=False).values
-        torch.mm(c, P, out=ZB[s:e])
-    reach = (best[:, -1] * _PILOT_SLACK**2).view(seeds.numel(), cs, 1)
-    ZA = A @ P
-    kept = {}
-    for r in pre.ranks:
-        za, zb = ZA[:, :r], ZB[:, :r]
-        za2, zb2 = (za * za).sum(1), (zb * zb).sum(1)
-        ra, rb = (a2 - za2).clamp_min(0).sqrt(), (b2 - zb2).clamp_min(0).sqrt()
-        # |w_a - w_b|² = |z_a - z_b|² + (rho_a - rho_b)²  =  (|z_a|² + rho_a²) + (|z_b|² + rho_b²) - 2(z_a·z_b + rho_a rho_b)
-        wa = torch.cat([za, ra.unsqueeze(1)], 1)
-        wb = torch.cat([zb, rb.unsqueeze(1)], 1)
-        lb2 = torch.addmm((wa * wa).sum(1, keepdim=True) + (wb * wb).sum(1).unsqueeze(0), wa, wb.T, alpha=-2)
-        kept[r] = round(float((lb2.view(seeds.numel(), cs, M) <= reach).any(1).float().mean()), 4)
-    eng.clock.lap("pilot")
-    return kept
+    holds); each member's k-th neighbour distance is estimated by its ``k·M/n``-th nearest among the M columns,
+    times ``_PILOT_SLACK`` (the search's first bounds U, from the home clusters, lie typically 7–18 % above the k-th
+    neighbour distance): the member's *reach*. A column counts as kept by a block's test when its lower bound to some
+    member does not exceed that member's reach.
+
+    Stage 1 (here, no principal directions): ``within_reach``, the fraction of columns whose distance itself (float32)
+    is within some member's reach. Every projected test keeps at least those columns, at any rank (its lower bound
+    never exceeds the distance), so when this fraction is above ``_PILOT_BRUTE`` the pruning cannot pay, whatever
+    the projection: the gate decides for the brute force without finding any direction (isotropic or
+    high-intrinsic-dimension data: the i.i.d. 784-d Gaussian, the 50-d Gaussian of bench/knn_suite.py).
+
+    Stage 2 (:meth:`kept`, only when stage 1 leaves the pruning a chance): the same test with the embedded
+    distance ``|w_m - w_j|`` (:class:`_Prefixes`) at each candidate rank. On ten kinds of data (bench/knn_suite.py)
+    its estimate lay within about 0.1 of the kept fraction the search then measured. The gate decides how the search
+    runs, never its answer."""
+
+    def __init__(self, eng: _Engine):
+        n, k, dev = eng.n, eng.k, eng.device
+        self.eng = eng
+        g = torch.Generator(device="cpu").manual_seed(1)
+        M = min(n, _PILOT_COLS)
+        self.cols = torch.arange(n, device=dev) if M == n else torch.randperm(n, generator=g)[:M].to(dev)
+        seeds = torch.randperm(n, generator=g)[:_PILOT_BLOCKS].to(dev)
+        cs = min(n, _CLUSTER_SIZE)
+        buf = eng.scratch64()
+        # each seed's cs nearest rows (itself included), from one streaming pass over the data
+        S = eng.centred64(seeds, buf)
+        s2 = (S * S).sum(1, keepdim=True)
+        near_d = torch.full((seeds.numel(), cs), math.inf, dtype=torch.float64, device=dev)
+        near_i = torch.zeros((seeds.numel(), cs), dtype=torch.long, device=dev)
+        for s, c in eng.chunks64(eng.ref, buf):
+            c.sub_(eng.mu)
+            d = torch.addmm(s2 + (c * c).sum(1).unsqueeze(0), S, c.T, alpha=-2)
+            ids = torch.arange(s, s + c.shape[0], device=dev).expand(seeds.numel(), -1)
+            near_d, pos = torch.topk(torch.cat([near_d, d], 1), cs, dim=1, largest=False)
+            near_i = torch.gather(torch.cat([near_i, ids], 1), 1, pos)
+        self.members = near_i.flatten()
+        # float32 from here (an estimate): the members' squared distances to the columns, in one pass over them
+        self.A = eng.centred64(self.members, buf).float()
+        self.a2 = (self.A * self.A).sum(1)
+        kk = min(M - 1, max(1, round(k * M / n)))
+        dist = torch.empty(self.members.numel(), M, device=dev)
+        for s, c in eng.chunks64(eng.ref, buf, self.cols):
+            e = s + c.shape[0]
+            c = c.sub_(eng.mu).float()
+            dist[:, s:e] = torch.addmm(self.a2.unsqueeze(1) + (c * c).sum(1).unsqueeze(0), self.A, c.T, alpha=-2)
+        dist.masked_fill_(self.members.unsqueeze(1) == self.cols.unsqueeze(0), math.inf)  # not its own neighbour
+        best = torch.topk(dist, kk, dim=1, largest=False).values
+        self.reach = (best[:, -1] * _PILOT_SLACK**2).view(seeds.numel(), cs, 1)
+        self.within_reach = self._fraction(dist)
+        eng.clock.lap("pilot")
+
+    def _fraction(self, d2: torch.Tensor) -> float:
+        """The fraction of columns whose squared (lower-bound) distance ``d2`` (members × columns) to some member of
+        its pseudo-block is within that member's reach."""
+        blocks, cs, _ = self.reach.shape
+        return round(float((d2.view(blocks, cs, -1) <= self.reach).any(1).float().mean()), 4)
+
+    def kept(self, pre: _Prefixes) -> dict[int, float]:
+        """Stage 2: per candidate rank of ``pre``, the fraction of columns the projected test of a block would keep."""
+        eng, dev = self.eng, self.eng.device
+        A, a2, M = self.A, self.a2, self.cols.numel()
+        P = pre.P.float()
+        ZB = torch.empty(M, P.shape[1], device=dev)
+        b2 = torch.empty(M, device=dev)
+        for s, c in eng.chunks64(eng.ref, eng.scratch64(), self.cols):
+            e = s + c.shape[0]
+            c = c.sub_(eng.mu).float()
+            b2[s:e] = (c * c).sum(1)
+            torch.mm(c, P, out=ZB[s:e])
+        ZA = A @ P
+        kept = {}
+        for r in pre.ranks:
+            za, zb = ZA[:, :r], ZB[:, :r]
+            za2, zb2 = (za * za).sum(1), (zb * zb).sum(1)
+            ra, rb = (a2 - za2).clamp_min(0).sqrt(), (b2 - zb2).clamp_min(0).sqrt()
+            # |w_a - w_b|² = |z_a - z_b|² + (rho_a - rho_b)²  =  (|z_a|² + rho_a²) + (|z_b|² + rho_b²) - 2(z_a·z_b + rho_a rho_b)
+            wa = torch.cat([za, ra.unsqueeze(1)], 1)
+            wb = torch.cat([zb, rb.unsqueeze(1)], 1)
+            kept[r] = self._fraction(
+                torch.addmm((wa * wa).sum(1, keepdim=True) + (wb * wb).sum(1).unsqueeze(0), wa, wb.T, alpha=-2)
+            )
+        eng.clock.lap("pilot")
+        return kept
 
 
 def _pruned_symmetric(
@@ -1375,10 +1403,11 @@ def _pruned_symmetric(
 ) -> None:
     """Step 2 for the full self-query, each unordered pair considered once, in coarse parallel tasks.
 
-    First the gate: unless ``force`` says otherwise, :func:`_pilot` estimates on a sample how much the projected
+    First the gate: unless ``force`` says otherwise, :class:`_Pilot` estimates on a sample how much the projected
     test could prune; when even the best rank would keep more than ``_PILOT_BRUTE`` of the pairs of single rows
     (isotropic or high-dimensional data), nothing is built for the pruning and every block runs by brute force
-    (:func:`_symmetric_brute`).
+    (:func:`_symmetric_brute`). When the distances themselves already keep more than that (a lower bound of what
+    any rank keeps), not even the principal directions are found.
 
     Otherwise reference rows are ordered by k-means cluster; every row's ``U_i`` comes first (home clusters). A
     block of rows [s, e) is then compared with the columns [s, n) only: a column j survives when the projected
@@ -1411,13 +1440,17 @@ def _pruned_symmetric(
     pre = None
     if part is not None:  # the plan's directions at its chosen rank
         pre = _Prefixes(eng, (int(part.basis.shape[1]),), basis=part.basis)
+    elif force is None and plan is None:  # the gate (a plan makes the clustered search)
+        pilot = _Pilot(eng)
+        stats["pilot_within_reach"] = pilot.within_reach
+        if pilot.within_reach <= _PILOT_BRUTE:  # else no projection can prune enough: no direction is found
+            pre = _Prefixes(eng, ranks)
+            stats["pilot_kept"] = pilot.kept(pre)
+            if min(stats["pilot_kept"].values()) > _PILOT_BRUTE:
+                pre = None
+        del pilot
     elif force != "brute" or plan is not None:
         pre = _Prefixes(eng, ranks)
-        if force is None and plan is None:  # a plan makes the clustered search
-            kept = _pilot(eng, pre)
-            stats["pilot_kept"] = kept
-            if min(kept.values()) > _PILOT_BRUTE:
-                pre = None
     if pre is None:
         del pre
         release_freed_memory(dev)

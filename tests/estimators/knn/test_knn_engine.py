@@ -115,6 +115,8 @@ def test_matches_sklearn_nearest_neighbors(small_thresholds):
     res = kneighbors(torch.from_numpy(X), 10)
     # low intrinsic dimension: the gate's sample lets the pruning run, and it prunes
     assert min(res.stats["pilot_kept"].values()) < knn._PILOT_BRUTE and res.stats["blocks_pruned"] > 0
+    # the gate's first stage (columns within reach by their distance itself) bounds what every rank keeps from below
+    assert res.stats["pilot_within_reach"] <= min(res.stats["pilot_kept"].values())
     d, i = NearestNeighbors(n_neighbors=11, algorithm="brute").fit(X).kneighbors(X)
     # sklearn includes the point itself first (no duplicates here) and uses |a|²+|b|²-2ab in float64
     np.testing.assert_array_equal(res.indices.numpy(), i[:, 1:])
@@ -148,8 +150,10 @@ def test_separate_queries_no_self_exclusion(small_thresholds):
 def test_isotropic_high_dimensional_data_falls_back_and_stays_exact(small_thresholds):
     X = torch.randn(1200, 256, generator=torch.Generator().manual_seed(7))
     res = kneighbors(X, 10)
-    # the projection cannot prune: the gate's sample says so, and every block runs by brute force
-    assert min(res.stats["pilot_kept"].values()) > knn._PILOT_BRUTE
+    # the projection cannot prune: the gate's sample says so from the distances themselves (a lower bound of what
+    # any rank keeps), so no principal direction is found, and every block runs by brute force
+    assert res.stats["pilot_within_reach"] > knn._PILOT_BRUTE
+    assert "pilot_kept" not in res.stats and "pca" not in res.stats["seconds"]
     assert res.stats["chosen"] == "brute" and res.stats["blocks_pruned"] == 0 and "rank" not in res.stats
     check(res, *brute(X.numpy(), 10))
     qi = torch.arange(0, 1200, 2)
