@@ -45,8 +45,8 @@ declare -A RUN=(
   [fc_cap2]="$SC --run mnist_fc_cap2"
   [fc_global]="$SC --run mnist_fc_global"
   [lenet_li]="$SC --run mnist_lenet_li"
-  [mem_true]="$SC --run mem_true --n-memorise 2000"
-  [mem_shuffled]="$SC --run mem_shuffled --n-memorise 2000"
+  [mem_true]="$SC --run mem_true --n-memorise ${NMEM:-2000}"
+  [mem_shuffled]="$SC --run mem_shuffled --n-memorise ${NMEM:-2000}"
   [lenet_global]="$SC --run mnist_lenet_global"
   [lenet_li_coarse]="$SC --run mnist_lenet_li_coarse"
   # SAIDB=all trains every weight (did not fit an 8-minute window on a shared H200); 1 = the last block + head
