@@ -10,7 +10,7 @@ Amdahl/list-scheduling model of 8 and 32 workers built from them.
 
 ``--case subspace``: a subspace sweep on sklearn digits (1,797 × 64; MLP spec hidden [64], the README's example;
 default protocol, 3 seeds) fanned out by trials (workers/fanout_subspace.py: each finished trial sends the next,
-look-ahead up to as many trials in flight as live workers); writes bench/results_scaleout_subspace.md with the trial timings and a model of 8
+speculative trials up to as many in flight as live workers); writes bench/results_scaleout_subspace.md with the trial timings and a model of 8
 and 32 workers replayed with the sweep's own planner. ``--spec`` / ``--params`` (JSON) shrink it for a smoke run.
 
 ``--case knn``: the split kNN (TASKGAUGE_KNN_SHARD_ROWS, workers/fanout_knn.py) of ``mle`` on Fashion-MNIST train +
@@ -236,7 +236,13 @@ def trial_rows(stack, analysis_id: str) -> list[dict]:
         engine.dispose()
     starts = sorted({r.created_at for r in rows})
     return [
-        {"key": r.key, "round": starts.index(r.created_at) + 1, "seconds": r.seconds, "record": r.result}
+        {
+            "key": r.key,
+            "round": starts.index(r.created_at) + 1,
+            "seconds": r.seconds,
+            "status": r.status,
+            "record": r.result,  # a dropped trial's holds what it showed before it stopped, if anything
+        }
         for r in sorted(rows, key=lambda r: (r.created_at, r.key))
     ]
 
@@ -244,12 +250,14 @@ def trial_rows(stack, analysis_id: str) -> list[dict]:
 def model_sweep(entry: dict, trials: list[dict], overhead_per_round: float, n_workers: int) -> tuple[float, int, int]:
     """Replay the fan-out's dispatch on ``n_workers`` workers with the sweep's own planner on the trials of a 1-worker
     run: whenever a trial finishes, the planner is asked again with the trials sent and not yet finished as
-    ``pending`` (workers/fanout_subspace.py), and free workers take the sent trials in order. A trial the run did
-    not have (a look-ahead trial) takes the median trial time and the curve's metric at the d below; each plan adds
-    ``overhead_per_round`` before its trials can start. Ends when the path is complete and the last trial sent
-    finished (the assembly waits for look-ahead trials still running). Returns (modelled seconds, plans that sent
-    trials, trial groups run)."""
-    from estimators.subspace.trials import SweepConfig, Trial, decode, plan_round, sweep_path
+    ``pending`` (workers/fanout_subspace.py), free workers take the sent trials in order, and trials the planner
+    lists off the path are dropped (a running one frees its worker). A trial the run did not have (a speculative
+    trial) takes the median trial time and the curve's metric at the d below; each plan adds
+    ``overhead_per_round`` before its trials can start. Not modelled: what running trials show before they end (the
+    lr of their range test, and best scores that already reach the level, which plan the next trials early): the
+    rows do not say when that happened, so this errs slow. Ends when the path is complete. Returns (modelled
+    seconds, plans that sent trials, trial groups run)."""
+    from estimators.subspace.trials import SweepConfig, Trial, decode, sweep_path
 
     p, det = entry["params"], entry["details"]
     config = SweepConfig(
@@ -277,10 +285,14 @@ def model_sweep(entry: dict, trials: list[dict], overhead_per_round: float, n_wo
     now, plans, runs = 0.0, 0, 0
     while True:
         pending = [t.key for _, t in queue] + list(running)
-        if not sweep_path(config, records, pending=pending).complete:
-            sent = plan_round(config, records, width=n_workers, pending=pending)
-            plans += bool(sent)
-            queue += [(now + overhead_per_round, t) for t in sent]
+        path = sweep_path(config, records, width=n_workers, pending=pending)
+        if path.complete:
+            return now, plans, runs
+        queue = [(r, t) for r, t in queue if t.key not in path.off_path]
+        for key in path.off_path:
+            running.pop(key, None)
+        plans += bool(path.round)
+        queue += [(now + overhead_per_round, t) for t in path.round]
         while queue and len(running) < n_workers:
             ready, t = queue.pop(0)
             running[t.key] = (max(now, ready) + (known.get(t.key) or guess(t))[1], t)
@@ -320,8 +332,9 @@ def write_subspace(args, rows: list[dict]) -> None:
         f"each), TASKGAUGE_FANOUT=true. sklearn digits 1,797 × 64, model spec `{json.dumps(args.spec)}`, params "
         f"`{json.dumps(args.params)}` (D = {det['D']:,}, {entry['params']['seeds']} seeds). Each trial shard trains "
         "all seeds of one d (or the baseline) at once; each finished trial sends the next ones, with at most as many "
-        "trial groups in flight as live workers (TASKGAUGE_FANOUT_TRIALS = the number of workers; look-ahead along the "
-        "predicted path, the result is read off the sequential path only). Wall time from "
+        "trial groups in flight as live workers (TASKGAUGE_FANOUT_TRIALS = the number of workers; speculative trials, "
+        "the likeliest needed first; a trial whose seeds' best scores reach the level sends the next ones while it "
+        "runs; trials off the path are dropped; the result is read off the sequential path only). Wall time from "
         "POST /analyses to `succeeded`; rounds alternate the order.",
         "",
         "| round | workers | wall s | sweep rounds | trial groups run | load (1 min) |",
@@ -344,11 +357,15 @@ def write_subspace(args, rows: list[dict]) -> None:
     ]
     if two is not None:
         used = {f"sub:{d}" for d in det["evaluation_order"]} | {"sub:baseline"}
-        spare = [t["key"] for t in two["trials"] if t["key"] not in used and "@" not in t["key"]]
+        spare = [
+            f"{t['key']} ({t['status']})"
+            for t in two["trials"]
+            if t["key"].split("@")[0] not in used or t["status"] != "succeeded"
+        ]
         lines += [
             "",
-            f"2-worker run: {max(t['round'] for t in two['trials'])} rounds; look-ahead trials not on the sweep's "
-            f"path (run, not used): {', '.join(spare) or 'none'}.",
+            f"2-worker run: {max(t['round'] for t in two['trials'])} rounds; speculative trials not on the sweep's "
+            f"path (run or started, not used): {', '.join(spare) or 'none'}.",
         ]
     lines += [
         "",
@@ -356,7 +373,8 @@ def write_subspace(args, rows: list[dict]) -> None:
         "",
         "The sweep is sequential at heart: a bisection step needs the one before it. Replayed with the planner "
         "itself on n workers as the fan-out dispatches (each finished trial plans again with the trials in flight "
-        "pending; look-ahead trials it did not run here take the median trial time); per plan a serial part of "
+        "pending, trials off the path dropped; speculative trials it did not run here take the median trial time; "
+        "early plans from running trials' scores are not modelled, so it errs slow); per plan a serial part of "
         f"{overhead:.1f} s ((1-worker wall {t1:.1f} s − trial work {work:.1f} s) / {n_rounds_1} rounds: planning and "
         "sending, a worker picking it up, each shard's dataset load and preparation, and once the start and the "
         "report assembly). The serial parts that remain at any n: the chain of bisection steps (one d per step) and "

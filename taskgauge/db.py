@@ -60,6 +60,9 @@ NAMING_CONVENTION = {
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ANALYSIS_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+#: a shard no longer needed: a speculative trial of a subspace sweep that the sweep's path turned away from
+#: (workers.fanout_subspace). Stopped, never used; it counts as finished for its analysis.
+DROPPED = "dropped"
 
 
 def utcnow() -> datetime:

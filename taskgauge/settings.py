@@ -106,8 +106,9 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=64,
-        description="Trial groups in flight at once in a fanned-out subspace sweep (the next d plus look-ahead "
-        "trials it may need after it; the result is the same). 0: as many as live workers consume the trials' queue.",
+        description="Trial groups in flight at once in a fanned-out subspace sweep (the next d plus the speculative "
+        "trials it is likeliest to need besides it; the result is the same). 0: as many as live workers consume the "
+        "trials' queue.",
     )
     KNN_SHARD_ROWS: int = Field(
         default=50_000,

@@ -25,7 +25,8 @@ No result backend and no scheduler of our own: the chord is our rows.
   re-queued as a whole and then assembled from the stored results.
 * A ``subspace`` estimator fans out by trials instead (``sub:*`` shards in rounds, :mod:`workers.fanout_subspace`);
   its shards count as one estimator in the analysis' progress (``weight``), and each is sent to its row's
-  ``queue`` (the ``gpu`` queue when a GPU worker exists).
+  ``queue`` (the ``gpu`` queue when a GPU worker exists). A speculative trial the sweep no longer needs is
+  ``dropped``: it counts as finished for the assembly.
 * Past ``TASKGAUGE_KNN_SHARD_ROWS`` rows, the kNN that mle, twonn and gride share is computed first, in parts
   (``knn:*`` shards, :mod:`workers.fanout_knn`); their ``est:`` shards then read the merged table.
 """
@@ -224,11 +225,19 @@ class ShardLease(Lease):
         A = db.Analysis
         return update(A).where(A.id == self.analysis_id, A.status == db.RUNNING)
 
+    def lock_parent(self, s: Any) -> None:
+        """Lock the analysis row first in every transaction that also writes this shard's row: the planner of a
+        sweep (workers.fanout_subspace) holds it while it drops other shards, so one order everywhere, no
+        deadlock."""
+        A = db.Analysis
+        s.execute(select(A.id).where(A.id == self.analysis_id).with_for_update())
+
     def _beat(self) -> None:
         while not self._stop.wait(self.settings.HEARTBEAT_S):
             try:
                 with self.factory() as s, s.begin():
                     now = db.utcnow()
+                    self.lock_parent(s)
                     res = s.execute(self.mine().values(heartbeat_at=now))
                     s.execute(self._parent().values(heartbeat_at=now))
                 if res.rowcount != 1:
@@ -244,6 +253,7 @@ class ShardLease(Lease):
             return
         self._last_write = now
         with self.factory() as s, s.begin():
+            self.lock_parent(s)
             res = s.execute(self.mine().values(progress=min(max(float(fraction), 0.0), 0.999)))
             s.execute(self._parent().values(progress=analysis_progress(s, self.analysis_id), stage=stage[:500]))
         if res.rowcount != 1:
@@ -420,7 +430,9 @@ def _succeed(
         if advance is not None:
             added = advance(s)
         left = s.scalar(
-            select(func.count()).select_from(S).where(S.analysis_id == analysis_id, S.status != db.SUCCEEDED)
+            select(func.count())
+            .select_from(S)
+            .where(S.analysis_id == analysis_id, S.status.not_in([db.SUCCEEDED, db.DROPPED]))
         )
         assemble = not left and parent.stage != ASSEMBLING
         if assemble:

@@ -169,11 +169,14 @@ def train_rows(
     *,
     progress: Callable[[float], None] | None = None,
     keep_history: bool = True,
+    on_score: Callable[[list[float]], None] | None = None,
 ) -> list[RowOutcome]:
     """Train S rows to their plateaus (or the cap); see the module docstring.
 
     ``step_loss(k)`` returns the loss of step k (0-based) summed over rows, each row's term depending on its own
     parameters only; ``evaluate()`` returns per-row (metric, loss) tensors of shape (S,) under ``torch.no_grad``.
+    ``on_score``: called after every evaluation of the plateau protocol with each row's best metric so far (what
+    the row will report at least: it ends at its best evaluation).
     """
     P = protocol
     lr_t = torch.as_tensor(lr, dtype=torch.float64).clone().reshape(-1)
@@ -228,6 +231,8 @@ def train_rows(
                 else:
                     active[s], reason[s] = False, "plateau"
                     lr_t[s] = 0.0
+        if on_score is not None:
+            on_score(list(best_metric))
 
     if plateau:
         score(0)
@@ -362,9 +367,10 @@ def train_classifier(
     order_seeds: Sequence[int],
     train_scores: bool = True,
     progress: Callable[[float], None] | None = None,
+    on_score: Callable[[list[float]], None] | None = None,
 ) -> TrainOutcome:
     """Train the rows of a batched classifier with cross-entropy to their plateaus; score them on (X_eval, y_eval)
-    (and, with ``train_scores``, on the training set at the kept state)."""
+    (and, with ``train_scores``, on the training set at the kept state). ``on_score``: see :func:`train_rows`."""
     t0 = time.perf_counter()
     model.train()
     rows = train_rows(
@@ -374,6 +380,7 @@ def train_classifier(
         lr,
         protocol,
         progress=progress,
+        on_score=on_score,
     )
     model.eval()
     tm: list[float] = []

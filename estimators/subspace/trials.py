@@ -15,11 +15,18 @@ passes the level, then geometric bisections); :func:`plan_round` replays it agai
 first d without one. A record depends only on its trial (d, and the lr it was given or its own range test), never
 on the order trials ran in, so the replay reproduces the sequential sweep exactly however the trials were run.
 
-**Look-ahead.** With ``width > 1`` a round also holds trials the sequential sweep *may* need next: the replay goes
-on past the first missing d with a predicted outcome (the mean curve interpolated, or extrapolated, linearly in
-log d) and collects the missing trials it meets. A prediction only chooses which extra trials run; the result is
-read off the sequential path alone (:func:`sweep_path`), so trials off that path are simply not used, and the
-value, CI and curve do not depend on ``width``. The in-process estimator uses ``width=1`` (no extra work).
+**Speculation.** With ``width > 1`` a round also holds trials the sequential sweep *may* need besides the one it
+needs now, the likeliest first: the walk's open outcomes branch into pass and fail, each with a chance guessed
+from the mean curve so far (linear in log d, with a calibrated normal error), and a trial's chance of being needed
+is the product along its branch (:func:`_speculate`) — so while a bisection midpoint is in flight, its likelier
+child goes next, then the other. Trials in flight (``pending``) may report what they have shown so far
+(``partial``): the lr their range test chose (a midpoint beside them is then planned with its final key), and
+under the plateau protocol each seed's best score so far, a lower bound of the final metric — once its mean
+reaches the level the trial passes for sure, and the walk goes on past it before it ends. Trials in flight that no
+outcome can bring back onto the path are listed in :attr:`SweepPath.off_path` to be stopped. A guess or a
+partial report only chooses which trials run; the result is read off the sequential path's records alone
+(:func:`sweep_path`), so trials off that path are simply not used, and the value, CI and curve depend on neither
+``width`` nor the order trials finish in. The in-process estimator uses ``width=1`` (no extra work).
 
 **lr of a bisection midpoint.** The sequential rule reuses the lr of the two bracketing neighbours when both chose
 the same one (``subspace_lr="range_test"``). Such a trial is keyed by its lr (``"95@0.316"``); a record of the
@@ -28,7 +35,7 @@ same d from its own range test stands in for it when the test chose that same lr
 Example (a step at d = 37 found by the planner alone; ``fake`` stands in for :func:`run_trial`)::
 
     >>> cfg = SweepConfig(d_min=4, max_d=1000, grid_factor=2, bisect_steps=10, threshold=0.9, seeds=1)
-    >>> fake = lambda t: {"trial": t.key, "d": t.d, "lr": 0.1, "metric": [1.0 if (t.d or 99) >= 37 else 0.0]}
+    >>> fake = lambda t: {"d": t.d, "lr": 0.1, "lr_source": "range_test", "metric": [float((t.d or 99) >= 37)]}
     >>> records = {}
     >>> while trials := plan_round(cfg, records):
     ...     records.update({t.key: fake(t) for t in trials})
@@ -38,6 +45,7 @@ Example (a step at d = 37 found by the planner alone; ``fake`` stands in for :fu
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -160,29 +168,11 @@ class SweepPath:
     steps: list[Step] = field(default_factory=list)  # the sequential path so far, in evaluation order
     complete: bool = False  # the baseline and the whole path have records (none of it is only pending)
     crossing: Crossing | None = None  # of the path's curve, when complete
+    off_path: list[str] = field(default_factory=list)  # pending trials the path can no longer use: stop them
 
 
 def _mean(record: Mapping[str, Any]) -> float:
     return float(np.mean(record["metric"]))
-
-
-def _predict(d: int, known: Mapping[int, float]) -> float | None:
-    """The mean at d guessed from the known (or already guessed) means: linear in log d between the neighbours,
-    or extended from the two nearest below. Only chooses look-ahead trials; never enters a result."""
-    below = sorted(e for e in known if e < d)
-    above = sorted(e for e in known if e > d)
-    if below and above:
-        a, b = below[-1], above[0]
-        t = (math.log(d) - math.log(a)) / (math.log(b) - math.log(a))
-        return known[a] + t * (known[b] - known[a])
-    if len(below) >= 2:
-        a, b = below[-2], below[-1]
-        return known[b] + (known[b] - known[a]) * (math.log(d) - math.log(b)) / (math.log(b) - math.log(a))
-    if below:
-        return known[below[-1]]
-    if above:
-        return known[above[0]]
-    return None
 
 
 def _lookup(records: Mapping[str, Mapping[str, Any]], trial: Trial) -> Mapping[str, Any] | None:
@@ -194,83 +184,266 @@ def _lookup(records: Mapping[str, Mapping[str, Any]], trial: Trial) -> Mapping[s
     return rec
 
 
+def _guess(d: int, known: Mapping[int, float]) -> tuple[float, float] | None:
+    """The mean at d guessed from the measured means (linear in log d between the neighbours, or extended from the
+    two nearest on one side), and the scale of its error: a quarter of the neighbours' gap, or half the extension
+    (the best-calibrated normal errors on logistic curves in log d, the shape of a d_int90 sweep's curve). With one
+    d measured, its mean and NaN (see :func:`_chance`); ``None`` with none. Only ranks speculative trials."""
+    below = sorted(e for e in known if e < d)
+    above = sorted(e for e in known if e > d)
+    if below and above:
+        a, b = below[-1], above[0]
+        t = (math.log(d) - math.log(a)) / (math.log(b) - math.log(a))
+        return known[a] + t * (known[b] - known[a]), abs(known[b] - known[a]) / 4
+    side = below[-2:] if len(below) >= 2 else above[:2] if len(above) >= 2 else None
+    if side is not None:
+        a, b = side
+        near = b if below else a
+        step = (known[b] - known[a]) / (math.log(b) - math.log(a)) * (math.log(d) - math.log(near))
+        return known[near] + step, abs(step) / 2
+    if known:
+        (e,) = below or above
+        return known[e], math.nan
+    return None
+
+
+def _chance(d: int, known: Mapping[int, float], level: float | None) -> float:
+    """The chance that the mean at d reaches ``level``: a normal error of :func:`_guess`'s scale around its guess
+    (with one d measured, reaching the level from there is a one-sigma event), kept within [1%, 99%] so that no
+    branch is ruled out. 0 while the level is unknown (the walk then climbs the grid, as after a miss)."""
+    if level is None:
+        return 0.0
+    guess = _guess(d, known)
+    if guess is None:
+        return 0.5
+    mean, scale = guess
+    if math.isnan(scale):
+        scale = abs(level - mean)
+    scale = max(scale, 1e-3 * max(abs(level), 1e-9))
+    p = 0.5 * math.erfc((level - mean) / (scale * math.sqrt(2)))
+    return min(0.99, max(0.01, p))
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """Trials sent and not yet recorded: their keys, and what some of them have shown so far (``partial``, key →
+    ``{"lr": the lr its range test chose, "best": each seed's best score so far}``; a trial with a given lr,
+    ``"95@1.0"``, has its lr in its key)."""
+
+    keys: frozenset[str] = frozenset()
+    partial: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    seeds: int = 1
+
+    def lr(self, key: str) -> float | None:
+        given = Trial.from_key(key).lr
+        if given is not None:
+            return given
+        lr = self.partial.get(key, {}).get("lr")
+        return None if lr is None else float(lr)
+
+    def serving(self, trial: Trial) -> str | None:
+        """The key in flight whose record will be ``trial``'s: its own, or (for a given lr) the d's own range test
+        once that test chose the same lr."""
+        if trial.key in self.keys:
+            return trial.key
+        own = Trial(trial.d).key
+        if trial.lr is not None and own in self.keys and self.lr(own) == trial.lr:
+            return own
+        return None
+
+    def passes(self, key: str, level: float) -> bool:
+        """Will the trial ``key`` pass the level for sure? Under the plateau protocol a seed's metric is its best
+        score, so the mean of every seed's best score so far is a lower bound of the trial's mean."""
+        best = self.partial.get(key, {}).get("best")
+        return best is not None and len(best) == self.seeds and float(np.mean(best)) >= level
+
+
+@dataclass
+class _Node:
+    d: int
+    trial: Trial
+    record: Mapping[str, Any] | None
+    label: str | None  # the lr label of a midpoint that takes its neighbours' lr
+    flight: str | None  # the key in flight that will give its record (when it has none)
+    final: bool  # its trial cannot change any more (its lr does not wait on a neighbour's)
+
+
+def _replay(
+    config: SweepConfig,
+    records: Mapping[str, Mapping[str, Any]],
+    level: float | None,
+    assume: Mapping[int, bool],
+    flight: _InFlight,
+) -> tuple[list[_Node], _Node | None]:
+    """Walk the sequential sweep: a d whose record is there passes or fails as measured (once the level is known),
+    a d in flight whose best scores so far reach the level passes, a d in ``assume`` as assumed there. Returns the
+    d walked, and the first d with none of these (``None``: the walk ended). A midpoint takes its neighbours' lr
+    when both chose the same one (recorded, or chosen by a trial in flight: its trial is then known before its
+    neighbour finishes)."""
+    walked: list[_Node] = []
+    lr_of: dict[int, float | None] = {}  # d walked → its lr (None: not known yet)
+    walk = bisection_walk(config.grid(), config.bisect_steps)
+    d: int | None = next(walk)
+    while d is not None:
+        trial, label, final = Trial(d), None, True
+        if config.lr_rule == "range_test":
+            below = [e for e in lr_of if e < d]
+            above = [e for e in lr_of if e > d]
+            if below and above:
+                lo, hi = max(below), min(above)
+                final = lr_of[lo] is not None and lr_of[hi] is not None
+                if final and lr_of[lo] == lr_of[hi]:
+                    trial, label = Trial(d, lr_of[lo]), f"neighbours d={lo} and d={hi} chose it"
+        rec = _lookup(records, trial)
+        node = _Node(d, trial, rec, label, None if rec is not None else flight.serving(trial), final)
+        if rec is not None and level is not None:
+            passed = _mean(rec) >= level
+        elif node.flight is not None and level is not None and flight.passes(node.flight, level):
+            passed = True  # in flight, and its best scores so far already reach the level
+        elif d in assume:
+            passed = assume[d]
+        else:
+            return walked, node
+        walked.append(node)
+        lr_of[d] = float(rec["lr"]) if rec is not None else flight.lr(node.flight) if node.flight else None
+        try:
+            d = walk.send(passed)
+        except StopIteration:
+            d = None
+    return walked, None
+
+
+def _useful(
+    config: SweepConfig, records: Mapping[str, Mapping[str, Any]], level: float | None, flight: _InFlight, key: str
+) -> bool:
+    """Can the trial ``key`` in flight still give a record the sequential path uses? The walk is a search tree (a d
+    that passes sends the walk below it, one that fails above), so only one set of outcomes of the open d leads
+    to its d: every open d' on the way passes exactly when d < d'. There it is of use unless that d is recorded,
+    or its trial is settled (its lr waits on no neighbour) and this key does not serve it: another lr, or an own
+    range test whose lr is not known yet (the settled trial is then sent itself)."""
+    d = Trial.from_key(key).d
+    assume: dict[int, bool] = {}
+    while True:
+        walked, node = _replay(config, records, level, assume, flight)
+        for n in [*walked, *([node] if node is not None else [])]:
+            if n.d == d:  # met: open, or walked past on its early pass
+                return n.record is None and (n.flight == key or not n.final)
+        if node is None:
+            return False
+        assume[node.d] = d < node.d
+
+
+#: replays of the walk the planner may spend on ranking speculative trials (each a handful of steps)
+SPECULATION_BUDGET = 256
+
+
+def _speculate(
+    config: SweepConfig,
+    records: Mapping[str, Mapping[str, Any]],
+    level: float | None,
+    flight: _InFlight,
+    want: int,
+    taken: Collection[int],
+) -> list[Trial]:
+    """Up to ``want`` trials that the sweep may need besides the one it needs now, the likeliest first.
+
+    Best-first over the walk's outcomes: every d without a measured outcome branches into pass (chance p from
+    :func:`_chance`, on the means measured so far at any d) and fail (1 − p); a branch's chance is the product
+    along it, and the first d on it with no record and none in flight is needed with that chance. Ties go to the
+    branch met first. ``taken``: d not to send again (in flight, or already in the round)."""
+    known: dict[int, list[float]] = {}
+    if level is not None:
+        for rec in records.values():
+            if rec.get("d") is not None:
+                known.setdefault(int(rec["d"]), []).append(_mean(rec))
+    means = {d: float(np.mean(v)) for d, v in known.items()}
+    out: list[Trial] = []
+    seen = set(taken)
+    heap: list[tuple[float, int, tuple[tuple[int, bool], ...]]] = [(-1.0, 0, ())]
+    count = 1
+    for _ in range(SPECULATION_BUDGET):
+        if not heap or len(out) >= want:
+            break
+        neg, _, assumed = heapq.heappop(heap)
+        _, node = _replay(config, records, level, dict(assumed), flight)
+        if node is None:
+            continue
+        if node.record is None and node.flight is None and node.d not in seen:
+            seen.add(node.d)
+            out.append(node.trial)
+        p = _chance(node.d, means, level)
+        for passed, q in ((True, p), (False, 1.0 - p)):
+            if q > 0:
+                heapq.heappush(heap, (neg * q, count, (*assumed, (node.d, passed))))
+                count += 1
+    return out
+
+
 def sweep_path(
     config: SweepConfig,
     records: Mapping[str, Mapping[str, Any]],
     *,
     width: int = 1,
     pending: Collection[str] = (),
+    partial: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SweepPath:
     """Replay the sequential sweep against ``records`` (trial key → record): its path so far and the next round.
 
-    ``width`` caps the subspace trials of a round (at least the one the sequential sweep needs next); more than
-    one adds look-ahead trials along the predicted path (see the module docstring).
+    ``width`` caps the trials in flight (the round plus ``pending``); the trial the sequential sweep needs next is
+    always in the round unless it is in flight (so is a missing baseline). More than one adds speculative trials:
+    those the sweep is likeliest to need besides it (:func:`_speculate`, the module docstring).
 
-    ``pending``: keys of trials already sent and not yet recorded (in flight). They are never planned again, the
-    replay goes on past them with a predicted outcome as past any missing trial, and they take their slots of
-    ``width`` (a round then holds at most ``width − len(pending)`` trials, and always the one the path needs next
-    when it is not in flight). With trials in flight an empty round no longer means the sweep is done: see
-    :attr:`SweepPath.complete`.
+    ``pending``: keys of trials already sent and not yet recorded (in flight). They are never planned again and
+    take their slots of ``width``, except those the path can no longer use (:func:`_useful`): these are listed in
+    :attr:`SweepPath.off_path` (stop them; every pending trial once the path is complete). ``partial``: what
+    trials in flight have shown so far, key → ``{"lr": chosen by its range test, "best": each seed's best score so
+    far}`` (the latter only under the plateau protocol, where it bounds the final metric from below). A midpoint
+    between a neighbour in flight and one of the same lr is then planned with that lr, an own-range-test trial in
+    flight that chose a midpoint's lr serves it, and a trial in flight whose best scores already reach the level
+    passes: the walk goes on past it. None of this enters a result, which is read off records alone. With trials
+    in flight an empty round no longer means the sweep is done: see :attr:`SweepPath.complete`.
     """
     out = SweepPath()
+    flight = _InFlight(frozenset(pending) - {BASELINE}, dict(partial or {}), config.seeds)
     base = records.get(BASELINE)
-    waiting = base is None  # the path needs a trial that has no record yet
+    level = config.level(base)
+    walked, node = _replay(config, records, level, {}, flight)
+    if level is not None:
+        for n in walked:
+            if n.record is None:  # a pass seen early: the path goes on, but has no record here yet
+                break
+            out.steps.append(Step(n.d, n.record, n.label or str(n.record["lr_source"])))
+    if node is None and base is not None and len(out.steps) == len(walked):  # the whole path is recorded
+        out.complete = True
+        out.off_path = sorted(pending)
+        out.crossing = crossing({s.d: s.record["metric"] for s in out.steps}, level)
+        return out
     if base is None and BASELINE not in pending:
         out.round.append(Trial())
-    level = config.level(base)
-    want = 1 if width <= 1 and not pending else max(0, width - len(pending) - len(out.round))
-    new: list[Trial] = []
-    lr_of: dict[int, float | None] = {}  # d visited so far → its lr (None: not known yet)
-    means: dict[int, float] = {}  # d visited so far → its mean (measured, or guessed once speculating)
-    speculating = False
-    walk = bisection_walk(config.grid(), config.bisect_steps)
-    d: int | None = next(walk)
-    while d is not None:
-        trial, label = Trial(d), None
-        if config.lr_rule == "range_test":
-            below = [e for e in lr_of if e < d]
-            above = [e for e in lr_of if e > d]
-            if below and above:
-                lo, hi = max(below), min(above)
-                if lr_of[lo] is not None and lr_of[lo] == lr_of[hi]:
-                    trial, label = Trial(d, lr_of[lo]), f"neighbours d={lo} and d={hi} chose it"
-        rec = _lookup(records, trial)
-        if rec is not None and level is not None:
-            mean = _mean(rec)
-            if not speculating:
-                out.steps.append(Step(d, rec, label or str(rec["lr_source"])))
-        else:
-            if rec is None:
-                waiting = waiting or not speculating
-                if trial.key in pending:
-                    pass  # in flight: go on past it on a prediction
-                elif len(new) >= want and (new or speculating):
-                    break
-                else:
-                    new.append(trial)  # the path's next trial is planned even when every slot is taken
-            speculating = True
-            mean = _mean(rec) if rec is not None else _predict(d, means)  # type: ignore[assignment]
-        lr_of[d] = None if rec is None else float(rec["lr"])
-        if mean is not None:
-            means[d] = mean
-        passed = level is not None and mean is not None and mean >= level
-        try:
-            d = walk.send(passed)
-        except StopIteration:
-            d = None
-    out.round += new
-    out.complete = not out.round and not waiting
-    if out.complete and level is not None:
-        out.crossing = crossing({s.d: s.record["metric"] for s in out.steps}, level)
+    if node is not None and node.record is None and node.flight is None:
+        out.round.append(node.trial)  # the path's next trial, even when every slot is taken
+    live = [k for k in pending if k == BASELINE or _useful(config, records, level, flight, k)]
+    out.off_path = sorted(set(pending) - set(live))
+    if node is None or (width <= 1 and not pending):
+        return out
+    taken = {Trial.from_key(k).d for k in live if k != BASELINE} | {t.d for t in out.round}
+    want = width - len(live) - len(out.round)
+    if want > 0:
+        out.round += _speculate(config, records, level, flight, want, taken)
     return out
 
 
 def plan_round(
-    config: SweepConfig, records: Mapping[str, Mapping[str, Any]], *, width: int = 1, pending: Collection[str] = ()
+    config: SweepConfig,
+    records: Mapping[str, Mapping[str, Any]],
+    *,
+    width: int = 1,
+    pending: Collection[str] = (),
+    partial: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Trial]:
     """The next round's trials given the records so far (and the trials in flight, see :func:`sweep_path`); ``[]``
     when the sweep is done — or, with trials ``pending``, when nothing more is worth sending yet. Pure."""
-    return sweep_path(config, records, width=width, pending=pending).round
+    return sweep_path(config, records, width=width, pending=pending, partial=partial).round
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -455,12 +628,23 @@ def decode(obj: Any) -> Any:
     return obj
 
 
-def run_trial(problem: Problem, trial: Trial, *, progress: TrialProgress | None = None) -> dict[str, Any]:
+def run_trial(
+    problem: Problem,
+    trial: Trial,
+    *,
+    progress: TrialProgress | None = None,
+    partial: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train one trial group and return its record (JSON-safe, see :func:`encode`).
 
     Baseline: every seed trained directly in all D parameters with the spec's lr. A d: the lr from ``trial.lr``
     or the params' rule (a range test at d), then every seed in θ = θ₀ + Pθ_d. Seeds train at once in groups that
     fit ``memory_budget_mb``; seed i uses init seed ``seed+i`` everywhere, so curves are paired.
+
+    ``partial`` (a d only) hears what the trial shows before it ends, for a planner (:func:`sweep_path`'s
+    ``partial``): ``{"lr": …}`` once the lr is chosen, then, under the plateau protocol, ``{"lr": …, "best": […]}``
+    after every evaluation once every seed has a score — each seed's best score so far, which its final metric
+    can only match or exceed.
     """
     p, train, protocol, device = problem.params, problem.train, problem.protocol, problem.device
     S = p.seeds
@@ -476,6 +660,9 @@ def run_trial(problem: Problem, trial: Trial, *, progress: TrialProgress | None 
         k = len(seeds_idx)
         order = [(p.seed + i) * 7_919 + (d or 0) for i in seeds_idx]
         base = done
+        on_score = None
+        if partial is not None and d is not None and protocol.stop == "plateau" and len(metric) + k == S:
+            on_score = lambda best: partial({"lr": lr, "best": metric + best})  # noqa: E731 - earlier groups: final
         out = train_classifier(
             model,
             trainable,
@@ -487,6 +674,7 @@ def run_trial(problem: Problem, trial: Trial, *, progress: TrialProgress | None 
             [lr] * k,
             batch_size=train.batch_size,
             order_seeds=order,
+            on_score=on_score,
             progress=lambda f: report(
                 base + k * f,
                 f"{label}: seeds {seeds_idx[0]}–{seeds_idx[-1]} step {round(f * protocol.max_steps)} "
@@ -555,6 +743,8 @@ def run_trial(problem: Problem, trial: Trial, *, progress: TrialProgress | None 
         )
         range_s = time.perf_counter() - t0
         source = "range_test"
+    if partial is not None:
+        partial({"lr": lr})
 
     def make(idx: Sequence[int]):
         seeds = [(p.seed + i) * 1_000_003 + d for i in idx]

@@ -100,11 +100,16 @@ def test_the_sweep_runs_as_rounds_of_trial_shards_and_equals_the_in_process_esti
     assert got["value"] is not None and len(got["details"]["curve"]) >= 4  # a real bracket and bisection
 
     shards = _shards(subfan, aid)
-    assert set(shards) >= {"sub:baseline"} | {f"sub:{c['d']}" for c in ref["details"]["curve"]}
+    used = {"sub:baseline"} | {f"sub:{c['d']}" for c in ref["details"]["curve"]}
+    assert {k.split("@")[0] for k in shards} >= used  # (a midpoint may run as d@lr, with its neighbours' lr)
     assert all(k.startswith("sub:") for k in shards)  # no est:subspace: the sweep itself fanned out
-    assert all(r.status == "succeeded" and r.result is not None and r.attempts == 1 for r in shards.values())
-    # rounds: the baseline beside the first d; then each finished trial sends what the freed slot should run next
-    # (two live workers: never more than two trial groups sent at once)
+    # speculative trials the path turned away from were dropped (stopped, unused); every other one ran once
+    done = {k: r for k, r in shards.items() if r.status == "succeeded"}
+    assert all(r.status in ("succeeded", "dropped") for r in shards.values()), {k: r.status for k, r in shards.items()}
+    assert all(r.result is not None and r.attempts == 1 for r in done.values())
+    assert {k.split("@")[0] for k in done} >= used
+    # rounds: the baseline beside the first d; then each finished trial (or one that passes for sure while it
+    # runs) sends what the free slots should run next (two live workers: never more than two sent at once)
     rounds: dict = {}
     for key, r in shards.items():
         rounds.setdefault(r.created_at, []).append(key)

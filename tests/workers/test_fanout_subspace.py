@@ -1,6 +1,7 @@
 """Trial shards without Celery: where they are sent (gpu when a GPU worker exists), how many a round holds (live
-worker slots), the analysis' progress with a sweep's shards as one estimator, and the recovery sweep re-sending a
-dead trial to its own queue."""
+worker slots), the analysis' progress with a sweep's shards as one estimator, the recovery sweep re-sending a
+dead trial to its own queue, speculative trials dropped once off the sweep's path, and a trial that passes for
+sure planning the next one while it still runs."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 from seeding import seed_analysis
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from estimators.subspace.trials import SweepConfig, Trial
 from taskgauge import db
 from taskgauge.migrate import upgrade
 from taskgauge.settings import Settings
 from workers import fanout, fanout_subspace
+from workers.leases import Cancelled
 
 
 @pytest.fixture
@@ -115,3 +118,96 @@ def test_the_recovery_sweep_re_sends_a_dead_trial_to_its_own_queue(world, monkey
         s.execute(update(db.AnalysisShard).values(status=db.RUNNING, heartbeat_at=stale, lease_token="t"))
     assert sorted(fanout.sweep_shards(ctx)) == sorted([f"{aid}/sub:40", f"{aid}/est:mle"])
     assert sorted(sent) == sorted([(aid, "gpu", ["sub:40"]), (aid, "default", ["est:mle"])])
+
+
+# -- speculation: trials the path no longer needs are dropped; an early pass plans the next trial at once ----------
+
+SWEEP = SweepConfig(d_min=10, max_d=160, grid_factor=2, bisect_steps=3, threshold=0.9, seeds=3, lr_rule="spec")
+
+
+def _record(d, mean):
+    return {"trial": Trial(d).key, "d": d, "lr": 0.1, "lr_source": "spec", "metric": [mean] * 3}
+
+
+def _sweep_rows(ctx, aid, rows):
+    """Trial rows {d or "baseline": (status, mean or None)}; running ones hold the lease token "t"."""
+    now = db.utcnow()
+    with ctx.sessions() as s, s.begin():
+        for key, (status, mean) in rows.items():
+            row = fanout.new_shard(aid, now, key=f"sub:{key}", queue="default")
+            s.execute(db.insert_ignore(db.AnalysisShard.__table__, "sqlite", row, ["id"]))
+            if key == "baseline":
+                result = {"trial": "baseline", "d": None, "lr": 1e-3, "lr_source": "spec", "metric": [1.0] * 3}
+            else:
+                result = _record(key, mean) if mean is not None else None
+            s.execute(
+                update(db.AnalysisShard)
+                .where(db.AnalysisShard.analysis_id == aid, db.AnalysisShard.key == f"sub:{key}")
+                .values(
+                    status=status,
+                    result=result if status == db.SUCCEEDED else None,
+                    lease_token="t" if status == db.RUNNING else None,
+                    heartbeat_at=now,
+                )
+            )
+
+
+def _statuses(ctx, aid):
+    S = db.AnalysisShard
+    with ctx.sessions() as s:
+        return {k: st for k, st in s.execute(select(S.key, S.status).where(S.analysis_id == aid))}
+
+
+def _problem():
+    return SimpleNamespace(config=SWEEP)
+
+
+def test_trials_off_the_path_are_dropped_never_start_stop_running_and_count_as_finished(world, monkeypatch):
+    ctx, aid = world
+    ctx.settings = Settings(DATA_DIR=ctx.settings.DATA_DIR, FANOUT_TRIALS=2)
+    done = {d: (db.SUCCEEDED, m) for d, m in [(10, 0.2), (20, 0.4), (40, 0.6), (80, 0.8), (160, 0.99), (113, 0.95)]}
+    # 113 passed: the walk goes to 95; 134 (running) and 123 (queued), speculated above 113, are of no use now
+    _sweep_rows(ctx, aid, {"baseline": (db.SUCCEEDED, None), **done, 134: (db.RUNNING, None), 123: (db.QUEUED, None)})
+    with ctx.sessions() as s, s.begin():
+        analysis = s.get(db.Analysis, aid)
+        sent = fanout_subspace._advance(ctx, s, analysis, None, _problem())
+    assert list(sent)[0] == "sub:95" and len(sent) == 2  # both slots are free again: 95 and one of its children
+    st = _statuses(ctx, aid)
+    assert st["sub:134"] == st["sub:123"] == db.DROPPED and st["sub:95"] == db.QUEUED
+    assert fanout._claim(ctx, aid, "sub:123") is None  # a dropped trial's message is skipped
+    with pytest.raises(Cancelled):  # a running one stops at its next progress report
+        fanout.ShardLease(ctx, aid, "sub:134", "t").progress(0.5, "subspace: d=134")
+    # the last trial that finishes assembles: dropped trials count as finished
+    assembled = []
+    monkeypatch.setattr(fanout, "_assemble", lambda ctx, a, token: assembled.append(a) or "assembled")
+    other = next(k for k in sent if k != "sub:95")
+    with ctx.sessions() as s, s.begin():
+        s.execute(update(db.AnalysisShard).where(db.AnalysisShard.key == other).values(status=db.DROPPED))
+    token = fanout._claim(ctx, aid, "sub:95")
+    assert fanout._succeed(ctx, aid, "sub:95", token, 1.0, "cpu", result=_record(95, 0.7)) == "assembled"
+    assert assembled == [aid]
+
+
+def test_a_trial_whose_best_scores_reach_the_level_plans_the_next_one_while_it_runs(world, monkeypatch):
+    ctx, aid = world
+    ctx.settings = Settings(DATA_DIR=ctx.settings.DATA_DIR, FANOUT_TRIALS=2)
+    sent = []
+    monkeypatch.setattr(fanout, "_send", lambda ctx, a, q, keys, queues=None: sent.append(keys))
+    done = {d: (db.SUCCEEDED, m) for d, m in [(10, 0.2), (20, 0.4), (40, 0.6), (80, 0.8), (160, 0.99)]}
+    _sweep_rows(ctx, aid, {"baseline": (db.SUCCEEDED, None), **done, 113: (db.RUNNING, None), 134: (db.QUEUED, None)})
+    with ctx.sessions() as s:
+        analysis = s.get(db.Analysis, aid)
+    lease = fanout.ShardLease(ctx, aid, "sub:113", "t")
+    report = fanout_subspace._Reporter(ctx, lease, analysis, None, _problem())
+    report({"lr": 0.1})  # the lr its range test chose, kept in its row
+    report({"lr": 0.1, "best": [0.85, 0.9, 0.9]})  # mean 0.883: not yet
+    assert sent == [] and _statuses(ctx, aid)["sub:134"] == db.QUEUED
+    with ctx.sessions() as s:
+        row = s.scalar(select(db.AnalysisShard).where(db.AnalysisShard.key == "sub:113"))
+        assert row.result == {"lr": 0.1} and row.status == db.RUNNING
+    report({"lr": 0.1, "best": [0.88, 0.92, 0.93]})  # mean 0.91 ≥ 0.9: 113 passes for sure
+    assert sent == [["sub:95"]]  # the walk goes below 113 at once; 134, above it, is dropped
+    st = _statuses(ctx, aid)
+    assert st["sub:134"] == db.DROPPED and st["sub:113"] == db.RUNNING and st["sub:95"] == db.QUEUED
+    report({"lr": 0.1, "best": [0.9, 0.95, 0.95]})  # once is enough
+    assert sent == [["sub:95"]]
