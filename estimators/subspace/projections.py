@@ -329,8 +329,11 @@ class FastfoodProjection(Projection):
 
     def forward(self, theta: Tensor) -> Tensor:
         self._check(theta, self.d)
-        x = nn.functional.pad(theta * self.B[:, : self.d], (0, self.L - self.d))  # B·θ, zero-padded to L
-        x = fwht(x)
+        # H·(B·θ zero-padded to L) without transforming the zeros: with H_L = H_{L/n} ⊗ H_n (Sylvester) and the
+        # input in the first n = 2^⌈log₂d⌉ entries, H_L·x = 1_{L/n} ⊗ H_n·x (the transform of n entries, tiled);
+        # the tiling's backward sums the tiles, the exact transpose. Same values up to float summation order.
+        n = 1 << max(0, math.ceil(math.log2(self.d)))
+        x = fwht(nn.functional.pad(theta * self.B[:, : self.d], (0, n - self.d))).repeat(1, self.L // n)
         x = _Permute.apply(x, self.flat_perm, self.flat_inv) * self.G_scaled
         x = fwht(x)
         return x[:, : self.D]

@@ -7,8 +7,9 @@ SAID:       θ_i = θ₀,i + λ_t(i)·[P·θ_{d−m}]_i,  λ ∈ R^m (one scalar
 
 The module is never mutated: its parameters are replaced at call time with ``torch.func.functional_call``. S
 independent copies (one per seed, each with its own θ₀ and its own projection) are evaluated at once with
-``torch.func.vmap`` (or one call per seed when the module sets ``vmap_safe = False``, as the pretrained text
-classifier does); with S = 1 the module is called directly, so θ_d = 0 reproduces the module's outputs bit for
+``torch.func.vmap``, or by the module's own ``forward_rows(params, x, shared_input=…)`` when its ``rows_ready()``
+says so (the pretrained text classifier with frozen lower blocks), or one call per seed when the module sets
+``vmap_safe = False``; with S = 1 the module is called directly, so θ_d = 0 reproduces the module's outputs bit for
 bit. Only parameters with ``requires_grad`` on are reparameterised (D counts those); the others stay at the
 module's own values, which every seed must share (a pretrained encoder frozen below its last blocks). Modules whose
 buffers change in training (BatchNorm running stats) are not supported with S > 1; the model
@@ -100,6 +101,9 @@ class _FlatModel(nn.Module):
         if self.n_seeds == 1:
             xb = x if shared_input else x[0]
             return functional_call(self.net, {k: v[0] for k, v in params.items()}, (xb,), strict=False).unsqueeze(0)
+        if getattr(self.net, "rows_ready", lambda: False)():
+            # the module evaluates S rows itself (the pretrained text classifier: batched matmuls, packed tokens)
+            return self.net.forward_rows(params, x, shared_input=shared_input)
         if not getattr(self.net, "vmap_safe", True):
             # modules with data-dependent control flow (transformers' mask helpers) cannot be vmapped: one call
             # per seed, stacked — the same arithmetic as vmap, just not fused

@@ -103,7 +103,8 @@ def test_several_seeds_share_the_encoder_and_get_gradients(tiny_bert_dir):
     ids = torch.stack([_ids(seed=0), _ids(seed=1)])
     with torch.no_grad():
         out = sub(ids)
-    assert torch.equal(out[1], nets[1](ids[1]))
+    # S rows run batched (one matmul per weight over packed tokens): the same function up to float rounding
+    torch.testing.assert_close(out[1], nets[1](ids[1]), rtol=0, atol=1e-5)
     sub.theta_d.data.normal_()
     sub(ids).sum().backward()
     assert sub.theta_d.grad is not None and bool((sub.theta_d.grad.abs().sum(1) > 0).all())
@@ -146,7 +147,7 @@ def test_frozen_prefix_cache_is_the_same_function(tiny_bert_dir):
     ids = _ids(n=8)
     with torch.no_grad():
         cached = net(ids)
-        assert len(net._prefix_cache) == len({tuple(r[r != 0].tolist()) for r in ids})
+        assert len(net._prefix_store) == len({tuple(r[r != 0].tolist()) for r in ids})
         again = net(ids[[3, 1]])  # cache hits, other batch
         net.freeze_prefix(0)
         full = net(ids)
@@ -192,3 +193,92 @@ def test_registered_subspace_last_block_only(tiny_bert_dir):
     net = build_model(spec, (6,), 2)
     assert r.details["D"] == count_params(net) == subspace_size(net)[0] < 6147
     assert r.details["n_tensors"] == subspace_size(net)[1]
+
+
+@pytest.mark.parametrize("said", [False, True], ids=["DID", "SAID"])
+def test_batched_packed_rows_equal_per_seed_full_length(tiny_bert_dir, said, monkeypatch):
+    """The batched path (every seed in one call, packed real tokens, batch-longest padding, cached prefix) gives the
+    logits and θ_d gradients of one call per seed through transformers' own BertLayer at the full max length."""
+    from estimators.models.text_classifier import TextClassifier
+
+    L = 12
+    nets = [build_model(_spec(tiny_bert_dir, train_blocks=1), (L,), 3, seed=s) for s in (0, 1, 2)]
+    D, _ = subspace_size(nets[0])
+    P = make_projection("fastfood", D, 24, seeds=[5, 6, 7])
+    sub = SubspaceModel(nets, P, said=said)
+    with torch.no_grad():
+        sub.theta_d.normal_(0, 0.5)  # away from θ₀, a different point per seed
+        if said:
+            sub.lam.uniform_(0.5, 1.5)
+    ids = torch.stack([_ids(n=7, L=L, seed=s) for s in (3, 4, 5)])  # (S, B, L): a batch per seed
+    ids[0, 0, 1:] = 9  # one text fills all L positions
+    ids[0, 0, -1] = 3
+    assert sub.net.rows_ready()
+    fast = sub(ids.float())
+    fast.square().sum().backward()
+    g_fast = sub.theta_d.grad.clone()
+    fast_shared = sub(ids[1], shared_input=True).detach()
+
+    # reference 1: transformers' BertModel (every block, full length, attention mask) with each seed's θ
+    from transformers import BertModel
+
+    for s in range(3):
+        bert = BertModel.from_pretrained(str(tiny_bert_dir), local_files_only=True).eval()
+        theta = sub.parameters_of_seed(s)
+        bert.load_state_dict(
+            {k.removeprefix("encoder."): v for k, v in theta.items() if k.startswith("encoder.")}, strict=False
+        )
+        for x, got in ((ids[s], fast[s]), (ids[1], fast_shared[s])):
+            mask = (x != 0).long()
+            with torch.no_grad():
+                h = bert(input_ids=x, attention_mask=mask).last_hidden_state
+                pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+                ref = pooled @ theta["head.weight"].T + theta["head.bias"]
+            torch.testing.assert_close(got.detach(), ref, rtol=0, atol=1e-5)
+
+    # reference 2: the per-seed path (one functional_call per seed through the module's own BertLayer)
+    monkeypatch.setattr(TextClassifier, "rows_ready", lambda self: False)
+    sub.theta_d.grad = None
+    slow = sub(ids.float())
+    slow.square().sum().backward()
+    torch.testing.assert_close(fast.detach(), slow.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(g_fast, sub.theta_d.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_store_is_shared_by_copies_with_the_same_frozen_weights(tiny_bert_dir):
+    a = build_model(_spec(tiny_bert_dir, train_blocks=1), (9,), 3, seed=0)
+    b = build_model(_spec(tiny_bert_dir, train_blocks=1), (9,), 3, seed=1)
+    r = build_model(_spec(tiny_bert_dir, train_blocks=1, init="random"), (9,), 3, seed=0)
+    assert (
+        a._prefix_store
+        is b._prefix_store
+        is SubspaceModel([a, b], make_projection("fastfood", subspace_size(a)[0], 4, seeds=[1, 2])).net._prefix_store
+    )
+    assert r._prefix_store is not a._prefix_store  # other frozen weights, other states
+    ids = _ids(n=5)
+    with torch.no_grad():
+        a(ids)
+        n = len(a._prefix_store)
+        b(ids)  # every text already cached by a
+    assert len(b._prefix_store) == n > 0
+
+
+def test_full_prefix_store_still_gives_the_same_outputs(tiny_bert_dir, monkeypatch):
+    """Past the store's memory limit new texts are computed on every call (not cached); the outputs do not change."""
+    from estimators.models.text_classifier import _PrefixStore
+
+    ids = _ids(n=8)
+    ref = build_model(_spec(tiny_bert_dir, train_blocks=1), (9,), 3, seed=2)
+    with torch.no_grad():
+        want = ref(ids)
+    monkeypatch.setattr(_PrefixStore, "LIMIT", 4 * 9 * 16 * 4)  # bytes of 4 texts of 9 tokens (hidden 16, float32)
+    net = build_model(_spec(tiny_bert_dir, train_blocks=1, init="random"), (9,), 3, seed=2)
+    net.load_state_dict(ref.state_dict())  # the same weights, a fresh store (other key)
+    net._prefix_store = _PrefixStore()
+    with torch.no_grad():
+        first = net(ids[:3])  # stored
+        n = len(net._prefix_store)
+        rest = net(ids)  # 3 hits from the bank + 5 texts computed but not stored
+    assert 0 < n == len(net._prefix_store) <= 3
+    torch.testing.assert_close(first, want[:3], rtol=0, atol=1e-5)
+    torch.testing.assert_close(rest, want, rtol=0, atol=1e-5)

@@ -60,8 +60,9 @@ def test_adjoint_is_exact(kind, D, d):
     torch.testing.assert_close(theta.grad, P.adjoint(v), rtol=1e-5, atol=1e-5 * float(v.norm()))
 
 
-def test_fastfood_matches_the_formula_in_float64():
-    D, d = 1500, 37
+@pytest.mark.parametrize("d", [37, 1, 64, 1500])  # the first transform runs on 2^⌈log₂d⌉ entries, tiled to L
+def test_fastfood_matches_the_formula_in_float64(d):
+    D = 1500
     P = make_projection("fastfood", D, d, seeds=[11], dtype=torch.float64)
     L = 2048
     assert P.L == L
