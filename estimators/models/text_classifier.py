@@ -99,7 +99,7 @@ class _PrefixStore:
 
 #: process-wide stores, keyed by the frozen weights' identity (weights hash, init, frozen blocks); the last few kept
 _STORES: dict[tuple[Any, ...], _PrefixStore] = {}
-_MAX_STORES = 2
+_MAX_STORES = 1  # one model's states (≤ 2 GiB) per process: a worker serves one analysis at a time
 
 
 def _shared_store(key: tuple[Any, ...] | None) -> _PrefixStore:

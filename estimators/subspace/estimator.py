@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from estimators.base import ProgressFn, Result
+from estimators.models.text_classifier import clear_prefix_stores
 from estimators.registry import register
 from estimators.subspace.params import LR_CANDIDATES, SubspaceParams, TrainOverrides, effective_train
 from estimators.subspace.trials import aggregate, decode, plan_round, prepare, run_trial
@@ -68,14 +69,18 @@ def subspace(X: Any, y: Any, params: SubspaceParams, *, device: torch.device, pr
     expected = params.seeds * problem.config.expected_trials
     records: dict[str, dict[str, Any]] = {}
     done = 0
-    while trials := plan_round(problem.config, records):
-        for trial in trials:
-            base = done
-            record = run_trial(
-                problem,
-                trial,
-                progress=lambda k, stage, _b=base: progress(min(0.99, (_b + k) / expected), stage),
-            )
-            records[trial.key] = decode(record)
-            done += params.seeds
+    try:
+        while trials := plan_round(problem.config, records):
+            for trial in trials:
+                base = done
+                record = run_trial(
+                    problem,
+                    trial,
+                    progress=lambda k, stage, _b=base: progress(min(0.99, (_b + k) / expected), stage),
+                )
+                records[trial.key] = decode(record)
+                done += params.seeds
+    finally:
+        # the frozen-block states a text model cached for this sweep's trials; a worker keeps no text between analyses
+        clear_prefix_stores()
     return aggregate(problem, records, total_s=time.perf_counter() - t_start)
