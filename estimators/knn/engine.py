@@ -1149,6 +1149,7 @@ class _Workers:
         _no_neighbours_yet(out_d, out_i)
         self.workers = [_Worker(eng.device) for _ in range(threads)]
         self.examined = self.queued = 0
+        self._lock = threading.Lock()
         self.fallback_rows = 0
         self.seconds: dict[str, float] = {}
         self._saved = None
@@ -1188,11 +1189,11 @@ class _Workers:
         Other rows (more candidates than the lists hold: ties, lattices) are recomputed against every column
         (:meth:`_rows_by_brute_force`)."""
         t = time.perf_counter()
-        short_rows = []
-        for r0 in range(0, self.n, _FINISH_ROWS):  # rows a chunk at a time (bounded temporaries)
-            r1 = min(self.n, r0 + _FINISH_ROWS)
+
+        def chunk(slot: int, r0: int) -> torch.Tensor:  # noqa: ARG001 - rows [r0, r1); returns its short rows
+            r1 = min(self.n, r0 + rows_per)
             kv = torch.cat([w.kv[r0:r1] for w in self.workers], 1)
-            sk = torch.kthvalue(kv, self.k, dim=1).values.to(torch.float64)  # the k-th smallest
+            sk = torch.topk(kv, self.k, dim=1, largest=False, sorted=True).values[:, -1].to(torch.float64)
             N = self.Nrow[r0:r1]
             thr = _up(self.bounds.candidate_threshold(self.bounds.upper(sk, N), N), torch.float32)
             thr = torch.where(torch.isfinite(sk), thr, torch.full_like(thr, math.inf))
@@ -1204,7 +1205,12 @@ class _Workers:
             rows, slots = torch.nonzero(take, as_tuple=True)
             cols = torch.cat([w.ki[r0:r1] for w in self.workers], 1)[rows, slots].long()
             self._exact(rows + r0, cols)
-            short_rows.append(torch.nonzero(short).flatten() + r0)
+            return torch.nonzero(short).flatten() + r0
+
+        # rows a chunk at a time (bounded temporaries), the chunks spread over the threads, each running torch and the
+        # pair kernel in one thread (no barrier per small step; a chunk's rows are merged by its thread only)
+        rows_per = max(512, min(_FINISH_ROWS, -(-self.n // (4 * self.threads))))
+        short_rows = _in_threads(self.threads, list(range(0, self.n, rows_per)), chunk)
         short_pos = torch.cat(short_rows)
         self.fallback_rows = int(short_pos.numel())
         if self.fallback_rows:
@@ -1217,7 +1223,8 @@ class _Workers:
             rows, cols = self.perm.index_select(0, rows), self.perm.index_select(0, cols)
         d = exact_distances(self.ref, rows, self.ref, cols)
         _native.topk_merge(rows, cols, d, self.out_d, self.out_i)
-        self.examined += int(rows.numel())
+        with self._lock:
+            self.examined += int(rows.numel())
 
     def _rows_by_brute_force(self, pos: torch.Tensor, thr: torch.Tensor) -> None:
         """Rows (positions) whose candidates the lists may not all hold: their certified values against every
