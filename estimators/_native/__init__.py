@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-_ABI = 9
+_ABI = 10
 #: pairs below which one thread does the work (thread hand-off costs more than it saves)
 _THREAD_MIN_PAIRS = 4096
 
@@ -56,6 +56,10 @@ def _load():
         # dot R C nb rn2 cn2 rpos cpos tcol kv ki K k thr Nrow E eta
         scan_args = "p i i i p p p p p p p i i p p d d".split()
         fn.argtypes = [{"p": ptr, "i": i64, "d": f64}[a] for a in scan_args]
+        fn = lib.tg_proj_keep
+        fn.restype = ctypes.c_int64
+        # G C R thr_r thr_c base out
+        fn.argtypes = [{"p": ptr, "i": i64}[a] for a in "p i i p p i p".split()]
         for name in ("tg_topk_merge", "tg_topk_merge_i32"):
             fn = getattr(lib, name)
             fn.restype = None
@@ -122,6 +126,29 @@ class BlockScan:
                 float(eta),
             )
         )
+
+
+def proj_keep(G: torch.Tensor, thr_r: torch.Tensor, thr_c: torch.Tensor, base: int, out: torch.Tensor) -> int | None:
+    """The projected test of one piece (``tg_proj_keep``): writes ``base + j`` for every column j (row of the float32
+    ``G``, columns × rows) with ``G[j, i] <= thr_r[i]`` or ``G[j, i] <= thr_c[j]`` for some i into the int64 ``out``
+    (ascending, at least ``len(G)`` long) and returns how many; None when the kernel does not apply (then the caller
+    uses torch)."""
+    if (
+        _lib is None
+        or G.device.type != "cpu"
+        or G.dtype != torch.float32
+        or thr_r.dtype != torch.float32
+        or thr_c.dtype != torch.float32
+        or out.dtype != torch.int64
+        or not (G.is_contiguous() and thr_r.is_contiguous() and thr_c.is_contiguous() and out.is_contiguous())
+        or G.dim() != 2
+        or thr_r.numel() != G.shape[1]
+        or thr_c.numel() != G.shape[0]
+        or out.numel() < G.shape[0]
+    ):
+        return None
+    C, R = int(G.shape[0]), int(G.shape[1])
+    return int(_lib.tg_proj_keep(G.data_ptr(), C, R, thr_r.data_ptr(), thr_c.data_ptr(), int(base), out.data_ptr()))
 
 
 def topk_merge(

@@ -3,6 +3,8 @@
  *   tg_pair_dist_f32/_f64  out[p] = sqrt(sum_t ((double)B[ib[p]][t] - (double)A[ia[p]][t])^2)
  *   tg_block_scan          one block of the symmetric search: certified values from the GEMM's products, threshold
  *                          tests, each row's K smallest values and partners kept (tightening its threshold)
+ *   tg_proj_keep           one piece of the symmetric search's projected test: the columns some row of the block
+ *                          (or the column itself) may need, from the GEMM's computed projected squared distances
  *   tg_topk_merge(_i32)    each row's k best (distance, index) pairs, by insertion (int64 or int32 ids)
  *   tg_frame_rows_f32/_f64 rows of the engine's GEMM frame built from the reference: (float)(x - mu) in float64
  *
@@ -151,6 +153,28 @@ TG_CLONES int64_t tg_block_scan(const float *dot, int64_t R, int64_t C, int64_t 
     return m;
 }
 
+/* Projected test of one piece of a block (estimators.knn.engine._pruned_symmetric, ``projected``).
+ *
+ * G: (C, R) float32 computed projected squared distances of C columns (rows of G) to the block's R rows; thr_r (R)
+ * the block rows' thresholds, thr_c (C) the columns' own. Column j is kept when G[j][i] <= thr_r[i] (row i may have
+ * it among its neighbours) or G[j][i] <= thr_c[j] (it may have row i among its own) for some i. The kept columns'
+ * numbers base + j are written to out in ascending order; returns their count. One pass over G, the R comparisons
+ * of a column vectorised (what three passes of torch reductions and a nonzero did). A NaN entry passes no test. */
+TG_CLONES int64_t tg_proj_keep(const float *G, int64_t C, int64_t R, const float *thr_r, const float *thr_c,
+                               int64_t base, int64_t *out) {
+    int64_t m = 0;
+    for (int64_t j = 0; j < C; ++j) {
+        const float *g = G + j * R;
+        const float tc = thr_c[j];
+        int hit = 0;
+        for (int64_t i = 0; i < R; ++i)
+            hit |= (g[i] <= thr_r[i]) | (g[i] <= tc);
+        if (hit)
+            out[m++] = base + j;
+    }
+    return m;
+}
+
 /* Merge exact pairs into every row's k best (estimators.knn._Engine._merge_rows).
  *
  * out_d/out_i: (Q, k) row-major, each row ascending by (distance, index), empty slots (index -1, distance +inf)
@@ -219,4 +243,4 @@ TG_FRAME(tg_frame_rows_f32, float)
 TG_FRAME(tg_frame_rows_f64, double)
 
 /* ABI version of this file, checked by the loader (estimators/_native/__init__.py). */
-int tg_native_abi(void) { return 9; }
+int tg_native_abi(void) { return 10; }

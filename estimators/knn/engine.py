@@ -46,7 +46,12 @@ far from the origin, a centred float32 copy ``x_i - mu`` (distances are translat
    force (the GEMM on all its columns), whichever the costs measured on the blocks already done say is cheaper
    (:class:`_Chooser`, with a margin that must hold on several consecutive blocks); the projection rank is chosen
    among 16/32/64/128 from the columns the projected test keeps on sample blocks, counted and priced in
-   multiply-adds (``_PROJ_ENTRY``: the choice depends on the data, not on the machine's load); each block's GEMM products go through a fused top-k scan (``tg_block_scan``):
+   multiply-adds (``_PROJ_ENTRY``: the choice depends on the data, not on the machine's load); the projected test of
+   a block is a GEMM per piece of columns and one pass of ``tg_proj_keep`` (the kept columns written directly), its
+   thresholds derived from the scan's current ones (tightened by the blocks done so far, so later blocks keep fewer
+   columns); the passes of the preparation (principal directions, projection, rank choice) are split into pieces
+   spread over the same threads (:func:`_in_threads`, combined in order: the same numbers with any thread count);
+   each block's GEMM products go through a fused top-k scan (``tg_block_scan``):
    certified values, both directions' threshold tests, and each row's k + ``_KEEP`` smallest offers kept with
    their partners, its threshold tightening as they improve. At the end those lists give each row's final
    threshold and its candidates (about k), whose float64 distances are computed (:meth:`_Workers._finish`).
@@ -343,7 +348,12 @@ class _Engine:
         self.gathered: torch.Tensor | None = None  # the columns of the last sq_dists call (a view of gather_buf)
         self.examined = 0
         self.qnorm = self.norm
+        self.threads = 1  # threads of the symmetric search (set by the caller)
         self.clock.lap("prepare")
+
+    def prep_threads(self) -> int:
+        """Threads for the pieces of the preparation (:func:`_in_threads`): the search's on the CPU, one elsewhere."""
+        return self.threads if self.device.type == "cpu" else 1
 
     def permuted_frame(self, perm: torch.Tensor | None) -> torch.Tensor:
         """The GEMM frame's rows in the order ``perm`` (None: their own order): a centred copy built straight in that
@@ -630,13 +640,25 @@ def _orthonormal_projection(eng: _Engine, r: int, seed: int = 0) -> tuple[torch.
     g = torch.Generator(device="cpu").manual_seed(seed)
     m = min(eng.n, 2048)
     rows = torch.randperm(eng.n, generator=g)[:m].to(eng.device)
-    buf64 = eng.scratch64()
-    buf32 = torch.empty(buf64.shape, dtype=torch.float32, device=eng.device)
+    threads = max(1, min(eng.prep_threads(), -(-m // eng.chunk)))
+    bufs = [eng.scratch64() for _ in range(threads)]
+    bufs32 = [torch.empty(b.shape, dtype=torch.float32, device=eng.device) for b in bufs]
+    pieces = [rows[s : s + eng.chunk] for s in range(0, m, eng.chunk)]
 
-    def centred():
-        """The sample's rows minus the mean, float32, chunk by chunk (a view of ``buf32``)."""
-        for _, c in eng.chunks64(eng.ref, buf64, rows):
-            yield buf32[: c.shape[0]].copy_(c.sub_(eng.mu))
+    def centred(slot: int, piece: torch.Tensor) -> torch.Tensor:
+        """The piece's rows minus the mean, float32 (a view of the thread's buffer)."""
+        for _, c in eng.chunks64(eng.ref, bufs[slot], piece):
+            return bufs32[slot][: c.shape[0]].copy_(c.sub_(eng.mu))
+        raise AssertionError("empty piece")
+
+    def summed(fn) -> torch.Tensor:
+        """The sum over the sample's pieces of ``fn(a)`` (its pieces spread over the threads, summed in order: the
+        same numbers with any thread count)."""
+        parts = _in_threads(threads, pieces, lambda slot, piece: fn(centred(slot, piece)))
+        total = parts[0]
+        for p in parts[1:]:
+            total += p
+        return total
 
     def orthonormal(Y: torch.Tensor) -> torch.Tensor:
         q, _ = np.linalg.qr(Y.cpu().numpy().astype(np.float64))
@@ -644,14 +666,14 @@ def _orthonormal_projection(eng: _Engine, r: int, seed: int = 0) -> tuple[torch.
 
     W = torch.randn(eng.D, r + 8, generator=g, dtype=torch.float32).to(eng.device)
     for _ in range(3):
-        Y = torch.zeros_like(W)
-        for a in centred():  # Y = AᵀA W
-            Y.addmm_(a.T, a @ W)
+        Y = summed(lambda a, W=W: a.T @ (a @ W))  # Y = AᵀA W
         W = orthonormal(Y).to(torch.float32)
-    G = torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64, device=eng.device)
-    for a in centred():  # (A W)ᵀ(A W): its top eigenvectors are the top right singular vectors of A W
+
+    def gram(a: torch.Tensor) -> torch.Tensor:
         b = (a @ W).to(torch.float64)
-        G.addmm_(b.T, b)
+        return b.T @ b
+
+    G = summed(gram)  # (A W)ᵀ(A W): its top eigenvectors are the top right singular vectors of A W
     _, V = np.linalg.eigh(G.cpu().numpy())
     top = torch.from_numpy(np.ascontiguousarray(V[:, ::-1][:, : min(r, m)])).to(eng.device)
     P = orthonormal(W.to(torch.float64) @ top)
@@ -877,15 +899,21 @@ class _Prefixes:
         self.zz = torch.empty(n, rmax, dtype=eng.cdt, device=self.dev)
         self.a2 = torch.empty(n, dtype=torch.float64, device=self.dev)
         self.z2 = torch.empty(n, len(self.ranks), dtype=torch.float64, device=self.dev)
-        buf = eng.scratch64()
-        for s, a in eng.chunks64(eng.ref, buf):
-            e = s + a.shape[0]
-            zz = a.sub_(eng.mu) @ self.P
-            self.zz[s:e] = zz
-            sq = zz * zz
-            for j, r in enumerate(self.ranks):
-                self.z2[s:e, j] = sq[:, :r].sum(1)
-            self.a2[s:e] = a.square_().sum(1)
+        # pieces of a few chunks, spread over the search's threads (each with its own float64 buffer)
+        step = eng.chunk * 4
+        bufs = [eng.scratch64() for _ in range(max(1, min(eng.prep_threads(), -(-n // step))))]
+
+        def piece(slot: int, s0: int) -> None:
+            for s, a in eng.chunks64(eng.ref[s0 : s0 + step], bufs[slot]):
+                s, e = s0 + s, s0 + s + a.shape[0]
+                zz = a.sub_(eng.mu) @ self.P
+                self.zz[s:e] = zz
+                sq = zz * zz
+                for j, r in enumerate(self.ranks):
+                    self.z2[s:e, j] = sq[:, :r].sum(1)
+                self.a2[s:e] = a.square_().sum(1)
+
+        _in_threads(len(bufs), list(range(0, n, step)), piece)
         eng.clock.lap("project")
 
     def at(self, r: int, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -965,6 +993,49 @@ def _up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` rounded to ``dtype`` and then one ulp up, so ``y <= x`` implies ``y <= _up(x)``."""
     y = x.to(dtype)
     return torch.nextafter(y, torch.full_like(y, math.inf))
+
+
+def _in_threads(threads: int, tasks: list, fn) -> list:
+    """``[fn(slot, task) for task in tasks]`` with the tasks spread over ``threads`` threads (``slot``: the thread's
+    number, for its own buffers), each running torch with one intra-op thread and taking the next task when done
+    (coarse pieces of the serial preparation: no barrier inside a piece, as :class:`_Workers`). The results come in
+    the tasks' order, so a caller that combines them in that order gets the same numbers with any thread count."""
+    out: list = [None] * len(tasks)
+    threads = max(1, min(threads, len(tasks)))
+    if threads == 1:
+        return [fn(0, t) for t in tasks]
+    lock = threading.Lock()
+    nxt = [0]
+    failed: list[BaseException] = []
+
+    def loop(slot: int) -> None:
+        saved = torch.get_num_threads()
+        if saved > 1:
+            torch.set_num_threads(1)  # this thread's OpenMP setting
+        try:
+            while True:
+                with lock:
+                    if failed or nxt[0] >= len(tasks):
+                        return
+                    i = nxt[0]
+                    nxt[0] += 1
+                out[i] = fn(slot, tasks[i])
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            with lock:
+                failed.append(e)
+        finally:
+            if torch.get_num_threads() != saved:
+                torch.set_num_threads(saved)
+
+    others = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(1, threads)]
+    for t in others:
+        t.start()
+    loop(0)
+    for t in others:
+        t.join()
+    if failed:
+        raise failed[0]
+    return out
 
 
 class _Worker:
@@ -1078,6 +1149,7 @@ class _Workers:
         _no_neighbours_yet(out_d, out_i)
         self.workers = [_Worker(eng.device) for _ in range(threads)]
         self.examined = self.queued = 0
+        self._lock = threading.Lock()
         self.fallback_rows = 0
         self.seconds: dict[str, float] = {}
         self._saved = None
@@ -1117,9 +1189,9 @@ class _Workers:
         Other rows (more candidates than the lists hold: ties, lattices) are recomputed against every column
         (:meth:`_rows_by_brute_force`)."""
         t = time.perf_counter()
-        short_rows = []
-        for r0 in range(0, self.n, _FINISH_ROWS):  # rows a chunk at a time (bounded temporaries)
-            r1 = min(self.n, r0 + _FINISH_ROWS)
+
+        def chunk(slot: int, r0: int) -> torch.Tensor:  # noqa: ARG001 - rows [r0, r1); returns its short rows
+            r1 = min(self.n, r0 + rows_per)
             kv = torch.cat([w.kv[r0:r1] for w in self.workers], 1)
             sk = torch.topk(kv, self.k, dim=1, largest=False, sorted=True).values[:, -1].to(torch.float64)
             N = self.Nrow[r0:r1]
@@ -1133,7 +1205,12 @@ class _Workers:
             rows, slots = torch.nonzero(take, as_tuple=True)
             cols = torch.cat([w.ki[r0:r1] for w in self.workers], 1)[rows, slots].long()
             self._exact(rows + r0, cols)
-            short_rows.append(torch.nonzero(short).flatten() + r0)
+            return torch.nonzero(short).flatten() + r0
+
+        # rows a chunk at a time (bounded temporaries), the chunks spread over the threads, each running torch and the
+        # pair kernel in one thread (no barrier per small step; a chunk's rows are merged by its thread only)
+        rows_per = max(512, min(_FINISH_ROWS, -(-self.n // (4 * self.threads))))
+        short_rows = _in_threads(self.threads, list(range(0, self.n, rows_per)), chunk)
         short_pos = torch.cat(short_rows)
         self.fallback_rows = int(short_pos.numel())
         if self.fallback_rows:
@@ -1146,7 +1223,8 @@ class _Workers:
             rows, cols = self.perm.index_select(0, rows), self.perm.index_select(0, cols)
         d = exact_distances(self.ref, rows, self.ref, cols)
         _native.topk_merge(rows, cols, d, self.out_d, self.out_i)
-        self.examined += int(rows.numel())
+        with self._lock:
+            self.examined += int(rows.numel())
 
     def _rows_by_brute_force(self, pos: torch.Tensor, thr: torch.Tensor) -> None:
         """Rows (positions) whose candidates the lists may not all hold: their certified values against every
@@ -1236,7 +1314,7 @@ class _Chooser:
         self.mode = force or "pruned"
         self.tasks = 0
         self.pr_s = self.br_s = 0.0
-        self.g_s = self.g_p = 0.0
+        self.g_s = self.g_p = self.k_s = self.b_s = self.b_c = 0.0
         self.seen = self.survivors = 0
         self.counts = {"pruned": 0, "brute": 0}
         self.switches: list[int] = []
@@ -1266,16 +1344,24 @@ class _Chooser:
             self.counts[mode] += 1
             return mode, group
 
-    def report(self, mode, group, rows, cols_all, ncols, t_proj, t_gemm, t_kernel, t_total) -> None:  # noqa: ARG002
+    def report(self, mode, group, rows, cols_all, ncols, t_proj, t_gemm, t_kernel, t_total, t_cols) -> None:  # noqa: ARG002
         with self.lock:
             self.seen += sum((e - s) * (self.n - s) for _, s, e in group)
             self.survivors += rows * ncols
             if ncols:
                 self.g_s = self.g_s * _DECAY + t_gemm
+                self.k_s = self.k_s * _DECAY + t_kernel
                 self.g_p = self.g_p * _DECAY + rows * ncols
+                self.b_s = self.b_s * _DECAY + t_cols
+                self.b_c = self.b_c * _DECAY + ncols
             if mode != "pruned" or not self.g_p:
                 return
-            est = self.g_s / self.g_p * rows * cols_all + t_kernel
+            # the block by brute force: the GEMM and the scan on all its columns (at the running rates per entry),
+            # and building those columns (at the running rate per column), once per brute-force task of up to
+            # brute_rows rows (what a brute-force task costs beyond its GEMM: without it, on float64 input, the
+            # estimate was about 1/3 below the real cost and the choice went to the brute force too early)
+            est = (self.g_s + self.k_s) / self.g_p * rows * cols_all
+            est += self.b_s / max(self.b_c, 1e-12) * cols_all * min(1.0, rows / self.brute_rows)
             self.pr_s = self.pr_s * _DECAY + t_total
             self.br_s = self.br_s * _DECAY + est
             if self.force is None:  # the running sums and this block alike (one slow block weighs in the sums)
@@ -1528,16 +1614,24 @@ def _pruned_symmetric(
             """Columns (positions >= s, ascending) the projected test keeps for the block [s, e): computed projected
             squared distances G (columns × rows), in pieces of proj_cols columns (a cache-sized block on the CPU).
             Column j survives when some row i of the block may have it among its neighbours (G_ij <= thrz_i) or
-            it may have row i among its own (G_ij <= thrz_j). Both tests compare G with a threshold rounded up to
-            the GEMM dtype; fl(G - t) <= 0 exactly when G <= t."""
+            it may have row i among its own (G_ij <= thrz_j); ``thrz``: the thresholds of the positions [s, n).
+            Both tests compare G with a threshold rounded up to the GEMM dtype; fl(G - t) <= 0 exactly when G <= t."""
             zu = _query_form(zp[s:e]).T
-            thr_rows = thrz[s:e].unsqueeze(0)
+            thr_rows = thrz[: e - s].unsqueeze(0)
             buf = w.proj_buffer(min(n, proj_cols) * (e - s), zp.dtype)
+            if native:  # one pass of tg_proj_keep per piece writes the kept columns (no pass of torch's per test)
+                out, m = torch.empty(n - s, dtype=torch.int64, device=dev), 0
+                thr_r = thrz[: e - s].contiguous()
+                for j0 in range(s, n, proj_cols):
+                    j1 = min(n, j0 + proj_cols)
+                    G = torch.mm(zp[j0:j1], zu, out=buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
+                    m += _native.proj_keep(G, thr_r, thrz[j0 - s : j1 - s], j0, out[m:])
+                return out[:m]
             keep = torch.empty(n - s, dtype=torch.bool, device=dev)
             for j0 in range(s, n, proj_cols):
                 j1 = min(n, j0 + proj_cols)
                 G = torch.mm(zp[j0:j1], zu, out=buf[: (j1 - j0) * (e - s)].view(j1 - j0, e - s))
-                mine = torch.amin(G, 1) <= thrz[j0:j1]
+                mine = torch.amin(G, 1) <= thrz[j0 - s : j1 - s]
                 keep[j0 - s : j1 - s] = mine | (torch.amin(G.sub_(thr_rows), 1) <= 0)
             return torch.nonzero(keep).flatten() + s
 
@@ -1545,7 +1639,6 @@ def _pruned_symmetric(
         # candidate rank, counted; the cost model (_PROJ_ENTRY) prices the test's entries and the GEMM on the
         # survivors in multiply-adds, and the rank of least total cost wins (more directions prune more columns, but
         # cost more per column). Counts, not timings: the choice depends on the data only, not on the machine's load.
-        w0 = pool.workers[0]
         big = [u for u in mine if u[2] - u[1] >= 8] or mine
         sample = (
             [big[int(i)] for i in np.linspace(0, len(big) - 1, min(_RANK_SAMPLES, len(big)))]
@@ -1553,15 +1646,18 @@ def _pruned_symmetric(
             else []
         )
         tested = sum((e - s) * (n - s) for _, s, e in sample)
-        costs = {}
-        for r in pre.ranks if sample else ():
+
+        def rank_cost(slot: int, r: int, pre: _Prefixes = pre) -> float:
             zr = pre.at(r, perm)
             E_r, kappa_r = pre.constants(r)
             b = _Bounds(E=eng.bounds.E, E_proj=E_r, eta=eng.bounds.eta, kappa_proj=kappa_r)
             thrz_r = _up(b.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
-            surv = sum((e - s) * projected(w0, zr, thrz_r, s, e).numel() for _, s, e in sample)
-            costs[r] = (tested * (r + 3 + _PROJ_ENTRY) + surv * eng.D) / max(1, tested)
-            del zr
+            surv = sum((e - s) * projected(pool.workers[slot], zr, thrz_r[s:], s, e).numel() for _, s, e in sample)
+            return (tested * (r + 3 + _PROJ_ENTRY) + surv * eng.D) / max(1, tested)
+
+        # the candidate ranks spread over the workers (largest first: the longest tasks start first)
+        tried = sorted(pre.ranks, reverse=True) if sample else []
+        costs = dict(sorted(zip(tried, _in_threads(threads, tried, rank_cost), strict=True)))
         rank = min(costs, key=costs.get) if costs else pre.ranks[-1]
         stats["rank"] = rank
         stats["rank_costs"] = {r: round(c, 2) for r, c in costs.items()}
@@ -1577,8 +1673,24 @@ def _pruned_symmetric(
         eng.clock.lap("rank")
         thr_c = _up(eng.bounds.candidate_threshold(U, norm_p + eng.max_norm), eng.cdt)
         thrz_up = _up(eng.bounds.projected_threshold(U, cn_p + eng.max_cnorm), eng.cdt)
+        N_c = norm_p + eng.max_norm
         if native:
-            pool.start_scan(eng, x_p, n2_p, thr_c, norm_p + eng.max_norm, eng.bounds)
+            pool.start_scan(eng, x_p, n2_p, thr_c, N_c, eng.bounds)
+
+        def projected_thresholds(s: int) -> torch.Tensor:
+            """The projected test's thresholds of the positions [s, n), from the fused scan's current thresholds when
+            it runs. A row's scan threshold t only decreases from thr_c = up((U + eta N)² + E N²) and each value it
+            takes is such a bound for a valid U' (the k-th smallest upper bound of k real points' distances), so
+            sqrt(t - E N²) - eta N >= U' bounds the row's k-th neighbour distance as U does (float64, its error far
+            below the float32 ulp that _up adds); the smaller of it and U gives the threshold. The blocks done so far
+            have tightened it for many rows: later blocks keep fewer columns."""
+            if not native:
+                return thrz_up[s:]
+            t, N = pool.thr[s:].to(torch.float64), N_c[s:]
+            b = eng.bounds
+            U_now = torch.minimum((t - b.E * N * N).clamp_min(0).sqrt() - b.eta * N, U[s:])
+            return torch.minimum(_up(b.projected_threshold(U_now, cn_p[s:] + eng.max_cnorm), eng.cdt), thrz_up[s:])
+
         chooser = _Chooser(mine, n, force)
         total = sum((e - s) * (n - s) for _, s, e in mine)
 
@@ -1586,14 +1698,14 @@ def _pruned_symmetric(
             mode, group = task
             s, e = group[0][1], group[-1][2]
             t0 = time.perf_counter()
-            cols = None if mode == "brute" else projected(w, z_p, thrz_up, s, e)
+            cols = None if mode == "brute" else projected(w, z_p, projected_thresholds(s), s, e)
             t1 = time.perf_counter()
-            t_gemm, t_kernel = _block(eng, w, x_p, n2_p, s, e, cols, cols_max, thr_c, native, perm)
+            t_gemm, t_kernel, t_cols = _block(eng, w, x_p, n2_p, s, e, cols, cols_max, thr_c, native, perm)
             if not native and eng.n_pairs > _FLUSH_PAIRS:  # bounded memory: flushes merge with the best so far
                 eng.flush(eng.ref, torch.arange(n, device=dev), out_d, out_i)
             t2 = time.perf_counter()
             ncols = n - s if cols is None else int(cols.numel())
-            chooser.report(mode, group, e - s, n - s, ncols, t1 - t0, t_gemm, t_kernel, t2 - t0)
+            chooser.report(mode, group, e - s, n - s, ncols, t1 - t0, t_gemm, t_kernel, t2 - t0, t_cols)
             w.clock("projected", t1 - t0)
 
         pool.run(chooser, block, progress=lambda: progress(0.95 * chooser.seen / max(1, total), "knn"))
@@ -1616,17 +1728,21 @@ def _block(eng: _Engine, w: _Worker, x_p, n2_p, s: int, e: int, cols, cols_max: 
     if cols is None:  # a cache-sized block of products; built columns also bound the worker's buffer
         step = max(128, _BLOCK_ENTRIES // (e - s))
         step = step if x_p is not None else min(step, max(128, cols_max))
-    t_gemm = t_kernel = 0.0
+    t_gemm = t_kernel = t_cols = 0.0
     for c0 in range(0, ncols, step):
         if cols is None:
             c1 = min(ncols, c0 + step)
             cc_ = torch.arange(s + c0, s + c1, device=dev)
+            tc = time.perf_counter()
             xg = w.frame_rows(eng, x_p, s + c0, s + c1, 1, perm)
+            t_cols += time.perf_counter() - tc
             cn2 = n2_p[s + c0 : s + c1]
             nb = max(0, min(e, s + c1) - (s + c0))
         else:
             cc_ = cols[c0 : c0 + step]
+            tc = time.perf_counter()
             xg, cn2 = w.frame_take(eng, x_p, cc_, 1, perm), n2_p.index_select(0, cc_)
+            t_cols += time.perf_counter() - tc
             nb = int((cc_ < e).sum())
         # the other direction (column j as the query, row i as its candidate) counts for columns outside the
         # block only: an in-block pair {i, j} already met both directions as the entries (i, j) and (j, i), so no
@@ -1654,7 +1770,7 @@ def _block(eng: _Engine, w: _Worker, x_p, n2_p, s: int, e: int, cols, cols_max: 
         t_kernel += time.perf_counter() - tb
     w.clock("gemm", t_gemm)
     w.clock("topk", t_kernel)
-    return t_gemm, t_kernel
+    return t_gemm, t_kernel, t_cols
 
 
 def _symmetric_brute(eng: _Engine, out_d, out_i, progress, native: bool, threads: int) -> None:
@@ -1684,8 +1800,8 @@ def _symmetric_brute(eng: _Engine, out_d, out_i, progress, native: bool, threads
         def block(w, task) -> None:
             _, group = task
             s, e = group[0][1], group[-1][2]
-            t_gemm, t_kernel = _block(eng, w, eng.x, eng.n2c, s, e, None, _COLS_MAX, thr, True, None)
-            chooser.report("brute", group, e - s, n - s, n - s, 0.0, t_gemm, t_kernel, t_gemm + t_kernel)
+            t_gemm, t_kernel, _ = _block(eng, w, eng.x, eng.n2c, s, e, None, _COLS_MAX, thr, True, None)
+            chooser.report("brute", group, e - s, n - s, n - s, 0.0, t_gemm, t_kernel, t_gemm + t_kernel, 0.0)
 
         pool.run(chooser, block, progress=lambda: progress(0.95 * chooser.seen / max(1, total), "knn"))
     _symmetric_done(eng, pool, chooser, native, out_d, out_i)

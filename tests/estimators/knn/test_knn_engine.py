@@ -354,7 +354,7 @@ def test_chooser_switches_on_a_lasting_cost_difference_not_on_one_slow_block():
             mode, group = next(ch)
             # a pruned block's GEMM: 1 ms for 10 rows x 100 surviving columns, so its brute force of 1000 columns
             # is priced at 10 ms
-            ch.report(mode, group, 10, 1000, 100, 0.0, 1e-3, 0.0, t_total if mode == "pruned" else 0.0)
+            ch.report(mode, group, 10, 1000, 100, 0.0, 1e-3, 0.0, t_total if mode == "pruned" else 0.0, 0.0)
         return most
 
     ch = knn._Chooser(units, n, None)
@@ -370,6 +370,25 @@ def test_chooser_switches_on_a_lasting_cost_difference_not_on_one_slow_block():
     feed(ch, 2e-3, until="pruned", most=300)
     assert ch.mode == "pruned" and len(ch.switches) == 2
     assert ch.counts["brute"] > 0
+
+
+@pytest.mark.parametrize("t_total, switches", [(13e-3, False), (14e-3, True)])
+def test_chooser_prices_the_brute_force_with_its_scan_and_its_column_builds(t_total, switches):
+    """A pruned block of 32 rows whose 100 surviving columns (of 1000) took 1 ms of GEMM, 0.2 ms of scan and 0.5 ms
+    of building: the same block by brute force costs 10 ms of GEMM, 2 ms of scan (both per entry) and the build of
+    its 1000 columns once per brute-force task of ``brute_rows`` rows (32 of 256 rows here: 0.625 ms), 12.625 ms in
+    all. Pruned blocks taking 13 ms are within the switching margin of that (they stay pruned; priced by the GEMM
+    alone, 10 ms, they would not); blocks taking 14 ms are beyond it."""
+    n = 100_000
+    units = [(c, s, s + 32) for c, s in enumerate(range(0, n, 32))]
+    ch = knn._Chooser(units, n, None)
+    assert ch.brute_rows == 256
+    for _ in range(3 * knn._SWITCH_STREAK):
+        mode, group = next(ch)
+        if mode == "brute":
+            break
+        ch.report(mode, group, 32, 1000, 100, 0.0, 1e-3, 2e-4, t_total, 5e-4)
+    assert (ch.switches != []) == switches
 
 
 def test_three_sort_ordering_fallback_gives_the_same_answer(small_thresholds, monkeypatch):
@@ -687,3 +706,54 @@ def test_symmetric_search_rows_beyond_their_lists_are_recomputed(small_threshold
     for r in (b, c):
         assert torch.equal(a.indices, r.indices) and torch.equal(a.distances, r.distances)
     check(c, *brute(X.numpy(), 8))
+
+
+def test_native_projected_test_keeps_the_columns_a_plain_comparison_keeps():
+    """``tg_proj_keep`` (one piece of the symmetric search's projected test) against numpy: column j is kept when
+    ``G[j, i] <= thr_r[i]`` or ``G[j, i] <= thr_c[j]`` for some i, written as ``base + j`` in ascending order. Equal
+    values (the comparison is inclusive), infinite thresholds, NaN entries (pass no test) and widths that are not a
+    multiple of the vector length are in the data."""
+    if not native.available():
+        pytest.fail("the native kernel was not built (README 'Set-up')")
+    rng = np.random.default_rng(13)
+    for C, R in ((1, 1), (37, 5), (300, 64), (129, 71)):
+        G = rng.integers(0, 40 * R, (C, R)).astype(np.float32)  # integers: ties with the thresholds
+        G[rng.random((C, R)) < 0.05] = np.nan
+        thr_r = rng.integers(0, 8, R).astype(np.float32)
+        thr_c = rng.integers(0, 8, C).astype(np.float32)
+        thr_c[::11] = np.inf
+        want = np.nonzero(((G <= thr_r[None, :]) | (G <= thr_c[:, None])).any(1))[0] + 1000
+        out = torch.full((C + 3,), -7, dtype=torch.int64)
+        got = native.proj_keep(torch.from_numpy(G), torch.from_numpy(thr_r), torch.from_numpy(thr_c), 1000, out)
+        assert got == want.size and 0 < got < C or C == 1
+        np.testing.assert_array_equal(out[:got].numpy(), want)
+        assert (out[got:] == -7).all()  # nothing written beyond the kept columns
+    assert native.proj_keep(torch.zeros(3, 2, dtype=torch.float64), torch.zeros(2), torch.zeros(3), 0, out) is None
+
+
+def test_prepared_directions_are_the_same_with_one_or_two_threads():
+    """The principal directions and the embedding of the symmetric search are computed in pieces spread over the
+    threads (``_in_threads``) and combined in the pieces' order: bit for bit the same numbers with one or two
+    threads, and the same as a single pass over the whole (to float32 rounding: a sum in another order)."""
+    X = torch.from_numpy(clustered(3000, 60, 6, seed=3))
+    got = []
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the symmetric search: one intra-op thread per thread
+    try:
+        for threads in (1, 2):
+            eng = knn._Engine(X, 5, torch.device("cpu"), 1 << 30, {}, frame=False)
+            eng.threads = threads
+            eng.chunk = 256  # several pieces per pass
+            pre = knn._Prefixes(eng, (8, 16))
+            pre.project()
+            got.append((pre.P, pre.zz, pre.a2, pre.z2))
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(*got, strict=True):
+        assert torch.equal(a, b)
+    P, zz, a2, z2 = got[0]
+    A = X - X.mean(0)
+    np.testing.assert_allclose(zz.numpy(), (A @ P).float().numpy(), rtol=0, atol=1e-5 * float(A.abs().max()))
+    np.testing.assert_allclose(a2.numpy(), (A * A).sum(1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(z2[:, 1].numpy(), ((A @ P)[:, :16] ** 2).sum(1).numpy(), rtol=1e-6)
+    assert float((P.T @ P - torch.eye(16, dtype=torch.float64)).abs().max()) < 1e-12
