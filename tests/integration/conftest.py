@@ -23,11 +23,9 @@ def svc(request, tmp_path_factory):
         s3_server.endpoint()  # skips when no local S3 server can be had
     stack = service_stack.build(kind, tmp_path_factory.mktemp(f"svc-{kind}"))
     try:
-        stack.start_api()
-        stack.start_worker()
-        # `taskgauge keys create NAME` prints the key once on stdout.
-        stack.alice_key = stack.create_key("alice")
-        stack.bob_key = stack.create_key("bob")
+        # the API and the worker start side by side; `taskgauge keys create NAME` (it prints the key once on stdout)
+        # makes alice's and bob's keys meanwhile
+        stack.start(1, keys=("alice", "bob"))
         yield stack
     except BaseException:
         print(stack.tail(), file=sys.stderr)

@@ -49,17 +49,31 @@ def postgres_up() -> bool:
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    kill_groups([proc], sig, timeout)
+
+
+def kill_groups(procs: list[subprocess.Popen | None], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Send ``sig`` to every process group first, then wait for them (SIGKILL past ``timeout``): the processes
+    shut down side by side instead of one after the other."""
+    live = []
+    for proc in procs:
+        if proc is None or proc.poll() is not None:
+            continue
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            continue
+        live.append(proc)
+    deadline = time.monotonic() + timeout
+    for proc in live:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
 
 
 @dataclass
@@ -121,6 +135,7 @@ class Stack:
     n_workers: int = 0
     logs: list[Path] = field(default_factory=list)
     s3_bucket: str | None = None
+    procs: list[subprocess.Popen] = field(default_factory=list)  # every process spawned, for stop()
 
     @property
     def data_dir(self) -> Path:
@@ -147,7 +162,7 @@ class Stack:
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
         path = self.tmp / log
         self.logs.append(path)
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "app", *args],
             env=self.env,
             cwd=self.tmp,
@@ -155,13 +170,21 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.procs.append(proc)
+        return proc
 
-    def start_api(self) -> None:
+    def start_api(self, wait: bool = True) -> None:
         port = free_port()
         self.api = self._spawn(
             ["serve", "--no-worker", "--no-migrate", "--host", "127.0.0.1", "--port", str(port)], "api.log"
         )
         self.api_url = f"http://127.0.0.1:{port}"
+        if wait:
+            self.wait_api()
+
+    def wait_api(self) -> None:
+        """Wait until the API process started by ``start_api(wait=False)`` answers ``/healthz``."""
+        assert self.api is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.api.poll() is not None:
@@ -174,28 +197,34 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError("API did not start:\n" + self.tail())
 
+    def start(self, workers: int, keys: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+        """Start the API and ``workers`` worker processes side by side, create a key for each owner in ``keys``
+        (``stack.<owner>_key``) while they start, and wait until all are ready. Returns the worker processes."""
+        self.start_api(wait=False)
+        procs = [self.start_worker(wait=False) for _ in range(workers)]
+        for owner in keys:
+            setattr(self, f"{owner}_key", self.create_key(owner))
+        self.wait_api()
+        self.wait_workers(procs)
+        return procs
+
     def start_worker(self, wait: bool = True) -> subprocess.Popen:
         self.n_workers += 1
-        log = f"worker{self.n_workers}.log"
-        self.worker = self._spawn(["worker", "--concurrency", "1", "--loglevel", "info"], log)
+        self.worker = self._spawn(["worker", "--concurrency", "1", "--loglevel", "info"], f"worker{self.n_workers}.log")
         if wait:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if self.worker.poll() is not None:
-                    raise RuntimeError("worker exited:\n" + self.tail())
-                if b" ready." in (self.tmp / log).read_bytes():
-                    return self.worker
-                time.sleep(0.2)
-            raise RuntimeError("worker did not become ready:\n" + self.tail())
+            self.wait_workers([self.worker])
         return self.worker
 
     def start_workers(self, n: int) -> list[subprocess.Popen]:
         """Start ``n`` workers at once (not one after the other) and wait until all are ready."""
-        procs = [self.start_worker(wait=False) for _ in range(n)]
-        logs = [self.tmp / f"worker{self.n_workers - n + 1 + i}.log" for i in range(n)]
+        return self.wait_workers([self.start_worker(wait=False) for _ in range(n)])
+
+    def wait_workers(self, procs: list[subprocess.Popen]) -> list[subprocess.Popen]:
+        """Wait until every worker in ``procs`` (started with ``start_worker(wait=False)``) is ready."""
+        logs = [self.logs[self.procs.index(p)] for p in procs]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if all(p.exists() and b" ready." in p.read_bytes() for p in logs):
+            if all(log.exists() and b" ready." in log.read_bytes() for log in logs):
                 return procs
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError("a worker exited:\n" + self.tail())
@@ -226,9 +255,7 @@ class Stack:
         return httpx.Client(base_url=self.api_url + "/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
     def stop(self) -> None:
-        for p in (self.worker, self.api):
-            if p is not None:
-                kill_group(p)
+        kill_groups(self.procs)  # the API and every worker ever started, side by side
         if self.redis is not None:
             self.redis.stop()
         if self.pg_name:
@@ -247,19 +274,13 @@ def running(kind: str, tmp: Path, *, extra_env: dict[str, str] | None = None, wo
     if kind != "embedded" and not (postgres_up() and redis_available()):
         pytest.skip("PostgreSQL and redis-server are needed for this stack")
     stack = build(kind, tmp, extra_env=extra_env)
-    procs: list[subprocess.Popen] = []
     try:
-        stack.start_api()
-        procs += stack.start_workers(workers)
-        stack.workers = procs
-        stack.alice_key = stack.create_key("alice")
+        stack.workers = stack.start(workers, keys=("alice",))
         yield stack
     except BaseException:
         print(stack.tail(), file=sys.stderr)
         raise
     finally:
-        for w in procs:
-            kill_group(w)
         stack.stop()
 
 

@@ -36,20 +36,13 @@ def stack(request, tmp_path_factory):
             "TASKGAUGE_TASK_SOFT_TIME_LIMIT_S": str(SOFT_LIMIT_S),
         },
     )
-    workers = []
     try:
-        st.start_api()
-        workers.append(st.start_worker())
-        workers.append(st.start_worker())  # two worker processes (fairness)
-        for name in ("alice", "bob"):
-            setattr(st, f"{name}_key", st.create_key(name))
+        st.start(2, keys=("alice", "bob"))  # two worker processes (fairness)
         yield st
     except BaseException:
         print(st.tail(), file=sys.stderr)
         raise
     finally:
-        for w in workers:
-            service_stack.kill_group(w)
         st.stop()
 
 

@@ -57,8 +57,8 @@ def stack(request, tmp_path_factory):
         },
     )
     try:
-        s.start_api()
-        s.key = s.create_key("carol")
+        s.start(0, keys=("carol",))
+        s.key = s.carol_key
         yield s
     except BaseException:
         print(s.tail(), file=sys.stderr)

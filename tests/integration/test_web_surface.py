@@ -91,7 +91,9 @@ def test_signin_link_from_the_console_works_once(server):
 
 
 def test_schemathesis_finds_no_server_error(server, tmp_path):
-    """A bounded fuzzing run (`st run`, few examples per operation, 3 minutes at most) against the live spec."""
+    """A bounded fuzzing run (`st run`: the examples, coverage and fuzzing phases once, 25 examples per operation,
+    a fixed seed) against the live spec. No ``--max-time``: in schemathesis 4.32 it is a budget the run spends, not a
+    cap (the fuzzing phase starts over until the time is up), so with it this test always took the whole budget."""
     if not ST.exists():
         pytest.skip("schemathesis is not installed")
     report = tmp_path / "st.json"
@@ -107,8 +109,6 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
         "25",
         "--workers",
         "2",
-        "--max-time",
-        "180",
         "--request-timeout",
         "30",
         "--seed",
