@@ -24,7 +24,7 @@ def test_round_trip_through_the_configured_blob_store(svc, alice, tmp_path):
         assert added == [f"blobs/{sha[:2]}/{sha}"]  # the object, under the configured prefix
         assert local == []  # nothing on this host's disk
     else:
-        assert added == [f"{sha[:2]}/{sha}"] and local == [sha]
+        assert added == [f"{sha[:2]}/{sha}"] and sha in local  # other tests' blobs may share the stack's disk
     aid = alice.post("/analyses", json={"dataset_id": ds["id"], "estimators": {"twonn": {}}}).json()["id"]
     state = wait_for(alice, aid)
     assert state["status"] == "succeeded", (state, svc.tail())
