@@ -5,8 +5,8 @@ Task: topic classification of Debian fortunes (computers / love / science / poli
 texts each, seeded), token ids truncated at ``--max-length``. Every configuration runs the registered ``subspace``
 estimator (baseline = direct training of the same trainable subset, ``--seeds`` seeds, coarse log grid of d then
 bisection, d90 = 90% of the baseline's mean validation accuracy, percentile bootstrap CI over seeds). On this 2-core
-CPU the sweep trains the last ``--blocks`` transformer blocks + the head only (the lower blocks are frozen and
-computed once per text); the table says so. Writes bench/results_said_text.md and bench/said_text.png.
+CPU the sweep trains the last ``--blocks`` transformer blocks + the head only (the lower blocks are frozen,
+computed once per text and shared by every seed and trial; the seeds run in one batched call); the table says so. Writes bench/results_said_text.md and bench/said_text.png.
 
     PYTHONPATH=. .venv/bin/python bench/said_text.py [--blocks 1] [--seeds 3] [--epochs 100]
     # where a GPU is lent, the full-model sweep (all 6 blocks, embeddings included):
