@@ -83,7 +83,9 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -995,17 +997,20 @@ def _up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.nextafter(y, torch.full_like(y, math.inf))
 
 
-def _in_threads(threads: int, tasks: list, fn) -> list:
+def _in_threads(threads: int, tasks: Iterable, fn) -> list:
     """``[fn(slot, task) for task in tasks]`` with the tasks spread over ``threads`` threads (``slot``: the thread's
-    number, for its own buffers), each running torch with one intra-op thread and taking the next task when done
-    (coarse pieces of the serial preparation: no barrier inside a piece, as :class:`_Workers`). The results come in
-    the tasks' order, so a caller that combines them in that order gets the same numbers with any thread count."""
-    out: list = [None] * len(tasks)
-    threads = max(1, min(threads, len(tasks)))
-    if threads == 1:
+    number, for its own buffers; the calling thread is slot 0), each running torch with one intra-op thread and
+    taking the next task when done (no barrier inside a task: a thread slowed by another process on its core only
+    does fewer tasks). ``tasks`` may be an iterator (taken from under a lock, so its ``__next__`` need not be
+    thread-safe). The results come in the tasks' order, so a caller that combines them in that order gets the same
+    numbers with any thread count."""
+    if isinstance(tasks, Sized):
+        threads = min(threads, len(tasks))
+    if threads <= 1:
         return [fn(0, t) for t in tasks]
     lock = threading.Lock()
-    nxt = [0]
+    it = enumerate(tasks)
+    out: dict[int, Any] = {}
     failed: list[BaseException] = []
 
     def loop(slot: int) -> None:
@@ -1015,11 +1020,10 @@ def _in_threads(threads: int, tasks: list, fn) -> list:
         try:
             while True:
                 with lock:
-                    if failed or nxt[0] >= len(tasks):
+                    if failed or (nxt := next(it, None)) is None:
                         return
-                    i = nxt[0]
-                    nxt[0] += 1
-                out[i] = fn(slot, tasks[i])
+                i, task = nxt
+                out[i] = fn(slot, task)
         except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
             with lock:
                 failed.append(e)
@@ -1035,7 +1039,7 @@ def _in_threads(threads: int, tasks: list, fn) -> list:
         t.join()
     if failed:
         raise failed[0]
-    return out
+    return [out[i] for i in range(len(out))]
 
 
 class _Worker:
@@ -1259,37 +1263,15 @@ class _Workers:
         return False
 
     def run(self, tasks, fn, progress=None) -> None:
-        """``fn(worker, task)`` for every task of the iterator ``tasks`` (its ``__next__`` must be thread-safe or
-        the iterator is wrapped under a lock here)."""
-        lock = threading.Lock()
-        failed: list[BaseException] = []
+        """``fn(worker, task)`` for every task of the iterable ``tasks`` (:func:`_in_threads`); ``progress()`` after
+        each task the calling thread runs."""
 
-        def take():
-            with lock:
-                if failed:
-                    return None
-                return next(tasks, None)
+        def step(slot: int, task) -> None:
+            fn(self.workers[slot], task)
+            if slot == 0 and progress is not None:
+                progress()
 
-        def loop(w: _Worker, main: bool) -> None:
-            if not main and self.threads > 1:
-                torch.set_num_threads(1)  # this thread's OpenMP setting (torch's is per thread for OpenMP)
-            try:
-                while (task := take()) is not None:
-                    fn(w, task)
-                    if main and progress is not None:
-                        progress()
-            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
-                with lock:
-                    failed.append(e)
-
-        others = [threading.Thread(target=loop, args=(w, False), daemon=True) for w in self.workers[1:]]
-        for t in others:
-            t.start()
-        loop(self.workers[0], True)
-        for t in others:
-            t.join()
-        if failed:
-            raise failed[0]
+        _in_threads(self.threads, tasks, step)
 
 
 class _Chooser:
