@@ -176,6 +176,8 @@ _MERGE_ENTRIES = 1 << 16
 _EXACT_IN_BLOCK = True
 #: the final (row, distance, index) order uses one sort of a packed int64 key while it fits below this
 _PACK_LIMIT = 2**62
+#: the arrays of :attr:`KNNPlan.coords`
+_COORDS = ("coords", "centred_sq", "coords_sq", "mean")
 
 
 @dataclass
@@ -732,6 +734,7 @@ class _SymmetricPart:
     owner: torch.Tensor
     index: int
     count: int
+    coords: tuple[torch.Tensor, ...] | None = None
 
 
 def _part_owners(counts: list[int], count: int) -> list[int]:
@@ -895,9 +898,21 @@ class _Prefixes:
         self.D, self.u, self.cdt, self.dev = eng.D, eng.u, eng.cdt, eng.device
         eng.clock.lap("pca")
 
-    def project(self) -> None:
-        """The leading coordinates and squared norms of every row (what :meth:`at` assembles)."""
+    def project(self, known: tuple[torch.Tensor, ...] | None = None) -> None:
+        """The leading coordinates and squared norms of every row (what :meth:`at` assembles); ``known``: those of
+        a single rank as :attr:`KNNPlan.coords` holds them, taken as they are instead when they are this
+        computation's (a part: the plan made them), i.e. in this engine's GEMM dtype about its very mean."""
         eng, n, rmax = self.eng, self.eng.n, int(self.P.shape[1])
+        if (
+            known is not None
+            and len(self.ranks) == 1
+            and known[0].shape == (n, rmax)
+            and known[0].dtype == eng.cdt
+            and torch.equal(known[3].to(self.dev), eng.mu)
+        ):
+            self.zz, self.a2, self.z2 = known[0].to(self.dev), known[1].to(self.dev), known[2].to(self.dev).unsqueeze(1)
+            eng.clock.lap("project")
+            return
         self.zz = torch.empty(n, rmax, dtype=eng.cdt, device=self.dev)
         self.a2 = torch.empty(n, dtype=torch.float64, device=self.dev)
         self.z2 = torch.empty(n, len(self.ranks), dtype=torch.float64, device=self.dev)
@@ -1524,8 +1539,9 @@ def _pruned_symmetric(
         release_freed_memory(dev)
         _symmetric_brute(eng, out_d, out_i, progress, native, threads)
         return
-    # the embedding at the candidate ranks (one projection); k-means groups the rows in the rank-32 embedding
-    pre.project()
+    # the embedding at the candidate ranks (one projection; a part: the plan's); k-means groups the rows in the
+    # rank-32 embedding
+    pre.project(None if part is None else part.coords)
     r0 = min(pre.ranks, key=lambda r: abs(r - _KMEANS_RANK))
     if part is None:
         m = max(1, round(n / _CLUSTER_SIZE))
@@ -1646,7 +1662,11 @@ def _pruned_symmetric(
         if plan is not None:  # what the parts need; no block runs here
             by_row = torch.empty_like(U)
             by_row[perm] = U
-            plan.update(bounds=by_row.cpu(), basis=pre.P[:, :rank].contiguous().cpu(), counts=counts.tolist())
+            j = pre.ranks.index(rank)
+            coords = (pre.zz[:, :rank].contiguous().cpu(), pre.a2.cpu(), pre.z2[:, j].contiguous().cpu(), eng.mu.cpu())
+            plan.update(
+                bounds=by_row.cpu(), basis=pre.P[:, :rank].contiguous().cpu(), counts=counts.tolist(), coords=coords
+            )
             eng.clock.lap("rank")
             return
         eng.bounds.E_proj, eng.bounds.kappa_proj = pre.constants(rank)
@@ -2018,7 +2038,10 @@ class KNNPlan:
     ``labels`` (int64, one per row) and ``clusters``: the k-means grouping of the pruned symmetric search (large
     inputs), with what the search computes once before its blocks: ``bounds`` (float64, one per row: its first
     upper bound U of the k-th neighbour distance, from its home clusters) and ``basis`` (float64, D × rank: the
-    principal directions at the rank the search chose). ``owner`` (one per cluster): the part that runs the
+    principal directions at the rank the search chose), and ``coords``: every row's embedding at that rank as the
+    search computes it from ``basis`` (:class:`_Prefixes`: the coordinates ``(x - mu)·basis`` in the GEMM dtype,
+    ``|x - mu|²`` and the coordinates' squared norm in float64, and ``mu``), so that a part loads them instead of
+    projecting every row again (None, or another GEMM dtype or mean than the part's: the part projects). ``owner`` (one per cluster): the part that runs the
     cluster's blocks, each block against the columns after it, so that the parts meet every unordered pair once
     between them; interleaved clusters with about equal shares of the pairs (:func:`_part_owners`). ``labels``
     None: the search is the brute force (small or low-dimensional inputs, where every pair is computed from both
@@ -2032,6 +2055,7 @@ class KNNPlan:
     bounds: torch.Tensor | None = None
     basis: torch.Tensor | None = None
     owner: torch.Tensor | None = None
+    coords: tuple[torch.Tensor, ...] | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The plan as plain arrays (for ``numpy.savez``; never pickled)."""
@@ -2042,6 +2066,9 @@ class KNNPlan:
             out["bounds"] = self.bounds.cpu().numpy().astype(np.float64)
             out["basis"] = self.basis.cpu().numpy().astype(np.float64)
             out["owner"] = self.owner.cpu().numpy().astype(np.int32)
+        if self.coords is not None:
+            for name, t in zip(_COORDS, self.coords, strict=True):
+                out[name] = t.cpu().numpy()
         return out
 
     @classmethod
@@ -2068,6 +2095,19 @@ class KNNPlan:
             raise ValueError(f"not a kNN plan: a basis of shape {basis.shape} ({basis.dtype})")
         if owner.shape != (clusters,) or owner.dtype.kind != "i" or int(owner.min()) < 0 or int(owner.max()) >= parts:
             raise ValueError(f"not a kNN plan: owners of shape {owner.shape} for {clusters} clusters, {parts} parts")
+        coords = None
+        if any(name in arrays for name in _COORDS):
+            zz, a2, z2, mu = (np.asarray(arrays.get(name)) for name in _COORDS)
+            if (
+                zz.shape != (n, basis.shape[1])
+                or zz.dtype not in (np.float32, np.float64)
+                or (a2.shape, z2.shape, mu.shape) != ((n,), (n,), (basis.shape[0],))
+                or {a2.dtype, z2.dtype, mu.dtype} != {np.dtype(np.float64)}
+                or not all(np.isfinite(a).all() for a in (zz, a2, z2, mu))
+                or not bool((a2 >= 0).all() and (z2 >= 0).all())
+            ):
+                raise ValueError(f"not a kNN plan: coordinates of shape {zz.shape} ({zz.dtype}) for n={n}")
+            coords = tuple(torch.from_numpy(a) for a in (zz, a2, z2, mu))
         return cls(
             n=n,
             parts=parts,
@@ -2076,6 +2116,7 @@ class KNNPlan:
             bounds=torch.from_numpy(bounds),
             basis=torch.from_numpy(basis),
             owner=torch.from_numpy(owner.astype(np.int64)),
+            coords=coords,
         )
 
 
@@ -2183,6 +2224,7 @@ def plan_parts(
         bounds=out["bounds"],
         basis=out["basis"],
         owner=torch.tensor(_part_owners(out["counts"], int(parts)), dtype=torch.long),
+        coords=out["coords"],
     )
 
 
@@ -2256,6 +2298,7 @@ def kneighbors_part(
                 owner=plan.owner,
                 index=int(part),
                 count=plan.parts,
+                coords=plan.coords,
             ),
         )
         stats["candidates_mean"] = round(eng.examined / n, 3)
@@ -2275,32 +2318,49 @@ def merge_parts(parts: list[KNNPart], n: int, k: int) -> KNNResult:
 
     A pair that two parts both list (with the same distance: the same float64 kernel computes it) counts once, so a
     part given twice changes nothing. Raises ValueError when the parts do not add up to an answer: a row with fewer
-    than k neighbours (a part is missing), or a pair listed with two distances (parts of different plans)."""
-    out_d = torch.full((n, k), math.inf, dtype=torch.float64)
-    out_i = torch.full((n, k), -1, dtype=torch.long)
-    step = max(1, _MERGE_ENTRIES // max(2 * k, 1))
+    than k neighbours (a part is missing), or a pair listed with two distances (parts of different plans).
+
+    One pass over the rows, a chunk at a time: each chunk's lists from every part side by side, then one sort (a
+    pass per part, each merging into the table so far, sorted twice as many entries)."""
     for p in parts:
         if p.distances.shape[1] != k or (p.rows.numel() and (int(p.rows.min()) < 0 or int(p.rows.max()) >= n)):
             raise ValueError(f"merge_parts: a part of shape {tuple(p.distances.shape)} does not fit n={n}, k={k}")
-        for s in range(0, p.rows.numel(), step):
-            rows = p.rows[s : s + step]
-            d = torch.cat([out_d.index_select(0, rows), p.distances[s : s + step]], 1)
-            i = torch.cat([out_i.index_select(0, rows), p.indices[s : s + step]], 1)
-            o = torch.argsort(i, dim=1, stable=True)  # (distance, index): index first, then a stable sort by distance
-            d, i = d.gather(1, o), i.gather(1, o)
-            # a pair two parts both met (a row a part re-checked against every column, see the exact phase) is
-            # listed by both with the same float64 distance: keep one. Different distances: different plans.
-            twice = torch.zeros_like(i, dtype=torch.bool)
-            twice[:, 1:] = (i[:, 1:] == i[:, :-1]) & (i[:, 1:] >= 0)
-            if bool(twice.any()):
-                prev = torch.zeros_like(d)
-                prev[:, 1:] = d[:, :-1]
-                if not torch.equal(d[twice], prev[twice]):
-                    raise ValueError("merge_parts: a neighbour has two distances; the parts come from different plans")
-                d = d.masked_fill(twice, math.inf)
-                i = i.masked_fill(twice, -1)
-            o = torch.argsort(d, dim=1, stable=True)[:, :k]
-            out_d[rows], out_i[rows] = d.gather(1, o), i.gather(1, o)
+    lists = []  # each part's rows ascending (as kneighbors_part gives them), to find a chunk's rows by bisection
+    for p in parts:
+        rows, d, i = p.rows, p.distances, p.indices
+        if rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
+            o = torch.argsort(rows, stable=True)
+            rows, d, i = rows[o], d[o], i[o]
+        lists.append((rows, d, i))
+    width = max(1, len(parts)) * k
+    out_d = torch.empty((n, k), dtype=torch.float64)
+    out_i = torch.empty((n, k), dtype=torch.long)
+    step = max(1, _MERGE_ENTRIES // max(width, 1))
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        d = torch.full((r1 - r0, width), math.inf, dtype=torch.float64)
+        i = torch.full((r1 - r0, width), -1, dtype=torch.long)
+        for j, (rows, pd, pi) in enumerate(lists):
+            a, b = torch.searchsorted(rows, torch.tensor([r0, r1], dtype=rows.dtype)).tolist()
+            if a < b:
+                local = rows[a:b] - r0
+                d[local, j * k : (j + 1) * k] = pd[a:b]
+                i[local, j * k : (j + 1) * k] = pi[a:b].long()
+        o = torch.argsort(i, dim=1, stable=True)  # (distance, index): index first, then a stable sort by distance
+        d, i = d.gather(1, o), i.gather(1, o)
+        # a pair two parts both met (a row a part re-checked against every column, see the exact phase) is listed
+        # by both with the same float64 distance: keep one. Different distances: different plans.
+        twice = torch.zeros_like(i, dtype=torch.bool)
+        twice[:, 1:] = (i[:, 1:] == i[:, :-1]) & (i[:, 1:] >= 0)
+        if bool(twice.any()):
+            prev = torch.zeros_like(d)
+            prev[:, 1:] = d[:, :-1]
+            if not torch.equal(d[twice], prev[twice]):
+                raise ValueError("merge_parts: a neighbour has two distances; the parts come from different plans")
+            d = d.masked_fill(twice, math.inf)
+            i = i.masked_fill(twice, -1)
+        o = torch.argsort(d, dim=1, stable=True)[:, :k]
+        out_d[r0:r1], out_i[r0:r1] = d.gather(1, o), i.gather(1, o)
     if bool((out_i < 0).any()):
         short = int((out_i < 0).any(1).sum())
         raise ValueError(f"merge_parts: {short} rows have fewer than {k} neighbours; a part is missing")

@@ -7,6 +7,8 @@ pair's distance) and with the independent float64 numpy brute force of test_knn_
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -168,6 +170,34 @@ def test_a_missing_part_is_refused_a_repeated_one_changes_nothing_a_foreign_one_
         merge_parts(pieces, 900, 7)
 
 
+def test_parts_take_the_plans_coordinates_or_project_when_they_are_not_theirs(small_thresholds, monkeypatch):
+    """The plan stores every row's embedding at its rank; a part loads it instead of projecting every row again,
+    unless it has none (a plan stored without them) or they are about another mean: the part then projects itself.
+    The answer is the same every way."""
+    X = torch.from_numpy(clustered(1000, 32, 4, seed=8)).float()
+    plan = plan_parts(X, 6, 2)
+    zz, a2, z2, mu = plan.coords
+    assert zz.shape == (1000, plan.basis.shape[1]) and zz.dtype == torch.float32
+    assert a2.shape == z2.shape == (1000,) and mu.shape == (32,) and bool((z2 <= a2 * (1 + 1e-12)).all())
+    projected = []
+    real = knn._Prefixes.project
+
+    def spy(self, known=None):
+        real(self, known)
+        projected.append(known is None or self.zz is not known[0])
+
+    monkeypatch.setattr(knn._Prefixes, "project", spy)
+    expected = kneighbors(X, 6)
+    for p, computes in (
+        (plan, False),
+        (dataclasses.replace(plan, coords=None), True),
+        (dataclasses.replace(plan, coords=(zz, a2, z2, mu + 1e-9)), True),
+    ):
+        projected.clear()
+        same(merge_parts([kneighbors_part(X, 6, p, i) for i in range(2)], 1000, 6), expected)
+        assert projected == [computes, computes]
+
+
 def test_plan_and_part_round_trip_through_plain_arrays(small_thresholds, tmp_path):
     X = torch.from_numpy(clustered(700, 24, 4, seed=6))
     plan = plan_parts(X, 5, 2)
@@ -182,6 +212,7 @@ def test_plan_and_part_round_trip_through_plain_arrays(small_thresholds, tmp_pat
     assert torch.equal(back.rows, piece.rows) and torch.equal(back.distances, piece.distances)
     assert torch.equal(again.bounds, plan.bounds) and torch.equal(again.basis, plan.basis)
     assert torch.equal(again.owner, plan.owner)
+    assert all(torch.equal(a, b) for a, b in zip(again.coords, plan.coords, strict=True))
     arrays = plan.arrays()
     bad_bounds = arrays["bounds"].copy()
     bad_bounds[3] = np.nan
@@ -190,6 +221,9 @@ def test_plan_and_part_round_trip_through_plain_arrays(small_thresholds, tmp_pat
         {"bounds": bad_bounds},
         {"owner": np.full_like(arrays["owner"], 2)},
         {"basis": arrays["basis"][0]},
+        {"coords": arrays["coords"][:, :-1]},
+        {"centred_sq": -arrays["centred_sq"]},
+        {"mean": arrays["mean"][:-1]},
     ):
         with pytest.raises(ValueError, match="not a kNN plan"):
             KNNPlan.from_arrays({**arrays, **bad})
