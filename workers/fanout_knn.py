@@ -8,7 +8,8 @@ that finishes the previous one (decided under the analysis row's lock, in the tr
 
 1. ``knn:plan`` loads the data, removes exact duplicates (as the estimators do before any search), takes the
    largest k they need and makes the split: :func:`estimators.knn.plan_parts` (for large inputs the k-means
-   grouping of the pruned symmetric search, computed once so every part uses the same), stored as a blob;
+   grouping of the pruned symmetric search, computed once so every part uses the same, with the rows' first bounds
+   and their embedding at the search's rank, which no part then recomputes), stored as a blob;
 2. ``knn:I/M`` (M = ceil(rows / KNN_SHARD_ROWS)): :func:`estimators.knn.kneighbors_part` of the distinct rows,
    part I of the plan, against the full data; its rows' best lists go to a blob. The parts meet every pair of
    points once between them, so M workers share the work without repeating any of it;
@@ -290,7 +291,7 @@ def table(
     parts = [r for r in rows if r.key != PLAN_KEY]
     if not parts or any(r.status != db.SUCCEEDED or r.blob_sha256 is None for r in parts):
         raise RuntimeError(f"analysis {analysis.id}: an estimator started before its kNN parts were done")
-    arrays = shard_blobs.load_npz(ctx, plan_row.blob_sha256)
+    arrays = shard_blobs.load_npz(ctx, plan_row.blob_sha256, ("k", "n"))  # not the plan's coordinates (MBs)
     k, n = int(arrays["k"]), int(arrays["n"])
     Xu = _distinct(X, dup)
     if Xu.shape[0] != n:

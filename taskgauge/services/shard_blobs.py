@@ -34,10 +34,11 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return deterministic_npz(buf.getvalue())
 
 
-def load_npz(ctx: Context, sha256: str) -> dict[str, np.ndarray]:
-    """The arrays of a shard blob (``allow_pickle=False``: an object array is refused, never unpickled)."""
+def load_npz(ctx: Context, sha256: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a shard blob, or those of them named in ``names`` (the others are not read)
+    (``allow_pickle=False``: an object array is refused, never unpickled)."""
     with np.load(ctx.blobs.path(sha256), allow_pickle=False) as z:
-        return {name: z[name] for name in z.files}
+        return {name: z[name] for name in z.files if names is None or name in names}
 
 
 class _Refused(Exception):
