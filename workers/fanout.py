@@ -113,7 +113,23 @@ def start(ctx: Context, analysis: db.Analysis, token: str, done: dict[str, Any])
     order = [r["key"] for r in rows]
     keys = sorted(queued, key=lambda k: order.index(k) if k in order else len(order))
     _send(ctx, analysis.id, analysis.queue, keys, queues=queued)
+    if split:
+        _read_ahead(ctx, analysis.dataset_id)
     return True
+
+
+def _read_ahead(ctx: Context, dataset_id: str) -> None:
+    """After sending a split kNN's plan: read the data into this worker's cache (:func:`shard_data`) while another
+    worker plans, so that the part this one takes next starts at once instead of reading it then (a worker that
+    takes the plan itself reads it no later than the plan would). Best effort; not a text dataset's (the plan
+    embeds it, once)."""
+    try:
+        with ctx.sessions() as s:
+            dataset = s.get(db.Dataset, dataset_id)
+        if dataset is not None and math.prod(int(x) for x in (dataset.shape or [0, 0])[1:]) > 0:
+            shard_data(ctx, dataset)
+    except Exception:  # noqa: BLE001 - a shard reads it again and reports what is wrong
+        log.warning("could not read dataset %s ahead of its kNN parts", dataset_id, exc_info=True)
 
 
 def costliest_first(names: list[str], requests: dict[str, Any], shape: list[int]) -> list[str]:

@@ -406,6 +406,22 @@ def test_small_datasets_and_other_estimators_are_not_split(tmp_path, monkeypatch
     w2.ctx.engine.dispose()
 
 
+def test_the_fan_out_reads_the_data_ahead_of_a_split_knn(world, monkeypatch):
+    """The worker that fans a split kNN out reads the data into its cache (while another worker plans), so the
+    part it takes next, or the plan, reads nothing; a fan-out without a split kNN leaves the data to the shards."""
+    loads = []
+    real = fanout.load_dataset
+    monkeypatch.setattr(fanout, "load_dataset", lambda *a, **kw: loads.append(1) or real(*a, **kw))
+    fanout._last.clear()
+    aid = world.analysis()
+    assert loads == [1] and len(fanout._last) == 1
+    world.deliver()
+    assert loads == [1] and world.analysis_row(aid).status == db.SUCCEEDED and fanout._last == {}
+    monkeypatch.setattr(world.settings, "KNN_SHARD_ROWS", 0)
+    world.analysis()
+    assert loads == [1] and fanout._last == {}
+
+
 def test_the_number_of_parts_is_bounded():
     assert fanout_knn.parts_for(70000, 35000) == 2 and fanout_knn.parts_for(70001, 35000) == 3
     assert fanout_knn.parts_for(70000, 1) == fanout_knn.MAX_PARTS
