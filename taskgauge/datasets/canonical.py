@@ -20,6 +20,7 @@ import io
 import json
 import struct
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -171,8 +172,17 @@ def write_canonical(dest: str | Path | IO[bytes], ds: CanonicalDataset) -> int:
         with open(dest, "wb") as fh:
             return write_canonical(fh, ds)
     start = dest.tell()
+    write_npz(dest, _entries(ds))
+    return dest.tell() - start
+
+
+def write_npz(dest: IO[bytes], entries: Iterable[tuple[str, np.ndarray]]) -> None:
+    """Stream C-contiguous arrays (``(name, array)``, never of objects) into a deterministic, uncompressed ``.npz``:
+    byte for byte ``np.savez`` followed by :func:`taskgauge.blobs.deterministic_npz`, without a copy of the data."""
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
-        for name, arr in _entries(ds):
+        for name, arr in entries:
+            if arr.dtype.hasobject or not arr.flags.c_contiguous:
+                raise ValueError(f"write_npz: {name} must be a C-contiguous array of plain values")
             header = _npy_header(arr)
             info = zipfile.ZipInfo(name + ".npy", date_time=_FIXED_TIME)
             info.compress_type = zipfile.ZIP_STORED
@@ -184,7 +194,6 @@ def write_canonical(dest: str | Path | IO[bytes], ds: CanonicalDataset) -> int:
                     view = memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy stubs
                     for pos in range(0, arr.nbytes, _WRITE_CHUNK):
                         out.write(view[pos : pos + _WRITE_CHUNK])
-    return dest.tell() - start
 
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")

@@ -22,16 +22,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from taskgauge import db
-from taskgauge.blobs import deterministic_npz
 from taskgauge.context import Context
+from taskgauge.datasets.canonical import write_npz
 from taskgauge.services.datasets import gc_blob, published
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """``arrays`` as deterministic ``.npz`` bytes (the same arrays give the same bytes, hence the same blob)."""
+    """``arrays`` as deterministic ``.npz`` bytes (the same arrays give the same bytes, hence the same blob): those
+    of ``np.savez`` with fixed timestamps (:func:`taskgauge.blobs.deterministic_npz`), written in one pass."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return deterministic_npz(buf.getvalue())
+    write_npz(buf, ((name, np.require(a, requirements="C")) for name, a in arrays.items()))
+    return buf.getvalue()
 
 
 def load_npz(ctx: Context, sha256: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
