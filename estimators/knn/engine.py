@@ -178,6 +178,9 @@ _EXACT_IN_BLOCK = True
 _PACK_LIMIT = 2**62
 #: the arrays of :attr:`KNNPlan.coords`
 _COORDS = ("coords", "centred_sq", "coords_sq", "mean")
+#: a plan carries the rows' coordinates while they take at most this many bytes (every part reads the blob; past
+#: it each part projects the rows itself, an O(n·D·rank) GEMM, rather than every part reading a huge blob)
+_COORDS_MAX_BYTES = 256 << 20
 
 
 @dataclass
@@ -1663,7 +1666,10 @@ def _pruned_symmetric(
             by_row = torch.empty_like(U)
             by_row[perm] = U
             j = pre.ranks.index(rank)
-            coords = (pre.zz[:, :rank].contiguous().cpu(), pre.a2.cpu(), pre.z2[:, j].contiguous().cpu(), eng.mu.cpu())
+            coords = None
+            if n * rank * pre.zz.element_size() <= _COORDS_MAX_BYTES:
+                zz = pre.zz[:, :rank].contiguous().cpu()
+                coords = (zz, pre.a2.cpu(), pre.z2[:, j].contiguous().cpu(), eng.mu.cpu())
             plan.update(
                 bounds=by_row.cpu(), basis=pre.P[:, :rank].contiguous().cpu(), counts=counts.tolist(), coords=coords
             )

@@ -198,6 +198,16 @@ def test_parts_take_the_plans_coordinates_or_project_when_they_are_not_theirs(sm
         assert projected == [computes, computes]
 
 
+def test_a_plan_past_the_coordinates_limit_leaves_them_to_the_parts(small_thresholds, monkeypatch):
+    """Past ``_COORDS_MAX_BYTES`` the plan stores no coordinates (every part would read them); the parts project."""
+    X = torch.from_numpy(clustered(1000, 32, 4, seed=8)).float()
+    monkeypatch.setattr(knn, "_COORDS_MAX_BYTES", 1000 * 4)  # less than 1000 rows at any rank ≥ 2
+    plan = plan_parts(X, 6, 2)
+    assert plan.labels is not None and plan.coords is None
+    assert not any(name in plan.arrays() for name in ("coords", "centred_sq", "coords_sq", "mean"))
+    same(merge_parts([kneighbors_part(X, 6, plan, i) for i in range(2)], 1000, 6), kneighbors(X, 6))
+
+
 def test_plan_and_part_round_trip_through_plain_arrays(small_thresholds, tmp_path):
     X = torch.from_numpy(clustered(700, 24, 4, seed=6))
     plan = plan_parts(X, 5, 2)
