@@ -63,9 +63,23 @@ def main() -> None:
     ap.add_argument("--bisect-steps", type=int, default=2)
     ap.add_argument("--max-d", type=int, default=65_536)
     ap.add_argument("--only", default="", help="comma-separated config indices (0..3) to run")
+    ap.add_argument("--lr-candidates", default="", help="comma-separated lr candidates of θ_d's range test")
+    ap.add_argument("--range-steps", type=int, default=0, help="steps per range-test candidate (0: 2 scores)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of this process")
     ap.add_argument("--out", default=str(HERE / "results_said_text.md"))
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="write the table and plot from the JSON files of earlier runs (one configuration each, e.g. run "
+        "side by side with --only I --threads 1 --out /tmp/cI.md) instead of running anything",
+    )
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    if a.merge:
+        merge(a)
+        return
+    torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     blocks = None if a.blocks == "all" else int(a.blocks)
     started = datetime.now(UTC)
@@ -105,6 +119,8 @@ def main() -> None:
                 "n_bootstrap": 1000,
                 "memory_budget_mb": a.memory_budget_mb,
                 "projection": "fastfood",
+                **({"lr_candidates": [float(v) for v in a.lr_candidates.split(",")]} if a.lr_candidates else {}),
+                **({"lr_range_steps": a.range_steps} if a.range_steps else {}),
             }
         )
         t = time.perf_counter()
@@ -137,22 +153,66 @@ def main() -> None:
             "n_unconverged": det.get("n_unconverged"),
             "bound": det.get("bound"),
             "median_steps": sorted(t["steps"] for t in det["trials"])[len(det["trials"]) // 2],
+            "lr_by_d": {str(t["d"]): t["lr"] for t in det["trials"] if t["d"] is not None},
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         }
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "curve"}, default=str), flush=True)
-        json_path.write_text(json.dumps({"args": vars(a), "rows": rows}, default=json_number, indent=1))
+        meta = {
+            "started": f"{started:%Y-%m-%d %H:%M}",
+            "wall_s": time.perf_counter() - t_all,
+            "load_start": load_start,
+            "load_end": load(),
+            "n_texts": len(texts),
+            "topics": list(names),
+            "torch": torch.__version__,
+            "version": est.version,
+        }
+        json_path.write_text(json.dumps({"args": vars(a), "meta": meta, "rows": rows}, default=json_number, indent=1))
+    if rows:
+        write_report(a, meta, rows, [" ".join(sys.argv[1:])])
 
+
+def merge(a) -> None:
+    """The table and plot of runs made side by side, one configuration each (``--merge`` JSON files)."""
+    runs = [json.loads(Path(f).read_text()) for f in a.merge]
+    rows = [r for run in runs for r in run["rows"]]
+    first = argparse.Namespace(**{"lr_candidates": "", "range_steps": 0, **runs[0]["args"], "out": a.out})
+    meta = {
+        **runs[0]["meta"],
+        "started": min(run["meta"]["started"] for run in runs),
+        "wall_s": max(run["meta"]["wall_s"] for run in runs),
+        "load_start": " · ".join(run["meta"]["load_start"] for run in runs),
+        "load_end": " · ".join(run["meta"]["load_end"] for run in runs),
+    }
+    write_report(
+        first,
+        meta,
+        rows,
+        [
+            " ".join(
+                f"--{k.replace('_', '-')} {v}"
+                for k, v in run["args"].items()
+                if k not in ("out", "merge") and v not in ("", None)
+            )
+            for run in runs
+        ],
+    )
+
+
+def write_report(a, meta: dict, rows: list[dict], commands: list[str]) -> None:
+    blocks = None if a.blocks == "all" else int(a.blocks)
+    cmds = "; ".join(f"`PYTHONPATH=. .venv/bin/python bench/said_text.py {c}`" for c in commands)
     lines = [
         "## Fine-tuning d90 of MiniLM on real text: pretrained vs random init, DID vs SAID (issue 16)",
         "",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC; command: `PYTHONPATH=. .venv/bin/python bench/said_text.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("out",) and v != "")
-        + f"`; total wall time {time.perf_counter() - t_all:.0f} s",
-        f"- machine: {rows[0]['device'] if rows else a.device}, torch {torch.__version__}; load average (1/5/15 min) "
-        f"at start {load_start}, at end {load()}",
-        f"- data: Debian `fortunes`, {len(texts)} texts ({a.per_class} per topic: {', '.join(names)}), token ids "
-        f"truncated at {a.max_length}; 20% seeded validation split (metric: validation accuracy)",
+        f"- date: {meta['started']} UTC; "
+        + ("command: " if len(commands) == 1 else f"{len(commands)} processes side by side: ")
+        + f"{cmds}; wall time {meta['wall_s']:.0f} s",
+        f"- machine: {rows[0]['device'] if rows else a.device}, torch {meta['torch']}; load average (1/5/15 min) "
+        f"at start {meta['load_start']}, at end {meta['load_end']}",
+        f"- data: Debian `fortunes`, {meta['n_texts']} texts ({a.per_class} per topic: {', '.join(meta['topics'])}), "
+        f"token ids truncated at {a.max_length}; 20% seeded validation split (metric: validation accuracy)",
         "- model: packaged all-MiniLM-L6-v2 (6 blocks, 22.7M weights) + a new linear head on the mean-pooled last "
         + (
             "hidden state; **every weight is trained** (the full-model sweep: D = all 22.7M weights + head)"
@@ -162,9 +222,10 @@ def main() -> None:
         )
         + ". 'random init' is the same architecture freshly initialised (one fixed random encoder), trained the same "
         "way",
-        f"- protocol: registered `subspace` estimator, converged protocol (subspace {est.version}): every trial and "
+        f"- protocol: registered `subspace` estimator, converged protocol (subspace {meta['version']}): every trial and "
         f"baseline seed trains to a validation plateau, cap {a.epochs} epochs, batch {a.batch_size}; the direct "
-        f"(full fine-tuning) baseline uses Adam lr {a.lr}, θ_d's lr comes from a range test per d; {a.seeds} seeds; "
+        f"(full fine-tuning) baseline uses Adam lr {a.lr}, θ_d's lr comes from a range test per d (candidates "
+        f"{a.lr_candidates or 'the default 1e-3…1'}, {a.range_steps or 'two scores’ worth of'} steps each); {a.seeds} seeds; "
         f"Fastfood projection; grid d = {a.d_min}·{a.grid_factor:g}^k then {a.bisect_steps} bisections; d90 = first "
         "d whose mean reaches 0.9 × the mean direct accuracy, interpolated in log d; 95% percentile bootstrap CI "
         "over seeds; SAID: d includes the m per-tensor scales",
@@ -183,7 +244,11 @@ def main() -> None:
         )
     lines += ["", "Accuracy against d (mean over seeds):", ""]
     for r in rows:
-        pts = "; ".join(f"{c['d']}: {c['mean']:.3f}" for c in r["curve"])
+        lrs = r.get("lr_by_d", {})
+        pts = "; ".join(
+            f"{c['d']}: {c['mean']:.3f}" + (f" [lr {lrs[str(c['d'])]:g}]" if str(c["d"]) in lrs else "")
+            for c in r["curve"]
+        )
         lines.append(f"- {r['init']} {r['method']} (level {r['level']:.3f}): {pts}")
     warn = [f"- {r['init']} {r['method']}: {w}" for r in rows for w in r["warnings"]]
     if warn:
