@@ -124,11 +124,13 @@ def main() -> None:
             }
         )
         t = time.perf_counter()
-        last = {"stage": ""}
+        last = {"stage": "", "t": time.monotonic()}
 
         def show(fraction: float, stage: str, last=last, label=f"{init} {method}") -> None:
-            if stage != last["stage"] and "models trained" in stage:  # one line per finished group of seeds
+            # one line per finished group of seeds, and the stage every 2 minutes
+            if (stage != last["stage"] and "models trained" in stage) or time.monotonic() - last["t"] > 120:
                 print(f"[{time.strftime('%H:%M:%S')}] {label} {fraction:.0%} {stage}", file=sys.stderr, flush=True)
+                last["t"] = time.monotonic()
             last["stage"] = stage
 
         r = est.fn(X, Y, p, device=device, progress=show)
