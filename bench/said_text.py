@@ -157,6 +157,8 @@ def main() -> None:
             "median_steps": sorted(t["steps"] for t in det["trials"])[len(det["trials"]) // 2],
             "lr_by_d": {str(t["d"]): t["lr"] for t in det["trials"] if t["d"] is not None},
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "direct_lr": a.lr,
+            "cap_epochs": a.epochs,
         }
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "curve"}, default=str), flush=True)
@@ -172,13 +174,16 @@ def main() -> None:
         }
         json_path.write_text(json.dumps({"args": vars(a), "meta": meta, "rows": rows}, default=json_number, indent=1))
     if rows:
-        write_report(a, meta, rows, [" ".join(sys.argv[1:])])
+        write_report(a, meta, rows, [f"`PYTHONPATH=. .venv/bin/python bench/said_text.py {' '.join(sys.argv[1:])}`"])
 
 
 def merge(a) -> None:
     """The table and plot of runs made side by side, one configuration each (``--merge`` JSON files)."""
     runs = [json.loads(Path(f).read_text()) for f in a.merge]
-    rows = [r for run in runs for r in run["rows"]]
+    # each row with its own run's direct lr and epoch cap (runs side by side may differ in them)
+    rows = [
+        {"direct_lr": run["args"]["lr"], "cap_epochs": run["args"]["epochs"], **r} for run in runs for r in run["rows"]
+    ]
     first = argparse.Namespace(**{"lr_candidates": "", "range_steps": 0, **runs[0]["args"], "out": a.out})
     meta = {
         **runs[0]["meta"],
@@ -192,11 +197,14 @@ def merge(a) -> None:
         meta,
         rows,
         [
-            " ".join(
+            f"{run['meta']['started']} UTC, {run['meta']['wall_s']:.0f} s: `PYTHONPATH=. .venv/bin/python "
+            "bench/said_text.py "
+            + " ".join(
                 f"--{k.replace('_', '-')} {v}"
                 for k, v in run["args"].items()
                 if k not in ("out", "merge") and v not in ("", None)
             )
+            + "`"
             for run in runs
         ],
     )
@@ -204,12 +212,17 @@ def merge(a) -> None:
 
 def write_report(a, meta: dict, rows: list[dict], commands: list[str]) -> None:
     blocks = None if a.blocks == "all" else int(a.blocks)
-    cmds = "; ".join(f"`PYTHONPATH=. .venv/bin/python bench/said_text.py {c}`" for c in commands)
+    cmds = "; ".join(commands)
     lines = [
         "## Fine-tuning d90 of MiniLM on real text: pretrained vs random init, DID vs SAID (issue 16)",
         "",
         f"- date: {meta['started']} UTC; "
-        + ("command: " if len(commands) == 1 else f"{len(commands)} processes side by side: ")
+        + (
+            "command: "
+            if len(commands) == 1
+            else f"{len(commands)} runs, one configuration each (runs started at "
+            "the same minute ran side by side, one process each): "
+        )
         + f"{cmds}; wall time {meta['wall_s']:.0f} s",
         f"- machine: {rows[0]['device'] if rows else a.device}, torch {meta['torch']}; load average (1/5/15 min) "
         f"at start {meta['load_start']}, at end {meta['load_end']}",
@@ -223,25 +236,26 @@ def write_report(a, meta: dict, rows: list[dict], commands: list[str]) -> None:
             "embeddings stay at θ₀ and are computed once per text)"
         )
         + ". 'random init' is the same architecture freshly initialised (one fixed random encoder), trained the same "
-        "way",
+        "way (a second random-init row, where present, gives its direct baseline a larger lr)",
         f"- protocol: registered `subspace` estimator, converged protocol (subspace {meta['version']}): every trial and "
-        f"baseline seed trains to a validation plateau, cap {a.epochs} epochs, batch {a.batch_size}; the direct "
-        f"(full fine-tuning) baseline uses Adam lr {a.lr}, θ_d's lr comes from a range test per d (candidates "
+        f"baseline seed trains to a validation plateau, up to the cap of epochs in the table, batch {a.batch_size}; the "
+        "direct (full fine-tuning) baseline uses Adam at the table's lr, θ_d's lr comes from a range test per d (candidates "
         f"{a.lr_candidates or 'the default 1e-3…1'}, {a.range_steps or 'two scores’ worth of'} steps each); {a.seeds} seeds; "
         f"Fastfood projection; grid d = {a.d_min}·{a.grid_factor:g}^k then {a.bisect_steps} bisections; d90 = first "
         "d whose mean reaches 0.9 × the mean direct accuracy, interpolated in log d; 95% percentile bootstrap CI "
         "over seeds; SAID: d includes the m per-tensor scales",
         "",
-        "| init | method | D (trained subset) | baseline acc (seeds) | d90 | 95% CI | unconverged trials "
-        "| median steps | wall time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| init | method | direct lr, cap | D (trained subset) | baseline acc (seeds) | d90 | 95% CI "
+        "| unconverged trials | median steps | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ci = "–" if not r["ci"] else f"[{r['ci'][0]:g}, {r['ci'][1]:g}]"
         d90 = "> max_d" if r["d90"] is None else f"{r['d90']:g}" + (" (≤ d_min)" if r["censored"] == "below" else "")
         base = ", ".join(f"{v:.3f}" for v in r["baseline"])
         lines.append(
-            f"| {r['init']} | {r['method']} | {r['D']:,} | {r['baseline_mean']:.3f} ({base}) | {d90} | {ci} "
+            f"| {r['init']} | {r['method']} | {r.get('direct_lr', a.lr):g}, {r.get('cap_epochs', a.epochs)} ep "
+            f"| {r['D']:,} | {r['baseline_mean']:.3f} ({base}) | {d90} | {ci} "
             f"| {r.get('n_unconverged', '–')} | {r.get('median_steps', '–')} | {r['seconds']:.0f} s |"
         )
     lines += ["", "Accuracy against d (mean over seeds):", ""]
@@ -251,7 +265,7 @@ def write_report(a, meta: dict, rows: list[dict], commands: list[str]) -> None:
             f"{c['d']}: {c['mean']:.3f}" + (f" [lr {lrs[str(c['d'])]:g}]" if str(c["d"]) in lrs else "")
             for c in r["curve"]
         )
-        lines.append(f"- {r['init']} {r['method']} (level {r['level']:.3f}): {pts}")
+        lines.append(f"- {_label(r, rows)} (level {r['level']:.3f}): {pts}")
     # claim (a) on one yardstick: where each random-init curve reaches the *pretrained* arm's level (its own
     # baseline may be far lower, which makes its own-baseline d90 small without the task being easy for it)
     for r in rows:
@@ -262,19 +276,25 @@ def write_report(a, meta: dict, rows: list[dict], commands: list[str]) -> None:
         top = max(c["d"] for c in r["curve"])
         lines += [
             "",
-            f"{r['init']} {r['method']} at the pretrained arm's level ({pre['level']:.3f}): "
+            f"{_label(r, rows)} at the pretrained arm's level ({pre['level']:.3f}): "
             + (
                 f"d ≈ {at:.0f}"
                 if at is not None
                 else f"not reached by d = {top} (best mean {max(c['mean'] for c in r['curve']):.3f})"
             ),
         ]
-    warn = [f"- {r['init']} {r['method']}: {w}" for r in rows for w in r["warnings"]]
+    warn = [f"- {_label(r, rows)}: {w}" for r in rows for w in r["warnings"]]
     if warn:
         lines += ["", "Warnings:", ""] + warn
     Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(rows, HERE / "said_text.png")
     print("\n".join(lines))
+
+
+def _label(r: dict, rows: list[dict]) -> str:
+    """A row's name: init and method, and its direct lr where another row has the same init and method."""
+    twins = sum(q["init"] == r["init"] and q["method"] == r["method"] for q in rows)
+    return f"{r['init']} {r['method']}" + (f" (direct lr {r.get('direct_lr', 0):g})" if twins > 1 else "")
 
 
 def _crossing(curve: list[dict], level: float) -> float | None:
@@ -303,7 +323,7 @@ def _plot(rows, path: Path) -> None:
         ds = [c["d"] for c in r["curve"]]
         ms = [c["mean"] for c in r["curve"]]
         sd = [c["std"] for c in r["curve"]]
-        line = ax.errorbar(ds, ms, yerr=sd, marker="o", ms=3, capsize=2, label=f"{r['init']} {r['method']}")
+        line = ax.errorbar(ds, ms, yerr=sd, marker="o", ms=3, capsize=2, label=_label(r, rows))
         ax.axhline(r["level"], ls=":", lw=0.8, color=line[0].get_color())
     ax.set_xscale("log")
     ax.set_xlabel("d (trained numbers)")
