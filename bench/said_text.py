@@ -178,8 +178,13 @@ def main() -> None:
 
 
 def merge(a) -> None:
-    """The table and plot of runs made side by side, one configuration each (``--merge`` JSON files)."""
-    runs = [json.loads(Path(f).read_text()) for f in a.merge]
+    """The table and plot of runs made side by side, one configuration each (``--merge`` JSON files), and their raw
+    records in one JSON beside the table (which ``--merge`` reads again)."""
+    runs = []
+    for f in a.merge:  # a run's JSON, or a merged file's {"runs": [...]}
+        doc = json.loads(Path(f).read_text())
+        runs += doc["runs"] if "runs" in doc else [doc]
+    Path(a.out).with_suffix(".json").write_text(json.dumps({"runs": runs}, indent=1))
     # each row with its own run's direct lr and epoch cap (runs side by side may differ in them)
     rows = [
         {"direct_lr": run["args"]["lr"], "cap_epochs": run["args"]["epochs"], **r} for run in runs for r in run["rows"]
