@@ -271,13 +271,15 @@ def write_report(a, meta: dict, rows: list[dict], commands: list[str]) -> None:
             for c in r["curve"]
         )
         lines.append(f"- {_label(r, rows)} (level {r['level']:.3f}): {pts}")
+    from estimators.subspace.sweep import crossing
+
     # claim (a) on one yardstick: where each random-init curve reaches the *pretrained* arm's level (its own
     # baseline may be far lower, which makes its own-baseline d90 small without the task being easy for it)
     for r in rows:
         pre = next((q for q in rows if q["init"] == "pretrained" and q["method"] == r["method"]), None)
         if r["init"] == "pretrained" or pre is None:
             continue
-        at = _crossing(r["curve"], pre["level"])
+        at = crossing({c["d"]: [c["mean"]] for c in r["curve"]}, pre["level"]).value  # as the estimator's d90
         top = max(c["d"] for c in r["curve"])
         lines += [
             "",
@@ -300,21 +302,6 @@ def _label(r: dict, rows: list[dict]) -> str:
     """A row's name: init and method, and its direct lr where another row has the same init and method."""
     twins = sum(q["init"] == r["init"] and q["method"] == r["method"] for q in rows)
     return f"{r['init']} {r['method']}" + (f" (direct lr {r.get('direct_lr', 0):g})" if twins > 1 else "")
-
-
-def _crossing(curve: list[dict], level: float) -> float | None:
-    """First d whose mean accuracy reaches ``level``, interpolated in log d (as the estimator's d90); None if never."""
-    import math
-
-    pts = sorted((c["d"], c["mean"]) for c in curve)
-    for i, (d, m) in enumerate(pts):
-        if m >= level:
-            if i == 0:
-                return float(d)
-            (d0, m0) = pts[i - 1]
-            f = (level - m0) / (m - m0)
-            return math.exp(math.log(d0) + f * (math.log(d) - math.log(d0)))
-    return None
 
 
 def _plot(rows, path: Path) -> None:
