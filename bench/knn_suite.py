@@ -205,8 +205,9 @@ def worker(method: str, path: str) -> None:
         import torch
 
         import estimators.id.mle as mle_mod
+        import estimators.knn.distinct as distinct_mod
 
-        knn = mle_mod.kneighbors
+        knn = distinct_mod.kneighbors
 
         def spy(*a, **kw):
             if method == "tg_brute":
@@ -216,7 +217,7 @@ def worker(method: str, path: str) -> None:
             stats["seconds"] = r.stats.get("seconds", {})
             return r
 
-        mle_mod.kneighbors = spy
+        distinct_mod.kneighbors = spy  # the search of mle's distinct rows (estimators.knn.distinct)
 
         def call():
             return mle_mod.mle_id(torch.from_numpy(X), k=20).value

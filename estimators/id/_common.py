@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from estimators.base import EstimatorError
-from estimators.knn import exact_duplicates
+from estimators.knn import Duplicates, KNNResult, distinct_kneighbors, distinct_rows, exact_duplicates
 from estimators.validation import as_matrix
 
 #: quantiles reported for per-point estimates
@@ -29,46 +29,70 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 @dataclass
 class Prepared:
-    """The distinct points an estimator works on, and what was removed to get them."""
+    """The distinct points an estimator works on, and what was removed to get them.
 
-    X: torch.Tensor  # (n_unique, D) on CPU, original floating dtype (integers become float64)
-    n_input: int
-    duplicates_removed: int
+    ``source``: the checked input (n_input, D) on the CPU, original floating dtype (integers become float64);
+    ``duplicates``: its exact duplicate rows. The distinct points are the first row of each group, in row order:
+    :attr:`X` as one tensor (a copy, made on first use, when rows were removed), and :meth:`kneighbors` searches them
+    without that copy where it can (:func:`estimators.knn.distinct_kneighbors`)."""
+
+    source: torch.Tensor
+    duplicates: Duplicates
     warnings: list[str] = field(default_factory=list)
+    _distinct: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def n_input(self) -> int:
+        return int(self.source.shape[0])
+
+    @property
+    def duplicates_removed(self) -> int:
+        return self.duplicates.n_removed
 
     @property
     def n_unique(self) -> int:
-        return int(self.X.shape[0])
+        return self.n_input - self.duplicates_removed
+
+    @property
+    def X(self) -> torch.Tensor:
+        """The distinct points as one (n_unique, D) tensor: ``source`` itself, or a copy when rows were removed."""
+        if self._distinct is None:
+            self._distinct = distinct_rows(self.source, self.duplicates)
+        return self._distinct
+
+    def kneighbors(self, k: int, **kwargs) -> KNNResult:
+        """``kneighbors(self.X, k, **kwargs)`` (the same answer, bit for bit), without copying the data when only a
+        few rows were removed (:func:`estimators.knn.distinct_kneighbors`)."""
+        return distinct_kneighbors(self.source, self.duplicates, k, **kwargs)
 
 
 def prepare(X, *, estimator: str, min_points: int) -> Prepared:
-    """Validate ``X`` and remove exact duplicate rows (docs/methods.md §0).
+    """Validate ``X`` and find its exact duplicate rows, which the estimators leave out (docs/methods.md §0).
 
     Raises :class:`EstimatorError` for non-numeric, non-finite or too-small input. ``min_points`` is the number
     of *distinct* points the estimator needs.
 
     >>> p = prepare(torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), estimator="demo", min_points=3)
-    >>> p.n_unique, p.duplicates_removed
-    (3, 1)
+    >>> p.n_unique, p.duplicates_removed, p.X.tolist()
+    (3, 1, [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     """
-    X = as_matrix(X, estimator)
+    X = as_matrix(X, estimator).contiguous()
     n = int(X.shape[0])
     warnings: list[str] = []
     dup = exact_duplicates(X)
     removed = dup.n_removed
     if removed:
-        X = X[torch.from_numpy(np.asarray(dup.unique_index, dtype=np.int64))]
         warnings.append(
             f"{removed} exact duplicate rows removed before the neighbour search (docs/methods.md §0); "
-            f"the estimate uses the {X.shape[0]} distinct points"
+            f"the estimate uses the {n - removed} distinct points"
         )
-    if X.shape[0] < min_points:
+    if n - removed < min_points:
         raise EstimatorError(
-            f"{estimator}: needs at least {min_points} distinct points but the data has {X.shape[0]}"
+            f"{estimator}: needs at least {min_points} distinct points but the data has {n - removed}"
             + (f" ({n} rows, {removed} exact duplicates removed)" if removed else "")
             + "; add data or lower the neighbour count"
         )
-    return Prepared(X=X.contiguous(), n_input=n, duplicates_removed=removed, warnings=warnings)
+    return Prepared(source=X, duplicates=dup, warnings=warnings)
 
 
 def to_numpy64(t) -> np.ndarray:

@@ -66,7 +66,7 @@ from estimators.base import (  # parameter bounds
     scaled_progress,
 )
 from estimators.id._common import prepare, to_numpy64
-from estimators.knn import kneighbors, release_freed_memory
+from estimators.knn import release_freed_memory
 from estimators.registry import register
 
 VERSION = "1.0.0"
@@ -235,8 +235,8 @@ def gride_id(
             f"range_max={range_max} exceeds the {n - 1} neighbours available; the ladder stops at "
             f"({ladder[-1][0]}, {ladder[-1][1]})"
         )
-    knn = kneighbors(
-        prep.X, kmax, device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.0, 0.9)
+    knn = prep.kneighbors(
+        kmax, device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.0, 0.9)
     )
     D = to_numpy64(knn.distances)
     progress(0.9, "gride: likelihood")

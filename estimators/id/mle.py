@@ -52,7 +52,7 @@ from estimators.base import (  # parameter bounds
     scaled_progress,
 )
 from estimators.id._common import dropped_warning, prepare, quantiles, to_numpy64, too_few_error
-from estimators.knn import kneighbors, release_freed_memory
+from estimators.knn import release_freed_memory
 from estimators.registry import register
 
 VERSION = "1.0.0"
@@ -204,8 +204,7 @@ def mle_id(
             rng = np.random.default_rng(seed)
             query_index = torch.from_numpy(np.sort(rng.choice(n, size=n_anchors, replace=False)).astype(np.int64))
 
-    knn = kneighbors(
-        prep.X,
+    knn = prep.kneighbors(
         kmax,
         query_index=query_index,
         device=device,

@@ -299,8 +299,8 @@ def twonn_id(
     warnings = list(prep.warnings)
     n = prep.n_unique
     knn_share = 0.5 if decimation else 0.95
-    knn = kneighbors(
-        prep.X, 2, device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.0, knn_share)
+    knn = prep.kneighbors(
+        2, device=device, memory_budget_mb=memory_budget_mb, progress=scaled_progress(progress, 0.0, knn_share)
     )
     D = to_numpy64(knn.distances)
     mu, zero, ties, keep = _ratios(D)

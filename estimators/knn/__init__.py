@@ -4,11 +4,14 @@
 - :mod:`estimators.knn.pairs`: the exact inter-class closest pairs behind ``label_sharpness`` and δ;
 - :mod:`estimators.knn.known`: :func:`known_neighbours`, a table computed elsewhere (the parts of a split search,
   :func:`plan_parts`/:func:`kneighbors_part`/:func:`merge_parts`) handed to every search on the same data;
+- :mod:`estimators.knn.distinct`: :func:`distinct_kneighbors`, the neighbours of the distinct rows without a
+  de-duplicated copy of the data;
 - :mod:`estimators.knn.duplicates`: :func:`exact_duplicates`, duplicate rows, found once (:func:`known_duplicates`
   hands a known answer to the estimators);
 - :mod:`estimators.knn.memory`: :func:`release_freed_memory`.
 """
 
+from estimators.knn.distinct import distinct_kneighbors, distinct_rows
 from estimators.knn.duplicates import Duplicates, exact_duplicates, known_duplicates
 from estimators.knn.engine import (
     KNNPart,
@@ -31,6 +34,8 @@ __all__ = [
     "KNNPlan",
     "KNNResult",
     "LowerBoundEmbedding",
+    "distinct_kneighbors",
+    "distinct_rows",
     "exact_distances",
     "exact_duplicates",
     "kneighbors",

@@ -58,6 +58,12 @@ def known_neighbours(X: torch.Tensor, distances: torch.Tensor, indices: torch.Te
                     break
 
 
+def active() -> bool:
+    """Whether a table is registered (a ``known_neighbours`` block is open in this process)."""
+    with _lock:
+        return bool(_known)
+
+
 def _same(t: torch.Tensor, version: int, X: torch.Tensor) -> bool:
     if t.shape != X.shape or t.dtype != X.dtype or X.device.type != "cpu":
         return False

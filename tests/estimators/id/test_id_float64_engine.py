@@ -18,8 +18,7 @@ import skdim
 import torch
 from sklearn.datasets import load_breast_cancer, load_wine
 
-import estimators.id.gride as gride_mod
-import estimators.id.mle as mle_mod
+import estimators.knn.distinct as distinct_mod
 from estimators.id.gride import gride_id
 from estimators.id.mle import mle_id
 from estimators.id.twonn import twonn_id
@@ -68,7 +67,7 @@ def test_mle_and_twonn_equal_skdim_on_float64(name, monkeypatch):
     X = _dataset(name)
     assert np.unique(X, axis=0).shape[0] == X.shape[0]
     seen: list = []
-    monkeypatch.setattr(mle_mod, "kneighbors", _spy(mle_mod, seen))
+    monkeypatch.setattr(distinct_mod, "kneighbors", _spy(distinct_mod, seen))
     r = mle_id(torch.from_numpy(X))
     if X.shape[0] >= 6000:
         assert seen[-1]["method"] == "pruned-symmetric"
@@ -94,7 +93,7 @@ def test_gride_float64_engine_equals_brute_force_neighbours(name, monkeypatch):
             query_index=None,
         )
 
-    monkeypatch.setattr(gride_mod, "kneighbors", brute)
+    monkeypatch.setattr(distinct_mod, "kneighbors", brute)
     b = gride_id(torch.from_numpy(X)).value
     assert _rel(a, b) <= 1e-12
 

@@ -217,6 +217,7 @@ def test_cost_counts_the_searches_it_makes(params, monkeypatch):
     """The registry ``cost`` (the fan-out's dispatch order) is n²·d summed over the kNN searches twonn really
     makes: the full one and, with decimation, one per subset of every level (counted here as they happen)."""
     import estimators.id.twonn as twonn_module
+    import estimators.knn.distinct as distinct_module
 
     searched = []
     real = twonn_module.kneighbors
@@ -225,7 +226,8 @@ def test_cost_counts_the_searches_it_makes(params, monkeypatch):
         searched.append(tuple(X.shape))
         return real(X, *args, **kw)
 
-    monkeypatch.setattr(twonn_module, "kneighbors", counting)
+    monkeypatch.setattr(twonn_module, "kneighbors", counting)  # the decimation's subsets
+    monkeypatch.setattr(distinct_module, "kneighbors", counting)  # the full search (of the distinct rows)
     X = torch.rand(1000, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     twonn_id(X, **params)
     est = registry.get("twonn")
