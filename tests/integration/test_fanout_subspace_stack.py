@@ -201,7 +201,10 @@ def test_sigkill_of_the_workers_mid_trial_reruns_that_trial_and_the_result_is_un
     assert state["status"] == "succeeded", (state, subfan.tail())
     shards = _shards(subfan, aid)
     assert any(shards[k].attempts >= 2 for k in running), {k: r.attempts for k, r in shards.items()}
-    assert all(r.status == "succeeded" for r in shards.values())
+    # nothing left running or queued; a speculative trial the path turned away from after the restart is dropped
+    assert all(r.status in ("succeeded", "dropped") for r in shards.values()), {
+        k: (r.status, r.attempts) for k, r in shards.items()
+    }
     assert len(_query(subfan, select(db.AnalysisResult).where(db.AnalysisResult.analysis_id == aid))) == 1
     assert [r.id for r in _query(subfan, select(db.Report).where(db.Report.analysis_id == aid))] == [state["report_id"]]
     got = alice.get(f"/reports/{state['report_id']}").json()["results"]["subspace"]
