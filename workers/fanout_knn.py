@@ -245,6 +245,7 @@ def execute(
         memory_budget_mb=int(arrays["memory_budget_mb"]),
         progress=lambda f, stage: progress(f, f"kNN part {index + 1}/{count}: {stage}"),
     )
+    log.info("kNN part %s of analysis %s: %s", key, analysis.id, part.stats)  # where its seconds went
     if shard_blobs.publish(ctx, shard_blobs.npz_bytes(part.arrays()), bind) is None:
         raise Cancelled()
     return (lambda s: _after_part(s, analysis.id, names)), str(device)
