@@ -44,6 +44,7 @@ from estimators.knn import (
     Duplicates,
     KNNPart,
     KNNPlan,
+    distinct_rows,
     kneighbors_part,
     known_neighbours,
     merge_parts,
@@ -156,14 +157,6 @@ def _insert(s: Session, analysis_id: str, keys: list[str], weight: float = 1.0) 
     return new
 
 
-def _distinct(X: torch.Tensor, dup: Duplicates) -> torch.Tensor:
-    """The distinct rows of the flat X (``dup``: its exact duplicates) in the order the ID estimators keep them
-    (``estimators.id._common.prepare``: first occurrences, ascending)."""
-    if not dup.n_removed:
-        return X
-    return X[torch.from_numpy(np.asarray(dup.unique_index, dtype=np.int64))].contiguous()
-
-
 def _bind(ctx: Context, analysis_id: str, key: str, token: str) -> Callable[[Session, str], str | None | bool]:
     """Name a blob in this shard's row while its lease holds and its analysis runs (False otherwise); returns the
     blob the row named before."""
@@ -203,7 +196,7 @@ def execute(
         table_estimators(requests, list(requests), dataset.n_samples), requests, dataset.shape
     )
     data, X, dup = fanout.shard_data(ctx, dataset, progress)
-    Xu = _distinct(X, dup)
+    Xu = distinct_rows(X, dup)
     n = int(Xu.shape[0])
     device = _device(ctx, analysis)
     bind = _bind(ctx, analysis.id, key, token)
@@ -294,7 +287,7 @@ def table(
         raise RuntimeError(f"analysis {analysis.id}: an estimator started before its kNN parts were done")
     arrays = shard_blobs.load_npz(ctx, plan_row.blob_sha256, ("k", "n"))  # not the plan's coordinates (MBs)
     k, n = int(arrays["k"]), int(arrays["n"])
-    Xu = _distinct(X, dup)
+    Xu = distinct_rows(X, dup)
     if Xu.shape[0] != n:
         raise RuntimeError(f"analysis {analysis.id}: the kNN plan is for {n} distinct rows, the data has {Xu.shape[0]}")
     merged = merge_parts([KNNPart.from_arrays(shard_blobs.load_npz(ctx, r.blob_sha256)) for r in parts], n, k)

@@ -10,7 +10,7 @@ group's first row) are few (s <= k): the exact k + s nearest rows of a distinct 
 s surplus rows, hence at least k first occurrences, and the first k of those are its k nearest distinct points, in
 the same (distance, index) order: the first occurrences keep their relative order, and each pair's distance is the
 same float64 number (:func:`estimators.knn.exact_distances`, a function of the two rows' values). The answer is bit
-for bit that of the search on the copy; the search costs a little more (k + s neighbours: +7% on 15,100 × 384
+for bit that of the search on the copy; the search costs a little more (k + s neighbours: 3–8% on 15,100 × 384
 MiniLM embeddings with 8 surplus rows, bench/RESULTS.md) and its memory stays the data's. (Searching again, with
 k + s, only the rows whose k nearest hold a copy was tried: that search of a few query rows builds the float32
 frame of the whole data, which costs the memory saved.) With many duplicates (s > k) the copy is searched.
@@ -27,8 +27,8 @@ from estimators.knn.engine import KNNResult, kneighbors
 
 
 def distinct_rows(X: torch.Tensor, dup: Duplicates) -> torch.Tensor:
-    """The distinct rows of ``X`` (the first row of each group, in row order) as one tensor: ``X`` itself when it
-    has no duplicates, else a copy."""
+    """The distinct rows of ``X`` (the first row of each group, in row order: the rows the ID estimators keep) as one
+    tensor: ``X`` itself when it has no duplicates, else a copy."""
     if dup.n_removed == 0:
         return X
     return X.index_select(0, torch.from_numpy(np.asarray(dup.unique_index, dtype=np.int64)))
