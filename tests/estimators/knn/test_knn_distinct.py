@@ -13,8 +13,9 @@ from estimators.knn import distinct_kneighbors, distinct_rows, exact_duplicates,
 
 
 def _with_copies(n: int, D: int, copies: list[tuple[int, int]], seed: int = 0) -> torch.Tensor:
-    """n distinct float64 rows on a curved 6-d set in R^D (its first D coordinates when D < 12), then ``copies``: (source row, times) exact copies
-    appended (a copy of a row with a 0.0 entry carries -0.0 there: still the same point)."""
+    """n distinct float64 rows on a curved 6-d set in R^D (its first D coordinates when D < 12), then ``copies``
+    ((source row, times)) of them appended, the rows shuffled. A copy of a row with a 0.0 entry carries -0.0 there:
+    still the same point."""
     rng = np.random.default_rng(seed)
     Z = rng.standard_normal((n, 6))
     X = np.hstack([Z, np.sin(Z)])
