@@ -21,6 +21,7 @@ import torch
 
 from estimators.base import EstimatorError
 from estimators.knn import Duplicates, KNNResult, distinct_kneighbors, distinct_rows, exact_duplicates
+from estimators.knn.distinct import searches_in_place
 from estimators.validation import as_matrix
 
 #: quantiles reported for per-point estimates
@@ -62,8 +63,11 @@ class Prepared:
 
     def kneighbors(self, k: int, **kwargs) -> KNNResult:
         """``kneighbors(self.X, k, **kwargs)`` (the same answer, bit for bit), without copying the data when only a
-        few rows were removed (:func:`estimators.knn.distinct_kneighbors`)."""
-        return distinct_kneighbors(self.source, self.duplicates, k, **kwargs)
+        few rows were removed (:func:`estimators.knn.distinct_kneighbors`). When the copy is searched, it is the one
+        :attr:`X` keeps (twonn's decimation reads it again), not a second one."""
+        if self._distinct is None and not searches_in_place(self.duplicates, k):
+            self._distinct = distinct_rows(self.source, self.duplicates)
+        return distinct_kneighbors(self.source, self.duplicates, k, distinct=self._distinct, **kwargs)
 
 
 def prepare(X, *, estimator: str, min_points: int) -> Prepared:

@@ -41,15 +41,23 @@ def searches_in_place(dup: Duplicates, k: int) -> bool:
 
 
 def distinct_kneighbors(
-    X: torch.Tensor, dup: Duplicates, k: int, *, query_index: torch.Tensor | None = None, **kwargs
+    X: torch.Tensor,
+    dup: Duplicates,
+    k: int,
+    *,
+    query_index: torch.Tensor | None = None,
+    distinct: torch.Tensor | None = None,
+    **kwargs,
 ) -> KNNResult:
     """``kneighbors(distinct_rows(X, dup), k, query_index=query_index, **kwargs)``, bit for bit (module
     docstring), with the indices and ``query_index`` in the distinct rows' numbering, searching ``X`` itself when it
-    has at most k surplus rows. ``dup`` must be ``exact_duplicates(X)``. A registered table
+    has at most k surplus rows. ``dup`` must be ``exact_duplicates(X)``; ``distinct``: ``distinct_rows(X, dup)`` when
+    the caller already holds it (searched instead of a new copy when the copy is searched). A registered table
     (:func:`estimators.knn.known_neighbours`, computed for the distinct rows) is read as before."""
     s = dup.n_removed
     if not searches_in_place(dup, k):
-        return kneighbors(distinct_rows(X, dup), k, query_index=query_index, **kwargs)
+        Xu = distinct if distinct is not None else distinct_rows(X, dup)
+        return kneighbors(Xu, k, query_index=query_index, **kwargs)
     if s == 0:
         r = kneighbors(X, k, query_index=query_index, **kwargs)
         r.stats["surplus_rows"] = 0

@@ -119,3 +119,26 @@ def test_mle_is_the_same_in_place_and_on_the_copy():
     r = mle_id(X, k=12)
     assert r.details["duplicates_removed"] == 5
     assert r.value == mle_id(distinct_rows(X, exact_duplicates(X)), k=12).value
+
+
+def test_an_estimator_copies_the_distinct_rows_once(monkeypatch):
+    import estimators.id._common as common
+    from estimators.id.twonn import twonn_id
+
+    X = _with_copies(600, 6, [(r, 1) for r in range(0, 20, 2)], seed=7)  # 10 surplus rows > twonn's k = 2
+    made: list[int] = []
+
+    def counting(*a):
+        made.append(1)
+        return distinct_rows(*a)
+
+    monkeypatch.setattr(common, "distinct_rows", counting)
+    monkeypatch.setattr(distinct_mod, "distinct_rows", counting)
+    prep = common.prepare(X, estimator="twonn", min_points=3)
+    got = prep.kneighbors(2)
+    assert prep.X is prep.X and len(made) == 1  # the searched copy is the one X keeps
+    want = kneighbors(distinct_rows(X, exact_duplicates(X)), 2)
+    assert torch.equal(got.distances, want.distances) and torch.equal(got.indices, want.indices)
+    made.clear()
+    twonn_id(X)  # the full search and the decimation's subsets read one copy
+    assert len(made) == 1
