@@ -80,6 +80,8 @@ pruning bound in taskgauge comes from this module.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import threading
 import time
@@ -727,17 +729,20 @@ def _kmeans(
 @dataclass(frozen=True, eq=False)
 class _SymmetricPart:
     """One part of a symmetric search split by :func:`kneighbors_part`: what the plan computed once (the grouping,
-    every row's first bound U, the projection's directions at the chosen rank, which part runs each cluster) and
-    which part this is."""
+    every row's first bound U, the projection's directions and candidate ranks, which part runs each cluster) and
+    which part this is. ``bounds`` None: the part of the bounds stage (:func:`bounds_part`), which computes U for
+    its share of the rows from ``homes`` (each cluster's home clusters, CSR) and runs no block."""
 
     labels: torch.Tensor
     clusters: int
-    bounds: torch.Tensor
+    bounds: torch.Tensor | None
     basis: torch.Tensor
     owner: torch.Tensor
     index: int
     count: int
+    ranks: tuple[int, ...]
     coords: tuple[torch.Tensor, ...] | None = None
+    homes: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _part_owners(counts: list[int], count: int) -> list[int]:
@@ -902,18 +907,19 @@ class _Prefixes:
         eng.clock.lap("pca")
 
     def project(self, known: tuple[torch.Tensor, ...] | None = None) -> None:
-        """The leading coordinates and squared norms of every row (what :meth:`at` assembles); ``known``: those of
-        a single rank as :attr:`KNNPlan.coords` holds them, taken as they are instead when they are this
-        computation's (a part: the plan made them), i.e. in this engine's GEMM dtype about its very mean."""
+        """The leading coordinates and squared norms of every row (what :meth:`at` assembles); ``known``: those
+        arrays as :attr:`KNNPlan.coords` holds them (coordinates at the largest rank, squared norms at each rank),
+        taken as they are instead when they are this computation's (a part: the plan made them), i.e. at these
+        ranks, in this engine's GEMM dtype, about its very mean."""
         eng, n, rmax = self.eng, self.eng.n, int(self.P.shape[1])
         if (
             known is not None
-            and len(self.ranks) == 1
             and known[0].shape == (n, rmax)
             and known[0].dtype == eng.cdt
+            and known[2].shape == (n, len(self.ranks))
             and torch.equal(known[3].to(self.dev), eng.mu)
         ):
-            self.zz, self.a2, self.z2 = known[0].to(self.dev), known[1].to(self.dev), known[2].to(self.dev).unsqueeze(1)
+            self.zz, self.a2, self.z2 = known[0].to(self.dev), known[1].to(self.dev), known[2].to(self.dev)
             eng.clock.lap("project")
             return
         self.zz = torch.empty(n, rmax, dtype=eng.cdt, device=self.dev)
@@ -1524,8 +1530,8 @@ def _pruned_symmetric(
     stats["threads"] = threads
     ranks = tuple(sorted({min(r, eng.D) for r in _RANKS}))
     pre = None
-    if part is not None:  # the plan's directions at its chosen rank
-        pre = _Prefixes(eng, (int(part.basis.shape[1]),), basis=part.basis)
+    if part is not None:  # the plan's directions and candidate ranks
+        pre = _Prefixes(eng, part.ranks, basis=part.basis)
     elif force is None and plan is None:  # the gate (a plan makes the clustered search)
         pilot = _Pilot(eng)
         stats["pilot_within_reach"] = pilot.within_reach
@@ -1544,14 +1550,15 @@ def _pruned_symmetric(
         return
     # the embedding at the candidate ranks (one projection; a part: the plan's); k-means groups the rows in the
     # rank-32 embedding
-    pre.project(None if part is None else part.coords)
+    if part is None or part.bounds is not None:  # (the bounds stage needs no embedding)
+        pre.project(None if part is None else part.coords)
     r0 = min(pre.ranks, key=lambda r: abs(r - _KMEANS_RANK))
     if part is None:
         m = max(1, round(n / _CLUSTER_SIZE))
         labels, cent = _kmeans(pre.at(r0)[:, : r0 + 1].to(torch.float32), m, sample=_KMEANS_SAMPLE)
         if plan is not None:
             plan.update(labels=labels.cpu(), clusters=m)
-    else:  # the plan's grouping (no home clusters: the plan's U)
+    else:  # the plan's grouping (and its home clusters, or its U)
         m, labels, cent = part.clusters, part.labels.to(dev, torch.long), None
     release_freed_memory(dev)
     eng.clock.lap("kmeans")
@@ -1560,7 +1567,13 @@ def _pruned_symmetric(
     starts = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.cumsum(counts, 0)]).tolist()
     norm_p, n2_p = eng.norm.index_select(0, perm), eng.n2c.index_select(0, perm)
     cn_p = eng.cnorm.index_select(0, perm)
-    homes = None if part is not None else _home_clusters(cent, counts.tolist(), _home_need(k))
+    if part is None:
+        homes = _home_clusters(cent, counts.tolist(), _home_need(k))
+    elif part.bounds is None:  # the bounds stage: the plan's home clusters
+        ptr, idx = part.homes[0].tolist(), part.homes[1].tolist()
+        homes = [idx[ptr[c] : ptr[c + 1]] for c in range(m)]
+    else:
+        homes = None
     del labels, cent
     # the GEMM frame in permuted order. With the native kernel it is never held whole: each worker builds the rows
     # it needs from the reference (:meth:`_Worker.frame_rows`, the centred float32 rows of float64 input, or float32
@@ -1578,7 +1591,10 @@ def _pruned_symmetric(
         for s in range(starts[c], starts[c + 1], rows_max):
             units.append((c, s, min(starts[c + 1], s + rows_max)))
     mine = units  # the blocks this call runs (every U is needed: any row at a position >= s may be a column)
-    if part is not None:
+    if part is not None and part.bounds is None:  # the bounds stage: U of the rows of an equal range of positions
+        mine = [u for u in units if u[1] * part.count // n == part.index]
+        stats["part"] = {"index": part.index, "count": part.count, "rows": sum(e - s for _, s, e in mine)}
+    elif part is not None:
         owner = part.owner.tolist()
         mine = [u for u in units if owner[u[0]] == part.index]
         pairs = sum((e - s) * (n - s) for _, s, e in mine)
@@ -1605,11 +1621,38 @@ def _pruned_symmetric(
             kth = torch.topk(sh, k, dim=1, largest=False, sorted=False).values.amax(1).to(torch.float64)
             U[s:e] = eng.bounds.upper(kth, norm_p[s:e] + float(norm_p.index_select(0, home_cols).max()))
 
-        if part is None:
+        if part is None and (plan is None or plan.get("with_bounds", True)):
             pool.run(iter(units), home)
-        else:
+        elif part is not None and part.bounds is None:
+            pool.run(iter(mine), home)
+        elif part is not None:
             U = part.bounds.to(dev, torch.float64).index_select(0, perm)
         eng.clock.lap("home")
+        if part is not None and part.bounds is None:  # the bounds stage ends here: its rows' U (by reference row)
+            pos = torch.cat([torch.arange(s, e, device=dev) for _, s, e in mine] or [perm.new_empty(0)])
+            plan.update(rows=perm.index_select(0, pos).cpu(), bounds=U.index_select(0, pos).cpu())
+            return
+        if plan is not None:  # what the parts need; no rank is chosen and no block runs here
+            by_row = None
+            if plan.get("with_bounds", True):
+                by_row = torch.empty_like(U)
+                by_row[perm] = U
+            coords = None
+            if n * pre.zz.shape[1] * pre.zz.element_size() <= _COORDS_MAX_BYTES:
+                coords = (pre.zz.cpu(), pre.a2.cpu(), pre.z2.cpu(), eng.mu.cpu())
+            sizes = [len(h) for h in homes]
+            plan.update(
+                bounds=None if by_row is None else by_row.cpu(),
+                basis=pre.P.cpu(),
+                ranks=pre.ranks,
+                counts=counts.tolist(),
+                coords=coords,
+                homes=(
+                    torch.tensor([0, *itertools.accumulate(sizes)], dtype=torch.long),
+                    torch.tensor([c_ for h in homes for c_ in h], dtype=torch.long),
+                ),
+            )
+            return
 
         def projected(w, zp, thrz, s, e) -> torch.Tensor:
             """Columns (positions >= s, ascending) the projected test keeps for the block [s, e): computed projected
@@ -1640,7 +1683,9 @@ def _pruned_symmetric(
         # candidate rank, counted; the cost model (_PROJ_ENTRY) prices the test's entries and the GEMM on the
         # survivors in multiply-adds, and the rank of least total cost wins (more directions prune more columns, but
         # cost more per column). Counts, not timings: the choice depends on the data only, not on the machine's load.
-        big = [u for u in mine if u[2] - u[1] >= 8] or mine
+        # The sample comes from all blocks, not only a part's: every part of a split search chooses the rank the
+        # unsplit search would (a part choosing from its own few blocks could take another, and run slower).
+        big = [u for u in units if u[2] - u[1] >= 8] or units
         sample = (
             [big[int(i)] for i in np.linspace(0, len(big) - 1, min(_RANK_SAMPLES, len(big)))]
             if len(pre.ranks) > 1
@@ -1662,19 +1707,6 @@ def _pruned_symmetric(
         rank = min(costs, key=costs.get) if costs else pre.ranks[-1]
         stats["rank"] = rank
         stats["rank_costs"] = {r: round(c, 2) for r, c in costs.items()}
-        if plan is not None:  # what the parts need; no block runs here
-            by_row = torch.empty_like(U)
-            by_row[perm] = U
-            j = pre.ranks.index(rank)
-            coords = None
-            if n * rank * pre.zz.element_size() <= _COORDS_MAX_BYTES:
-                zz = pre.zz[:, :rank].contiguous().cpu()
-                coords = (zz, pre.a2.cpu(), pre.z2[:, j].contiguous().cpu(), eng.mu.cpu())
-            plan.update(
-                bounds=by_row.cpu(), basis=pre.P[:, :rank].contiguous().cpu(), counts=counts.tolist(), coords=coords
-            )
-            eng.clock.lap("rank")
-            return
         eng.bounds.E_proj, eng.bounds.kappa_proj = pre.constants(rank)
         z_p = pre.at(rank, perm)
         del pre
@@ -2042,14 +2074,16 @@ class KNNPlan:
     (:func:`plan_parts`).
 
     ``labels`` (int64, one per row) and ``clusters``: the k-means grouping of the pruned symmetric search (large
-    inputs), with what the search computes once before its blocks: ``bounds`` (float64, one per row: its first
-    upper bound U of the k-th neighbour distance, from its home clusters) and ``basis`` (float64, D × rank: the
-    principal directions at the rank the search chose), and ``coords``: every row's embedding at that rank as the
-    search computes it from ``basis`` (:class:`_Prefixes`: the coordinates ``(x - mu)·basis`` in the GEMM dtype,
-    ``|x - mu|²`` and the coordinates' squared norm in float64, and ``mu``), so that a part loads them instead of
-    projecting every row again (None, or another GEMM dtype or mean than the part's: the part projects; n × rank
-    values, 18 MB for 70,000 rows at rank 64). ``owner`` (one per cluster): the part that runs the cluster's
-    blocks, each block against the columns after it, so that the parts meet every unordered pair once
+    inputs), with what the search computes once before its blocks: ``basis`` (float64, D × r: the principal
+    directions), ``ranks`` (the candidate projection ranks, ascending, the last r; each part chooses among them on
+    its own blocks), ``bounds`` (float64, one per row: its first upper bound U of the k-th neighbour distance, from
+    its home clusters; None until the bounds stage has run, :meth:`with_bounds`), ``homes`` (each cluster's home
+    clusters, CSR: ``ptr`` (clusters + 1) and ``idx``; what :func:`bounds_part` needs), and ``coords``: every row's
+    embedding as the search computes it from ``basis`` (:class:`_Prefixes`: the coordinates ``(x - mu)·basis`` in
+    the GEMM dtype, ``|x - mu|²`` and, per rank, the coordinates' squared norm in float64, and ``mu``), so that a
+    part loads them instead of projecting every row again (None, or another GEMM dtype or mean than the part's: the
+    part projects; n × r values, 36 MB for 70,000 rows at r = 128). ``owner`` (one per cluster): the part that runs
+    the cluster's blocks, each block against the columns after it, so that the parts meet every unordered pair once
     between them; interleaved clusters with about equal shares of the pairs (:func:`_part_owners`). ``labels``
     None: the search is the brute force (small or low-dimensional inputs, where every pair is computed from both
     sides anyway), and part p is the block of consecutive query rows ``[p·n // parts, (p + 1)·n // parts)`` against
@@ -2063,6 +2097,34 @@ class KNNPlan:
     basis: torch.Tensor | None = None
     owner: torch.Tensor | None = None
     coords: tuple[torch.Tensor, ...] | None = None
+    ranks: tuple[int, ...] = ()
+    homes: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def needs_bounds(self) -> bool:
+        """A grouping without its bounds: :func:`bounds_part` of every part, then :meth:`with_bounds`."""
+        return self.labels is not None and self.bounds is None
+
+    def with_bounds(self, found: list[KNNBounds]) -> KNNPlan:
+        """This plan with the bounds of every row, from the :func:`bounds_part` results of all its parts (in any
+        order; a part given twice changes nothing). ValueError when a row has no bound or two different ones."""
+        if not self.needs_bounds:
+            raise ValueError("with_bounds: this plan needs no bounds")
+        U = torch.full((self.n,), math.nan, dtype=torch.float64)
+        for b in found:
+            if b.rows.numel() and (int(b.rows.min()) < 0 or int(b.rows.max()) >= self.n):
+                raise ValueError(f"with_bounds: rows outside [0, {self.n})")
+            seen = U.index_select(0, b.rows)
+            clash = ~torch.isnan(seen) & (seen != b.values)
+            if bool(clash.any()):
+                raise ValueError("with_bounds: a row has two different bounds (parts of different plans)")
+            U[b.rows] = b.values
+        # NaN fails: a missing row; a negative value is no bound (+inf is one: no pruning for that row)
+        if not bool((U >= 0).all()):
+            raise ValueError(
+                f"with_bounds: {int((~(U >= 0)).sum())} of {self.n} rows have no bound (a part is missing)"
+            )
+        return dataclasses.replace(self, bounds=U)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The plan as plain arrays (for ``numpy.savez``; never pickled)."""
@@ -2070,9 +2132,13 @@ class KNNPlan:
         if self.labels is not None:
             out["labels"] = self.labels.cpu().numpy().astype(np.int32 if self.clusters < 2**31 else np.int64)
             out["clusters"] = np.asarray(self.clusters, np.int64)
-            out["bounds"] = self.bounds.cpu().numpy().astype(np.float64)
             out["basis"] = self.basis.cpu().numpy().astype(np.float64)
+            out["ranks"] = np.asarray(self.ranks, np.int64)
             out["owner"] = self.owner.cpu().numpy().astype(np.int32)
+            if self.bounds is not None:
+                out["bounds"] = self.bounds.cpu().numpy().astype(np.float64)
+            if self.homes is not None:
+                out["home_ptr"], out["home_idx"] = (t.cpu().numpy().astype(np.int64) for t in self.homes)
         if self.coords is not None:
             for name, t in zip(_COORDS, self.coords, strict=True):
                 out[name] = t.cpu().numpy()
@@ -2086,29 +2152,52 @@ class KNNPlan:
             raise ValueError(f"not a kNN plan: n={n}, parts={parts}")
         if "labels" not in arrays:
             return cls(n=n, parts=parts)
-        if any(name not in arrays for name in ("bounds", "basis", "owner")):
-            raise ValueError("not a kNN plan: a grouping without its bounds, basis and owners")
+        if any(name not in arrays for name in ("basis", "ranks", "owner")) or (
+            "bounds" not in arrays and "home_ptr" not in arrays
+        ):
+            raise ValueError("not a kNN plan: a grouping without its basis, ranks, owners and bounds or homes")
         labels = torch.from_numpy(np.asarray(arrays["labels"]).astype(np.int64))
         clusters = int(arrays["clusters"])
         if labels.shape != (n,) or clusters < 1 or int(labels.min()) < 0 or int(labels.max()) >= clusters:
             raise ValueError(f"not a kNN plan: labels of shape {tuple(labels.shape)} for n={n}, {clusters} clusters")
-        bounds = np.asarray(arrays["bounds"])
         basis = np.asarray(arrays["basis"])
         owner = np.asarray(arrays["owner"])
-        # bounds >= 0 also refuses NaN (+inf is a valid bound: no pruning for that row)
-        if bounds.shape != (n,) or bounds.dtype != np.float64 or not bool((bounds >= 0).all()):
-            raise ValueError(f"not a kNN plan: bounds of shape {bounds.shape} ({bounds.dtype}) for n={n}")
+        ranks = tuple(int(r) for r in np.asarray(arrays["ranks"]).reshape(-1))
         if basis.ndim != 2 or basis.dtype != np.float64 or min(basis.shape) < 1 or not np.isfinite(basis).all():
             raise ValueError(f"not a kNN plan: a basis of shape {basis.shape} ({basis.dtype})")
+        if not ranks or list(ranks) != sorted(set(ranks)) or ranks[0] < 1 or ranks[-1] != basis.shape[1]:
+            raise ValueError(f"not a kNN plan: ranks {ranks} for a basis of {basis.shape[1]} directions")
         if owner.shape != (clusters,) or owner.dtype.kind != "i" or int(owner.min()) < 0 or int(owner.max()) >= parts:
             raise ValueError(f"not a kNN plan: owners of shape {owner.shape} for {clusters} clusters, {parts} parts")
+        bounds = None
+        if "bounds" in arrays:
+            b = np.asarray(arrays["bounds"])
+            # bounds >= 0 also refuses NaN (+inf is a valid bound: no pruning for that row)
+            if b.shape != (n,) or b.dtype != np.float64 or not bool((b >= 0).all()):
+                raise ValueError(f"not a kNN plan: bounds of shape {b.shape} ({b.dtype}) for n={n}")
+            bounds = torch.from_numpy(b)
+        homes = None
+        if "home_ptr" in arrays:
+            ptr, idx = np.asarray(arrays["home_ptr"]), np.asarray(arrays.get("home_idx", np.zeros(0, np.int64)))
+            if (
+                ptr.shape != (clusters + 1,)
+                or ptr.dtype.kind != "i"
+                or idx.ndim != 1
+                or idx.dtype.kind != "i"
+                or int(ptr[0]) != 0
+                or int(ptr[-1]) != idx.shape[0]
+                or bool((np.diff(ptr) < 1).any())
+                or (idx.size and (int(idx.min()) < 0 or int(idx.max()) >= clusters))
+            ):
+                raise ValueError(f"not a kNN plan: home clusters {ptr.shape} / {idx.shape} for {clusters} clusters")
+            homes = (torch.from_numpy(ptr.astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
         coords = None
         if any(name in arrays for name in _COORDS):
             zz, a2, z2, mu = (np.asarray(arrays.get(name)) for name in _COORDS)
             if (
                 zz.shape != (n, basis.shape[1])
                 or zz.dtype not in (np.float32, np.float64)
-                or (a2.shape, z2.shape, mu.shape) != ((n,), (n,), (basis.shape[0],))
+                or (a2.shape, z2.shape, mu.shape) != ((n,), (n, len(ranks)), (basis.shape[0],))
                 or {a2.dtype, z2.dtype, mu.dtype} != {np.dtype(np.float64)}
                 or not all(np.isfinite(a).all() for a in (zz, a2, z2, mu))
                 or not bool((a2 >= 0).all() and (z2 >= 0).all())
@@ -2120,11 +2209,35 @@ class KNNPlan:
             parts=parts,
             labels=labels,
             clusters=clusters,
-            bounds=torch.from_numpy(bounds),
+            bounds=bounds,
             basis=torch.from_numpy(basis),
             owner=torch.from_numpy(owner.astype(np.int64)),
             coords=coords,
+            ranks=ranks,
+            homes=homes,
         )
+
+
+@dataclass
+class KNNBounds:
+    """What one part of the bounds stage found (:func:`bounds_part`): the first upper bound U of the k-th neighbour
+    distance of each row in ``rows`` (int64 reference rows) as ``values`` (float64). :meth:`KNNPlan.with_bounds`
+    puts all parts' together."""
+
+    rows: torch.Tensor
+    values: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The bounds as plain arrays (for ``numpy.savez``; never pickled)."""
+        return {"rows": self.rows.numpy(), "bounds": self.values.numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> KNNBounds:
+        rows, values = np.asarray(arrays["rows"]), np.asarray(arrays["bounds"])
+        if rows.ndim != 1 or rows.shape != values.shape or rows.dtype.kind != "i" or values.dtype != np.float64:
+            raise ValueError(f"not kNN bounds: rows {rows.shape} {rows.dtype}, bounds {values.shape} {values.dtype}")
+        return cls(rows=torch.from_numpy(rows.astype(np.int64)), values=torch.from_numpy(values))
 
 
 @dataclass
@@ -2186,15 +2299,17 @@ def plan_parts(
     *,
     device: torch.device | str = "cpu",
     memory_budget_mb: int = 1024,
+    bounds: bool = True,
 ) -> KNNPlan:
     """The plan that splits ``kneighbors(reference, k)`` (the full self-query) into ``parts`` parts that can run
     on different machines (:func:`kneighbors_part`), merged exactly by :func:`merge_parts`.
 
     For inputs the full self-query would search with the pruned symmetric search, this is what that search
     computes before its blocks (:func:`_pruned_symmetric`: the projection, k-means, every row's first bound U from
-    its home clusters, the rank), once, so that every part uses the same and none repeats it, and which part runs
-    which clusters; otherwise a plan of row blocks (nothing to compute). The answer never depends on the plan, only
-    how fast the parts run.
+    its home clusters), once, so that every part uses the same and none repeats it, and which part runs which
+    clusters; otherwise a plan of row blocks (nothing to compute). ``bounds=False`` leaves the bounds U, the largest
+    piece of the plan, to a stage of their own that the machines share: :func:`bounds_part` of each part, then
+    :meth:`KNNPlan.with_bounds`. The answer never depends on the plan, only how fast the parts run.
 
     >>> X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
     >>> plan = plan_parts(X, 2, 2)
@@ -2208,21 +2323,8 @@ def plan_parts(
     n, D = reference.shape
     if not (n * n >= _PRUNE_MIN_PAIRS and n >= _PRUNE_MIN_REF and D >= _PRUNE_MIN_DIM):
         return KNNPlan(n=n, parts=int(parts))
-    out: dict = {}
-    threads = torch.get_num_threads()
-    single = dev.type == "cpu" and threads > 1  # as kneighbors' symmetric search: one thread per worker
-    if single:
-        torch.set_num_threads(1)
-    try:
-        eng = _Engine(reference.to(dev), k, dev, int(memory_budget_mb) * 2**20, {}, defer_frame=True)
-        eng.threads = threads
-        scratch = (torch.empty((n, k), dtype=torch.float64, device=dev), torch.empty((n, k), dtype=_id_dtype(n)))
-        _pruned_symmetric(eng, *scratch, no_progress, plan=out)
-        del eng, scratch
-    finally:
-        if single:
-            torch.set_num_threads(threads)
-    release_freed_memory(dev)
+    out: dict = {"with_bounds": bool(bounds)}
+    _symmetric_call(reference, k, dev, memory_budget_mb, {}, plan=out)
     return KNNPlan(
         n=n,
         parts=int(parts),
@@ -2232,7 +2334,86 @@ def plan_parts(
         basis=out["basis"],
         owner=torch.tensor(_part_owners(out["counts"], int(parts)), dtype=torch.long),
         coords=out["coords"],
+        ranks=tuple(out["ranks"]),
+        homes=None if bounds else out["homes"],  # (what the bounds stage needs)
     )
+
+
+def _symmetric_call(reference, k, dev, memory_budget_mb, stats, *, plan=None, part=None, out=None, **kw) -> None:
+    """:func:`_pruned_symmetric` of the full self-query of ``reference`` as :func:`kneighbors` runs it on the CPU:
+    one torch thread per worker (the engine's threads are its workers), freed memory returned at the end."""
+    n = reference.shape[0]
+    threads = torch.get_num_threads()
+    single = dev.type == "cpu" and threads > 1
+    if single:
+        torch.set_num_threads(1)
+    try:
+        eng = _Engine(reference.to(dev), k, dev, int(memory_budget_mb) * 2**20, stats, defer_frame=True)
+        eng.threads = threads
+        stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
+        stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
+        if out is None:  # a stage that runs no block: scratch lists
+            out = (torch.empty((n, k), dtype=torch.float64, device=dev), torch.empty((n, k), dtype=_id_dtype(n)))
+        out_d, out_i = out
+        _pruned_symmetric(eng, out_d, out_i, kw.pop("progress", no_progress), plan=plan, part=part, **kw)
+        if part is not None and part.bounds is not None:
+            stats["candidates_mean"] = round(eng.examined / n, 3)
+        del eng
+    finally:
+        if single:
+            torch.set_num_threads(threads)
+    release_freed_memory(dev)
+
+
+def _part_args(reference, k, plan: KNNPlan, part, memory_budget_mb, device, who: str):
+    reference, k, dev = _self_query_args(reference, k, memory_budget_mb, device, who)
+    n = reference.shape[0]
+    if plan.n != n:
+        raise EstimatorError(f"{who}: the plan is for {plan.n} rows, the reference has {n}")
+    if plan.basis is not None and plan.basis.shape[0] != reference.shape[1]:
+        raise EstimatorError(
+            f"{who}: the plan is for {plan.basis.shape[0]} features, the reference has {reference.shape[1]}"
+        )
+    if isinstance(part, bool) or not isinstance(part, (int, np.integer)) or not 0 <= part < plan.parts:
+        raise EstimatorError(f"{who}: part must be an integer in [0, {plan.parts - 1}], got {part!r}")
+    return reference, k, dev
+
+
+def _symmetric_part(plan: KNNPlan, part: int) -> _SymmetricPart:
+    return _SymmetricPart(
+        labels=plan.labels,
+        clusters=plan.clusters,
+        bounds=plan.bounds,
+        basis=plan.basis,
+        owner=plan.owner,
+        index=int(part),
+        count=plan.parts,
+        ranks=plan.ranks,
+        coords=plan.coords,
+        homes=plan.homes,
+    )
+
+
+def bounds_part(
+    reference: torch.Tensor,
+    k: int,
+    plan: KNNPlan,
+    part: int,
+    *,
+    device: torch.device | str = "cpu",
+    memory_budget_mb: int = 1024,
+) -> KNNBounds:
+    """Part ``part`` of the bounds stage of a plan made with ``plan_parts(..., bounds=False)``: the first upper bound
+    U of every row in the part's share of the positions (an equal range in the plan's cluster order), each the k-th
+    smallest exact distance to the members of its home clusters (as the unsplit search computes it). The parts'
+    results, in any order, complete the plan (:meth:`KNNPlan.with_bounds`)."""
+    reference, k, dev = _part_args(reference, k, plan, part, memory_budget_mb, device, "bounds_part")
+    if not plan.needs_bounds or plan.homes is None:
+        raise EstimatorError("bounds_part: the plan needs no bounds (made with bounds=True, or without a grouping)")
+    out: dict = {}
+    stats: dict = {"method": "bounds-part"}
+    _symmetric_call(reference, k, dev, memory_budget_mb, stats, plan=out, part=_symmetric_part(plan, part))
+    return KNNBounds(out["rows"], out["bounds"].to(torch.float64), stats)
 
 
 def kneighbors_part(
@@ -2250,19 +2431,13 @@ def kneighbors_part(
     the rows it touched with, for each, the exact k best among the pairs it met (:class:`KNNPart`). The parts of
     one plan meet every pair once between them; :func:`merge_parts` of all of them equals ``kneighbors(reference,
     k)``, distances bit for bit (the same float64 kernel computes each pair's distance). Parts are independent:
-    run them anywhere, in any order, any number of times."""
-    reference, k, dev = _self_query_args(reference, k, memory_budget_mb, device, "kneighbors_part")
+    run them anywhere, in any order, any number of times. Each chooses the projection rank on its own blocks."""
+    reference, k, dev = _part_args(reference, k, plan, part, memory_budget_mb, device, "kneighbors_part")
     if method not in _METHODS:
         raise EstimatorError(f"kneighbors_part: method must be one of {', '.join(_METHODS)}, got {method!r}")
+    if plan.needs_bounds:
+        raise EstimatorError("kneighbors_part: the plan has no bounds yet (bounds_part, then KNNPlan.with_bounds)")
     n = reference.shape[0]
-    if plan.n != n:
-        raise EstimatorError(f"kneighbors_part: the plan is for {plan.n} rows, the reference has {n}")
-    if plan.basis is not None and plan.basis.shape[0] != reference.shape[1]:
-        raise EstimatorError(
-            f"kneighbors_part: the plan is for {plan.basis.shape[0]} features, the reference has {reference.shape[1]}"
-        )
-    if isinstance(part, bool) or not isinstance(part, (int, np.integer)) or not 0 <= part < plan.parts:
-        raise EstimatorError(f"kneighbors_part: part must be an integer in [0, {plan.parts - 1}], got {part!r}")
     if plan.labels is None:
         a, b = part * n // plan.parts, (part + 1) * n // plan.parts
         if a == b:
@@ -2278,42 +2453,20 @@ def kneighbors_part(
             method=method,
         )
         return KNNPart(torch.arange(a, b), r.distances, r.indices, {**r.stats, "rows": [a, b]})
-    ref = reference.to(dev)
     out_d = torch.empty((n, k), dtype=torch.float64, device=dev)
     out_i = torch.empty((n, k), dtype=_id_dtype(n), device=dev)
     stats: dict = {"method": "pruned-symmetric-part"}
-    threads = torch.get_num_threads()
-    single = dev.type == "cpu" and threads > 1  # as kneighbors' symmetric search: one thread per worker
-    if single:
-        torch.set_num_threads(1)
-    try:
-        eng = _Engine(ref, k, dev, int(memory_budget_mb) * 2**20, stats, defer_frame=True)
-        eng.threads = threads
-        stats["gemm_dtype"] = str(eng.cdt).replace("torch.", "")
-        stats["exact_kernel"] = "native" if dev.type == "cpu" and _native.available() else "torch"
-        _pruned_symmetric(
-            eng,
-            out_d,
-            out_i,
-            progress,
-            force=None if method == "auto" else method,
-            part=_SymmetricPart(
-                labels=plan.labels,
-                clusters=plan.clusters,
-                bounds=plan.bounds,
-                basis=plan.basis,
-                owner=plan.owner,
-                index=int(part),
-                count=plan.parts,
-                coords=plan.coords,
-            ),
-        )
-        stats["candidates_mean"] = round(eng.examined / n, 3)
-        del eng
-    finally:
-        if single:
-            torch.set_num_threads(threads)
-    release_freed_memory(dev)
+    _symmetric_call(
+        reference,
+        k,
+        dev,
+        memory_budget_mb,
+        stats,
+        part=_symmetric_part(plan, part),
+        out=(out_d, out_i),
+        progress=progress,
+        force=None if method == "auto" else method,
+    )
     out_d, out_i = out_d.cpu(), out_i.cpu().long()
     rows = torch.nonzero(out_i[:, 0] >= 0).flatten()
     progress(1.0, "knn")

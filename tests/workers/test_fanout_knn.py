@@ -169,23 +169,29 @@ def assert_same_results(report: dict, reference: dict) -> None:
         }, name
 
 
+def knn_keys(plan_kind: str) -> list[str]:
+    """The kNN shards of a split analysis (3 parts): the bounds stage only for a grouping."""
+    bounds = [f"knn:bounds:{i}/3" for i in range(3)] if plan_kind == "symmetric" else []
+    return ["knn:plan", *bounds, "knn:0/3", "knn:1/3", "knn:2/3"]
+
+
 def test_split_knn_gives_the_unsharded_values_bit_for_bit(world, plan_kind):
     aid = world.analysis()
     assert sorted(k for _, k in world.sent) == ["est:label_sharpness", "knn:plan"]
     ran = world.deliver()
     keys = [k for k, _ in ran]
-    # plan (sent first: the chain of stages is the longest), label_sharpness beside it, then the three parts,
-    # then the three estimators that read the table, twonn first (its decimation levels search subsets on their own)
-    assert keys[:2] == ["knn:plan", "est:label_sharpness"] and keys[2:5] == ["knn:0/3", "knn:1/3", "knn:2/3"]
-    assert keys[5] == "est:twonn" and sorted(keys[6:]) == ["est:gride", "est:mle"]
-    # the plan sends the parts, the last part the estimators, the last estimator assembles
+    stages = knn_keys(plan_kind)
+    # plan (sent first: the chain of stages is the longest), label_sharpness beside it, then the bounds stage (a
+    # grouping's), the three parts, then the three estimators that read the table, twonn first (its decimation
+    # levels search subsets on their own)
+    assert keys[:2] == ["knn:plan", "est:label_sharpness"] and keys[2 : len(stages) + 1] == stages[1:]
+    assert keys[len(stages) + 1] == "est:twonn" and sorted(keys[len(stages) + 2 :]) == ["est:gride", "est:mle"]
+    # the plan sends the bounds stage or the parts, the last of a stage the next one, the last estimator assembles
+    last_of_stage = {"knn:plan", "knn:bounds:2/3", "knn:2/3"}
     assert dict(ran[:-1]) == {
         "est:label_sharpness": "done",
-        "knn:plan": "done, sent 3 shards",
-        "knn:0/3": "done",
-        "knn:1/3": "done",
-        "knn:2/3": "done, sent 3 shards",
-        **{k: "done" for k, _ in ran[5:-1]},
+        **{k: "done, sent 3 shards" if k in last_of_stage else "done" for k in stages},
+        **{k: "done" for k, _ in ran[len(stages) + 1 : -1]},
     }
     assert ran[-1][1] == "assembled: succeeded"
     row = world.analysis_row(aid)
@@ -194,7 +200,7 @@ def test_split_knn_gives_the_unsharded_values_bit_for_bit(world, plan_kind):
     assert_same_results(report, unsharded(world))
     assert report["results"]["mle"]["details"]["duplicates_removed"] == 20
     shards = {s["key"]: s for s in report["environment"]["shards"]}
-    assert set(shards) == {"knn:plan", "knn:0/3", "knn:1/3", "knn:2/3", *(f"est:{n}" for n in REQUESTS)}
+    assert set(shards) == {*stages, *(f"est:{n}" for n in REQUESTS)}
     assert all(
         s["worker"] and s["seconds"] is not None and s["device"] == "cpu" and s["attempts"] == 1
         for s in shards.values()
@@ -219,21 +225,19 @@ def test_the_estimators_read_the_merged_table_and_search_nothing_themselves(worl
     assert world.analysis_row(aid).status == db.SUCCEEDED
 
 
-def test_a_redelivered_shard_adds_nothing(world):
+def test_a_redelivered_shard_adds_nothing(world, plan_kind):
     aid = world.analysis()
     ran = world.deliver(times=2)  # every message arrives twice (Redis' visibility timeout, a broker restart, …)
     outcomes = {}
     for key, outcome in ran:
         outcomes.setdefault(key, []).append(outcome)
     assert all(o[1] == "skipped" for o in outcomes.values()), outcomes
-    for key in ("knn:plan", "knn:0/3"):  # and once more after the analysis ended
+    for key in knn_keys(plan_kind):  # and once more after the analysis ended
         assert fanout.execute_shard(aid, key, world.ctx) == "skipped"
     assert world.analysis_row(aid).status == db.SUCCEEDED
     assert len(world.rows(db.Report, aid)) == 1
     assert sorted(r.estimator for r in world.rows(db.AnalysisResult, aid)) == sorted(REQUESTS)
-    assert sorted(world.shards(aid)) == sorted(
-        ["knn:plan", "knn:0/3", "knn:1/3", "knn:2/3", *(f"est:{n}" for n in REQUESTS)]
-    )
+    assert sorted(world.shards(aid)) == sorted([*knn_keys(plan_kind), *(f"est:{n}" for n in REQUESTS)])
     assert all(r.attempts == 1 for r in world.shards(aid).values())
     assert_same_results(world.report(aid), unsharded(world))
     world.assert_only_the_dataset_blob()
@@ -301,42 +305,49 @@ class WorkerKilled(BaseException):
 
 
 @pytest.mark.parametrize("when", ["during the search", "after publishing its blob"])
-def test_a_worker_dying_mid_part_reruns_that_part_only(world, monkeypatch, when):
+@pytest.mark.parametrize("victim", ["knn:1/3", "knn:bounds:1/3"])
+def test_a_worker_dying_mid_part_reruns_that_part_only(world, monkeypatch, when, victim):
+    if victim.startswith("knn:bounds:"):  # the bounds stage is a grouping's: the symmetric plan
+        for name, v in (("_PRUNE_MIN_PAIRS", 0), ("_PRUNE_MIN_REF", 200), ("_PRUNE_MIN_DIM", 8), ("_CLUSTER_SIZE", 32)):
+            monkeypatch.setattr(knn, name, v)
     aid = world.analysis()
-    while world.sent[0][1] != "knn:1/3":
+    while world.sent[0][1] != victim:
         a, key = world.sent.pop(0)
         fanout.execute_shard(a, key, world.ctx)
-    real_part, real_succeed = fanout_knn.kneighbors_part, fanout._succeed
+    search = "bounds_part" if victim.startswith("knn:bounds:") else "kneighbors_part"
+    real_part, real_succeed = getattr(fanout_knn, search), fanout._succeed
 
     def die_searching(*args, **kw):
         raise WorkerKilled()
 
     def die_before_done(ctx, analysis_id, key, *a, **kw):
-        if key == "knn:1/3":
+        if key == victim:
             raise WorkerKilled()
         return real_succeed(ctx, analysis_id, key, *a, **kw)
 
     if when == "during the search":
-        monkeypatch.setattr(fanout_knn, "kneighbors_part", die_searching)
+        monkeypatch.setattr(fanout_knn, search, die_searching)
     else:
         monkeypatch.setattr(fanout, "_succeed", die_before_done)
     a, key = world.sent.pop(0)
     with pytest.raises(WorkerKilled):
         fanout.execute_shard(a, key, world.ctx)
-    monkeypatch.setattr(fanout_knn, "kneighbors_part", real_part)
+    monkeypatch.setattr(fanout_knn, search, real_part)
     monkeypatch.setattr(fanout, "_succeed", real_succeed)
-    row = world.shards(aid)["knn:1/3"]
+    row = world.shards(aid)[victim]
     assert row.status == db.RUNNING and (row.blob_sha256 is not None) == (when == "after publishing its blob")
-    world.deliver()  # the other parts and whatever they send: the table's estimators wait for part 1
+    world.deliver()  # the others of its stage: the next stage waits for it
     assert world.analysis_row(aid).status == db.RUNNING and "est:mle" not in world.shards(aid)
+    if victim.startswith("knn:bounds:"):
+        assert "knn:0/3" not in world.shards(aid)
     assert fanout.sweep_shards(world.ctx) == []  # its heartbeat is still fresh: not stolen
-    _stale(world, aid, "knn:1/3")  # LEASE_S later, no heartbeat: the worker is gone
-    assert fanout.sweep_shards(world.ctx) == [f"{aid}/knn:1/3"]
+    _stale(world, aid, victim)  # LEASE_S later, no heartbeat: the worker is gone
+    assert fanout.sweep_shards(world.ctx) == [f"{aid}/{victim}"]
     ran = world.deliver()
-    assert ran[0] == ("knn:1/3", "done, sent 3 shards") and ran[-1][1] == "assembled: succeeded"
+    assert ran[0] == (victim, "done, sent 3 shards") and ran[-1][1] == "assembled: succeeded"
     shards = world.shards(aid)
-    assert shards["knn:1/3"].attempts == 2
-    assert all(s.attempts == 1 for k, s in shards.items() if k != "knn:1/3")
+    assert shards[victim].attempts == 2
+    assert all(s.attempts == 1 for k, s in shards.items() if k != victim)
     assert len(world.rows(db.Report, aid)) == 1 and len(world.rows(db.AnalysisResult, aid)) == 4
     assert_same_results(world.report(aid), unsharded(world))
     world.assert_only_the_dataset_blob()

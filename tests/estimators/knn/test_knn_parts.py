@@ -1,4 +1,4 @@
-"""The split self-query (estimators/knn/engine.py: plan_parts, kneighbors_part, merge_parts) and the neighbour table
+"""The split self-query (estimators/knn/engine.py: plan_parts, bounds_part, kneighbors_part, merge_parts) and the neighbour table
 handed to the estimators (estimators/knn/known.py).
 
 The merged parts are compared bit for bit with the one-call ``kneighbors`` (the same float64 kernel computes every
@@ -21,8 +21,10 @@ from estimators.id.gride import gride_id
 from estimators.id.mle import mle_id
 from estimators.id.twonn import twonn_id
 from estimators.knn import (
+    KNNBounds,
     KNNPart,
     KNNPlan,
+    bounds_part,
     kneighbors,
     kneighbors_part,
     known_neighbours,
@@ -45,8 +47,12 @@ def small_thresholds(monkeypatch):
         monkeypatch.setattr(knn, name, v)
 
 
-def split(X: torch.Tensor, k: int, parts: int, **kw):
-    plan = plan_parts(X, k, parts)
+def split(X: torch.Tensor, k: int, parts: int, staged: bool = False, **kw):
+    """The plan and its parts; ``staged``: the bounds in a stage of their own (as a fanned-out analysis runs it),
+    the bounds parts in reverse order."""
+    plan = plan_parts(X, k, parts, bounds=not staged)
+    if staged and plan.labels is not None:
+        plan = plan.with_bounds([bounds_part(X, k, plan, p) for p in reversed(range(parts))])
     return plan, [kneighbors_part(X, k, plan, p, **kw) for p in range(parts)]
 
 
@@ -55,16 +61,17 @@ def same(a, b) -> None:
     assert torch.equal(a.distances, b.distances) and torch.equal(a.indices, b.indices)
 
 
+@pytest.mark.parametrize("staged", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("parts", [1, 2, 3, 5])
-def test_symmetric_parts_merge_to_the_one_call_answer_bit_for_bit(small_thresholds, dtype, parts):
+def test_symmetric_parts_merge_to_the_one_call_answer_bit_for_bit(small_thresholds, dtype, parts, staged):
     X = torch.from_numpy(clustered(1500, 48, 5, seed=parts)).to(dtype)
-    plan, pieces = split(X, 12, parts)
+    plan, pieces = split(X, 12, parts, staged=staged)
     assert plan.labels is not None and plan.clusters == round(1500 / 32)
     assert all(p.stats["method"] == "pruned-symmetric-part" for p in pieces)
-    # every cluster is run by one part; the parts run at the plan's rank, with the plan's bounds
+    # every cluster is run by one part; each part chooses one of the plan's ranks, with the plan's bounds
     assert sum(p.stats["part"]["clusters"] for p in pieces) == plan.clusters
-    assert all(p.stats["rank"] == plan.basis.shape[1] for p in pieces)
+    assert all(p.stats["rank"] in plan.ranks for p in pieces) and plan.ranks[-1] == plan.basis.shape[1]
     assert plan.bounds.shape == (1500,) and bool(torch.isfinite(plan.bounds).all())
     merged = merge_parts(pieces, 1500, 12)
     same(merged, kneighbors(X, 12))
@@ -178,7 +185,8 @@ def test_parts_take_the_plans_coordinates_or_project_when_they_are_not_theirs(sm
     plan = plan_parts(X, 6, 2)
     zz, a2, z2, mu = plan.coords
     assert zz.shape == (1000, plan.basis.shape[1]) and zz.dtype == torch.float32
-    assert a2.shape == z2.shape == (1000,) and mu.shape == (32,) and bool((z2 <= a2 * (1 + 1e-12)).all())
+    assert a2.shape == (1000,) and z2.shape == (1000, len(plan.ranks)) and mu.shape == (32,)
+    assert bool((z2 <= a2.unsqueeze(1) * (1 + 1e-12)).all()) and bool((z2.diff(dim=1) >= 0).all())
     projected = []
     real = knn._Prefixes.project
 
@@ -221,7 +229,7 @@ def test_plan_and_part_round_trip_through_plain_arrays(small_thresholds, tmp_pat
         back = KNNPart.from_arrays(dict(z))
     assert torch.equal(back.rows, piece.rows) and torch.equal(back.distances, piece.distances)
     assert torch.equal(again.bounds, plan.bounds) and torch.equal(again.basis, plan.basis)
-    assert torch.equal(again.owner, plan.owner)
+    assert torch.equal(again.owner, plan.owner) and again.ranks == plan.ranks and again.homes is None
     assert all(torch.equal(a, b) for a, b in zip(again.coords, plan.coords, strict=True))
     arrays = plan.arrays()
     bad_bounds = arrays["bounds"].copy()
@@ -231,16 +239,68 @@ def test_plan_and_part_round_trip_through_plain_arrays(small_thresholds, tmp_pat
         {"bounds": bad_bounds},
         {"owner": np.full_like(arrays["owner"], 2)},
         {"basis": arrays["basis"][0]},
+        {"ranks": arrays["ranks"][::-1]},
+        {"ranks": arrays["ranks"][:-1]},
         {"coords": arrays["coords"][:, :-1]},
+        {"coords_sq": arrays["coords_sq"][:, :-1]},
         {"centred_sq": -arrays["centred_sq"]},
         {"mean": arrays["mean"][:-1]},
     ):
         with pytest.raises(ValueError, match="not a kNN plan"):
             KNNPlan.from_arrays({**arrays, **bad})
-    with pytest.raises(ValueError, match="without its bounds"):
+    with pytest.raises(ValueError, match="without its basis, ranks, owners and bounds or homes"):
         KNNPlan.from_arrays({name: v for name, v in arrays.items() if name != "bounds"})
+    # a plan that leaves its bounds to a stage of their own carries the home clusters instead, as arrays too
+    staged = plan_parts(X, 5, 2, bounds=False)
+    assert staged.needs_bounds and staged.bounds is None and "bounds" not in staged.arrays()
+    np.savez(tmp_path / "staged.npz", **staged.arrays())
+    with np.load(tmp_path / "staged.npz", allow_pickle=False) as z:
+        staged_again = KNNPlan.from_arrays(dict(z))
+    assert all(torch.equal(a, b) for a, b in zip(staged_again.homes, staged.homes, strict=True))
+    found = bounds_part(X, 5, staged_again, 0)
+    np.savez(tmp_path / "bounds.npz", **found.arrays())
+    with np.load(tmp_path / "bounds.npz", allow_pickle=False) as z:
+        found_again = KNNBounds.from_arrays(dict(z))
+    assert torch.equal(found_again.rows, found.rows) and torch.equal(found_again.values, found.values)
+    arrays = staged.arrays()
+    for bad in (
+        {"home_ptr": arrays["home_ptr"][:-1]},
+        {"home_idx": np.full_like(arrays["home_idx"], staged.clusters)},
+        {"home_ptr": np.zeros_like(arrays["home_ptr"])},
+    ):
+        with pytest.raises(ValueError, match="not a kNN plan"):
+            KNNPlan.from_arrays({**arrays, **bad})
+    with pytest.raises(ValueError, match="not kNN bounds"):
+        KNNBounds.from_arrays({**found.arrays(), "bounds": found.values.numpy().astype(np.float32)})
     with pytest.raises(ValueError, match="not a kNN part"):
         KNNPart.from_arrays({**piece.arrays(), "distances": piece.distances.numpy().astype(np.float32)})
+
+
+def test_bounds_stage_gives_the_plans_own_bounds_and_refuses_incomplete_or_foreign_parts(small_thresholds):
+    """The bounds stage computes, part by part, the very bounds the one-piece plan computes (the same home clusters
+    and kernel per row, bit for bit). Every row comes from one part; a missing part, or two parts that disagree
+    (another plan's), are refused, and a repeated one changes nothing. A part cannot run before the bounds are in."""
+    X = torch.from_numpy(clustered(1500, 48, 5, seed=9))
+    whole = plan_parts(X, 12, 3)
+    staged = plan_parts(X, 12, 3, bounds=False)
+    assert torch.equal(staged.labels, whole.labels) and staged.homes is not None and whole.homes is None
+    found = [bounds_part(X, 12, staged, p) for p in range(3)]
+    rows = torch.cat([f.rows for f in found])
+    assert rows.numel() == 1500 and torch.equal(rows.sort().values, torch.arange(1500))
+    assert all(abs(f.rows.numel() - 500) <= 40 for f in found)  # equal ranges of positions, whole blocks
+    assert torch.equal(staged.with_bounds(found).bounds, whole.bounds)
+    assert torch.equal(staged.with_bounds([*found, found[0]]).bounds, whole.bounds)
+    with pytest.raises(ValueError, match="rows have no bound"):
+        staged.with_bounds(found[1:])
+    off = KNNBounds(found[1].rows, found[1].values * 1.5)
+    with pytest.raises(ValueError, match="two different bounds"):
+        staged.with_bounds([*found, off])
+    with pytest.raises(ValueError, match="needs no bounds"):
+        whole.with_bounds(found)
+    with pytest.raises(EstimatorError, match="has no bounds yet"):
+        kneighbors_part(X, 12, staged, 0)
+    with pytest.raises(EstimatorError, match="needs no bounds"):
+        bounds_part(X, 12, whole, 0)
 
 
 def test_bad_arguments_are_explained(small_thresholds):
@@ -256,6 +316,8 @@ def test_bad_arguments_are_explained(small_thresholds):
         kneighbors_part(X[:299], 3, plan, 0)
     with pytest.raises(EstimatorError, match="the plan is for 16 features, the reference has 15"):
         kneighbors_part(X[:, :15], 3, plan, 0)
+    with pytest.raises(EstimatorError, match=r"bounds_part: part must be an integer in \[0, 1\]"):
+        bounds_part(X, 3, plan_parts(X, 3, 2, bounds=False), -1)
 
 
 # ------------------------------------------------------------------------------------------- known neighbours
