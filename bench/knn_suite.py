@@ -25,6 +25,10 @@ Data (n = 20000 rows unless the set has fewer; D = 784 unless the data has fewer
   minilm      all-MiniLM-L6-v2 sentence embeddings (taskgauge's text ingest, ``estimators.text.embed_texts``: D = 384,
               L2-normalised) of the distinct Debian fortunes (``apt-get install fortunes``: about 15100 texts); the
               first build embeds them (about 5-10 min on 2 cores, then cached)
+Low-dimensional data as given, not in the default suite (``--datasets``): where k-d trees compete (skdim's
+scikit-learn trees; the engine's tree path, estimators/knn/tree.py)
+  cube3, cube5, cube8, cube12   uniform [0, 1]^d in its own d dimensions
+  swissroll   scikit-learn's Swiss roll (3-d, noise 0.05);  sphere11   skdim's M1_Sphere in its own 11 dimensions
 A data set whose source is not installed is reported as missing (with how to get it) and skipped.
 
 Commands (PYTHONPATH=. .venv/bin/python bench/knn_suite.py ...; results are appended to bench/results_knn_suite.md)
@@ -36,6 +40,8 @@ Commands (PYTHONPATH=. .venv/bin/python bench/knn_suite.py ...; results are appe
                               the fitted exponent (about 15 min)
   --fmnist60k --rounds 2      Fashion-MNIST 60000 × 784: tg mle vs skdim (goal ≥ 5×; about 10 min)
   --whole --rounds 3          whole processes at n=20000: skdim's one-liner vs ours (about 5 min)
+  --datasets cube3,cube5,cube8,cube12,swissroll,sphere11 --n 50000 --methods tg_mle,tg_brute,skdim_mle --rounds 1
+                              low-dimensional data (about 10 min)
   smoke test (about 3 min, the first time longer: data and embeddings are built):
       --n 1000 --rounds 1 --busy both --datasets gauss12,iid784,fmnist,minilm,mnist10k --out /tmp/x.md
       --growth --rounds 1 --growth-ns 1000,2000 --out /tmp/x.md;  --fmnist60k --rounds 1 --big-n 3000 --out /tmp/x.md
@@ -162,6 +168,19 @@ def make(name: str, n: int) -> np.ndarray:
         return _rotate(np.asarray(Z, np.float64), rng)
     if name == "iid784":
         return rng.standard_normal((n, D))
+    # low-dimensional data as given (not rotated into 784-d; not in the default suite): where k-d trees (skdim's
+    # scikit-learn, the engine's tree path) compete with the brute force
+    if name in ("cube3", "cube5", "cube8", "cube12"):
+        return rng.random((n, int(name[4:])))
+    if name == "swissroll":
+        from sklearn.datasets import make_swiss_roll
+
+        return np.asarray(make_swiss_roll(n, noise=0.05, random_state=int(rng.integers(2**31)))[0], np.float64)
+    if name == "sphere11":  # skdim's M1_Sphere in its own 11 dimensions (a 10-sphere)
+        import skdim
+
+        bm = skdim.datasets.BenchmarkManifolds(random_state=int(rng.integers(2**31)))
+        return np.asarray(bm.generate("M1_Sphere", n=n, dim=11, d=10), np.float64)
     if name == "minilm":
         return _minilm(n)
     raise SystemExit(f"unknown dataset {name}")
@@ -318,7 +337,8 @@ def suite(args) -> list[str]:
                     with open(CACHE / "runs.jsonl", "a") as fh:  # every run's raw record, kept if the report fails
                         fh.write(json.dumps({"condition": cond, "round": r, "data": d, **x}, default=str) + "\n")
     lines = [
-        f"### kNN suite: n={args.n}, D=784, {args.dtype}, {args.rounds} interleaved rounds",
+        f"### kNN suite: n={args.n}, D={'784' if set(datasets) <= set(DATASETS) else 'as listed'}, {args.dtype}, "
+        f"{args.rounds} interleaved rounds",
         "",
         f"- {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, source {args.src}; each entry a fresh process, the median over rounds of one call",

@@ -3,7 +3,10 @@
 - :mod:`estimators.knn.engine`: :func:`kneighbors`, exact float64 neighbours with a float32 GEMM for speed;
 - :mod:`estimators.knn.pairs`: the exact inter-class closest pairs behind ``label_sharpness`` and δ;
 - :mod:`estimators.knn.known`: :func:`known_neighbours`, a table computed elsewhere (the parts of a split search,
-  :func:`plan_parts`/:func:`bounds_part`/:func:`kneighbors_part`/:func:`merge_parts`) handed to every search on the same data;
+  :func:`plan_parts`/:func:`bounds_part`/:func:`kneighbors_part`/:func:`merge_parts`) handed to every search on
+  the same data;
+- :mod:`estimators.knn.tree`: a k-d tree proposing the candidates of low-dimensional data, when it measures
+  faster than the brute force;
 - :mod:`estimators.knn.distinct`: :func:`distinct_kneighbors`, the neighbours of the distinct rows without a
   de-duplicated copy of the data;
 - :mod:`estimators.knn.duplicates`: :func:`exact_duplicates`, duplicate rows, found once (:func:`known_duplicates`

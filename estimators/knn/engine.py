@@ -95,6 +95,7 @@ import torch
 from estimators import _native
 from estimators.base import EstimatorError, ProgressFn, no_progress
 from estimators.knn import known as _known
+from estimators.knn import tree as _tree
 from estimators.knn.memory import release_freed_memory
 from estimators.validation import as_matrix
 
@@ -1964,7 +1965,8 @@ def kneighbors(
     reference index. ``memory_budget_mb`` bounds the working buffers (beyond the inputs and, except in the full
     self-query on the CPU, a centred float32 copy of float64 ``reference``); ``progress(fraction, "knn")`` is called
     after each chunk of queries. ``method``: "auto" (default) lets the engine choose between the pruned search and
-    the brute force from costs it measures during the search; "pruned" or "brute" force one (large inputs only;
+    the brute force from costs it measures during the search (and, for a self-query of low-dimensional data, a k-d
+    tree that proposes the candidates, :mod:`estimators.knn.tree`); "pruned" or "brute" force one (large inputs only;
     small ones always use the brute force). The answer never depends on it.
 
     >>> X = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
@@ -2026,11 +2028,27 @@ def kneighbors(
                 stats={"method": "known", "pruned_fraction": 0.0},
             )
     nq = q_rows.shape[0]
+    stats: dict = {"method": "brute", "pruned_fraction": 0.0}
+    if self_query and nq and _tree.eligible(n, D, dev, method, _PRUNE_MIN_DIM):  # low-dimensional data: a k-d tree
+        found = _tree.search(
+            ref,
+            k,
+            qi,
+            query_index is None,
+            threads=torch.get_num_threads(),
+            memory_budget_mb=memory_budget_mb,
+            stats=stats,
+            progress=progress,
+        )
+        if found is not None:
+            stats["method"] = "tree"
+            return KNNResult(
+                distances=found[0], indices=found[1], query_index=None if query_index is None else qi.cpu(), stats=stats
+            )
     # allocated here, filled by the search just before its first merge (pages not yet written are not resident:
     # the projection and k-means run without them)
     out_d = torch.empty((nq, k), dtype=torch.float64, device=dev)
     out_i = torch.empty((nq, k), dtype=_id_dtype(n), device=dev)  # int64 in the result
-    stats: dict = {"method": "brute", "pruned_fraction": 0.0}
     if nq:
         prune = nq * n >= _PRUNE_MIN_PAIRS and n >= _PRUNE_MIN_REF and D >= _PRUNE_MIN_DIM
         symmetric = prune and self_query and query_index is None
