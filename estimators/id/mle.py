@@ -121,21 +121,33 @@ class MLEParams(Params):
         return self
 
 
-def _pooled_at_k(D: np.ndarray, k: int, normalizer: str, pooling: str, buf: np.ndarray | None = None):
-    """Pooled MLE at ``k`` from ascending neighbour distances ``D`` (Q, ≥k).
+def _log_ratio_sums(D: np.ndarray) -> np.ndarray:
+    """``S[:, k - 1] = sum_{j <= k} log(T_k / T_j)`` for every k at once, from ascending neighbour distances ``D``
+    (Q, K): with ``L = log(D / D[:, K-1])`` (every log-ratio against the last column, so no large logs cancel),
+    ``S_k = k·L_k − (L_1 + … + L_k)``. One log per entry instead of one per entry and per k (the ID-against-k curve
+    took 0.17 s at 50,000 points, as long as their whole k-d tree search); it agrees with the direct sum to a few
+    units in the last place. Rows with a zero distance give NaN or infinities (dropped by the caller)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        L = np.log(D / D[:, -1:])
+    C = np.cumsum(L, axis=1)
+    k = np.arange(1, D.shape[1] + 1, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return L * k - C
 
-    ``buf`` (same shape as ``D``) holds the log-ratios, so that the ID-vs-k loop allocates no (Q, k) temporaries.
+
+def _pooled_at_k(D: np.ndarray, S: np.ndarray, k: int, normalizer: str, pooling: str):
+    """Pooled MLE at ``k`` from ascending neighbour distances ``D`` (Q, ≥k) and their log-ratio sums ``S``
+    (:func:`_log_ratio_sums`).
+
     Returns (value or None, pointwise estimates 1/u of the kept points, ties dropped, zero-distance dropped).
     """
-    T = D[:, :k]
     c = k - 1 if normalizer == "k-1" else k - 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.divide(T[:, k - 1 : k], T, out=None if buf is None else buf[:, :k])
-        S = np.sum(np.log(ratio, out=ratio), axis=1)
-    zero = T[:, 0] <= 0.0  # only possible if duplicates slipped through; guard anyway
-    ties = (~zero) & (S <= 0.0)  # all k distances equal: u = 0, m = inf
-    keep = ~(zero | ties) & np.isfinite(S)
-    u = S[keep] / c
+    Sk = S[:, k - 1]
+    zero = D[:, 0] <= 0.0  # only possible if duplicates slipped through; guard anyway
+    # all k distances equal: u = 0, m = inf (and a sum that rounding leaves at or below 0: no estimate either)
+    ties = (~zero) & ((D[:, k - 1] == D[:, 0]) | (Sk <= 0.0))
+    keep = ~(zero | ties) & np.isfinite(Sk)
+    u = Sk[keep] / c
     if u.size < MIN_USED:
         return None, 1.0 / u, int(ties.sum()), int(zero.sum())
     m = 1.0 / u
@@ -218,14 +230,14 @@ def mle_id(
     ks = list(range(k1, k2 + 1)) if k1 is not None and k2 is not None else [k]
     per_k = []
     by_k: dict[int, tuple] = {}
-    buf = np.empty_like(D)
+    S = _log_ratio_sums(D)
     for kk in range(K_MIN, kmax + 1):
-        val, m, ties, zero = _pooled_at_k(D, kk, normalizer, pooling, buf)
+        val, m, ties, zero = _pooled_at_k(D, S, kk, normalizer, pooling)
         # the pointwise estimates are kept only where they are reported (the first and last k of the average)
         by_k[kk] = (val, m if kk in (ks[0], ks[-1]) else None, ties, zero)
         per_k.append({"k": kk, "value": val, "n_used": int(m.size), "ties_dropped": ties})
     q = D.shape[0]
-    del buf, D
+    del S, D
     release_freed_memory()  # the pooling's temporaries, as kneighbors did for the search's
 
     lo = ks[0]

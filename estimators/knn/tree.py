@@ -6,10 +6,12 @@ k-d tree answers a query in about O(log n) distance evaluations while the data's
 units), and degrades towards the brute force, or far beyond it, as it grows: on 50,000 points of a uniform cube the
 tree took 0.14 s at D = 3, 1.3 s at D = 8, 7.4 s at D = 12 and 34 s at D = 20, against 4.2–4.8 s for the engine's
 brute force throughout. Neither D nor n tells which wins, so :func:`search` measures it on a few hundred random
-query rows (1% of them): first the brute force, whose neighbours give an estimate of the intrinsic dimension (past
-``_TREE_MAX_ID`` no tree is built: 1-2% of the brute force's time is all such data pays); then the tree, on a few
-rows in one thread and then on the whole sample, stopped as soon as it can no longer win clearly. The tree runs
-only when its extrapolated time is under ``_TREE_WIN`` of the brute force's.
+query rows (0.5% of them, at least 256): first the brute force on 64 of them, whose neighbours give an estimate of
+the intrinsic dimension (past ``_TREE_MAX_ID`` no tree is built, nor scipy.spatial imported: about 1% of the brute
+force's time is all such data pays); then the brute force on the rest and the tree, on a few rows in one thread and
+then on the whole sample, stopped as soon as it can no longer win clearly. The tree runs only when its
+extrapolated time is under ``_TREE_WIN`` of the brute force's. In a fresh process the first tree also pays for
+importing scipy.spatial (about 0.25 s).
 
 The answer is the engine's exact answer: the tree only proposes candidates. Each query takes its
 ``k + 1 + _TREE_MARGIN`` nearest by the tree (its own float64 arithmetic), their distances are recomputed with the
@@ -40,7 +42,7 @@ _SYMMETRIC = 0.6
 #: rows of the reference below which the brute force is left alone (it takes a fraction of a second there)
 _TREE_MIN_REF = 8192
 #: query rows timed by both methods: this share of the queries, within [_SAMPLE_MIN, _SAMPLE_MAX]
-_SAMPLE_SHARE = 0.01
+_SAMPLE_SHARE = 0.005
 _SAMPLE_MIN, _SAMPLE_MAX = 256, 2048
 #: intrinsic dimension (estimated on the sample) above which no tree is tried: on uniform cubes of 50,000 points
 #: the tree won 3x at 8 dimensions and lost 2x at 12
