@@ -278,15 +278,18 @@ def execute(
     return (lambda s: _after_part(s, analysis.id, names)), str(device)
 
 
-def _after_bounds(s: Session, analysis_id: str, keys: list[str], weight: float) -> dict[str, str | None]:
-    """When every part of the bounds stage is done (this one included): the parts."""
+def _all_done(s: Session, analysis_id: str, prefix: str) -> bool:
+    """Whether every shard of the analysis whose key starts with ``prefix`` has succeeded."""
     S = db.AnalysisShard
     left = s.scalar(
-        select(S.id)
-        .where(S.analysis_id == analysis_id, S.key.startswith(BOUNDS_PREFIX), S.status != db.SUCCEEDED)
-        .limit(1)
+        select(S.id).where(S.analysis_id == analysis_id, S.key.startswith(prefix), S.status != db.SUCCEEDED).limit(1)
     )
-    return {} if left is not None else _insert(s, analysis_id, keys, weight)
+    return left is None
+
+
+def _after_bounds(s: Session, analysis_id: str, keys: list[str], weight: float) -> dict[str, str | None]:
+    """When every part of the bounds stage is done (this one included): the parts."""
+    return _insert(s, analysis_id, keys, weight) if _all_done(s, analysis_id, BOUNDS_PREFIX) else {}
 
 
 def _stage_blobs(ctx: Context, analysis_id: str, count: int) -> list[dict[str, np.ndarray]]:
@@ -303,11 +306,7 @@ def _stage_blobs(ctx: Context, analysis_id: str, count: int) -> list[dict[str, n
 
 def _after_part(s: Session, analysis_id: str, names: list[str]) -> dict[str, str | None]:
     """When every part is done (this one included): the estimators that read the table."""
-    S = db.AnalysisShard
-    left = s.scalar(
-        select(S.id).where(S.analysis_id == analysis_id, S.key.startswith(PREFIX), S.status != db.SUCCEEDED).limit(1)
-    )
-    return {} if left is not None else _insert(s, analysis_id, [f"est:{name}" for name in names])
+    return _insert(s, analysis_id, [f"est:{name}" for name in names]) if _all_done(s, analysis_id, PREFIX) else {}
 
 
 def _plan_blob(ctx: Context, analysis_id: str) -> str:

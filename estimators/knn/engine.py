@@ -2457,7 +2457,8 @@ def kneighbors_part(
     the rows it touched with, for each, the exact k best among the pairs it met (:class:`KNNPart`). The parts of
     one plan meet every pair once between them; :func:`merge_parts` of all of them equals ``kneighbors(reference,
     k)``, distances bit for bit (the same float64 kernel computes each pair's distance). Parts are independent:
-    run them anywhere, in any order, any number of times. Each chooses the projection rank on its own blocks."""
+    run them anywhere, in any order, any number of times. Each chooses the projection rank on the sample blocks the
+    unsplit search would use, so all parts run at its rank."""
     reference, k, dev = _part_args(reference, k, plan, part, memory_budget_mb, device, "kneighbors_part")
     if method not in _METHODS:
         raise EstimatorError(f"kneighbors_part: method must be one of {', '.join(_METHODS)}, got {method!r}")

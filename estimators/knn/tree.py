@@ -77,7 +77,7 @@ def search(
     """The exact k nearest neighbours (distances float64, indices int64; self excluded by index) of the reference
     rows ``qi`` (``full``: every row, the engine's symmetric brute force being the alternative) through a k-d tree,
     or None when the sample says the brute force costs less. Records what it measured in ``stats["tree"]``."""
-    from estimators.knn.engine import _in_threads, kneighbors
+    from estimators.knn.engine import _in_threads, exact_distances, kneighbors
 
     n, D = reference.shape
     nq = int(qi.numel())
@@ -148,7 +148,7 @@ def search(
         bound, cand = tree.query(X[rows.numpy()], k=kk)
         cand = torch.from_numpy(np.asarray(cand, dtype=np.int64).reshape(rows.numel(), kk))
         m = rows.numel()
-        d = _exact(reference, rows, cand).view(m, kk)
+        d = exact_distances(reference, rows.repeat_interleave(kk), reference, cand.reshape(-1)).view(m, kk)
         d.masked_fill_(cand == rows.unsqueeze(1), math.inf)  # self, by index
         # the k best by (distance, index): a stable sort by distance of the candidates in index order
         cand, order = torch.sort(cand, dim=1)
@@ -174,13 +174,6 @@ def search(
         stats["tree"]["recomputed_rows"] = int(pos.numel())
     progress(1.0, "knn")
     return out_d, out_i
-
-
-def _exact(reference: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    from estimators.knn.engine import exact_distances
-
-    m, kk = cand.shape
-    return exact_distances(reference, rows.repeat_interleave(kk), reference, cand.reshape(-1))
 
 
 def _sample_dimension(d: torch.Tensor) -> float:
